@@ -1,0 +1,33 @@
+use std::sync::Arc;
+
+/// Whatever went wrong below the engine. `Conflict` and `NotFound` are the
+/// caller's fault; the rest are internal and keep their cause chain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the group commit failed")]
+    Commit(#[source] Arc<rusqlite::Error>),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot open the data directory {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("a blocking store task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(format!("invalid JSON in a stored column: {e}"))
+    }
+}

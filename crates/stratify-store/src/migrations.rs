@@ -1,0 +1,77 @@
+//! Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//!
+//! Users and event names are interned to integers so the event log's rows and
+//! its `(uid, ts)` index stay small: that is what keeps ingest and per-user
+//! reads fast.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    uid         INTEGER PRIMARY KEY,
+    user_id     TEXT NOT NULL UNIQUE,
+    attributes  TEXT NOT NULL DEFAULT '{}',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE event_names (
+    id    INTEGER PRIMARY KEY,
+    name  TEXT NOT NULL UNIQUE
+);
+-- The event log: the source of truth. AUTOINCREMENT so that a sequence
+-- number is never reused after an erasure (cursors and change feeds rely on it).
+CREATE TABLE events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid          INTEGER NOT NULL,
+    name_id      INTEGER NOT NULL,
+    ts           INTEGER NOT NULL,
+    event_id     TEXT,
+    dedupe       INTEGER,
+    properties   TEXT,
+    source       INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL
+);
+CREATE INDEX events_uid_ts ON events(uid, ts);
+CREATE UNIQUE INDEX events_dedupe ON events(dedupe) WHERE dedupe IS NOT NULL;
+CREATE TABLE event_types (
+    name        TEXT PRIMARY KEY,
+    schema      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE settings (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    key_hash    BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE ingest_status (
+    source         INTEGER PRIMARY KEY,
+    received       INTEGER NOT NULL DEFAULT 0,
+    accepted       INTEGER NOT NULL DEFAULT 0,
+    duplicates     INTEGER NOT NULL DEFAULT 0,
+    rejected       INTEGER NOT NULL DEFAULT 0,
+    last_event_at  INTEGER,
+    last_error     TEXT,
+    last_error_at  INTEGER,
+    updated_at     INTEGER NOT NULL
+);
+"#];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Records that cross the store boundary.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use stratify_core::event::NewEvent;
+use stratify_core::time::Millis;
+
+pub type Attributes = Map<String, Value>;
+
+/// Where events came from, for ingestion status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Http,
+    Import,
+    Kafka,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Import => "import",
+            Source::Kafka => "kafka",
+        }
+    }
+
+    pub fn code(self) -> i64 {
+        match self {
+            Source::Http => 1,
+            Source::Import => 2,
+            Source::Kafka => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Source::Http),
+            2 => Some(Source::Import),
+            3 => Some(Source::Kafka),
+            _ => None,
+        }
+    }
+}
+
+/// Validated events plus the counts of what was refused before the store.
+#[derive(Debug, Clone)]
+pub struct EventBatch {
+    pub events: Vec<NewEvent>,
+    pub report: IngestReport,
+}
+
+/// Counts for one source, added to its ingestion status.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub source: Source,
+    /// Items received, including rejected ones.
+    pub received: u64,
+    pub rejected: u64,
+    pub last_error: Option<String>,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Appended with this sequence number.
+    New(i64),
+    /// An event with the same idempotency key was appended before.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fails with `Conflict` if the user exists.
+    Create,
+    /// Replaces all attributes; creates the user if unknown.
+    Replace,
+    /// Merges into existing attributes (`null` removes one); `NotFound` if unknown.
+    Merge,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub attributes: Attributes,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Aggregates over one user's events of one name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventSummary {
+    pub count: u64,
+    /// Sum of the numeric `amount` property.
+    pub amount_sum: f64,
+    pub first_at: Option<Millis>,
+    pub last_at: Option<Millis>,
+    /// The `city` property of the latest event.
+    pub last_city: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub user_id: Option<String>,
+    pub name: Option<String>,
+    /// Inclusive lower bound on the event timestamp.
+    pub from: Option<Millis>,
+    /// Exclusive upper bound on the event timestamp.
+    pub to: Option<Millis>,
+    /// Only events with a larger sequence number (cursor paging).
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_id: Option<String>,
+    pub user_id: String,
+    pub name: String,
+    pub timestamp: Millis,
+    pub properties: Option<Map<String, Value>>,
+    pub received_at: Millis,
+    pub source: Option<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventTypeRecord {
+    pub schema: stratify_core::schema::EventTypeSchema,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// SHA-256 of the whole secret key.
+    pub key_hash: Vec<u8>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngestStatus {
+    pub source: Source,
+    pub received: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub last_event_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub users: u64,
+    pub events: u64,
+}

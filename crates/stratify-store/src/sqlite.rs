@@ -1,0 +1,609 @@
+//! The embedded backend: one SQLite file in the data directory.
+
+use crate::migrations::migrate;
+use crate::model::*;
+use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
+use crate::{Result, Store, StoreError};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use stratify_core::event::NewEvent;
+use stratify_core::ids::UserId;
+use stratify_core::schema::{AttributeSchema, EventTypeSchema};
+use stratify_core::time::Millis;
+
+const DB_FILE: &str = "stratify.db";
+const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<ReadPool>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, and migrates it.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::Open { path: data_dir.display().to_string(), source })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let (writer, handle) = Writer::start(conn);
+        Ok(Self {
+            writer,
+            readers: Arc::new(ReadPool { path, idle: Mutex::new(Vec::new()) }),
+            writer_thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops accepting writes once every clone of the writer is gone and waits
+    /// for the queued ones to commit. Call after the last request finished.
+    pub fn close(self) {
+        let handle = self.writer_thread.lock().take();
+        drop(self.writer);
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    // WAL: readers never block the writer. FULL: the WAL is fsynced at every
+    // commit, so an acknowledged write survives power loss, not just a crash.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "busy_timeout", 10_000)?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection> {
+        if let Some(conn) = self.idle.lock().pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.pragma_update(None, "busy_timeout", 10_000)?;
+        conn.pragma_update(None, "cache_size", -16_384)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+impl WriterState {
+    /// The interned id of a user, creating the user if unknown.
+    fn uid(&mut self, user_id: &str, now: Millis) -> Result<i64> {
+        if let Some(&uid) = self.uids.get(user_id) {
+            return Ok(uid);
+        }
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO users (user_id, created_at, updated_at) VALUES (?1, ?2, ?2) \
+             ON CONFLICT(user_id) DO NOTHING",
+        )?;
+        let uid = if insert.execute(params![user_id, now])? == 1 {
+            self.conn.last_insert_rowid()
+        } else {
+            self.conn
+                .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
+                .query_row([user_id], |r| r.get(0))?
+        };
+        if self.uids.len() >= MAX_CACHED_IDS {
+            self.uids.clear();
+        }
+        self.uids.insert(user_id.to_owned(), uid);
+        Ok(uid)
+    }
+
+    fn name_id(&mut self, name: &str) -> Result<i64> {
+        if let Some(&id) = self.name_ids.get(name) {
+            return Ok(id);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO event_names (name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
+            .execute([name])?;
+        let id = self
+            .conn
+            .prepare_cached("SELECT id FROM event_names WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))?;
+        if self.name_ids.len() >= MAX_CACHED_IDS {
+            self.name_ids.clear();
+        }
+        self.name_ids.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    fn append(&mut self, event: &NewEvent, source: Source, now: Millis) -> Result<Appended> {
+        let uid = self.uid(event.user_id.as_str(), now)?;
+        let name_id = self.name_id(event.name.as_str())?;
+        let properties = match &event.properties {
+            Some(p) => Some(serde_json::to_string(p)?),
+            None => None,
+        };
+        let event_id = event.event_id.as_ref().map(|e| e.as_str());
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let row = params![uid, name_id, event.timestamp, event_id, event.dedupe_key, properties, source.code(), now];
+        if insert.execute(row)? == 1 {
+            return Ok(Appended::New(self.conn.last_insert_rowid()));
+        }
+        // The key was seen before. For a client event id, make sure the stored
+        // id is the same text: a 64-bit hash collision must not lose an event.
+        if let (Some(id), Some(key)) = (event_id, event.dedupe_key) {
+            let stored: Option<String> = self
+                .conn
+                .prepare_cached("SELECT event_id FROM events WHERE dedupe = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?
+                .flatten();
+            if stored.as_deref() != Some(id) {
+                let row = params![uid, name_id, event.timestamp, id, None::<i64>, properties, source.code(), now];
+                insert.execute(row)?;
+                return Ok(Appended::New(self.conn.last_insert_rowid()));
+            }
+        }
+        Ok(Appended::Duplicate)
+    }
+
+    fn record(&mut self, report: &IngestReport, accepted: u64, duplicates: u64, last_event_at: Option<Millis>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ingest_status (source, received, accepted, duplicates, rejected, last_event_at, \
+                 last_error, last_error_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT(source) DO UPDATE SET received = received + excluded.received, \
+                 accepted = accepted + excluded.accepted, duplicates = duplicates + excluded.duplicates, \
+                 rejected = rejected + excluded.rejected, \
+                 last_event_at = max(coalesce(last_event_at, 0), coalesce(excluded.last_event_at, 0)), \
+                 last_error = coalesce(excluded.last_error, last_error), \
+                 last_error_at = coalesce(excluded.last_error_at, last_error_at), updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                report.source.code(),
+                report.received as i64,
+                accepted as i64,
+                duplicates as i64,
+                report.rejected as i64,
+                last_event_at,
+                report.last_error,
+                report.last_error.as_ref().map(|_| report.now),
+                report.now,
+            ])?;
+        Ok(())
+    }
+
+    fn user_row(&self, user_id: &str) -> Result<Option<UserRecord>> {
+        self.conn
+            .prepare_cached("SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1")?
+            .query_row([user_id], user_from_row)
+            .optional()?
+            .map(finish_user)
+            .transpose()
+    }
+
+    fn save_attributes(&mut self, user_id: &str, attributes: &Attributes, now: Millis) -> Result<()> {
+        self.uid(user_id, now)?;
+        self.conn
+            .prepare_cached("UPDATE users SET attributes = ?2, updated_at = ?3 WHERE user_id = ?1")?
+            .execute(params![user_id, serde_json::to_string(attributes)?, now])?;
+        Ok(())
+    }
+}
+
+type RawUser = (String, String, Millis, Millis);
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawUser> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result<UserRecord> {
+    Ok(UserRecord { user_id, attributes: serde_json::from_str(&attributes)?, created_at, updated_at })
+}
+
+/// `null` removes an attribute; anything else sets it.
+fn merge_into(target: &mut Attributes, patch: Attributes) {
+    for (k, v) in patch {
+        if v.is_null() {
+            target.remove(&k);
+        } else {
+            target.insert(k, v);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
+        self.writer
+            .write(move |w| {
+                let now = batch.report.now;
+                let mut out = Vec::with_capacity(batch.events.len());
+                let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
+                for event in &batch.events {
+                    let appended = w.append(event, batch.report.source, now)?;
+                    match appended {
+                        Appended::New(_) => {
+                            accepted += 1;
+                            last = Some(last.map_or(event.timestamp, |l| l.max(event.timestamp)));
+                        }
+                        Appended::Duplicate => duplicates += 1,
+                    }
+                    out.push(appended);
+                }
+                w.record(&batch.report, accepted, duplicates, last)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn write_user(&self, user_id: UserId, attributes: Attributes, mode: WriteMode, now: Millis) -> Result<UserRecord> {
+        self.writer
+            .write(move |w| {
+                let existing = w.user_row(user_id.as_str())?;
+                let merged = match (mode, existing) {
+                    (WriteMode::Create, Some(_)) => return Err(StoreError::Conflict(format!("user '{user_id}'"))),
+                    (WriteMode::Merge, None) => return Err(StoreError::NotFound(format!("user '{user_id}'"))),
+                    (WriteMode::Merge, Some(mut current)) => {
+                        merge_into(&mut current.attributes, attributes);
+                        current.attributes
+                    }
+                    (_, _) => attributes.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+                };
+                w.save_attributes(user_id.as_str(), &merged, now)?;
+                w.user_row(user_id.as_str())?.ok_or_else(|| StoreError::Corrupt("user vanished during a write".into()))
+            })
+            .await
+    }
+
+    async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64> {
+        self.writer
+            .write(move |w| {
+                let mut changed = 0;
+                for (user_id, attributes) in users {
+                    let existing = w.user_row(user_id.as_str())?.map(|u| u.attributes);
+                    let mut merged = existing.clone().unwrap_or_default();
+                    merge_into(&mut merged, attributes);
+                    if existing.as_ref() != Some(&merged) {
+                        w.save_attributes(user_id.as_str(), &merged, now)?;
+                        changed += 1;
+                    }
+                }
+                Ok(changed)
+            })
+            .await
+    }
+
+    async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        let user_id = user_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1")?
+                .query_row([user_id], user_from_row)
+                .optional()?
+                .map(finish_user)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user_id: &UserId) -> Result<bool> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |w| {
+                let uid: Option<i64> = w
+                    .conn
+                    .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
+                    .query_row([&user_id], |r| r.get(0))
+                    .optional()?;
+                let Some(uid) = uid else { return Ok(false) };
+                w.conn.prepare_cached("DELETE FROM events WHERE uid = ?1")?.execute([uid])?;
+                w.conn.prepare_cached("DELETE FROM users WHERE uid = ?1")?.execute([uid])?;
+                w.uids.remove(&user_id);
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn event_summary(&self, user_id: &UserId, name: &str) -> Result<EventSummary> {
+        let (user_id, name) = (user_id.to_string(), name.to_owned());
+        self.read(move |c| {
+            let mut summary = c
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(json_extract(e.properties, '$.amount')), 0.0), min(e.ts), max(e.ts) \
+                     FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id \
+                     WHERE u.user_id = ?1 AND n.name = ?2",
+                )?
+                .query_row([&user_id, &name], |r| {
+                    Ok(EventSummary {
+                        count: r.get::<_, i64>(0)? as u64,
+                        amount_sum: r.get::<_, f64>(1).unwrap_or(0.0),
+                        first_at: r.get(2)?,
+                        last_at: r.get(3)?,
+                        last_city: None,
+                    })
+                })?;
+            if summary.count > 0 {
+                summary.last_city = c
+                    .prepare_cached(
+                        "SELECT json_extract(e.properties, '$.city') FROM events e JOIN users u ON u.uid = e.uid \
+                         JOIN event_names n ON n.id = e.name_id WHERE u.user_id = ?1 AND n.name = ?2 \
+                         ORDER BY e.ts DESC, e.seq DESC LIMIT 1",
+                    )?
+                    .query_row([&user_id, &name], |r| r.get::<_, Option<String>>(0))
+                    .optional()?
+                    .flatten();
+            }
+            Ok(summary)
+        })
+        .await
+    }
+
+    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
+        self.read(move |c| {
+            let mut sql = String::from(
+                "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
+                 FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id WHERE 1=1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut bind = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(u) = q.user_id {
+                bind(&mut sql, " AND u.user_id = ?", u.into());
+            }
+            if let Some(n) = q.name {
+                bind(&mut sql, " AND n.name = ?", n.into());
+            }
+            if let Some(f) = q.from {
+                bind(&mut sql, " AND e.ts >= ?", f.into());
+            }
+            if let Some(t) = q.to {
+                bind(&mut sql, " AND e.ts < ?", t.into());
+            }
+            if let Some(a) = q.after_seq {
+                bind(&mut sql, " AND e.seq > ?", a.into());
+            }
+            bind(&mut sql, " ORDER BY e.seq LIMIT ?", i64::from(q.limit).into());
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, event_id, user_id, name, timestamp, props, received_at, source) = row?;
+                let properties = match props {
+                    Some(p) => match serde_json::from_str::<Value>(&p)? {
+                        Value::Object(m) => Some(m),
+                        _ => return Err(StoreError::Corrupt(format!("event {seq} properties are not an object"))),
+                    },
+                    None => None,
+                };
+                out.push(StoredEvent {
+                    seq,
+                    event_id,
+                    user_id,
+                    name,
+                    timestamp,
+                    properties,
+                    received_at,
+                    source: Source::from_code(source),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis) -> Result<EventTypeRecord> {
+        self.writer
+            .write(move |w| {
+                let json = serde_json::to_string(&schema)?;
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO event_types (name, schema, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
+                         ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![schema.name, json, now])?;
+                let created_at = w
+                    .conn
+                    .prepare_cached("SELECT created_at FROM event_types WHERE name = ?1")?
+                    .query_row([&schema.name], |r| r.get(0))?;
+                Ok(EventTypeRecord { schema, created_at, updated_at: now })
+            })
+            .await
+    }
+
+    async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT schema, created_at, updated_at FROM event_types ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (schema, created_at, updated_at) = row?;
+                out.push(EventTypeRecord { schema: serde_json::from_str(&schema)?, created_at, updated_at });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_event_type(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |w| Ok(w.conn.prepare_cached("DELETE FROM event_types WHERE name = ?1")?.execute([name])? == 1))
+            .await
+    }
+
+    async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![ATTRIBUTE_SCHEMA_KEY, serde_json::to_string(&schema)?, now])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn attribute_schema(&self) -> Result<AttributeSchema> {
+        self.read(|c| {
+            let value: Option<String> = c
+                .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([ATTRIBUTE_SCHEMA_KEY], |r| r.get(0))
+                .optional()?;
+            Ok(match value {
+                Some(v) => serde_json::from_str(&v)?,
+                None => AttributeSchema::default(),
+            })
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![key.id, key.name, key.role, key.key_hash, key.created_at, key.revoked_at])
+                    .map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                            StoreError::Conflict(format!("api key '{}'", key.id))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ApiKeyRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: r.get(2)?,
+                    key_hash: r.get(3)?,
+                    created_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |w| {
+                Ok(w.conn
+                    .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
+                    .execute(params![id, now])?
+                    == 1)
+            })
+            .await
+    }
+
+    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
+                 updated_at FROM ingest_status ORDER BY source",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    IngestStatus {
+                        source: Source::Http,
+                        received: r.get::<_, i64>(1)? as u64,
+                        accepted: r.get::<_, i64>(2)? as u64,
+                        duplicates: r.get::<_, i64>(3)? as u64,
+                        rejected: r.get::<_, i64>(4)? as u64,
+                        last_event_at: r.get::<_, Option<i64>>(5)?.filter(|&t| t > 0),
+                        last_error: r.get(6)?,
+                        last_error_at: r.get(7)?,
+                        updated_at: r.get(8)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (code, mut status) = row?;
+                status.source = Source::from_code(code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?;
+                out.push(status);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
+        self.writer.write(move |w| w.record(&report, 0, 0, None)).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.read(|c| {
+            let users: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            let events: i64 = c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+            Ok(Counts { users: users as u64, events: events as u64 })
+        })
+        .await
+    }
+}

@@ -1,0 +1,227 @@
+//! The storage test suite, written against the `Store` trait. Every backend
+//! runs it; today that is SQLite (PostgreSQL joins with the scale-out work).
+
+use serde_json::json;
+use stratify_core::event::NewEvent;
+use stratify_core::ids::UserId;
+use stratify_core::schema::EventTypeSchema;
+use stratify_store::sqlite::SqliteStore;
+use stratify_store::*;
+
+const NOW: i64 = 1_780_000_000_000;
+
+fn event(v: serde_json::Value) -> NewEvent {
+    NewEvent::from_json(v, NOW).unwrap_or_else(|e| panic!("test event invalid: {e}"))
+}
+
+fn batch(events: Vec<NewEvent>) -> EventBatch {
+    let received = events.len() as u64;
+    EventBatch { events, report: IngestReport { source: Source::Http, received, rejected: 0, last_error: None, now: NOW } }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn with_backends<F, Fut>(test: F)
+where
+    F: Fn(Box<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open sqlite");
+    test(Box::new(store)).await;
+}
+
+#[tokio::test]
+async fn events_with_the_same_event_id_are_appended_once() {
+    with_backends(|s| async move {
+        let first = s.append_events(batch(vec![event(json!({"event_id": "e1", "user_id": "u1", "name": "LOGIN"}))])).await;
+        assert!(matches!(first.as_deref(), Ok([Appended::New(_)])));
+        let again = s
+            .append_events(batch(vec![
+                event(json!({"event_id": "e1", "user_id": "u1", "name": "LOGIN"})),
+                event(json!({"user_id": "u1", "name": "LOGIN"})),
+                event(json!({"user_id": "u1", "name": "LOGIN"})),
+            ]))
+            .await
+            .expect("append");
+        assert_eq!(again[0], Appended::Duplicate);
+        assert!(matches!(again[1], Appended::New(_)) && matches!(again[2], Appended::New(_)));
+        assert_eq!(s.counts().await.expect("counts"), Counts { users: 1, events: 3 });
+        let status = s.ingest_status().await.expect("status");
+        assert_eq!((status[0].received, status[0].accepted, status[0].duplicates), (4, 3, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dedupe_key_collision_with_a_different_event_id_keeps_both_events() {
+    with_backends(|s| async move {
+        let a = event(json!({"event_id": "a", "user_id": "u", "name": "n"}));
+        let mut b = event(json!({"event_id": "b", "user_id": "u", "name": "n"}));
+        b.dedupe_key = a.dedupe_key; // forge a collision
+        let out = s.append_events(batch(vec![a, b])).await.expect("append");
+        assert!(out.iter().all(|o| matches!(o, Appended::New(_))), "{out:?}");
+        let events = s.query_events(EventQuery { limit: 10, ..Default::default() }).await.expect("query");
+        let ids: Vec<_> = events.iter().filter_map(|e| e.event_id.clone()).collect();
+        assert_eq!(ids, ["a", "b"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_write_modes_create_replace_and_merge() {
+    with_backends(|s| async move {
+        let attrs = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let u = s.write_user(uid("u"), attrs(json!({"age": 30, "city": "Pune"})), WriteMode::Create, NOW).await;
+        assert_eq!(u.map(|u| u.attributes).ok(), Some(attrs(json!({"age": 30, "city": "Pune"}))));
+        let dup = s.write_user(uid("u"), attrs(json!({})), WriteMode::Create, NOW).await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))));
+        let merged = s.write_user(uid("u"), attrs(json!({"age": 31, "city": null, "vip": true})), WriteMode::Merge, NOW + 5).await;
+        let merged = merged.expect("merge");
+        assert_eq!(merged.attributes, attrs(json!({"age": 31, "vip": true})));
+        assert_eq!((merged.created_at, merged.updated_at), (NOW, NOW + 5));
+        let replaced = s.write_user(uid("u"), attrs(json!({"plan": "free"})), WriteMode::Replace, NOW).await;
+        assert_eq!(replaced.map(|u| u.attributes).ok(), Some(attrs(json!({"plan": "free"}))));
+        let missing = s.write_user(uid("nobody"), attrs(json!({})), WriteMode::Merge, NOW).await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_erases_their_events_but_not_others() {
+    with_backends(|s| async move {
+        s.append_events(batch(vec![
+            event(json!({"user_id": "gone", "name": "LOGIN"})),
+            event(json!({"user_id": "stays", "name": "LOGIN"})),
+        ]))
+        .await
+        .expect("append");
+        assert!(s.delete_user(&uid("gone")).await.expect("delete"));
+        assert!(!s.delete_user(&uid("gone")).await.expect("delete twice"));
+        assert_eq!(s.get_user(&uid("gone")).await.expect("get"), None);
+        let left = s.query_events(EventQuery { limit: 10, ..Default::default() }).await.expect("query");
+        assert_eq!(left.iter().map(|e| e.user_id.as_str()).collect::<Vec<_>>(), ["stays"]);
+        // A new event recreates the user with a fresh identity.
+        s.append_events(batch(vec![event(json!({"user_id": "gone", "name": "LOGIN"}))])).await.expect("append");
+        assert_eq!(s.counts().await.expect("counts"), Counts { users: 2, events: 2 });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn event_queries_filter_and_page_by_sequence() {
+    with_backends(|s| async move {
+        let events = (0..25)
+            .map(|i| event(json!({"user_id": format!("u{}", i % 3), "name": if i % 2 == 0 {"A"} else {"B"}, "timestamp": 1000 * i})))
+            .collect();
+        s.append_events(batch(events)).await.expect("append");
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .query_events(EventQuery { user_id: Some("u0".into()), after_seq: after, limit: 3, ..Default::default() })
+                .await
+                .expect("page");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|e| e.seq);
+            seen.extend(page.into_iter().map(|e| e.timestamp));
+        }
+        assert_eq!(seen, (0..25).filter(|i| i % 3 == 0).map(|i| 1000 * i).collect::<Vec<i64>>());
+        let window = s
+            .query_events(EventQuery { name: Some("A".into()), from: Some(4000), to: Some(10_000), limit: 100, ..Default::default() })
+            .await
+            .expect("window");
+        assert_eq!(window.iter().map(|e| e.timestamp).collect::<Vec<_>>(), [4000, 6000, 8000]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn order_summary_counts_sums_and_reports_the_latest_city() {
+    with_backends(|s| async move {
+        s.append_events(batch(vec![
+            event(json!({"user_id": "u", "name": "order_placed", "timestamp": 2000, "properties": {"amount": 100.5, "city": "Pune"}})),
+            event(json!({"user_id": "u", "name": "order_placed", "timestamp": 1000, "properties": {"amount": 50, "city": "Delhi"}})),
+            event(json!({"user_id": "u", "name": "LOGIN", "timestamp": 3000})),
+        ]))
+        .await
+        .expect("append");
+        let sum = s.event_summary(&uid("u"), "order_placed").await.expect("summary");
+        assert_eq!(sum, EventSummary { count: 2, amount_sum: 150.5, first_at: Some(1000), last_at: Some(2000), last_city: Some("Pune".into()) });
+        assert_eq!(s.event_summary(&uid("x"), "order_placed").await.expect("empty").count, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn event_types_and_attribute_schema_round_trip() {
+    with_backends(|s| async move {
+        let schema: EventTypeSchema =
+            serde_json::from_value(json!({"name": "order_placed", "properties": {"amount": {"type": "number", "required": true}}}))
+                .expect("schema");
+        let rec = s.put_event_type(schema.clone(), NOW).await.expect("put");
+        let again = s.put_event_type(schema.clone(), NOW + 10).await.expect("put again");
+        assert_eq!((rec.created_at, again.created_at, again.updated_at), (NOW, NOW, NOW + 10));
+        assert_eq!(s.list_event_types().await.expect("list").into_iter().map(|r| r.schema).collect::<Vec<_>>(), [schema]);
+        assert!(s.delete_event_type("order_placed").await.expect("delete"));
+        assert!(s.list_event_types().await.expect("list").is_empty());
+        let attr = serde_json::from_value(json!({"attributes": {"age": {"type": "number"}}})).expect("attr schema");
+        s.put_attribute_schema(attr, NOW).await.expect("put attr");
+        assert_eq!(s.attribute_schema().await.expect("attr").attributes.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_are_created_listed_and_revoked_once() {
+    with_backends(|s| async move {
+        let key = ApiKeyRecord { id: "k1".into(), name: "ci".into(), role: "viewer".into(), key_hash: vec![1; 32], created_at: NOW, revoked_at: None };
+        s.create_api_key(key.clone()).await.expect("create");
+        assert!(matches!(s.create_api_key(key.clone()).await, Err(StoreError::Conflict(_))));
+        assert_eq!(s.list_api_keys().await.expect("list"), [key]);
+        assert!(s.revoke_api_key("k1", NOW + 1).await.expect("revoke"));
+        assert!(!s.revoke_api_key("k1", NOW + 2).await.expect("revoke again"));
+        assert_eq!(s.list_api_keys().await.expect("list")[0].revoked_at, Some(NOW + 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_are_group_committed_and_all_durable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path()).expect("open"));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50 {
+                    let e = event(json!({"event_id": format!("{t}-{i}"), "user_id": format!("u{t}"), "name": "X"}));
+                    store.append_events(batch(vec![e])).await.expect("append");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        std::sync::Arc::try_unwrap(store).ok().expect("sole owner").close();
+    }
+    let reopened = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(reopened.counts().await.expect("counts"), Counts { users: 16, events: 800 });
+}
+
+#[tokio::test]
+async fn merge_users_reports_only_real_changes() {
+    with_backends(|s| async move {
+        let rows = |age: i64| vec![(uid("a"), json!({"age": age}).as_object().cloned().unwrap_or_default())];
+        assert_eq!(s.merge_users(rows(30), NOW).await.expect("first"), 1);
+        assert_eq!(s.merge_users(rows(30), NOW).await.expect("same"), 0);
+        assert_eq!(s.merge_users(rows(31), NOW).await.expect("changed"), 1);
+    })
+    .await;
+}
