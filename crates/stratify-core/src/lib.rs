@@ -12,6 +12,7 @@
 //! [`ValidationError`] with a stable code and a JSON pointer to the field at fault.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod access;
 pub mod attributes;
 pub mod datagen;
 pub mod error;

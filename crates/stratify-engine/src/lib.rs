@@ -1,1 +1,60 @@
-//! stub
+//! Stratify's engine: everything between the edge and the store.
+//!
+//! Owns ingest (validation against schemas, idempotency, per-source status),
+//! users and their computed fields, API keys and authentication, bulk import,
+//! and the clock. It knows nothing about HTTP: the server and the CLI are thin
+//! shells around [`Engine`].
+
+pub mod clock;
+mod error;
+pub mod import;
+pub mod ingest;
+pub mod keys;
+pub mod schemas;
+pub mod users;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::EngineError;
+/// The records the engine hands out (read models of the store).
+pub mod model {
+    pub use stratify_store::model::*;
+}
+
+use keys::KeyRing;
+use schemas::Schemas;
+use std::path::Path;
+use std::sync::Arc;
+use stratify_store::sqlite::SqliteStore;
+use stratify_store::Store;
+
+/// The engine's handle: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) schemas: Arc<Schemas>,
+    pub(crate) keys: Arc<KeyRing>,
+}
+
+/// The one place that picks a backend. Today: the embedded SQLite store.
+pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, EngineError> {
+    Ok(Arc::new(SqliteStore::open(data_dir)?))
+}
+
+impl Engine {
+    /// Loads schemas and keys from the store. `admin_secret` (from
+    /// `STRATIFY_ADMIN_KEY`) is accepted as an admin key without being stored.
+    pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, admin_secret: Option<String>) -> Result<Self, EngineError> {
+        let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
+        let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
+        Ok(Self { store, clock, schemas, keys })
+    }
+
+    pub fn now(&self) -> stratify_core::time::Millis {
+        self.clock.now()
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+}

@@ -1,1 +1,67 @@
-//! stub
+//! Stratify's HTTP surface: the routes of API.md, authentication and roles,
+//! OpenAPI with offline interactive docs, Prometheus metrics.
+//!
+//! Handlers only translate: HTTP in, [`stratify_engine::Engine`] call, HTTP
+//! out. Domain rules live in the engine and the core. Every route is declared
+//! once in [`routes::table`] with the capability it needs, and one middleware
+//! enforces it. Every error leaves as `{"error": {code, message, field?}}`.
+
+mod auth;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+pub mod routes;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+use axum::Router;
+use std::sync::Arc;
+use std::time::Instant;
+use stratify_engine::Engine;
+
+/// Limits applied at the edge.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body for ingest routes (events, orders), in bytes.
+    pub max_ingest_body_bytes: usize,
+    /// Largest request body elsewhere, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { max_ingest_body_bytes: 32 * 1024 * 1024, max_body_bytes: 1024 * 1024 }
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: ServerConfig) -> Self {
+        Self { engine, metrics: Arc::new(Metrics::default()), config: Arc::new(config), started: Instant::now() }
+    }
+}
+
+/// The whole application: API routes, docs, metrics, health, and the layers
+/// every request passes (metrics, panic → 500, JSON errors everywhere).
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,112 @@
+//! Ingest: validate each event at the edge, check it against its declared
+//! event type, append the valid ones in one durable write, and count every
+//! item in the source's status. One bad item never sinks the batch: it is
+//! reported with its index, code and reason.
+
+use crate::{Engine, EngineError};
+use serde::Serialize;
+use serde_json::Value;
+use stratify_core::event::NewEvent;
+use stratify_core::ValidationError;
+use stratify_store::{Appended, EventBatch, IngestReport, Source};
+
+/// What happened to a batch. Duplicates (an `event_id` seen before) count as
+/// accepted, since the event is in the log, but are not stored twice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<Rejection>,
+    /// Sequence numbers of the appended events, in input order (`None` for
+    /// duplicates and rejected items). Not serialised.
+    #[serde(skip)]
+    pub seqs: Vec<Option<i64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(index: usize, e: ValidationError) -> Self {
+        Self { index, code: e.code, message: e.message, field: e.field }
+    }
+}
+
+impl Engine {
+    /// Ingests already-parsed items; an `Err` item (say, an NDJSON line that
+    /// is not JSON) is rejected at its index.
+    pub async fn ingest_values(
+        &self,
+        items: Vec<Result<Value, ValidationError>>,
+        source: Source,
+    ) -> Result<IngestOutcome, EngineError> {
+        let now = self.now();
+        let events = items.into_iter().map(|item| item.and_then(|v| NewEvent::from_json(v, now))).collect();
+        self.ingest_validated(events, source).await
+    }
+
+    /// Ingests one order as an `order_placed` event.
+    pub async fn ingest_order(&self, order: Value) -> Result<IngestOutcome, EngineError> {
+        let event = NewEvent::from_order_json(order, self.now());
+        self.ingest_validated(vec![event], Source::Http).await
+    }
+
+    /// The common path: schema checks, then one durable append.
+    pub async fn ingest_validated(
+        &self,
+        items: Vec<Result<NewEvent, ValidationError>>,
+        source: Source,
+    ) -> Result<IngestOutcome, EngineError> {
+        let types = self.schemas.event_types();
+        let received = items.len() as u64;
+        let mut events = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        let mut outcome = IngestOutcome { seqs: vec![None; items.len()], ..Default::default() };
+        for (index, item) in items.into_iter().enumerate() {
+            let checked = item.and_then(|e| match types.get(e.name.as_str()) {
+                Some(t) => t.schema.check(e.properties.as_ref(), "/properties").map(|()| e),
+                None => Ok(e),
+            });
+            match checked {
+                Ok(e) => {
+                    events.push(e);
+                    positions.push(index);
+                }
+                Err(e) => outcome.rejected.push(Rejection::new(index, e)),
+            }
+        }
+        let report = IngestReport {
+            source,
+            received,
+            rejected: outcome.rejected.len() as u64,
+            last_error: outcome.rejected.last().map(|r| format!("{}: {}", r.code, r.message)),
+            now: self.now(),
+        };
+        if events.is_empty() {
+            if received > 0 {
+                self.store.record_ingest(report).await?;
+            }
+            return Ok(outcome);
+        }
+        let appended = self.store.append_events(EventBatch { events, report }).await?;
+        for (index, a) in positions.into_iter().zip(appended) {
+            match a {
+                Appended::New(seq) => {
+                    outcome.accepted += 1;
+                    outcome.seqs[index] = Some(seq);
+                }
+                Appended::Duplicate => {
+                    outcome.accepted += 1;
+                    outcome.duplicates += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,38 @@
+//! The OpenAPI document, generated from the handlers' annotations, and the
+//! interactive docs at `/docs` (Swagger UI, its assets compiled into the binary
+//! through the `vendored` feature: no network needed).
+
+use crate::routes;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Stratify", description = "User segmentation and experimentation. Every /v1 route needs an API key."),
+    paths(
+        routes::ops::health, routes::ops::ingest_status,
+        routes::keys::create, routes::keys::list, routes::keys::revoke,
+        routes::users::create, routes::users::get_one, routes::users::replace, routes::users::merge, routes::users::erase,
+        routes::events::ingest, routes::events::order, routes::events::list,
+        routes::schemas::create_event_type, routes::schemas::list_event_types, routes::schemas::get_event_type,
+        routes::schemas::replace_event_type, routes::schemas::delete_event_type,
+        routes::schemas::get_attribute_schema, routes::schemas::put_attribute_schema,
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("x_api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
+}
+
+pub fn docs() -> axum::Router<crate::AppState> {
+    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+}

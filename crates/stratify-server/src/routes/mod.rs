@@ -1,0 +1,121 @@
+//! Every route, declared once with the capability it needs.
+
+pub(crate) mod events;
+pub(crate) mod keys;
+pub(crate) mod ops;
+pub(crate) mod schemas;
+pub(crate) mod users;
+
+use crate::auth::authorize;
+use crate::{metrics, openapi, ApiError, AppState};
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Method, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
+use axum::Router;
+use stratify_core::access::Capability::{self, *};
+use stratify_core::time::{format_rfc3339, Millis};
+
+/// One row of the route table.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// `None`: public (health, metrics, docs).
+    pub capability: Option<Capability>,
+    /// Ingest routes take the larger body limit.
+    pub ingest: bool,
+    handler: MethodRouter<AppState>,
+}
+
+fn r(method: Method, path: &'static str, capability: Capability, handler: MethodRouter<AppState>) -> Route {
+    Route { method, path, capability: Some(capability), ingest: false, handler }
+}
+
+fn ingest(mut route: Route) -> Route {
+    route.ingest = true;
+    route
+}
+
+/// The route table: the single source of truth for paths and access.
+pub fn table() -> Vec<Route> {
+    vec![
+        Route { method: Method::GET, path: "/health", capability: None, ingest: false, handler: get(ops::health) },
+        Route { method: Method::GET, path: "/metrics", capability: None, ingest: false, handler: get(metrics::render) },
+        r(Method::POST, "/v1/api-keys", ManageKeys, post(keys::create)),
+        r(Method::GET, "/v1/api-keys", ManageKeys, get(keys::list)),
+        r(Method::DELETE, "/v1/api-keys/{id}", ManageKeys, delete(keys::revoke)),
+        r(Method::POST, "/v1/users", WriteUsers, post(users::create)),
+        r(Method::GET, "/v1/users/{id}", Read, get(users::get_one)),
+        r(Method::PUT, "/v1/users/{id}", WriteUsers, put(users::replace)),
+        r(Method::PATCH, "/v1/users/{id}", WriteUsers, patch(users::merge)),
+        r(Method::DELETE, "/v1/users/{id}", WriteUsers, delete(users::erase)),
+        ingest(r(Method::POST, "/v1/events", WriteEvents, post(events::ingest))),
+        r(Method::GET, "/v1/events", Read, get(events::list)),
+        ingest(r(Method::POST, "/v1/orders", WriteEvents, post(events::order))),
+        r(Method::POST, "/v1/event-types", ManageSchemas, post(schemas::create_event_type)),
+        r(Method::GET, "/v1/event-types", ReadSchemas, get(schemas::list_event_types)),
+        r(Method::GET, "/v1/event-types/{name}", ReadSchemas, get(schemas::get_event_type)),
+        r(Method::PUT, "/v1/event-types/{name}", ManageSchemas, put(schemas::replace_event_type)),
+        r(Method::DELETE, "/v1/event-types/{name}", ManageSchemas, delete(schemas::delete_event_type)),
+        r(Method::GET, "/v1/attributes/schema", ReadSchemas, get(schemas::get_attribute_schema)),
+        r(Method::PUT, "/v1/attributes/schema", ManageSchemas, put(schemas::put_attribute_schema)),
+        r(Method::GET, "/v1/ingest/status", ReadIngest, get(ops::ingest_status)),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for route in table() {
+        let limit = if route.ingest { state.config.max_ingest_body_bytes } else { state.config.max_body_bytes };
+        let mut handler = route.handler.layer(DefaultBodyLimit::max(limit));
+        if let Some(capability) = route.capability {
+            let st = state.clone();
+            handler = handler.route_layer(axum::middleware::from_fn(move |req, next| authorize(st.clone(), capability, req, next)));
+        }
+        router = router.route(route.path, handler);
+    }
+    router
+        .merge(openapi::docs())
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// Gives every error response the JSON error shape, including the ones axum
+/// produces itself (405, path rejections) that carry plain text.
+async fn json_errors(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut replaced = ApiError::for_status(status).into_response();
+        if let Some(allow) = response.headers().get(header::ALLOW) {
+            replaced.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return replaced;
+    }
+    response
+}
+
+fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// RFC 3339 with milliseconds, the wire form of every instant.
+pub(crate) fn instant(ms: Millis) -> String {
+    format_rfc3339(ms)
+}
+
+

@@ -1,0 +1,114 @@
+use super::instant;
+use crate::extract::Body;
+use crate::{ApiError, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use stratify_core::ids::UserId;
+use stratify_engine::model::{UserRecord, WriteMode};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    user_id: String,
+    /// Attribute values keep their JSON types.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    attributes: Map<String, Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserAttributes {
+    /// For PATCH, `null` removes an attribute.
+    #[schema(value_type = Object)]
+    attributes: Map<String, Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserResponse {
+    user_id: String,
+    #[schema(value_type = Object)]
+    attributes: Map<String, Value>,
+    /// Built-in fields over `order_placed` events: total_orders, ltv, last_order_at,
+    /// seconds_since_last_order, city.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    computed: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segments: Option<Vec<String>>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl UserResponse {
+    fn from_record(r: UserRecord) -> Self {
+        Self {
+            user_id: r.user_id,
+            attributes: r.attributes,
+            computed: None,
+            segments: None,
+            created_at: instant(r.created_at),
+            updated_at: instant(r.updated_at),
+        }
+    }
+}
+
+fn user_id(raw: String, pointer: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError::from(e.at(pointer.to_owned())))
+}
+
+/// Creates a user (409 if the id exists).
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("api_key" = [])), request_body = CreateUser,
+    responses((status = 201, body = UserResponse), (status = 409, description = "user exists"), (status = 422)))]
+pub async fn create(State(state): State<AppState>, Body(req): Body<CreateUser>) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    let id = user_id(req.user_id, "/user_id")?;
+    let record = state.engine.write_user(id, req.attributes, WriteMode::Create).await?;
+    Ok((StatusCode::CREATED, Json(UserResponse::from_record(record))))
+}
+
+/// A user with attributes, computed fields and segments.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = UserResponse), (status = 404)))]
+pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<UserResponse>, ApiError> {
+    let view = state.engine.user(&user_id(id, "/user_id")?).await?;
+    let mut out = UserResponse::from_record(view.record);
+    out.computed = Some(view.computed);
+    out.segments = Some(view.segments);
+    Ok(Json(out))
+}
+
+/// Replaces all attributes (creates the user if unknown).
+#[utoipa::path(put, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
+    request_body = UserAttributes, responses((status = 200, body = UserResponse), (status = 422)))]
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(req): Body<UserAttributes>,
+) -> Result<Json<UserResponse>, ApiError> {
+    let record = state.engine.write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Replace).await?;
+    Ok(Json(UserResponse::from_record(record)))
+}
+
+/// Merges attributes into an existing user; `null` removes one.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
+    request_body = UserAttributes, responses((status = 200, body = UserResponse), (status = 404), (status = 422)))]
+pub async fn merge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(req): Body<UserAttributes>,
+) -> Result<Json<UserResponse>, ApiError> {
+    let record = state.engine.write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Merge).await?;
+    Ok(Json(UserResponse::from_record(record)))
+}
+
+/// Erases a user and all their events.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
+    responses((status = 204), (status = 404)))]
+pub async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.engine.delete_user(&user_id(id, "/user_id")?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
