@@ -25,7 +25,14 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [Role::Admin, Role::Ops, Role::Editor, Role::Viewer, Role::Ingest, Role::Sdk];
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Ops,
+        Role::Editor,
+        Role::Viewer,
+        Role::Ingest,
+        Role::Sdk,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -101,9 +108,25 @@ mod tests {
     #[test]
     fn admin_can_do_everything_and_viewer_writes_nothing() {
         use Capability::*;
-        let all = [ManageKeys, ManageSchemas, WriteUsers, WriteEvents, ReadIngest, ReadSchemas, Read, EditConfig, Evaluate];
+        let all = [
+            ManageKeys,
+            ManageSchemas,
+            WriteUsers,
+            WriteEvents,
+            ReadIngest,
+            ReadSchemas,
+            Read,
+            EditConfig,
+            Evaluate,
+        ];
         assert!(all.iter().all(|c| Role::Admin.can(*c)));
-        for write in [ManageKeys, ManageSchemas, WriteUsers, WriteEvents, EditConfig] {
+        for write in [
+            ManageKeys,
+            ManageSchemas,
+            WriteUsers,
+            WriteEvents,
+            EditConfig,
+        ] {
             assert!(!Role::Viewer.can(write), "{write:?}");
         }
         assert!(Role::Sdk.can(WriteEvents) && !Role::Sdk.can(WriteUsers) && !Role::Sdk.can(Read));

@@ -16,7 +16,13 @@ pub const MAX_VALUE_DEPTH: usize = 4;
 /// Checks an attribute map's size, names and nesting. `pointer` locates the
 /// map in the request document.
 pub fn check(attrs: &Map<String, Value>, pointer: &str) -> Result<(), ValidationError> {
-    check_map(attrs, pointer, MAX_ATTRIBUTES, MAX_ATTRIBUTES_BYTES, "attributes")
+    check_map(
+        attrs,
+        pointer,
+        MAX_ATTRIBUTES,
+        MAX_ATTRIBUTES_BYTES,
+        "attributes",
+    )
 }
 
 /// Shared limits of attribute maps and event property maps.
@@ -28,19 +34,30 @@ pub fn check_map(
     what: &str,
 ) -> Result<(), ValidationError> {
     if map.len() > max_fields {
-        return Err(ValidationError::new("too_many_fields", format!("at most {max_fields} {what} are allowed")).at(pointer));
+        return Err(ValidationError::new(
+            "too_many_fields",
+            format!("at most {max_fields} {what} are allowed"),
+        )
+        .at(pointer));
     }
     let mut bytes = 2usize;
     for (name, value) in map {
         let field = || format!("{pointer}/{}", pointer_token(name));
         check_field_name(name).map_err(|e| e.at(field()))?;
         if depth(value) > MAX_VALUE_DEPTH {
-            return Err(ValidationError::new("value_too_deep", format!("values nest at most {MAX_VALUE_DEPTH} levels"))
-                .at(field()));
+            return Err(ValidationError::new(
+                "value_too_deep",
+                format!("values nest at most {MAX_VALUE_DEPTH} levels"),
+            )
+            .at(field()));
         }
         bytes += name.len() + encoded_len(value) + 4;
         if bytes > max_bytes {
-            return Err(ValidationError::new("too_large", format!("{what} take at most {max_bytes} bytes encoded")).at(pointer));
+            return Err(ValidationError::new(
+                "too_large",
+                format!("{what} take at most {max_bytes} bytes encoded"),
+            )
+            .at(pointer));
         }
     }
     Ok(())
@@ -61,7 +78,12 @@ fn encoded_len(value: &Value) -> usize {
         Value::Number(_) => 24,
         Value::String(s) => s.len() + 2,
         Value::Array(items) => 2 + items.iter().map(|v| encoded_len(v) + 1).sum::<usize>(),
-        Value::Object(map) => 2 + map.iter().map(|(k, v)| k.len() + 4 + encoded_len(v)).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + encoded_len(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -132,11 +154,17 @@ mod tests {
         for i in 0..=MAX_ATTRIBUTES {
             many.insert(format!("a{i}"), json!(1));
         }
-        assert_eq!(check(&many, "/attributes").map_err(|e| e.code), Err("too_many_fields"));
+        assert_eq!(
+            check(&many, "/attributes").map_err(|e| e.code),
+            Err("too_many_fields")
+        );
         let deep = json!({"x": [[[[[1]]]]]});
         let err = check(deep.as_object().unwrap_or(&Map::new()), "/attributes").err();
         assert_eq!(err.and_then(|e| e.field), Some("/attributes/x".to_owned()));
         let big = json!({"x": "y".repeat(MAX_ATTRIBUTES_BYTES)});
-        assert_eq!(check(big.as_object().unwrap_or(&Map::new()), "").map_err(|e| e.code), Err("too_large"));
+        assert_eq!(
+            check(big.as_object().unwrap_or(&Map::new()), "").map_err(|e| e.code),
+            Err("too_large")
+        );
     }
 }

@@ -60,12 +60,31 @@ const CITIES: [(&str, f64); 8] = [
 ];
 
 const FIRST: [&str; 24] = [
-    "Olivia", "Liam", "Emma", "Noah", "Ava", "Elijah", "Sophia", "James", "Isabella", "Lucas", "Mia", "Mason",
-    "Amelia", "Ethan", "Harper", "Aarav", "Priya", "Diego", "Sofia", "Wei", "Fatima", "Kenji", "Zara", "Omar",
+    "Olivia", "Liam", "Emma", "Noah", "Ava", "Elijah", "Sophia", "James", "Isabella", "Lucas",
+    "Mia", "Mason", "Amelia", "Ethan", "Harper", "Aarav", "Priya", "Diego", "Sofia", "Wei",
+    "Fatima", "Kenji", "Zara", "Omar",
 ];
 const LAST: [&str; 20] = [
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez",
-    "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Patel", "Nguyen", "Kim", "Chen", "Singh",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Patel",
+    "Nguyen",
+    "Kim",
+    "Chen",
+    "Singh",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +138,12 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(spec: Spec) -> Self {
-        Self { spec, rng: ChaCha8Rng::seed_from_u64(spec.seed), activity: Vec::new(), signup: Vec::new() }
+        Self {
+            spec,
+            rng: ChaCha8Rng::seed_from_u64(spec.seed),
+            activity: Vec::new(),
+            signup: Vec::new(),
+        }
     }
 
     /// All users, ids `1..=users`. Must be drained before events or orders.
@@ -148,7 +172,11 @@ impl Generator {
                 x if x < 0.90 => "desktop",
                 _ => "tablet",
             };
-            let name = format!("{} {}", FIRST[rng.random_range(0..FIRST.len())], LAST[rng.random_range(0..LAST.len())]);
+            let name = format!(
+                "{} {}",
+                FIRST[rng.random_range(0..FIRST.len())],
+                LAST[rng.random_range(0..LAST.len())]
+            );
             // Log-normal activity: most users are light, a few are heavy.
             total += (1.1 * normal(rng)).exp();
             self.activity.push(total);
@@ -172,7 +200,11 @@ impl Generator {
             let user = self.pick_user()?;
             let event_name = pick(&mut self.rng, &EVENT_MIX);
             let timestamp = self.instant_after_signup(user, 180);
-            Some(EventRow { user_id: user as u64 + 1, event_name, timestamp })
+            Some(EventRow {
+                user_id: user as u64 + 1,
+                event_name,
+                timestamp,
+            })
         })
     }
 
@@ -181,16 +213,31 @@ impl Generator {
         (1..=self.spec.orders).filter_map(move |order_id| {
             let user = self.pick_user()?;
             let city = pick(&mut self.rng, &CITIES);
-            let amount = ((5.9 + 0.6 * normal(&mut self.rng)).exp().clamp(49.0, 9_999.0) * 100.0).round() / 100.0;
+            let amount = ((5.9 + 0.6 * normal(&mut self.rng))
+                .exp()
+                .clamp(49.0, 9_999.0)
+                * 100.0)
+                .round()
+                / 100.0;
             let timestamp = self.instant_after_signup(user, 180);
-            Some(OrderRow { order_id, user_id: user as u64 + 1, amount, city, timestamp })
+            Some(OrderRow {
+                order_id,
+                user_id: user as u64 + 1,
+                amount,
+                city,
+                timestamp,
+            })
         })
     }
 
     fn pick_user(&mut self) -> Option<usize> {
         let total = *self.activity.last()?;
         let x = self.rng.random::<f64>() * total;
-        Some(self.activity.partition_point(|&c| c <= x).min(self.activity.len() - 1))
+        Some(
+            self.activity
+                .partition_point(|&c| c <= x)
+                .min(self.activity.len() - 1),
+        )
     }
 
     /// Whole seconds, like the files SQL engines load.
@@ -226,7 +273,13 @@ mod tests {
     use super::*;
 
     fn spec(seed: u64) -> Spec {
-        Spec { users: 2_000, events: 10_000, orders: 1_000, seed, now: 1_780_000_000_000 }
+        Spec {
+            users: 2_000,
+            events: 10_000,
+            orders: 1_000,
+            seed,
+            now: 1_780_000_000_000,
+        }
     }
 
     fn all(spec: Spec) -> (Vec<UserRow>, Vec<EventRow>, Vec<OrderRow>) {
@@ -246,18 +299,34 @@ mod tests {
     #[test]
     fn data_is_plausible() {
         let (users, events, orders) = all(spec(7));
-        assert_eq!((users.len(), events.len(), orders.len()), (2_000, 10_000, 1_000));
+        assert_eq!(
+            (users.len(), events.len(), orders.len()),
+            (2_000, 10_000, 1_000)
+        );
         assert!(users.iter().all(|u| (18..=70).contains(&u.age)));
         let ca = users.iter().filter(|u| u.location == "California").count();
         let tx = users.iter().filter(|u| u.location == "Texas").count();
-        assert!(ca > tx, "California should be the most common state ({ca} vs {tx})");
+        assert!(
+            ca > tx,
+            "California should be the most common state ({ca} vs {tx})"
+        );
         let young = users.iter().filter(|u| (25..=34).contains(&u.age)).count();
-        assert!((300..700).contains(&young), "{young} users aged 25-34 of 2000");
+        assert!(
+            (300..700).contains(&young),
+            "{young} users aged 25-34 of 2000"
+        );
         let now = spec(7).now;
-        assert!(events.iter().all(|e| e.timestamp <= now && e.timestamp > now - 180 * DAY_MS - 1000));
+        assert!(events
+            .iter()
+            .all(|e| e.timestamp <= now && e.timestamp > now - 180 * DAY_MS - 1000));
         assert!(events.iter().all(|e| (1..=2000).contains(&e.user_id)));
-        assert!(orders.iter().all(|o| o.amount >= 49.0 && o.amount <= 9_999.0));
+        assert!(orders
+            .iter()
+            .all(|o| o.amount >= 49.0 && o.amount <= 9_999.0));
         let logins = events.iter().filter(|e| e.event_name == "LOGIN").count();
-        assert!((1_600..2_400).contains(&logins), "{logins} logins of 10000 events");
+        assert!(
+            (1_600..2_400).contains(&logins),
+            "{logins} logins of 10000 events"
+        );
     }
 }

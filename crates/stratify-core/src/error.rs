@@ -16,7 +16,11 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None }
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn at(mut self, field: impl Into<String>) -> Self {
@@ -60,7 +64,9 @@ mod tests {
 
     #[test]
     fn within_prefixes_the_field_pointer() {
-        let e = ValidationError::new("x", "m").at("/name").within("/events/3");
+        let e = ValidationError::new("x", "m")
+            .at("/name")
+            .within("/events/3");
         assert_eq!(e.field.as_deref(), Some("/events/3/name"));
         let e = ValidationError::new("x", "m").within("/events/3");
         assert_eq!(e.field.as_deref(), Some("/events/3"));

@@ -40,28 +40,44 @@ impl NewEvent {
     /// Validates one event document. `now` is the default timestamp.
     pub fn from_json(value: Value, now: Millis) -> Result<Self, ValidationError> {
         let Value::Object(mut obj) = value else {
-            return Err(ValidationError::new("invalid_event", format!("an event is a JSON object, got {}", json_type_name(&value))));
+            return Err(ValidationError::new(
+                "invalid_event",
+                format!("an event is a JSON object, got {}", json_type_name(&value)),
+            ));
         };
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "event_id" | "user_id" | "name" | "timestamp" | "properties"))
-        {
-            return Err(ValidationError::new("unknown_field", format!("unknown field '{unknown}'"))
-                .at(format!("/{}", crate::error::pointer_token(unknown))));
+        if let Some(unknown) = obj.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "event_id" | "user_id" | "name" | "timestamp" | "properties"
+            )
+        }) {
+            return Err(ValidationError::new(
+                "unknown_field",
+                format!("unknown field '{unknown}'"),
+            )
+            .at(format!("/{}", crate::error::pointer_token(unknown))));
         }
         let user_id = match obj.remove("user_id") {
             Some(Value::String(s)) => UserId::parse(s).map_err(|e| e.at("/user_id"))?,
             Some(other) => return Err(expected("user_id", "a string", &other)),
-            None => return Err(ValidationError::new("missing_field", "user_id is required").at("/user_id")),
+            None => {
+                return Err(
+                    ValidationError::new("missing_field", "user_id is required").at("/user_id")
+                )
+            }
         };
         let name = match obj.remove("name") {
             Some(Value::String(s)) => EventName::parse(s).map_err(|e| e.at("/name"))?,
             Some(other) => return Err(expected("name", "a string", &other)),
-            None => return Err(ValidationError::new("missing_field", "name is required").at("/name")),
+            None => {
+                return Err(ValidationError::new("missing_field", "name is required").at("/name"))
+            }
         };
         let event_id = match obj.remove("event_id") {
             Some(Value::String(s)) => Some(EventId::parse(s).map_err(|e| e.at("/event_id"))?),
-            Some(Value::Number(n)) => Some(EventId::parse(n.to_string()).map_err(|e| e.at("/event_id"))?),
+            Some(Value::Number(n)) => {
+                Some(EventId::parse(n.to_string()).map_err(|e| e.at("/event_id"))?)
+            }
             Some(Value::Null) | None => None,
             Some(other) => return Err(expected("event_id", "a string", &other)),
         };
@@ -71,22 +87,44 @@ impl NewEvent {
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(ms) => time::in_range(ms).map_err(|e| e.at("/timestamp"))?,
                 None => {
-                    return Err(ValidationError::new("invalid_timestamp", "epoch milliseconds must be an integer")
-                        .at("/timestamp"))
+                    return Err(ValidationError::new(
+                        "invalid_timestamp",
+                        "epoch milliseconds must be an integer",
+                    )
+                    .at("/timestamp"))
                 }
             },
-            Some(other) => return Err(expected("timestamp", "RFC 3339 text or epoch milliseconds", &other)),
+            Some(other) => {
+                return Err(expected(
+                    "timestamp",
+                    "RFC 3339 text or epoch milliseconds",
+                    &other,
+                ))
+            }
         };
         let properties = match obj.remove("properties") {
             None | Some(Value::Null) => None,
             Some(Value::Object(map)) => {
-                check_map(&map, "/properties", MAX_PROPERTIES, MAX_PROPERTIES_BYTES, "properties")?;
+                check_map(
+                    &map,
+                    "/properties",
+                    MAX_PROPERTIES,
+                    MAX_PROPERTIES_BYTES,
+                    "properties",
+                )?;
                 (!map.is_empty()).then_some(map)
             }
             Some(other) => return Err(expected("properties", "an object", &other)),
         };
         let dedupe_key = event_id.as_ref().map(|id| event_id_key(id.as_str()));
-        Ok(Self { event_id, user_id, name, timestamp, properties, dedupe_key })
+        Ok(Self {
+            event_id,
+            user_id,
+            name,
+            timestamp,
+            properties,
+            dedupe_key,
+        })
     }
 
     /// An `order_placed` event from `POST /v1/orders`. An `order_id` becomes
@@ -94,30 +132,52 @@ impl NewEvent {
     /// and order ids cannot collide with other clients' event ids.
     pub fn from_order_json(value: Value, now: Millis) -> Result<Self, ValidationError> {
         let Value::Object(mut obj) = value else {
-            return Err(ValidationError::new("invalid_order", "an order is a JSON object"));
+            return Err(ValidationError::new(
+                "invalid_order",
+                "an order is a JSON object",
+            ));
         };
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "order_id" | "user_id" | "amount" | "city" | "timestamp"))
-        {
-            return Err(ValidationError::new("unknown_field", format!("unknown field '{unknown}'"))
-                .at(format!("/{}", crate::error::pointer_token(unknown))));
+        if let Some(unknown) = obj.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "order_id" | "user_id" | "amount" | "city" | "timestamp"
+            )
+        }) {
+            return Err(ValidationError::new(
+                "unknown_field",
+                format!("unknown field '{unknown}'"),
+            )
+            .at(format!("/{}", crate::error::pointer_token(unknown))));
         }
         let amount = match obj.remove("amount") {
-            Some(Value::Number(n)) if n.as_f64().is_some_and(|a| a.is_finite() && a >= 0.0) => Value::Number(n),
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|a| a.is_finite() && a >= 0.0) => {
+                Value::Number(n)
+            }
             Some(Value::Number(_)) => {
-                return Err(ValidationError::new("invalid_amount", "amount must be a finite number >= 0").at("/amount"))
+                return Err(ValidationError::new(
+                    "invalid_amount",
+                    "amount must be a finite number >= 0",
+                )
+                .at("/amount"))
             }
             Some(other) => return Err(expected("amount", "a number", &other)),
-            None => return Err(ValidationError::new("missing_field", "amount is required").at("/amount")),
+            None => {
+                return Err(
+                    ValidationError::new("missing_field", "amount is required").at("/amount")
+                )
+            }
         };
         let city = match obj.remove("city") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Value::String(s),
             Some(Value::String(_)) => {
-                return Err(ValidationError::new("invalid_city", "city is 1–128 bytes of text").at("/city"))
+                return Err(
+                    ValidationError::new("invalid_city", "city is 1–128 bytes of text").at("/city"),
+                )
             }
             Some(other) => return Err(expected("city", "a string", &other)),
-            None => return Err(ValidationError::new("missing_field", "city is required").at("/city")),
+            None => {
+                return Err(ValidationError::new("missing_field", "city is required").at("/city"))
+            }
         };
         let order_id = match obj.remove("order_id") {
             None | Some(Value::Null) => None,
@@ -133,7 +193,10 @@ impl NewEvent {
             properties.insert("order_id".into(), Value::String(id.clone()));
             event.insert("event_id".into(), Value::String(format!("order:{id}")));
         }
-        event.insert("user_id".into(), obj.remove("user_id").unwrap_or(Value::Null));
+        event.insert(
+            "user_id".into(),
+            obj.remove("user_id").unwrap_or(Value::Null),
+        );
         event.insert("name".into(), Value::String(ORDER_PLACED.into()));
         if let Some(ts) = obj.remove("timestamp") {
             event.insert("timestamp".into(), ts);
@@ -155,7 +218,9 @@ impl NewEvent {
 /// different lines stay distinct events, as they were in the file.
 pub fn import_row_key(kind: &str, line: u64, fields: &[&str]) -> i64 {
     let mut h = StableHasher::default();
-    h.field(b"import").field(kind.as_bytes()).field(&line.to_le_bytes());
+    h.field(b"import")
+        .field(kind.as_bytes())
+        .field(&line.to_le_bytes());
     for f in fields {
         h.field(f.as_bytes());
     }
@@ -163,8 +228,11 @@ pub fn import_row_key(kind: &str, line: u64, fields: &[&str]) -> i64 {
 }
 
 fn expected(field: &str, what: &str, got: &Value) -> ValidationError {
-    ValidationError::new("type_mismatch", format!("{field} must be {what}, got {}", json_type_name(got)))
-        .at(format!("/{field}"))
+    ValidationError::new(
+        "type_mismatch",
+        format!("{field} must be {what}, got {}", json_type_name(got)),
+    )
+    .at(format!("/{field}"))
 }
 
 #[cfg(test)]
@@ -176,7 +244,8 @@ mod tests {
 
     #[test]
     fn minimal_event_defaults_its_timestamp_to_now() {
-        let e = NewEvent::from_json(json!({"user_id": "u1", "name": "LOGIN"}), NOW).unwrap_or_else(|e| unreachable!("{e}"));
+        let e = NewEvent::from_json(json!({"user_id": "u1", "name": "LOGIN"}), NOW)
+            .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(e.timestamp, NOW);
         assert_eq!(e.dedupe_key, None);
         assert_eq!(e.properties, None);
@@ -184,20 +253,29 @@ mod tests {
 
     #[test]
     fn timestamps_accept_rfc3339_and_epoch_ms_only() {
-        let ok = NewEvent::from_json(json!({"user_id": "u", "name": "n", "timestamp": "1970-01-01T00:00:01Z"}), NOW);
+        let ok = NewEvent::from_json(
+            json!({"user_id": "u", "name": "n", "timestamp": "1970-01-01T00:00:01Z"}),
+            NOW,
+        );
         assert_eq!(ok.map(|e| e.timestamp).ok(), Some(1000));
         let ms = NewEvent::from_json(json!({"user_id": "u", "name": "n", "timestamp": 5}), NOW);
         assert_eq!(ms.map(|e| e.timestamp).ok(), Some(5));
         for bad in [json!(1.5), json!("yesterday"), json!(true), json!(-1)] {
-            let err = NewEvent::from_json(json!({"user_id": "u", "name": "n", "timestamp": bad}), NOW).err();
+            let err =
+                NewEvent::from_json(json!({"user_id": "u", "name": "n", "timestamp": bad}), NOW)
+                    .err();
             assert_eq!(err.and_then(|e| e.field).as_deref(), Some("/timestamp"));
         }
     }
 
     #[test]
     fn unknown_and_mistyped_fields_point_at_the_field() {
-        let err = NewEvent::from_json(json!({"user_id": "u", "name": "n", "propeties": {}}), NOW).err();
-        assert_eq!(err.map(|e| (e.code, e.field)), Some(("unknown_field", Some("/propeties".into()))));
+        let err =
+            NewEvent::from_json(json!({"user_id": "u", "name": "n", "propeties": {}}), NOW).err();
+        assert_eq!(
+            err.map(|e| (e.code, e.field)),
+            Some(("unknown_field", Some("/propeties".into())))
+        );
         let err = NewEvent::from_json(json!({"user_id": 7, "name": "n"}), NOW).err();
         assert_eq!(err.map(|e| e.field), Some(Some("/user_id".into())));
         let err = NewEvent::from_json(json!(["x"]), NOW).err();
@@ -206,20 +284,38 @@ mod tests {
 
     #[test]
     fn event_ids_give_stable_dedupe_keys() {
-        let a = NewEvent::from_json(json!({"event_id": "e1", "user_id": "u", "name": "n"}), NOW).ok();
-        let b = NewEvent::from_json(json!({"event_id": "e1", "user_id": "v", "name": "m"}), NOW + 1).ok();
+        let a =
+            NewEvent::from_json(json!({"event_id": "e1", "user_id": "u", "name": "n"}), NOW).ok();
+        let b = NewEvent::from_json(
+            json!({"event_id": "e1", "user_id": "v", "name": "m"}),
+            NOW + 1,
+        )
+        .ok();
         assert!(a.as_ref().and_then(|e| e.dedupe_key).is_some());
         assert_eq!(a.and_then(|e| e.dedupe_key), b.and_then(|e| e.dedupe_key));
     }
 
     #[test]
     fn orders_become_order_placed_events_with_amount_and_city() {
-        let e = NewEvent::from_order_json(json!({"user_id": "u", "amount": 250.5, "city": "Pune", "order_id": 17}), NOW)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let e = NewEvent::from_order_json(
+            json!({"user_id": "u", "amount": 250.5, "city": "Pune", "order_id": 17}),
+            NOW,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(e.name.as_str(), ORDER_PLACED);
-        assert_eq!(e.event_id.map(|i| i.to_string()).as_deref(), Some("order:17"));
-        assert_eq!(e.properties, json!({"amount": 250.5, "city": "Pune", "order_id": "17"}).as_object().cloned());
-        let neg = NewEvent::from_order_json(json!({"user_id": "u", "amount": -1, "city": "Pune"}), NOW).err();
+        assert_eq!(
+            e.event_id.map(|i| i.to_string()).as_deref(),
+            Some("order:17")
+        );
+        assert_eq!(
+            e.properties,
+            json!({"amount": 250.5, "city": "Pune", "order_id": "17"})
+                .as_object()
+                .cloned()
+        );
+        let neg =
+            NewEvent::from_order_json(json!({"user_id": "u", "amount": -1, "city": "Pune"}), NOW)
+                .err();
         assert_eq!(neg.map(|e| e.code), Some("invalid_amount"));
     }
 

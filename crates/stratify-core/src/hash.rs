@@ -44,7 +44,10 @@ impl StableHasher {
 
 /// The dedupe key of a client-supplied event id.
 pub fn event_id_key(event_id: &str) -> i64 {
-    StableHasher::default().field(b"event_id").field(event_id.as_bytes()).finish()
+    StableHasher::default()
+        .field(b"event_id")
+        .field(event_id.as_bytes())
+        .finish()
 }
 
 #[cfg(test)]

@@ -18,13 +18,22 @@ fn check_text(
     code: &'static str,
 ) -> Result<(), ValidationError> {
     if value.is_empty() {
-        return Err(ValidationError::new(code, format!("{what} must not be empty")));
+        return Err(ValidationError::new(
+            code,
+            format!("{what} must not be empty"),
+        ));
     }
     if value.len() > max {
-        return Err(ValidationError::new(code, format!("{what} is longer than {max} bytes")));
+        return Err(ValidationError::new(
+            code,
+            format!("{what} is longer than {max} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::new(code, format!("{what} must not contain control characters")));
+        return Err(ValidationError::new(
+            code,
+            format!("{what} must not contain control characters"),
+        ));
     }
     Ok(())
 }
@@ -54,7 +63,12 @@ pub struct EventName(String);
 impl EventName {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
-        check_text(&value, "event name", MAX_EVENT_NAME_BYTES, "invalid_event_name")?;
+        check_text(
+            &value,
+            "event name",
+            MAX_EVENT_NAME_BYTES,
+            "invalid_event_name",
+        )?;
         Ok(Self(value))
     }
 
@@ -111,12 +125,21 @@ mod tests {
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse("a".repeat(257)).is_err());
         assert!(UserId::parse("a\nb").is_err());
-        assert_eq!(UserId::parse("user_42").map(|u| u.to_string()).ok(), Some("user_42".into()));
+        assert_eq!(
+            UserId::parse("user_42").map(|u| u.to_string()).ok(),
+            Some("user_42".into())
+        );
     }
 
     #[test]
     fn event_names_keep_their_case() {
-        assert_eq!(EventName::parse("LOGIN").map(|n| n.to_string()).ok(), Some("LOGIN".into()));
-        assert_eq!(EventName::parse("").map_err(|e| e.code), Err("invalid_event_name"));
+        assert_eq!(
+            EventName::parse("LOGIN").map(|n| n.to_string()).ok(),
+            Some("LOGIN".into())
+        );
+        assert_eq!(
+            EventName::parse("").map_err(|e| e.code),
+            Err("invalid_event_name")
+        );
     }
 }

@@ -54,7 +54,9 @@ impl FieldType {
             (Self::Boolean, Value::Bool(_)) => true,
             (Self::Date, Value::String(s)) => is_date(s),
             (Self::Timestamp, Value::String(s)) => time::parse_rfc3339(s).is_ok(),
-            (Self::Timestamp, Value::Number(n)) => n.as_i64().is_some_and(|ms| time::in_range(ms).is_ok()),
+            (Self::Timestamp, Value::Number(n)) => {
+                n.as_i64().is_some_and(|ms| time::in_range(ms).is_ok())
+            }
             (Self::Email, Value::String(s)) => is_email(s),
             _ => false,
         }
@@ -67,7 +69,9 @@ pub fn is_date(s: &str) -> bool {
 }
 
 fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else { return false };
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && !domain.contains('@')
         && domain.contains('.')
@@ -135,14 +139,21 @@ impl EventTypeSchema {
     pub fn validate_definition(&self) -> Result<(), ValidationError> {
         crate::ids::EventName::parse(self.name.clone()).map_err(|e| e.at("/name"))?;
         if self.description.as_ref().is_some_and(|d| d.len() > 1024) {
-            return Err(ValidationError::new("invalid_description", "description is longer than 1024 bytes")
-                .at("/description"));
+            return Err(ValidationError::new(
+                "invalid_description",
+                "description is longer than 1024 bytes",
+            )
+            .at("/description"));
         }
         check_field_names(self.properties.keys(), "/properties")
     }
 
     /// Checks an event's properties against this type.
-    pub fn check(&self, props: Option<&Map<String, Value>>, pointer: &str) -> Result<(), ValidationError> {
+    pub fn check(
+        &self,
+        props: Option<&Map<String, Value>>,
+        pointer: &str,
+    ) -> Result<(), ValidationError> {
         for (name, spec) in &self.properties {
             let field = format!("{pointer}/{}", pointer_token(name));
             match props.and_then(|p| p.get(name)).filter(|v| !v.is_null()) {
@@ -164,10 +175,16 @@ impl EventTypeSchema {
     }
 }
 
-fn check_field_names<'a>(names: impl ExactSizeIterator<Item = &'a String>, pointer: &str) -> Result<(), ValidationError> {
+fn check_field_names<'a>(
+    names: impl ExactSizeIterator<Item = &'a String>,
+    pointer: &str,
+) -> Result<(), ValidationError> {
     if names.len() > MAX_SCHEMA_FIELDS {
-        return Err(ValidationError::new("schema_too_large", format!("a schema declares at most {MAX_SCHEMA_FIELDS} fields"))
-            .at(pointer));
+        return Err(ValidationError::new(
+            "schema_too_large",
+            format!("a schema declares at most {MAX_SCHEMA_FIELDS} fields"),
+        )
+        .at(pointer));
     }
     for name in names {
         check_field_name(name).map_err(|e| e.at(format!("{pointer}/{}", pointer_token(name))))?;
@@ -189,7 +206,11 @@ pub fn check_field_name(name: &str) -> Result<(), ValidationError> {
 fn type_mismatch(name: &str, expected: FieldType, value: &Value) -> ValidationError {
     ValidationError::new(
         "type_mismatch",
-        format!("'{name}' must be of type {}, got {}", expected.name(), json_type_name(value)),
+        format!(
+            "'{name}' must be of type {}, got {}",
+            expected.name(),
+            json_type_name(value)
+        ),
     )
 }
 
@@ -220,7 +241,10 @@ mod tests {
 
     #[test]
     fn required_property_missing_is_rejected_with_its_pointer() {
-        let err = order_type().check(Some(json!({"city": "Pune"}).as_object().unwrap_or(&Map::new())), "/properties");
+        let err = order_type().check(
+            Some(json!({"city": "Pune"}).as_object().unwrap_or(&Map::new())),
+            "/properties",
+        );
         let err = err.err().unwrap_or_else(|| unreachable!());
         assert_eq!(err.code, "missing_property");
         assert_eq!(err.field.as_deref(), Some("/properties/amount"));
@@ -230,7 +254,10 @@ mod tests {
     fn wrong_type_is_rejected_and_undeclared_properties_pass() {
         let t = order_type();
         let bad = json!({"amount": "12"});
-        assert_eq!(t.check(bad.as_object(), "/properties").map_err(|e| e.code), Err("type_mismatch"));
+        assert_eq!(
+            t.check(bad.as_object(), "/properties").map_err(|e| e.code),
+            Err("type_mismatch")
+        );
         let ok = json!({"amount": 12.5, "coupon": "X"});
         assert!(t.check(ok.as_object(), "/properties").is_ok());
     }
@@ -250,7 +277,8 @@ mod tests {
 
     #[test]
     fn unknown_schema_keys_are_refused() {
-        let r: Result<EventTypeSchema, _> = serde_json::from_value(json!({"name": "x", "props": {}}));
+        let r: Result<EventTypeSchema, _> =
+            serde_json::from_value(json!({"name": "x", "props": {}}));
         assert!(r.is_err());
     }
 }

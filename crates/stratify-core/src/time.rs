@@ -48,7 +48,10 @@ pub fn parse_flexible(text: &str) -> Result<Millis, ValidationError> {
     }
     Err(ValidationError::new(
         "invalid_timestamp",
-        format!("'{}' is not a timestamp (RFC 3339, 'YYYY-MM-DD HH:MM:SS' or epoch ms)", truncate(t, 64)),
+        format!(
+            "'{}' is not a timestamp (RFC 3339, 'YYYY-MM-DD HH:MM:SS' or epoch ms)",
+            truncate(t, 64)
+        ),
     ))
 }
 
@@ -57,7 +60,10 @@ pub fn in_range(ms: Millis) -> Result<Millis, ValidationError> {
     if (MIN_MILLIS..=MAX_MILLIS).contains(&ms) {
         Ok(ms)
     } else {
-        Err(ValidationError::new("invalid_timestamp", "timestamp is outside 1970-01-01..9999-12-31"))
+        Err(ValidationError::new(
+            "invalid_timestamp",
+            "timestamp is outside 1970-01-01..9999-12-31",
+        ))
     }
 }
 

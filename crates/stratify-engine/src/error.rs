@@ -21,8 +21,14 @@ pub enum EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(what) => EngineError::Conflict { code: "conflict", message: format!("{what} already exists") },
-            StoreError::NotFound(what) => EngineError::NotFound { code: "not_found", message: format!("{what} not found") },
+            StoreError::Conflict(what) => EngineError::Conflict {
+                code: "conflict",
+                message: format!("{what} already exists"),
+            },
+            StoreError::NotFound(what) => EngineError::NotFound {
+                code: "not_found",
+                message: format!("{what} not found"),
+            },
             other => EngineError::Store(other),
         }
     }

@@ -70,7 +70,12 @@ struct Parsed {
 
 impl Engine {
     /// Imports one file. `progress` is called with the bytes read so far.
-    pub async fn import<R>(&self, kind: FileKind, reader: R, progress: impl Fn(u64)) -> Result<ImportReport, EngineError>
+    pub async fn import<R>(
+        &self,
+        kind: FileKind,
+        reader: R,
+        progress: impl Fn(u64),
+    ) -> Result<ImportReport, EngineError>
     where
         R: Read + Send + 'static,
     {
@@ -79,7 +84,9 @@ impl Engine {
         let parser = std::thread::spawn(move || parse(kind, reader, now, &tx));
         let mut report = ImportReport::default();
         while let Some(parsed) = rx.recv().await {
-            let parsed = parsed.map_err(|message| EngineError::Invalid(ValidationError::new("unreadable_file", message)))?;
+            let parsed = parsed.map_err(|message| {
+                EngineError::Invalid(ValidationError::new("unreadable_file", message))
+            })?;
             report.rows += parsed.rows;
             report.bad_rows += parsed.bad.len() as u64;
             let room = MAX_REPORTED_BAD_ROWS.saturating_sub(report.errors.len());
@@ -95,21 +102,27 @@ impl Engine {
                     if let Some(bad) = parsed.bad.last() {
                         self.record_bad_rows(parsed.bad.len() as u64, bad).await?;
                     }
-                    let outcome: IngestOutcome = self.ingest_validated(events, Source::Import).await?;
+                    let outcome: IngestOutcome =
+                        self.ingest_validated(events, Source::Import).await?;
                     report.written += outcome.accepted - outcome.duplicates;
                     report.unchanged += outcome.duplicates;
                     report.bad_rows += outcome.rejected.len() as u64;
                     for r in outcome.rejected {
                         if report.errors.len() < MAX_REPORTED_BAD_ROWS {
                             let line = lines.get(r.index).copied().unwrap_or(0);
-                            report.errors.push(BadRow { line, message: format!("{}: {}", r.code, r.message) });
+                            report.errors.push(BadRow {
+                                line,
+                                message: format!("{}: {}", r.code, r.message),
+                            });
                         }
                     }
                 }
             }
             progress(parsed.bytes);
         }
-        parser.join().map_err(|_| EngineError::Invalid(ValidationError::new("unreadable_file", "the parser failed")))?;
+        parser.join().map_err(|_| {
+            EngineError::Invalid(ValidationError::new("unreadable_file", "the parser failed"))
+        })?;
         Ok(report)
     }
 
@@ -125,7 +138,12 @@ impl Engine {
     }
 }
 
-fn parse<R: Read>(kind: FileKind, mut reader: R, now: Millis, tx: &mpsc::Sender<Result<Parsed, String>>) {
+fn parse<R: Read>(
+    kind: FileKind,
+    mut reader: R,
+    now: Millis,
+    tx: &mpsc::Sender<Result<Parsed, String>>,
+) {
     let result = match kind {
         FileKind::EventsNdjson => parse_ndjson(&mut reader, now, tx),
         _ => parse_csv(kind, &mut reader, now, tx),
@@ -145,8 +163,15 @@ struct Columns {
     city: Option<usize>,
 }
 
-fn parse_csv<R: Read>(kind: FileKind, reader: &mut R, now: Millis, tx: &mpsc::Sender<Result<Parsed, String>>) -> Result<(), String> {
-    let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader as &mut dyn Read);
+fn parse_csv<R: Read>(
+    kind: FileKind,
+    reader: &mut R,
+    now: Millis,
+    tx: &mpsc::Sender<Result<Parsed, String>>,
+) -> Result<(), String> {
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(reader as &mut dyn Read);
     let headers: Vec<String> = csv
         .headers()
         .map_err(|e| format!("cannot read the header row: {e}"))?
@@ -167,8 +192,12 @@ fn parse_csv<R: Read>(kind: FileKind, reader: &mut R, now: Millis, tx: &mpsc::Se
         FileKind::EventsCsv if cols.name.is_none() || cols.timestamp.is_none() => {
             return Err("an events file needs user_id, event_name and timestamp columns".into())
         }
-        FileKind::Orders if cols.amount.is_none() || cols.city.is_none() || cols.timestamp.is_none() => {
-            return Err("an orders file needs order_id, user_id, amount, city and timestamp columns".into())
+        FileKind::Orders
+            if cols.amount.is_none() || cols.city.is_none() || cols.timestamp.is_none() =>
+        {
+            return Err(
+                "an orders file needs order_id, user_id, amount, city and timestamp columns".into(),
+            )
         }
         _ => {}
     }
@@ -183,7 +212,10 @@ fn parse_csv<R: Read>(kind: FileKind, reader: &mut R, now: Millis, tx: &mpsc::Se
             Err(e) => {
                 // A row the CSV reader cannot read at all (say, invalid UTF-8).
                 parsed.rows += 1;
-                parsed.bad.push(BadRow { line, message: e.to_string() });
+                parsed.bad.push(BadRow {
+                    line,
+                    message: e.to_string(),
+                });
                 continue;
             }
         }
@@ -195,12 +227,18 @@ fn parse_csv<R: Read>(kind: FileKind, reader: &mut R, now: Millis, tx: &mpsc::Se
                     v.push(u);
                 }
             }),
-            FileKind::EventsCsv => event_row(&headers, &cols, &record, line).map(|e| push_event(&mut parsed, &mut lines, e, line)),
-            FileKind::Orders => order_row(&cols, &record, now).map(|e| push_event(&mut parsed, &mut lines, e, line)),
+            FileKind::EventsCsv => event_row(&headers, &cols, &record, line)
+                .map(|e| push_event(&mut parsed, &mut lines, e, line)),
+            FileKind::Orders => {
+                order_row(&cols, &record, now).map(|e| push_event(&mut parsed, &mut lines, e, line))
+            }
             FileKind::EventsNdjson => Ok(()),
         };
         if let Err(e) = row {
-            parsed.bad.push(BadRow { line, message: e.to_string() });
+            parsed.bad.push(BadRow {
+                line,
+                message: e.to_string(),
+            });
         }
         if parsed.rows as usize >= BATCH_ROWS {
             parsed.bytes = csv.position().byte();
@@ -217,7 +255,12 @@ fn new_parsed(kind: FileKind) -> Parsed {
         FileKind::Users => Batch::Users(Vec::with_capacity(BATCH_ROWS)),
         _ => Batch::Events(Vec::with_capacity(BATCH_ROWS), Vec::new()),
     };
-    Parsed { batch, bad: Vec::new(), rows: 0, bytes: 0 }
+    Parsed {
+        batch,
+        bad: Vec::new(),
+        rows: 0,
+        bytes: 0,
+    }
 }
 
 fn push_event(parsed: &mut Parsed, lines: &mut Vec<u64>, event: NewEvent, line: u64) {
@@ -227,14 +270,23 @@ fn push_event(parsed: &mut Parsed, lines: &mut Vec<u64>, event: NewEvent, line: 
     }
 }
 
-fn send(tx: &mpsc::Sender<Result<Parsed, String>>, mut parsed: Parsed, lines: &mut Vec<u64>) -> Result<(), String> {
+fn send(
+    tx: &mpsc::Sender<Result<Parsed, String>>,
+    mut parsed: Parsed,
+    lines: &mut Vec<u64>,
+) -> Result<(), String> {
     if let Batch::Events(_, l) = &mut parsed.batch {
         *l = std::mem::take(lines);
     }
-    tx.blocking_send(Ok(parsed)).map_err(|_| "the import was stopped".to_owned())
+    tx.blocking_send(Ok(parsed))
+        .map_err(|_| "the import was stopped".to_owned())
 }
 
-fn field<'r>(record: &'r csv::StringRecord, index: Option<usize>, name: &str) -> Result<&'r str, ValidationError> {
+fn field<'r>(
+    record: &'r csv::StringRecord,
+    index: Option<usize>,
+    name: &str,
+) -> Result<&'r str, ValidationError> {
     index
         .and_then(|i| record.get(i))
         .map(str::trim)
@@ -242,7 +294,11 @@ fn field<'r>(record: &'r csv::StringRecord, index: Option<usize>, name: &str) ->
         .ok_or_else(|| ValidationError::new("missing_field", format!("{name} is empty")))
 }
 
-fn user_row(headers: &[String], cols: &Columns, record: &csv::StringRecord) -> Result<(UserId, Attributes), ValidationError> {
+fn user_row(
+    headers: &[String],
+    cols: &Columns,
+    record: &csv::StringRecord,
+) -> Result<(UserId, Attributes), ValidationError> {
     let user_id = UserId::parse(field(record, Some(cols.user_id), "user_id")?)?;
     let mut attrs = Map::new();
     for (i, cell) in record.iter().enumerate() {
@@ -250,7 +306,10 @@ fn user_row(headers: &[String], cols: &Columns, record: &csv::StringRecord) -> R
             continue;
         }
         let Some(name) = headers.get(i) else {
-            return Err(ValidationError::new("extra_column", format!("column {} has no header", i + 1)));
+            return Err(ValidationError::new(
+                "extra_column",
+                format!("column {} has no header", i + 1),
+            ));
         };
         if let Some(v) = infer_csv_value(cell) {
             attrs.insert(name.clone(), v);
@@ -260,12 +319,22 @@ fn user_row(headers: &[String], cols: &Columns, record: &csv::StringRecord) -> R
     Ok((user_id, attrs))
 }
 
-fn event_row(headers: &[String], cols: &Columns, record: &csv::StringRecord, line: u64) -> Result<NewEvent, ValidationError> {
+fn event_row(
+    headers: &[String],
+    cols: &Columns,
+    record: &csv::StringRecord,
+    line: u64,
+) -> Result<NewEvent, ValidationError> {
     let user = field(record, Some(cols.user_id), "user_id")?;
     let name = field(record, cols.name, "event_name")?;
     let ts_text = field(record, cols.timestamp, "timestamp")?;
     let timestamp = time::parse_flexible(ts_text)?;
-    let event_id = match cols.event_id.and_then(|i| record.get(i)).map(str::trim).filter(|s| !s.is_empty()) {
+    let event_id = match cols
+        .event_id
+        .and_then(|i| record.get(i))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(id) => Some(EventId::parse(id)?),
         None => None,
     };
@@ -293,20 +362,32 @@ fn event_row(headers: &[String], cols: &Columns, record: &csv::StringRecord, lin
     })
 }
 
-fn order_row(cols: &Columns, record: &csv::StringRecord, now: Millis) -> Result<NewEvent, ValidationError> {
+fn order_row(
+    cols: &Columns,
+    record: &csv::StringRecord,
+    now: Millis,
+) -> Result<NewEvent, ValidationError> {
     let amount: f64 = field(record, cols.amount, "amount")?
         .parse()
         .map_err(|_| ValidationError::new("invalid_amount", "amount is not a number"))?;
     let ts = time::parse_flexible(field(record, cols.timestamp, "timestamp")?)?;
     let mut order = Map::new();
-    order.insert("user_id".into(), Value::String(field(record, Some(cols.user_id), "user_id")?.to_owned()));
+    order.insert(
+        "user_id".into(),
+        Value::String(field(record, Some(cols.user_id), "user_id")?.to_owned()),
+    );
     order.insert(
         "amount".into(),
         serde_json::Number::from_f64(amount)
             .map(Value::Number)
-            .ok_or_else(|| ValidationError::new("invalid_amount", "amount is not a finite number"))?,
+            .ok_or_else(|| {
+                ValidationError::new("invalid_amount", "amount is not a finite number")
+            })?,
     );
-    order.insert("city".into(), Value::String(field(record, cols.city, "city")?.to_owned()));
+    order.insert(
+        "city".into(),
+        Value::String(field(record, cols.city, "city")?.to_owned()),
+    );
     order.insert("timestamp".into(), Value::Number(ts.into()));
     if let Ok(id) = field(record, cols.order_id, "order_id") {
         order.insert("order_id".into(), Value::String(id.to_owned()));
@@ -314,7 +395,11 @@ fn order_row(cols: &Columns, record: &csv::StringRecord, now: Millis) -> Result<
     NewEvent::from_order_json(Value::Object(order), now)
 }
 
-fn parse_ndjson<R: Read>(reader: &mut R, now: Millis, tx: &mpsc::Sender<Result<Parsed, String>>) -> Result<(), String> {
+fn parse_ndjson<R: Read>(
+    reader: &mut R,
+    now: Millis,
+    tx: &mpsc::Sender<Result<Parsed, String>>,
+) -> Result<(), String> {
     use std::io::BufRead;
     let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
     let mut parsed = new_parsed(FileKind::EventsNdjson);
@@ -324,7 +409,9 @@ fn parse_ndjson<R: Read>(reader: &mut R, now: Millis, tx: &mpsc::Sender<Result<P
     let mut bytes = 0u64;
     loop {
         text.clear();
-        let n = buf.read_line(&mut text).map_err(|e| format!("cannot read line {}: {e}", line + 1))?;
+        let n = buf
+            .read_line(&mut text)
+            .map_err(|e| format!("cannot read line {}: {e}", line + 1))?;
         if n == 0 {
             break;
         }
@@ -346,7 +433,10 @@ fn parse_ndjson<R: Read>(reader: &mut R, now: Millis, tx: &mpsc::Sender<Result<P
             });
         match event {
             Ok(e) => push_event(&mut parsed, &mut lines, e, line),
-            Err(e) => parsed.bad.push(BadRow { line, message: e.to_string() }),
+            Err(e) => parsed.bad.push(BadRow {
+                line,
+                message: e.to_string(),
+            }),
         }
         if parsed.rows as usize >= BATCH_ROWS {
             parsed.bytes = bytes;

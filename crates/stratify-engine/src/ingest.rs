@@ -34,7 +34,12 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(index: usize, e: ValidationError) -> Self {
-        Self { index, code: e.code, message: e.message, field: e.field }
+        Self {
+            index,
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        }
     }
 }
 
@@ -47,7 +52,10 @@ impl Engine {
         source: Source,
     ) -> Result<IngestOutcome, EngineError> {
         let now = self.now();
-        let events = items.into_iter().map(|item| item.and_then(|v| NewEvent::from_json(v, now))).collect();
+        let events = items
+            .into_iter()
+            .map(|item| item.and_then(|v| NewEvent::from_json(v, now)))
+            .collect();
         self.ingest_validated(events, source).await
     }
 
@@ -67,10 +75,16 @@ impl Engine {
         let received = items.len() as u64;
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
-        let mut outcome = IngestOutcome { seqs: vec![None; items.len()], ..Default::default() };
+        let mut outcome = IngestOutcome {
+            seqs: vec![None; items.len()],
+            ..Default::default()
+        };
         for (index, item) in items.into_iter().enumerate() {
             let checked = item.and_then(|e| match types.get(e.name.as_str()) {
-                Some(t) => t.schema.check(e.properties.as_ref(), "/properties").map(|()| e),
+                Some(t) => t
+                    .schema
+                    .check(e.properties.as_ref(), "/properties")
+                    .map(|()| e),
                 None => Ok(e),
             });
             match checked {
@@ -85,7 +99,10 @@ impl Engine {
             source,
             received,
             rejected: outcome.rejected.len() as u64,
-            last_error: outcome.rejected.last().map(|r| format!("{}: {}", r.code, r.message)),
+            last_error: outcome
+                .rejected
+                .last()
+                .map(|r| format!("{}: {}", r.code, r.message)),
             now: self.now(),
         };
         if events.is_empty() {
@@ -94,7 +111,10 @@ impl Engine {
             }
             return Ok(outcome);
         }
-        let appended = self.store.append_events(EventBatch { events, report }).await?;
+        let appended = self
+            .store
+            .append_events(EventBatch { events, report })
+            .await?;
         for (index, a) in positions.into_iter().zip(appended) {
             match a {
                 Appended::New(seq) => {

@@ -54,20 +54,29 @@ fn sha256(text: &str) -> [u8; 32] {
 }
 
 impl KeyRing {
-    pub(crate) async fn load(store: &dyn Store, admin_secret: Option<String>) -> Result<Self, EngineError> {
+    pub(crate) async fn load(
+        store: &dyn Store,
+        admin_secret: Option<String>,
+    ) -> Result<Self, EngineError> {
         let mut active = HashMap::new();
         for rec in store.list_api_keys().await? {
             if rec.revoked_at.is_some() {
                 continue;
             }
-            let (Ok(role), Ok(hash)) = (Role::from_str(&rec.role), <[u8; 32]>::try_from(rec.key_hash.as_slice())) else {
+            let (Ok(role), Ok(hash)) = (
+                Role::from_str(&rec.role),
+                <[u8; 32]>::try_from(rec.key_hash.as_slice()),
+            ) else {
                 tracing::warn!(key_id = %rec.id, "skipping an unreadable api key record");
                 continue;
             };
             active.insert(rec.id, ActiveKey { hash, role });
         }
         let env_admin = admin_secret.filter(|s| !s.is_empty()).map(|s| sha256(&s));
-        Ok(Self { active: RwLock::new(active), env_admin })
+        Ok(Self {
+            active: RwLock::new(active),
+            env_admin,
+        })
     }
 
     /// The caller behind a presented key, if any.
@@ -75,13 +84,19 @@ impl KeyRing {
         let hash = sha256(presented);
         if let Some(admin) = &self.env_admin {
             if bool::from(admin.ct_eq(&hash)) {
-                return Some(Principal { key_id: ENV_ADMIN_KEY_ID.into(), role: Role::Admin });
+                return Some(Principal {
+                    key_id: ENV_ADMIN_KEY_ID.into(),
+                    role: Role::Admin,
+                });
             }
         }
         let id = presented.strip_prefix(PREFIX)?.split_once('_')?.0;
         let active = self.active.read();
         let key = active.get(id)?;
-        bool::from(key.hash.ct_eq(&hash)).then(|| Principal { key_id: id.to_owned(), role: key.role })
+        bool::from(key.hash.ct_eq(&hash)).then(|| Principal {
+            key_id: id.to_owned(),
+            role: key.role,
+        })
     }
 }
 
@@ -91,10 +106,18 @@ impl Engine {
     }
 
     /// Creates a key; the returned secret is shown once and never stored.
-    pub async fn create_api_key(&self, name: &str, role: Role) -> Result<(KeyInfo, String), EngineError> {
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<(KeyInfo, String), EngineError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ValidationError::new("invalid_name", "name is 1–128 characters of text").at("/name").into());
+            return Err(
+                ValidationError::new("invalid_name", "name is 1–128 characters of text")
+                    .at("/name")
+                    .into(),
+            );
         }
         let (id, key) = new_key();
         let hash = sha256(&key);
@@ -107,7 +130,10 @@ impl Engine {
             revoked_at: None,
         };
         self.store.create_api_key(record.clone()).await?;
-        self.keys.active.write().insert(id, ActiveKey { hash, role });
+        self.keys
+            .active
+            .write()
+            .insert(id, ActiveKey { hash, role });
         Ok((info(record, role), key))
     }
 
@@ -123,7 +149,10 @@ impl Engine {
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), EngineError> {
         if !self.store.revoke_api_key(id, self.now()).await? {
-            return Err(EngineError::NotFound { code: "api_key_not_found", message: format!("no active api key '{id}'") });
+            return Err(EngineError::NotFound {
+                code: "api_key_not_found",
+                message: format!("no active api key '{id}'"),
+            });
         }
         self.keys.active.write().remove(id);
         Ok(())
@@ -132,7 +161,14 @@ impl Engine {
     /// On first start with no admin key at all (none stored, none from the
     /// environment), creates one and returns its secret to print once.
     pub async fn bootstrap_admin_key(&self) -> Result<Option<String>, EngineError> {
-        if self.keys.env_admin.is_some() || self.keys.active.read().values().any(|k| k.role == Role::Admin) {
+        if self.keys.env_admin.is_some()
+            || self
+                .keys
+                .active
+                .read()
+                .values()
+                .any(|k| k.role == Role::Admin)
+        {
             return Ok(None);
         }
         let (_, secret) = self.create_api_key("bootstrap admin", Role::Admin).await?;
@@ -154,5 +190,11 @@ fn new_key() -> (String, String) {
 }
 
 fn info(r: ApiKeyRecord, role: Role) -> KeyInfo {
-    KeyInfo { id: r.id, name: r.name, role, created_at: r.created_at, revoked_at: r.revoked_at }
+    KeyInfo {
+        id: r.id,
+        name: r.name,
+        role,
+        created_at: r.created_at,
+        revoked_at: r.revoked_at,
+    }
 }

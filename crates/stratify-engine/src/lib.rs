@@ -44,10 +44,19 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, EngineError> {
 impl Engine {
     /// Loads schemas and keys from the store. `admin_secret` (from
     /// `STRATIFY_ADMIN_KEY`) is accepted as an admin key without being stored.
-    pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, admin_secret: Option<String>) -> Result<Self, EngineError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        admin_secret: Option<String>,
+    ) -> Result<Self, EngineError> {
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
-        Ok(Self { store, clock, schemas, keys })
+        Ok(Self {
+            store,
+            clock,
+            schemas,
+            keys,
+        })
     }
 
     pub fn now(&self) -> stratify_core::time::Millis {

@@ -16,7 +16,12 @@ pub struct Schemas {
 
 impl Schemas {
     pub(crate) async fn load(store: &dyn Store) -> Result<Self, EngineError> {
-        let types = store.list_event_types().await?.into_iter().map(|r| (r.schema.name.clone(), r)).collect();
+        let types = store
+            .list_event_types()
+            .await?
+            .into_iter()
+            .map(|r| (r.schema.name.clone(), r))
+            .collect();
         Ok(Self {
             event_types: RwLock::new(Arc::new(types)),
             attributes: RwLock::new(Arc::new(store.attribute_schema().await?)),
@@ -34,12 +39,17 @@ impl Schemas {
 }
 
 impl crate::Engine {
-    pub async fn put_event_type(&self, schema: EventTypeSchema) -> Result<(EventTypeRecord, bool), EngineError> {
+    pub async fn put_event_type(
+        &self,
+        schema: EventTypeSchema,
+    ) -> Result<(EventTypeRecord, bool), EngineError> {
         schema.validate_definition()?;
         let record = self.store.put_event_type(schema, self.now()).await?;
         let mut guard = self.schemas.event_types.write();
         let mut next = HashMap::clone(&guard);
-        let created = next.insert(record.schema.name.clone(), record.clone()).is_none();
+        let created = next
+            .insert(record.schema.name.clone(), record.clone())
+            .is_none();
         *guard = Arc::new(next);
         Ok((record, created))
     }
@@ -51,15 +61,22 @@ impl crate::Engine {
     }
 
     pub fn event_type(&self, name: &str) -> Result<EventTypeRecord, EngineError> {
-        self.schemas.event_types().get(name).cloned().ok_or_else(|| EngineError::NotFound {
-            code: "event_type_not_found",
-            message: format!("no event type named '{name}'"),
-        })
+        self.schemas
+            .event_types()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound {
+                code: "event_type_not_found",
+                message: format!("no event type named '{name}'"),
+            })
     }
 
     pub async fn delete_event_type(&self, name: &str) -> Result<(), EngineError> {
         if !self.store.delete_event_type(name).await? {
-            return Err(EngineError::NotFound { code: "event_type_not_found", message: format!("no event type named '{name}'") });
+            return Err(EngineError::NotFound {
+                code: "event_type_not_found",
+                message: format!("no event type named '{name}'"),
+            });
         }
         let mut guard = self.schemas.event_types.write();
         let mut next = HashMap::clone(&guard);
@@ -68,9 +85,14 @@ impl crate::Engine {
         Ok(())
     }
 
-    pub async fn put_attribute_schema(&self, schema: AttributeSchema) -> Result<AttributeSchema, EngineError> {
+    pub async fn put_attribute_schema(
+        &self,
+        schema: AttributeSchema,
+    ) -> Result<AttributeSchema, EngineError> {
         schema.validate_definition()?;
-        self.store.put_attribute_schema(schema.clone(), self.now()).await?;
+        self.store
+            .put_attribute_schema(schema.clone(), self.now())
+            .await?;
         *self.schemas.attributes.write() = Arc::new(schema.clone());
         Ok(schema)
     }

@@ -18,7 +18,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn at(mut self, field: impl Into<String>) -> Self {
@@ -35,11 +40,19 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+        )
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error",
+        )
     }
 
     /// The generic error for a status that carries no JSON of its own (axum's
@@ -47,9 +60,15 @@ impl ApiError {
     pub fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
             StatusCode::NOT_FOUND => ("not_found", "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method"),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is over the limit"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported Content-Type"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method_not_allowed", "this route does not take that method")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "the request body is over the limit")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported_media_type", "unsupported Content-Type")
+            }
             StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
             StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "the request breaks a rule"),
             s if s.is_server_error() => ("internal_error", "internal error"),
@@ -61,7 +80,12 @@ impl ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
-        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code: e.code, message: e.message, field: e.field }
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        }
     }
 }
 
@@ -69,8 +93,12 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Invalid(v) => v.into(),
-            EngineError::NotFound { code, message } => Self::new(StatusCode::NOT_FOUND, code, message),
-            EngineError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
+            EngineError::NotFound { code, message } => {
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
+            EngineError::Conflict { code, message } => {
+                Self::new(StatusCode::CONFLICT, code, message)
+            }
             EngineError::Store(source) => {
                 tracing::error!(error = %chain(&source), "storage failure");
                 Self::internal()

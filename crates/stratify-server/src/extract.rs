@@ -19,7 +19,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (kind, bytes) = read_body(req, state).await?;
         if kind != BodyKind::Json {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send application/json"));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json",
+            ));
         }
         parse_json(&bytes).map(Body)
     }
@@ -44,12 +48,23 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind, Bytes), ApiError> {
-    let kind = match req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
+    let kind = match req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         None => BodyKind::Json,
         Some(ct) => {
-            let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             match essence.as_str() {
-                "application/json" | "" => BodyKind::Json,
+                // curl -d sends form encoding by default; a JSON body under
+                // that label is still JSON, and anything else fails as such.
+                "application/json" | "" | "application/x-www-form-urlencoded" | "text/plain" => BodyKind::Json,
                 "application/x-ndjson" | "application/ndjson" | "application/jsonl" => BodyKind::Ndjson,
                 other if other.ends_with("+json") => BodyKind::Json,
                 _ => {
@@ -64,9 +79,17 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind,
     };
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over the limit")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is over the limit",
+            )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                rejection.body_text(),
+            )
         }
     })?;
     Ok((kind, bytes))
@@ -80,7 +103,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", strip_position(&inner.to_string()));
+                let err = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    strip_position(&inner.to_string()),
+                );
                 if pointer.is_empty() {
                     err
                 } else {
@@ -95,7 +122,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn malformed(e: &serde_json::Error) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!("the body is not valid JSON: {e}"),
+    )
 }
 
 fn strip_position(message: &str) -> String {
@@ -112,8 +143,13 @@ fn to_pointer(path: &serde_path_to_error::Path) -> String {
     for seg in path.iter() {
         match seg {
             Segment::Seq { index } => out.push_str(&format!("/{index}")),
-            Segment::Map { key } => out.push_str(&format!("/{}", stratify_core::error::pointer_token(key))),
-            Segment::Enum { variant } => out.push_str(&format!("/{}", stratify_core::error::pointer_token(variant))),
+            Segment::Map { key } => {
+                out.push_str(&format!("/{}", stratify_core::error::pointer_token(key)))
+            }
+            Segment::Enum { variant } => out.push_str(&format!(
+                "/{}",
+                stratify_core::error::pointer_token(variant)
+            )),
             Segment::Unknown => out.push_str("/?"),
         }
     }
@@ -129,15 +165,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de).map(Params).map_err(|e| {
-            let param = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message);
-            if param.is_empty() || param == "." {
-                err
-            } else {
-                err.at(format!("/{param}"))
-            }
-        })
+        serde_path_to_error::deserialize(de)
+            .map(Params)
+            .map_err(|e| {
+                let param = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message);
+                if param.is_empty() || param == "." {
+                    err
+                } else {
+                    err.at(format!("/{param}"))
+                }
+            })
     }
 }

@@ -32,7 +32,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_ingest_body_bytes: 32 * 1024 * 1024, max_body_bytes: 1024 * 1024 }
+        Self {
+            max_ingest_body_bytes: 32 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -47,7 +50,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Engine, config: ServerConfig) -> Self {
-        Self { engine, metrics: Arc::new(Metrics::default()), config: Arc::new(config), started: Instant::now() }
+        Self {
+            engine,
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+            started: Instant::now(),
+        }
     }
 }
 
@@ -63,5 +71,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

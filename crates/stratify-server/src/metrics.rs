@@ -13,7 +13,9 @@ use std::fmt::Write;
 use std::time::Instant;
 
 /// Latency bucket bounds, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -31,9 +33,15 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        *self.requests.lock().entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
         let mut latency = self.latency.lock();
-        let h = latency.entry((method.to_owned(), route.to_owned())).or_default();
+        let h = latency
+            .entry((method.to_owned(), route.to_owned()))
+            .or_default();
         if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
             h.counts[i] += 1;
         }
@@ -50,7 +58,9 @@ impl Metrics {
 
     pub fn render(&self, uptime_seconds: f64) -> String {
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP stratify_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str(
+            "# HELP stratify_http_requests_total HTTP requests by method, route and status.\n",
+        );
         out.push_str("# TYPE stratify_http_requests_total counter\n");
         for ((method, route, status), n) in self.requests.lock().iter() {
             let _ = writeln!(out, "stratify_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}", escape(route));
@@ -64,14 +74,29 @@ impl Metrics {
                 cumulative += n;
                 let _ = writeln!(out, "stratify_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
-            let _ = writeln!(out, "stratify_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "stratify_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "stratify_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "stratify_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "stratify_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "stratify_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
         out.push_str("# HELP stratify_ingest_events_total Events received by this process, by source and outcome.\n");
         out.push_str("# TYPE stratify_ingest_events_total counter\n");
         for ((source, outcome), n) in self.ingest.lock().iter() {
-            let _ = writeln!(out, "stratify_ingest_events_total{{source=\"{source}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "stratify_ingest_events_total{{source=\"{source}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         out.push_str("# HELP stratify_uptime_seconds Seconds since the server started.\n");
         out.push_str("# TYPE stratify_uptime_seconds gauge\n");
@@ -81,21 +106,39 @@ impl Metrics {
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let response = next.run(req).await;
-    state.metrics.observe(&method, &route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.observe(
+        &method,
+        &route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.metrics.render(state.started.elapsed().as_secs_f64());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 #[cfg(test)]

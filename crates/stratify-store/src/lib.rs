@@ -37,7 +37,13 @@ pub trait Store: Send + Sync + 'static {
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>>;
 
     /// Creates, replaces or merges one user's attributes.
-    async fn write_user(&self, user_id: UserId, attributes: Attributes, mode: WriteMode, now: Millis) -> Result<UserRecord>;
+    async fn write_user(
+        &self,
+        user_id: UserId,
+        attributes: Attributes,
+        mode: WriteMode,
+        now: Millis,
+    ) -> Result<UserRecord>;
     /// Merges attributes into many users at once (import); creates unknown users.
     async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64>;
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
@@ -47,7 +53,8 @@ pub trait Store: Send + Sync + 'static {
     async fn event_summary(&self, user_id: &UserId, name: &str) -> Result<EventSummary>;
     async fn query_events(&self, query: EventQuery) -> Result<Vec<StoredEvent>>;
 
-    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis) -> Result<EventTypeRecord>;
+    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis)
+        -> Result<EventTypeRecord>;
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>>;
     async fn delete_event_type(&self, name: &str) -> Result<bool>;
     async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()>;

@@ -29,8 +29,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::Open { path: data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Open {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
@@ -38,7 +40,10 @@ impl SqliteStore {
         let (writer, handle) = Writer::start(conn);
         Ok(Self {
             writer,
-            readers: Arc::new(ReadPool { path, idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
             writer_thread: Mutex::new(Some(handle)),
         })
     }
@@ -94,7 +99,9 @@ impl ReadPool {
         }
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.pragma_update(None, "busy_timeout", 10_000)?;
         conn.pragma_update(None, "cache_size", -16_384)?;
@@ -138,7 +145,9 @@ impl WriterState {
             return Ok(id);
         }
         self.conn
-            .prepare_cached("INSERT INTO event_names (name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
+            .prepare_cached(
+                "INSERT INTO event_names (name) VALUES (?1) ON CONFLICT(name) DO NOTHING",
+            )?
             .execute([name])?;
         let id = self
             .conn
@@ -163,7 +172,16 @@ impl WriterState {
             "INSERT OR IGNORE INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let row = params![uid, name_id, event.timestamp, event_id, event.dedupe_key, properties, source.code(), now];
+        let row = params![
+            uid,
+            name_id,
+            event.timestamp,
+            event_id,
+            event.dedupe_key,
+            properties,
+            source.code(),
+            now
+        ];
         if insert.execute(row)? == 1 {
             return Ok(Appended::New(self.conn.last_insert_rowid()));
         }
@@ -177,7 +195,16 @@ impl WriterState {
                 .optional()?
                 .flatten();
             if stored.as_deref() != Some(id) {
-                let row = params![uid, name_id, event.timestamp, id, None::<i64>, properties, source.code(), now];
+                let row = params![
+                    uid,
+                    name_id,
+                    event.timestamp,
+                    id,
+                    None::<i64>,
+                    properties,
+                    source.code(),
+                    now
+                ];
                 insert.execute(row)?;
                 return Ok(Appended::New(self.conn.last_insert_rowid()));
             }
@@ -185,7 +212,13 @@ impl WriterState {
         Ok(Appended::Duplicate)
     }
 
-    fn record(&mut self, report: &IngestReport, accepted: u64, duplicates: u64, last_event_at: Option<Millis>) -> Result<()> {
+    fn record(
+        &mut self,
+        report: &IngestReport,
+        accepted: u64,
+        duplicates: u64,
+        last_event_at: Option<Millis>,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO ingest_status (source, received, accepted, duplicates, rejected, last_event_at, \
@@ -213,14 +246,21 @@ impl WriterState {
 
     fn user_row(&self, user_id: &str) -> Result<Option<UserRecord>> {
         self.conn
-            .prepare_cached("SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1")?
+            .prepare_cached(
+                "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1",
+            )?
             .query_row([user_id], user_from_row)
             .optional()?
             .map(finish_user)
             .transpose()
     }
 
-    fn save_attributes(&mut self, user_id: &str, attributes: &Attributes, now: Millis) -> Result<()> {
+    fn save_attributes(
+        &mut self,
+        user_id: &str,
+        attributes: &Attributes,
+        now: Millis,
+    ) -> Result<()> {
         self.uid(user_id, now)?;
         self.conn
             .prepare_cached("UPDATE users SET attributes = ?2, updated_at = ?3 WHERE user_id = ?1")?
@@ -236,7 +276,12 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawUser> {
 }
 
 fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result<UserRecord> {
-    Ok(UserRecord { user_id, attributes: serde_json::from_str(&attributes)?, created_at, updated_at })
+    Ok(UserRecord {
+        user_id,
+        attributes: serde_json::from_str(&attributes)?,
+        created_at,
+        updated_at,
+    })
 }
 
 /// `null` removes an attribute; anything else sets it.
@@ -275,21 +320,35 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn write_user(&self, user_id: UserId, attributes: Attributes, mode: WriteMode, now: Millis) -> Result<UserRecord> {
+    async fn write_user(
+        &self,
+        user_id: UserId,
+        attributes: Attributes,
+        mode: WriteMode,
+        now: Millis,
+    ) -> Result<UserRecord> {
         self.writer
             .write(move |w| {
                 let existing = w.user_row(user_id.as_str())?;
                 let merged = match (mode, existing) {
-                    (WriteMode::Create, Some(_)) => return Err(StoreError::Conflict(format!("user '{user_id}'"))),
-                    (WriteMode::Merge, None) => return Err(StoreError::NotFound(format!("user '{user_id}'"))),
+                    (WriteMode::Create, Some(_)) => {
+                        return Err(StoreError::Conflict(format!("user '{user_id}'")))
+                    }
+                    (WriteMode::Merge, None) => {
+                        return Err(StoreError::NotFound(format!("user '{user_id}'")))
+                    }
                     (WriteMode::Merge, Some(mut current)) => {
                         merge_into(&mut current.attributes, attributes);
                         current.attributes
                     }
-                    (_, _) => attributes.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+                    (_, _) => attributes
+                        .into_iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .collect(),
                 };
                 w.save_attributes(user_id.as_str(), &merged, now)?;
-                w.user_row(user_id.as_str())?.ok_or_else(|| StoreError::Corrupt("user vanished during a write".into()))
+                w.user_row(user_id.as_str())?
+                    .ok_or_else(|| StoreError::Corrupt("user vanished during a write".into()))
             })
             .await
     }
@@ -315,11 +374,13 @@ impl Store for SqliteStore {
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
         let user_id = user_id.to_string();
         self.read(move |c| {
-            c.prepare_cached("SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1")?
-                .query_row([user_id], user_from_row)
-                .optional()?
-                .map(finish_user)
-                .transpose()
+            c.prepare_cached(
+                "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1",
+            )?
+            .query_row([user_id], user_from_row)
+            .optional()?
+            .map(finish_user)
+            .transpose()
         })
         .await
     }
@@ -334,8 +395,12 @@ impl Store for SqliteStore {
                     .query_row([&user_id], |r| r.get(0))
                     .optional()?;
                 let Some(uid) = uid else { return Ok(false) };
-                w.conn.prepare_cached("DELETE FROM events WHERE uid = ?1")?.execute([uid])?;
-                w.conn.prepare_cached("DELETE FROM users WHERE uid = ?1")?.execute([uid])?;
+                w.conn
+                    .prepare_cached("DELETE FROM events WHERE uid = ?1")?
+                    .execute([uid])?;
+                w.conn
+                    .prepare_cached("DELETE FROM users WHERE uid = ?1")?
+                    .execute([uid])?;
                 w.uids.remove(&user_id);
                 Ok(true)
             })
@@ -442,7 +507,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis) -> Result<EventTypeRecord> {
+    async fn put_event_type(
+        &self,
+        schema: EventTypeSchema,
+        now: Millis,
+    ) -> Result<EventTypeRecord> {
         self.writer
             .write(move |w| {
                 let json = serde_json::to_string(&schema)?;
@@ -463,12 +532,19 @@ impl Store for SqliteStore {
 
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT schema, created_at, updated_at FROM event_types ORDER BY name")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT schema, created_at, updated_at FROM event_types ORDER BY name",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
             let mut out = Vec::new();
             for row in rows {
                 let (schema, created_at, updated_at) = row?;
-                out.push(EventTypeRecord { schema: serde_json::from_str(&schema)?, created_at, updated_at });
+                out.push(EventTypeRecord {
+                    schema: serde_json::from_str(&schema)?,
+                    created_at,
+                    updated_at,
+                });
             }
             Ok(out)
         })
@@ -478,7 +554,12 @@ impl Store for SqliteStore {
     async fn delete_event_type(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         self.writer
-            .write(move |w| Ok(w.conn.prepare_cached("DELETE FROM event_types WHERE name = ?1")?.execute([name])? == 1))
+            .write(move |w| {
+                Ok(w.conn
+                    .prepare_cached("DELETE FROM event_types WHERE name = ?1")?
+                    .execute([name])?
+                    == 1)
+            })
             .await
     }
 
@@ -553,7 +634,9 @@ impl Store for SqliteStore {
         self.writer
             .write(move |w| {
                 Ok(w.conn
-                    .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
+                    .prepare_cached(
+                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    )?
                     .execute(params![id, now])?
                     == 1)
             })
@@ -595,14 +678,19 @@ impl Store for SqliteStore {
     }
 
     async fn record_ingest(&self, report: IngestReport) -> Result<()> {
-        self.writer.write(move |w| w.record(&report, 0, 0, None)).await
+        self.writer
+            .write(move |w| w.record(&report, 0, 0, None))
+            .await
     }
 
     async fn counts(&self) -> Result<Counts> {
         self.read(|c| {
             let users: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
             let events: i64 = c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-            Ok(Counts { users: users as u64, events: events as u64 })
+            Ok(Counts {
+                users: users as u64,
+                events: events as u64,
+            })
         })
         .await
     }

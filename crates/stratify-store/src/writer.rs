@@ -42,7 +42,11 @@ impl Writer {
     /// after committing what was queued.
     pub fn start(conn: Connection) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        let state = WriterState { conn, uids: HashMap::new(), name_ids: HashMap::new() };
+        let state = WriterState {
+            conn,
+            uids: HashMap::new(),
+            name_ids: HashMap::new(),
+        };
         let handle = std::thread::Builder::new()
             .name("stratify-writer".into())
             .spawn(move || run(state, rx))
@@ -111,7 +115,11 @@ fn commit_group(
         let savepoint = state.conn.execute_batch("SAVEPOINT job");
         let (ok, complete) = job(state);
         if savepoint.is_ok() {
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
             if let Err(e) = state.conn.execute_batch(end) {
                 tracing::error!(error = %e, "savepoint failed");
             }

@@ -16,7 +16,16 @@ fn event(v: serde_json::Value) -> NewEvent {
 
 fn batch(events: Vec<NewEvent>) -> EventBatch {
     let received = events.len() as u64;
-    EventBatch { events, report: IngestReport { source: Source::Http, received, rejected: 0, last_error: None, now: NOW } }
+    EventBatch {
+        events,
+        report: IngestReport {
+            source: Source::Http,
+            received,
+            rejected: 0,
+            last_error: None,
+            now: NOW,
+        },
+    }
 }
 
 fn uid(s: &str) -> UserId {
@@ -36,7 +45,11 @@ where
 #[tokio::test]
 async fn events_with_the_same_event_id_are_appended_once() {
     with_backends(|s| async move {
-        let first = s.append_events(batch(vec![event(json!({"event_id": "e1", "user_id": "u1", "name": "LOGIN"}))])).await;
+        let first = s
+            .append_events(batch(vec![event(
+                json!({"event_id": "e1", "user_id": "u1", "name": "LOGIN"}),
+            )]))
+            .await;
         assert!(matches!(first.as_deref(), Ok([Appended::New(_)])));
         let again = s
             .append_events(batch(vec![
@@ -48,9 +61,18 @@ async fn events_with_the_same_event_id_are_appended_once() {
             .expect("append");
         assert_eq!(again[0], Appended::Duplicate);
         assert!(matches!(again[1], Appended::New(_)) && matches!(again[2], Appended::New(_)));
-        assert_eq!(s.counts().await.expect("counts"), Counts { users: 1, events: 3 });
+        assert_eq!(
+            s.counts().await.expect("counts"),
+            Counts {
+                users: 1,
+                events: 3
+            }
+        );
         let status = s.ingest_status().await.expect("status");
-        assert_eq!((status[0].received, status[0].accepted, status[0].duplicates), (4, 3, 1));
+        assert_eq!(
+            (status[0].received, status[0].accepted, status[0].duplicates),
+            (4, 3, 1)
+        );
     })
     .await;
 }
@@ -63,7 +85,13 @@ async fn a_dedupe_key_collision_with_a_different_event_id_keeps_both_events() {
         b.dedupe_key = a.dedupe_key; // forge a collision
         let out = s.append_events(batch(vec![a, b])).await.expect("append");
         assert!(out.iter().all(|o| matches!(o, Appended::New(_))), "{out:?}");
-        let events = s.query_events(EventQuery { limit: 10, ..Default::default() }).await.expect("query");
+        let events = s
+            .query_events(EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("query");
         let ids: Vec<_> = events.iter().filter_map(|e| e.event_id.clone()).collect();
         assert_eq!(ids, ["a", "b"]);
     })
@@ -74,17 +102,48 @@ async fn a_dedupe_key_collision_with_a_different_event_id_keeps_both_events() {
 async fn user_write_modes_create_replace_and_merge() {
     with_backends(|s| async move {
         let attrs = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
-        let u = s.write_user(uid("u"), attrs(json!({"age": 30, "city": "Pune"})), WriteMode::Create, NOW).await;
-        assert_eq!(u.map(|u| u.attributes).ok(), Some(attrs(json!({"age": 30, "city": "Pune"}))));
-        let dup = s.write_user(uid("u"), attrs(json!({})), WriteMode::Create, NOW).await;
+        let u = s
+            .write_user(
+                uid("u"),
+                attrs(json!({"age": 30, "city": "Pune"})),
+                WriteMode::Create,
+                NOW,
+            )
+            .await;
+        assert_eq!(
+            u.map(|u| u.attributes).ok(),
+            Some(attrs(json!({"age": 30, "city": "Pune"})))
+        );
+        let dup = s
+            .write_user(uid("u"), attrs(json!({})), WriteMode::Create, NOW)
+            .await;
         assert!(matches!(dup, Err(StoreError::Conflict(_))));
-        let merged = s.write_user(uid("u"), attrs(json!({"age": 31, "city": null, "vip": true})), WriteMode::Merge, NOW + 5).await;
+        let merged = s
+            .write_user(
+                uid("u"),
+                attrs(json!({"age": 31, "city": null, "vip": true})),
+                WriteMode::Merge,
+                NOW + 5,
+            )
+            .await;
         let merged = merged.expect("merge");
         assert_eq!(merged.attributes, attrs(json!({"age": 31, "vip": true})));
         assert_eq!((merged.created_at, merged.updated_at), (NOW, NOW + 5));
-        let replaced = s.write_user(uid("u"), attrs(json!({"plan": "free"})), WriteMode::Replace, NOW).await;
-        assert_eq!(replaced.map(|u| u.attributes).ok(), Some(attrs(json!({"plan": "free"}))));
-        let missing = s.write_user(uid("nobody"), attrs(json!({})), WriteMode::Merge, NOW).await;
+        let replaced = s
+            .write_user(
+                uid("u"),
+                attrs(json!({"plan": "free"})),
+                WriteMode::Replace,
+                NOW,
+            )
+            .await;
+        assert_eq!(
+            replaced.map(|u| u.attributes).ok(),
+            Some(attrs(json!({"plan": "free"})))
+        );
+        let missing = s
+            .write_user(uid("nobody"), attrs(json!({})), WriteMode::Merge, NOW)
+            .await;
         assert!(matches!(missing, Err(StoreError::NotFound(_))));
     })
     .await;
@@ -102,11 +161,30 @@ async fn deleting_a_user_erases_their_events_but_not_others() {
         assert!(s.delete_user(&uid("gone")).await.expect("delete"));
         assert!(!s.delete_user(&uid("gone")).await.expect("delete twice"));
         assert_eq!(s.get_user(&uid("gone")).await.expect("get"), None);
-        let left = s.query_events(EventQuery { limit: 10, ..Default::default() }).await.expect("query");
-        assert_eq!(left.iter().map(|e| e.user_id.as_str()).collect::<Vec<_>>(), ["stays"]);
+        let left = s
+            .query_events(EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(
+            left.iter().map(|e| e.user_id.as_str()).collect::<Vec<_>>(),
+            ["stays"]
+        );
         // A new event recreates the user with a fresh identity.
-        s.append_events(batch(vec![event(json!({"user_id": "gone", "name": "LOGIN"}))])).await.expect("append");
-        assert_eq!(s.counts().await.expect("counts"), Counts { users: 2, events: 2 });
+        s.append_events(batch(vec![event(
+            json!({"user_id": "gone", "name": "LOGIN"}),
+        )]))
+        .await
+        .expect("append");
+        assert_eq!(
+            s.counts().await.expect("counts"),
+            Counts {
+                users: 2,
+                events: 2
+            }
+        );
     })
     .await;
 }
@@ -180,13 +258,26 @@ async fn event_types_and_attribute_schema_round_trip() {
 #[tokio::test]
 async fn api_keys_are_created_listed_and_revoked_once() {
     with_backends(|s| async move {
-        let key = ApiKeyRecord { id: "k1".into(), name: "ci".into(), role: "viewer".into(), key_hash: vec![1; 32], created_at: NOW, revoked_at: None };
+        let key = ApiKeyRecord {
+            id: "k1".into(),
+            name: "ci".into(),
+            role: "viewer".into(),
+            key_hash: vec![1; 32],
+            created_at: NOW,
+            revoked_at: None,
+        };
         s.create_api_key(key.clone()).await.expect("create");
-        assert!(matches!(s.create_api_key(key.clone()).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_api_key(key.clone()).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.list_api_keys().await.expect("list"), [key]);
         assert!(s.revoke_api_key("k1", NOW + 1).await.expect("revoke"));
         assert!(!s.revoke_api_key("k1", NOW + 2).await.expect("revoke again"));
-        assert_eq!(s.list_api_keys().await.expect("list")[0].revoked_at, Some(NOW + 1));
+        assert_eq!(
+            s.list_api_keys().await.expect("list")[0].revoked_at,
+            Some(NOW + 1)
+        );
     })
     .await;
 }
@@ -209,16 +300,30 @@ async fn concurrent_writers_are_group_committed_and_all_durable() {
         for t in tasks {
             t.await.expect("task");
         }
-        std::sync::Arc::try_unwrap(store).ok().expect("sole owner").close();
+        std::sync::Arc::try_unwrap(store)
+            .ok()
+            .expect("sole owner")
+            .close();
     }
     let reopened = SqliteStore::open(dir.path()).expect("reopen");
-    assert_eq!(reopened.counts().await.expect("counts"), Counts { users: 16, events: 800 });
+    assert_eq!(
+        reopened.counts().await.expect("counts"),
+        Counts {
+            users: 16,
+            events: 800
+        }
+    );
 }
 
 #[tokio::test]
 async fn merge_users_reports_only_real_changes() {
     with_backends(|s| async move {
-        let rows = |age: i64| vec![(uid("a"), json!({"age": age}).as_object().cloned().unwrap_or_default())];
+        let rows = |age: i64| {
+            vec![(
+                uid("a"),
+                json!({"age": age}).as_object().cloned().unwrap_or_default(),
+            )]
+        };
         assert_eq!(s.merge_users(rows(30), NOW).await.expect("first"), 1);
         assert_eq!(s.merge_users(rows(30), NOW).await.expect("same"), 0);
         assert_eq!(s.merge_users(rows(31), NOW).await.expect("changed"), 1);

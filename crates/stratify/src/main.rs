@@ -1,1 +1,82 @@
-fn main(){}
+//! The `stratify` binary: `serve`, `generate`, `import`.
+//!
+//! Only wiring and command-line concerns live here (flags, config layering,
+//! progress bars, signals); domain logic is in the engine and the core.
+
+mod config;
+mod demo;
+mod generate;
+mod import;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "stratify",
+    version,
+    about = "User segmentation and experimentation"
+)]
+struct Cli {
+    /// A TOML config file (keys: addr, data_dir, max_body_bytes, max_ingest_body_bytes, log).
+    #[arg(long, global = true, env = "STRATIFY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the HTTP server on the embedded store.
+    Serve(serve::ServeArgs),
+    /// Writes a realistic, seeded synthetic data set as CSV files.
+    Generate(generate::GenerateArgs),
+    /// Loads CSV/NDJSON files into the store (idempotent).
+    Import(import::ImportArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(settings, args).await,
+            Command::Generate(args) => generate::run(args),
+            Command::Import(args) => import::run(settings, args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -60,27 +60,45 @@ enum Shape {
 
 fn respond(state: &AppState, outcome: IngestOutcome, shape: Shape) -> Response {
     let rejected = outcome.rejected.len() as u64;
-    state.metrics.ingested("http", "accepted", outcome.accepted - outcome.duplicates);
-    state.metrics.ingested("http", "duplicate", outcome.duplicates);
+    state
+        .metrics
+        .ingested("http", "accepted", outcome.accepted - outcome.duplicates);
+    state
+        .metrics
+        .ingested("http", "duplicate", outcome.duplicates);
     state.metrics.ingested("http", "rejected", rejected);
     // Nothing accepted: a 422 that carries both the ingest answer and the
     // standard error object, so either kind of client understands it.
-    let error = outcome.rejected.first().filter(|_| outcome.accepted == 0).map(|r| {
-        let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message.clone());
-        err.field = match shape {
-            Shape::Single => r.field.clone(),
-            Shape::Batch => Some(format!("/events/{}{}", r.index, r.field.as_deref().unwrap_or(""))),
-            Shape::Lines => None,
-        };
-        err.body()["error"].clone()
-    });
+    let error = outcome
+        .rejected
+        .first()
+        .filter(|_| outcome.accepted == 0)
+        .map(|r| {
+            let mut err =
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message.clone());
+            err.field = match shape {
+                Shape::Single => r.field.clone(),
+                Shape::Batch => Some(format!(
+                    "/events/{}{}",
+                    r.index,
+                    r.field.as_deref().unwrap_or("")
+                )),
+                Shape::Lines => None,
+            };
+            err.body()["error"].clone()
+        });
     let body = IngestResponse {
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
         rejected: outcome
             .rejected
             .into_iter()
-            .map(|r| RejectedItem { index: r.index, code: r.code.to_owned(), message: r.message, field: r.field })
+            .map(|r| RejectedItem {
+                index: r.index,
+                code: r.code.to_owned(),
+                message: r.message,
+                field: r.field,
+            })
             .collect(),
     };
     match error {
@@ -108,34 +126,55 @@ fn too_many(n: usize) -> ApiError {
     request_body(content = EventIn, description = "an event, {\"events\": [...]}, or NDJSON"),
     responses((status = 200, body = IngestResponse), (status = 422, description = "every item rejected"),
               (status = 400, description = "malformed JSON"), (status = 413)))]
-pub async fn ingest(State(state): State<AppState>, RawBody(kind, bytes): RawBody) -> Result<Response, ApiError> {
+pub async fn ingest(
+    State(state): State<AppState>,
+    RawBody(kind, bytes): RawBody,
+) -> Result<Response, ApiError> {
     let mut shape = Shape::Batch;
     let items: Vec<Result<Value, ValidationError>> = match kind {
         BodyKind::Ndjson => {
             shape = Shape::Lines;
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "NDJSON must be UTF-8"))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    "NDJSON must be UTF-8",
+                )
+            })?;
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             if lines.len() > MAX_BATCH_EVENTS {
                 return Err(too_many(lines.len()));
             }
             lines
                 .into_iter()
-                .map(|l| serde_json::from_str::<Value>(l).map_err(|e| ValidationError::new("malformed_json", e.to_string())))
+                .map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .map_err(|e| ValidationError::new("malformed_json", e.to_string()))
+                })
                 .collect()
         }
         BodyKind::Json => match parse_json::<Value>(&bytes)? {
             Value::Object(mut obj) if obj.contains_key("events") => {
                 if let Some(extra) = obj.keys().find(|k| *k != "events") {
-                    return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_field", format!("unknown field '{extra}' next to 'events'"))
-                        .at(format!("/{}", stratify_core::error::pointer_token(extra))));
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown_field",
+                        format!("unknown field '{extra}' next to 'events'"),
+                    )
+                    .at(format!("/{}", stratify_core::error::pointer_token(extra))));
                 }
                 match obj.remove("events") {
-                    Some(Value::Array(items)) if items.len() > MAX_BATCH_EVENTS => return Err(too_many(items.len())),
+                    Some(Value::Array(items)) if items.len() > MAX_BATCH_EVENTS => {
+                        return Err(too_many(items.len()))
+                    }
                     Some(Value::Array(items)) => items.into_iter().map(Ok).collect(),
                     _ => {
-                        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "'events' must be an array")
-                            .at("/events"))
+                        return Err(ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "invalid_body",
+                            "'events' must be an array",
+                        )
+                        .at("/events"))
                     }
                 }
             }
@@ -171,9 +210,16 @@ pub struct OrderIn {
 /// Records an order: an `order_placed` event with properties `amount` and `city`.
 #[utoipa::path(post, path = "/v1/orders", tag = "events", security(("api_key" = [])), request_body = OrderIn,
     responses((status = 200, body = IngestResponse), (status = 422)))]
-pub async fn order(State(state): State<AppState>, RawBody(kind, bytes): RawBody) -> Result<Response, ApiError> {
+pub async fn order(
+    State(state): State<AppState>,
+    RawBody(kind, bytes): RawBody,
+) -> Result<Response, ApiError> {
     if kind != BodyKind::Json {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send application/json"));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        ));
     }
     let order = parse_json::<Value>(&bytes)?;
     let outcome = state.engine.ingest_order(order).await?;
@@ -231,13 +277,17 @@ fn event_out(e: StoredEvent) -> EventOut {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).at(format!("/{field}"))
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
+        .at(format!("/{field}"))
 }
 
 /// Events in log order, filtered, paged with an opaque cursor.
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("api_key" = [])), params(EventFilter),
     responses((status = 200, body = EventPage), (status = 422)))]
-pub async fn list(State(state): State<AppState>, Params(f): Params<EventFilter>) -> Result<Json<EventPage>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Params(f): Params<EventFilter>,
+) -> Result<Json<EventPage>, ApiError> {
     if f.experiment_id.is_some() || f.variant.is_some() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -251,11 +301,17 @@ pub async fn list(State(state): State<AppState>, Params(f): Params<EventFilter>)
         return Err(query_error("limit", format!("limit is 1–{MAX_PAGE}")));
     }
     let time = |field: &str, v: Option<String>| {
-        v.map(|t| parse_rfc3339(&t).map_err(|e| query_error(field, e.message))).transpose()
+        v.map(|t| parse_rfc3339(&t).map_err(|e| query_error(field, e.message)))
+            .transpose()
     };
     let after_seq = f
         .cursor
-        .map(|c| c.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| query_error("cursor", "not a cursor from this API")))
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| query_error("cursor", "not a cursor from this API"))
+        })
         .transpose()?;
     let query = EventQuery {
         user_id: f.user_id,
@@ -265,12 +321,20 @@ pub async fn list(State(state): State<AppState>, Params(f): Params<EventFilter>)
         after_seq,
         limit: limit + 1,
     };
-    let mut events = state.engine.store().query_events(query).await.map_err(stratify_engine::EngineError::from)?;
+    let mut events = state
+        .engine
+        .store()
+        .query_events(query)
+        .await
+        .map_err(stratify_engine::EngineError::from)?;
     let next_cursor = if events.len() > limit as usize {
         events.truncate(limit as usize);
         events.last().map(|e| e.seq.to_string())
     } else {
         None
     };
-    Ok(Json(EventPage { events: events.into_iter().map(event_out).collect(), next_cursor }))
+    Ok(Json(EventPage {
+        events: events.into_iter().map(event_out).collect(),
+        next_cursor,
+    }))
 }

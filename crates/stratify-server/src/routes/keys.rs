@@ -45,30 +45,56 @@ pub struct KeyList {
 }
 
 fn view(k: KeyInfo) -> KeyView {
-    KeyView { id: k.id, name: k.name, role: k.role, created_at: instant(k.created_at), revoked_at: k.revoked_at.map(instant) }
+    KeyView {
+        id: k.id,
+        name: k.name,
+        role: k.role,
+        created_at: instant(k.created_at),
+        revoked_at: k.revoked_at.map(instant),
+    }
 }
 
 /// Creates an API key. The secret is in this response only.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), request_body = CreateKey,
     responses((status = 201, body = KeyCreated), (status = 422, description = "invalid name or role")))]
-pub async fn create(State(state): State<AppState>, Body(req): Body<CreateKey>) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Body(req): Body<CreateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let (info, key) = state.engine.create_api_key(&req.name, req.role).await?;
     Ok((
         StatusCode::CREATED,
-        Json(KeyCreated { id: info.id, key, name: info.name, role: info.role, created_at: instant(info.created_at) }),
+        Json(KeyCreated {
+            id: info.id,
+            key,
+            name: info.name,
+            role: info.role,
+            created_at: instant(info.created_at),
+        }),
     ))
 }
 
 /// Lists keys, revoked ones included, without secrets.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), responses((status = 200, body = KeyList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<KeyList>, ApiError> {
-    Ok(Json(KeyList { api_keys: state.engine.list_api_keys().await?.into_iter().map(view).collect() }))
+    Ok(Json(KeyList {
+        api_keys: state
+            .engine
+            .list_api_keys()
+            .await?
+            .into_iter()
+            .map(view)
+            .collect(),
+    }))
 }
 
 /// Revokes a key at once.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 204), (status = 404)))]
-pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine.revoke_api_key(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

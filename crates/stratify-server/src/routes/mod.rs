@@ -28,8 +28,19 @@ pub struct Route {
     handler: MethodRouter<AppState>,
 }
 
-fn r(method: Method, path: &'static str, capability: Capability, handler: MethodRouter<AppState>) -> Route {
-    Route { method, path, capability: Some(capability), ingest: false, handler }
+fn r(
+    method: Method,
+    path: &'static str,
+    capability: Capability,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        capability: Some(capability),
+        ingest: false,
+        handler,
+    }
 }
 
 fn ingest(mut route: Route) -> Route {
@@ -40,47 +51,140 @@ fn ingest(mut route: Route) -> Route {
 /// The route table: the single source of truth for paths and access.
 pub fn table() -> Vec<Route> {
     vec![
-        Route { method: Method::GET, path: "/health", capability: None, ingest: false, handler: get(ops::health) },
-        Route { method: Method::GET, path: "/metrics", capability: None, ingest: false, handler: get(metrics::render) },
+        Route {
+            method: Method::GET,
+            path: "/health",
+            capability: None,
+            ingest: false,
+            handler: get(ops::health),
+        },
+        Route {
+            method: Method::GET,
+            path: "/metrics",
+            capability: None,
+            ingest: false,
+            handler: get(metrics::render),
+        },
         r(Method::POST, "/v1/api-keys", ManageKeys, post(keys::create)),
         r(Method::GET, "/v1/api-keys", ManageKeys, get(keys::list)),
-        r(Method::DELETE, "/v1/api-keys/{id}", ManageKeys, delete(keys::revoke)),
+        r(
+            Method::DELETE,
+            "/v1/api-keys/{id}",
+            ManageKeys,
+            delete(keys::revoke),
+        ),
         r(Method::POST, "/v1/users", WriteUsers, post(users::create)),
         r(Method::GET, "/v1/users/{id}", Read, get(users::get_one)),
-        r(Method::PUT, "/v1/users/{id}", WriteUsers, put(users::replace)),
-        r(Method::PATCH, "/v1/users/{id}", WriteUsers, patch(users::merge)),
-        r(Method::DELETE, "/v1/users/{id}", WriteUsers, delete(users::erase)),
-        ingest(r(Method::POST, "/v1/events", WriteEvents, post(events::ingest))),
+        r(
+            Method::PUT,
+            "/v1/users/{id}",
+            WriteUsers,
+            put(users::replace),
+        ),
+        r(
+            Method::PATCH,
+            "/v1/users/{id}",
+            WriteUsers,
+            patch(users::merge),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/users/{id}",
+            WriteUsers,
+            delete(users::erase),
+        ),
+        ingest(r(
+            Method::POST,
+            "/v1/events",
+            WriteEvents,
+            post(events::ingest),
+        )),
         r(Method::GET, "/v1/events", Read, get(events::list)),
-        ingest(r(Method::POST, "/v1/orders", WriteEvents, post(events::order))),
-        r(Method::POST, "/v1/event-types", ManageSchemas, post(schemas::create_event_type)),
-        r(Method::GET, "/v1/event-types", ReadSchemas, get(schemas::list_event_types)),
-        r(Method::GET, "/v1/event-types/{name}", ReadSchemas, get(schemas::get_event_type)),
-        r(Method::PUT, "/v1/event-types/{name}", ManageSchemas, put(schemas::replace_event_type)),
-        r(Method::DELETE, "/v1/event-types/{name}", ManageSchemas, delete(schemas::delete_event_type)),
-        r(Method::GET, "/v1/attributes/schema", ReadSchemas, get(schemas::get_attribute_schema)),
-        r(Method::PUT, "/v1/attributes/schema", ManageSchemas, put(schemas::put_attribute_schema)),
-        r(Method::GET, "/v1/ingest/status", ReadIngest, get(ops::ingest_status)),
+        ingest(r(
+            Method::POST,
+            "/v1/orders",
+            WriteEvents,
+            post(events::order),
+        )),
+        r(
+            Method::POST,
+            "/v1/event-types",
+            ManageSchemas,
+            post(schemas::create_event_type),
+        ),
+        r(
+            Method::GET,
+            "/v1/event-types",
+            ReadSchemas,
+            get(schemas::list_event_types),
+        ),
+        r(
+            Method::GET,
+            "/v1/event-types/{name}",
+            ReadSchemas,
+            get(schemas::get_event_type),
+        ),
+        r(
+            Method::PUT,
+            "/v1/event-types/{name}",
+            ManageSchemas,
+            put(schemas::replace_event_type),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/event-types/{name}",
+            ManageSchemas,
+            delete(schemas::delete_event_type),
+        ),
+        r(
+            Method::GET,
+            "/v1/attributes/schema",
+            ReadSchemas,
+            get(schemas::get_attribute_schema),
+        ),
+        r(
+            Method::PUT,
+            "/v1/attributes/schema",
+            ManageSchemas,
+            put(schemas::put_attribute_schema),
+        ),
+        r(
+            Method::GET,
+            "/v1/ingest/status",
+            ReadIngest,
+            get(ops::ingest_status),
+        ),
     ]
 }
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in table() {
-        let limit = if route.ingest { state.config.max_ingest_body_bytes } else { state.config.max_body_bytes };
+        let limit = if route.ingest {
+            state.config.max_ingest_body_bytes
+        } else {
+            state.config.max_body_bytes
+        };
         let mut handler = route.handler.layer(DefaultBodyLimit::max(limit));
         if let Some(capability) = route.capability {
             let st = state.clone();
-            handler = handler.route_layer(axum::middleware::from_fn(move |req, next| authorize(st.clone(), capability, req, next)));
+            handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {
+                authorize(st.clone(), capability, req, next)
+            }));
         }
         router = router.route(route.path, handler);
     }
     router
         .merge(openapi::docs())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(state)
 }
 
@@ -117,5 +221,3 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response<Body
 pub(crate) fn instant(ms: Millis) -> String {
     format_rfc3339(ms)
 }
-
-

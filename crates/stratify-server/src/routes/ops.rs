@@ -16,7 +16,11 @@ pub struct Health {
 /// Liveness: answers while the process serves requests.
 #[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), uptime_seconds: state.started.elapsed().as_secs() })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -42,8 +46,15 @@ pub struct IngestStatusResponse {
 /// Ingestion progress per source: counts, the last event time, the last error.
 #[utoipa::path(get, path = "/v1/ingest/status", tag = "ingest", security(("api_key" = [])),
     responses((status = 200, body = IngestStatusResponse)))]
-pub async fn ingest_status(State(state): State<AppState>) -> Result<Json<IngestStatusResponse>, ApiError> {
-    let stored = state.engine.store().ingest_status().await.map_err(stratify_engine::EngineError::from)?;
+pub async fn ingest_status(
+    State(state): State<AppState>,
+) -> Result<Json<IngestStatusResponse>, ApiError> {
+    let stored = state
+        .engine
+        .store()
+        .ingest_status()
+        .await
+        .map_err(stratify_engine::EngineError::from)?;
     let sources = [Source::Http, Source::Import, Source::Kafka]
         .into_iter()
         .map(|source| {

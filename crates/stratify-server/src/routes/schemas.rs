@@ -48,7 +48,10 @@ pub async fn create_event_type(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "event_type_exists",
-            format!("event type '{}' is declared; PUT /v1/event-types/{{name}} replaces it", schema.name),
+            format!(
+                "event type '{}' is declared; PUT /v1/event-types/{{name}} replaces it",
+                schema.name
+            ),
         )
         .at("/name"));
     }
@@ -65,25 +68,38 @@ pub async fn replace_event_type(
     Body(schema): Body<EventTypeSchema>,
 ) -> Result<Json<EventTypeOut>, ApiError> {
     if schema.name != name {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name_mismatch", "the body's name differs from the path").at("/name"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name_mismatch",
+            "the body's name differs from the path",
+        )
+        .at("/name"));
     }
     Ok(Json(out(state.engine.put_event_type(schema).await?.0)))
 }
 
 #[utoipa::path(get, path = "/v1/event-types", tag = "schemas", security(("api_key" = [])), responses((status = 200, body = EventTypeList)))]
 pub async fn list_event_types(State(state): State<AppState>) -> Json<EventTypeList> {
-    Json(EventTypeList { event_types: state.engine.event_types().into_iter().map(out).collect() })
+    Json(EventTypeList {
+        event_types: state.engine.event_types().into_iter().map(out).collect(),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),
     responses((status = 200, body = EventTypeOut), (status = 404)))]
-pub async fn get_event_type(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<EventTypeOut>, ApiError> {
+pub async fn get_event_type(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<EventTypeOut>, ApiError> {
     Ok(Json(out(state.engine.event_type(&name)?)))
 }
 
 #[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),
     responses((status = 204), (status = 404)))]
-pub async fn delete_event_type(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_event_type(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine.delete_event_type(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

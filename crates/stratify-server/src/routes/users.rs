@@ -64,16 +64,25 @@ fn user_id(raw: String, pointer: &str) -> Result<UserId, ApiError> {
 /// Creates a user (409 if the id exists).
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("api_key" = [])), request_body = CreateUser,
     responses((status = 201, body = UserResponse), (status = 409, description = "user exists"), (status = 422)))]
-pub async fn create(State(state): State<AppState>, Body(req): Body<CreateUser>) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Body(req): Body<CreateUser>,
+) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
     let id = user_id(req.user_id, "/user_id")?;
-    let record = state.engine.write_user(id, req.attributes, WriteMode::Create).await?;
+    let record = state
+        .engine
+        .write_user(id, req.attributes, WriteMode::Create)
+        .await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from_record(record))))
 }
 
 /// A user with attributes, computed fields and segments.
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 200, body = UserResponse), (status = 404)))]
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<UserResponse>, ApiError> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<UserResponse>, ApiError> {
     let view = state.engine.user(&user_id(id, "/user_id")?).await?;
     let mut out = UserResponse::from_record(view.record);
     out.computed = Some(view.computed);
@@ -89,7 +98,10 @@ pub async fn replace(
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let record = state.engine.write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Replace).await?;
+    let record = state
+        .engine
+        .write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Replace)
+        .await?;
     Ok(Json(UserResponse::from_record(record)))
 }
 
@@ -101,14 +113,20 @@ pub async fn merge(
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let record = state.engine.write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Merge).await?;
+    let record = state
+        .engine
+        .write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Merge)
+        .await?;
     Ok(Json(UserResponse::from_record(record)))
 }
 
 /// Erases a user and all their events.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
-pub async fn erase(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn erase(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine.delete_user(&user_id(id, "/user_id")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

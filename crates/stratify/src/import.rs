@@ -1,0 +1,135 @@
+use crate::config::Settings;
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use stratify_engine::import::{FileKind, ImportReport};
+use stratify_engine::{Engine, SystemClock};
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Users CSV (`user_id` plus attribute columns).
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Events CSV (`user_id,event_name,timestamp`) or NDJSON (`.ndjson`/`.jsonl`).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Orders CSV (`order_id,user_id,amount,city,timestamp`).
+    #[arg(long)]
+    orders: Option<PathBuf>,
+    #[arg(long, env = "STRATIFY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    if args.users.is_none() && args.events.is_none() && args.orders.is_none() {
+        anyhow::bail!("nothing to import: give --users, --events and/or --orders");
+    }
+    let store = stratify_engine::open_store(&settings.data_dir)?;
+    let engine = Engine::start(store.clone(), Arc::new(SystemClock), None).await?;
+    let mut bad = 0;
+    for (kind, path) in files(&args.users, &args.events, &args.orders) {
+        let report = import_file(&engine, kind, path).await?;
+        bad += report.bad_rows;
+    }
+    drop(engine);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close();
+    }
+    if bad > 0 {
+        eprintln!("{bad} bad rows were skipped (see above)");
+    }
+    Ok(())
+}
+
+fn files<'a>(
+    users: &'a Option<PathBuf>,
+    events: &'a Option<PathBuf>,
+    orders: &'a Option<PathBuf>,
+) -> Vec<(FileKind, &'a Path)> {
+    let mut out = Vec::new();
+    if let Some(p) = users {
+        out.push((FileKind::Users, p.as_path()));
+    }
+    if let Some(p) = events {
+        let ndjson = p.extension().is_some_and(|e| e == "ndjson" || e == "jsonl");
+        out.push((
+            if ndjson {
+                FileKind::EventsNdjson
+            } else {
+                FileKind::EventsCsv
+            },
+            p.as_path(),
+        ));
+    }
+    if let Some(p) = orders {
+        out.push((FileKind::Orders, p.as_path()));
+    }
+    out
+}
+
+pub async fn import_file(
+    engine: &Engine,
+    kind: FileKind,
+    path: &Path,
+) -> anyhow::Result<ImportReport> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>24} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let progress_bar = bar.clone();
+    let report = engine
+        .import(
+            kind,
+            std::io::BufReader::with_capacity(1 << 20, file),
+            move |bytes| progress_bar.set_position(bytes),
+        )
+        .await
+        .with_context(|| format!("importing {}", path.display()))?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}: {} rows in {:.2}s ({:.0} rows/s): {} written, {} already present, {} bad",
+        path.display(),
+        report.rows,
+        secs,
+        report.rows as f64 / secs.max(1e-9),
+        report.written,
+        report.unchanged,
+        report.bad_rows
+    );
+    for e in &report.errors {
+        eprintln!("  line {}: {}", e.line, e.message);
+    }
+    if report.bad_rows > report.errors.len() as u64 {
+        eprintln!(
+            "  ... and {} more bad rows",
+            report.bad_rows - report.errors.len() as u64
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,81 @@
+use crate::config::Settings;
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use stratify_engine::{Engine, SystemClock};
+use stratify_server::{AppState, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STRATIFY_ADDR")]
+    addr: Option<String>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "STRATIFY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Load the demo data set if the store is empty.
+    #[arg(long)]
+    demo: bool,
+    /// A secret that is accepted as an admin key (never stored).
+    #[arg(long = "admin-key", env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+}
+
+pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.addr {
+        settings.addr = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    let store = stratify_engine::open_store(&settings.data_dir)
+        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+    let engine =
+        Engine::start(store.clone(), Arc::new(SystemClock), args.admin_key.clone()).await?;
+    if let Some(secret) = engine.bootstrap_admin_key().await? {
+        println!("Created the first admin API key (shown once, store it now):\n  {secret}");
+    }
+    if args.demo {
+        crate::demo::load_if_empty(&engine).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(&settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let local = listener.local_addr()?;
+    let config = ServerConfig {
+        max_body_bytes: settings.max_body_bytes,
+        max_ingest_body_bytes: settings.max_ingest_body_bytes,
+    };
+    println!(
+        "Stratify listening on http://{local} (docs: http://{local}/docs, data: {})",
+        settings.data_dir.display()
+    );
+    if args.admin_key.is_some() {
+        println!("Admin key: the value of STRATIFY_ADMIN_KEY");
+    }
+    stratify_server::serve(listener, AppState::new(engine, config), shutdown_signal()).await?;
+    // Every request has finished: let the writer commit what is queued.
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close(),
+        Err(_) => tracing::warn!("store still shared at shutdown; relying on the last commit"),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,119 @@
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use stratify_core::access::Role;
+use stratify_engine::{Clock, Engine, ManualClock};
+use stratify_server::{AppState, ServerConfig};
+
+pub const ADMIN: &str = "test-admin-secret";
+/// 2026-01-01T00:00:00Z
+pub const T0: i64 = 1_767_225_600_000;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub clock: Arc<ManualClock>,
+    pub engine: Engine,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(ServerConfig::default()).await
+}
+
+pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = stratify_engine::open_store(dir.path()).expect("open store");
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::start(store, clock.clone() as Arc<dyn Clock>, Some(ADMIN.into()))
+        .await
+        .expect("engine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = AppState::new(engine.clone(), config);
+    tokio::spawn(stratify_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    TestApp {
+        addr,
+        client: Client::new(),
+        clock,
+        engine,
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let resp = self.call(method, path, Some(ADMIN), body).await;
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).expect("JSON body")
+            },
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.json(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.json(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn key(&self, role: Role) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/api-keys",
+                serde_json::json!({"name": format!("{role} key"), "role": role.as_str()}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["key"].as_str().expect("key").to_owned()
+    }
+}
+
+/// Asserts the standard error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let err = &body["error"];
+    assert!(err["message"].is_string(), "no error message in {body}");
+    err["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}

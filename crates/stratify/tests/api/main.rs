@@ -1,0 +1,12 @@
+//! The end-to-end test binary: the real server on port 0 with a temp data dir.
+
+mod helpers;
+
+mod access;
+mod errors;
+mod events;
+mod keys;
+mod platform;
+mod process;
+mod schemas;
+mod users;

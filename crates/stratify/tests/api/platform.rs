@@ -1,0 +1,94 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn health_metrics_and_docs_need_no_key() {
+    let app = spawn_app().await;
+    let (status, health) = app.get("/health").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+
+    app.post("/v1/events", json!({"user_id": "u", "name": "LOGIN"}))
+        .await;
+    app.post("/v1/events", json!({"user_id": 1})).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/plain"));
+    let text = metrics.text().await.expect("text");
+    assert!(
+        text.contains(
+            "stratify_http_requests_total{method=\"POST\",route=\"/v1/events\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("stratify_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/events\",le=\"+Inf\"} 2"));
+    assert!(text.contains("stratify_ingest_events_total{source=\"http\",outcome=\"accepted\"} 1"));
+    assert!(text.contains("stratify_ingest_events_total{source=\"http\",outcome=\"rejected\"} 1"));
+
+    let docs = app
+        .client
+        .get(app.url("/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "the docs page is Swagger UI");
+    assert!(
+        !html.contains("https://"),
+        "no asset may come from the network"
+    );
+    let bundle = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .expect("bundle");
+    assert_eq!(
+        bundle.status(),
+        StatusCode::OK,
+        "Swagger UI's JavaScript is served by the binary"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_of_the_table() {
+    let app = spawn_app().await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = doc["paths"].as_object().expect("paths");
+    for route in stratify_server::routes::table() {
+        if route.path == "/metrics" {
+            continue; // text format, not JSON: documented in the README
+        }
+        let op = &paths
+            .get(route.path)
+            .unwrap_or_else(|| panic!("{} missing from OpenAPI", route.path))
+            [route.method.as_str().to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} missing from OpenAPI",
+            route.method,
+            route.path
+        );
+        if route.capability.is_some() {
+            assert_ne!(
+                op["security"],
+                Value::Null,
+                "{} {} must declare its key",
+                route.method,
+                route.path
+            );
+        }
+    }
+}

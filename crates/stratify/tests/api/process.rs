@@ -1,0 +1,318 @@
+//! Tests that run the real `stratify` binary: start-up, signals, the crash
+//! test, generate and import.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stratify");
+const KEY: &str = "process-test-admin";
+
+struct Server {
+    child: Child,
+    base: String,
+    output: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn start(data_dir: &Path, admin_key: Option<&str>) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("STRATIFY_ADMIN_KEY");
+    if let Some(k) = admin_key {
+        cmd.env("STRATIFY_ADMIN_KEY", k);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stratify");
+    let stdout = child.stdout.take().expect("stdout");
+    let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("Stratify listening on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server printed its address");
+    Server {
+        child,
+        base,
+        output,
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -s {sig} failed");
+}
+
+#[tokio::test]
+async fn first_start_prints_an_admin_key_once_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = start(dir.path(), None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let printed = server.output.lock().expect("lock").join("\n");
+    let key = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sfy_"))
+        .expect("an admin key is printed")
+        .to_owned();
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("{}/v1/api-keys", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    signal(&server.child, "TERM");
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+
+    let mut again = start(dir.path(), None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let printed = again.output.lock().expect("lock").join("\n");
+    assert!(
+        !printed.contains("sfy_"),
+        "the key is printed only on first start: {printed}"
+    );
+    let resp = client
+        .get(format!("{}/v1/api-keys", again.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the bootstrap key is durable"
+    );
+    signal(&again.child, "INT");
+    assert!(again.child.wait().expect("wait").success());
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_a_sigkill() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = start(dir.path(), Some(KEY));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (base, acked) = (server.base.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for batch in 0.. {
+                let ids: Vec<String> = (0..50).map(|i| format!("w{w}-b{batch}-e{i}")).collect();
+                let events: Vec<Value> = ids.iter().map(|id| json!({"event_id": id, "user_id": format!("user-{w}"), "name": "LOGIN"})).collect();
+                let sent = client.post(format!("{base}/v1/events")).bearer_auth(KEY).json(&json!({"events": events})).send().await;
+                match sent {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        let body: Value = match resp.json().await {
+                            Ok(b) => b,
+                            Err(_) => break, // killed mid-answer: not acknowledged
+                        };
+                        assert_eq!(body["accepted"], 50);
+                        acked.lock().expect("lock").extend(ids);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&server.child, "KILL");
+    let _ = server.child.wait();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= 500,
+        "the test must acknowledge real traffic before the kill ({} acked)",
+        acked.len()
+    );
+
+    let restarted = start(dir.path(), Some(KEY));
+    let client = reqwest::Client::new();
+    let mut stored = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/events?limit=1000", restarted.base);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("page")
+            .json()
+            .await
+            .expect("json");
+        for e in page["events"].as_array().expect("events") {
+            stored.insert(e["event_id"].as_str().expect("id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .take(5)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {lost:?}",
+        acked.iter().filter(|id| !stored.contains(*id)).count()
+    );
+    let mut restarted = restarted;
+    let _ = restarted.child.kill();
+    let _ = restarted.child.wait();
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run stratify");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn generate_is_reproducible_and_import_is_idempotent_and_reports_bad_rows() {
+    let dir = tempfile::tempdir().expect("dir");
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let gen = |out: &Path| {
+        run(&[
+            "generate",
+            "--users",
+            "300",
+            "--events",
+            "2000",
+            "--orders",
+            "400",
+            "--seed",
+            "7",
+            "--now",
+            "2026-06-01T00:00:00Z",
+            "--out",
+            out.to_str().expect("path"),
+        ])
+    };
+    assert!(gen(&a).0 && gen(&b).0);
+    for f in ["user_attributes.csv", "user_events.csv", "orders.csv"] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).expect("read"),
+            std::fs::read(b.join(f)).expect("read"),
+        );
+        assert_eq!(x, y, "{f} differs between two runs with the same seed");
+    }
+    let header = std::fs::read_to_string(a.join("user_attributes.csv")).expect("read");
+    assert!(header.starts_with(
+        "user_id,name,age,gender,location,signup_date,subscription_plan,device_type\n"
+    ));
+
+    // Two bad rows at known lines, then a good one.
+    let mut events = std::fs::read_to_string(a.join("user_events.csv")).expect("read");
+    events.push_str(
+        "42,LOGIN,not-a-time\n,LOGIN,2026-01-01T00:00:00Z\n42,LOGIN,2026-05-01T00:00:00Z\n",
+    );
+    std::fs::write(a.join("user_events.csv"), events).expect("write");
+
+    let data = dir.path().join("data");
+    let args = |d: &Path| {
+        vec![
+            "import".to_owned(),
+            "--users".into(),
+            a.join("user_attributes.csv").display().to_string(),
+            "--events".into(),
+            a.join("user_events.csv").display().to_string(),
+            "--orders".into(),
+            a.join("orders.csv").display().to_string(),
+            "--data-dir".into(),
+            d.display().to_string(),
+        ]
+    };
+    let argv = args(&data);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = run(&argv);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("user_attributes.csv: 300 rows") && stdout.contains("300 written"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("user_events.csv: 2003 rows")
+            && stdout.contains("2001 written, 0 already present, 2 bad"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 2002: invalid_timestamp")
+            && stderr.contains("line 2003: missing_field"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("orders.csv: 400 rows") && stdout.contains("400 written"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, _) = run(&argv);
+    assert!(ok);
+    assert!(
+        stdout.contains("0 written, 300 already present"),
+        "re-import adds nothing: {stdout}"
+    );
+    assert!(
+        stdout.contains("0 written, 2001 already present, 2 bad"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 written, 400 already present"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn import_refuses_a_file_without_the_needed_columns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = dir.path().join("e.csv");
+    std::fs::write(&f, "who,what\n1,2\n").expect("write");
+    let (ok, _, stderr) = run(&[
+        "import",
+        "--events",
+        f.to_str().expect("p"),
+        "--data-dir",
+        dir.path().join("d").to_str().expect("p"),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("user_id"), "{stderr}");
+}
