@@ -26,7 +26,7 @@ use stratify_store::{Attributes, Source};
 use tokio::sync::mpsc;
 
 /// Rows per durable write.
-const BATCH_ROWS: usize = 20_000;
+const BATCH_ROWS: usize = 200_000;
 /// Bad rows kept in the report (all are counted).
 const MAX_REPORTED_BAD_ROWS: usize = 100;
 

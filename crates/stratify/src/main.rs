@@ -3,6 +3,7 @@
 //! Only wiring and command-line concerns live here (flags, config layering,
 //! progress bars, signals); domain logic is in the engine and the core.
 
+mod bench;
 mod config;
 mod demo;
 mod generate;
@@ -34,6 +35,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Loads CSV/NDJSON files into the store (idempotent).
     Import(import::ImportArgs),
+    /// Drives a running server and reports throughput (see scripts/bench-ingest.sh).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(settings, args).await,
             Command::Generate(args) => generate::run(args),
             Command::Import(args) => import::run(settings, args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     });
     match result {
