@@ -32,7 +32,10 @@ CREATE TABLE events (
     received_at  INTEGER NOT NULL
 );
 CREATE INDEX events_uid_ts ON events(uid, ts);
-CREATE UNIQUE INDEX events_dedupe ON events(dedupe) WHERE dedupe IS NOT NULL;
+-- Idempotency keys are unique per user: events are partitioned by user
+-- (one owner per user when scaled out), and both indexes lead with uid, so a
+-- batch written in user order touches each index page once.
+CREATE UNIQUE INDEX events_dedupe ON events(uid, dedupe) WHERE dedupe IS NOT NULL;
 CREATE TABLE event_types (
     name        TEXT PRIMARY KEY,
     schema      TEXT NOT NULL,

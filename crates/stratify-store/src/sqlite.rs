@@ -10,7 +10,6 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use stratify_core::event::NewEvent;
 use stratify_core::ids::UserId;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::time::Millis;
@@ -164,56 +163,83 @@ impl WriterState {
         Ok(id)
     }
 
-    fn append(&mut self, event: &NewEvent, source: Source, now: Millis) -> Result<Appended> {
-        let uid = self.uid(event.user_id.as_str(), now)?;
-        let name_id = self.name_id(event.name.as_str())?;
-        let properties = match &event.properties {
-            Some(p) => Some(serde_json::to_string(p)?),
-            None => None,
-        };
-        let event_id = event.event_id.as_ref().map(|e| e.as_str());
+    /// Appends a batch; `properties` holds each event's serialised properties.
+    fn append_batch(
+        &mut self,
+        batch: &EventBatch,
+        properties: &[Option<String>],
+    ) -> Result<Vec<Appended>> {
+        let (now, source) = (batch.report.now, batch.report.source.code());
+        // Appended in (user, time) order: the events of one batch are one
+        // atomic write, so their relative sequence is ours to choose, and this
+        // order turns random inserts into both per-user indexes into runs.
+        let mut order = Vec::with_capacity(batch.events.len());
+        for (i, event) in batch.events.iter().enumerate() {
+            let uid = self.uid(event.user_id.as_str(), now)?;
+            let name_id = self.name_id(event.name.as_str())?;
+            order.push((uid, event.timestamp, i, name_id));
+        }
+        order.sort_unstable();
+        let mut out = vec![Appended::Duplicate; batch.events.len()];
+        let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
         let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let row = params![
-            uid,
-            name_id,
-            event.timestamp,
-            event_id,
-            event.dedupe_key,
-            properties,
-            source.code(),
-            now
-        ];
-        if insert.execute(row)? == 1 {
-            return Ok(Appended::New(self.conn.last_insert_rowid()));
-        }
-        // The key was seen before. For a client event id, make sure the stored
-        // id is the same text: a 64-bit hash collision must not lose an event.
-        if let (Some(id), Some(key)) = (event_id, event.dedupe_key) {
-            let stored: Option<String> = self
-                .conn
-                .prepare_cached("SELECT event_id FROM events WHERE dedupe = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()?
-                .flatten();
-            if stored.as_deref() != Some(id) {
-                let row = params![
-                    uid,
-                    name_id,
-                    event.timestamp,
-                    id,
-                    None::<i64>,
-                    properties,
-                    source.code(),
-                    now
-                ];
-                insert.execute(row)?;
-                return Ok(Appended::New(self.conn.last_insert_rowid()));
+        let mut stored_id = self
+            .conn
+            .prepare_cached("SELECT event_id FROM events WHERE uid = ?1 AND dedupe = ?2")?;
+        for (uid, ts, i, name_id) in order {
+            let event = &batch.events[i];
+            let event_id = event.event_id.as_ref().map(|e| e.as_str());
+            let props = properties[i].as_deref();
+            let mut appended = Appended::Duplicate;
+            if insert.execute(params![
+                uid,
+                name_id,
+                ts,
+                event_id,
+                event.dedupe_key,
+                props,
+                source,
+                now
+            ])? == 1
+            {
+                appended = Appended::New(self.conn.last_insert_rowid());
+            } else if let (Some(id), Some(key)) = (event_id, event.dedupe_key) {
+                // The key was seen before for this user. Make sure the stored
+                // id is the same text: a 64-bit hash collision must not lose
+                // an event.
+                let stored: Option<String> = stored_id
+                    .query_row(params![uid, key], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                if stored.as_deref() != Some(id) {
+                    insert.execute(params![
+                        uid,
+                        name_id,
+                        ts,
+                        id,
+                        None::<i64>,
+                        props,
+                        source,
+                        now
+                    ])?;
+                    appended = Appended::New(self.conn.last_insert_rowid());
+                }
             }
+            match appended {
+                Appended::New(_) => {
+                    accepted += 1;
+                    last = Some(last.map_or(ts, |l: Millis| l.max(ts)));
+                }
+                Appended::Duplicate => duplicates += 1,
+            }
+            out[i] = appended;
         }
-        Ok(Appended::Duplicate)
+        drop((insert, stored_id));
+        self.record(&batch.report, accepted, duplicates, last)?;
+        Ok(out)
     }
 
     fn record(
@@ -302,25 +328,14 @@ fn merge_into(target: &mut Attributes, patch: Attributes) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
+        // Serialised here, on the caller's thread: the writer is the bottleneck.
+        let properties = batch
+            .events
+            .iter()
+            .map(|e| e.properties.as_ref().map(serde_json::to_string).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         self.writer
-            .write(move |w| {
-                let now = batch.report.now;
-                let mut out = Vec::with_capacity(batch.events.len());
-                let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
-                for event in &batch.events {
-                    let appended = w.append(event, batch.report.source, now)?;
-                    match appended {
-                        Appended::New(_) => {
-                            accepted += 1;
-                            last = Some(last.map_or(event.timestamp, |l| l.max(event.timestamp)));
-                        }
-                        Appended::Duplicate => duplicates += 1,
-                    }
-                    out.push(appended);
-                }
-                w.record(&batch.report, accepted, duplicates, last)?;
-                Ok(out)
-            })
+            .write(move |w| w.append_batch(&batch, &properties))
             .await
     }
 

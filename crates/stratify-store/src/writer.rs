@@ -25,9 +25,12 @@ pub(crate) const MAX_CACHED_IDS: usize = 2_000_000;
 /// fails, since a rollback may have undone an insert they remember.
 pub struct WriterState {
     pub conn: Connection,
-    pub uids: HashMap<String, i64>,
-    pub name_ids: HashMap<String, i64>,
+    /// foldhash: fast, and seeded per process so clients cannot aim collisions.
+    pub uids: IdCache,
+    pub name_ids: IdCache,
 }
+
+pub type IdCache = HashMap<String, i64, foldhash::fast::RandomState>;
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
 type Job = Box<dyn FnOnce(&mut WriterState) -> (bool, Completion) + Send>;
@@ -44,8 +47,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let state = WriterState {
             conn,
-            uids: HashMap::new(),
-            name_ids: HashMap::new(),
+            uids: IdCache::default(),
+            name_ids: IdCache::default(),
         };
         let handle = std::thread::Builder::new()
             .name("stratify-writer".into())

@@ -59,6 +59,21 @@ async fn health_metrics_and_docs_need_no_key() {
         StatusCode::OK,
         "Swagger UI's JavaScript is served by the binary"
     );
+    let init = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .expect("initializer")
+        .text()
+        .await
+        .expect("text");
+    let compact: String = init.split_whitespace().collect();
+    assert!(
+        compact.contains("\"validatorUrl\":\"none\""),
+        "no online validator: {init}"
+    );
+    assert!(compact.contains("\"url\":\"/openapi.json\""), "{init}");
 }
 
 #[tokio::test]
