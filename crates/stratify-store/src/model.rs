@@ -103,7 +103,8 @@ pub struct EventSummary {
 pub struct EventQuery {
     pub user_id: Option<String>,
     pub name: Option<String>,
-    /// Inclusive lower bound on the event timestamp.
+    /// Inclusive lower bound on the event timestamp. Results come in log
+    /// (sequence) order; within one appended batch that is (user, time) order.
     pub from: Option<Millis>,
     /// Exclusive upper bound on the event timestamp.
     pub to: Option<Millis>,
