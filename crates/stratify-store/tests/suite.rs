@@ -214,7 +214,9 @@ async fn event_queries_filter_and_page_by_sequence() {
             .query_events(EventQuery { name: Some("A".into()), from: Some(4000), to: Some(10_000), limit: 100, ..Default::default() })
             .await
             .expect("window");
-        assert_eq!(window.iter().map(|e| e.timestamp).collect::<Vec<_>>(), [4000, 6000, 8000]);
+        let mut ts: Vec<_> = window.iter().map(|e| e.timestamp).collect();
+        ts.sort_unstable();
+        assert_eq!(ts, [4000, 6000, 8000]);
     })
     .await;
 }
@@ -327,6 +329,43 @@ async fn merge_users_reports_only_real_changes() {
         assert_eq!(s.merge_users(rows(30), NOW).await.expect("first"), 1);
         assert_eq!(s.merge_users(rows(30), NOW).await.expect("same"), 0);
         assert_eq!(s.merge_users(rows(31), NOW).await.expect("changed"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_is_appended_in_user_then_time_order_and_answers_in_input_order() {
+    with_backends(|s| async move {
+        let out = s
+            .append_events(batch(vec![
+                event(json!({"user_id": "b", "name": "X", "timestamp": 2})),
+                event(json!({"user_id": "a", "name": "X", "timestamp": 9})),
+                event(json!({"user_id": "b", "name": "X", "timestamp": 1})),
+            ]))
+            .await
+            .expect("append");
+        let seqs: Vec<i64> = out
+            .iter()
+            .map(|a| match a {
+                Appended::New(seq) => *seq,
+                Appended::Duplicate => -1,
+            })
+            .collect();
+        let events = s
+            .query_events(EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        let logged: Vec<(String, i64)> = events
+            .iter()
+            .map(|e| (e.user_id.clone(), e.timestamp))
+            .collect();
+        // "b" was interned first, so its events come first, oldest first.
+        assert_eq!(logged, [("b".into(), 1), ("b".into(), 2), ("a".into(), 9)]);
+        // The answer is in input order: input 0 (b@2) got the second sequence number.
+        assert_eq!(seqs, [events[1].seq, events[2].seq, events[0].seq]);
     })
     .await;
 }
