@@ -369,3 +369,25 @@ async fn a_batch_is_appended_in_user_then_time_order_and_answers_in_input_order(
     })
     .await;
 }
+
+#[tokio::test]
+async fn event_ids_are_idempotency_keys_per_user() {
+    with_backends(|s| async move {
+        let out = s
+            .append_events(batch(vec![
+                event(json!({"event_id": "e", "user_id": "u1", "name": "X"})),
+                event(json!({"event_id": "e", "user_id": "u2", "name": "X"})),
+                event(json!({"event_id": "e", "user_id": "u1", "name": "X"})),
+            ]))
+            .await
+            .expect("append");
+        assert!(
+            matches!(
+                out[..],
+                [Appended::New(_), Appended::New(_), Appended::Duplicate]
+            ),
+            "{out:?}"
+        );
+    })
+    .await;
+}
