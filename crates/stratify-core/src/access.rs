@@ -101,6 +101,20 @@ pub enum Capability {
     Evaluate,
 }
 
+impl Capability {
+    pub const ALL: [Capability; 9] = [
+        Capability::ManageKeys,
+        Capability::ManageSchemas,
+        Capability::WriteUsers,
+        Capability::WriteEvents,
+        Capability::ReadIngest,
+        Capability::ReadSchemas,
+        Capability::Read,
+        Capability::EditConfig,
+        Capability::Evaluate,
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,18 +122,7 @@ mod tests {
     #[test]
     fn admin_can_do_everything_and_viewer_writes_nothing() {
         use Capability::*;
-        let all = [
-            ManageKeys,
-            ManageSchemas,
-            WriteUsers,
-            WriteEvents,
-            ReadIngest,
-            ReadSchemas,
-            Read,
-            EditConfig,
-            Evaluate,
-        ];
-        assert!(all.iter().all(|c| Role::Admin.can(*c)));
+        assert!(Capability::ALL.iter().all(|c| Role::Admin.can(*c)));
         for write in [
             ManageKeys,
             ManageSchemas,

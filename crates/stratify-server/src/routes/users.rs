@@ -98,11 +98,7 @@ pub async fn replace(
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let record = state
-        .engine
-        .write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Replace)
-        .await?;
-    Ok(Json(UserResponse::from_record(record)))
+    write(&state, id, req.attributes, WriteMode::Replace).await
 }
 
 /// Merges attributes into an existing user; `null` removes one.
@@ -113,9 +109,18 @@ pub async fn merge(
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
+    write(&state, id, req.attributes, WriteMode::Merge).await
+}
+
+async fn write(
+    state: &AppState,
+    id: String,
+    attributes: Map<String, Value>,
+    mode: WriteMode,
+) -> Result<Json<UserResponse>, ApiError> {
     let record = state
         .engine
-        .write_user(user_id(id, "/user_id")?, req.attributes, WriteMode::Merge)
+        .write_user(user_id(id, "/user_id")?, attributes, mode)
         .await?;
     Ok(Json(UserResponse::from_record(record)))
 }
