@@ -22,6 +22,7 @@ pub use model::*;
 
 use async_trait::async_trait;
 use stratify_core::ids::UserId;
+use stratify_core::rules::sql::Compiled;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::time::Millis;
 
@@ -70,4 +71,43 @@ pub trait Store: Send + Sync + 'static {
     /// whose every item was rejected before it reached the log).
     async fn record_ingest(&self, report: IngestReport) -> Result<()>;
     async fn counts(&self) -> Result<Counts>;
+
+    /// A user's events up to `until` (inclusive), oldest first, at most `limit`.
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+
+    /// Creates a segment (version 1). `Conflict` when the name is taken.
+    async fn create_segment(&self, segment: SegmentRecord, members: Vec<UserId>) -> Result<()>;
+    /// Stores a new version of a segment (the record's `version` is the new one).
+    async fn update_segment(&self, segment: SegmentRecord) -> Result<()>;
+    async fn segments(&self) -> Result<Vec<SegmentRecord>>;
+    async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>>;
+    /// Deletes a segment, its versions and its members.
+    async fn delete_segment(&self, id: &str) -> Result<bool>;
+    /// Adds users (created if unknown) to a static segment; returns how many were new.
+    async fn add_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64>;
+    /// Removes users from a static segment; returns how many were members.
+    async fn remove_members(&self, segment_id: &str, users: Vec<UserId>) -> Result<u64>;
+    /// Replaces a static segment's members.
+    async fn replace_members(
+        &self,
+        segment_id: &str,
+        users: Vec<UserId>,
+        now: Millis,
+    ) -> Result<u64>;
+    /// Ids of the static segments a user is a member of.
+    async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>>;
+
+    /// Runs a compiled rule (a predicate over `users u`): one page of user
+    /// ids in id order after `after`, and the total count.
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)>;
 }

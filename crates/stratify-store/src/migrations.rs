@@ -6,7 +6,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     uid         INTEGER PRIMARY KEY,
     user_id     TEXT NOT NULL UNIQUE,
@@ -66,7 +67,40 @@ CREATE TABLE ingest_status (
     last_error_at  INTEGER,
     updated_at     INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE segments (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    description  TEXT,
+    kind         TEXT NOT NULL,
+    rules        TEXT,
+    version      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    created_by   TEXT,
+    updated_by   TEXT
+);
+-- Every version of every segment, the current one included (audit trail).
+CREATE TABLE segment_versions (
+    segment_id   TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    description  TEXT,
+    rules        TEXT,
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT,
+    PRIMARY KEY (segment_id, version)
+);
+CREATE TABLE segment_members (
+    segment_id  TEXT NOT NULL,
+    uid         INTEGER NOT NULL,
+    added_at    INTEGER NOT NULL,
+    PRIMARY KEY (segment_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX segment_members_uid ON segment_members(uid);
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: usize =

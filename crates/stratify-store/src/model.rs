@@ -161,3 +161,29 @@ pub struct Counts {
     pub users: u64,
     pub events: u64,
 }
+
+/// A segment as stored: its rules are kept as the JSON the client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRecord {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// `dynamic` or `static`.
+    pub kind: String,
+    pub rules: Option<Value>,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub created_by: Option<String>,
+    pub updated_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentVersion {
+    pub version: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub rules: Option<Value>,
+    pub created_at: Millis,
+    pub created_by: Option<String>,
+}

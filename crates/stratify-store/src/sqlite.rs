@@ -11,6 +11,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stratify_core::ids::UserId;
+use stratify_core::rules::sql::{Compiled, Param};
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::time::Millis;
 
@@ -74,7 +75,85 @@ impl SqliteStore {
     }
 }
 
+/// SQL functions the compiled rules call (see `stratify_core::rules::sql`).
+fn register_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "stratify_version_cmp",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let (a, b) = (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(1)?);
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => {
+                    stratify_core::rules::version::compare(&a, &b).map(|o| o as i64)
+                }
+                _ => None,
+            })
+        },
+    )?;
+    Ok(())
+}
+
+fn to_sql(p: &Param) -> rusqlite::types::Value {
+    match p {
+        Param::Int(i) => rusqlite::types::Value::Integer(*i),
+        Param::Real(f) => rusqlite::types::Value::Real(*f),
+        Param::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
+fn member_ids(w: &mut WriterState, users: &[UserId], now: Millis) -> Result<Vec<i64>> {
+    users.iter().map(|u| w.uid(u.as_str(), now)).collect()
+}
+
+fn add_member_rows(
+    w: &mut WriterState,
+    segment_id: &str,
+    uids: &[i64],
+    now: Millis,
+) -> Result<u64> {
+    let mut insert = w.conn.prepare_cached(
+        "INSERT OR IGNORE INTO segment_members (segment_id, uid, added_at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut added = 0;
+    for uid in uids {
+        added += insert.execute(params![segment_id, uid, now])? as u64;
+    }
+    Ok(added)
+}
+
+fn name_conflict(e: rusqlite::Error, name: &str) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(format!("a segment named '{name}'"))
+        }
+        other => other.into(),
+    }
+}
+
+fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SegmentRecord, Option<String>)> {
+    Ok((
+        SegmentRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            description: r.get(2)?,
+            kind: r.get(3)?,
+            rules: None,
+            version: r.get(5)?,
+            created_at: r.get(6)?,
+            updated_at: r.get(7)?,
+            created_by: r.get(8)?,
+            updated_by: r.get(9)?,
+        },
+        r.get(4)?,
+    ))
+}
+
 fn configure(conn: &Connection) -> Result<()> {
+    register_functions(conn)?;
     // WAL: readers never block the writer. FULL: the WAL is fsynced at every
     // commit, so an acknowledged write survives power loss, not just a crash.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -108,6 +187,7 @@ impl ReadPool {
         )?;
         conn.pragma_update(None, "busy_timeout", 10_000)?;
         conn.pragma_update(None, "cache_size", -16_384)?;
+        register_functions(&conn)?;
         Ok(conn)
     }
 
@@ -418,6 +498,9 @@ impl Store for SqliteStore {
                     .prepare_cached("DELETE FROM events WHERE uid = ?1")?
                     .execute([uid])?;
                 w.conn
+                    .prepare_cached("DELETE FROM segment_members WHERE uid = ?1")?
+                    .execute([uid])?;
+                w.conn
                     .prepare_cached("DELETE FROM users WHERE uid = ?1")?
                     .execute([uid])?;
                 w.uids.remove(&user_id);
@@ -710,6 +793,239 @@ impl Store for SqliteStore {
                 users: users as u64,
                 events: events as u64,
             })
+        })
+        .await
+    }
+
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let user_id = user_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.event_id, n.name, e.ts, e.properties, e.received_at, e.source FROM users u \
+                 JOIN events e ON e.uid = u.uid JOIN event_names n ON n.id = e.name_id \
+                 WHERE u.user_id = ?1 AND e.ts <= ?2 ORDER BY e.ts, e.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![user_id, until, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<String>>(4)?, r.get(5)?, r.get(6)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, event_id, name, timestamp, props, received_at, source) = row?;
+                let properties = match props.map(|p| serde_json::from_str::<Value>(&p)).transpose()? {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                };
+                out.push(StoredEvent {
+                    seq,
+                    event_id,
+                    user_id: user_id.clone(),
+                    name,
+                    timestamp,
+                    properties,
+                    received_at,
+                    source: Source::from_code(source),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_segment(&self, seg: SegmentRecord, members: Vec<UserId>) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO segments (id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8)",
+                    )?
+                    .execute(params![seg.id, seg.name, seg.description, seg.kind, rules, seg.version, seg.created_at, seg.created_by])
+                    .map_err(|e| name_conflict(e, &seg.name))?;
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![seg.id, seg.version, seg.name, seg.description, rules, seg.created_at, seg.created_by])?;
+                let uids = member_ids(w, &members, seg.created_at)?;
+                add_member_rows(w, &seg.id, &uids, seg.created_at)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_segment(&self, seg: SegmentRecord) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
+                let changed = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE segments SET name = ?2, description = ?3, rules = ?4, version = ?5, updated_at = ?6, updated_by = ?7 \
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![seg.id, seg.name, seg.description, rules, seg.version, seg.updated_at, seg.updated_by])
+                    .map_err(|e| name_conflict(e, &seg.name))?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound(format!("segment '{}'", seg.id)));
+                }
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![seg.id, seg.version, seg.name, seg.description, rules, seg.updated_at, seg.updated_by])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn segments(&self) -> Result<Vec<SegmentRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by \
+                 FROM segments ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], segment_from_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut seg, rules) = row?;
+                seg.rules = rules.map(|r| serde_json::from_str(&r)).transpose()?;
+                out.push(seg);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT version, name, description, rules, created_at, created_by FROM segment_versions \
+                 WHERE segment_id = ?1 ORDER BY version DESC",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get(4)?, r.get(5)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (version, name, description, rules, created_at, created_by) = row?;
+                let rules = rules.map(|r| serde_json::from_str(&r)).transpose()?;
+                out.push(SegmentVersion { version, name, description, rules, created_at, created_by });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_segment(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached("DELETE FROM segments WHERE id = ?1")?
+                    .execute([&id])?;
+                w.conn
+                    .prepare_cached("DELETE FROM segment_versions WHERE segment_id = ?1")?
+                    .execute([&id])?;
+                w.conn
+                    .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
+                    .execute([&id])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn add_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        self.writer
+            .write(move |w| {
+                let uids = member_ids(w, &users, now)?;
+                add_member_rows(w, &segment_id, &uids, now)
+            })
+            .await
+    }
+
+    async fn remove_members(&self, segment_id: &str, users: Vec<UserId>) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        self.writer
+            .write(move |w| {
+                let mut delete = w.conn.prepare_cached(
+                    "DELETE FROM segment_members WHERE segment_id = ?1 AND uid = (SELECT uid FROM users WHERE user_id = ?2)",
+                )?;
+                let mut removed = 0;
+                for u in &users {
+                    removed += delete.execute(params![segment_id, u.as_str()])? as u64;
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
+    async fn replace_members(
+        &self,
+        segment_id: &str,
+        users: Vec<UserId>,
+        now: Millis,
+    ) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
+                    .execute([&segment_id])?;
+                let uids = member_ids(w, &users, now)?;
+                add_member_rows(w, &segment_id, &uids, now)
+            })
+            .await
+    }
+
+    async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = ?1 ORDER BY m.segment_id",
+            )?;
+            let rows = stmt.query_map([user_id], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)> {
+        self.read(move |c| {
+            let mut args: Vec<rusqlite::types::Value> =
+                predicate.params.iter().map(to_sql).collect();
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                rusqlite::params_from_iter(args.iter()),
+                |r| r.get(0),
+            )?;
+            let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+            if let Some(a) = after {
+                args.push(rusqlite::types::Value::Text(a));
+                sql.push_str(&format!(" AND u.user_id > ?{}", args.len()));
+            }
+            args.push(rusqlite::types::Value::Integer(i64::from(limit)));
+            sql.push_str(&format!(" ORDER BY u.user_id LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare(&sql)?;
+            let ids = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok((ids, total as u64))
         })
         .await
     }
