@@ -28,10 +28,13 @@ const OFFSETS: [i64; 10] = [
     5 * DAY,
 ];
 
+/// (name, timestamp, properties)
+type Event = (String, i64, Option<Map<String, Value>>);
+
 #[derive(Debug, Clone)]
 struct UserData {
     attributes: Map<String, Value>,
-    events: Vec<(String, i64, Option<Map<String, Value>>)>,
+    events: Vec<Event>,
 }
 
 fn attr_value(name: &'static str) -> BoxedStrategy<Option<Value>> {

@@ -294,7 +294,7 @@ impl Builder<'_> {
             (Op::StartsWith | Op::EndsWith, Operand::Scalar(Scalar::Str(p))) => {
                 let g = self.is_str(src);
                 if p.is_empty() {
-                    return format!("({g})");
+                    return format!("COALESCE({g}, FALSE)");
                 }
                 let v = self.str_value(src);
                 let (a, b) = (self.text(p), self.text(p));
