@@ -11,6 +11,7 @@ pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod schemas;
+pub mod segments;
 pub mod users;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -34,6 +35,7 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) schemas: Arc<Schemas>,
     pub(crate) keys: Arc<KeyRing>,
+    pub(crate) segments: Arc<segments::Segments>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -51,11 +53,13 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
+        let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         Ok(Self {
             store,
             clock,
             schemas,
             keys,
+            segments,
         })
     }
 

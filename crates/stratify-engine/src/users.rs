@@ -1,12 +1,14 @@
 //! Users: attribute writes validated at the edge (limits, then the attribute
-//! schema), reads with the built-in computed fields over `order_placed` events.
+//! schema), reads with the built-in computed fields and current segments,
+//! both evaluated by the rule engine over the user's events.
 
+use crate::segments::MAX_USER_EVENTS;
 use crate::{Engine, EngineError};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use stratify_core::attributes;
-use stratify_core::event::ORDER_PLACED;
 use stratify_core::ids::UserId;
+use stratify_core::rules::{self, Facts, NoSegments, Seen, Source};
 use stratify_store::{Attributes, UserRecord, WriteMode};
 
 /// A user as `GET /v1/users/{id}` shows it.
@@ -14,11 +16,20 @@ use stratify_store::{Attributes, UserRecord, WriteMode};
 pub struct UserView {
     #[serde(flatten)]
     pub record: UserRecord,
-    /// Built-in fields over the user's orders (API.md, "Rule formats").
+    /// Built-in fields over `order_placed` events (API.md, "Rule formats").
     pub computed: Map<String, Value>,
-    /// Ids of the segments the user is in (filled in by the segment engine).
+    /// Ids of the segments the user is in now.
     pub segments: Vec<String>,
 }
+
+/// The built-in fields shown on a user, each read exactly as a rule reads it.
+const COMPUTED: [&str; 5] = [
+    "total_orders",
+    "ltv",
+    "seconds_since_last_order",
+    "city",
+    "is_new_user",
+];
 
 impl Engine {
     pub async fn write_user(
@@ -51,33 +62,17 @@ impl Engine {
             .get_user(user_id)
             .await?
             .ok_or_else(|| not_found(user_id))?;
-        let orders = self.store.event_summary(user_id, ORDER_PLACED).await?;
         let now = self.now();
-        let mut computed = Map::new();
-        computed.insert("total_orders".into(), orders.count.into());
-        computed.insert(
-            "ltv".into(),
-            serde_json::Number::from_f64(orders.amount_sum).map_or(Value::Null, Value::Number),
-        );
-        let last = orders.last_at;
-        computed.insert(
-            "last_order_at".into(),
-            last.map_or(Value::Null, |t| {
-                Value::String(stratify_core::time::format_rfc3339(t))
-            }),
-        );
-        computed.insert(
-            "seconds_since_last_order".into(),
-            last.map_or(Value::Null, |t| ((now - t) / 1000).into()),
-        );
-        computed.insert(
-            "city".into(),
-            orders.last_city.map_or(Value::Null, Value::String),
-        );
+        let events = self
+            .store
+            .user_events(user_id, now, MAX_USER_EVENTS)
+            .await?;
+        let computed = computed_fields(&record, &events, now);
+        let segments = self.user_segment_ids(&record, user_id, &events).await?;
         Ok(UserView {
             record,
             computed,
-            segments: Vec::new(),
+            segments,
         })
     }
 
@@ -88,6 +83,34 @@ impl Engine {
             Err(not_found(user_id))
         }
     }
+}
+
+fn computed_fields(
+    record: &UserRecord,
+    events: &[stratify_store::StoredEvent],
+    now: i64,
+) -> Map<String, Value> {
+    let facts_events = crate::segments::facts_events(events);
+    let facts = Facts {
+        attributes: &record.attributes,
+        events: &facts_events,
+        segments: &NoSegments,
+        now,
+    };
+    let mut computed = Map::new();
+    for field in COMPUTED {
+        let seen = match rules::parse(&json!({"field": field, "op": "exists"})) {
+            Ok(rules::Rule::Leaf(
+                leaf @ rules::Leaf {
+                    source: Source::Aggregate(_),
+                    ..
+                },
+            )) => rules::leaf_value(&leaf, &facts).to_json(),
+            _ => Seen::Missing.to_json(),
+        };
+        computed.insert(field.to_owned(), seen);
+    }
+    computed
 }
 
 fn not_found(user_id: &UserId) -> EngineError {

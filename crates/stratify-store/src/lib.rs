@@ -50,8 +50,6 @@ pub trait Store: Send + Sync + 'static {
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
     /// Erases a user and all their events. Returns whether the user existed.
     async fn delete_user(&self, user_id: &UserId) -> Result<bool>;
-    /// Built-in aggregates over one user's events of one name.
-    async fn event_summary(&self, user_id: &UserId, name: &str) -> Result<EventSummary>;
     async fn query_events(&self, query: EventQuery) -> Result<Vec<StoredEvent>>;
 
     async fn put_event_type(&self, schema: EventTypeSchema, now: Millis)

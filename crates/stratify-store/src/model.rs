@@ -87,18 +87,6 @@ pub struct UserRecord {
     pub updated_at: Millis,
 }
 
-/// Aggregates over one user's events of one name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EventSummary {
-    pub count: u64,
-    /// Sum of the numeric `amount` property.
-    pub amount_sum: f64,
-    pub first_at: Option<Millis>,
-    pub last_at: Option<Millis>,
-    /// The `city` property of the latest event.
-    pub last_city: Option<String>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     pub user_id: Option<String>,

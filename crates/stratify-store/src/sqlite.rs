@@ -509,40 +509,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn event_summary(&self, user_id: &UserId, name: &str) -> Result<EventSummary> {
-        let (user_id, name) = (user_id.to_string(), name.to_owned());
-        self.read(move |c| {
-            let mut summary = c
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(json_extract(e.properties, '$.amount')), 0.0), min(e.ts), max(e.ts) \
-                     FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id \
-                     WHERE u.user_id = ?1 AND n.name = ?2",
-                )?
-                .query_row([&user_id, &name], |r| {
-                    Ok(EventSummary {
-                        count: r.get::<_, i64>(0)? as u64,
-                        amount_sum: r.get::<_, f64>(1).unwrap_or(0.0),
-                        first_at: r.get(2)?,
-                        last_at: r.get(3)?,
-                        last_city: None,
-                    })
-                })?;
-            if summary.count > 0 {
-                summary.last_city = c
-                    .prepare_cached(
-                        "SELECT json_extract(e.properties, '$.city') FROM events e JOIN users u ON u.uid = e.uid \
-                         JOIN event_names n ON n.id = e.name_id WHERE u.user_id = ?1 AND n.name = ?2 \
-                         ORDER BY e.ts DESC, e.seq DESC LIMIT 1",
-                    )?
-                    .query_row([&user_id, &name], |r| r.get::<_, Option<String>>(0))
-                    .optional()?
-                    .flatten();
-            }
-            Ok(summary)
-        })
-        .await
-    }
-
     async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
             let mut sql = String::from(

@@ -222,18 +222,21 @@ async fn event_queries_filter_and_page_by_sequence() {
 }
 
 #[tokio::test]
-async fn order_summary_counts_sums_and_reports_the_latest_city() {
+async fn user_events_come_oldest_first_up_to_an_instant() {
     with_backends(|s| async move {
         s.append_events(batch(vec![
             event(json!({"user_id": "u", "name": "order_placed", "timestamp": 2000, "properties": {"amount": 100.5, "city": "Pune"}})),
             event(json!({"user_id": "u", "name": "order_placed", "timestamp": 1000, "properties": {"amount": 50, "city": "Delhi"}})),
             event(json!({"user_id": "u", "name": "LOGIN", "timestamp": 3000})),
+            event(json!({"user_id": "other", "name": "LOGIN", "timestamp": 1500})),
         ]))
         .await
         .expect("append");
-        let sum = s.event_summary(&uid("u"), "order_placed").await.expect("summary");
-        assert_eq!(sum, EventSummary { count: 2, amount_sum: 150.5, first_at: Some(1000), last_at: Some(2000), last_city: Some("Pune".into()) });
-        assert_eq!(s.event_summary(&uid("x"), "order_placed").await.expect("empty").count, 0);
+        let events = s.user_events(&uid("u"), 2000, 100).await.expect("events");
+        let seen: Vec<(i64, &str)> = events.iter().map(|e| (e.timestamp, e.name.as_str())).collect();
+        assert_eq!(seen, [(1000, "order_placed"), (2000, "order_placed")]);
+        assert_eq!(events[1].properties.as_ref().and_then(|p| p.get("city")), Some(&json!("Pune")));
+        assert!(s.user_events(&uid("nobody"), 9999, 100).await.expect("none").is_empty());
     })
     .await;
 }

@@ -33,7 +33,7 @@ pub struct UserResponse {
     user_id: String,
     #[schema(value_type = Object)]
     attributes: Map<String, Value>,
-    /// Built-in fields over `order_placed` events: total_orders, ltv, last_order_at,
+    /// Built-in fields over `order_placed` events: total_orders, ltv, is_new_user,
     /// seconds_since_last_order, city.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]

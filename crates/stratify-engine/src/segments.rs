@@ -1,0 +1,630 @@
+//! Segments: dynamic (a rule) or static (a list of users), versioned and
+//! audited; population queries run the rule compiled to SQL by the store, and
+//! per-user answers (a user's segments, explain) evaluate the same rule in
+//! memory over the user's events.
+
+use crate::{Engine, EngineError};
+use parking_lot::RwLock;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use stratify_core::ids::UserId;
+use stratify_core::rules::sql::{self, Compiled, Dialect};
+use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
+use stratify_core::time::Millis;
+use stratify_core::ValidationError;
+use stratify_store::{SegmentRecord, SegmentVersion, Store, StoredEvent};
+
+/// Most user ids one request may add, remove or upload.
+pub const MAX_IDS_PER_REQUEST: usize = 100_000;
+/// Most events of one user read to evaluate or explain a rule.
+pub const MAX_USER_EVENTS: u32 = 100_000;
+/// Largest page of members.
+pub const MAX_PAGE: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Dynamic,
+    Static,
+}
+
+/// A segment with its parsed rule.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub record: SegmentRecord,
+    pub rule: Option<Rule>,
+}
+
+impl Segment {
+    pub fn kind(&self) -> Kind {
+        if self.rule.is_some() {
+            Kind::Dynamic
+        } else {
+            Kind::Static
+        }
+    }
+}
+
+/// Every segment, by id: an immutable snapshot swapped on change.
+#[derive(Default)]
+pub struct Catalog {
+    by_id: HashMap<String, Arc<Segment>>,
+}
+
+impl Catalog {
+    pub fn get(&self, id: &str) -> Option<&Arc<Segment>> {
+        self.by_id.get(id)
+    }
+}
+
+/// Segments as seen for SQL: static ones become a membership subquery.
+struct ForSql<'a>(&'a Catalog);
+
+impl SegmentLookup for ForSql<'_> {
+    fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
+        self.0.get(id).map(|s| match &s.rule {
+            Some(r) => SegmentRef::Dynamic(r),
+            None => SegmentRef::Static(false),
+        })
+    }
+}
+
+/// Segments as seen for one user.
+struct ForUser<'a> {
+    catalog: &'a Catalog,
+    member_of: &'a HashSet<String>,
+}
+
+impl SegmentLookup for ForUser<'_> {
+    fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
+        self.catalog.get(id).map(|s| match &s.rule {
+            Some(r) => SegmentRef::Dynamic(r),
+            None => SegmentRef::Static(self.member_of.contains(id)),
+        })
+    }
+}
+
+pub struct Segments {
+    catalog: RwLock<Arc<Catalog>>,
+    /// Serialises segment writes (version numbers are read-modify-write).
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Segments {
+    pub(crate) async fn load(store: &dyn Store) -> Result<Self, EngineError> {
+        let mut by_id = HashMap::new();
+        for record in store.segments().await? {
+            let rule = match &record.rules {
+                Some(json) => Some(rules::parse(json).map_err(|e| {
+                    EngineError::Store(stratify_store::StoreError::Corrupt(format!(
+                        "segment {} has an invalid stored rule: {e}",
+                        record.id
+                    )))
+                })?),
+                None => None,
+            };
+            by_id.insert(record.id.clone(), Arc::new(Segment { record, rule }));
+        }
+        Ok(Self {
+            catalog: RwLock::new(Arc::new(Catalog { by_id })),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
+    }
+
+    fn put(&self, segment: Segment) {
+        let mut guard = self.catalog.write();
+        let mut by_id = guard.by_id.clone();
+        by_id.insert(segment.record.id.clone(), Arc::new(segment));
+        *guard = Arc::new(Catalog { by_id });
+    }
+
+    fn remove(&self, id: &str) {
+        let mut guard = self.catalog.write();
+        let mut by_id = guard.by_id.clone();
+        by_id.remove(id);
+        *guard = Arc::new(Catalog { by_id });
+    }
+}
+
+/// What a client sends to create or replace a segment.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub rules: Option<Value>,
+    pub user_ids: Option<Vec<String>>,
+}
+
+/// A partial update (`PATCH`).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentPatch {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+    pub rules: Option<Value>,
+}
+
+/// One page of a population.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Population {
+    pub user_ids: Vec<String>,
+    pub total_count: u64,
+    pub next_cursor: Option<String>,
+    pub sql: Option<Compiled>,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+    EngineError::Invalid(ValidationError::new(code, message).at(field))
+}
+
+fn not_found(id: &str) -> EngineError {
+    EngineError::NotFound {
+        code: "segment_not_found",
+        message: format!("no segment '{id}'"),
+    }
+}
+
+fn check_name(name: &str) -> Result<String, EngineError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "invalid_name",
+            "name is 1–128 characters of text",
+            "/name",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_description(d: Option<String>) -> Result<Option<String>, EngineError> {
+    match d {
+        Some(d) if d.len() > 1024 => Err(invalid(
+            "invalid_description",
+            "description is at most 1024 bytes",
+            "/description",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Parses user ids, pointing at the bad one.
+pub fn parse_user_ids(ids: Vec<String>, pointer: &str) -> Result<Vec<UserId>, EngineError> {
+    if ids.len() > MAX_IDS_PER_REQUEST {
+        return Err(invalid(
+            "too_many_ids",
+            format!("at most {MAX_IDS_PER_REQUEST} user ids per request"),
+            pointer,
+        ));
+    }
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            UserId::parse(id).map_err(|e| EngineError::Invalid(e.at(format!("{pointer}/{i}"))))
+        })
+        .collect()
+}
+
+/// Parses a rule and checks its references: every referenced segment exists
+/// and following references from `self_id` never comes back to it.
+fn parse_rule(json: &Value, self_id: &str, catalog: &Catalog) -> Result<Rule, EngineError> {
+    let rule = rules::parse(json).map_err(|e| EngineError::Invalid(e.within("/rules")))?;
+    for id in rule.references() {
+        if catalog.get(id).is_none() {
+            return Err(invalid(
+                "segment_not_found",
+                format!("the rule refers to unknown segment '{id}'"),
+                "/rules",
+            ));
+        }
+    }
+    // Depth-first search over references, the new rule standing in for self.
+    let mut stack: Vec<String> = rule.references().into_iter().map(str::to_owned).collect();
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        if id == self_id {
+            return Err(invalid(
+                "segment_cycle",
+                "segment references form a cycle",
+                "/rules",
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        if let Some(r) = catalog.get(&id).and_then(|s| s.rule.as_ref()) {
+            stack.extend(r.references().into_iter().map(str::to_owned));
+        }
+    }
+    Ok(rule)
+}
+
+fn new_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("seg_{}", hex::encode(bytes))
+}
+
+/// Cursors are the hex of the last user id: opaque and URL-safe.
+pub fn encode_cursor(user_id: &str) -> String {
+    hex::encode(user_id.as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<String, EngineError> {
+    hex::decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| invalid("invalid_cursor", "not a cursor from this API", "/cursor"))
+}
+
+pub(crate) fn facts_events(events: &[StoredEvent]) -> Vec<EventFact<'_>> {
+    events
+        .iter()
+        .map(|e| EventFact {
+            name: &e.name,
+            timestamp: e.timestamp,
+            properties: e.properties.as_ref(),
+        })
+        .collect()
+}
+
+impl Engine {
+    pub fn segment_catalog(&self) -> Arc<Catalog> {
+        self.segments.snapshot()
+    }
+
+    pub fn segment(&self, id: &str) -> Result<Arc<Segment>, EngineError> {
+        self.segments
+            .snapshot()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub fn list_segments(&self) -> Vec<Arc<Segment>> {
+        let mut all: Vec<_> = self.segments.snapshot().by_id.values().cloned().collect();
+        all.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        all
+    }
+
+    pub async fn create_segment(
+        &self,
+        input: SegmentInput,
+        by: &str,
+    ) -> Result<Arc<Segment>, EngineError> {
+        let _guard = self.segments.write.lock().await;
+        let name = check_name(&input.name)?;
+        let description = check_description(input.description)?;
+        let id = new_id();
+        let catalog = self.segments.snapshot();
+        let (rule, members) = match (input.rules, input.user_ids) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "invalid_segment",
+                    "give either rules (dynamic) or user_ids (static), not both",
+                    "/user_ids",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "invalid_segment",
+                    "give rules (dynamic) or user_ids (static)",
+                    "/rules",
+                ))
+            }
+            (Some(json), None) => (Some((parse_rule(&json, &id, &catalog)?, json)), Vec::new()),
+            (None, Some(ids)) => (None, parse_user_ids(ids, "/user_ids")?),
+        };
+        let now = self.now();
+        let record = SegmentRecord {
+            id: id.clone(),
+            name,
+            description,
+            kind: if rule.is_some() { "dynamic" } else { "static" }.into(),
+            rules: rule.as_ref().map(|(_, json)| json.clone()),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            created_by: Some(by.to_owned()),
+            updated_by: Some(by.to_owned()),
+        };
+        self.store
+            .create_segment(record.clone(), members)
+            .await
+            .map_err(name_taken)?;
+        let segment = Segment {
+            record,
+            rule: rule.map(|(r, _)| r),
+        };
+        self.segments.put(segment);
+        self.segment(&id)
+    }
+
+    /// Replaces name, description and rules (a new version). The kind cannot change.
+    pub async fn update_segment(
+        &self,
+        id: &str,
+        patch: SegmentPatch,
+        by: &str,
+    ) -> Result<Arc<Segment>, EngineError> {
+        let _guard = self.segments.write.lock().await;
+        let catalog = self.segments.snapshot();
+        let current = catalog.get(id).cloned().ok_or_else(|| not_found(id))?;
+        let mut record = current.record.clone();
+        let mut rule = current.rule.clone();
+        if let Some(name) = patch.name {
+            record.name = check_name(&name)?;
+        }
+        if let Some(description) = patch.description {
+            record.description = check_description(description)?;
+        }
+        if let Some(json) = patch.rules {
+            if current.rule.is_none() {
+                return Err(invalid(
+                    "static_segment",
+                    "a static segment has no rules; change its members instead",
+                    "/rules",
+                ));
+            }
+            rule = Some(parse_rule(&json, id, &catalog)?);
+            record.rules = Some(json);
+        }
+        record.version += 1;
+        record.updated_at = self.now();
+        record.updated_by = Some(by.to_owned());
+        self.store
+            .update_segment(record.clone())
+            .await
+            .map_err(name_taken)?;
+        self.segments.put(Segment { record, rule });
+        self.segment(id)
+    }
+
+    pub async fn delete_segment(&self, id: &str) -> Result<(), EngineError> {
+        let _guard = self.segments.write.lock().await;
+        let catalog = self.segments.snapshot();
+        if catalog.get(id).is_none() {
+            return Err(not_found(id));
+        }
+        if let Some(user) = catalog.by_id.values().find(|s| {
+            s.rule
+                .as_ref()
+                .is_some_and(|r| r.references().contains(&id))
+        }) {
+            return Err(EngineError::Conflict {
+                code: "segment_in_use",
+                message: format!(
+                    "segment '{}' ({}) refers to this segment",
+                    user.record.name, user.record.id
+                ),
+            });
+        }
+        self.store.delete_segment(id).await?;
+        self.segments.remove(id);
+        Ok(())
+    }
+
+    pub async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>, EngineError> {
+        self.segment(id)?;
+        Ok(self.store.segment_versions(id).await?)
+    }
+
+    fn static_segment(&self, id: &str) -> Result<Arc<Segment>, EngineError> {
+        let s = self.segment(id)?;
+        if s.rule.is_some() {
+            return Err(EngineError::Conflict {
+                code: "dynamic_segment",
+                message: "members of a dynamic segment follow its rules".into(),
+            });
+        }
+        Ok(s)
+    }
+
+    pub async fn add_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
+        self.static_segment(id)?;
+        let users = parse_user_ids(ids, "/user_ids")?;
+        Ok(self.store.add_members(id, users, self.now()).await?)
+    }
+
+    pub async fn remove_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
+        self.static_segment(id)?;
+        let users = parse_user_ids(ids, "/user_ids")?;
+        Ok(self.store.remove_members(id, users).await?)
+    }
+
+    pub async fn replace_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
+        self.static_segment(id)?;
+        let users = parse_user_ids(ids, "/user_ids")?;
+        Ok(self.store.replace_members(id, users, self.now()).await?)
+    }
+
+    /// The SQL a segment (or an ad-hoc rule) runs as.
+    pub fn segment_sql(
+        &self,
+        id: &str,
+        dialect: Dialect,
+        as_of: Option<Millis>,
+    ) -> Result<Compiled, EngineError> {
+        let catalog = self.segments.snapshot();
+        let rule = match catalog.get(id).ok_or_else(|| not_found(id))?.rule.clone() {
+            Some(r) => r,
+            None => Rule::Segment(id.to_owned()),
+        };
+        Ok(sql::members(
+            &rule,
+            dialect,
+            as_of.unwrap_or_else(|| self.now()),
+            &ForSql(&catalog),
+        ))
+    }
+
+    /// One page of a segment's members.
+    pub async fn segment_members(
+        &self,
+        id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+        as_of: Option<Millis>,
+    ) -> Result<Population, EngineError> {
+        let segment = self.segment(id)?;
+        let rule = segment
+            .rule
+            .clone()
+            .unwrap_or_else(|| Rule::Segment(id.to_owned()));
+        self.population(&rule, limit, cursor, as_of, false).await
+    }
+
+    /// An ad-hoc population query (any rule format, the DuckMart payload included).
+    pub async fn query_population(
+        &self,
+        rules_json: &Value,
+        limit: u32,
+        cursor: Option<&str>,
+        as_of: Option<Millis>,
+        include_sql: bool,
+    ) -> Result<Population, EngineError> {
+        let catalog = self.segments.snapshot();
+        let rule = parse_rule(rules_json, "", &catalog)?;
+        self.population(&rule, limit, cursor, as_of, include_sql)
+            .await
+    }
+
+    async fn population(
+        &self,
+        rule: &Rule,
+        limit: u32,
+        cursor: Option<&str>,
+        as_of: Option<Millis>,
+        include_sql: bool,
+    ) -> Result<Population, EngineError> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(invalid(
+                "invalid_limit",
+                format!("limit is 1–{MAX_PAGE}"),
+                "/limit",
+            ));
+        }
+        let after = cursor.map(decode_cursor).transpose()?;
+        let catalog = self.segments.snapshot();
+        let now = as_of.unwrap_or_else(|| self.now());
+        let predicate = sql::predicate(rule, Dialect::Sqlite, now, &ForSql(&catalog));
+        let (mut user_ids, total_count) =
+            self.store.select_users(predicate, after, limit + 1).await?;
+        let next_cursor = if user_ids.len() > limit as usize {
+            user_ids.truncate(limit as usize);
+            user_ids.last().map(|u| encode_cursor(u))
+        } else {
+            None
+        };
+        let sql = include_sql.then(|| sql::members(rule, Dialect::Sqlite, now, &ForSql(&catalog)));
+        Ok(Population {
+            user_ids,
+            total_count,
+            next_cursor,
+            sql,
+        })
+    }
+
+    /// Whether a user is in a segment, node by node.
+    pub async fn explain(
+        &self,
+        user_id: &UserId,
+        segment_id: &str,
+        as_of: Option<Millis>,
+    ) -> Result<(bool, Value), EngineError> {
+        let catalog = self.segments.snapshot();
+        let segment = catalog
+            .get(segment_id)
+            .cloned()
+            .ok_or_else(|| not_found(segment_id))?;
+        let user = self
+            .store
+            .get_user(user_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                code: "user_not_found",
+                message: format!("no user '{user_id}'"),
+            })?;
+        let now = as_of.unwrap_or_else(|| self.now());
+        let events = self
+            .store
+            .user_events(user_id, now, MAX_USER_EVENTS)
+            .await?;
+        let member_of: HashSet<String> = self
+            .store
+            .static_memberships(user_id)
+            .await?
+            .into_iter()
+            .collect();
+        let lookup = ForUser {
+            catalog: &catalog,
+            member_of: &member_of,
+        };
+        let facts_events = facts_events(&events);
+        let facts = Facts {
+            attributes: &user.attributes,
+            events: &facts_events,
+            segments: &lookup,
+            now,
+        };
+        let rule = segment
+            .rule
+            .clone()
+            .unwrap_or_else(|| Rule::Segment(segment_id.to_owned()));
+        Ok(rules::explain(&rule, &facts))
+    }
+
+    /// Ids of every segment the user is in now, given the user's events up to now.
+    pub(crate) async fn user_segment_ids(
+        &self,
+        user: &stratify_store::UserRecord,
+        user_id: &UserId,
+        events: &[StoredEvent],
+    ) -> Result<Vec<String>, EngineError> {
+        let catalog = self.segments.snapshot();
+        let member_of: HashSet<String> = self
+            .store
+            .static_memberships(user_id)
+            .await?
+            .into_iter()
+            .collect();
+        let lookup = ForUser {
+            catalog: &catalog,
+            member_of: &member_of,
+        };
+        let facts_events = facts_events(events);
+        let facts = Facts {
+            attributes: &user.attributes,
+            events: &facts_events,
+            segments: &lookup,
+            now: self.now(),
+        };
+        let mut ids: Vec<String> = catalog
+            .by_id
+            .values()
+            .filter(|s| match &s.rule {
+                Some(r) => rules::evaluate(r, &facts),
+                None => member_of.contains(&s.record.id),
+            })
+            .map(|s| s.record.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn name_taken(e: stratify_store::StoreError) -> EngineError {
+    match EngineError::from(e) {
+        EngineError::Conflict { message, .. } => EngineError::Conflict {
+            code: "segment_name_taken",
+            message,
+        },
+        other => other,
+    }
+}
