@@ -18,6 +18,11 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::schemas::create_event_type, routes::schemas::list_event_types, routes::schemas::get_event_type,
         routes::schemas::replace_event_type, routes::schemas::delete_event_type,
         routes::schemas::get_attribute_schema, routes::schemas::put_attribute_schema,
+        routes::segments::create, routes::segments::list, routes::segments::examples, routes::segments::query,
+        routes::segments::get_one, routes::segments::replace, routes::segments::patch, routes::segments::remove,
+        routes::segments::versions, routes::segments::members, routes::segments::add_members,
+        routes::segments::remove_members, routes::segments::upload_members, routes::segments::sql,
+        routes::segments::explain,
     ),
     modifiers(&Security)
 )]

@@ -4,6 +4,7 @@ pub(crate) mod events;
 pub(crate) mod keys;
 pub(crate) mod ops;
 pub(crate) mod schemas;
+pub(crate) mod segments;
 pub(crate) mod users;
 
 use crate::auth::authorize;
@@ -147,6 +148,91 @@ pub fn table() -> Vec<Route> {
             "/v1/attributes/schema",
             ManageSchemas,
             put(schemas::put_attribute_schema),
+        ),
+        r(
+            Method::POST,
+            "/v1/segments",
+            EditConfig,
+            post(segments::create),
+        ),
+        r(Method::GET, "/v1/segments", Read, get(segments::list)),
+        r(
+            Method::GET,
+            "/v1/segments/examples",
+            Read,
+            get(segments::examples),
+        ),
+        r(
+            Method::POST,
+            "/v1/segments/query",
+            Read,
+            post(segments::query),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}",
+            Read,
+            get(segments::get_one),
+        ),
+        r(
+            Method::PUT,
+            "/v1/segments/{id}",
+            EditConfig,
+            put(segments::replace),
+        ),
+        r(
+            Method::PATCH,
+            "/v1/segments/{id}",
+            EditConfig,
+            patch(segments::patch),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/segments/{id}",
+            EditConfig,
+            delete(segments::remove),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}/versions",
+            Read,
+            get(segments::versions),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}/members",
+            Read,
+            get(segments::members),
+        ),
+        r(
+            Method::POST,
+            "/v1/segments/{id}/members",
+            EditConfig,
+            post(segments::add_members),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/segments/{id}/members",
+            EditConfig,
+            delete(segments::remove_members),
+        ),
+        r(
+            Method::PUT,
+            "/v1/segments/{id}/members",
+            EditConfig,
+            put(segments::upload_members),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}/sql",
+            Read,
+            get(segments::sql),
+        ),
+        r(
+            Method::GET,
+            "/v1/users/{id}/segments/{segment_id}/explain",
+            Read,
+            get(segments::explain),
         ),
         r(
             Method::GET,

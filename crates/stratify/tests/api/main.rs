@@ -3,10 +3,12 @@
 mod helpers;
 
 mod access;
+mod duckmart;
 mod errors;
 mod events;
 mod keys;
 mod platform;
 mod process;
 mod schemas;
+mod segments;
 mod users;
