@@ -19,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod hash;
 pub mod ids;
+pub mod population;
 pub mod rules;
 pub mod schema;
 pub mod time;

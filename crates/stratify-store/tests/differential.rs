@@ -1,12 +1,13 @@
 //! Differential test (ARCHITECTURE invariant 2): on random rules and random
-//! data, the in-memory evaluator and the compiled SQL (run by SQLite) select
-//! exactly the same users — including NOT, missing attributes, mixed types
+//! data, the per-user evaluator, the columnar population index and the
+//! compiled SQL (run by SQLite) select exactly the same users — including NOT, missing attributes, mixed types
 //! and events at the very edges of windows.
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use stratify_core::event::NewEvent;
 use stratify_core::ids::UserId;
+use stratify_core::population::PopulationIndex;
 use stratify_core::rules::{self, sql, EventFact, Facts, NoSegments};
 use stratify_store::sqlite::SqliteStore;
 use stratify_store::*;
@@ -250,6 +251,18 @@ fn in_memory(rule: &rules::Rule, users: &[UserData]) -> Vec<String> {
     out
 }
 
+fn columnar(users: &[UserData]) -> PopulationIndex {
+    let mut index = PopulationIndex::new();
+    for (i, u) in users.iter().enumerate() {
+        let id = format!("u{i:02}");
+        index.set_attributes(&id, &u.attributes);
+        for (name, ts, props) in &u.events {
+            index.add_event(&id, name, *ts, props.as_ref());
+        }
+    }
+    index
+}
+
 async fn load(store: &SqliteStore, users: &[UserData]) {
     let mut events = Vec::new();
     for (i, u) in users.iter().enumerate() {
@@ -283,11 +296,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn in_memory_and_sqlite_select_the_same_users(users in prop::collection::vec(user(), 1..25), rules_json in prop::collection::vec(rule(), 12)) {
+    fn per_user_columnar_and_sqlite_select_the_same_users(users in prop::collection::vec(user(), 1..25), rules_json in prop::collection::vec(rule(), 12)) {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(dir.path()).expect("store");
         runtime.block_on(load(&store, &users));
+        let index = columnar(&users);
         let mut checked = 0;
         for rj in &rules_json {
             let Ok(rule) = rules::parse(rj) else { continue };
@@ -297,6 +311,8 @@ proptest! {
             let (got, total) = runtime.block_on(store.select_users(predicate.clone(), None, 10_000)).expect("sql runs");
             prop_assert_eq!(&got, &expected, "rule {}\nsql {}\nparams {:?}", rj, predicate.sql, predicate.params);
             prop_assert_eq!(total as usize, expected.len());
+            let selected: Vec<String> = index.select(&rule, NOW, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();
+            prop_assert_eq!(&selected, &expected, "columnar, rule {}", rj);
             // NOT flips exactly (two-valued logic in both evaluators).
             let negated = rules::Rule::Not(Box::new(rule.clone()));
             let (not_got, _) = runtime.block_on(store.select_users(sql::predicate(&negated, sql::Dialect::Sqlite, NOW, &NoSegments), None, 10_000)).expect("sql");
