@@ -338,6 +338,17 @@ impl PopulationIndex {
         }
     }
 
+    /// Merges attributes into a user's: a `null` value removes one.
+    pub fn merge_attributes(&mut self, user_id: &str, attributes: &Map<String, Value>) {
+        let row = self.user(user_id) as usize;
+        for (name, v) in attributes {
+            self.attrs
+                .entry(name.clone())
+                .or_default()
+                .set(row, Some(v));
+        }
+    }
+
     /// Adds one event. Feed events in log (sequence) order.
     pub fn add_event(
         &mut self,

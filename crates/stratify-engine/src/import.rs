@@ -94,7 +94,13 @@ impl Engine {
             match parsed.batch {
                 Batch::Users(users) => {
                     let n = users.len() as u64;
+                    let indexed = users.clone();
                     let changed = self.store.merge_users(users, self.now()).await?;
+                    let mut index = self.population.write();
+                    for (id, attributes) in &indexed {
+                        index.merge_attributes(id.as_str(), attributes);
+                    }
+                    drop(index);
                     report.written += changed;
                     report.unchanged += n - changed;
                 }

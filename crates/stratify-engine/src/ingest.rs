@@ -44,6 +44,31 @@ impl Rejection {
 }
 
 impl Engine {
+    /// Feeds newly appended events to the population index in log order.
+    fn index_appended(&self, events: &[NewEvent], appended: &[Appended]) {
+        let mut new: Vec<(i64, &NewEvent)> = events
+            .iter()
+            .zip(appended)
+            .filter_map(|(e, a)| match a {
+                Appended::New(seq) => Some((*seq, e)),
+                Appended::Duplicate => None,
+            })
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        new.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut index = self.population.write();
+        for (_, e) in new {
+            index.add_event(
+                e.user_id.as_str(),
+                e.name.as_str(),
+                e.timestamp,
+                e.properties.as_ref(),
+            );
+        }
+    }
+
     /// Ingests already-parsed items; an `Err` item (say, an NDJSON line that
     /// is not JSON) is rejected at its index.
     pub async fn ingest_values(
@@ -111,10 +136,13 @@ impl Engine {
             }
             return Ok(outcome);
         }
-        let appended = self
-            .store
-            .append_events(EventBatch { events, report })
-            .await?;
+        let events = std::sync::Arc::new(events);
+        let batch = EventBatch {
+            events: events.clone(),
+            report,
+        };
+        let appended = self.store.append_events(batch).await?;
+        self.index_appended(&events, &appended);
         for (index, a) in positions.into_iter().zip(appended) {
             match a {
                 Appended::New(seq) => {

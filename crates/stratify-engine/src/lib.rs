@@ -10,6 +10,7 @@ mod error;
 pub mod import;
 pub mod ingest;
 pub mod keys;
+mod population;
 pub mod schemas;
 pub mod segments;
 pub mod users;
@@ -36,6 +37,7 @@ pub struct Engine {
     pub(crate) schemas: Arc<Schemas>,
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) segments: Arc<segments::Segments>,
+    pub(crate) population: population::SharedIndex,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -54,12 +56,14 @@ impl Engine {
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
+        let population = population::load(store.as_ref()).await?;
         Ok(Self {
             store,
             clock,
             schemas,
             keys,
             segments,
+            population,
         })
     }
 

@@ -148,6 +148,27 @@ pub struct SegmentPatch {
     pub rules: Option<Value>,
 }
 
+/// Which evaluator answers a population query. Both give the same set (a
+/// differential test keeps them equal); they page in different orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evaluator {
+    /// The columnar in-memory index (default): users in first-seen order.
+    #[default]
+    Memory,
+    /// The rule compiled to SQL and run by the store: users in id order.
+    Sql,
+}
+
+/// What page of a population to return.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageRequest<'a> {
+    pub limit: u32,
+    pub cursor: Option<&'a str>,
+    pub as_of: Option<Millis>,
+    pub include_sql: bool,
+    pub evaluator: Evaluator,
+}
+
 /// One page of a population.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Population {
@@ -334,10 +355,14 @@ impl Engine {
             created_by: Some(by.to_owned()),
             updated_by: Some(by.to_owned()),
         };
+        let member_ids: Vec<String> = members.iter().map(|u| u.as_str().to_owned()).collect();
         self.store
             .create_segment(record.clone(), members)
             .await
             .map_err(name_taken)?;
+        if rule.is_none() {
+            self.population.write().set_static_members(&id, &member_ids);
+        }
         let segment = Segment {
             record,
             rule: rule.map(|(r, _)| r),
@@ -406,6 +431,7 @@ impl Engine {
             });
         }
         self.store.delete_segment(id).await?;
+        self.population.write().drop_static(id);
         self.segments.remove(id);
         Ok(())
     }
@@ -428,20 +454,26 @@ impl Engine {
 
     pub async fn add_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
         self.static_segment(id)?;
-        let users = parse_user_ids(ids, "/user_ids")?;
-        Ok(self.store.add_members(id, users, self.now()).await?)
+        let users = parse_user_ids(ids.clone(), "/user_ids")?;
+        let changed = self.store.add_members(id, users, self.now()).await?;
+        self.population.write().add_static_members(id, &ids);
+        Ok(changed)
     }
 
     pub async fn remove_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
         self.static_segment(id)?;
-        let users = parse_user_ids(ids, "/user_ids")?;
-        Ok(self.store.remove_members(id, users).await?)
+        let users = parse_user_ids(ids.clone(), "/user_ids")?;
+        let changed = self.store.remove_members(id, users).await?;
+        self.population.write().remove_static_members(id, &ids);
+        Ok(changed)
     }
 
     pub async fn replace_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
         self.static_segment(id)?;
-        let users = parse_user_ids(ids, "/user_ids")?;
-        Ok(self.store.replace_members(id, users, self.now()).await?)
+        let users = parse_user_ids(ids.clone(), "/user_ids")?;
+        let changed = self.store.replace_members(id, users, self.now()).await?;
+        self.population.write().set_static_members(id, &ids);
+        Ok(changed)
     }
 
     /// The SQL a segment (or an ad-hoc rule) runs as.
@@ -477,52 +509,84 @@ impl Engine {
             .rule
             .clone()
             .unwrap_or_else(|| Rule::Segment(id.to_owned()));
-        self.population(&rule, limit, cursor, as_of, false).await
+        self.population(
+            &rule,
+            PageRequest {
+                limit,
+                cursor,
+                as_of,
+                include_sql: false,
+                evaluator: Evaluator::Memory,
+            },
+        )
+        .await
     }
 
     /// An ad-hoc population query (any rule format, the DuckMart payload included).
     pub async fn query_population(
         &self,
         rules_json: &Value,
-        limit: u32,
-        cursor: Option<&str>,
-        as_of: Option<Millis>,
-        include_sql: bool,
+        page: PageRequest<'_>,
     ) -> Result<Population, EngineError> {
         let catalog = self.segments.snapshot();
         let rule = parse_rule(rules_json, "", &catalog)?;
-        self.population(&rule, limit, cursor, as_of, include_sql)
-            .await
+        self.population(&rule, page).await
     }
 
     async fn population(
         &self,
         rule: &Rule,
-        limit: u32,
-        cursor: Option<&str>,
-        as_of: Option<Millis>,
-        include_sql: bool,
+        page: PageRequest<'_>,
     ) -> Result<Population, EngineError> {
-        if !(1..=MAX_PAGE).contains(&limit) {
+        if !(1..=MAX_PAGE).contains(&page.limit) {
             return Err(invalid(
                 "invalid_limit",
                 format!("limit is 1–{MAX_PAGE}"),
                 "/limit",
             ));
         }
-        let after = cursor.map(decode_cursor).transpose()?;
+        let after = page.cursor.map(decode_cursor).transpose()?;
         let catalog = self.segments.snapshot();
-        let now = as_of.unwrap_or_else(|| self.now());
-        let predicate = sql::predicate(rule, Dialect::Sqlite, now, &ForSql(&catalog));
-        let (mut user_ids, total_count) =
-            self.store.select_users(predicate, after, limit + 1).await?;
-        let next_cursor = if user_ids.len() > limit as usize {
-            user_ids.truncate(limit as usize);
+        let now = page.as_of.unwrap_or_else(|| self.now());
+        let lookup = ForSql(&catalog);
+        let sql = page
+            .include_sql
+            .then(|| sql::members(rule, Dialect::Sqlite, now, &lookup));
+        let limit = page.limit as usize;
+        let (mut user_ids, total_count) = match page.evaluator {
+            Evaluator::Sql => {
+                let predicate = sql::predicate(rule, Dialect::Sqlite, now, &lookup);
+                self.store
+                    .select_users(predicate, after, page.limit + 1)
+                    .await?
+            }
+            Evaluator::Memory => {
+                let index = self.population.read();
+                let selected = index.select(rule, now, &lookup);
+                let start = match &after {
+                    Some(user) => Some(index.index_of(user).ok_or_else(|| {
+                        invalid(
+                            "invalid_cursor",
+                            "the cursor's user no longer exists; start again",
+                            "/cursor",
+                        )
+                    })?),
+                    None => None,
+                };
+                let ids = selected
+                    .iter_from(start)
+                    .take(limit + 1)
+                    .map(|i| index.user_id(i).to_owned())
+                    .collect();
+                (ids, selected.count())
+            }
+        };
+        let next_cursor = if user_ids.len() > limit {
+            user_ids.truncate(limit);
             user_ids.last().map(|u| encode_cursor(u))
         } else {
             None
         };
-        let sql = include_sql.then(|| sql::members(rule, Dialect::Sqlite, now, &ForSql(&catalog)));
         Ok(Population {
             user_ids,
             total_count,

@@ -40,7 +40,8 @@ impl Engine {
     ) -> Result<UserRecord, EngineError> {
         attributes::check(&attrs, "/attributes")?;
         self.attribute_schema().check(&attrs, "/attributes")?;
-        self.store
+        let record = self
+            .store
             .write_user(user_id, attrs, mode, self.now())
             .await
             .map_err(|e| match EngineError::from(e) {
@@ -53,7 +54,11 @@ impl Engine {
                     message,
                 },
                 other => other,
-            })
+            })?;
+        self.population
+            .write()
+            .set_attributes(&record.user_id, &record.attributes);
+        Ok(record)
     }
 
     pub async fn user(&self, user_id: &UserId) -> Result<UserView, EngineError> {
@@ -78,6 +83,7 @@ impl Engine {
 
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
+            self.population.write().remove_user(user_id.as_str());
             Ok(())
         } else {
             Err(not_found(user_id))

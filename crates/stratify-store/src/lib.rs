@@ -70,6 +70,11 @@ pub trait Store: Send + Sync + 'static {
     async fn record_ingest(&self, report: IngestReport) -> Result<()>;
     async fn counts(&self) -> Result<Counts>;
 
+    /// Users in creation order after `after_uid` (paging through everyone).
+    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;
+    /// Every member of a static segment.
+    async fn static_members(&self, segment_id: &str) -> Result<Vec<String>>;
+
     /// A user's events up to `until` (inclusive), oldest first, at most `limit`.
     async fn user_events(
         &self,

@@ -46,7 +46,8 @@ impl Source {
 /// Validated events plus the counts of what was refused before the store.
 #[derive(Debug, Clone)]
 pub struct EventBatch {
-    pub events: Vec<NewEvent>,
+    /// Shared so the engine can index the same events after the write.
+    pub events: std::sync::Arc<Vec<NewEvent>>,
     pub report: IngestReport,
 }
 

@@ -995,4 +995,34 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 ORDER BY uid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_uid, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (uid, raw) = row?;
+                out.push((uid, finish_user(raw)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
+        let segment_id = segment_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
+            )?;
+            let rows = stmt.query_map([segment_id], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
 }

@@ -287,7 +287,10 @@ async fn load(store: &SqliteStore, users: &[UserData]) {
         now: NOW,
     };
     store
-        .append_events(EventBatch { events, report })
+        .append_events(EventBatch {
+            events: events.into(),
+            report,
+        })
         .await
         .expect("append");
 }

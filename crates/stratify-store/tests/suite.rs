@@ -17,7 +17,7 @@ fn event(v: serde_json::Value) -> NewEvent {
 fn batch(events: Vec<NewEvent>) -> EventBatch {
     let received = events.len() as u64;
     EventBatch {
-        events,
+        events: events.into(),
         report: IngestReport {
             source: Source::Http,
             received,

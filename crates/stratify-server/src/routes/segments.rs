@@ -10,7 +10,7 @@ use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{Compiled, Dialect};
 use stratify_core::time::parse_rfc3339;
 use stratify_engine::keys::Principal;
-use stratify_engine::segments::{Population, Segment, SegmentInput, SegmentPatch};
+use stratify_engine::segments::{Evaluator, PageRequest, Segment, SegmentInput, SegmentPatch};
 use utoipa::{IntoParams, ToSchema};
 
 const DEFAULT_LIMIT: u32 = 1000;
@@ -370,8 +370,10 @@ fn bad_query(field: &str, message: &str) -> ApiError {
         .at(format!("/{field}"))
 }
 
-/// An ad-hoc population query: `{"rules": <rule>, "limit"?, "cursor"?, "as_of"?, "include_sql"?}`,
-/// or the DuckMart payload at top level (`user_filters`, `event_filters`, `logic_operator`, `limit`).
+/// An ad-hoc population query: `{"rules": <rule>}` or the DuckMart payload at
+/// top level (`user_filters`, `event_filters`, `logic_operator`), plus the
+/// options `limit`, `cursor`, `as_of`, `include_sql` and `evaluator`
+/// (`memory`, the default, or `sql`: the same answer from the compiled SQL).
 #[utoipa::path(post, path = "/v1/segments/query", tag = "segments", security(("api_key" = [])),
     request_body(content = Object), responses((status = 200, body = QueryResult), (status = 422)))]
 pub async fn query(
@@ -392,75 +394,49 @@ pub async fn query(
             "send a JSON object",
         ));
     };
-    let limit = match body.get("limit") {
-        None | Some(Value::Null) => DEFAULT_LIMIT,
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| bad_query("limit", "limit is a whole number"))?,
-    };
-    let take_str = |body: &mut Map<String, Value>, key: &str| -> Result<Option<String>, ApiError> {
-        match body.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(bad_query(key, "must be a string")),
-        }
-    };
-    let (rule, filters_applied, cursor, as_of_text, include_sql) = if body.contains_key("rules") {
-        if let Some(k) = body
-            .keys()
-            .find(|k| !["rules", "limit", "cursor", "as_of", "include_sql"].contains(&k.as_str()))
-        {
+    let opts = QueryOptions::take(&mut body)?;
+    let duckmart = !body.contains_key("rules");
+    let (rule, filters_applied) = if duckmart {
+        let mut applied = Map::new();
+        applied.insert(
+            "user_filters".into(),
+            body.get("user_filters").cloned().unwrap_or(json!([])),
+        );
+        applied.insert(
+            "event_filters".into(),
+            body.get("event_filters").cloned().unwrap_or(json!([])),
+        );
+        applied.insert(
+            "logic_operator".into(),
+            body.get("logic_operator").cloned().unwrap_or(json!("AND")),
+        );
+        (Value::Object(body), Value::Object(applied))
+    } else {
+        if let Some(k) = body.keys().find(|k| *k != "rules") {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_field",
                 format!("unknown field '{k}'"),
             )
-            .at(format!("/{k}")));
+            .at(format!("/{}", stratify_core::error::pointer_token(k))));
         }
-        let include_sql = match body.remove("include_sql") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => b,
-            Some(_) => return Err(bad_query("include_sql", "include_sql is a boolean")),
-        };
-        let cursor = take_str(&mut body, "cursor")?;
-        let as_of_text = take_str(&mut body, "as_of")?;
         let rule = body.remove("rules").unwrap_or(Value::Null);
-        (rule.clone(), rule, cursor, as_of_text, include_sql)
-    } else {
-        let cursor = take_str(&mut body, "cursor")?;
-        let as_of_text = take_str(&mut body, "as_of")?;
-        let mut applied = Map::new();
-        for key in ["user_filters", "event_filters", "logic_operator"] {
-            applied.insert(
-                key.into(),
-                body.get(key).cloned().unwrap_or(match key {
-                    "logic_operator" => json!("AND"),
-                    _ => json!([]),
-                }),
-            );
-        }
-        (
-            Value::Object(body),
-            Value::Object(applied),
-            cursor,
-            as_of_text,
-            false,
-        )
+        (rule.clone(), rule)
     };
-    let population: Population = state
+    let page = PageRequest {
+        limit: opts.limit,
+        cursor: opts.cursor.as_deref(),
+        as_of: as_of(opts.as_of.as_deref())?,
+        include_sql: opts.include_sql,
+        evaluator: opts.evaluator,
+    };
+    let population = state
         .engine
-        .query_population(
-            &rule,
-            limit,
-            cursor.as_deref(),
-            as_of(as_of_text.as_deref())?,
-            include_sql,
-        )
+        .query_population(&rule, page)
         .await
         .map_err(|e| match e {
-            // The rule sits under /rules in the rules form, at the top in the DuckMart form.
-            stratify_engine::EngineError::Invalid(mut v) if filters_applied != rule => {
+            // The DuckMart filters sit at the top of the body, not under /rules.
+            stratify_engine::EngineError::Invalid(mut v) if duckmart => {
                 v.field = v
                     .field
                     .map(|f| f.strip_prefix("/rules").map(str::to_owned).unwrap_or(f));
@@ -475,6 +451,50 @@ pub async fn query(
         next_cursor: population.next_cursor,
         sql: population.sql,
     }))
+}
+
+/// The options of `POST /v1/segments/query`, removed from the body.
+struct QueryOptions {
+    limit: u32,
+    cursor: Option<String>,
+    as_of: Option<String>,
+    include_sql: bool,
+    evaluator: Evaluator,
+}
+
+impl QueryOptions {
+    fn take(body: &mut Map<String, Value>) -> Result<Self, ApiError> {
+        let mut text = |key: &str| match body.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(bad_query(key, "must be a string")),
+        };
+        let (cursor, as_of, evaluator) = (text("cursor")?, text("as_of")?, text("evaluator")?);
+        let evaluator = match evaluator.as_deref() {
+            None | Some("memory") => Evaluator::Memory,
+            Some("sql") => Evaluator::Sql,
+            Some(_) => return Err(bad_query("evaluator", "evaluator is memory or sql")),
+        };
+        let limit = match body.remove("limit") {
+            None | Some(Value::Null) => DEFAULT_LIMIT,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad_query("limit", "limit is a whole number"))?,
+        };
+        let include_sql = match body.remove("include_sql") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(bad_query("include_sql", "include_sql is a boolean")),
+        };
+        Ok(Self {
+            limit,
+            cursor,
+            as_of,
+            include_sql,
+            evaluator,
+        })
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

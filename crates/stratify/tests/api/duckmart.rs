@@ -126,4 +126,45 @@ async fn duckmart_queries_match_plain_sql_on_the_seed_42_data() {
         "event_filters": [{"event_name": "LOGIN", "operator": "gte", "count": 1}], "logic_operator": "AND"})).await;
     assert!(expected_ca.len() > 100, "{}", expected_ca.len());
     assert_eq!(got_ca, expected_ca);
+
+    // The compiled SQL answers the same (the in-memory index is the default).
+    for (payload, expected) in [
+        (
+            json!({"rules": {"field": "age", "op": "between", "value": [25, 34]}}),
+            &expected_age,
+        ),
+        (
+            json!({"rules": {"operator": "AND", "conditions": [{"field": "location", "op": "eq", "value": "California"},
+            {"event": "LOGIN", "op": "gte", "value": 1}]}}),
+            &expected_ca,
+        ),
+    ] {
+        let mut sql = payload.clone();
+        sql["evaluator"] = json!("sql");
+        assert_eq!(&all_ids(&app, sql).await, expected);
+    }
+
+    // A restart rebuilds the index from the store and answers the same.
+    let engine = stratify_engine::Engine::start(
+        stratify_engine::open_store(app.dir.path()).expect("reopen"),
+        app.clock.clone(),
+        None,
+    )
+    .await
+    .expect("restart");
+    let page = stratify_engine::segments::PageRequest {
+        limit: 10_000,
+        ..Default::default()
+    };
+    let again = engine
+        .query_population(
+            &json!({"field": "age", "op": "between", "value": [25, 34]}),
+            page,
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        again.user_ids.into_iter().collect::<BTreeSet<_>>(),
+        expected_age
+    );
 }
