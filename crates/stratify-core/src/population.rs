@@ -19,8 +19,6 @@ use crate::time::Millis;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-/// Sorted-delta size past which it is merged into the main index.
-const MERGE_AT: usize = 65_536;
 const MAX_REF_DEPTH: usize = 16;
 
 /// A fixed-capacity set of user indices.
@@ -168,10 +166,10 @@ struct EventLog {
     ts: Vec<Millis>,
     user: Vec<u32>,
     props: HashMap<String, Column>,
-    /// Row ids sorted by (ts, row).
+    /// Row ids sorted by (ts, row): what queries read.
     main: Vec<u32>,
-    /// Recent row ids, sorted by (ts, row); merged into `main` when large.
-    delta: Vec<u32>,
+    /// Rows added since the last [`EventLog::settle`], in arrival order.
+    tail: Vec<u32>,
 }
 
 impl EventLog {
@@ -184,61 +182,50 @@ impl EventLog {
                 self.props.entry(k.clone()).or_default().set(row, Some(v));
             }
         }
-        let key = (ts, row as u32);
-        let at = self
-            .delta
-            .partition_point(|&r| (self.ts[r as usize], r) < key);
-        self.delta.insert(at, row as u32);
-        if self.delta.len() >= MERGE_AT {
-            self.merge();
-        }
+        self.tail.push(row as u32);
     }
 
-    fn merge(&mut self) {
-        let ts = &self.ts;
-        let mut merged = Vec::with_capacity(self.main.len() + self.delta.len());
-        let (mut a, mut b) = (self.main.iter().peekable(), self.delta.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) => {
-                    if (ts[x as usize], x) <= (ts[y as usize], y) {
-                        a.next()
-                    } else {
-                        b.next()
-                    }
-                }
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            merged.extend(next.copied());
+    /// Sorts the tail into the main index: an append when every new event is
+    /// the newest (the real-time case), one linear merge otherwise.
+    fn settle(&mut self) {
+        if self.tail.is_empty() {
+            return;
         }
+        let ts = &self.ts;
+        let key = |r: u32| (ts[r as usize], r);
+        self.tail.sort_unstable_by_key(|&r| key(r));
+        if self
+            .main
+            .last()
+            .is_none_or(|&last| key(last) <= key(self.tail[0]))
+        {
+            self.main.append(&mut self.tail);
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.main.len() + self.tail.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.main.len() && j < self.tail.len() {
+            if key(self.main[i]) <= key(self.tail[j]) {
+                merged.push(self.main[i]);
+                i += 1;
+            } else {
+                merged.push(self.tail[j]);
+                j += 1;
+            }
+        }
+        merged.extend_from_slice(&self.main[i..]);
+        merged.extend_from_slice(&self.tail[j..]);
         self.main = merged;
-        self.delta.clear();
+        self.tail.clear();
     }
 
     /// Rows with `lo < ts <= hi` in (ts, row) order.
     fn window(&self, lo: Option<Millis>, hi: Millis) -> impl Iterator<Item = u32> + '_ {
-        let range = |idx: &[u32]| {
-            let start = lo.map_or(0, |lo| idx.partition_point(|&r| self.ts[r as usize] <= lo));
-            let end = idx.partition_point(|&r| self.ts[r as usize] <= hi);
-            start..end.max(start)
-        };
-        let (ra, rb) = (range(&self.main), range(&self.delta));
-        let mut a = self.main[ra].iter().copied().peekable();
-        let mut b = self.delta[rb].iter().copied().peekable();
-        std::iter::from_fn(move || match (a.peek(), b.peek()) {
-            (Some(&x), Some(&y)) => {
-                if (self.ts[x as usize], x) <= (self.ts[y as usize], y) {
-                    a.next()
-                } else {
-                    b.next()
-                }
-            }
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => None,
-        })
+        let start = lo.map_or(0, |lo| {
+            self.main.partition_point(|&r| self.ts[r as usize] <= lo)
+        });
+        let end = self.main.partition_point(|&r| self.ts[r as usize] <= hi);
+        self.main[start..end.max(start)].iter().copied()
     }
 }
 
@@ -349,20 +336,30 @@ impl PopulationIndex {
         }
     }
 
-    /// Adds one event. Feed events in log (sequence) order.
-    pub fn add_event(
+    /// Adds events, given in log (sequence) order, and makes them visible to
+    /// queries: `(user_id, name, timestamp, properties)`.
+    pub fn add_events<'a>(
         &mut self,
-        user_id: &str,
-        name: &str,
-        ts: Millis,
-        properties: Option<&Map<String, Value>>,
+        events: impl IntoIterator<Item = (&'a str, &'a str, Millis, Option<&'a Map<String, Value>>)>,
     ) {
-        let user = self.user(user_id);
-        self.events
-            .entry(name.to_owned())
-            .or_default()
-            .push(user, ts, properties);
-        self.event_count += 1;
+        let mut touched: Vec<String> = Vec::new();
+        for (user_id, name, ts, properties) in events {
+            let user = self.user(user_id);
+            let log = match self.events.get_mut(name) {
+                Some(log) => log,
+                None => self.events.entry(name.to_owned()).or_default(),
+            };
+            if log.tail.is_empty() {
+                touched.push(name.to_owned());
+            }
+            log.push(user, ts, properties);
+            self.event_count += 1;
+        }
+        for name in touched {
+            if let Some(log) = self.events.get_mut(&name) {
+                log.settle();
+            }
+        }
     }
 
     /// Forgets a user (erasure): their index stays allocated but is never live again.
@@ -599,16 +596,19 @@ mod tests {
     }
 
     #[test]
-    fn delta_and_main_merge_in_time_order() {
+    fn settling_keeps_time_order_with_ties_in_arrival_order() {
         let mut log = EventLog::default();
         for (i, ts) in [5, 1, 9, 1, 3].into_iter().enumerate() {
             log.push(i as u32, ts, None);
         }
-        log.merge();
-        log.push(9, 4, None);
+        log.settle();
+        log.push(9, 4, None); // out of order: merged
+        log.settle();
+        log.push(9, 10, None); // newest: appended
+        log.settle();
         let rows: Vec<u32> = log.window(None, 100).collect();
         let order: Vec<Millis> = rows.iter().map(|&r| log.ts[r as usize]).collect();
-        assert_eq!(order, [1, 1, 3, 4, 5, 9]);
+        assert_eq!(order, [1, 1, 3, 4, 5, 9, 10]);
         assert_eq!(rows[..2], [1, 3], "ties keep arrival order");
         assert_eq!(
             log.window(Some(3), 5)

@@ -58,15 +58,16 @@ impl Engine {
             return;
         }
         new.sort_unstable_by_key(|(seq, _)| *seq);
-        let mut index = self.population.write();
-        for (_, e) in new {
-            index.add_event(
-                e.user_id.as_str(),
-                e.name.as_str(),
-                e.timestamp,
-                e.properties.as_ref(),
-            );
-        }
+        self.population
+            .write()
+            .add_events(new.into_iter().map(|(_, e)| {
+                (
+                    e.user_id.as_str(),
+                    e.name.as_str(),
+                    e.timestamp,
+                    e.properties.as_ref(),
+                )
+            }));
     }
 
     /// Ingests already-parsed items; an `Err` item (say, an NDJSON line that

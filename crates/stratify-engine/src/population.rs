@@ -37,9 +37,14 @@ pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> 
             .await?;
         let Some(last) = page.last() else { break };
         after_seq = Some(last.seq);
-        for e in &page {
-            index.add_event(&e.user_id, &e.name, e.timestamp, e.properties.as_ref());
-        }
+        index.add_events(page.iter().map(|e| {
+            (
+                e.user_id.as_str(),
+                e.name.as_str(),
+                e.timestamp,
+                e.properties.as_ref(),
+            )
+        }));
     }
     for segment in store.segments().await? {
         if segment.rules.is_none() {

@@ -256,9 +256,11 @@ fn columnar(users: &[UserData]) -> PopulationIndex {
     for (i, u) in users.iter().enumerate() {
         let id = format!("u{i:02}");
         index.set_attributes(&id, &u.attributes);
-        for (name, ts, props) in &u.events {
-            index.add_event(&id, name, *ts, props.as_ref());
-        }
+        index.add_events(
+            u.events
+                .iter()
+                .map(|(name, ts, props)| (id.as_str(), name.as_str(), *ts, props.as_ref())),
+        );
     }
     index
 }
