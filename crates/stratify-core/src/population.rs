@@ -111,6 +111,8 @@ impl Bitset {
 struct Column {
     codes: Vec<u32>,
     dict: Vec<Value>,
+    /// The number each dictionary code holds, NaN when it is not a number.
+    dict_num: Vec<f64>,
     lookup: HashMap<String, u32>,
 }
 
@@ -121,6 +123,7 @@ impl Column {
             return c;
         }
         self.dict.push(v.clone());
+        self.dict_num.push(v.as_f64().unwrap_or(f64::NAN));
         let c = self.dict.len() as u32;
         self.lookup.insert(key, c);
         c
@@ -138,6 +141,14 @@ impl Column {
             self.codes.resize(row + 1, 0);
         }
         self.codes[row] = code;
+    }
+
+    /// The number at a row (NaN when missing or not a number).
+    fn num(&self, row: usize) -> f64 {
+        match self.codes.get(row).copied().unwrap_or(0) {
+            0 => f64::NAN,
+            c => self.dict_num[c as usize - 1],
+        }
     }
 
     fn get(&self, row: usize) -> Option<&Value> {
@@ -160,108 +171,166 @@ impl Column {
     }
 }
 
-/// All events of one name.
+/// All events of one name, as columns in (time, arrival) order, so that a
+/// window is a contiguous slice scanned sequentially.
 #[derive(Debug, Default)]
 struct EventLog {
     ts: Vec<Millis>,
     user: Vec<u32>,
+    /// Property columns, each exactly as long as `ts`.
     props: HashMap<String, Column>,
-    /// Row ids sorted by (ts, row): what queries read.
-    main: Vec<u32>,
-    /// Rows added since the last [`EventLog::settle`], in arrival order.
-    tail: Vec<u32>,
+    /// Events added since the last [`EventLog::settle`], in arrival order.
+    tail: Vec<(Millis, u32, Option<Map<String, Value>>)>,
 }
 
 impl EventLog {
     fn push(&mut self, user: u32, ts: Millis, props: Option<&Map<String, Value>>) {
+        self.tail.push((ts, user, props.cloned()));
+    }
+
+    fn append_row(&mut self, ts: Millis, user: u32, props: Option<&Map<String, Value>>) {
         let row = self.ts.len();
         self.ts.push(ts);
         self.user.push(user);
         if let Some(p) = props {
             for (k, v) in p {
-                self.props.entry(k.clone()).or_default().set(row, Some(v));
+                let col = self.props.entry(k.clone()).or_default();
+                col.set(row, Some(v));
             }
         }
-        self.tail.push(row as u32);
     }
 
-    /// Sorts the tail into the main index: an append when every new event is
-    /// the newest (the real-time case), one linear merge otherwise.
+    /// Moves the tail into the columns: an append when every new event is
+    /// the newest (the real-time case), one linear merge otherwise. Ties keep
+    /// arrival order (stable), which is log order.
     fn settle(&mut self) {
         if self.tail.is_empty() {
             return;
         }
-        let ts = &self.ts;
-        let key = |r: u32| (ts[r as usize], r);
-        self.tail.sort_unstable_by_key(|&r| key(r));
-        if self
-            .main
-            .last()
-            .is_none_or(|&last| key(last) <= key(self.tail[0]))
-        {
-            self.main.append(&mut self.tail);
-            return;
-        }
-        let mut merged = Vec::with_capacity(self.main.len() + self.tail.len());
-        let (mut i, mut j) = (0, 0);
-        while i < self.main.len() && j < self.tail.len() {
-            if key(self.main[i]) <= key(self.tail[j]) {
-                merged.push(self.main[i]);
-                i += 1;
-            } else {
-                merged.push(self.tail[j]);
-                j += 1;
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.sort_by_key(|e| e.0);
+        if self.ts.last().is_none_or(|&last| last <= tail[0].0) {
+            for (ts, user, props) in &tail {
+                self.append_row(*ts, *user, props.as_ref());
+            }
+        } else {
+            // One stable merge: the interleaving is computed once, then every
+            // column is rebuilt by copying codes (no re-encoding).
+            let old_len = self.ts.len();
+            let mut order: Vec<(bool, usize)> = Vec::with_capacity(old_len + tail.len());
+            let (mut i, mut j) = (0, 0);
+            while i < old_len || j < tail.len() {
+                if j == tail.len() || (i < old_len && self.ts[i] <= tail[j].0) {
+                    order.push((true, i));
+                    i += 1;
+                } else {
+                    order.push((false, j));
+                    j += 1;
+                }
+            }
+            let pick = |old: &[i64], f: &dyn Fn(usize) -> i64| -> Vec<i64> {
+                order
+                    .iter()
+                    .map(|&(is_old, k)| if is_old { old[k] } else { f(k) })
+                    .collect()
+            };
+            self.ts = pick(&self.ts, &|k| tail[k].0);
+            self.user = order
+                .iter()
+                .map(|&(is_old, k)| if is_old { self.user[k] } else { tail[k].1 })
+                .collect();
+            let mut names: Vec<String> = self.props.keys().cloned().collect();
+            for (_, _, props) in &tail {
+                for k in props.iter().flat_map(|p| p.keys()) {
+                    if !names.contains(k) {
+                        names.push(k.clone());
+                    }
+                }
+            }
+            for name in names {
+                let col = self.props.entry(name.clone()).or_default();
+                let tail_codes: Vec<u32> = tail
+                    .iter()
+                    .map(|(_, _, p)| {
+                        match p
+                            .as_ref()
+                            .and_then(|m| m.get(&name))
+                            .filter(|v| !v.is_null())
+                        {
+                            Some(v) => col.code_of(v),
+                            None => 0,
+                        }
+                    })
+                    .collect();
+                let old_codes = std::mem::take(&mut col.codes);
+                col.codes = order
+                    .iter()
+                    .map(|&(is_old, k)| {
+                        if is_old {
+                            old_codes.get(k).copied().unwrap_or(0)
+                        } else {
+                            tail_codes[k]
+                        }
+                    })
+                    .collect();
             }
         }
-        merged.extend_from_slice(&self.main[i..]);
-        merged.extend_from_slice(&self.tail[j..]);
-        self.main = merged;
-        self.tail.clear();
+        let rows = self.ts.len();
+        for col in self.props.values_mut() {
+            col.codes.resize(rows, 0);
+        }
     }
 
-    /// Rows with `lo < ts <= hi` in (ts, row) order.
-    fn window(&self, lo: Option<Millis>, hi: Millis) -> impl Iterator<Item = u32> + '_ {
-        let start = lo.map_or(0, |lo| {
-            self.main.partition_point(|&r| self.ts[r as usize] <= lo)
-        });
-        let end = self.main.partition_point(|&r| self.ts[r as usize] <= hi);
-        self.main[start..end.max(start)].iter().copied()
+    /// Rows with `lo < ts <= hi`, in (ts, arrival) order.
+    fn window(&self, lo: Option<Millis>, hi: Millis) -> std::ops::Range<usize> {
+        let start = lo.map_or(0, |lo| self.ts.partition_point(|&t| t <= lo));
+        let end = self.ts.partition_point(|&t| t <= hi);
+        start..end.max(start)
     }
 }
 
-/// Per-user running aggregate.
-#[derive(Debug, Clone, Copy, Default)]
-struct Acc {
-    count: u32,
-    numeric: u32,
-    sum: f64,
-    carry: f64,
-    min: f64,
-    max: f64,
-    first: Millis,
-    last: Millis,
-    last_row: u32,
+/// Per-user accumulators, reused across queries (reset only where touched).
+#[derive(Default)]
+struct Scratch {
+    /// Matching events per user.
+    count: Vec<u32>,
+    /// Numeric values seen per user.
+    numeric: Vec<u32>,
+    /// Sum, min or max.
+    a: Vec<f64>,
+    /// Neumaier carry.
+    b: Vec<f64>,
+    /// First/last timestamp, or the row of the latest event.
+    t: Vec<i64>,
+    touched: Vec<u32>,
 }
 
-impl Acc {
-    fn add_number(&mut self, x: f64) {
-        // Neumaier, as SQLite's sum() and the per-user evaluator do.
-        let s = self.sum + x;
-        if self.sum.abs() > x.abs() {
-            self.carry += (self.sum - s) + x;
-        } else {
-            self.carry += (x - s) + self.sum;
+impl Scratch {
+    fn ensure(&mut self, n: usize) {
+        if self.count.len() < n {
+            self.count.resize(n, 0);
+            self.numeric.resize(n, 0);
+            self.a.resize(n, 0.0);
+            self.b.resize(n, 0.0);
+            self.t.resize(n, 0);
         }
-        self.sum = s;
-        if self.numeric == 0 {
-            self.min = x;
-            self.max = x;
-        } else {
-            self.min = self.min.min(x);
-            self.max = self.max.max(x);
-        }
-        self.numeric += 1;
     }
+
+    fn reset(&mut self) {
+        for &u in &self.touched {
+            let u = u as usize;
+            self.count[u] = 0;
+            self.numeric[u] = 0;
+            self.a[u] = 0.0;
+            self.b[u] = 0.0;
+            self.t[u] = 0;
+        }
+        self.touched.clear();
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Every user's attributes, events and static memberships, columnar.
@@ -478,76 +547,36 @@ impl PopulationIndex {
         let n = self.ids.len();
         let mut out = Bitset::with_len(n);
         let mut touched = Bitset::with_len(n);
-        let empty = value_of(&a.func, &Acc::default(), None, now);
         if let Some(log) = self.events.get(&a.event) {
-            // Property filters, decided per distinct value.
-            let filters: Vec<(Option<&Column>, Vec<bool>)> = a
-                .filters
-                .iter()
-                .map(|f| match log.props.get(&f.property) {
-                    Some(col) => (Some(col), col.truth(f.op, &f.operand)),
-                    None => (None, vec![rules::test(f.op, &Seen::Missing, &f.operand)]),
-                })
-                .collect();
-            let prop = a.func.property().and_then(|p| log.props.get(p));
-            let mut accs: HashMap<u32, Acc> = HashMap::new();
-            let mut dense: Vec<Acc> = Vec::new();
-            let use_dense = log.ts.len() > n / 8;
-            if use_dense {
-                dense = vec![Acc::default(); n];
-            }
-            let lo = a.within.map(|w| now - w);
-            for row in log.window(lo, now) {
-                let r = row as usize;
-                let pass = filters.iter().all(|(col, truth)| match col {
-                    Some(c) => truth[c.codes.get(r).copied().unwrap_or(0) as usize],
-                    None => truth[0],
-                });
-                if !pass {
-                    continue;
-                }
-                let user = log.user[r];
-                touched.set(user);
-                let acc = if use_dense {
-                    &mut dense[user as usize]
-                } else {
-                    accs.entry(user).or_default()
-                };
-                if acc.count == 0 {
-                    acc.first = log.ts[r];
-                }
-                acc.count += 1;
-                acc.last = log.ts[r];
-                acc.last_row = row;
-                if let Some(x) = prop.and_then(|c| c.get(r)).and_then(Value::as_f64) {
-                    if matches!(
-                        a.func,
-                        AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
-                    ) {
-                        acc.add_number(x);
+            SCRATCH.with(|cell| {
+                let mut guard = cell.borrow_mut();
+                let sc = &mut *guard;
+                sc.ensure(n);
+                self.accumulate(log, a, now, sc);
+                let prop = a.func.property().and_then(|p| log.props.get(p));
+                for &u in &sc.touched {
+                    let i = u as usize;
+                    touched.set(u);
+                    let last_value = match &a.func {
+                        AggFn::LastValue(_) => prop.and_then(|c| c.get(sc.t[i] as usize)),
+                        _ => None,
+                    };
+                    if rules::test(op, &value_of(&a.func, sc, i, last_value, now), operand) {
+                        out.set(u);
                     }
                 }
-            }
-            let mut decide = |user: u32, acc: &Acc| {
-                let last_value = match &a.func {
-                    AggFn::LastValue(_) => prop.and_then(|c| c.get(acc.last_row as usize)),
-                    _ => None,
-                };
-                if rules::test(op, &value_of(&a.func, acc, last_value, now), operand) {
-                    out.set(user);
-                }
-            };
-            if use_dense {
-                for user in touched.iter_from(None) {
-                    decide(user, &dense[user as usize]);
-                }
-            } else {
-                for (user, acc) in &accs {
-                    decide(*user, acc);
-                }
-            }
+                sc.reset();
+            });
         }
-        if rules::test(op, &empty, operand) {
+        let empty = Scratch {
+            count: vec![0],
+            numeric: vec![0],
+            a: vec![0.0],
+            b: vec![0.0],
+            t: vec![0],
+            touched: Vec::new(),
+        };
+        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = touched;
             untouched.complement_within(&self.live);
             out.or(&untouched);
@@ -555,21 +584,102 @@ impl PopulationIndex {
         out.and(&self.live);
         out
     }
+
+    /// One pass over the events in the window, in (time, arrival) order.
+    fn accumulate(&self, log: &EventLog, a: &Aggregate, now: Millis, sc: &mut Scratch) {
+        // Property filters, decided once per distinct value.
+        let filters: Vec<(Option<&Column>, Vec<bool>)> = a
+            .filters
+            .iter()
+            .map(|f| match log.props.get(&f.property) {
+                Some(col) => (Some(col), col.truth(f.op, &f.operand)),
+                None => (None, vec![rules::test(f.op, &Seen::Missing, &f.operand)]),
+            })
+            .collect();
+        let prop = a.func.property().and_then(|p| log.props.get(p));
+        let numeric = matches!(
+            a.func,
+            AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
+        );
+        for r in log.window(a.within.map(|w| now - w), now) {
+            if !filters.iter().all(|(col, truth)| match col {
+                Some(c) => truth[c.codes.get(r).copied().unwrap_or(0) as usize],
+                None => truth[0],
+            }) {
+                continue;
+            }
+            let u = log.user[r] as usize;
+            if sc.count[u] == 0 {
+                sc.touched.push(u as u32);
+                sc.t[u] = match a.func {
+                    AggFn::SecondsSinceFirst => log.ts[r],
+                    _ => 0,
+                };
+            }
+            sc.count[u] += 1;
+            match &a.func {
+                AggFn::SecondsSinceLast => sc.t[u] = log.ts[r],
+                AggFn::LastValue(_) => sc.t[u] = r as i64,
+                _ => {}
+            }
+            if !numeric {
+                continue;
+            }
+            let x = prop.map_or(f64::NAN, |c| c.num(r));
+            if x.is_nan() {
+                continue;
+            }
+            match &a.func {
+                AggFn::Sum(_) | AggFn::Avg(_) => {
+                    // Neumaier, as SQLite's sum() and the per-user evaluator do.
+                    let (sum, carry) = (&mut sc.a[u], &mut sc.b[u]);
+                    let s = *sum + x;
+                    if sum.abs() > x.abs() {
+                        *carry += (*sum - s) + x;
+                    } else {
+                        *carry += (x - s) + *sum;
+                    }
+                    *sum = s;
+                }
+                AggFn::Min(_) => {
+                    sc.a[u] = if sc.numeric[u] == 0 {
+                        x
+                    } else {
+                        sc.a[u].min(x)
+                    }
+                }
+                AggFn::Max(_) => {
+                    sc.a[u] = if sc.numeric[u] == 0 {
+                        x
+                    } else {
+                        sc.a[u].max(x)
+                    }
+                }
+                _ => {}
+            }
+            sc.numeric[u] += 1;
+        }
+    }
 }
 
-fn value_of<'a>(func: &AggFn, acc: &Acc, last_value: Option<&'a Value>, now: Millis) -> Seen<'a> {
+fn value_of<'a>(
+    func: &AggFn,
+    sc: &Scratch,
+    i: usize,
+    last_value: Option<&'a Value>,
+    now: Millis,
+) -> Seen<'a> {
+    let (count, numeric) = (sc.count[i], sc.numeric[i]);
     match func {
-        AggFn::Count => Seen::Num(f64::from(acc.count)),
-        AggFn::NoneYet => Seen::Bool(acc.count == 0),
-        AggFn::Sum(_) => Seen::Num(acc.sum + acc.carry),
-        AggFn::Avg(_) if acc.numeric > 0 => {
-            Seen::Num((acc.sum + acc.carry) / f64::from(acc.numeric))
+        AggFn::Count => Seen::Num(f64::from(count)),
+        AggFn::NoneYet => Seen::Bool(count == 0),
+        AggFn::Sum(_) => Seen::Num(sc.a[i] + sc.b[i]),
+        AggFn::Avg(_) if numeric > 0 => Seen::Num((sc.a[i] + sc.b[i]) / f64::from(numeric)),
+        AggFn::Min(_) | AggFn::Max(_) if numeric > 0 => Seen::Num(sc.a[i]),
+        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if count > 0 => {
+            Seen::Num((now - sc.t[i]) as f64 / 1000.0)
         }
-        AggFn::Min(_) if acc.numeric > 0 => Seen::Num(acc.min),
-        AggFn::Max(_) if acc.numeric > 0 => Seen::Num(acc.max),
-        AggFn::SecondsSinceLast if acc.count > 0 => Seen::Num((now - acc.last) as f64 / 1000.0),
-        AggFn::SecondsSinceFirst if acc.count > 0 => Seen::Num((now - acc.first) as f64 / 1000.0),
-        AggFn::LastValue(_) if acc.count > 0 => last_value
+        AggFn::LastValue(_) if count > 0 => last_value
             .filter(|v| !v.is_null())
             .map_or(Seen::Missing, Seen::Json),
         _ => Seen::Missing,
@@ -598,23 +708,25 @@ mod tests {
     #[test]
     fn settling_keeps_time_order_with_ties_in_arrival_order() {
         let mut log = EventLog::default();
+        let p = |v: i64| serde_json::json!({"n": v}).as_object().cloned();
         for (i, ts) in [5, 1, 9, 1, 3].into_iter().enumerate() {
-            log.push(i as u32, ts, None);
+            log.push(i as u32, ts, p(i as i64).as_ref());
         }
         log.settle();
         log.push(9, 4, None); // out of order: merged
         log.settle();
-        log.push(9, 10, None); // newest: appended
+        log.push(9, 10, p(99).as_ref()); // newest: appended
         log.settle();
-        let rows: Vec<u32> = log.window(None, 100).collect();
-        let order: Vec<Millis> = rows.iter().map(|&r| log.ts[r as usize]).collect();
-        assert_eq!(order, [1, 1, 3, 4, 5, 9, 10]);
-        assert_eq!(rows[..2], [1, 3], "ties keep arrival order");
-        assert_eq!(
-            log.window(Some(3), 5)
-                .map(|r| log.ts[r as usize])
-                .collect::<Vec<_>>(),
-            [4, 5]
-        );
+        assert_eq!(log.ts, [1, 1, 3, 4, 5, 9, 10]);
+        assert_eq!(log.user, [1, 3, 4, 9, 0, 2, 9], "ties keep arrival order");
+        let n = log
+            .props
+            .get("n")
+            .map(|c| (0..7).map(|r| c.num(r)).collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert_eq!(n[..3], [1.0, 3.0, 4.0]);
+        assert!(n[3].is_nan(), "the event without properties has none");
+        assert_eq!(n[6], 99.0);
+        assert_eq!(log.window(Some(3), 5), 3..5);
     }
 }
