@@ -13,7 +13,8 @@
 //! Pure: no IO, no clock. The engine feeds it from the store and from ingest.
 
 use crate::rules::{
-    self, AggFn, Aggregate, Leaf, Op, Operand, Rule, Seen, SegmentLookup, SegmentRef, Source,
+    self, AggFn, Aggregate, Leaf, NumTest, Op, Operand, Rule, Seen, SegmentLookup, SegmentRef,
+    Source,
 };
 use crate::time::Millis;
 use serde_json::{Map, Value};
@@ -180,8 +181,11 @@ struct EventLog {
     /// Property columns, each exactly as long as `ts`.
     props: HashMap<String, Column>,
     /// Events added since the last [`EventLog::settle`], in arrival order.
-    tail: Vec<(Millis, u32, Option<Map<String, Value>>)>,
+    tail: Vec<TailEvent>,
 }
+
+/// (timestamp, user, properties) of an event not yet settled.
+type TailEvent = (Millis, u32, Option<Map<String, Value>>);
 
 impl EventLog {
     fn push(&mut self, user: u32, ts: Millis, props: Option<&Map<String, Value>>) {
@@ -228,13 +232,10 @@ impl EventLog {
                     j += 1;
                 }
             }
-            let pick = |old: &[i64], f: &dyn Fn(usize) -> i64| -> Vec<i64> {
-                order
-                    .iter()
-                    .map(|&(is_old, k)| if is_old { old[k] } else { f(k) })
-                    .collect()
-            };
-            self.ts = pick(&self.ts, &|k| tail[k].0);
+            self.ts = order
+                .iter()
+                .map(|&(is_old, k)| if is_old { self.ts[k] } else { tail[k].0 })
+                .collect();
             self.user = order
                 .iter()
                 .map(|&(is_old, k)| if is_old { self.user[k] } else { tail[k].1 })
@@ -469,30 +470,64 @@ impl PopulationIndex {
 
     /// The users a rule selects at `now`.
     pub fn select(&self, rule: &Rule, now: Millis, segments: &dyn SegmentLookup) -> Bitset {
-        self.eval(rule, now, segments, 0)
+        let mut out = self.eval(rule, now, segments, 0, None);
+        out.and(&self.live);
+        out
     }
 
-    fn eval(&self, rule: &Rule, now: Millis, segments: &dyn SegmentLookup, depth: usize) -> Bitset {
+    /// Evaluates `rule`. With a `mask`, the answer is exact for the users in
+    /// the mask and arbitrary outside it (callers intersect with the mask):
+    /// an AND passes what its earlier children left as the mask to the later
+    /// ones, so aggregates skip the events of users already ruled out.
+    fn eval(
+        &self,
+        rule: &Rule,
+        now: Millis,
+        segments: &dyn SegmentLookup,
+        depth: usize,
+        mask: Option<&Bitset>,
+    ) -> Bitset {
         match rule {
             Rule::All(children) => {
                 let mut acc = self.live.clone();
-                for c in children {
-                    acc.and(&self.eval(c, now, segments, depth));
+                if let Some(m) = mask {
+                    acc.and(m);
+                }
+                // Cheap children (attributes, segments, nested logic) first, then aggregates under the mask.
+                let is_aggregate = |c: &&Rule| {
+                    matches!(
+                        c,
+                        Rule::Leaf(Leaf {
+                            source: Source::Aggregate(_),
+                            ..
+                        })
+                    )
+                };
+                let (aggregates, others): (Vec<&Rule>, Vec<&Rule>) =
+                    children.iter().partition(is_aggregate);
+                for c in others.into_iter().chain(aggregates) {
+                    let within = acc.clone();
+                    acc.and(&self.eval(c, now, segments, depth, Some(&within)));
                 }
                 acc
             }
             Rule::Any(children) => {
                 let mut acc = Bitset::with_len(self.ids.len());
                 for c in children {
-                    acc.or(&self.eval(c, now, segments, depth));
+                    acc.or(&self.eval(c, now, segments, depth, mask));
                 }
                 acc
             }
             Rule::Not(inner) => {
-                let mut s = self.eval(inner, now, segments, depth);
+                let mut s = self.eval(inner, now, segments, depth, mask);
                 s.complement_within(&self.live);
                 s
             }
+            Rule::Leaf(Leaf {
+                source: Source::Aggregate(a),
+                op,
+                operand,
+            }) => self.aggregate_leaf(a, *op, operand, now, mask),
             Rule::Leaf(leaf) => self.leaf(leaf, now),
             Rule::Segment(id) => match segments.segment(id) {
                 Some(SegmentRef::Static(_)) => {
@@ -501,7 +536,7 @@ impl PopulationIndex {
                     s
                 }
                 Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => {
-                    self.eval(r, now, segments, depth + 1)
+                    self.eval(r, now, segments, depth + 1, mask)
                 }
                 _ => Bitset::with_len(self.ids.len()),
             },
@@ -539,11 +574,18 @@ impl PopulationIndex {
                 }
                 out
             }
-            Source::Aggregate(a) => self.aggregate_leaf(a, leaf.op, &leaf.operand, now),
+            Source::Aggregate(a) => self.aggregate_leaf(a, leaf.op, &leaf.operand, now, None),
         }
     }
 
-    fn aggregate_leaf(&self, a: &Aggregate, op: Op, operand: &Operand, now: Millis) -> Bitset {
+    fn aggregate_leaf(
+        &self,
+        a: &Aggregate,
+        op: Op,
+        operand: &Operand,
+        now: Millis,
+        mask: Option<&Bitset>,
+    ) -> Bitset {
         let n = self.ids.len();
         let mut out = Bitset::with_len(n);
         let mut touched = Bitset::with_len(n);
@@ -552,16 +594,22 @@ impl PopulationIndex {
                 let mut guard = cell.borrow_mut();
                 let sc = &mut *guard;
                 sc.ensure(n);
-                self.accumulate(log, a, now, sc);
+                self.accumulate(log, a, now, sc, mask);
                 let prop = a.func.property().and_then(|p| log.props.get(p));
+                let fast = NumTest::new(op, operand);
+                let missing = rules::test(op, &Seen::Missing, operand);
                 for &u in &sc.touched {
                     let i = u as usize;
                     touched.set(u);
-                    let last_value = match &a.func {
-                        AggFn::LastValue(_) => prop.and_then(|c| c.get(sc.t[i] as usize)),
-                        _ => None,
+                    let hit = match &a.func {
+                        AggFn::LastValue(_) => {
+                            let v = prop.and_then(|c| c.get(sc.t[i] as usize));
+                            rules::test(op, &value_of(&a.func, sc, i, v, now), operand)
+                        }
+                        AggFn::NoneYet => rules::test(op, &Seen::Bool(false), operand),
+                        func => number_of(func, sc, i, now).map_or(missing, |x| fast.test(x)),
                     };
-                    if rules::test(op, &value_of(&a.func, sc, i, last_value, now), operand) {
+                    if hit {
                         out.set(u);
                     }
                 }
@@ -578,7 +626,7 @@ impl PopulationIndex {
         };
         if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = touched;
-            untouched.complement_within(&self.live);
+            untouched.complement_within(mask.unwrap_or(&self.live));
             out.or(&untouched);
         }
         out.and(&self.live);
@@ -586,7 +634,14 @@ impl PopulationIndex {
     }
 
     /// One pass over the events in the window, in (time, arrival) order.
-    fn accumulate(&self, log: &EventLog, a: &Aggregate, now: Millis, sc: &mut Scratch) {
+    fn accumulate(
+        &self,
+        log: &EventLog,
+        a: &Aggregate,
+        now: Millis,
+        sc: &mut Scratch,
+        mask: Option<&Bitset>,
+    ) {
         // Property filters, decided once per distinct value.
         let filters: Vec<(Option<&Column>, Vec<bool>)> = a
             .filters
@@ -609,6 +664,9 @@ impl PopulationIndex {
                 continue;
             }
             let u = log.user[r] as usize;
+            if mask.is_some_and(|m| !m.contains(u as u32)) {
+                continue;
+            }
             if sc.count[u] == 0 {
                 sc.touched.push(u as u32);
                 sc.t[u] = match a.func {
@@ -659,6 +717,21 @@ impl PopulationIndex {
             }
             sc.numeric[u] += 1;
         }
+    }
+}
+
+/// A numeric aggregate's value for user `i` (None when missing).
+fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis) -> Option<f64> {
+    let (count, numeric) = (sc.count[i], sc.numeric[i]);
+    match func {
+        AggFn::Count => Some(f64::from(count)),
+        AggFn::Sum(_) => Some(sc.a[i] + sc.b[i]),
+        AggFn::Avg(_) if numeric > 0 => Some((sc.a[i] + sc.b[i]) / f64::from(numeric)),
+        AggFn::Min(_) | AggFn::Max(_) if numeric > 0 => Some(sc.a[i]),
+        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if count > 0 => {
+            Some((now - sc.t[i]) as f64 / 1000.0)
+        }
+        _ => None,
     }
 }
 

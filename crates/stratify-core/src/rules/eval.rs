@@ -180,6 +180,61 @@ pub fn test(op: Op, seen: &Seen<'_>, operand: &Operand) -> bool {
     }
 }
 
+/// [`test`] specialised to a present numeric value, decided once per leaf:
+/// `NumTest::new(op, operand).test(x) == test(op, &Seen::Num(x), operand)`
+/// for every finite `x` (a property test checks it). Used by the columnar
+/// index, which tests millions of aggregate values per query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NumTest {
+    Const(bool),
+    Cmp(Op, f64),
+    Range(f64, f64),
+    In(Vec<f64>, bool),
+}
+
+impl NumTest {
+    pub fn new(op: Op, operand: &Operand) -> NumTest {
+        let num = |s: &Scalar| match s {
+            Scalar::Num(n) => Some(*n),
+            _ => None,
+        };
+        match (op, operand) {
+            (Op::Exists, _) => NumTest::Const(true),
+            (Op::Eq | Op::Gt | Op::Gte | Op::Lt | Op::Lte, Operand::Scalar(s)) => match num(s) {
+                Some(n) => NumTest::Cmp(op, n),
+                None => NumTest::Const(false),
+            },
+            (Op::Neq, Operand::Scalar(s)) => match num(s) {
+                Some(n) => NumTest::Cmp(Op::Neq, n),
+                None => NumTest::Const(true),
+            },
+            (Op::In | Op::NotIn, Operand::List(items)) => {
+                NumTest::In(items.iter().filter_map(num).collect(), op == Op::NotIn)
+            }
+            (Op::Between, Operand::Range(Scalar::Num(lo), Scalar::Num(hi))) => {
+                NumTest::Range(*lo, *hi)
+            }
+            _ => NumTest::Const(false),
+        }
+    }
+
+    #[inline]
+    pub fn test(&self, x: f64) -> bool {
+        match self {
+            NumTest::Const(b) => *b,
+            NumTest::Cmp(Op::Eq, n) => x == *n,
+            NumTest::Cmp(Op::Neq, n) => x != *n,
+            NumTest::Cmp(Op::Gt, n) => x > *n,
+            NumTest::Cmp(Op::Gte, n) => x >= *n,
+            NumTest::Cmp(Op::Lt, n) => x < *n,
+            NumTest::Cmp(Op::Lte, n) => x <= *n,
+            NumTest::Cmp(..) => false,
+            NumTest::Range(lo, hi) => *lo <= x && x <= *hi,
+            NumTest::In(items, negate) => items.contains(&x) != *negate,
+        }
+    }
+}
+
 /// Neumaier-compensated sum, the algorithm SQLite's `sum()`/`total()` use,
 /// so in-memory and SQL sums agree to the bit over the same ordered values.
 #[derive(Default)]
@@ -419,6 +474,28 @@ mod tests {
                 now: NOW,
             },
         )
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn num_test_agrees_with_test(
+            op in proptest::sample::select(Op::ALL.to_vec()),
+            x in (-5i64..5).prop_map(|n| n as f64 / 2.0),
+            a in prop_oneof![(-5i64..5).prop_map(|n| Scalar::Num(n as f64 / 2.0)), Just(Scalar::Str("1".into())), any::<bool>().prop_map(Scalar::Bool)],
+            b in (-5i64..5).prop_map(|n| n as f64 / 2.0),
+        ) {
+            let operand = match op {
+                Op::Exists | Op::NotExists => Operand::None,
+                Op::In | Op::NotIn => Operand::List(vec![a.clone(), Scalar::Num(b)]),
+                Op::Between => match &a { Scalar::Num(lo) if *lo <= b => Operand::Range(Scalar::Num(*lo), Scalar::Num(b)), _ => Operand::Range(Scalar::Str("a".into()), Scalar::Str("b".into())) },
+                Op::Like | Op::NotLike | Op::StartsWith | Op::EndsWith => Operand::Scalar(Scalar::Str("1%".into())),
+                Op::VersionEq | Op::VersionGt | Op::VersionGte | Op::VersionLt | Op::VersionLte => Operand::Version(crate::rules::version::Version { core: [1, 0, 0], pre: vec![] }),
+                _ => Operand::Scalar(a.clone()),
+            };
+            prop_assert_eq!(NumTest::new(op, &operand).test(x), test(op, &Seen::Num(x), &operand), "{:?} {:?} {}", op, operand, x);
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub mod version;
 
 pub use ast::*;
 pub use eval::{
-    aggregate, evaluate, explain, leaf_value, test, EventFact, Facts, NoSegments, Seen,
+    aggregate, evaluate, explain, leaf_value, test, EventFact, Facts, NoSegments, NumTest, Seen,
     SegmentLookup, SegmentRef,
 };
 pub use like::{like, to_glob};
