@@ -182,6 +182,86 @@ struct EventLog {
     props: HashMap<String, Column>,
     /// Events added since the last [`EventLog::settle`], in arrival order.
     tail: Vec<TailEvent>,
+    /// Per-user aggregates over all settled events.
+    all_time: Profiles,
+}
+
+/// Per-user aggregates over every event of one name, kept in (time, arrival)
+/// order (the order the scan uses, so even compensated sums agree): updated
+/// event by event when events arrive in time order, rebuilt in one pass when
+/// a merge puts older events in.
+#[derive(Debug, Default)]
+struct Profiles {
+    has_any: Bitset,
+    count: Vec<u32>,
+    first: Vec<Millis>,
+    last: Vec<Millis>,
+    last_row: Vec<u32>,
+    numeric: HashMap<String, NumericProfile>,
+}
+
+#[derive(Debug, Default)]
+struct NumericProfile {
+    n: Vec<u32>,
+    sum: Vec<f64>,
+    carry: Vec<f64>,
+    min: Vec<f64>,
+    max: Vec<f64>,
+}
+
+impl NumericProfile {
+    fn add(&mut self, u: usize, x: f64) {
+        if self.n.len() <= u {
+            let len = (u + 1).max(self.n.len() * 2);
+            self.n.resize(len, 0);
+            self.sum.resize(len, 0.0);
+            self.carry.resize(len, 0.0);
+            self.min.resize(len, 0.0);
+            self.max.resize(len, 0.0);
+        }
+        let (sum, carry) = (&mut self.sum[u], &mut self.carry[u]);
+        let s = *sum + x;
+        if sum.abs() > x.abs() {
+            *carry += (*sum - s) + x;
+        } else {
+            *carry += (x - s) + *sum;
+        }
+        *sum = s;
+        if self.n[u] == 0 {
+            self.min[u] = x;
+            self.max[u] = x;
+        } else {
+            self.min[u] = self.min[u].min(x);
+            self.max[u] = self.max[u].max(x);
+        }
+        self.n[u] += 1;
+    }
+}
+
+impl Profiles {
+    fn add(&mut self, row: usize, ts: Millis, user: u32, props: &HashMap<String, Column>) {
+        let u = user as usize;
+        if self.count.len() <= u {
+            let len = (u + 1).max(self.count.len() * 2);
+            self.count.resize(len, 0);
+            self.first.resize(len, 0);
+            self.last.resize(len, 0);
+            self.last_row.resize(len, 0);
+        }
+        if self.count[u] == 0 {
+            self.first[u] = ts;
+            self.has_any.set(user);
+        }
+        self.count[u] += 1;
+        self.last[u] = ts;
+        self.last_row[u] = row as u32;
+        for (name, col) in props {
+            let x = col.num(row);
+            if !x.is_nan() {
+                self.numeric.entry(name.clone()).or_default().add(u, x);
+            }
+        }
+    }
 }
 
 /// (timestamp, user, properties) of an event not yet settled.
@@ -217,6 +297,13 @@ impl EventLog {
             for (ts, user, props) in &tail {
                 self.append_row(*ts, *user, props.as_ref());
             }
+            let first_new = self.ts.len() - tail.len();
+            self.pad_props();
+            for row in first_new..self.ts.len() {
+                self.all_time
+                    .add(row, self.ts[row], self.user[row], &self.props);
+            }
+            return;
         } else {
             // One stable merge: the interleaving is computed once, then every
             // column is rebuilt by copying codes (no re-encoding).
@@ -276,6 +363,16 @@ impl EventLog {
                     .collect();
             }
         }
+        self.pad_props();
+        self.all_time = Profiles::default();
+        for row in 0..self.ts.len() {
+            self.all_time
+                .add(row, self.ts[row], self.user[row], &self.props);
+        }
+    }
+
+    /// Every property column exactly as long as the log.
+    fn pad_props(&mut self) {
         let rows = self.ts.len();
         for col in self.props.values_mut() {
             col.codes.resize(rows, 0);
@@ -589,6 +686,14 @@ impl PopulationIndex {
         let n = self.ids.len();
         let mut out = Bitset::with_len(n);
         let mut touched = Bitset::with_len(n);
+        let settled_to_now = |log: &EventLog| log.ts.last().is_none_or(|&newest| newest <= now);
+        if let Some(log) = self
+            .events
+            .get(&a.event)
+            .filter(|l| a.within.is_none() && a.filters.is_empty() && settled_to_now(l))
+        {
+            return self.profile_leaf(log, a, op, operand, now, mask);
+        }
         if let Some(log) = self.events.get(&a.event) {
             SCRATCH.with(|cell| {
                 let mut guard = cell.borrow_mut();
@@ -626,6 +731,79 @@ impl PopulationIndex {
         };
         if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = touched;
+            untouched.complement_within(mask.unwrap_or(&self.live));
+            out.or(&untouched);
+        }
+        out.and(&self.live);
+        out
+    }
+
+    /// An all-time aggregate read from the per-user profiles.
+    fn profile_leaf(
+        &self,
+        log: &EventLog,
+        a: &Aggregate,
+        op: Op,
+        operand: &Operand,
+        now: Millis,
+        mask: Option<&Bitset>,
+    ) -> Bitset {
+        let p = &log.all_time;
+        let numeric = a.func.property().and_then(|name| p.numeric.get(name));
+        let prop = a.func.property().and_then(|name| log.props.get(name));
+        let fast = NumTest::new(op, operand);
+        let missing = rules::test(op, &Seen::Missing, operand);
+        let truth = match (&a.func, prop) {
+            (AggFn::LastValue(_), Some(col)) => Some(col.truth(op, operand)),
+            _ => None,
+        };
+        let mut out = Bitset::with_len(self.ids.len());
+        let mut candidates = p.has_any.clone();
+        if let Some(m) = mask {
+            candidates.and(m);
+        }
+        for user in candidates.iter_from(None) {
+            let u = user as usize;
+            let num =
+                |f: fn(&NumericProfile, usize) -> Option<f64>| numeric.and_then(|np| f(np, u));
+            let hit = match &a.func {
+                AggFn::Count => fast.test(f64::from(p.count[u])),
+                AggFn::NoneYet => rules::test(op, &Seen::Bool(false), operand),
+                AggFn::Sum(_) => fast
+                    .test(num(|np, u| np.n.get(u).map(|_| np.sum[u] + np.carry[u])).unwrap_or(0.0)),
+                AggFn::Avg(_) => num(|np, u| {
+                    np.n.get(u)
+                        .filter(|n| **n > 0)
+                        .map(|n| (np.sum[u] + np.carry[u]) / f64::from(*n))
+                })
+                .map_or(missing, |x| fast.test(x)),
+                AggFn::Min(_) => num(|np, u| np.n.get(u).filter(|n| **n > 0).map(|_| np.min[u]))
+                    .map_or(missing, |x| fast.test(x)),
+                AggFn::Max(_) => num(|np, u| np.n.get(u).filter(|n| **n > 0).map(|_| np.max[u]))
+                    .map_or(missing, |x| fast.test(x)),
+                AggFn::SecondsSinceLast => fast.test((now - p.last[u]) as f64 / 1000.0),
+                AggFn::SecondsSinceFirst => fast.test((now - p.first[u]) as f64 / 1000.0),
+                AggFn::LastValue(_) => match (&truth, prop) {
+                    (Some(t), Some(col)) => {
+                        t[col.codes.get(p.last_row[u] as usize).copied().unwrap_or(0) as usize]
+                    }
+                    _ => missing,
+                },
+            };
+            if hit {
+                out.set(user);
+            }
+        }
+        let empty = Scratch {
+            count: vec![0],
+            numeric: vec![0],
+            a: vec![0.0],
+            b: vec![0.0],
+            t: vec![0],
+            touched: Vec::new(),
+        };
+        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
+            let mut untouched = p.has_any.clone();
             untouched.complement_within(mask.unwrap_or(&self.live));
             out.or(&untouched);
         }

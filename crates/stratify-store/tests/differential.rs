@@ -133,6 +133,23 @@ fn scalar_operand() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Seconds-since values sit in days: map a small number onto day boundaries
+/// (and one second either side) so comparisons can go either way.
+fn seconds_operand(v: Value) -> Value {
+    const CHOICES: [i64; 8] = [
+        0,
+        86_399,
+        86_400,
+        86_401,
+        14 * 86_400,
+        15 * 86_400,
+        20 * 86_400,
+        35 * 86_400,
+    ];
+    let k = v.as_f64().unwrap_or(0.0).abs() as usize;
+    json!(CHOICES[k % CHOICES.len()])
+}
+
 fn leaf() -> impl Strategy<Value = Value> {
     let field = prop::sample::select(vec![
         "age",
@@ -176,6 +193,11 @@ fn leaf() -> impl Strategy<Value = Value> {
                 | rules::Op::VersionLte => json!(version),
                 _ => a,
             };
+            let value = if field == "seconds_since_last_order" && value.is_number() {
+                seconds_operand(value)
+            } else {
+                value
+            };
             json!({"field": field, "op": op.name(), "value": value})
         });
     let behavior = (
@@ -195,6 +217,11 @@ fn leaf() -> impl Strategy<Value = Value> {
         prop::option::of(prop::sample::select(vec!["Pune", "Delhi"])),
     )
         .prop_map(|(event, within, agg, op, value, city)| {
+            let value = if agg.starts_with("seconds_since") {
+                seconds_operand(value)
+            } else {
+                value
+            };
             let mut node = json!({"event": event, "agg": agg, "op": op, "value": value});
             if let Some(w) = within {
                 node["within"] = json!(w);
@@ -225,7 +252,7 @@ fn rule() -> impl Strategy<Value = Value> {
     })
 }
 
-fn in_memory(rule: &rules::Rule, users: &[UserData]) -> Vec<String> {
+fn in_memory(rule: &rules::Rule, users: &[UserData], now: i64) -> Vec<String> {
     let mut out = Vec::new();
     for (i, u) in users.iter().enumerate() {
         let mut events: Vec<EventFact<'_>> = u
@@ -242,7 +269,7 @@ fn in_memory(rule: &rules::Rule, users: &[UserData]) -> Vec<String> {
             attributes: &u.attributes,
             events: &events,
             segments: &NoSegments,
-            now: NOW,
+            now,
         };
         if rules::evaluate(rule, &facts) {
             out.push(format!("u{i:02}"));
@@ -311,13 +338,21 @@ proptest! {
         for rj in &rules_json {
             let Ok(rule) = rules::parse(rj) else { continue };
             checked += 1;
-            let expected = in_memory(&rule, &users);
-            let predicate = sql::predicate(&rule, sql::Dialect::Sqlite, NOW, &NoSegments);
-            let (got, total) = runtime.block_on(store.select_users(predicate.clone(), None, 10_000)).expect("sql runs");
-            prop_assert_eq!(&got, &expected, "rule {}\nsql {}\nparams {:?}", rj, predicate.sql, predicate.params);
-            prop_assert_eq!(total as usize, expected.len());
-            let selected: Vec<String> = index.select(&rule, NOW, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();
-            prop_assert_eq!(&selected, &expected, "columnar, rule {}", rj);
+            // At NOW (some events are in the future: the scan path) and after
+            // every event (all-time aggregates come from the per-user profiles).
+            for now in [NOW, NOW + 6 * DAY] {
+                let expected = in_memory(&rule, &users, now);
+                let predicate = sql::predicate(&rule, sql::Dialect::Sqlite, now, &NoSegments);
+                let (got, total) = runtime.block_on(store.select_users(predicate.clone(), None, 10_000)).expect("sql runs");
+                prop_assert_eq!(&got, &expected, "rule {} at {}\nsql {}\nparams {:?}", rj, now, predicate.sql, predicate.params);
+                prop_assert_eq!(total as usize, expected.len());
+                let selected: Vec<String> =
+                    index.select(&rule, now, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();
+                prop_assert_eq!(&selected, &expected, "columnar, rule {} at {}", rj, now);
+            }
+            let (got, _) = runtime
+                .block_on(store.select_users(sql::predicate(&rule, sql::Dialect::Sqlite, NOW, &NoSegments), None, 10_000))
+                .expect("sql");
             // NOT flips exactly (two-valued logic in both evaluators).
             let negated = rules::Rule::Not(Box::new(rule.clone()));
             let (not_got, _) = runtime.block_on(store.select_users(sql::predicate(&negated, sql::Dialect::Sqlite, NOW, &NoSegments), None, 10_000)).expect("sql");
