@@ -35,6 +35,22 @@ impl Bitset {
         }
     }
 
+    /// Bit `row` set when `truth[codes[row]]`; rows past `codes` count as code 0.
+    fn from_codes(codes: &[u32], truth: &[bool], bits: usize) -> Self {
+        let mut words = vec![if truth[0] { u64::MAX } else { 0 }; bits.div_ceil(64)];
+        for (w, chunk) in words.iter_mut().zip(codes.chunks(64)) {
+            let mut word = 0u64;
+            for (bit, &code) in chunk.iter().enumerate() {
+                word |= u64::from(truth[code as usize]) << bit;
+            }
+            if chunk.len() < 64 && truth[0] {
+                word |= u64::MAX << chunk.len();
+            }
+            *w = word;
+        }
+        Self { words }
+    }
+
     pub fn set(&mut self, i: u32) {
         let w = i as usize / 64;
         if w >= self.words.len() {
@@ -239,6 +255,24 @@ impl NumericProfile {
 }
 
 impl Profiles {
+    /// Clears the profiles of some users (to be recomputed).
+    fn forget(&mut self, users: &Bitset) {
+        for u in users.iter_from(None) {
+            let i = u as usize;
+            if i < self.count.len() {
+                self.count[i] = 0;
+                self.has_any.clear(u);
+            }
+            for np in self.numeric.values_mut() {
+                if i < np.n.len() {
+                    np.n[i] = 0;
+                    np.sum[i] = 0.0;
+                    np.carry[i] = 0.0;
+                }
+            }
+        }
+    }
+
     fn add(&mut self, row: usize, ts: Millis, user: u32, props: &HashMap<String, Column>) {
         let u = user as usize;
         if self.count.len() <= u {
@@ -364,10 +398,25 @@ impl EventLog {
             }
         }
         self.pad_props();
-        self.all_time = Profiles::default();
+        // Rows moved: re-point every user's latest row, then recompute the
+        // profiles of the users whose history changed (others keep theirs:
+        // their events' relative order did not change).
+        let mut changed = Bitset::with_len(
+            self.user
+                .iter()
+                .copied()
+                .max()
+                .map_or(0, |m| m as usize + 1),
+        );
+        tail.iter().for_each(|(_, user, _)| changed.set(*user));
+        self.all_time.forget(&changed);
         for row in 0..self.ts.len() {
-            self.all_time
-                .add(row, self.ts[row], self.user[row], &self.props);
+            let user = self.user[row];
+            if changed.contains(user) {
+                self.all_time.add(row, self.ts[row], user, &self.props);
+            } else if let Some(last) = self.all_time.last_row.get_mut(user as usize) {
+                *last = row as u32;
+            }
         }
     }
 
@@ -414,15 +463,22 @@ impl Scratch {
         }
     }
 
-    fn reset(&mut self) {
+    /// Zeroes what a query wrote: only the arrays its function uses.
+    fn reset(&mut self, func: &AggFn) {
+        let numeric = matches!(
+            func,
+            AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
+        );
         for &u in &self.touched {
             let u = u as usize;
             self.count[u] = 0;
-            self.numeric[u] = 0;
-            self.a[u] = 0.0;
-            self.b[u] = 0.0;
-            self.t[u] = 0;
+            if numeric {
+                self.numeric[u] = 0;
+                self.a[u] = 0.0;
+                self.b[u] = 0.0;
+            }
         }
+        // `t` is always written before it is read (on a user's first event).
         self.touched.clear();
     }
 }
@@ -527,6 +583,28 @@ impl PopulationIndex {
                 log.settle();
             }
         }
+    }
+
+    /// Adds events without making them visible yet: for bulk loads, which
+    /// then call [`PopulationIndex::settle_all`] once (one sort, no merges).
+    pub fn add_events_deferred<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = (&'a str, &'a str, Millis, Option<&'a Map<String, Value>>)>,
+    ) {
+        for (user_id, name, ts, properties) in events {
+            let user = self.user(user_id);
+            let log = match self.events.get_mut(name) {
+                Some(log) => log,
+                None => self.events.entry(name.to_owned()).or_default(),
+            };
+            log.push(user, ts, properties);
+            self.event_count += 1;
+        }
+    }
+
+    /// Makes every deferred event visible.
+    pub fn settle_all(&mut self) {
+        self.events.values_mut().for_each(EventLog::settle);
     }
 
     /// Forgets a user (erasure): their index stays allocated but is never live again.
@@ -646,23 +724,11 @@ impl PopulationIndex {
                 let mut out = Bitset::with_len(self.ids.len());
                 match self.attrs.get(name) {
                     Some(col) => {
+                        // Decide each distinct value once, then build the
+                        // result 64 rows (one word) at a time.
                         let truth = col.truth(leaf.op, &leaf.operand);
-                        if truth[0] {
-                            // Missing matches (not_exists): start from everyone and drop the present.
-                            out = self.live.clone();
-                            for (row, &code) in col.codes.iter().enumerate() {
-                                if !truth[code as usize] {
-                                    out.clear(row as u32);
-                                }
-                            }
-                        } else {
-                            for (row, &code) in col.codes.iter().enumerate() {
-                                if code != 0 && truth[code as usize] {
-                                    out.set(row as u32);
-                                }
-                            }
-                            out.and(&self.live);
-                        }
+                        out = Bitset::from_codes(&col.codes, &truth, self.ids.len());
+                        out.and(&self.live);
                     }
                     None if rules::test(leaf.op, &Seen::Missing, &leaf.operand) => {
                         out = self.live.clone()
@@ -718,7 +784,7 @@ impl PopulationIndex {
                         out.set(u);
                     }
                 }
-                sc.reset();
+                sc.reset(&a.func);
             });
         }
         let empty = Scratch {

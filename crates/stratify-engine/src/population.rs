@@ -37,7 +37,7 @@ pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> 
             .await?;
         let Some(last) = page.last() else { break };
         after_seq = Some(last.seq);
-        index.add_events(page.iter().map(|e| {
+        index.add_events_deferred(page.iter().map(|e| {
             (
                 e.user_id.as_str(),
                 e.name.as_str(),
@@ -46,6 +46,7 @@ pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> 
             )
         }));
     }
+    index.settle_all();
     for segment in store.segments().await? {
         if segment.rules.is_none() {
             let members = store.static_members(&segment.id).await?;

@@ -278,16 +278,25 @@ fn in_memory(rule: &rules::Rule, users: &[UserData], now: i64) -> Vec<String> {
     out
 }
 
-fn columnar(users: &[UserData]) -> PopulationIndex {
+/// The columnar index, built incrementally (one batch per user: out-of-order
+/// merges) or in bulk (deferred, one settle).
+fn columnar(users: &[UserData], bulk: bool) -> PopulationIndex {
     let mut index = PopulationIndex::new();
     for (i, u) in users.iter().enumerate() {
         let id = format!("u{i:02}");
         index.set_attributes(&id, &u.attributes);
-        index.add_events(
-            u.events
-                .iter()
-                .map(|(name, ts, props)| (id.as_str(), name.as_str(), *ts, props.as_ref())),
-        );
+        let events = u
+            .events
+            .iter()
+            .map(|(name, ts, props)| (id.as_str(), name.as_str(), *ts, props.as_ref()));
+        if bulk {
+            index.add_events_deferred(events);
+        } else {
+            index.add_events(events);
+        }
+    }
+    if bulk {
+        index.settle_all();
     }
     index
 }
@@ -333,7 +342,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(dir.path()).expect("store");
         runtime.block_on(load(&store, &users));
-        let index = columnar(&users);
+        let indexes = [columnar(&users, false), columnar(&users, true)];
         let mut checked = 0;
         for rj in &rules_json {
             let Ok(rule) = rules::parse(rj) else { continue };
@@ -346,9 +355,11 @@ proptest! {
                 let (got, total) = runtime.block_on(store.select_users(predicate.clone(), None, 10_000)).expect("sql runs");
                 prop_assert_eq!(&got, &expected, "rule {} at {}\nsql {}\nparams {:?}", rj, now, predicate.sql, predicate.params);
                 prop_assert_eq!(total as usize, expected.len());
-                let selected: Vec<String> =
-                    index.select(&rule, now, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();
-                prop_assert_eq!(&selected, &expected, "columnar, rule {} at {}", rj, now);
+                for index in &indexes {
+                    let selected: Vec<String> =
+                        index.select(&rule, now, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();
+                    prop_assert_eq!(&selected, &expected, "columnar, rule {} at {}", rj, now);
+                }
             }
             let (got, _) = runtime
                 .block_on(store.select_users(sql::predicate(&rule, sql::Dialect::Sqlite, NOW, &NoSegments), None, 10_000))
