@@ -449,7 +449,8 @@ struct Scratch {
     b: Vec<f64>,
     /// First/last timestamp, or the row of the latest event.
     t: Vec<i64>,
-    touched: Vec<u32>,
+    /// Users with at least one matching event, in user order.
+    seen: Bitset,
 }
 
 impl Scratch {
@@ -461,6 +462,9 @@ impl Scratch {
             self.b.resize(n, 0.0);
             self.t.resize(n, 0);
         }
+        if self.seen.words.len() < n.div_ceil(64) {
+            self.seen.words.resize(n.div_ceil(64), 0);
+        }
     }
 
     /// Zeroes what a query wrote: only the arrays its function uses.
@@ -469,7 +473,7 @@ impl Scratch {
             func,
             AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
         );
-        for &u in &self.touched {
+        for u in self.seen.iter_from(None) {
             let u = u as usize;
             self.count[u] = 0;
             if numeric {
@@ -479,7 +483,7 @@ impl Scratch {
             }
         }
         // `t` is always written before it is read (on a user's first event).
-        self.touched.clear();
+        self.seen.words.iter_mut().for_each(|w| *w = 0);
     }
 }
 
@@ -769,9 +773,8 @@ impl PopulationIndex {
                 let prop = a.func.property().and_then(|p| log.props.get(p));
                 let fast = NumTest::new(op, operand);
                 let missing = rules::test(op, &Seen::Missing, operand);
-                for &u in &sc.touched {
+                for u in sc.seen.iter_from(None) {
                     let i = u as usize;
-                    touched.set(u);
                     let hit = match &a.func {
                         AggFn::LastValue(_) => {
                             let v = prop.and_then(|c| c.get(sc.t[i] as usize));
@@ -784,6 +787,7 @@ impl PopulationIndex {
                         out.set(u);
                     }
                 }
+                touched = sc.seen.clone();
                 sc.reset(&a.func);
             });
         }
@@ -793,7 +797,7 @@ impl PopulationIndex {
             a: vec![0.0],
             b: vec![0.0],
             t: vec![0],
-            touched: Vec::new(),
+            seen: Bitset::default(),
         };
         if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = touched;
@@ -866,7 +870,7 @@ impl PopulationIndex {
             a: vec![0.0],
             b: vec![0.0],
             t: vec![0],
-            touched: Vec::new(),
+            seen: Bitset::default(),
         };
         if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = p.has_any.clone();
@@ -912,11 +916,10 @@ impl PopulationIndex {
                 continue;
             }
             if sc.count[u] == 0 {
-                sc.touched.push(u as u32);
-                sc.t[u] = match a.func {
-                    AggFn::SecondsSinceFirst => log.ts[r],
-                    _ => 0,
-                };
+                sc.seen.set(u as u32);
+                if a.func == AggFn::SecondsSinceFirst {
+                    sc.t[u] = log.ts[r];
+                }
             }
             sc.count[u] += 1;
             match &a.func {
@@ -966,13 +969,13 @@ impl PopulationIndex {
 
 /// A numeric aggregate's value for user `i` (None when missing).
 fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis) -> Option<f64> {
-    let (count, numeric) = (sc.count[i], sc.numeric[i]);
+    let numeric = || sc.numeric[i];
     match func {
-        AggFn::Count => Some(f64::from(count)),
+        AggFn::Count => Some(f64::from(sc.count[i])),
         AggFn::Sum(_) => Some(sc.a[i] + sc.b[i]),
-        AggFn::Avg(_) if numeric > 0 => Some((sc.a[i] + sc.b[i]) / f64::from(numeric)),
-        AggFn::Min(_) | AggFn::Max(_) if numeric > 0 => Some(sc.a[i]),
-        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if count > 0 => {
+        AggFn::Avg(_) if numeric() > 0 => Some((sc.a[i] + sc.b[i]) / f64::from(numeric())),
+        AggFn::Min(_) | AggFn::Max(_) if numeric() > 0 => Some(sc.a[i]),
+        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if sc.count[i] > 0 => {
             Some((now - sc.t[i]) as f64 / 1000.0)
         }
         _ => None,
