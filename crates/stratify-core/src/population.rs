@@ -436,108 +436,59 @@ impl EventLog {
     }
 }
 
-/// One user's aggregate over their events in a window, accumulated in
-/// (time, arrival) order.
-#[derive(Debug, Clone, Copy, Default)]
-struct Run {
-    count: u32,
-    numeric: u32,
-    sum: f64,
-    carry: f64,
-    min: f64,
-    max: f64,
-    first: Millis,
-    last: Millis,
-    last_row: u32,
+/// Per-user accumulators, reused across queries (reset only where touched).
+#[derive(Default)]
+struct Scratch {
+    /// Matching events per user.
+    count: Vec<u32>,
+    /// Numeric values seen per user.
+    numeric: Vec<u32>,
+    /// Sum, min or max.
+    a: Vec<f64>,
+    /// Neumaier carry.
+    b: Vec<f64>,
+    /// First/last timestamp, or the row of the latest event.
+    t: Vec<i64>,
+    /// Users with at least one matching event, in user order.
+    seen: Bitset,
 }
 
-impl Run {
-    fn add(&mut self, ts: Millis, row: usize, x: f64) {
-        if self.count == 0 {
-            self.first = ts;
+impl Scratch {
+    fn ensure(&mut self, n: usize) {
+        if self.count.len() < n {
+            self.count.resize(n, 0);
+            self.numeric.resize(n, 0);
+            self.a.resize(n, 0.0);
+            self.b.resize(n, 0.0);
+            self.t.resize(n, 0);
         }
-        self.count += 1;
-        self.last = ts;
-        self.last_row = row as u32;
-        if x.is_nan() {
-            return;
+        if self.seen.words.len() < n.div_ceil(64) {
+            self.seen.words.resize(n.div_ceil(64), 0);
         }
-        // Neumaier, as SQLite's sum() and the per-user evaluator do.
-        let s = self.sum + x;
-        if self.sum.abs() > x.abs() {
-            self.carry += (self.sum - s) + x;
-        } else {
-            self.carry += (x - s) + self.sum;
-        }
-        self.sum = s;
-        if self.numeric == 0 {
-            self.min = x;
-            self.max = x;
-        } else {
-            self.min = self.min.min(x);
-            self.max = self.max.max(x);
-        }
-        self.numeric += 1;
     }
 
-    /// The value of a numeric aggregate (None when missing).
-    fn number(&self, func: &AggFn, now: Millis) -> Option<f64> {
-        match func {
-            AggFn::Count => Some(f64::from(self.count)),
-            AggFn::Sum(_) => Some(self.sum + self.carry),
-            AggFn::Avg(_) if self.numeric > 0 => {
-                Some((self.sum + self.carry) / f64::from(self.numeric))
+    /// Zeroes what a query wrote: only the arrays its function uses.
+    fn reset(&mut self, func: &AggFn) {
+        let numeric = matches!(
+            func,
+            AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
+        );
+        for u in self.seen.iter_from(None) {
+            let u = u as usize;
+            self.count[u] = 0;
+            if numeric {
+                self.numeric[u] = 0;
+                self.a[u] = 0.0;
+                self.b[u] = 0.0;
             }
-            AggFn::Min(_) if self.numeric > 0 => Some(self.min),
-            AggFn::Max(_) if self.numeric > 0 => Some(self.max),
-            AggFn::SecondsSinceLast if self.count > 0 => Some((now - self.last) as f64 / 1000.0),
-            AggFn::SecondsSinceFirst if self.count > 0 => Some((now - self.first) as f64 / 1000.0),
-            _ => None,
         }
-    }
-
-    fn value<'a>(&self, func: &AggFn, last_value: Option<&'a Value>, now: Millis) -> Seen<'a> {
-        match func {
-            AggFn::NoneYet => Seen::Bool(self.count == 0),
-            AggFn::LastValue(_) if self.count > 0 => last_value
-                .filter(|v| !v.is_null())
-                .map_or(Seen::Missing, Seen::Json),
-            AggFn::LastValue(_) => Seen::Missing,
-            f => self.number(f, now).map_or(Seen::Missing, Seen::Num),
-        }
+        // `t` is always written before it is read (on a user's first event).
+        self.seen.words.iter_mut().for_each(|w| *w = 0);
     }
 }
 
-/// Sorts (user, row) pairs by user, keeping row order within a user (LSD
-/// radix sort: stable, linear).
-fn sort_by_user(pairs: &mut Vec<(u32, u32)>, users: usize) {
-    if pairs.len() < 2048 {
-        pairs.sort_by_key(|p| p.0);
-        return;
-    }
-    const BITS: u32 = 11;
-    let key_bits = usize::BITS - users.leading_zeros();
-    let mut buf = vec![(0u32, 0u32); pairs.len()];
-    let mut shift = 0;
-    while shift < key_bits {
-        let mut start = [0usize; 1 << BITS];
-        for p in pairs.iter() {
-            start[((p.0 >> shift) as usize) & ((1 << BITS) - 1)] += 1;
-        }
-        let mut sum = 0;
-        for c in start.iter_mut() {
-            let n = *c;
-            *c = sum;
-            sum += n;
-        }
-        for p in pairs.iter() {
-            let k = ((p.0 >> shift) as usize) & ((1 << BITS) - 1);
-            buf[start[k]] = *p;
-            start[k] += 1;
-        }
-        std::mem::swap(pairs, &mut buf);
-        shift += BITS;
-    }
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Every user's attributes, events and static memberships, columnar.
@@ -814,42 +765,41 @@ impl PopulationIndex {
             return self.profile_leaf(log, a, op, operand, now, mask);
         }
         if let Some(log) = self.events.get(&a.event) {
-            let pairs = self.window_pairs(log, a, now, mask);
-            let prop = a.func.property().and_then(|p| log.props.get(p));
-            let numeric = matches!(
-                a.func,
-                AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
-            );
-            let fast = NumTest::new(op, operand);
-            let missing = rules::test(op, &Seen::Missing, operand);
-            let mut i = 0;
-            while i < pairs.len() {
-                let user = pairs[i].0;
-                let mut run = Run::default();
-                while i < pairs.len() && pairs[i].0 == user {
-                    let r = pairs[i].1 as usize;
-                    let x = match (numeric, prop) {
-                        (true, Some(c)) => c.num(r),
-                        _ => f64::NAN,
+            SCRATCH.with(|cell| {
+                let mut guard = cell.borrow_mut();
+                let sc = &mut *guard;
+                sc.ensure(n);
+                self.accumulate(log, a, now, sc, mask);
+                let prop = a.func.property().and_then(|p| log.props.get(p));
+                let fast = NumTest::new(op, operand);
+                let missing = rules::test(op, &Seen::Missing, operand);
+                for u in sc.seen.iter_from(None) {
+                    let i = u as usize;
+                    let hit = match &a.func {
+                        AggFn::LastValue(_) => {
+                            let v = prop.and_then(|c| c.get(sc.t[i] as usize));
+                            rules::test(op, &value_of(&a.func, sc, i, v, now), operand)
+                        }
+                        AggFn::NoneYet => rules::test(op, &Seen::Bool(false), operand),
+                        func => number_of(func, sc, i, now).map_or(missing, |x| fast.test(x)),
                     };
-                    run.add(log.ts[r], r, x);
-                    i += 1;
-                }
-                touched.set(user);
-                let hit = match &a.func {
-                    AggFn::LastValue(_) => {
-                        let v = prop.and_then(|c| c.get(run.last_row as usize));
-                        rules::test(op, &run.value(&a.func, v, now), operand)
+                    if hit {
+                        out.set(u);
                     }
-                    AggFn::NoneYet => rules::test(op, &Seen::Bool(false), operand),
-                    func => run.number(func, now).map_or(missing, |x| fast.test(x)),
-                };
-                if hit {
-                    out.set(user);
                 }
-            }
+                touched = sc.seen.clone();
+                sc.reset(&a.func);
+            });
         }
-        if rules::test(op, &Run::default().value(&a.func, None, now), operand) {
+        let empty = Scratch {
+            count: vec![0],
+            numeric: vec![0],
+            a: vec![0.0],
+            b: vec![0.0],
+            t: vec![0],
+            seen: Bitset::default(),
+        };
+        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = touched;
             untouched.complement_within(mask.unwrap_or(&self.live));
             out.or(&untouched);
@@ -914,7 +864,15 @@ impl PopulationIndex {
                 out.set(user);
             }
         }
-        if rules::test(op, &Run::default().value(&a.func, None, now), operand) {
+        let empty = Scratch {
+            count: vec![0],
+            numeric: vec![0],
+            a: vec![0.0],
+            b: vec![0.0],
+            t: vec![0],
+            seen: Bitset::default(),
+        };
+        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
             let mut untouched = p.has_any.clone();
             untouched.complement_within(mask.unwrap_or(&self.live));
             out.or(&untouched);
@@ -923,15 +881,15 @@ impl PopulationIndex {
         out
     }
 
-    /// The (user, row) pairs of the matching events in the window, sorted
-    /// by user, each user's rows in (time, arrival) order.
-    fn window_pairs(
+    /// One pass over the events in the window, in (time, arrival) order.
+    fn accumulate(
         &self,
         log: &EventLog,
         a: &Aggregate,
         now: Millis,
+        sc: &mut Scratch,
         mask: Option<&Bitset>,
-    ) -> Vec<(u32, u32)> {
+    ) {
         // Property filters, decided once per distinct value.
         let filters: Vec<(Option<&Column>, Vec<bool>)> = a
             .filters
@@ -941,20 +899,110 @@ impl PopulationIndex {
                 None => (None, vec![rules::test(f.op, &Seen::Missing, &f.operand)]),
             })
             .collect();
-        let window = log.window(a.within.map(|w| now - w), now);
-        let mut pairs = Vec::with_capacity(window.len());
-        for r in window {
-            let pass = filters.iter().all(|(col, truth)| match col {
+        let prop = a.func.property().and_then(|p| log.props.get(p));
+        let numeric = matches!(
+            a.func,
+            AggFn::Sum(_) | AggFn::Avg(_) | AggFn::Min(_) | AggFn::Max(_)
+        );
+        for r in log.window(a.within.map(|w| now - w), now) {
+            if !filters.iter().all(|(col, truth)| match col {
                 Some(c) => truth[c.codes.get(r).copied().unwrap_or(0) as usize],
                 None => truth[0],
-            });
-            let user = log.user[r];
-            if pass && mask.is_none_or(|m| m.contains(user)) {
-                pairs.push((user, r as u32));
+            }) {
+                continue;
             }
+            let u = log.user[r] as usize;
+            if mask.is_some_and(|m| !m.contains(u as u32)) {
+                continue;
+            }
+            if sc.count[u] == 0 {
+                sc.seen.set(u as u32);
+                if a.func == AggFn::SecondsSinceFirst {
+                    sc.t[u] = log.ts[r];
+                }
+            }
+            sc.count[u] += 1;
+            match &a.func {
+                AggFn::SecondsSinceLast => sc.t[u] = log.ts[r],
+                AggFn::LastValue(_) => sc.t[u] = r as i64,
+                _ => {}
+            }
+            if !numeric {
+                continue;
+            }
+            let x = prop.map_or(f64::NAN, |c| c.num(r));
+            if x.is_nan() {
+                continue;
+            }
+            match &a.func {
+                AggFn::Sum(_) | AggFn::Avg(_) => {
+                    // Neumaier, as SQLite's sum() and the per-user evaluator do.
+                    let (sum, carry) = (&mut sc.a[u], &mut sc.b[u]);
+                    let s = *sum + x;
+                    if sum.abs() > x.abs() {
+                        *carry += (*sum - s) + x;
+                    } else {
+                        *carry += (x - s) + *sum;
+                    }
+                    *sum = s;
+                }
+                AggFn::Min(_) => {
+                    sc.a[u] = if sc.numeric[u] == 0 {
+                        x
+                    } else {
+                        sc.a[u].min(x)
+                    }
+                }
+                AggFn::Max(_) => {
+                    sc.a[u] = if sc.numeric[u] == 0 {
+                        x
+                    } else {
+                        sc.a[u].max(x)
+                    }
+                }
+                _ => {}
+            }
+            sc.numeric[u] += 1;
         }
-        sort_by_user(&mut pairs, self.ids.len());
-        pairs
+    }
+}
+
+/// A numeric aggregate's value for user `i` (None when missing).
+fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis) -> Option<f64> {
+    let numeric = || sc.numeric[i];
+    match func {
+        AggFn::Count => Some(f64::from(sc.count[i])),
+        AggFn::Sum(_) => Some(sc.a[i] + sc.b[i]),
+        AggFn::Avg(_) if numeric() > 0 => Some((sc.a[i] + sc.b[i]) / f64::from(numeric())),
+        AggFn::Min(_) | AggFn::Max(_) if numeric() > 0 => Some(sc.a[i]),
+        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if sc.count[i] > 0 => {
+            Some((now - sc.t[i]) as f64 / 1000.0)
+        }
+        _ => None,
+    }
+}
+
+fn value_of<'a>(
+    func: &AggFn,
+    sc: &Scratch,
+    i: usize,
+    last_value: Option<&'a Value>,
+    now: Millis,
+) -> Seen<'a> {
+    let (count, numeric) = (sc.count[i], sc.numeric[i]);
+    match func {
+        AggFn::Count => Seen::Num(f64::from(count)),
+        AggFn::NoneYet => Seen::Bool(count == 0),
+        AggFn::Sum(_) => Seen::Num(sc.a[i] + sc.b[i]),
+        AggFn::Avg(_) if numeric > 0 => Seen::Num((sc.a[i] + sc.b[i]) / f64::from(numeric)),
+        AggFn::Min(_) | AggFn::Max(_) if numeric > 0 => Seen::Num(sc.a[i]),
+        AggFn::SecondsSinceLast | AggFn::SecondsSinceFirst if count > 0 => {
+            Seen::Num((now - sc.t[i]) as f64 / 1000.0)
+        }
+        AggFn::LastValue(_) if count > 0 => last_value
+            .filter(|v| !v.is_null())
+            .map_or(Seen::Missing, Seen::Json),
+        _ => Seen::Missing,
     }
 }
 
@@ -975,21 +1023,6 @@ mod tests {
         (0..4).for_each(|i| mask.set(i));
         b.complement_within(&mask);
         assert_eq!(b.iter_from(None).collect::<Vec<_>>(), [1, 2, 3]);
-    }
-
-    #[test]
-    fn radix_sort_by_user_is_stable_and_matches_a_stable_sort() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for users in [3usize, 2_000, 1 << 20] {
-            let mut pairs: Vec<(u32, u32)> = (0..50_000u32)
-                .map(|row| (rng.random_range(0..users as u32), row))
-                .collect();
-            let mut expected = pairs.clone();
-            expected.sort_by_key(|p| p.0);
-            sort_by_user(&mut pairs, users);
-            assert_eq!(pairs, expected, "{users} users");
-        }
     }
 
     #[test]
