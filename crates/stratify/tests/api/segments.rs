@@ -431,3 +431,44 @@ async fn explain_shows_why_a_user_is_in_or_out() {
         (StatusCode::NOT_FOUND, "user_not_found")
     );
 }
+
+#[tokio::test]
+async fn populations_follow_attribute_changes_new_events_and_erasure() {
+    let app = spawn_app().await;
+    seed_users(&app).await;
+    let (_, seg) = app
+        .post(
+            "/v1/segments",
+            json!({"name": "young", "rules": {"field": "age", "op": "lt", "value": 30}}),
+        )
+        .await;
+    let members = format!("/v1/segments/{}/members", seg["id"].as_str().expect("id"));
+    assert_eq!(ids(&app.get(&members).await.1), ["a", "b"]);
+    app.json(
+        Method::PATCH,
+        "/v1/users/a",
+        Some(json!({"attributes": {"age": 50}})),
+    )
+    .await;
+    assert_eq!(ids(&app.get(&members).await.1), ["b"]);
+    app.json(Method::DELETE, "/v1/users/b", None).await;
+    assert!(ids(&app.get(&members).await.1).is_empty());
+
+    let (_, active) = app.post("/v1/segments", json!({"name": "active", "rules": {"event": "SEARCH", "within": "1h", "op": "gte", "value": 2}})).await;
+    let active = format!(
+        "/v1/segments/{}/members",
+        active["id"].as_str().expect("id")
+    );
+    assert!(ids(&app.get(&active).await.1).is_empty());
+    app.post("/v1/events", json!({"events": [{"user_id": "new", "name": "SEARCH"}, {"user_id": "new", "name": "SEARCH"}]})).await;
+    assert_eq!(
+        ids(&app.get(&active).await.1),
+        ["new"],
+        "new events are visible to the next query"
+    );
+    app.clock.advance(3_600_001);
+    assert!(
+        ids(&app.get(&active).await.1).is_empty(),
+        "and leave the window as time passes"
+    );
+}
