@@ -915,7 +915,9 @@ impl PopulationIndex {
             if mask.is_some_and(|m| !m.contains(u as u32)) {
                 continue;
             }
-            if sc.count[u] == 0 {
+            // Branch on the small `seen` bitset, not on `count` (a cache miss
+            // per event in a large array): the increments then overlap.
+            if !sc.seen.contains(u as u32) {
                 sc.seen.set(u as u32);
                 if a.func == AggFn::SecondsSinceFirst {
                     sc.t[u] = log.ts[r];
