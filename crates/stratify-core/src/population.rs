@@ -791,16 +791,22 @@ impl PopulationIndex {
                 sc.reset(&a.func);
             });
         }
-        let empty = Scratch {
-            count: vec![0],
-            numeric: vec![0],
-            a: vec![0.0],
-            b: vec![0.0],
-            t: vec![0],
-            seen: Bitset::default(),
-        };
-        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
-            let mut untouched = touched;
+        self.with_untouched(out, &touched, a, op, operand, mask)
+    }
+
+    /// Adds the users with no matching event when the empty aggregate (count
+    /// 0, sum 0, everything else missing) satisfies the leaf; keeps only live users.
+    fn with_untouched(
+        &self,
+        mut out: Bitset,
+        touched: &Bitset,
+        a: &Aggregate,
+        op: Op,
+        operand: &Operand,
+        mask: Option<&Bitset>,
+    ) -> Bitset {
+        if rules::test(op, &empty_value(&a.func), operand) {
+            let mut untouched = touched.clone();
             untouched.complement_within(mask.unwrap_or(&self.live));
             out.or(&untouched);
         }
@@ -864,21 +870,7 @@ impl PopulationIndex {
                 out.set(user);
             }
         }
-        let empty = Scratch {
-            count: vec![0],
-            numeric: vec![0],
-            a: vec![0.0],
-            b: vec![0.0],
-            t: vec![0],
-            seen: Bitset::default(),
-        };
-        if rules::test(op, &value_of(&a.func, &empty, 0, None, now), operand) {
-            let mut untouched = p.has_any.clone();
-            untouched.complement_within(mask.unwrap_or(&self.live));
-            out.or(&untouched);
-        }
-        out.and(&self.live);
-        out
+        self.with_untouched(out, &p.has_any, a, op, operand, mask)
     }
 
     /// One pass over the events in the window, in (time, arrival) order.
@@ -981,6 +973,15 @@ fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis) -> Option<f64> {
             Some((now - sc.t[i]) as f64 / 1000.0)
         }
         _ => None,
+    }
+}
+
+/// An aggregate's value over no events.
+fn empty_value(func: &AggFn) -> Seen<'static> {
+    match func {
+        AggFn::Count | AggFn::Sum(_) => Seen::Num(0.0),
+        AggFn::NoneYet => Seen::Bool(true),
+        _ => Seen::Missing,
     }
 }
 

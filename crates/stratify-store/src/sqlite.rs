@@ -58,6 +58,16 @@ impl SqliteStore {
         }
     }
 
+    /// A one-column text query with one parameter.
+    async fn strings(&self, sql: &'static str, param: String) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map([param], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -955,14 +965,10 @@ impl Store for SqliteStore {
     }
 
     async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>> {
-        let user_id = user_id.to_string();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = ?1 ORDER BY m.segment_id",
-            )?;
-            let rows = stmt.query_map([user_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
-        })
+        self.strings(
+            "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = ?1 ORDER BY m.segment_id",
+            user_id.to_string(),
+        )
         .await
     }
 
@@ -1015,14 +1021,10 @@ impl Store for SqliteStore {
     }
 
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
-        let segment_id = segment_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
-            )?;
-            let rows = stmt.query_map([segment_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
-        })
+        self.strings(
+            "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
+            segment_id.to_owned(),
+        )
         .await
     }
 }
