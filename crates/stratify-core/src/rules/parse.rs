@@ -794,4 +794,76 @@ mod tests {
         assert_eq!(parse_within("-1d"), None);
         assert_eq!(parse_within("4000d"), None);
     }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "AND",
+                "OR",
+                "eq",
+                "in",
+                "between",
+                "like",
+                "version_gte",
+                "count",
+                "sum",
+                "30d",
+                "0d",
+                "x.y"
+            ])
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(5, 48, 6, |inner| {
+            let key = prop::sample::select(vec![
+                "operator",
+                "conditions",
+                "not",
+                "field",
+                "op",
+                "value",
+                "segment",
+                "event",
+                "where",
+                "within",
+                "agg",
+                "property",
+                "user_filters",
+                "event_filters",
+                "logic_operator",
+                "operator",
+                "event_name",
+                "count",
+                "time_range_days",
+                "limit",
+                "age",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..5).prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// The parser never panics, and every error points somewhere.
+        #[test]
+        fn any_json_parses_or_fails_with_a_pointer(value in arbitrary_json()) {
+            match parse(&value) {
+                Ok(rule) => { let _ = rule.references(); }
+                Err(e) => proptest::prop_assert!(e.field.as_deref().is_some_and(|f| f.starts_with('/')), "{:?}", e),
+            }
+        }
+    }
 }

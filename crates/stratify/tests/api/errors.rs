@@ -181,7 +181,10 @@ fn hostile_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-const TARGETS: [(&str, &str, &str); 9] = [
+const TARGETS: [(&str, &str, &str); 12] = [
+    ("POST", "/v1/segments", "application/json"),
+    ("POST", "/v1/segments/query", "application/json"),
+    ("PATCH", "/v1/segments/none", "application/json"),
     ("POST", "/v1/events", "application/json"),
     ("POST", "/v1/events", "application/x-ndjson"),
     ("POST", "/v1/users", "application/json"),
