@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
         EventFact { name: "order_placed", timestamp: 1_000, properties: props.as_object() },
         EventFact { name: "LOGIN", timestamp: 2_000, properties: None },
     ];
-    let facts = Facts { attributes: attrs.as_object().unwrap_or(&serde_json::Map::new()), events: &events, segments: &NoSegments, now: 5_000 };
+    let empty = serde_json::Map::new();
+    let facts = Facts { attributes: attrs.as_object().unwrap_or(&empty), events: &events, segments: &NoSegments, now: 5_000 };
     let _ = rules::evaluate(&rule, &facts);
     let _ = rules::explain(&rule, &facts);
     let _ = rules::next_change(&rule, &facts);
