@@ -606,6 +606,23 @@ impl PopulationIndex {
         }
     }
 
+    /// [`PopulationIndex::add_events_deferred`] for one event of a user already
+    /// known by index (bulk loads that resolved ids themselves).
+    pub fn add_event_deferred_at(
+        &mut self,
+        user: u32,
+        name: &str,
+        ts: Millis,
+        properties: Option<&Map<String, Value>>,
+    ) {
+        let log = match self.events.get_mut(name) {
+            Some(log) => log,
+            None => self.events.entry(name.to_owned()).or_default(),
+        };
+        log.push(user, ts, properties);
+        self.event_count += 1;
+    }
+
     /// Makes every deferred event visible.
     pub fn settle_all(&mut self) {
         self.events.values_mut().for_each(EventLog::settle);

@@ -72,6 +72,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Users in creation order after `after_uid` (paging through everyone).
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;
+    /// Events in log order after `after_seq`, with interned user and name ids.
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>>;
+    /// Every interned event name: `(name_id, name)`.
+    async fn event_names(&self) -> Result<Vec<(i64, String)>>;
     /// Every member of a static segment.
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>>;
 

@@ -176,3 +176,13 @@ pub struct SegmentVersion {
     pub created_at: Millis,
     pub created_by: Option<String>,
 }
+
+/// An event as stored, with interned ids (for bulk scans).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    pub seq: i64,
+    pub uid: i64,
+    pub name_id: i64,
+    pub timestamp: Millis,
+    pub properties: Option<Map<String, Value>>,
+}

@@ -1027,4 +1027,34 @@ impl Store for SqliteStore {
         )
         .await
     }
+
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT seq, uid, name_id, ts, properties FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt.query_map(params![after_seq, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?))
+            })?;
+            let mut out = Vec::with_capacity(limit as usize);
+            for row in rows {
+                let (seq, uid, name_id, timestamp, props) = row?;
+                let properties = match props.map(|p| serde_json::from_str::<Value>(&p)).transpose()? {
+                    Some(Value::Object(m)) => Some(m),
+                    _ => None,
+                };
+                out.push(RawEvent { seq, uid, name_id, timestamp, properties });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT id, name FROM event_names ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
 }
