@@ -218,6 +218,17 @@ impl NumTest {
         }
     }
 
+    /// Whether every threshold is below `limit`: then the answer is the same
+    /// for every `x >= limit` (so a count may saturate there).
+    pub fn below(&self, limit: f64) -> bool {
+        match self {
+            NumTest::Const(_) => true,
+            NumTest::Cmp(_, n) => *n < limit,
+            NumTest::Range(_, hi) => *hi < limit,
+            NumTest::In(items, _) => items.iter().all(|x| *x < limit),
+        }
+    }
+
     #[inline]
     pub fn test(&self, x: f64) -> bool {
         match self {
