@@ -480,7 +480,6 @@ impl Scratch {
         for u in self.seen.iter_from(None) {
             let u = u as usize;
             self.count[u] = 0;
-            self.small[u] = 0;
             if numeric {
                 self.numeric[u] = 0;
                 self.a[u] = 0.0;
@@ -787,13 +786,34 @@ impl PopulationIndex {
             return self.profile_leaf(log, a, op, operand, now, mask);
         }
         if let Some(log) = self.events.get(&a.event) {
-            SCRATCH.with(|cell| {
+            // `true` when the small-count path produced the final answer.
+            let complete = SCRATCH.with(|cell| {
                 let mut guard = cell.borrow_mut();
                 let sc = &mut *guard;
                 sc.ensure(n);
                 let fast = NumTest::new(op, operand);
                 let small = a.func == AggFn::Count && fast.below(250.0);
                 self.accumulate(log, a, now, sc, mask, small);
+                if small {
+                    // 256 possible counts: decide each once (0 is "no event",
+                    // exactly the empty aggregate), then one branch-free pass.
+                    let table: Vec<u64> = (0..=255u8)
+                        .map(|c| u64::from(fast.test(f64::from(c))))
+                        .collect();
+                    for (word, chunk) in out.words.iter_mut().zip(sc.small[..n].chunks(64)) {
+                        let mut bits = 0u64;
+                        for (b, &c) in chunk.iter().enumerate() {
+                            bits |= table[c as usize] << b;
+                        }
+                        *word = bits;
+                    }
+                    sc.small[..n].iter_mut().for_each(|c| *c = 0);
+                    if let Some(m) = mask {
+                        out.and(m);
+                    }
+                    out.and(&self.live);
+                    return true;
+                }
                 let prop = a.func.property().and_then(|p| log.props.get(p));
                 let missing = rules::test(op, &Seen::Missing, operand);
                 for u in sc.seen.iter_from(None) {
@@ -804,9 +824,7 @@ impl PopulationIndex {
                             rules::test(op, &value_of(&a.func, sc, i, v, now), operand)
                         }
                         AggFn::NoneYet => rules::test(op, &Seen::Bool(false), operand),
-                        func => {
-                            number_of(func, sc, i, now, small).map_or(missing, |x| fast.test(x))
-                        }
+                        func => number_of(func, sc, i, now).map_or(missing, |x| fast.test(x)),
                     };
                     if hit {
                         out.set(u);
@@ -814,7 +832,11 @@ impl PopulationIndex {
                 }
                 touched = sc.seen.clone();
                 sc.reset(&a.func);
+                false
             });
+            if complete {
+                return out;
+            }
         }
         self.with_untouched(out, &touched, a, op, operand, mask)
     }
@@ -933,6 +955,10 @@ impl PopulationIndex {
             if mask.is_some_and(|m| !m.contains(u as u32)) {
                 continue;
             }
+            if small {
+                sc.small[u] = sc.small[u].saturating_add(1);
+                continue;
+            }
             // Branch on the small `seen` bitset, not on `count` (a cache miss
             // per event in a large array): the increments then overlap.
             if !sc.seen.contains(u as u32) {
@@ -940,10 +966,6 @@ impl PopulationIndex {
                 if a.func == AggFn::SecondsSinceFirst {
                     sc.t[u] = log.ts[r];
                 }
-            }
-            if small {
-                sc.small[u] = sc.small[u].saturating_add(1);
-                continue;
             }
             sc.count[u] += 1;
             match &a.func {
@@ -992,10 +1014,9 @@ impl PopulationIndex {
 }
 
 /// A numeric aggregate's value for user `i` (None when missing).
-fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis, small: bool) -> Option<f64> {
+fn number_of(func: &AggFn, sc: &Scratch, i: usize, now: Millis) -> Option<f64> {
     let numeric = || sc.numeric[i];
     match func {
-        AggFn::Count if small => Some(f64::from(sc.small[i])),
         AggFn::Count => Some(f64::from(sc.count[i])),
         AggFn::Sum(_) => Some(sc.a[i] + sc.b[i]),
         AggFn::Avg(_) if numeric() > 0 => Some((sc.a[i] + sc.b[i]) / f64::from(numeric())),
