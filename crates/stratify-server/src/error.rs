@@ -70,6 +70,7 @@ impl ApiError {
                 ("unsupported_media_type", "unsupported Content-Type")
             }
             StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
+            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
             StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "the request breaks a rule"),
             s if s.is_server_error() => ("internal_error", "internal error"),
             _ => ("error", "request failed"),

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub max_ingest_body_bytes: usize,
     /// Largest request body elsewhere, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 408.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +37,7 @@ impl Default for ServerConfig {
         Self {
             max_ingest_body_bytes: 32 * 1024 * 1024,
             max_body_bytes: 1024 * 1024,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

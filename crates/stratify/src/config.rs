@@ -15,6 +15,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub max_ingest_body_bytes: usize,
+    /// A request still unanswered after this many seconds gets a 408.
+    pub request_timeout_seconds: u64,
     /// A tracing filter, e.g. `info` or `stratify=debug`.
     pub log: String,
 }
@@ -27,6 +29,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             max_body_bytes: server.max_body_bytes,
             max_ingest_body_bytes: server.max_ingest_body_bytes,
+            request_timeout_seconds: server.request_timeout.as_secs(),
             log: "info".into(),
         }
     }

@@ -20,7 +20,8 @@ use std::path::PathBuf;
     about = "User segmentation and experimentation"
 )]
 struct Cli {
-    /// A TOML config file (keys: addr, data_dir, max_body_bytes, max_ingest_body_bytes, log).
+    /// A TOML config file (keys: addr, data_dir, max_body_bytes, max_ingest_body_bytes,
+    /// request_timeout_seconds, log).
     #[arg(long, global = true, env = "STRATIFY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]

@@ -46,6 +46,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     let config = ServerConfig {
         max_body_bytes: settings.max_body_bytes,
         max_ingest_body_bytes: settings.max_ingest_body_bytes,
+        request_timeout: std::time::Duration::from_secs(settings.request_timeout_seconds),
     };
     println!(
         "Stratify listening on http://{local} (docs: http://{local}/docs, data: {})",

@@ -14,6 +14,7 @@ async fn bodies_over_the_limit_are_413_and_unknown_routes_are_json_404() {
     let app = spawn_app_with(ServerConfig {
         max_body_bytes: 1024,
         max_ingest_body_bytes: 4096,
+        ..ServerConfig::default()
     })
     .await;
     let big = json!({"user_id": "u", "attributes": {"x": "y".repeat(2000)}});
@@ -224,4 +225,41 @@ fn hostile_bodies_never_cause_a_5xx_or_a_panic() {
             prop_assert!(json["error"]["code"].is_string(), "{json}");
         }
     });
+}
+
+#[tokio::test]
+async fn a_request_that_stalls_gets_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(ServerConfig {
+        request_timeout: std::time::Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // Headers promise a body that never comes.
+    let head = format!(
+        "POST /v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server must answer, not wait for the body forever"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"timeout\""), "{text}");
 }
