@@ -389,6 +389,67 @@ impl WriterState {
     }
 }
 
+/// The columns every event read selects, in [`event_row`] order, and their tables.
+const EVENT_COLUMNS: &str =
+    "e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source";
+const EVENT_FROM: &str =
+    "FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id";
+
+type EventRow = (
+    i64,
+    Option<String>,
+    String,
+    String,
+    Millis,
+    Option<String>,
+    Millis,
+    i64,
+);
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn events(rows: impl Iterator<Item = rusqlite::Result<EventRow>>) -> Result<Vec<StoredEvent>> {
+    rows.map(|row| {
+        let (seq, event_id, user_id, name, timestamp, props, received_at, source) = row?;
+        Ok(StoredEvent {
+            properties: properties(seq, props)?,
+            seq,
+            event_id,
+            user_id,
+            name,
+            timestamp,
+            received_at,
+            source: Source::from_code(source),
+        })
+    })
+    .collect()
+}
+
+/// An event's stored properties: a JSON object, or nothing.
+fn properties(seq: i64, text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>> {
+    match text
+        .map(|t| serde_json::from_str::<Value>(&t))
+        .transpose()?
+    {
+        None => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(StoreError::Corrupt(format!(
+            "event {seq} properties are not an object"
+        ))),
+    }
+}
+
 type RawUser = (String, String, Millis, Millis);
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawUser> {
@@ -521,10 +582,7 @@ impl Store for SqliteStore {
 
     async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
-            let mut sql = String::from(
-                "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
-                 FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id WHERE 1=1",
-            );
+            let mut sql = format!("SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             let mut bind = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
                 args.push(v);
@@ -545,42 +603,14 @@ impl Store for SqliteStore {
             if let Some(a) = q.after_seq {
                 bind(&mut sql, " AND e.seq > ?", a.into());
             }
-            bind(&mut sql, " ORDER BY e.seq LIMIT ?", i64::from(q.limit).into());
+            bind(
+                &mut sql,
+                " ORDER BY e.seq LIMIT ?",
+                i64::from(q.limit).into(),
+            );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, event_id, user_id, name, timestamp, props, received_at, source) = row?;
-                let properties = match props {
-                    Some(p) => match serde_json::from_str::<Value>(&p)? {
-                        Value::Object(m) => Some(m),
-                        _ => return Err(StoreError::Corrupt(format!("event {seq} properties are not an object"))),
-                    },
-                    None => None,
-                };
-                out.push(StoredEvent {
-                    seq,
-                    event_id,
-                    user_id,
-                    name,
-                    timestamp,
-                    properties,
-                    received_at,
-                    source: Source::from_code(source),
-                });
-            }
-            Ok(out)
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_row)?;
+            events(rows)
         })
         .await
     }
@@ -781,33 +811,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredEvent>> {
         let user_id = user_id.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT e.seq, e.event_id, n.name, e.ts, e.properties, e.received_at, e.source FROM users u \
-                 JOIN events e ON e.uid = u.uid JOIN event_names n ON n.id = e.name_id \
-                 WHERE u.user_id = ?1 AND e.ts <= ?2 ORDER BY e.ts, e.seq LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![user_id, until, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<String>>(4)?, r.get(5)?, r.get(6)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, event_id, name, timestamp, props, received_at, source) = row?;
-                let properties = match props.map(|p| serde_json::from_str::<Value>(&p)).transpose()? {
-                    Some(Value::Object(m)) => Some(m),
-                    _ => None,
-                };
-                out.push(StoredEvent {
-                    seq,
-                    event_id,
-                    user_id: user_id.clone(),
-                    name,
-                    timestamp,
-                    properties,
-                    received_at,
-                    source: Source::from_code(source),
-                });
-            }
-            Ok(out)
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE u.user_id = ?1 AND e.ts <= ?2 ORDER BY e.ts, e.seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![user_id, until, limit], event_row)?;
+            events(rows)
         })
         .await
     }
@@ -1038,10 +1046,7 @@ impl Store for SqliteStore {
             let mut out = Vec::with_capacity(limit as usize);
             for row in rows {
                 let (seq, uid, name_id, timestamp, props) = row?;
-                let properties = match props.map(|p| serde_json::from_str::<Value>(&p)).transpose()? {
-                    Some(Value::Object(m)) => Some(m),
-                    _ => None,
-                };
+                let properties = properties(seq, props)?;
                 out.push(RawEvent { seq, uid, name_id, timestamp, properties });
             }
             Ok(out)
