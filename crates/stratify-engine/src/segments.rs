@@ -131,6 +131,15 @@ impl Segments {
     }
 }
 
+/// How [`Engine::change_members`] changes a static segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Add,
+    Remove,
+    /// Replace the whole list (an upload).
+    Replace,
+}
+
 /// What a client sends to create or replace a segment.
 #[derive(Debug, Clone, Default)]
 pub struct SegmentInput {
@@ -452,27 +461,28 @@ impl Engine {
         Ok(s)
     }
 
-    pub async fn add_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
+    /// Changes a static segment's members (unknown users are created); returns
+    /// how many memberships changed.
+    pub async fn change_members(
+        &self,
+        id: &str,
+        change: MemberChange,
+        ids: Vec<String>,
+    ) -> Result<u64, EngineError> {
         self.static_segment(id)?;
         let users = parse_user_ids(ids.clone(), "/user_ids")?;
-        let changed = self.store.add_members(id, users, self.now()).await?;
-        self.population.write().add_static_members(id, &ids);
-        Ok(changed)
-    }
-
-    pub async fn remove_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
-        self.static_segment(id)?;
-        let users = parse_user_ids(ids.clone(), "/user_ids")?;
-        let changed = self.store.remove_members(id, users).await?;
-        self.population.write().remove_static_members(id, &ids);
-        Ok(changed)
-    }
-
-    pub async fn replace_members(&self, id: &str, ids: Vec<String>) -> Result<u64, EngineError> {
-        self.static_segment(id)?;
-        let users = parse_user_ids(ids.clone(), "/user_ids")?;
-        let changed = self.store.replace_members(id, users, self.now()).await?;
-        self.population.write().set_static_members(id, &ids);
+        let now = self.now();
+        let changed = match change {
+            MemberChange::Add => self.store.add_members(id, users, now).await?,
+            MemberChange::Remove => self.store.remove_members(id, users).await?,
+            MemberChange::Replace => self.store.replace_members(id, users, now).await?,
+        };
+        let mut index = self.population.write();
+        match change {
+            MemberChange::Add => index.add_static_members(id, &ids),
+            MemberChange::Remove => index.remove_static_members(id, &ids),
+            MemberChange::Replace => index.set_static_members(id, &ids),
+        }
         Ok(changed)
     }
 

@@ -10,7 +10,9 @@ use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{Compiled, Dialect};
 use stratify_core::time::parse_rfc3339;
 use stratify_engine::keys::Principal;
-use stratify_engine::segments::{Evaluator, PageRequest, Segment, SegmentInput, SegmentPatch};
+use stratify_engine::segments::{
+    Evaluator, MemberChange, PageRequest, Segment, SegmentInput, SegmentPatch,
+};
 use utoipa::{IntoParams, ToSchema};
 
 const DEFAULT_LIMIT: u32 = 1000;
@@ -292,46 +294,52 @@ pub struct MemberIds {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct MemberChange {
+pub struct MembersChanged {
     /// How many memberships changed.
     changed: u64,
 }
 
 /// Adds users to a static segment (unknown users are created).
 #[utoipa::path(post, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
-    request_body = MemberIds, responses((status = 200, body = MemberChange), (status = 409, description = "dynamic segment")))]
+    request_body = MemberIds, responses((status = 200, body = MembersChanged), (status = 409, description = "dynamic segment")))]
 pub async fn add_members(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Body(req): Body<MemberIds>,
-) -> Result<Json<MemberChange>, ApiError> {
-    Ok(Json(MemberChange {
-        changed: state.engine.add_members(&id, req.user_ids).await?,
+) -> Result<Json<MembersChanged>, ApiError> {
+    Ok(Json(MembersChanged {
+        changed: state
+            .engine
+            .change_members(&id, MemberChange::Add, req.user_ids)
+            .await?,
     }))
 }
 
 /// Removes users from a static segment.
 #[utoipa::path(delete, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
-    request_body = MemberIds, responses((status = 200, body = MemberChange), (status = 409, description = "dynamic segment")))]
+    request_body = MemberIds, responses((status = 200, body = MembersChanged), (status = 409, description = "dynamic segment")))]
 pub async fn remove_members(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Body(req): Body<MemberIds>,
-) -> Result<Json<MemberChange>, ApiError> {
-    Ok(Json(MemberChange {
-        changed: state.engine.remove_members(&id, req.user_ids).await?,
+) -> Result<Json<MembersChanged>, ApiError> {
+    Ok(Json(MembersChanged {
+        changed: state
+            .engine
+            .change_members(&id, MemberChange::Remove, req.user_ids)
+            .await?,
     }))
 }
 
 /// Uploads a static segment's whole member list, replacing it: `text/plain`
 /// or `text/csv`, one user id per line (a first line `user_id` is a header).
 #[utoipa::path(put, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
-    request_body(content = String, content_type = "text/plain"), responses((status = 200, body = MemberChange)))]
+    request_body(content = String, content_type = "text/plain"), responses((status = 200, body = MembersChanged)))]
 pub async fn upload_members(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<MemberChange>, ApiError> {
+) -> Result<Json<MembersChanged>, ApiError> {
     let text = std::str::from_utf8(&body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -346,8 +354,11 @@ pub async fn upload_members(
         .filter(|(i, l)| !(l.is_empty() || (*i == 0 && l == "user_id")))
         .map(|(_, l)| l)
         .collect();
-    Ok(Json(MemberChange {
-        changed: state.engine.replace_members(&id, ids).await?,
+    Ok(Json(MembersChanged {
+        changed: state
+            .engine
+            .change_members(&id, MemberChange::Replace, ids)
+            .await?,
     }))
 }
 
