@@ -472,3 +472,75 @@ async fn populations_follow_attribute_changes_new_events_and_erasure() {
         "and leave the window as time passes"
     );
 }
+
+#[tokio::test]
+async fn bad_query_options_and_member_inputs_are_clear_4xx() {
+    let app = spawn_app().await;
+    let rule = json!({"field": "age", "op": "exists"});
+    for (body, field) in [
+        (json!({"rules": rule, "evaluator": "duckdb"}), "/evaluator"),
+        (json!({"rules": rule, "include_sql": "yes"}), "/include_sql"),
+        (json!({"rules": rule, "limit": 0}), "/limit"),
+        (json!({"rules": rule, "limit": 20_000}), "/limit"),
+        (json!({"rules": rule, "limit": -1}), "/limit"),
+        (json!({"rules": rule, "cursor": "not-hex"}), "/cursor"),
+        (json!({"rules": rule, "extra": 1}), "/extra"),
+    ] {
+        let (status, err) = app.post("/v1/segments/query", body.clone()).await;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{body}: {err}"
+        );
+    }
+    let (_, seg) = app
+        .post("/v1/segments", json!({"name": "s", "user_ids": ["a"]}))
+        .await;
+    let id = seg["id"].as_str().expect("id").to_owned();
+    for path in [
+        format!("/v1/segments/{id}/members?limit=0"),
+        format!("/v1/segments/{id}/members?cursor=zz"),
+        format!("/v1/segments/{id}/members?nope=1"),
+    ] {
+        let (status, err) = app.get(&path).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {err}");
+        error_code(&err);
+    }
+    let upload = app
+        .client
+        .put(app.url(&format!("/v1/segments/{id}/members")))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body(vec![0xff, 0xfe, b'\n'])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(upload.status(), StatusCode::BAD_REQUEST);
+    let (status, err) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/segments/{id}"),
+            Some(json!({"description": 5})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/description"))
+    );
+    let (status, err) = app
+        .json(
+            Method::PUT,
+            &format!("/v1/segments/{id}"),
+            Some(json!({"name": "s", "user_ids": ["b"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/user_ids"))
+    );
+    let (status, err) = app.get("/v1/segments/seg_missing/members").await;
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::NOT_FOUND, "segment_not_found")
+    );
+}
