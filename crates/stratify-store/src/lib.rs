@@ -109,6 +109,43 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of the static segments a user is a member of.
     async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>>;
 
+    /// Commits a batch of membership changes (appending them to the change
+    /// log and opening or closing membership rows) with the live engine's
+    /// new watermark, in one transaction.
+    async fn apply_changes(&self, changes: Vec<ChangeRecord>, watermark: Watermark) -> Result<()>;
+    /// The live engine's last committed watermark.
+    async fn watermark(&self) -> Result<Option<Watermark>>;
+    /// Every current membership: `(segment_id, user_id)`.
+    async fn open_memberships(&self) -> Result<Vec<(String, String)>>;
+    /// The highest change sequence number (0 when none).
+    async fn last_change_seq(&self) -> Result<i64>;
+    /// Changes after `after` in sequence order, of the given segments only
+    /// when `segments` is given.
+    async fn changes(
+        &self,
+        segments: Option<Vec<String>>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>>;
+    /// A user's memberships, current and past, newest first.
+    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>>;
+    /// Entered/exited counts of a segment per bucket of `bucket` ms (epoch
+    /// aligned), oldest first.
+    async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>>;
+
+    async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+    /// Records a delivery attempt: the new cursor, failure count and error.
+    async fn record_delivery(
+        &self,
+        id: &str,
+        delivered_seq: i64,
+        failures: i64,
+        last_error: Option<String>,
+        at: Millis,
+    ) -> Result<()>;
+
     /// Runs a compiled rule (a predicate over `users u`): one page of user
     /// ids in id order after `after`, and the total count.
     async fn select_users(

@@ -100,6 +100,41 @@ CREATE TABLE segment_members (
 ) WITHOUT ROWID;
 CREATE INDEX segment_members_uid ON segment_members(uid);
 "#,
+    r#"
+-- The change log: every time a user entered or left a segment, in order.
+-- `seq` is assigned by the engine (one writer) and grows by one per change.
+CREATE TABLE changes (
+    seq         INTEGER PRIMARY KEY,
+    segment_id  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    entered     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    cause       TEXT NOT NULL
+);
+CREATE INDEX changes_segment ON changes(segment_id, seq);
+CREATE INDEX changes_user ON changes(user_id);
+-- Materialised memberships with their history: an open row (exited_at NULL)
+-- is a current membership.
+CREATE TABLE memberships (
+    segment_id  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    entered_at  INTEGER NOT NULL,
+    exited_at   INTEGER
+);
+CREATE UNIQUE INDEX memberships_open ON memberships(segment_id, user_id) WHERE exited_at IS NULL;
+CREATE INDEX memberships_user ON memberships(user_id, entered_at);
+CREATE TABLE webhooks (
+    id               TEXT PRIMARY KEY,
+    url              TEXT NOT NULL,
+    segment_ids      TEXT,
+    secret           TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    delivered_seq    INTEGER NOT NULL,
+    failures         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    last_attempt_at  INTEGER
+);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -49,6 +49,20 @@ pub struct EventBatch {
     /// Shared so the engine can index the same events after the write.
     pub events: std::sync::Arc<Vec<NewEvent>>,
     pub report: IngestReport,
+    /// Called on the writer's thread once the batch is durable, before the
+    /// caller hears of it. Hooks run in commit order, which is sequence
+    /// order: what a consumer that must see the log in order needs.
+    pub on_commit: Option<CommitHook>,
+}
+
+/// See [`EventBatch::on_commit`].
+#[derive(Clone)]
+pub struct CommitHook(pub std::sync::Arc<dyn Fn(&[Appended]) + Send + Sync>);
+
+impl std::fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 /// Counts for one source, added to its ingestion status.
@@ -185,4 +199,59 @@ pub struct RawEvent {
     pub name_id: i64,
     pub timestamp: Millis,
     pub properties: Option<Map<String, Value>>,
+    pub event_id: Option<String>,
+    pub received_at: Millis,
+}
+
+/// One entry of the change log: a user entered or left a segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    pub seq: i64,
+    pub segment_id: String,
+    pub user_id: String,
+    pub entered: bool,
+    pub at: Millis,
+    /// `{"event_id": ..}`, `"time"`, `"rule_change"` or `"refresh"`, as JSON.
+    pub cause: Value,
+}
+
+/// How far the live engine has got: every event up to `event_seq` has been
+/// applied and every deadline up to `at` fired. Committed with the changes
+/// it produced, so a restart resumes exactly there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Watermark {
+    pub event_seq: i64,
+    pub at: Millis,
+}
+
+/// One stay of a user in a segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MembershipRecord {
+    pub segment_id: String,
+    pub entered_at: Millis,
+    pub exited_at: Option<Millis>,
+}
+
+/// A registered webhook and its delivery progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    /// Only changes of these segments; `None` = all.
+    pub segment_ids: Option<Vec<String>>,
+    pub secret: String,
+    pub created_at: Millis,
+    /// Every change up to this sequence number has been delivered.
+    pub delivered_seq: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<Millis>,
+}
+
+/// Entered and exited counts of one time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeBucket {
+    pub start: Millis,
+    pub entered: u64,
+    pub exited: u64,
 }

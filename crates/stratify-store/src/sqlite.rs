@@ -17,6 +17,7 @@ use stratify_core::time::Millis;
 
 const DB_FILE: &str = "stratify.db";
 const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
+const WATERMARK_KEY: &str = "live_watermark";
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -485,8 +486,16 @@ impl Store for SqliteStore {
             .iter()
             .map(|e| e.properties.as_ref().map(serde_json::to_string).transpose())
             .collect::<Result<Vec<_>, _>>()?;
+        let hook = batch.on_commit.clone();
         self.writer
-            .write(move |w| w.append_batch(&batch, &properties))
+            .write_then(
+                move |w| w.append_batch(&batch, &properties),
+                move |appended: &Vec<Appended>| {
+                    if let Some(hook) = hook {
+                        (hook.0)(appended);
+                    }
+                },
+            )
             .await
     }
 
@@ -574,6 +583,12 @@ impl Store for SqliteStore {
                 w.conn
                     .prepare_cached("DELETE FROM users WHERE uid = ?1")?
                     .execute([uid])?;
+                w.conn
+                    .prepare_cached("DELETE FROM memberships WHERE user_id = ?1")?
+                    .execute([&user_id])?;
+                w.conn
+                    .prepare_cached("DELETE FROM changes WHERE user_id = ?1")?
+                    .execute([&user_id])?;
                 w.uids.remove(&user_id);
                 Ok(true)
             })
@@ -923,6 +938,9 @@ impl Store for SqliteStore {
                 w.conn
                     .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
                     .execute([&id])?;
+                w.conn
+                    .prepare_cached("DELETE FROM memberships WHERE segment_id = ?1")?
+                    .execute([&id])?;
                 Ok(n == 1)
             })
             .await
@@ -978,6 +996,239 @@ impl Store for SqliteStore {
             user_id.to_string(),
         )
         .await
+    }
+
+    async fn apply_changes(&self, changes: Vec<ChangeRecord>, watermark: Watermark) -> Result<()> {
+        let causes = changes
+            .iter()
+            .map(|c| serde_json::to_string(&c.cause))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mark = serde_json::to_string(&watermark)?;
+        self.writer
+            .write(move |w| {
+                let mut log = w.conn.prepare_cached(
+                    "INSERT INTO changes (seq, segment_id, user_id, entered, at, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let mut open = w.conn.prepare_cached(
+                    "INSERT OR IGNORE INTO memberships (segment_id, user_id, entered_at) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut close = w.conn.prepare_cached(
+                    "UPDATE memberships SET exited_at = ?3 WHERE segment_id = ?1 AND user_id = ?2 AND exited_at IS NULL",
+                )?;
+                for (c, cause) in changes.iter().zip(&causes) {
+                    log.execute(params![c.seq, c.segment_id, c.user_id, c.entered, c.at, cause])?;
+                    if c.entered {
+                        open.execute(params![c.segment_id, c.user_id, c.at])?;
+                    } else {
+                        close.execute(params![c.segment_id, c.user_id, c.at])?;
+                    }
+                }
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![WATERMARK_KEY, mark, watermark.at])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn watermark(&self) -> Result<Option<Watermark>> {
+        let text = self
+            .strings("SELECT value FROM settings WHERE key = ?1", WATERMARK_KEY.into())
+            .await?;
+        Ok(text
+            .first()
+            .map(|t| serde_json::from_str(t))
+            .transpose()?)
+    }
+
+    async fn open_memberships(&self) -> Result<Vec<(String, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT segment_id, user_id FROM memberships WHERE exited_at IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn last_change_seq(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn changes(
+        &self,
+        segments: Option<Vec<String>>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>> {
+        let filter = segments.map(|s| serde_json::to_string(&s)).transpose()?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, segment_id, user_id, entered, at, cause FROM changes \
+                 WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after, filter, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, segment_id, user_id, entered, at, cause) = row?;
+                out.push(ChangeRecord {
+                    seq,
+                    segment_id,
+                    user_id,
+                    entered,
+                    at,
+                    cause: serde_json::from_str(&cause)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT segment_id, entered_at, exited_at FROM memberships WHERE user_id = ?1 \
+                 ORDER BY entered_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![user_id, limit], |r| {
+                Ok(MembershipRecord {
+                    segment_id: r.get(0)?,
+                    entered_at: r.get(1)?,
+                    exited_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>> {
+        let segment_id = segment_id.to_owned();
+        let bucket = bucket.max(1);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(entered), SUM(1 - entered) \
+                 FROM changes WHERE segment_id = ?1 GROUP BY b ORDER BY b",
+            )?;
+            let rows = stmt.query_map(params![segment_id, bucket], |r| {
+                Ok(ChangeBucket {
+                    start: r.get(0)?,
+                    entered: r.get::<_, i64>(1)? as u64,
+                    exited: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
+        let segments = hook
+            .segment_ids
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![hook.id, hook.url, segments, hook.secret, hook.created_at, hook.delivered_seq])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, last_error, last_attempt_at \
+                 FROM webhooks ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, url, segments, secret, created_at, delivered_seq, failures, last_error, last_attempt_at) = row?;
+                out.push(WebhookRecord {
+                    id,
+                    url,
+                    segment_ids: segments.map(|s| serde_json::from_str(&s)).transpose()?,
+                    secret,
+                    created_at,
+                    delivered_seq,
+                    failures,
+                    last_error,
+                    last_attempt_at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |w| {
+                Ok(w.conn
+                    .prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
+                    .execute([id])?
+                    == 1)
+            })
+            .await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &str,
+        delivered_seq: i64,
+        failures: i64,
+        last_error: Option<String>,
+        at: Millis,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "UPDATE webhooks SET delivered_seq = MAX(delivered_seq, ?2), failures = ?3, last_error = ?4, last_attempt_at = ?5 WHERE id = ?1",
+                    )?
+                    .execute(params![id, delivered_seq, failures, last_error, at])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn select_users(
@@ -1039,15 +1290,15 @@ impl Store for SqliteStore {
     async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
         self.read(move |c| {
             let mut stmt =
-                c.prepare_cached("SELECT seq, uid, name_id, ts, properties FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                c.prepare_cached("SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let rows = stmt.query_map(params![after_seq, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, i64>(6)?))
             })?;
             let mut out = Vec::with_capacity(limit as usize);
             for row in rows {
-                let (seq, uid, name_id, timestamp, props) = row?;
+                let (seq, uid, name_id, timestamp, props, event_id, received_at) = row?;
                 let properties = properties(seq, props)?;
-                out.push(RawEvent { seq, uid, name_id, timestamp, properties });
+                out.push(RawEvent { seq, uid, name_id, timestamp, properties, event_id, received_at });
             }
             Ok(out)
         })

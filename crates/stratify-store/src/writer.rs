@@ -64,11 +64,25 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
     {
+        self.write_then(f, |_: &T| {}).await
+    }
+
+    /// Like [`Writer::write`], and calls `after` with the result on the
+    /// writer thread once it is committed (jobs' hooks run in commit order).
+    pub async fn write_then<T, F, H>(&self, f: F, after: H) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriterState) -> Result<T> + Send + 'static,
+        H: FnOnce(&T) + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |state| {
             let outcome = f(state);
             let ok = outcome.is_ok();
             let complete: Completion = Box::new(move |commit| {
+                if let (Ok(()), Ok(value)) = (&commit, &outcome) {
+                    after(value);
+                }
                 let _ = reply.send(match commit {
                     Ok(()) => outcome,
                     Err(e) => Err(StoreError::Commit(e)),

@@ -328,6 +328,7 @@ async fn load(store: &SqliteStore, users: &[UserData]) {
         .append_events(EventBatch {
             events: events.into(),
             report,
+            on_commit: None,
         })
         .await
         .expect("append");

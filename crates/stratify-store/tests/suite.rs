@@ -25,6 +25,7 @@ fn batch(events: Vec<NewEvent>) -> EventBatch {
             last_error: None,
             now: NOW,
         },
+        on_commit: None,
     }
 }
 
@@ -391,6 +392,147 @@ async fn event_ids_are_idempotency_keys_per_user() {
             ),
             "{out:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn commit_hooks_run_in_sequence_order_after_the_commit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = std::sync::Arc::new(SqliteStore::open(dir.path()).expect("open"));
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<i64>::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (store, seen) = (store.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let mut b = batch(vec![event(
+                    json!({"event_id": format!("{t}-{i}"), "user_id": format!("u{t}"), "name": "X"}),
+                )]);
+                let seen = seen.clone();
+                b.on_commit = Some(CommitHook(std::sync::Arc::new(move |a: &[Appended]| {
+                    for x in a {
+                        if let Appended::New(seq) = x {
+                            seen.lock().push(*seq);
+                        }
+                    }
+                })));
+                store.append_events(b).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 200);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "hooks out of order");
+}
+
+fn change(seq: i64, segment: &str, user: &str, entered: bool, at: i64) -> ChangeRecord {
+    ChangeRecord {
+        seq,
+        segment_id: segment.into(),
+        user_id: user.into(),
+        entered,
+        at,
+        cause: json!("time"),
+    }
+}
+
+#[tokio::test]
+async fn changes_open_and_close_memberships_with_the_watermark() {
+    with_backends(|s| async move {
+        assert_eq!(s.watermark().await.expect("mark"), None);
+        assert_eq!(s.last_change_seq().await.expect("seq"), 0);
+        let hour = 3_600_000;
+        let mark = Watermark {
+            event_seq: 7,
+            at: NOW,
+        };
+        s.apply_changes(
+            vec![
+                change(1, "s1", "u1", true, NOW),
+                change(2, "s2", "u1", true, NOW + 1),
+                change(3, "s1", "u2", true, NOW + hour),
+            ],
+            mark,
+        )
+        .await
+        .expect("apply");
+        s.apply_changes(vec![change(4, "s1", "u1", false, NOW + 2 * hour)], mark)
+            .await
+            .expect("apply");
+        assert_eq!(s.watermark().await.expect("mark"), Some(mark));
+        assert_eq!(s.last_change_seq().await.expect("seq"), 4);
+        let mut open = s.open_memberships().await.expect("open");
+        open.sort();
+        assert_eq!(
+            open,
+            vec![("s1".into(), "u2".into()), ("s2".into(), "u1".into())]
+        );
+        let history = s.user_memberships("u1", 10).await.expect("history");
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].segment_id, "s2", "newest first");
+        assert_eq!(history[1].exited_at, Some(NOW + 2 * hour));
+        let s1: Vec<i64> = s
+            .changes(Some(vec!["s1".into()]), 0, 10)
+            .await
+            .expect("changes")
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(s1, vec![1, 3, 4]);
+        let after: Vec<i64> = s
+            .changes(None, 2, 1)
+            .await
+            .expect("changes")
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(after, vec![3]);
+        let buckets = s.change_buckets("s1", hour).await.expect("buckets");
+        let counts: Vec<(u64, u64)> = buckets.iter().map(|b| (b.entered, b.exited)).collect();
+        assert_eq!(counts, vec![(1, 0), (1, 0), (0, 1)]);
+        assert!(buckets.iter().all(|b| b.start % hour == 0));
+        // Erasing a user erases their memberships and changes too.
+        s.append_events(batch(vec![event(json!({"user_id": "u1", "name": "X"}))]))
+            .await
+            .expect("append");
+        assert!(s.delete_user(&uid("u1")).await.expect("delete"));
+        assert!(s.user_memberships("u1", 10).await.expect("h").is_empty());
+        assert_eq!(s.changes(None, 0, 10).await.expect("c").len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhooks_keep_their_delivery_progress() {
+    with_backends(|s| async move {
+        let hook = WebhookRecord {
+            id: "w1".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            segment_ids: Some(vec!["s1".into()]),
+            secret: "shh".into(),
+            created_at: NOW,
+            delivered_seq: 3,
+            failures: 0,
+            last_error: None,
+            last_attempt_at: None,
+        };
+        s.create_webhook(hook.clone()).await.expect("create");
+        assert_eq!(s.webhooks().await.expect("list"), vec![hook.clone()]);
+        s.record_delivery("w1", 9, 2, Some("503".into()), NOW + 5)
+            .await
+            .expect("record");
+        // The cursor never moves back.
+        s.record_delivery("w1", 4, 0, None, NOW + 6)
+            .await
+            .expect("record");
+        let got = &s.webhooks().await.expect("list")[0];
+        assert_eq!((got.delivered_seq, got.failures), (9, 0));
+        assert!(s.delete_webhook("w1").await.expect("delete"));
+        assert!(!s.delete_webhook("w1").await.expect("delete"));
     })
     .await;
 }
