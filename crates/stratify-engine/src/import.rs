@@ -101,6 +101,14 @@ impl Engine {
                         index.merge_attributes(id.as_str(), attributes);
                     }
                     drop(index);
+                    for (id, attributes) in indexed {
+                        self.live.send(crate::live::Msg::Attributes {
+                            user: id.to_string(),
+                            attributes,
+                            merge: true,
+                            at: self.now(),
+                        });
+                    }
                     report.written += changed;
                     report.unchanged += n - changed;
                 }

@@ -141,6 +141,7 @@ impl Engine {
         let batch = EventBatch {
             events: events.clone(),
             report,
+            on_commit: Some(self.live.commit_hook(events.clone())),
         };
         let appended = self.store.append_events(batch).await?;
         self.index_appended(&events, &appended);

@@ -10,6 +10,7 @@ mod error;
 pub mod import;
 pub mod ingest;
 pub mod keys;
+pub mod live;
 mod population;
 pub mod schemas;
 pub mod segments;
@@ -38,6 +39,7 @@ pub struct Engine {
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) segments: Arc<segments::Segments>,
     pub(crate) population: population::SharedIndex,
+    pub(crate) live: Arc<live::Live>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -53,10 +55,32 @@ impl Engine {
         clock: Arc<dyn Clock>,
         admin_secret: Option<String>,
     ) -> Result<Self, EngineError> {
+        Self::open(store, clock, admin_secret, false).await
+    }
+
+    /// Starts with the live state reconstructed from the event log alone
+    /// (profiles, memberships, deadlines), ignoring the watermark; any
+    /// materialised membership that differs is corrected with cause `refresh`.
+    pub async fn start_rebuilt(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, EngineError> {
+        Self::open(store, clock, None, true).await
+    }
+
+    async fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        admin_secret: Option<String>,
+        rebuild: bool,
+    ) -> Result<Self, EngineError> {
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         let population = population::load(store.as_ref()).await?;
+        let live = Arc::new(
+            live::Live::start(store.clone(), clock.clone(), &segments.snapshot(), rebuild).await?,
+        );
         Ok(Self {
             store,
             clock,
@@ -64,7 +88,18 @@ impl Engine {
             keys,
             segments,
             population,
+            live,
         })
+    }
+
+    /// The real-time engine (memberships, deadlines, change feed).
+    pub fn live(&self) -> &live::Live {
+        &self.live
+    }
+
+    /// Commits pending live work and stops the worker (on shutdown).
+    pub fn shutdown(&self) {
+        self.live.stop();
     }
 
     pub fn now(&self) -> stratify_core::time::Millis {

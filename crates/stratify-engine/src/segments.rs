@@ -3,6 +3,7 @@
 //! per-user answers (a user's segments, explain) evaluate the same rule in
 //! memory over the user's events.
 
+use crate::live::Msg;
 use crate::{Engine, EngineError};
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -55,6 +56,10 @@ pub struct Catalog {
 impl Catalog {
     pub fn get(&self, id: &str) -> Option<&Arc<Segment>> {
         self.by_id.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Segment>> {
+        self.by_id.values()
     }
 }
 
@@ -376,6 +381,17 @@ impl Engine {
             record,
             rule: rule.map(|(r, _)| r),
         };
+        self.live.send(Msg::SegmentPut {
+            id: id.clone(),
+            rule: segment.rule.clone().map(Arc::new),
+        });
+        if segment.rule.is_none() {
+            self.live.send(Msg::StaticMembers {
+                id: id.clone(),
+                change: MemberChange::Replace,
+                users: member_ids,
+            });
+        }
         self.segments.put(segment);
         self.segment(&id)
     }
@@ -398,6 +414,7 @@ impl Engine {
         if let Some(description) = patch.description {
             record.description = check_description(description)?;
         }
+        let rules_changed = patch.rules.is_some();
         if let Some(json) = patch.rules {
             if current.rule.is_none() {
                 return Err(invalid(
@@ -416,6 +433,12 @@ impl Engine {
             .update_segment(record.clone())
             .await
             .map_err(name_taken)?;
+        if rules_changed {
+            self.live.send(Msg::SegmentPut {
+                id: id.to_owned(),
+                rule: rule.clone().map(Arc::new),
+            });
+        }
         self.segments.put(Segment { record, rule });
         self.segment(id)
     }
@@ -441,6 +464,7 @@ impl Engine {
         }
         self.store.delete_segment(id).await?;
         self.population.write().drop_static(id);
+        self.live.send(Msg::SegmentDeleted(id.to_owned()));
         self.segments.remove(id);
         Ok(())
     }
@@ -483,6 +507,12 @@ impl Engine {
             MemberChange::Remove => index.remove_static_members(id, &ids),
             MemberChange::Replace => index.set_static_members(id, &ids),
         }
+        drop(index);
+        self.live.send(Msg::StaticMembers {
+            id: id.to_owned(),
+            change,
+            users: ids,
+        });
         Ok(changed)
     }
 

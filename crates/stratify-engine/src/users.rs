@@ -3,6 +3,7 @@
 //! both evaluated by the rule engine over the user's events.
 
 use crate::segments::MAX_USER_EVENTS;
+use crate::live::Msg;
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -58,6 +59,12 @@ impl Engine {
         self.population
             .write()
             .set_attributes(&record.user_id, &record.attributes);
+        self.live.send(Msg::Attributes {
+            user: record.user_id.clone(),
+            attributes: record.attributes.clone(),
+            merge: false,
+            at: self.now(),
+        });
         Ok(record)
     }
 
@@ -84,6 +91,7 @@ impl Engine {
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
             self.population.write().remove_user(user_id.as_str());
+            self.live.send(Msg::UserDeleted(user_id.to_string()));
             Ok(())
         } else {
             Err(not_found(user_id))

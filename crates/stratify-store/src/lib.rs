@@ -112,7 +112,11 @@ pub trait Store: Send + Sync + 'static {
     /// Commits a batch of membership changes (appending them to the change
     /// log and opening or closing membership rows) with the live engine's
     /// new watermark, in one transaction.
-    async fn apply_changes(&self, changes: Vec<ChangeRecord>, watermark: Watermark) -> Result<()>;
+    async fn apply_changes(
+        &self,
+        changes: std::sync::Arc<Vec<ChangeRecord>>,
+        watermark: Watermark,
+    ) -> Result<()>;
     /// The live engine's last committed watermark.
     async fn watermark(&self) -> Result<Option<Watermark>>;
     /// Every current membership: `(segment_id, user_id)`.

@@ -998,7 +998,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_changes(&self, changes: Vec<ChangeRecord>, watermark: Watermark) -> Result<()> {
+    async fn apply_changes(
+        &self,
+        changes: std::sync::Arc<Vec<ChangeRecord>>,
+        watermark: Watermark,
+    ) -> Result<()> {
         let causes = changes
             .iter()
             .map(|c| serde_json::to_string(&c.cause))

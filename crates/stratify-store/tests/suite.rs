@@ -455,12 +455,13 @@ async fn changes_open_and_close_memberships_with_the_watermark() {
                 change(1, "s1", "u1", true, NOW),
                 change(2, "s2", "u1", true, NOW + 1),
                 change(3, "s1", "u2", true, NOW + hour),
-            ],
+            ]
+            .into(),
             mark,
         )
         .await
         .expect("apply");
-        s.apply_changes(vec![change(4, "s1", "u1", false, NOW + 2 * hour)], mark)
+        s.apply_changes(vec![change(4, "s1", "u1", false, NOW + 2 * hour)].into(), mark)
             .await
             .expect("apply");
         assert_eq!(s.watermark().await.expect("mark"), Some(mark));

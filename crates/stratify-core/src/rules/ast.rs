@@ -276,6 +276,23 @@ impl Rule {
         out
     }
 
+    /// Names of the attributes this rule reads (what an attribute write can change).
+    pub fn attribute_names(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.walk(&mut |r| {
+            if let Rule::Leaf(Leaf {
+                source: Source::Attribute(a),
+                ..
+            }) = r
+            {
+                if !out.contains(&a.as_str()) {
+                    out.push(a.as_str());
+                }
+            }
+        });
+        out
+    }
+
     fn walk<'a>(&'a self, f: &mut dyn FnMut(&'a Rule)) {
         f(self);
         match self {

@@ -1,0 +1,238 @@
+//! The real-time engine: memberships that follow events and the clock.
+//!
+//! Every committed event reaches the live worker in sequence order (a commit
+//! hook on the store's writer thread), updates that user's profile, and
+//! re-evaluates only the segments that read its event name. For each
+//! (user, segment) the core computes the next instant the result can change
+//! with no new event ([`stratify_core::rules::next_change`]); those deadlines
+//! live in one ordered index and the worker sleeps until the earliest.
+//! Entered/exited changes are committed to the change log with the worker's
+//! watermark, then published to subscribers (SSE, WebSocket, webhooks).
+//!
+//! Everything here is derived from the event log: on start the worker
+//! resumes from its watermark, and `stratify rebuild` recomputes it all from
+//! the log alone.
+
+mod deadlines;
+mod state;
+mod worker;
+
+pub use state::MAX_USER_EVENTS;
+
+use crate::segments::{Catalog, MemberChange};
+use crate::{Clock, EngineError};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use stratify_core::event::NewEvent;
+use stratify_core::rules::Rule;
+use stratify_core::time::Millis;
+use stratify_store::{Appended, ChangeRecord, CommitHook, Store};
+use tokio::sync::{broadcast, oneshot};
+
+/// Batches of committed changes kept for slow subscribers before they lag
+/// (and fall back to reading the log).
+const FEED_CAPACITY: usize = 1024;
+
+pub(crate) enum Msg {
+    Events {
+        events: Arc<Vec<NewEvent>>,
+        appended: Vec<Appended>,
+        received_at: Millis,
+    },
+    Attributes {
+        user: String,
+        attributes: Map<String, Value>,
+        merge: bool,
+        at: Millis,
+    },
+    UserDeleted(String),
+    SegmentPut {
+        id: String,
+        rule: Option<Arc<Rule>>,
+    },
+    StaticMembers {
+        id: String,
+        change: MemberChange,
+        users: Vec<String>,
+    },
+    SegmentDeleted(String),
+    Tick,
+    Sync(oneshot::Sender<()>),
+    Refresh(oneshot::Sender<u64>),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Stop,
+}
+
+/// The state of a segment's evaluation over every user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildStatus {
+    /// `building` or `ready`.
+    pub state: &'static str,
+    pub evaluated: u64,
+    pub total: u64,
+    #[serde(skip)]
+    pub started_at: Millis,
+    #[serde(skip)]
+    pub finished_at: Option<Millis>,
+}
+
+impl BuildStatus {
+    fn ready(total: u64, at: Millis) -> Self {
+        Self {
+            state: "ready",
+            evaluated: total,
+            total,
+            started_at: at,
+            finished_at: Some(at),
+        }
+    }
+}
+
+/// Counters for `/metrics` and status.
+#[derive(Default)]
+pub struct Stats {
+    pub users: AtomicU64,
+    pub deadlines: AtomicU64,
+    pub truncated_users: AtomicU64,
+    pub changes: AtomicU64,
+    pub fired: AtomicU64,
+    pub applied_seq: AtomicI64,
+    pub last_change_seq: AtomicI64,
+    pub watermark_at: AtomicI64,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub builds: RwLock<HashMap<String, BuildStatus>>,
+    pub stats: Stats,
+}
+
+/// Every current membership and pending deadline, by ids (for comparing a
+/// live state with one rebuilt from the log).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub members: BTreeMap<String, BTreeSet<String>>,
+    pub deadlines: BTreeMap<(String, String), Millis>,
+}
+
+pub struct Live {
+    tx: Mutex<Sender<Msg>>,
+    feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Live {
+    /// Loads the live state (resuming from the watermark, or from the whole
+    /// log with `rebuild`) and starts the worker thread.
+    pub(crate) async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: &Catalog,
+        rebuild: bool,
+    ) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared::default());
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let worker = worker::Worker::load(
+            store,
+            clock.clone(),
+            catalog,
+            shared.clone(),
+            feed.clone(),
+            rebuild,
+        )
+        .await?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tick = Mutex::new(tx.clone());
+        clock.on_jump(Box::new(move || {
+            let _ = tick.lock().send(Msg::Tick);
+        }));
+        let thread = std::thread::Builder::new()
+            .name("stratify-live".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| {
+                EngineError::Store(stratify_store::StoreError::Corrupt(format!(
+                    "cannot start the live worker: {e}"
+                )))
+            })?;
+        Ok(Self {
+            tx: Mutex::new(tx),
+            feed,
+            shared,
+            clock,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub(crate) fn send(&self, msg: Msg) {
+        if self.tx.lock().send(msg).is_err() {
+            tracing::error!("the live worker has stopped; a change was not applied");
+        }
+    }
+
+    /// A hook for an event batch: hands the committed events to the worker,
+    /// in commit order, from the store's writer thread.
+    pub(crate) fn commit_hook(&self, events: Arc<Vec<NewEvent>>) -> CommitHook {
+        let tx = self.tx.lock().clone();
+        let clock = self.clock.clone();
+        CommitHook(Arc::new(move |appended: &[Appended]| {
+            if appended.iter().any(|a| matches!(a, Appended::New(_))) {
+                let _ = tx.send(Msg::Events {
+                    events: events.clone(),
+                    appended: appended.to_vec(),
+                    received_at: clock.now(),
+                });
+            }
+        }))
+    }
+
+    /// Waits until everything sent before is applied and committed.
+    pub async fn sync(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Sync(tx));
+        let _ = rx.await;
+    }
+
+    /// Re-evaluates every (user, dynamic segment) now; returns how many
+    /// memberships changed (each recorded with cause `refresh`).
+    pub async fn refresh(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Refresh(tx));
+        let n = rx.await.unwrap_or(0);
+        self.sync().await;
+        n
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Snapshot(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Committed changes, in batches, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<ChangeRecord>>> {
+        self.feed.subscribe()
+    }
+
+    pub fn build_status(&self, segment_id: &str) -> Option<BuildStatus> {
+        self.shared.builds.read().get(segment_id).cloned()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Commits what is pending and stops the worker.
+    pub fn stop(&self) {
+        self.send(Msg::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The live engine's derived state: per-user profiles (attributes and the
+//! events the rules read), the segments with their dependencies, each
+//! segment's members, and the deadlines. Pure: no IO, no clock. The worker
+//! drives it and persists what it produces.
+
+use super::deadlines::Deadlines;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
+use stratify_core::time::Millis;
+
+/// Most events kept per user in live state. Past it the oldest are dropped
+/// and the user is marked truncated (aggregates over all time then cover
+/// only what is kept); the SQL and columnar evaluators still see everything.
+pub const MAX_USER_EVENTS: usize = 10_000;
+
+/// Users evaluated per slice of a background build.
+pub const BUILD_SLICE: usize = 16_384;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+pub struct LiveEvent {
+    pub seq: i64,
+    pub ts: Millis,
+    pub name: u32,
+    pub properties: Option<Box<Map<String, Value>>>,
+}
+
+#[derive(Default)]
+pub struct Profile {
+    pub attributes: Map<String, Value>,
+    /// Sorted by (timestamp, seq), as the evaluator expects.
+    pub events: Vec<LiveEvent>,
+    pub alive: bool,
+    pub truncated: bool,
+}
+
+pub struct Seg {
+    pub id: String,
+    pub rule: Option<Arc<Rule>>,
+    /// Event names its result depends on (through references too).
+    pub events: Vec<u32>,
+    /// Whether it reads attributes (through references too).
+    pub attributes: bool,
+    /// Static segments it refers to (through references too).
+    pub statics: Vec<u32>,
+    /// Dynamic segments it refers to (through references too).
+    pub refs: Vec<u32>,
+    /// Members, one bit per user.
+    pub members: Vec<u64>,
+    pub size: u64,
+}
+
+impl Seg {
+    pub fn contains(&self, user: u32) -> bool {
+        let (w, b) = ((user / 64) as usize, user % 64);
+        self.members.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// Sets membership; returns whether it changed.
+    pub fn set(&mut self, user: u32, inside: bool) -> bool {
+        let (w, b) = ((user / 64) as usize, user % 64);
+        if self.members.len() <= w {
+            if !inside {
+                return false;
+            }
+            self.members.resize(w + 1, 0);
+        }
+        let was = self.members[w] & (1 << b) != 0;
+        if was != inside {
+            self.members[w] ^= 1 << b;
+            if inside {
+                self.size += 1;
+            } else {
+                self.size -= 1;
+            }
+        }
+        was != inside
+    }
+
+    pub fn timed(&self) -> bool {
+        !self.events.is_empty()
+    }
+}
+
+/// One evaluated (user, segment): its result now and its next deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub user: u32,
+    pub segment: u32,
+    pub inside: bool,
+    pub next: Option<Millis>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub users: FastMap<Box<str>, u32>,
+    pub user_ids: Vec<Box<str>>,
+    pub profiles: Vec<Profile>,
+    pub names: FastMap<Box<str>, u32>,
+    pub name_list: Vec<Box<str>>,
+    pub segments: Vec<Option<Seg>>,
+    pub segment_index: FastMap<String, u32>,
+    /// Dynamic segments by the event name they read.
+    pub by_event: FastMap<u32, Vec<u32>>,
+    /// Dynamic segments that read attributes.
+    pub by_attributes: Vec<u32>,
+    /// Dynamic segments by the static segment they refer to.
+    pub by_static: FastMap<u32, Vec<u32>>,
+    pub dynamic: Vec<u32>,
+    pub deadlines: Deadlines,
+    pub truncated_users: u64,
+}
+
+struct Lookup<'a> {
+    state: &'a State,
+    user: u32,
+}
+
+impl SegmentLookup for Lookup<'_> {
+    fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
+        let s = self.state.segment(id)?;
+        Some(match &s.rule {
+            Some(r) => SegmentRef::Dynamic(r),
+            None => SegmentRef::Static(s.contains(self.user)),
+        })
+    }
+}
+
+impl State {
+    pub fn segment(&self, id: &str) -> Option<&Seg> {
+        let i = *self.segment_index.get(id)?;
+        self.segments.get(i as usize)?.as_ref()
+    }
+
+    pub fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.names.get(name) {
+            return i;
+        }
+        let i = self.name_list.len() as u32;
+        self.name_list.push(name.into());
+        self.names.insert(name.into(), i);
+        i
+    }
+
+    /// The user's index and whether it was just created (or re-created).
+    pub fn user(&mut self, user_id: &str) -> (u32, bool) {
+        let i = match self.users.get(user_id) {
+            Some(&i) => i,
+            None => {
+                let i = self.user_ids.len() as u32;
+                self.user_ids.push(user_id.into());
+                self.users.insert(user_id.into(), i);
+                self.profiles.push(Profile::default());
+                i
+            }
+        };
+        let p = &mut self.profiles[i as usize];
+        let new = !p.alive;
+        p.alive = true;
+        (i, new)
+    }
+
+    /// Adds an event to a user's profile, keeping (timestamp, seq) order.
+    pub fn add_event(&mut self, user: u32, e: LiveEvent) {
+        let p = &mut self.profiles[user as usize];
+        let at = match p.events.last() {
+            Some(last) if (last.ts, last.seq) > (e.ts, e.seq) => p
+                .events
+                .partition_point(|x| (x.ts, x.seq) < (e.ts, e.seq)),
+            _ => p.events.len(),
+        };
+        p.events.insert(at, e);
+        if p.events.len() > MAX_USER_EVENTS {
+            let extra = p.events.len() - MAX_USER_EVENTS;
+            p.events.drain(..extra);
+            if !p.truncated {
+                p.truncated = true;
+                self.truncated_users += 1;
+                tracing::warn!(
+                    user = %self.user_ids[user as usize],
+                    limit = MAX_USER_EVENTS,
+                    "user over the live event limit: oldest events dropped from live state"
+                );
+            }
+        }
+    }
+
+    /// Forgets a user's profile and memberships (an erasure).
+    pub fn forget(&mut self, user: u32) {
+        if let Some(p) = self.profiles.get_mut(user as usize) {
+            if p.truncated {
+                self.truncated_users -= 1;
+            }
+            *p = Profile::default();
+        }
+        for s in self.segments.iter_mut().flatten() {
+            s.set(user, false);
+        }
+        for s in 0..self.segments.len() as u32 {
+            self.deadlines.set(user, s, None);
+        }
+    }
+
+    /// Installs (or replaces) a segment; returns its index. Members are kept
+    /// when it is replaced: a build re-evaluates them.
+    pub fn put_segment(&mut self, id: &str, rule: Option<Arc<Rule>>) -> u32 {
+        let i = match self.segment_index.get(id) {
+            Some(&i) => i,
+            None => {
+                let i = self.segments.len() as u32;
+                self.segments.push(None);
+                self.segment_index.insert(id.to_owned(), i);
+                i
+            }
+        };
+        let (members, size) = match self.segments[i as usize].take() {
+            Some(s) => (s.members, s.size),
+            None => (Vec::new(), 0),
+        };
+        self.segments[i as usize] = Some(Seg {
+            id: id.to_owned(),
+            rule,
+            events: Vec::new(),
+            attributes: false,
+            statics: Vec::new(),
+            refs: Vec::new(),
+            members,
+            size,
+        });
+        self.reindex();
+        i
+    }
+
+    pub fn remove_segment(&mut self, id: &str) -> Option<u32> {
+        let i = self.segment_index.remove(id)?;
+        self.segments[i as usize] = None;
+        self.reindex();
+        Some(i)
+    }
+
+    /// Recomputes every segment's dependencies and the indexes by dependency.
+    fn reindex(&mut self) {
+        let n = self.segments.len();
+        let mut deps = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut d = (Vec::new(), false, Vec::new(), Vec::new());
+            self.collect(i as u32, &mut d, 0);
+            deps.push(d);
+        }
+        self.by_event.clear();
+        self.by_attributes.clear();
+        self.by_static.clear();
+        self.dynamic.clear();
+        for (i, (events, attributes, statics, refs)) in deps.into_iter().enumerate() {
+            let Some(s) = self.segments[i].as_mut() else {
+                continue;
+            };
+            if s.rule.is_none() {
+                continue;
+            }
+            let i = i as u32;
+            self.dynamic.push(i);
+            for e in &events {
+                self.by_event.entry(*e).or_default().push(i);
+            }
+            if attributes {
+                self.by_attributes.push(i);
+            }
+            for st in &statics {
+                self.by_static.entry(*st).or_default().push(i);
+            }
+            (s.events, s.attributes, s.statics, s.refs) = (events, attributes, statics, refs);
+        }
+    }
+
+    fn collect(&mut self, i: u32, d: &mut (Vec<u32>, bool, Vec<u32>, Vec<u32>), depth: usize) {
+        let Some(rule) = self.segments[i as usize]
+            .as_ref()
+            .and_then(|s| s.rule.clone())
+        else {
+            return;
+        };
+        for name in rule.event_names() {
+            let n = self.name_id(name);
+            if !d.0.contains(&n) {
+                d.0.push(n);
+            }
+        }
+        d.1 |= !rule.attribute_names().is_empty();
+        if depth >= 16 {
+            return;
+        }
+        for r in rule.references() {
+            let Some(&j) = self.segment_index.get(r) else {
+                continue;
+            };
+            let is_static = self.segments[j as usize]
+                .as_ref()
+                .is_some_and(|s| s.rule.is_none());
+            if is_static {
+                if !d.2.contains(&j) {
+                    d.2.push(j);
+                }
+            } else {
+                if !d.3.contains(&j) {
+                    d.3.push(j);
+                }
+                self.collect(j, d, depth + 1);
+            }
+        }
+    }
+
+    /// Evaluates `segments` (dynamic ones) for one user at `now`.
+    pub fn evaluate(&self, user: u32, segments: &[u32], now: Millis, out: &mut Vec<Outcome>) {
+        let Some(p) = self.profiles.get(user as usize).filter(|p| p.alive) else {
+            return;
+        };
+        let events: Vec<EventFact<'_>> = p
+            .events
+            .iter()
+            .map(|e| EventFact {
+                name: &self.name_list[e.name as usize],
+                timestamp: e.ts,
+                properties: e.properties.as_deref(),
+            })
+            .collect();
+        let lookup = Lookup { state: self, user };
+        let facts = Facts {
+            attributes: &p.attributes,
+            events: &events,
+            segments: &lookup,
+            now,
+        };
+        for &s in segments {
+            let Some(seg) = self.segments.get(s as usize).and_then(|s| s.as_ref()) else {
+                continue;
+            };
+            let Some(rule) = &seg.rule else { continue };
+            let inside = rules::evaluate(rule, &facts);
+            let next = if seg.timed() {
+                rules::next_change(rule, &facts)
+            } else {
+                None
+            };
+            out.push(Outcome {
+                user,
+                segment: s,
+                inside,
+                next,
+            });
+        }
+    }
+
+    /// Evaluates `segments` for users `from..to`, spread over `threads`.
+    pub fn evaluate_range(
+        &self,
+        from: u32,
+        to: u32,
+        segments: &[u32],
+        now: Millis,
+        threads: usize,
+    ) -> Vec<Outcome> {
+        let threads = threads.max(1) as u32;
+        let per = (to.saturating_sub(from)).div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let lo = from + t * per;
+                    let hi = (lo + per).min(to);
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for u in lo..hi {
+                            self.evaluate(u, segments, now, &mut out);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Applies outcomes: memberships and deadlines. Returns those whose
+    /// membership changed.
+    pub fn apply(&mut self, outcomes: &[Outcome]) -> Vec<Outcome> {
+        let mut changed = Vec::new();
+        for o in outcomes {
+            let Some(seg) = self.segments.get_mut(o.segment as usize).and_then(|s| s.as_mut())
+            else {
+                continue;
+            };
+            if seg.set(o.user, o.inside) {
+                changed.push(*o);
+            }
+            self.deadlines.set(o.user, o.segment, o.next);
+        }
+        changed
+    }
+
+    /// Dynamic segments an event of `name` can change.
+    pub fn readers_of_event(&self, name: u32) -> &[u32] {
+        self.by_event.get(&name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Dynamic segments that must be re-evaluated when `segment` changes
+    /// (its rule, or a static segment's members).
+    pub fn dependents(&self, segment: u32) -> Vec<u32> {
+        let mut out: Vec<u32> = self.by_static.get(&segment).cloned().unwrap_or_default();
+        for &d in &self.dynamic {
+            if let Some(s) = self.segments[d as usize].as_ref() {
+                if s.refs.contains(&segment) && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        out
+    }
+}

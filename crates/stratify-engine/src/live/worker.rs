@@ -1,0 +1,712 @@
+//! The live worker: one thread that owns the live [`State`], applies events,
+//! attribute writes and segment changes as they are committed, fires
+//! deadlines at their instants, runs background builds in slices, and
+//! commits the changes it produces (with its watermark) before publishing
+//! them. The first thing it does after a restart is resume from the
+//! watermark: profiles up to it, deadlines re-derived, later events replayed.
+
+use super::state::{LiveEvent, Outcome, State, BUILD_SLICE};
+use super::{BuildStatus, Msg, Shared, Snapshot};
+use crate::segments::{Catalog, MemberChange};
+use crate::{Clock, EngineError};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+use stratify_core::time::Millis;
+use stratify_store::{ChangeRecord, RawEvent, Store, Watermark};
+use tokio::sync::{broadcast, oneshot};
+
+/// Rows read per page while loading.
+const LOAD_PAGE: u32 = 50_000;
+/// Most messages handled before deadlines, builds and a commit get a turn.
+const MAX_MESSAGES_PER_TURN: usize = 4_096;
+/// Longest sleep with nothing due (a guard against clock jumps).
+const MAX_SLEEP_MS: i64 = 60_000;
+
+/// Evaluates due (instant, user, segment) triples, each at its instant.
+fn evaluate_due(state: &State, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outcome)> {
+    let mut out = Vec::with_capacity(due.len());
+    let mut one = Vec::with_capacity(1);
+    for &(t, u, s) in due {
+        state.evaluate(u, &[s], t, &mut one);
+        out.extend(one.drain(..).map(|o| (t, o)));
+    }
+    out
+}
+
+pub fn cause_event(event_id: Option<&str>, seq: i64) -> Value {
+    json!({"event_id": event_id, "event_seq": seq})
+}
+
+struct Build {
+    segment: u32,
+    next: u32,
+    cause: Value,
+}
+
+pub struct Worker {
+    pub state: State,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    rt: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+    pending: Vec<ChangeRecord>,
+    next_seq: i64,
+    mark: Watermark,
+    committed: Watermark,
+    builds: VecDeque<Build>,
+    syncs: Vec<oneshot::Sender<()>>,
+    threads: usize,
+    scratch: Vec<Outcome>,
+}
+
+impl Worker {
+    /// Loads the state from the store. With `rebuild`, the watermark and the
+    /// replay are ignored: profiles come from the whole log, and every
+    /// (user, segment) is evaluated at the clock's now.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: &Catalog,
+        shared: Arc<Shared>,
+        feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+        rebuild: bool,
+    ) -> Result<Self, EngineError> {
+        let mark = if rebuild {
+            None
+        } else {
+            store.watermark().await?
+        };
+        let mut state = State::default();
+        let mut by_uid: Vec<u32> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.users_page(after, LOAD_PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            for (uid, user) in page {
+                let (u, _) = state.user(&user.user_id);
+                state.profiles[u as usize].attributes = user.attributes;
+                let slot = usize::try_from(uid).unwrap_or(0);
+                if by_uid.len() <= slot {
+                    by_uid.resize(slot + 1, u32::MAX);
+                }
+                by_uid[slot] = u;
+            }
+        }
+        let mut names: HashMap<i64, u32> = HashMap::new();
+        for (id, name) in store.event_names().await? {
+            names.insert(id, state.name_id(&name));
+        }
+        // Segments, oldest first; static members as they are listed.
+        let mut segments: Vec<_> = catalog.all().cloned().collect();
+        segments.sort_by_key(|s| (s.record.created_at, s.record.id.clone()));
+        let mut statics = Vec::new();
+        for s in &segments {
+            let i = state.put_segment(&s.record.id, s.rule.clone().map(Arc::new));
+            if s.rule.is_none() {
+                statics.push(i);
+                for user in store.static_members(&s.record.id).await? {
+                    let (u, _) = state.user(&user);
+                    if let Some(seg) = state.segments[i as usize].as_mut() {
+                        seg.set(u, true);
+                    }
+                }
+            }
+        }
+        let mut replay: Vec<RawEvent> = Vec::new();
+        let mut after_seq = 0;
+        loop {
+            let page = store.scan_events(after_seq, LOAD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after_seq = last.seq;
+            for e in page {
+                if mark.is_some_and(|m| e.seq > m.event_seq) {
+                    replay.push(e);
+                    continue;
+                }
+                let user = usize::try_from(e.uid)
+                    .ok()
+                    .and_then(|u| by_uid.get(u))
+                    .copied();
+                if let (Some(&name), Some(u)) = (names.get(&e.name_id), user) {
+                    if u != u32::MAX {
+                        state.add_event(
+                            u,
+                            LiveEvent {
+                                seq: e.seq,
+                                ts: e.timestamp,
+                                name,
+                                properties: e.properties.map(Box::new),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        // Current memberships as materialised; statics are compared below.
+        let mut stored_static: HashSet<(u32, u32)> = HashSet::new();
+        for (segment, user) in store.open_memberships().await? {
+            let (Some(&s), Some(&u)) = (
+                state.segment_index.get(&segment),
+                state.users.get(user.as_str()),
+            ) else {
+                continue;
+            };
+            if statics.contains(&s) {
+                stored_static.insert((s, u));
+            } else if let Some(seg) = state.segments[s as usize].as_mut() {
+                seg.set(u, true);
+            }
+        }
+        let next_seq = store.last_change_seq().await? + 1;
+        let now = clock.now();
+        let start = mark.map_or(now, |m| m.at.min(now));
+        let mut worker = Worker {
+            state,
+            store,
+            clock,
+            rt: tokio::runtime::Handle::current(),
+            shared,
+            feed,
+            pending: Vec::new(),
+            next_seq,
+            mark: Watermark {
+                event_seq: mark.map_or(after_seq, |m| m.event_seq),
+                at: start,
+            },
+            committed: mark.unwrap_or_default(),
+            builds: VecDeque::new(),
+            syncs: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scratch: Vec::new(),
+        };
+        // Static memberships the table does not show yet (or no longer).
+        let refresh = json!("refresh");
+        for &s in &statics {
+            let mut changed = Vec::new();
+            let users = worker.state.user_ids.len() as u32;
+            for u in 0..users {
+                let listed = worker.state.segments[s as usize]
+                    .as_ref()
+                    .is_some_and(|seg| seg.contains(u));
+                if listed != stored_static.contains(&(s, u)) {
+                    changed.push(Outcome {
+                        user: u,
+                        segment: s,
+                        inside: listed,
+                        next: None,
+                    });
+                }
+            }
+            worker.record(&changed, start, &refresh);
+        }
+        // Every dynamic (user, segment) at the watermark's instant: derives
+        // the deadlines, and repairs any membership the table got wrong.
+        let dynamic = worker.state.dynamic.clone();
+        worker.evaluate_all(&dynamic, start, &refresh);
+        for id in worker.state.segment_index.keys() {
+            worker.shared.builds.write().insert(
+                id.clone(),
+                BuildStatus::ready(worker.state.user_ids.len() as u64, start),
+            );
+        }
+        let replayed = replay.len();
+        for e in replay {
+            let user = usize::try_from(e.uid)
+                .ok()
+                .and_then(|u| by_uid.get(u))
+                .copied()
+                .filter(|u| *u != u32::MAX);
+            let name = names.get(&e.name_id).copied();
+            if let (Some(u), Some(name)) = (user, name) {
+                let at = e.received_at.max(worker.mark.at);
+                let id = worker.state.user_ids[u as usize].to_string();
+                worker.apply_event(&id, name, e.seq, e.timestamp, e.properties, e.event_id.as_deref(), at);
+            }
+        }
+        let now = worker.clock.now().max(worker.mark.at);
+        worker.fire_due(now);
+        // Committed by the worker thread's first turn (it blocks on the store).
+        tracing::info!(
+            users = worker.state.user_ids.len(),
+            segments = worker.state.segment_index.len(),
+            deadlines = worker.state.deadlines.len(),
+            replayed,
+            "live state loaded"
+        );
+        worker.publish_stats();
+        Ok(worker)
+    }
+
+    /// Evaluates every user for `segments` at `now`, in slices, recording
+    /// changes with `cause`.
+    fn evaluate_all(&mut self, segments: &[u32], now: Millis, cause: &Value) -> u64 {
+        let users = self.state.user_ids.len() as u32;
+        let mut changes = 0;
+        let slice = (BUILD_SLICE as u32 * 4).max(1);
+        let mut from = 0;
+        while from < users {
+            let to = from.saturating_add(slice).min(users);
+            let outcomes = self
+                .state
+                .evaluate_range(from, to, segments, now, self.threads);
+            let changed = self.state.apply(&outcomes);
+            changes += changed.len() as u64;
+            self.record(&changed, now, cause);
+            from = to;
+        }
+        changes
+    }
+
+    fn record(&mut self, changed: &[Outcome], at: Millis, cause: &Value) {
+        for o in changed {
+            let Some(seg) = self.state.segments[o.segment as usize].as_ref() else {
+                continue;
+            };
+            self.pending.push(ChangeRecord {
+                seq: self.next_seq,
+                segment_id: seg.id.clone(),
+                user_id: self.state.user_ids[o.user as usize].to_string(),
+                entered: o.inside,
+                at,
+                cause: cause.clone(),
+            });
+            self.next_seq += 1;
+        }
+    }
+
+    fn evaluate_user(&mut self, user: u32, segments: &[u32], now: Millis, cause: &Value) {
+        if segments.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        self.state.evaluate(user, segments, now, &mut out);
+        let changed = self.state.apply(&out);
+        self.record(&changed, now, cause);
+        self.scratch = out;
+    }
+
+    /// Applies one committed event at `now` (deadlines due by then first).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_event(
+        &mut self,
+        user_id: &str,
+        name: u32,
+        seq: i64,
+        ts: Millis,
+        properties: Option<serde_json::Map<String, Value>>,
+        event_id: Option<&str>,
+        now: Millis,
+    ) {
+        self.fire_due(now);
+        let (u, new) = self.state.user(user_id);
+        self.state.add_event(
+            u,
+            LiveEvent {
+                seq,
+                ts,
+                name,
+                properties: properties.map(Box::new),
+            },
+        );
+        let segments = if new {
+            self.state.dynamic.clone()
+        } else {
+            self.state.readers_of_event(name).to_vec()
+        };
+        self.evaluate_user(u, &segments, now, &cause_event(event_id, seq));
+        self.mark.event_seq = self.mark.event_seq.max(seq);
+    }
+
+    /// Fires every deadline due by `until`, each evaluated at its own instant.
+    fn fire_due(&mut self, until: Millis) {
+        let time = json!("time");
+        let mut due = Vec::new();
+        loop {
+            due.clear();
+            while let Some(d) = self.state.deadlines.pop_due(until) {
+                due.push(d);
+            }
+            if due.is_empty() {
+                break;
+            }
+            let outcomes = if due.len() < 256 {
+                evaluate_due(&self.state, &due)
+            } else {
+                self.evaluate_due_parallel(&due)
+            };
+            // In `due` order, which is by instant.
+            for (at, o) in outcomes {
+                let changed = self.state.apply(&[o]);
+                self.record(&changed, at, &time);
+            }
+            self.shared
+                .stats
+                .fired
+                .fetch_add(due.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.mark.at = self.mark.at.max(until);
+    }
+
+    fn evaluate_due_parallel(&self, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outcome)> {
+        let per = due.len().div_ceil(self.threads.max(1)).max(1);
+        let state = &self.state;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = due
+                .chunks(per)
+                .map(|chunk| scope.spawn(move || evaluate_due(state, chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Events {
+                events,
+                appended,
+                received_at,
+            } => {
+                let mut order: Vec<(i64, usize)> = appended
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| match a {
+                        stratify_store::Appended::New(seq) => Some((*seq, i)),
+                        stratify_store::Appended::Duplicate => None,
+                    })
+                    .collect();
+                order.sort_unstable();
+                for (seq, i) in order {
+                    let e = &events[i];
+                    let name = self.state.name_id(e.name.as_str());
+                    // At its arrival: deadlines due by then fire first, in
+                    // order, however late the worker gets to it.
+                    let now = received_at.max(self.mark.at);
+                    self.apply_event(
+                        e.user_id.as_str(),
+                        name,
+                        seq,
+                        e.timestamp,
+                        e.properties.clone(),
+                        e.event_id.as_ref().map(|x| x.as_str()),
+                        now,
+                    );
+                }
+            }
+            Msg::Attributes {
+                user,
+                attributes,
+                merge,
+                at,
+            } => {
+                let now = at.max(self.mark.at);
+                self.fire_due(now);
+                let (u, new) = self.state.user(&user);
+                let p = &mut self.state.profiles[u as usize];
+                if merge {
+                    for (k, v) in attributes {
+                        if v.is_null() {
+                            p.attributes.remove(&k);
+                        } else {
+                            p.attributes.insert(k, v);
+                        }
+                    }
+                } else {
+                    p.attributes = attributes;
+                }
+                let segments = if new {
+                    self.state.dynamic.clone()
+                } else {
+                    self.state.by_attributes.clone()
+                };
+                self.evaluate_user(u, &segments, now, &json!("attribute_change"));
+            }
+            Msg::UserDeleted(user) => {
+                if let Some(&u) = self.state.users.get(user.as_str()) {
+                    self.state.forget(u);
+                }
+            }
+            Msg::SegmentPut { id, rule } => {
+                let now = self.now();
+                let s = self.state.put_segment(&id, rule);
+                let mut rebuild = vec![s];
+                rebuild.extend(self.state.dependents(s));
+                for s in rebuild {
+                    if self.state.segments[s as usize]
+                        .as_ref()
+                        .is_some_and(|x| x.rule.is_some())
+                    {
+                        self.start_build(s, now, json!("rule_change"));
+                    }
+                }
+                if !self.state.dynamic.contains(&s) {
+                    self.shared.builds.write().insert(
+                        id,
+                        BuildStatus::ready(self.state.user_ids.len() as u64, now),
+                    );
+                }
+            }
+            Msg::StaticMembers { id, change, users } => {
+                let now = self.now();
+                self.change_static(&id, change, &users, now);
+            }
+            Msg::SegmentDeleted(id) => {
+                if let Some(s) = self.state.remove_segment(&id) {
+                    self.builds.retain(|b| b.segment != s);
+                    for u in 0..self.state.user_ids.len() as u32 {
+                        self.state.deadlines.set(u, s, None);
+                    }
+                }
+                self.shared.builds.write().remove(&id);
+            }
+            Msg::Tick => {}
+            Msg::Sync(reply) => self.syncs.push(reply),
+            Msg::Refresh(reply) => {
+                let now = self.now();
+                self.fire_due(now);
+                let dynamic = self.state.dynamic.clone();
+                let n = self.evaluate_all(&dynamic, now, &json!("refresh"));
+                let _ = reply.send(n);
+            }
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Msg::Stop => {}
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now().max(self.mark.at)
+    }
+
+    fn change_static(&mut self, id: &str, change: MemberChange, users: &[String], now: Millis) {
+        let Some(&s) = self.state.segment_index.get(id) else {
+            return;
+        };
+        let mut targets: Vec<(u32, bool)> = Vec::new();
+        let mut created = Vec::new();
+        let listed: HashSet<&str> = users.iter().map(String::as_str).collect();
+        if change == MemberChange::Replace {
+            for u in 0..self.state.user_ids.len() as u32 {
+                let is = self.state.segments[s as usize]
+                    .as_ref()
+                    .is_some_and(|x| x.contains(u));
+                if is && !listed.contains(&*self.state.user_ids[u as usize]) {
+                    targets.push((u, false));
+                }
+            }
+        }
+        for user in users {
+            let (u, new) = self.state.user(user);
+            if new {
+                created.push(u);
+            }
+            targets.push((u, change != MemberChange::Remove));
+        }
+        let outcomes: Vec<Outcome> = targets
+            .into_iter()
+            .map(|(user, inside)| Outcome {
+                user,
+                segment: s,
+                inside,
+                next: None,
+            })
+            .collect();
+        let changed = self.state.apply(&outcomes);
+        let cause = json!("rule_change");
+        self.record(&changed, now, &cause);
+        let dependents = self.state.dependents(s);
+        let dynamic = self.state.dynamic.clone();
+        for o in &changed {
+            if !created.contains(&o.user) {
+                self.evaluate_user(o.user, &dependents, now, &cause);
+            }
+        }
+        for u in created {
+            self.evaluate_user(u, &dynamic, now, &cause);
+        }
+    }
+
+    fn start_build(&mut self, segment: u32, now: Millis, cause: Value) {
+        self.builds.retain(|b| b.segment != segment);
+        self.builds.push_back(Build {
+            segment,
+            next: 0,
+            cause,
+        });
+        if let Some(seg) = self.state.segments[segment as usize].as_ref() {
+            self.shared.builds.write().insert(
+                seg.id.clone(),
+                BuildStatus {
+                    state: "building",
+                    evaluated: 0,
+                    total: self.state.user_ids.len() as u64,
+                    started_at: now,
+                    finished_at: None,
+                },
+            );
+        }
+    }
+
+    fn build_step(&mut self, now: Millis) {
+        let Some(b) = self.builds.front() else { return };
+        let (segment, from, cause) = (b.segment, b.next, b.cause.clone());
+        let users = self.state.user_ids.len() as u32;
+        let to = from.saturating_add(BUILD_SLICE as u32).min(users);
+        let outcomes = self
+            .state
+            .evaluate_range(from, to, &[segment], now, self.threads);
+        let changed = self.state.apply(&outcomes);
+        self.record(&changed, now, &cause);
+        let done = to >= users;
+        if let Some(b) = self.builds.front_mut() {
+            b.next = to;
+        }
+        if done {
+            self.builds.pop_front();
+        }
+        if let Some(seg) = self.state.segments[segment as usize].as_ref() {
+            if let Some(st) = self.shared.builds.write().get_mut(&seg.id) {
+                st.evaluated = u64::from(to);
+                st.total = u64::from(users);
+                if done {
+                    st.state = "ready";
+                    st.finished_at = Some(now);
+                }
+            }
+        }
+    }
+
+    /// Commits pending changes with the watermark, then publishes them.
+    fn commit(&mut self) {
+        if self.pending.is_empty() && self.mark == self.committed {
+            for s in self.syncs.drain(..) {
+                let _ = s.send(());
+            }
+            return;
+        }
+        let changes = Arc::new(std::mem::take(&mut self.pending));
+        let store = self.store.clone();
+        let mark = self.mark;
+        let result = self
+            .rt
+            .block_on(async move { store.apply_changes(changes.clone(), mark).await.map(|()| changes) });
+        match result {
+            Ok(changes) => {
+                self.committed = mark;
+                let stats = &self.shared.stats;
+                use std::sync::atomic::Ordering::Relaxed;
+                stats.changes.fetch_add(changes.len() as u64, Relaxed);
+                stats.applied_seq.store(mark.event_seq, Relaxed);
+                if let Some(last) = changes.last() {
+                    stats.last_change_seq.store(last.seq, Relaxed);
+                }
+                if !changes.is_empty() {
+                    let _ = self.feed.send(changes);
+                }
+                for s in self.syncs.drain(..) {
+                    let _ = s.send(());
+                }
+            }
+            Err(e) => {
+                // Derived state: nothing is lost (a restart replays from the
+                // last committed watermark), but keep trying while we run.
+                tracing::error!(error = %e, "cannot commit membership changes; retrying");
+                self.next_seq = self.store_last_seq();
+                self.pending.clear();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn store_last_seq(&self) -> i64 {
+        let store = self.store.clone();
+        self.rt
+            .block_on(async move { store.last_change_seq().await })
+            .map_or(self.next_seq, |s| s + 1)
+    }
+
+    fn publish_stats(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.stats;
+        stats.users.store(self.state.user_ids.len() as u64, Relaxed);
+        stats
+            .deadlines
+            .store(self.state.deadlines.len() as u64, Relaxed);
+        stats
+            .truncated_users
+            .store(self.state.truncated_users, Relaxed);
+        stats.watermark_at.store(self.mark.at, Relaxed);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for seg in self.state.segments.iter().flatten() {
+            let members = (0..self.state.user_ids.len() as u32)
+                .filter(|u| seg.contains(*u))
+                .map(|u| self.state.user_ids[u as usize].to_string())
+                .collect();
+            snap.members.insert(seg.id.clone(), members);
+        }
+        for ((u, s), t) in self.state.deadlines.iter() {
+            if let Some(seg) = self.state.segments.get(s as usize).and_then(|x| x.as_ref()) {
+                snap.deadlines.insert(
+                    (seg.id.clone(), self.state.user_ids[u as usize].to_string()),
+                    t,
+                );
+            }
+        }
+        snap
+    }
+
+    /// The loop: wait for a message or the next deadline, handle what came,
+    /// fire what is due, take a slice of a build, commit.
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        self.commit();
+        let mut stop = false;
+        while !stop {
+            let wait = if self.builds.is_empty() {
+                match self.state.deadlines.next() {
+                    Some(t) => (t - self.clock.now()).clamp(0, MAX_SLEEP_MS),
+                    None => MAX_SLEEP_MS,
+                }
+            } else {
+                0
+            };
+            let first = match rx.recv_timeout(Duration::from_millis(wait as u64)) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut handled = 0;
+            let mut next = first;
+            while let Some(msg) = next {
+                if matches!(msg, Msg::Stop) {
+                    stop = true;
+                }
+                self.handle(msg);
+                handled += 1;
+                next = if handled < MAX_MESSAGES_PER_TURN {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let now = self.now();
+            self.fire_due(now);
+            self.build_step(now);
+            self.commit();
+        }
+        self.commit();
+        tracing::debug!("live worker stopped");
+    }
+}
