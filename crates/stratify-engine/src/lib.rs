@@ -7,6 +7,7 @@
 
 pub mod clock;
 mod error;
+pub mod feed;
 pub mod import;
 pub mod ingest;
 pub mod keys;
@@ -15,6 +16,7 @@ mod population;
 pub mod schemas;
 pub mod segments;
 pub mod users;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
@@ -40,6 +42,7 @@ pub struct Engine {
     pub(crate) segments: Arc<segments::Segments>,
     pub(crate) population: population::SharedIndex,
     pub(crate) live: Arc<live::Live>,
+    pub(crate) deliverers: Arc<webhooks::Deliverers>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -81,7 +84,7 @@ impl Engine {
         let live = Arc::new(
             live::Live::start(store.clone(), clock.clone(), &segments.snapshot(), rebuild).await?,
         );
-        Ok(Self {
+        let engine = Self {
             store,
             clock,
             schemas,
@@ -89,7 +92,12 @@ impl Engine {
             segments,
             population,
             live,
-        })
+            deliverers: Arc::default(),
+        };
+        if !rebuild {
+            engine.start_deliverers().await?;
+        }
+        Ok(engine)
     }
 
     /// The real-time engine (memberships, deadlines, change feed).
@@ -99,6 +107,7 @@ impl Engine {
 
     /// Commits pending live work and stops the worker (on shutdown).
     pub fn shutdown(&self) {
+        self.deliverers.stop_all();
         self.live.stop();
     }
 

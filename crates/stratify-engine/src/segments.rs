@@ -277,7 +277,7 @@ fn parse_rule(json: &Value, self_id: &str, catalog: &Catalog) -> Result<Rule, En
     Ok(rule)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
@@ -381,10 +381,8 @@ impl Engine {
             record,
             rule: rule.map(|(r, _)| r),
         };
-        self.live.send(Msg::SegmentPut {
-            id: id.clone(),
-            rule: segment.rule.clone().map(Arc::new),
-        });
+        self.live
+            .put_segment(&id, segment.rule.clone().map(Arc::new), now);
         if segment.rule.is_none() {
             self.live.send(Msg::StaticMembers {
                 id: id.clone(),
@@ -434,10 +432,8 @@ impl Engine {
             .await
             .map_err(name_taken)?;
         if rules_changed {
-            self.live.send(Msg::SegmentPut {
-                id: id.to_owned(),
-                rule: rule.clone().map(Arc::new),
-            });
+            self.live
+                .put_segment(id, rule.clone().map(Arc::new), record.updated_at);
         }
         self.segments.put(Segment { record, rule });
         self.segment(id)

@@ -23,6 +23,9 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::segments::versions, routes::segments::members, routes::segments::add_members,
         routes::segments::remove_members, routes::segments::upload_members, routes::segments::sql,
         routes::segments::explain,
+        routes::live::segment_changes, routes::live::stream, routes::live::websocket, routes::live::memberships,
+        routes::live::size_history, routes::live::create_webhook, routes::live::list_webhooks,
+        routes::live::delete_webhook,
     ),
     modifiers(&Security)
 )]

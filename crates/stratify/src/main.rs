@@ -1,4 +1,4 @@
-//! The `stratify` binary: `serve`, `generate`, `import`.
+//! The `stratify` binary: `serve`, `generate`, `import`, `refresh`, `rebuild`, `bench`.
 //!
 //! Only wiring and command-line concerns live here (flags, config layering,
 //! progress bars, signals); domain logic is in the engine and the core.
@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod generate;
 mod import;
+mod maintain;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Loads CSV/NDJSON files into the store (idempotent).
     Import(import::ImportArgs),
+    /// Re-evaluates every user for every dynamic segment from the event log and
+    /// records any difference (run with the server stopped).
+    Refresh(maintain::MaintainArgs),
+    /// Reconstructs profiles, memberships and deadlines from the event log alone
+    /// and corrects the stored memberships (run with the server stopped).
+    Rebuild(maintain::MaintainArgs),
     /// Drives a running server and reports throughput (see scripts/bench-ingest.sh).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -66,6 +73,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(settings, args).await,
             Command::Generate(args) => generate::run(args),
             Command::Import(args) => import::run(settings, args).await,
+            Command::Refresh(args) => maintain::refresh(settings, args).await,
+            Command::Rebuild(args) => maintain::rebuild(settings, args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -55,7 +55,15 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     if args.admin_key.is_some() {
         println!("Admin key: the value of STRATIFY_ADMIN_KEY");
     }
-    stratify_server::serve(listener, AppState::new(engine, config), shutdown_signal()).await?;
+    stratify_server::serve(
+        listener,
+        AppState::new(engine.clone(), config),
+        shutdown_signal(),
+    )
+    .await?;
+    // Commit the live engine's pending changes and stop its worker.
+    engine.shutdown();
+    drop(engine);
     // Every request has finished: let the writer commit what is queued.
     match Arc::try_unwrap(store) {
         Ok(store) => store.close(),

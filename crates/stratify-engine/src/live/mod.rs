@@ -75,6 +75,8 @@ pub struct BuildStatus {
     pub state: &'static str,
     pub evaluated: u64,
     pub total: u64,
+    /// Current members.
+    pub size: u64,
     #[serde(skip)]
     pub started_at: Millis,
     #[serde(skip)]
@@ -87,6 +89,7 @@ impl BuildStatus {
             state: "ready",
             evaluated: total,
             total,
+            size: 0,
             started_at: at,
             finished_at: Some(at),
         }
@@ -168,6 +171,24 @@ impl Live {
             clock,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Installs a segment's rule (or a static segment) and, for a dynamic
+    /// one, starts its background build; the status shows it at once.
+    pub(crate) fn put_segment(&self, id: &str, rule: Option<Arc<Rule>>, now: Millis) {
+        let status = BuildStatus {
+            state: if rule.is_some() { "building" } else { "ready" },
+            evaluated: 0,
+            total: self.shared.stats.users.load(std::sync::atomic::Ordering::Relaxed),
+            size: self.build_status(id).map_or(0, |b| b.size),
+            started_at: now,
+            finished_at: None,
+        };
+        self.shared.builds.write().insert(id.to_owned(), status);
+        self.send(Msg::SegmentPut {
+            id: id.to_owned(),
+            rule,
+        });
     }
 
     pub(crate) fn send(&self, msg: Msg) {

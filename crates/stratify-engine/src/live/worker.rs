@@ -209,10 +209,9 @@ impl Worker {
         let dynamic = worker.state.dynamic.clone();
         worker.evaluate_all(&dynamic, start, &refresh);
         for id in worker.state.segment_index.keys() {
-            worker.shared.builds.write().insert(
-                id.clone(),
-                BuildStatus::ready(worker.state.user_ids.len() as u64, start),
-            );
+            let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, start);
+            status.size = worker.state.segment(id).map_or(0, |s| s.size);
+            worker.shared.builds.write().insert(id.clone(), status);
         }
         let replayed = replay.len();
         for e in replay {
@@ -448,10 +447,9 @@ impl Worker {
                     }
                 }
                 if !self.state.dynamic.contains(&s) {
-                    self.shared.builds.write().insert(
-                        id,
-                        BuildStatus::ready(self.state.user_ids.len() as u64, now),
-                    );
+                    let mut status = BuildStatus::ready(self.state.user_ids.len() as u64, now);
+                    status.size = self.state.segments[s as usize].as_ref().map_or(0, |x| x.size);
+                    self.shared.builds.write().insert(id, status);
                 }
             }
             Msg::StaticMembers { id, change, users } => {
@@ -549,6 +547,7 @@ impl Worker {
                     state: "building",
                     evaluated: 0,
                     total: self.state.user_ids.len() as u64,
+                    size: seg.size,
                     started_at: now,
                     finished_at: None,
                 },
@@ -646,6 +645,12 @@ impl Worker {
             .truncated_users
             .store(self.state.truncated_users, Relaxed);
         stats.watermark_at.store(self.mark.at, Relaxed);
+        let mut builds = self.shared.builds.write();
+        for seg in self.state.segments.iter().flatten() {
+            if let Some(b) = builds.get_mut(&seg.id) {
+                b.size = seg.size;
+            }
+        }
     }
 
     fn snapshot(&self) -> Snapshot {

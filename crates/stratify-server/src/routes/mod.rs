@@ -2,6 +2,7 @@
 
 pub(crate) mod events;
 pub(crate) mod keys;
+pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod schemas;
 pub(crate) mod segments;
@@ -233,6 +234,44 @@ pub fn table() -> Vec<Route> {
             "/v1/users/{id}/segments/{segment_id}/explain",
             Read,
             get(segments::explain),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}/changes",
+            Read,
+            get(live::segment_changes),
+        ),
+        r(
+            Method::GET,
+            "/v1/segments/{id}/size-history",
+            Read,
+            get(live::size_history),
+        ),
+        r(Method::GET, "/v1/changes/stream", Read, get(live::stream)),
+        r(Method::GET, "/v1/changes/ws", Read, get(live::websocket)),
+        r(
+            Method::GET,
+            "/v1/users/{id}/memberships",
+            Read,
+            get(live::memberships),
+        ),
+        r(
+            Method::POST,
+            "/v1/webhooks",
+            EditConfig,
+            post(live::create_webhook),
+        ),
+        r(
+            Method::GET,
+            "/v1/webhooks",
+            EditConfig,
+            get(live::list_webhooks),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/webhooks/{id}",
+            EditConfig,
+            delete(live::delete_webhook),
         ),
         r(
             Method::GET,

@@ -55,6 +55,20 @@ pub struct SegmentOut {
     updated_at: String,
     created_by: Option<String>,
     updated_by: Option<String>,
+    /// The live evaluation of this segment over every user.
+    build: Option<BuildOut>,
+    /// Current members (live, materialised).
+    size: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BuildOut {
+    /// `building` (evaluating every user in the background) or `ready`.
+    state: &'static str,
+    evaluated: u64,
+    total: u64,
+    started_at: String,
+    finished_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -62,8 +76,9 @@ pub struct SegmentList {
     segments: Vec<SegmentOut>,
 }
 
-fn out(s: &Segment) -> SegmentOut {
+fn out(s: &Segment, state: &AppState) -> SegmentOut {
     let r = &s.record;
+    let build = state.engine.live().build_status(&r.id);
     SegmentOut {
         id: r.id.clone(),
         name: r.name.clone(),
@@ -79,6 +94,14 @@ fn out(s: &Segment) -> SegmentOut {
         updated_at: instant(r.updated_at),
         created_by: r.created_by.clone(),
         updated_by: r.updated_by.clone(),
+        size: build.as_ref().map(|b| b.size),
+        build: build.map(|b| BuildOut {
+            state: b.state,
+            evaluated: b.evaluated,
+            total: b.total,
+            started_at: instant(b.started_at),
+            finished_at: b.finished_at.map(instant),
+        }),
     }
 }
 
@@ -108,7 +131,7 @@ pub async fn create(
         user_ids: req.user_ids,
     };
     let segment = state.engine.create_segment(input, &who.key_id).await?;
-    Ok((StatusCode::CREATED, Json(out(&segment))))
+    Ok((StatusCode::CREATED, Json(out(&segment, &state))))
 }
 
 #[utoipa::path(get, path = "/v1/segments", tag = "segments", security(("api_key" = [])), responses((status = 200, body = SegmentList)))]
@@ -118,7 +141,7 @@ pub async fn list(State(state): State<AppState>) -> Json<SegmentList> {
             .engine
             .list_segments()
             .iter()
-            .map(|s| out(s))
+            .map(|s| out(s, &state))
             .collect(),
     })
 }
@@ -129,7 +152,7 @@ pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SegmentOut>, ApiError> {
-    Ok(Json(out(state.engine.segment(&id)?.as_ref())))
+    Ok(Json(out(state.engine.segment(&id)?.as_ref(), &state)))
 }
 
 /// Replaces name, description and rules: a new version.
@@ -154,11 +177,8 @@ pub async fn replace(
         description: Some(req.description),
         rules: req.rules,
     };
-    Ok(Json(out(state
-        .engine
-        .update_segment(&id, patch, &who.key_id)
-        .await?
-        .as_ref())))
+    let segment = state.engine.update_segment(&id, patch, &who.key_id).await?;
+    Ok(Json(out(&segment, &state)))
 }
 
 /// Changes some of name, description and rules: a new version.
@@ -188,11 +208,8 @@ pub async fn patch(
         description,
         rules: req.rules,
     };
-    Ok(Json(out(state
-        .engine
-        .update_segment(&id, patch, &who.key_id)
-        .await?
-        .as_ref())))
+    let segment = state.engine.update_segment(&id, patch, &who.key_id).await?;
+    Ok(Json(out(&segment, &state)))
 }
 
 #[utoipa::path(delete, path = "/v1/segments/{id}", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),

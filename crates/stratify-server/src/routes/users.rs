@@ -57,7 +57,7 @@ impl UserResponse {
     }
 }
 
-fn user_id(raw: String, pointer: &str) -> Result<UserId, ApiError> {
+pub(crate) fn user_id(raw: String, pointer: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::from(e.at(pointer.to_owned())))
 }
 

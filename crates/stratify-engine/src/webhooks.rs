@@ -1,0 +1,264 @@
+//! Webhooks: the change log pushed to registered URLs, at least once.
+//!
+//! Each webhook has a durable cursor (`delivered_seq`). Its deliverer reads
+//! the changes after the cursor (of its segments), POSTs them as one JSON
+//! batch signed with HMAC-SHA256 of the body under the webhook's secret
+//! (`X-Stratify-Signature: sha256=<hex>`), and moves the cursor only after a
+//! 2xx. Failures are retried with exponential backoff (1 s doubling to 5
+//! min); every change carries its `seq` so receivers can de-duplicate.
+
+use crate::feed::ChangeView;
+use crate::{Engine, EngineError};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::json;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::time::Duration;
+use stratify_core::time::Millis;
+use stratify_core::ValidationError;
+use stratify_store::WebhookRecord;
+
+/// Most changes in one delivery.
+pub const MAX_BATCH: u32 = 500;
+/// Most webhooks.
+pub const MAX_WEBHOOKS: usize = 100;
+const MAX_URL: usize = 2048;
+const MIN_SECRET: usize = 16;
+const MAX_SECRET: usize = 256;
+const TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub const SIGNATURE_HEADER: &str = "x-stratify-signature";
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook as the API shows it (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub segment_ids: Option<Vec<String>>,
+    pub created_at: String,
+    pub delivered_seq: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<String>,
+}
+
+impl From<&WebhookRecord> for WebhookView {
+    fn from(w: &WebhookRecord) -> Self {
+        Self {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            segment_ids: w.segment_ids.clone(),
+            created_at: stratify_core::time::format_rfc3339(w.created_at),
+            delivered_seq: w.delivered_seq,
+            failures: w.failures,
+            last_error: w.last_error.clone(),
+            last_attempt_at: w.last_attempt_at.map(stratify_core::time::format_rfc3339),
+        }
+    }
+}
+
+/// Running deliverers, by webhook id (dropping the handle stops one).
+#[derive(Default)]
+pub(crate) struct Deliverers {
+    running: parking_lot::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl Deliverers {
+    pub(crate) fn stop_all(&self) {
+        for (_, h) in self.running.lock().drain() {
+            h.abort();
+        }
+    }
+}
+
+fn invalid(code: &'static str, message: &str, field: &str) -> EngineError {
+    EngineError::Invalid(ValidationError::new(code, message).at(field))
+}
+
+impl Engine {
+    /// Registers a webhook; deliveries start with changes after now.
+    pub async fn create_webhook(
+        &self,
+        url: String,
+        segment_ids: Option<Vec<String>>,
+        secret: String,
+    ) -> Result<WebhookView, EngineError> {
+        if url.len() > MAX_URL || !(url.starts_with("http://") && url.len() > 7) {
+            return Err(invalid(
+                "invalid_url",
+                "url must be an http:// URL of at most 2048 bytes (https delivery is not built in yet)",
+                "/url",
+            ));
+        }
+        if url.parse::<reqwest::Url>().is_err() {
+            return Err(invalid("invalid_url", "url is not a valid URL", "/url"));
+        }
+        if !(MIN_SECRET..=MAX_SECRET).contains(&secret.len()) {
+            return Err(invalid(
+                "invalid_secret",
+                "secret must be 16 to 256 bytes",
+                "/secret",
+            ));
+        }
+        if let Some(ids) = &segment_ids {
+            if ids.is_empty() || ids.len() > 1000 {
+                return Err(invalid(
+                    "invalid_segment_ids",
+                    "segment_ids lists 1 to 1000 segments (omit it for all)",
+                    "/segment_ids",
+                ));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if self.segment(id).is_err() {
+                    return Err(EngineError::Invalid(
+                        ValidationError::new("segment_not_found", format!("no segment '{id}'"))
+                            .at(format!("/segment_ids/{i}")),
+                    ));
+                }
+            }
+        }
+        if self.store.webhooks().await?.len() >= MAX_WEBHOOKS {
+            return Err(EngineError::Conflict {
+                code: "too_many_webhooks",
+                message: format!("at most {MAX_WEBHOOKS} webhooks"),
+            });
+        }
+        let record = WebhookRecord {
+            id: crate::segments::new_id(),
+            url,
+            segment_ids,
+            secret,
+            created_at: self.now(),
+            delivered_seq: self.store.last_change_seq().await?,
+            failures: 0,
+            last_error: None,
+            last_attempt_at: None,
+        };
+        self.store.create_webhook(record.clone()).await?;
+        self.start_deliverer(record.clone());
+        Ok(WebhookView::from(&record))
+    }
+
+    pub async fn webhooks(&self) -> Result<Vec<WebhookView>, EngineError> {
+        Ok(self
+            .store
+            .webhooks()
+            .await?
+            .iter()
+            .map(WebhookView::from)
+            .collect())
+    }
+
+    pub async fn delete_webhook(&self, id: &str) -> Result<(), EngineError> {
+        if let Some(h) = self.deliverers.running.lock().remove(id) {
+            h.abort();
+        }
+        if self.store.delete_webhook(id).await? {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound {
+                code: "webhook_not_found",
+                message: format!("no webhook '{id}'"),
+            })
+        }
+    }
+
+    /// Starts a deliverer for every stored webhook (at start-up).
+    pub(crate) async fn start_deliverers(&self) -> Result<(), EngineError> {
+        for hook in self.store.webhooks().await? {
+            self.start_deliverer(hook);
+        }
+        Ok(())
+    }
+
+    fn start_deliverer(&self, hook: WebhookRecord) {
+        let engine = self.clone();
+        let id = hook.id.clone();
+        let task = tokio::spawn(async move { engine.deliver(hook).await });
+        self.deliverers.running.lock().insert(id, task);
+    }
+
+    async fn deliver(&self, hook: WebhookRecord) {
+        let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhooks: no HTTP client");
+                return;
+            }
+        };
+        // Woken by every committed batch; polls every 5 s as a backstop.
+        let mut feed = self.live.subscribe();
+        let (mut cursor, mut failures) = (hook.delivered_seq, hook.failures);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let page = match self
+                .store
+                .changes(hook.segment_ids.clone(), cursor, MAX_BATCH)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhooks: cannot read the change log");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            let Some(last) = page.last().map(|c| c.seq) else {
+                let _ = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await;
+                continue;
+            };
+            let changes: Vec<ChangeView> = page.iter().map(ChangeView::from).collect();
+            let body = json!({"webhook_id": hook.id, "last_seq": last, "changes": changes}).to_string();
+            let result = client
+                .post(&hook.url)
+                .header("content-type", "application/json")
+                .header(SIGNATURE_HEADER, signature(&hook.secret, body.as_bytes()))
+                .header("x-stratify-webhook-id", &hook.id)
+                .header("x-stratify-last-seq", last.to_string())
+                .body(body)
+                .send()
+                .await;
+            let error = match result {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
+                Err(e) => Some(format!("{e}")),
+            };
+            let now: Millis = self.now();
+            match error {
+                None => {
+                    cursor = last;
+                    failures = 0;
+                    backoff = FIRST_BACKOFF;
+                    if let Err(e) = self
+                        .store
+                        .record_delivery(&hook.id, cursor, 0, None, now)
+                        .await
+                    {
+                        tracing::error!(error = %e, "webhooks: cannot record a delivery");
+                    }
+                }
+                Some(err) => {
+                    failures += 1;
+                    tracing::warn!(webhook = %hook.id, error = %err, failures, "webhook delivery failed; retrying");
+                    let _ = self
+                        .store
+                        .record_delivery(&hook.id, cursor, failures, Some(err), now)
+                        .await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
