@@ -99,7 +99,11 @@ impl Engine {
         self.segment(id)?;
         let page = self
             .store
-            .changes(Some(vec![id.to_owned()]), after, limit.min(MAX_CHANGES_PAGE))
+            .changes(
+                Some(vec![id.to_owned()]),
+                after,
+                limit.min(MAX_CHANGES_PAGE),
+            )
             .await?;
         let next = page.last().map_or(after, |c| c.seq);
         Ok((page.iter().map(ChangeView::from).collect(), next))
@@ -117,11 +121,8 @@ impl Engine {
         let mut live = self.live.subscribe();
         let store = self.store.clone();
         tokio::spawn(async move {
-            let wanted = |c: &ChangeRecord| {
-                segments
-                    .as_ref()
-                    .is_none_or(|s| s.iter().any(|id| *id == c.segment_id))
-            };
+            let wanted =
+                |c: &ChangeRecord| segments.as_ref().is_none_or(|s| s.contains(&c.segment_id));
             let mut cursor = after;
             'catch_up: loop {
                 // Backlog from the store until it is exhausted.

@@ -2,8 +2,8 @@
 //! schema), reads with the built-in computed fields and current segments,
 //! both evaluated by the rule engine over the user's events.
 
-use crate::segments::MAX_USER_EVENTS;
 use crate::live::Msg;
+use crate::segments::MAX_USER_EVENTS;
 use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::{json, Map, Value};

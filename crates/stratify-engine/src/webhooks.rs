@@ -219,7 +219,8 @@ impl Engine {
                 continue;
             };
             let changes: Vec<ChangeView> = page.iter().map(ChangeView::from).collect();
-            let body = json!({"webhook_id": hook.id, "last_seq": last, "changes": changes}).to_string();
+            let body =
+                json!({"webhook_id": hook.id, "last_seq": last, "changes": changes}).to_string();
             let result = client
                 .post(&hook.url)
                 .header("content-type", "application/json")

@@ -54,8 +54,10 @@ async fn segment(e: &Engine, name: &str, rules: Value) -> String {
 async fn order(e: &Engine, user: &str, id: &str, ts: i64) {
     let out = e
         .ingest_values(
-            vec![Ok(json!({"event_id": id, "user_id": user, "name": "order_placed",
-                "timestamp": ts, "properties": {"amount": 20, "city": "Pune"}}))],
+            vec![Ok(
+                json!({"event_id": id, "user_id": user, "name": "order_placed",
+                "timestamp": ts, "properties": {"amount": 20, "city": "Pune"}}),
+            )],
             Source::Http,
         )
         .await
@@ -141,22 +143,44 @@ async fn food_delivery_power_user_and_dormancy_follow_orders_and_the_clock_exact
     let seen: Vec<(String, bool, i64, Value)> = c
         .iter()
         .map(|c| {
-            let name = if c.segment_id == power { "power" } else { "dormant" };
+            let name = if c.segment_id == power {
+                "power"
+            } else {
+                "dormant"
+            };
             (name.to_owned(), c.entered, c.at, c.cause.clone())
         })
         .collect();
     assert_eq!(seen.len(), 4, "{seen:?}");
-    assert_eq!(seen[1], ("power".into(), false, T0 + 23 * DAY + MIN, json!("time")));
-    assert_eq!(seen[2], ("dormant".into(), true, T0 + 24 * DAY, json!("time")));
     assert_eq!(
-        (seen[3].0.as_str(), seen[3].1, seen[3].2, &seen[3].3["event_id"]),
+        seen[1],
+        ("power".into(), false, T0 + 23 * DAY + MIN, json!("time"))
+    );
+    assert_eq!(
+        seen[2],
+        ("dormant".into(), true, T0 + 24 * DAY, json!("time"))
+    );
+    assert_eq!(
+        (
+            seen[3].0.as_str(),
+            seen[3].1,
+            seen[3].2,
+            &seen[3].3["event_id"]
+        ),
         ("dormant", false, T0 + 25 * DAY, &json!("o26"))
     );
-    assert!(c.windows(2).all(|p| p[1].seq == p[0].seq + 1), "seq grows by one");
+    assert!(
+        c.windows(2).all(|p| p[1].seq == p[0].seq + 1),
+        "seq grows by one"
+    );
     let history = w.store.user_memberships("u1", 10).await.expect("history");
     assert_eq!(history.len(), 2);
     assert_eq!(
-        (history[0].segment_id.as_str(), history[0].entered_at, history[0].exited_at),
+        (
+            history[0].segment_id.as_str(),
+            history[0].entered_at,
+            history[0].exited_at
+        ),
         (dormant.as_str(), T0 + 24 * DAY, Some(T0 + 25 * DAY))
     );
 }
@@ -178,7 +202,9 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
     }
     let mut rng = 7u64;
     let mut next = |n: u64| {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (rng >> 33) % n
     };
     for step in 0..60 {
@@ -186,7 +212,15 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
         let now = w.clock.now();
         let user = format!("u{}", next(12));
         match next(4) {
-            0 => order(&w.engine, &user, &format!("o{step}"), now - next(3) as i64 * DAY).await,
+            0 => {
+                order(
+                    &w.engine,
+                    &user,
+                    &format!("o{step}"),
+                    now - next(3) as i64 * DAY,
+                )
+                .await
+            }
             1 => {
                 let plan = if next(2) == 0 { "pro" } else { "free" };
                 let uid = stratify_core::ids::UserId::parse(&user).expect("id");
@@ -200,7 +234,9 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
             _ => {
                 w.engine
                     .ingest_values(
-                        vec![Ok(json!({"user_id": user, "name": "LOGIN", "timestamp": now}))],
+                        vec![Ok(
+                            json!({"user_id": user, "name": "LOGIN", "timestamp": now}),
+                        )],
                         Source::Http,
                     )
                     .await
@@ -218,7 +254,11 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
         .await
         .expect("rebuild");
     assert_eq!(rebuilt.live().snapshot().await, live);
-    assert_eq!(w.store.last_change_seq().await.expect("seq"), before, "nothing to repair");
+    assert_eq!(
+        w.store.last_change_seq().await.expect("seq"),
+        before,
+        "nothing to repair"
+    );
 
     // And a restart resumes: a deadline that passed while down fires at its instant.
     w.engine.shutdown();
@@ -236,6 +276,9 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
     restarted.live().sync().await;
     let after = w.store.changes(None, before, 1000).await.expect("changes");
     assert!(!after.is_empty());
-    assert_eq!(after[0].at, first, "fired at its own instant, not at restart");
+    assert_eq!(
+        after[0].at, first,
+        "fired at its own instant, not at restart"
+    );
     assert_eq!(after[0].cause, json!("time"));
 }

@@ -49,15 +49,22 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     pub started: Instant,
+    /// Flips to `true` when shutdown starts: long-lived streams (SSE,
+    /// WebSocket) end so that the graceful shutdown can finish.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
     pub fn new(engine: Engine, config: ServerConfig) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         Self {
             engine,
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             started: Instant::now(),
+            stopping,
+            stop: Arc::new(stop),
         }
     }
 }
@@ -74,7 +81,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stop = state.stop.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
         .await
 }

@@ -147,16 +147,54 @@ fn live_metrics(out: &mut String, stats: &stratify_engine::live::Stats) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let rows: [(&str, &str, &str, i64); 7] = [
-        ("stratify_live_users", "gauge", "Users in live state.", stats.users.load(Relaxed) as i64),
-        ("stratify_live_deadlines_pending", "gauge", "Pending (user, segment) deadlines.", stats.deadlines.load(Relaxed) as i64),
-        ("stratify_live_deadlines_fired_total", "counter", "Deadlines fired.", stats.fired.load(Relaxed) as i64),
-        ("stratify_live_changes_total", "counter", "Membership changes committed since start.", stats.changes.load(Relaxed) as i64),
-        ("stratify_live_truncated_users", "gauge", "Users over the live event limit (oldest events dropped from live state).", stats.truncated_users.load(Relaxed) as i64),
-        ("stratify_live_applied_event_seq", "gauge", "Highest event sequence number applied and committed.", stats.applied_seq.load(Relaxed)),
-        ("stratify_live_last_change_seq", "gauge", "Highest change sequence number committed.", stats.last_change_seq.load(Relaxed)),
+        (
+            "stratify_live_users",
+            "gauge",
+            "Users in live state.",
+            stats.users.load(Relaxed) as i64,
+        ),
+        (
+            "stratify_live_deadlines_pending",
+            "gauge",
+            "Pending (user, segment) deadlines.",
+            stats.deadlines.load(Relaxed) as i64,
+        ),
+        (
+            "stratify_live_deadlines_fired_total",
+            "counter",
+            "Deadlines fired.",
+            stats.fired.load(Relaxed) as i64,
+        ),
+        (
+            "stratify_live_changes_total",
+            "counter",
+            "Membership changes committed since start.",
+            stats.changes.load(Relaxed) as i64,
+        ),
+        (
+            "stratify_live_truncated_users",
+            "gauge",
+            "Users over the live event limit (oldest events dropped from live state).",
+            stats.truncated_users.load(Relaxed) as i64,
+        ),
+        (
+            "stratify_live_applied_event_seq",
+            "gauge",
+            "Highest event sequence number applied and committed.",
+            stats.applied_seq.load(Relaxed),
+        ),
+        (
+            "stratify_live_last_change_seq",
+            "gauge",
+            "Highest change sequence number committed.",
+            stats.last_change_seq.load(Relaxed),
+        ),
     ];
     for (name, kind, help, value) in rows {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
     }
 }
 

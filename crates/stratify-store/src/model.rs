@@ -57,7 +57,10 @@ pub struct EventBatch {
 
 /// See [`EventBatch::on_commit`].
 #[derive(Clone)]
-pub struct CommitHook(pub std::sync::Arc<dyn Fn(&[Appended]) + Send + Sync>);
+pub struct CommitHook(pub std::sync::Arc<OnCommit>);
+
+/// What a [`CommitHook`] calls with the outcome of each event.
+pub type OnCommit = dyn Fn(&[Appended]) + Send + Sync;
 
 impl std::fmt::Debug for CommitHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1040,12 +1040,12 @@ impl Store for SqliteStore {
 
     async fn watermark(&self) -> Result<Option<Watermark>> {
         let text = self
-            .strings("SELECT value FROM settings WHERE key = ?1", WATERMARK_KEY.into())
+            .strings(
+                "SELECT value FROM settings WHERE key = ?1",
+                WATERMARK_KEY.into(),
+            )
             .await?;
-        Ok(text
-            .first()
-            .map(|t| serde_json::from_str(t))
-            .transpose()?)
+        Ok(text.first().map(|t| serde_json::from_str(t)).transpose()?)
     }
 
     async fn open_memberships(&self) -> Result<Vec<(String, String)>> {
@@ -1061,7 +1061,11 @@ impl Store for SqliteStore {
 
     async fn last_change_seq(&self) -> Result<i64> {
         self.read(|c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| r.get(0))?)
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })
         .await
     }

@@ -461,9 +461,12 @@ async fn changes_open_and_close_memberships_with_the_watermark() {
         )
         .await
         .expect("apply");
-        s.apply_changes(vec![change(4, "s1", "u1", false, NOW + 2 * hour)].into(), mark)
-            .await
-            .expect("apply");
+        s.apply_changes(
+            vec![change(4, "s1", "u1", false, NOW + 2 * hour)].into(),
+            mark,
+        )
+        .await
+        .expect("apply");
         assert_eq!(s.watermark().await.expect("mark"), Some(mark));
         assert_eq!(s.last_change_seq().await.expect("seq"), 4);
         let mut open = s.open_memberships().await.expect("open");

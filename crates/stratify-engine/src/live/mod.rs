@@ -179,7 +179,11 @@ impl Live {
         let status = BuildStatus {
             state: if rule.is_some() { "building" } else { "ready" },
             evaluated: 0,
-            total: self.shared.stats.users.load(std::sync::atomic::Ordering::Relaxed),
+            total: self
+                .shared
+                .stats
+                .users
+                .load(std::sync::atomic::Ordering::Relaxed),
             size: self.build_status(id).map_or(0, |b| b.size),
             started_at: now,
             finished_at: None,

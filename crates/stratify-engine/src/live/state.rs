@@ -166,9 +166,9 @@ impl State {
     pub fn add_event(&mut self, user: u32, e: LiveEvent) {
         let p = &mut self.profiles[user as usize];
         let at = match p.events.last() {
-            Some(last) if (last.ts, last.seq) > (e.ts, e.seq) => p
-                .events
-                .partition_point(|x| (x.ts, x.seq) < (e.ts, e.seq)),
+            Some(last) if (last.ts, last.seq) > (e.ts, e.seq) => {
+                p.events.partition_point(|x| (x.ts, x.seq) < (e.ts, e.seq))
+            }
             _ => p.events.len(),
         };
         p.events.insert(at, e);
@@ -390,7 +390,10 @@ impl State {
     pub fn apply(&mut self, outcomes: &[Outcome]) -> Vec<Outcome> {
         let mut changed = Vec::new();
         for o in outcomes {
-            let Some(seg) = self.segments.get_mut(o.segment as usize).and_then(|s| s.as_mut())
+            let Some(seg) = self
+                .segments
+                .get_mut(o.segment as usize)
+                .and_then(|s| s.as_mut())
             else {
                 continue;
             };

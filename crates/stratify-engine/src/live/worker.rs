@@ -224,7 +224,15 @@ impl Worker {
             if let (Some(u), Some(name)) = (user, name) {
                 let at = e.received_at.max(worker.mark.at);
                 let id = worker.state.user_ids[u as usize].to_string();
-                worker.apply_event(&id, name, e.seq, e.timestamp, e.properties, e.event_id.as_deref(), at);
+                worker.apply_event(
+                    &id,
+                    name,
+                    e.seq,
+                    e.timestamp,
+                    e.properties,
+                    e.event_id.as_deref(),
+                    at,
+                );
             }
         }
         let now = worker.clock.now().max(worker.mark.at);
@@ -448,7 +456,9 @@ impl Worker {
                 }
                 if !self.state.dynamic.contains(&s) {
                     let mut status = BuildStatus::ready(self.state.user_ids.len() as u64, now);
-                    status.size = self.state.segments[s as usize].as_ref().map_or(0, |x| x.size);
+                    status.size = self.state.segments[s as usize]
+                        .as_ref()
+                        .map_or(0, |x| x.size);
                     self.shared.builds.write().insert(id, status);
                 }
             }
@@ -595,9 +605,12 @@ impl Worker {
         let changes = Arc::new(std::mem::take(&mut self.pending));
         let store = self.store.clone();
         let mark = self.mark;
-        let result = self
-            .rt
-            .block_on(async move { store.apply_changes(changes.clone(), mark).await.map(|()| changes) });
+        let result = self.rt.block_on(async move {
+            store
+                .apply_changes(changes.clone(), mark)
+                .await
+                .map(|()| changes)
+        });
         match result {
             Ok(changes) => {
                 self.committed = mark;

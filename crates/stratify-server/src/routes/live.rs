@@ -145,15 +145,20 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let (segments, start) = stream_start(&state, &q, &headers).await?;
     let rx = state.engine.follow(segments, start);
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        let c = rx.recv().await?;
-        let data = serde_json::to_string(&ChangeView::from(&c)).unwrap_or_default();
-        let event = Event::default()
-            .id(c.seq.to_string())
-            .event("change")
-            .data(data);
-        Some((Ok::<_, Infallible>(event), rx))
-    });
+    let stopping = state.stopping.clone();
+    let events =
+        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+            let c = tokio::select! {
+                c = rx.recv() => c?,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            let data = serde_json::to_string(&ChangeView::from(&c)).unwrap_or_default();
+            let event = Event::default()
+                .id(c.seq.to_string())
+                .event("change")
+                .data(data);
+            Some((Ok::<_, Infallible>(event), (rx, stopping)))
+        });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -170,15 +175,21 @@ pub async fn websocket(
 ) -> Result<Response, ApiError> {
     let (segments, start) = stream_start(&state, &q, &headers).await?;
     let rx = state.engine.follow(segments, start);
-    Ok(ws.on_upgrade(move |socket| pump(socket, rx)))
+    let stopping = state.stopping.clone();
+    Ok(ws.on_upgrade(move |socket| pump(socket, rx, stopping)))
 }
 
 async fn pump(
     mut socket: WebSocket,
     mut rx: tokio::sync::mpsc::Receiver<stratify_engine::model::ChangeRecord>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
+            _ = async { drop(stopping.wait_for(|s| *s).await) } => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
             change = rx.recv() => {
                 let Some(c) = change else { return };
                 let text = serde_json::to_string(&ChangeView::from(&c)).unwrap_or_default();

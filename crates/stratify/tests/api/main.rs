@@ -7,6 +7,7 @@ mod duckmart;
 mod errors;
 mod events;
 mod keys;
+mod live;
 mod platform;
 mod process;
 mod schemas;

@@ -316,3 +316,98 @@ fn import_refuses_a_file_without_the_needed_columns() {
     assert!(!ok);
     assert!(stderr.contains("user_id"), "{stderr}");
 }
+
+/// Waits for the next SSE `data:` payload on a streaming response.
+async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> Value {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                return serde_json::from_str(data.trim()).expect("JSON change");
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(15), resp.chunk())
+            .await
+            .expect("a change in time")
+            .expect("chunk")
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The real binary on the system clock: a 2-second window expires at its
+/// exact instant, observed on the stream within a second of it; after a
+/// clean stop, `stratify rebuild` from the log alone finds nothing to correct.
+#[tokio::test]
+async fn second_scale_windows_expire_on_time_on_the_real_server_and_rebuild_agrees() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = start(dir.path(), Some(KEY));
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/v1/segments", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "pinged", "rules": {"event": "PING", "within": "2s", "op": "gte", "value": 1}}))
+        .send()
+        .await
+        .expect("segment");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let mut stream = client
+        .get(format!("{}/v1/changes/stream", server.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut buf = String::new();
+    for user in ["u1", "u2"] {
+        let sent = wall_ms();
+        let resp = client
+            .post(format!("{}/v1/events", server.base))
+            .bearer_auth(KEY)
+            .json(&json!({"user_id": user, "name": "PING", "timestamp": sent}))
+            .send()
+            .await
+            .expect("event");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let entered = next_sse(&mut stream, &mut buf).await;
+        assert_eq!(
+            (entered["user_id"].as_str(), entered["change"].as_str()),
+            (Some(user), Some("entered"))
+        );
+        let exited = next_sse(&mut stream, &mut buf).await;
+        let seen = wall_ms();
+        assert_eq!(exited["change"], "exited");
+        assert_eq!(exited["cause"], "time");
+        let at = stratify_core::time::parse_rfc3339(exited["at"].as_str().expect("at"))
+            .expect("RFC 3339");
+        assert_eq!(at, sent + 2000, "the window (t - 2s, t] ends exactly");
+        assert!(
+            seen - at < 1000,
+            "observed {} ms after its instant",
+            seen - at
+        );
+    }
+    // SIGTERM with the stream still open: the stream ends, the server stops.
+    signal(&server.child, "TERM");
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ends on shutdown");
+    assert!(server.child.wait().expect("wait").success());
+
+    let data = dir.path().to_str().expect("utf-8 path");
+    let (ok, out, err) = run(&["rebuild", "--data-dir", data]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 memberships corrected"), "{out}");
+    let (ok, out, err) = run(&["refresh", "--data-dir", data]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 memberships changed"), "{out}");
+}

@@ -1,0 +1,486 @@
+//! Live memberships end to end: the change log, its streams (SSE and
+//! WebSocket, resumable), webhooks (signed, retried, at least once),
+//! membership history, size history and build status.
+
+use crate::helpers::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DAY: i64 = 86_400_000;
+
+/// Polls `f` until it returns `Some`, for up to 10 s of real time.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn segment(app: &TestApp, name: &str, rules: Value) -> String {
+    let (s, b) = app
+        .post("/v1/segments", json!({"name": name, "rules": rules}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b["id"].as_str().expect("id").to_owned()
+}
+
+async fn changes(app: &TestApp, segment: &str, after: i64) -> Vec<Value> {
+    let (s, b) = app
+        .get(&format!(
+            "/v1/segments/{segment}/changes?after={after}&limit=1000"
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["changes"].as_array().expect("changes").clone()
+}
+
+async fn wait_changes(app: &TestApp, segment: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} changes"), || async {
+        let c = changes(app, segment, 0).await;
+        (c.len() >= n).then_some(c)
+    })
+    .await
+}
+
+async fn login(app: &TestApp, user: &str, id: &str) {
+    let (s, b) = app
+        .post(
+            "/v1/events",
+            json!({"event_id": id, "user_id": user, "name": "LOGIN"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+#[tokio::test]
+async fn changes_follow_events_and_time_with_history_and_size() {
+    let app = spawn_app().await;
+    let active = segment(
+        &app,
+        "active",
+        json!({"event": "LOGIN", "within": "1d", "op": "gte", "value": 1}),
+    )
+    .await;
+    login(&app, "u1", "e1").await;
+    login(&app, "u2", "e2").await;
+    let c = wait_changes(&app, &active, 2).await;
+    assert_eq!(c[0]["change"], "entered");
+    assert_eq!(c[0]["user_id"], "u1");
+    assert_eq!(c[0]["segment_id"], active.as_str());
+    assert_eq!(c[0]["at"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(c[0]["cause"]["event_id"], "e1");
+    assert_eq!(c[1]["seq"].as_i64(), c[0]["seq"].as_i64().map(|s| s + 1));
+
+    // A day later both leave, at the exact instant, because of time.
+    app.clock.advance(DAY);
+    let c = wait_changes(&app, &active, 4).await;
+    for x in &c[2..] {
+        assert_eq!(x["change"], "exited");
+        assert_eq!(x["at"], "2026-01-02T00:00:00.000Z");
+        assert_eq!(x["cause"], "time");
+    }
+    // Paging: after + limit, and next_after.
+    let first = c[0]["seq"].as_i64().expect("seq");
+    let (_, page) = app
+        .get(&format!(
+            "/v1/segments/{active}/changes?after={first}&limit=2"
+        ))
+        .await;
+    assert_eq!(page["changes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["next_after"].as_i64(), Some(first + 2));
+
+    // u1 comes back: history shows both stays, newest first.
+    app.clock.advance(3_600_000);
+    login(&app, "u1", "e3").await;
+    wait_changes(&app, &active, 5).await;
+    let (s, m) = app.get("/v1/users/u1/memberships").await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(
+        m["memberships"],
+        json!([
+            {"segment_id": active, "entered_at": "2026-01-02T01:00:00.000Z", "exited_at": null},
+            {"segment_id": active, "entered_at": "2026-01-01T00:00:00.000Z", "exited_at": "2026-01-02T00:00:00.000Z"},
+        ])
+    );
+    let (s, h) = app
+        .get(&format!("/v1/segments/{active}/size-history?bucket=hour"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    let sizes: Vec<(i64, i64, i64)> = h["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| {
+            (
+                p["size"].as_i64().unwrap_or(-1),
+                p["entered"].as_i64().unwrap_or(-1),
+                p["exited"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, vec![(2, 2, 0), (0, 0, 2), (1, 1, 0)]);
+    let (_, seg) = app.get(&format!("/v1/segments/{active}")).await;
+    assert_eq!(seg["build"]["state"], "ready");
+    assert_eq!(seg["size"], 1);
+
+    // Bad input is a clear 4xx.
+    for (path, status, code) in [
+        (
+            format!("/v1/segments/{active}/size-history?bucket=week"),
+            422,
+            "invalid_bucket",
+        ),
+        (
+            format!("/v1/segments/{active}/changes?limit=0"),
+            422,
+            "invalid_limit",
+        ),
+        (
+            format!("/v1/segments/{active}/changes?after=-1"),
+            422,
+            "invalid_after",
+        ),
+        (
+            "/v1/segments/nope/changes".to_owned(),
+            404,
+            "segment_not_found",
+        ),
+        (
+            "/v1/users/nobody/memberships".to_owned(),
+            404,
+            "user_not_found",
+        ),
+        (
+            "/v1/changes/stream?segment_id=nope".to_owned(),
+            404,
+            "segment_not_found",
+        ),
+    ] {
+        let (s, b) = app.get(&path).await;
+        assert_eq!(s.as_u16(), status, "{path}: {b}");
+        assert_eq!(error_code(&b), code, "{path}");
+    }
+}
+
+/// Reads SSE frames from a response until `n` events arrived.
+async fn sse_events(resp: &mut reqwest::Response, n: usize) -> Vec<(i64, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "timed out after {out:?}");
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("chunk")
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, None);
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                }
+                if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(v.trim()).ok();
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_sse_stream_is_live_filtered_and_resumable() {
+    let app = spawn_app().await;
+    let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let b = segment(&app, "b", json!({"event": "B", "op": "gte", "value": 1})).await;
+    let post = |user: &'static str, name: &'static str| {
+        let app = &app;
+        async move {
+            let (s, _) = app
+                .post("/v1/events", json!({"user_id": user, "name": name}))
+                .await;
+            assert_eq!(s, StatusCode::OK);
+        }
+    };
+    // From now on, segment a only.
+    let mut resp = app
+        .call(
+            Method::GET,
+            &format!("/v1/changes/stream?segment_id={a}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    post("u1", "B").await;
+    post("u1", "A").await;
+    post("u2", "A").await;
+    let got = sse_events(&mut resp, 2).await;
+    assert!(got.iter().all(|(_, c)| c["segment_id"] == a.as_str()));
+    assert_eq!(got[0].1["user_id"], "u1");
+    assert_eq!(got[1].1["user_id"], "u2");
+    assert_eq!(got[0].0, got[0].1["seq"].as_i64().expect("seq"));
+    drop(resp);
+
+    // Resuming with Last-Event-ID replays what came after it, all segments.
+    let resume = got[0].0;
+    let mut resp = app
+        .client
+        .get(app.url("/v1/changes/stream"))
+        .bearer_auth(ADMIN)
+        .header("Last-Event-ID", (resume - 2).to_string())
+        .send()
+        .await
+        .expect("stream");
+    let replay = sse_events(&mut resp, 3).await;
+    let seqs: Vec<i64> = replay.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![resume - 1, resume, resume + 1]);
+    assert_eq!(replay[0].1["segment_id"], b.as_str());
+}
+
+#[tokio::test]
+async fn the_websocket_streams_changes_from_a_sequence_number() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_app().await;
+    let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    for u in ["u1", "u2"] {
+        let (s, _) = app
+            .post("/v1/events", json!({"user_id": u, "name": "A"}))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    wait_changes(&app, &a, 2).await;
+    let mut req = format!("ws://{}/v1/changes/ws?after=0", app.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    let (s, _) = app
+        .post("/v1/events", json!({"user_id": "u3", "name": "A"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut users = Vec::new();
+    while users.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("message");
+        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("JSON");
+        assert_eq!(v["change"], "entered");
+        users.push(v["user_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(users, vec!["u1", "u2", "u3"]);
+    // Without a key the upgrade is refused.
+    let url = format!("ws://{}/v1/changes/ws", app.addr);
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+}
+
+#[derive(Default)]
+struct Receiver {
+    deliveries: Vec<(String, Value)>,
+    fail_first: usize,
+}
+
+async fn receiver() -> (String, Arc<parking_lot::Mutex<Receiver>>) {
+    let state = Arc::new(parking_lot::Mutex::new(Receiver {
+        fail_first: 1,
+        ..Default::default()
+    }));
+    let st = state.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let st = st.clone();
+                async move {
+                    let mut r = st.lock();
+                    if r.fail_first > 0 {
+                        r.fail_first -= 1;
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let sig = headers
+                        .get("x-stratify-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let body_text = String::from_utf8_lossy(&body).into_owned();
+                    let expected = stratify_engine::webhooks::signature("0123456789abcdef", &body);
+                    assert_eq!(sig, expected, "signature");
+                    r.deliveries.push((
+                        body_text.clone(),
+                        serde_json::from_str(&body_text).unwrap_or_default(),
+                    ));
+                    StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), state)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_and_carry_sequence_numbers() {
+    let app = spawn_app().await;
+    let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let b = segment(&app, "b", json!({"event": "B", "op": "gte", "value": 1})).await;
+    let (url, rx) = receiver().await;
+    for (body, code) in [
+        (
+            json!({"url": "https://example.com/x", "secret": "0123456789abcdef"}),
+            "invalid_url",
+        ),
+        (json!({"url": url, "secret": "short"}), "invalid_secret"),
+        (
+            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": ["nope"]}),
+            "segment_not_found",
+        ),
+        (
+            json!({"url": url, "secret": "0123456789abcdef", "extra": 1}),
+            "invalid_body",
+        ),
+    ] {
+        let (s, e) = app.post("/v1/webhooks", body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert_eq!(error_code(&e), code, "{e}");
+    }
+    let (s, hook) = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": [a]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    assert!(hook.get("secret").is_none(), "the secret is never shown");
+    for (u, name) in [("u1", "A"), ("u1", "B"), ("u2", "A")] {
+        let (s, _) = app
+            .post("/v1/events", json!({"user_id": u, "name": name}))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    // The first attempt fails (503); the retry delivers everything, once.
+    let got = eventually("deliveries", || async {
+        let r = rx.lock();
+        let n: usize = r
+            .deliveries
+            .iter()
+            .map(|(_, v)| v["changes"].as_array().map_or(0, Vec::len))
+            .sum();
+        (n >= 2).then(|| r.deliveries.clone())
+    })
+    .await;
+    let changes: Vec<Value> = got
+        .iter()
+        .flat_map(|(_, v)| v["changes"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.iter().all(|c| c["segment_id"] == a.as_str()));
+    assert!(changes.iter().all(|c| c["segment_id"] != b.as_str()));
+    assert!(changes[0]["seq"].as_i64() < changes[1]["seq"].as_i64());
+    // The cursor is stored right after the receiver answered.
+    let list = eventually("the cursor", || async {
+        let (_, list) = app.get("/v1/webhooks").await;
+        (list["webhooks"][0]["delivered_seq"] == changes[1]["seq"]).then_some(list)
+    })
+    .await;
+    let w = &list["webhooks"][0];
+    assert_eq!(w["failures"], 0);
+    let id = w["id"].as_str().expect("id");
+    let resp = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn editing_a_rule_rebuilds_the_segment_in_the_background() {
+    let app = spawn_app().await;
+    for i in 0..50 {
+        let plan = if i % 5 == 0 { "pro" } else { "free" };
+        let (s, _) = app
+            .post(
+                "/v1/users",
+                json!({"user_id": format!("u{i}"), "attributes": {"plan": plan}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let seg = segment(&app, "pro", json!({"plan": "pro"})).await;
+    let c = wait_changes(&app, &seg, 10).await;
+    assert!(c.iter().all(|x| x["cause"] == "rule_change"));
+    let (s, b) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/segments/{seg}"),
+            Some(json!({"rules": {"plan": "free"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(["building", "ready"].contains(&b["build"]["state"].as_str().unwrap_or("")));
+    // 10 exits, 40 entries.
+    wait_changes(&app, &seg, 60).await;
+    let seg_now = eventually("ready", || async {
+        let (_, s) = app.get(&format!("/v1/segments/{seg}")).await;
+        (s["build"]["state"] == "ready" && s["size"] == 40).then_some(s)
+    })
+    .await;
+    assert_eq!(seg_now["build"]["evaluated"], seg_now["build"]["total"]);
+    // Attribute writes move users at once.
+    let (s, _) = app
+        .json(
+            Method::PATCH,
+            "/v1/users/u0",
+            Some(json!({"attributes": {"plan": "free"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let c = wait_changes(&app, &seg, 61).await;
+    assert_eq!(c[60]["cause"], "attribute_change");
+    assert_eq!(c[60]["user_id"], "u0");
+}
