@@ -39,7 +39,7 @@ impl From<&ChangeRecord> for ChangeView {
             user_id: c.user_id.clone(),
             change: if c.entered { "entered" } else { "exited" },
             at: format_rfc3339(c.at),
-            cause: c.cause.clone(),
+            cause: c.cause.to_json(),
         }
     }
 }

@@ -106,9 +106,9 @@ impl Engine {
     }
 
     /// Commits pending live work and stops the worker (on shutdown).
-    pub fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         self.deliverers.stop_all();
-        self.live.stop();
+        self.live.stop().await;
     }
 
     pub fn now(&self) -> stratify_core::time::Millis {

@@ -117,7 +117,7 @@ async fn food_delivery_power_user_and_dormancy_follow_orders_and_the_clock_exact
     let c = changes(&w).await;
     assert_eq!(c.len(), 1);
     assert_eq!(
-        (c[0].entered, c[0].at, &c[0].cause["event_id"]),
+        (c[0].entered, c[0].at, &c[0].cause.to_json()["event_id"]),
         (true, T0 + 24 * MIN, &json!("o24"))
     );
     // One more order on day 10.
@@ -148,7 +148,7 @@ async fn food_delivery_power_user_and_dormancy_follow_orders_and_the_clock_exact
             } else {
                 "dormant"
             };
-            (name.to_owned(), c.entered, c.at, c.cause.clone())
+            (name.to_owned(), c.entered, c.at, c.cause.to_json())
         })
         .collect();
     assert_eq!(seen.len(), 4, "{seen:?}");
@@ -261,8 +261,8 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
     );
 
     // And a restart resumes: a deadline that passed while down fires at its instant.
-    w.engine.shutdown();
-    rebuilt.shutdown();
+    w.engine.shutdown().await;
+    rebuilt.shutdown().await;
     let (&first, _) = live
         .deadlines
         .iter()
@@ -280,5 +280,5 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
         after[0].at, first,
         "fired at its own instant, not at restart"
     );
-    assert_eq!(after[0].cause, json!("time"));
+    assert_eq!(after[0].cause, stratify_store::Cause::Time);
 }

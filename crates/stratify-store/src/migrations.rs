@@ -101,28 +101,6 @@ CREATE TABLE segment_members (
 CREATE INDEX segment_members_uid ON segment_members(uid);
 "#,
     r#"
--- The change log: every time a user entered or left a segment, in order.
--- `seq` is assigned by the engine (one writer) and grows by one per change.
-CREATE TABLE changes (
-    seq         INTEGER PRIMARY KEY,
-    segment_id  TEXT NOT NULL,
-    user_id     TEXT NOT NULL,
-    entered     INTEGER NOT NULL,
-    at          INTEGER NOT NULL,
-    cause       TEXT NOT NULL
-);
-CREATE INDEX changes_segment ON changes(segment_id, seq);
-CREATE INDEX changes_user ON changes(user_id);
--- Materialised memberships with their history: an open row (exited_at NULL)
--- is a current membership.
-CREATE TABLE memberships (
-    segment_id  TEXT NOT NULL,
-    user_id     TEXT NOT NULL,
-    entered_at  INTEGER NOT NULL,
-    exited_at   INTEGER
-);
-CREATE UNIQUE INDEX memberships_open ON memberships(segment_id, user_id) WHERE exited_at IS NULL;
-CREATE INDEX memberships_user ON memberships(user_id, entered_at);
 CREATE TABLE webhooks (
     id               TEXT PRIMARY KEY,
     url              TEXT NOT NULL,
@@ -137,10 +115,45 @@ CREATE TABLE webhooks (
 "#,
 ];
 
+/// The live engine's derived state, in its own file (`live.db`) with its own
+/// writer, so that committing membership changes never queues behind event
+/// ingest. Everything here can be rebuilt from the event log.
+const LIVE_MIGRATIONS: &[&str] = &[r#"
+-- The change log: every time a user entered or left a segment, in order.
+-- `seq` is assigned by the engine (one writer) and grows by one per change.
+-- cause: 0 event (event_seq, event_id), 1 time, 2 rule_change,
+-- 3 attribute_change, 4 refresh. Memberships and their history are folds
+-- of this log.
+CREATE TABLE changes (
+    seq         INTEGER PRIMARY KEY,
+    segment_id  TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    entered     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    cause       INTEGER NOT NULL,
+    event_seq   INTEGER,
+    event_id    TEXT
+);
+CREATE INDEX changes_segment ON changes(segment_id, seq);
+CREATE INDEX changes_user ON changes(user_id, seq);
+CREATE TABLE live_state (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"#];
+
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    apply(conn, MIGRATIONS)
+}
+
+pub fn migrate_live(conn: &mut Connection) -> rusqlite::Result<()> {
+    apply(conn, LIVE_MIGRATIONS)
+}
+
+fn apply(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in migrations.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;

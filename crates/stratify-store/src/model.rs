@@ -214,8 +214,60 @@ pub struct ChangeRecord {
     pub user_id: String,
     pub entered: bool,
     pub at: Millis,
-    /// `{"event_id": ..}`, `"time"`, `"rule_change"` or `"refresh"`, as JSON.
-    pub cause: Value,
+    pub cause: Cause,
+}
+
+/// Why a membership changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// An event arrived (its sequence number and `event_id`, if it had one).
+    Event { seq: i64, event_id: Option<String> },
+    /// Time passed: a window or a recency threshold was crossed.
+    Time,
+    /// The segment was created or its rule (or a segment it refers to) changed.
+    RuleChange,
+    /// The user's attributes were written.
+    AttributeChange,
+    /// A refresh or rebuild from the event log corrected it.
+    Refresh,
+}
+
+impl Cause {
+    /// The wire form: `{"event_id": .., "event_seq": ..}` or a string.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Cause::Event { seq, event_id } => {
+                serde_json::json!({"event_id": event_id, "event_seq": seq})
+            }
+            Cause::Time => "time".into(),
+            Cause::RuleChange => "rule_change".into(),
+            Cause::AttributeChange => "attribute_change".into(),
+            Cause::Refresh => "refresh".into(),
+        }
+    }
+
+    pub(crate) fn code(&self) -> i64 {
+        match self {
+            Cause::Event { .. } => 0,
+            Cause::Time => 1,
+            Cause::RuleChange => 2,
+            Cause::AttributeChange => 3,
+            Cause::Refresh => 4,
+        }
+    }
+
+    pub(crate) fn from_row(code: i64, seq: Option<i64>, event_id: Option<String>) -> Self {
+        match code {
+            0 => Cause::Event {
+                seq: seq.unwrap_or(0),
+                event_id,
+            },
+            1 => Cause::Time,
+            2 => Cause::RuleChange,
+            3 => Cause::AttributeChange,
+            _ => Cause::Refresh,
+        }
+    }
 }
 
 /// How far the live engine has got: every event up to `event_seq` has been

@@ -1,6 +1,6 @@
 //! The embedded backend: one SQLite file in the data directory.
 
-use crate::migrations::migrate;
+use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{Result, Store, StoreError};
@@ -16,6 +16,7 @@ use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::time::Millis;
 
 const DB_FILE: &str = "stratify.db";
+const LIVE_DB_FILE: &str = "live.db";
 const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
 const WATERMARK_KEY: &str = "live_watermark";
 /// Idle read connections kept open.
@@ -24,7 +25,10 @@ const MAX_IDLE_READERS: usize = 8;
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReadPool>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `live.db`: the change log and the live watermark (derived state).
+    live_writer: Writer,
+    live_readers: Arc<ReadPool>,
+    writer_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl SqliteStore {
@@ -38,23 +42,38 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
-        let (writer, handle) = Writer::start(conn);
+        let live_path = data_dir.join(LIVE_DB_FILE);
+        let mut live = Connection::open(&live_path)?;
+        configure(&live)?;
+        // Append-mostly: a small cache is enough, and SQLite walks the whole
+        // page cache's hash at every commit (pcache1Truncate), which with the
+        // main file's large cache cost a sixth of the live writer's time.
+        live.pragma_update(None, "cache_size", -16_384)?;
+        migrate_live(&mut live)?;
+        let (writer, handle) = Writer::start(conn, "stratify-writer");
+        let (live_writer, live_handle) = Writer::start(live, "stratify-live-writer");
         Ok(Self {
             writer,
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
-            writer_thread: Mutex::new(Some(handle)),
+            live_writer,
+            live_readers: Arc::new(ReadPool {
+                path: live_path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            writer_threads: Mutex::new(vec![handle, live_handle]),
         })
     }
 
     /// Stops accepting writes once every clone of the writer is gone and waits
     /// for the queued ones to commit. Call after the last request finished.
     pub fn close(self) {
-        let handle = self.writer_thread.lock().take();
+        let handles = std::mem::take(&mut *self.writer_threads.lock());
         drop(self.writer);
-        if let Some(handle) = handle {
+        drop(self.live_writer);
+        for handle in handles {
             let _ = handle.join();
         }
     }
@@ -74,7 +93,22 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let pool = self.readers.clone();
+        Self::read_from(self.readers.clone(), f).await
+    }
+
+    async fn read_live<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        Self::read_from(self.live_readers.clone(), f).await
+    }
+
+    async fn read_from<T, F>(pool: Arc<ReadPool>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let out = f(&conn);
@@ -566,7 +600,9 @@ impl Store for SqliteStore {
 
     async fn delete_user(&self, user_id: &UserId) -> Result<bool> {
         let user_id = user_id.to_string();
-        self.writer
+        let erased = user_id.clone();
+        let existed = self
+            .writer
             .write(move |w| {
                 let uid: Option<i64> = w
                     .conn
@@ -583,13 +619,19 @@ impl Store for SqliteStore {
                 w.conn
                     .prepare_cached("DELETE FROM users WHERE uid = ?1")?
                     .execute([uid])?;
-                w.conn
-                    .prepare_cached("DELETE FROM memberships WHERE user_id = ?1")?
-                    .execute([&user_id])?;
+                w.uids.remove(&user_id);
+                Ok(true)
+            })
+            .await?;
+        if !existed {
+            return Ok(false);
+        }
+        // Their membership history goes too (derived state, separate file).
+        self.live_writer
+            .write(move |w| {
                 w.conn
                     .prepare_cached("DELETE FROM changes WHERE user_id = ?1")?
-                    .execute([&user_id])?;
-                w.uids.remove(&user_id);
+                    .execute([&erased])?;
                 Ok(true)
             })
             .await
@@ -938,9 +980,6 @@ impl Store for SqliteStore {
                 w.conn
                     .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
                     .execute([&id])?;
-                w.conn
-                    .prepare_cached("DELETE FROM memberships WHERE segment_id = ?1")?
-                    .execute([&id])?;
                 Ok(n == 1)
             })
             .await
@@ -1003,55 +1042,57 @@ impl Store for SqliteStore {
         changes: std::sync::Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
     ) -> Result<()> {
-        let causes = changes
-            .iter()
-            .map(|c| serde_json::to_string(&c.cause))
-            .collect::<Result<Vec<_>, _>>()?;
         let mark = serde_json::to_string(&watermark)?;
-        self.writer
+        self.live_writer
             .write(move |w| {
                 let mut log = w.conn.prepare_cached(
-                    "INSERT INTO changes (seq, segment_id, user_id, entered, at, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO changes (seq, segment_id, user_id, entered, at, cause, event_seq, event_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?;
-                let mut open = w.conn.prepare_cached(
-                    "INSERT OR IGNORE INTO memberships (segment_id, user_id, entered_at) VALUES (?1, ?2, ?3)",
-                )?;
-                let mut close = w.conn.prepare_cached(
-                    "UPDATE memberships SET exited_at = ?3 WHERE segment_id = ?1 AND user_id = ?2 AND exited_at IS NULL",
-                )?;
-                for (c, cause) in changes.iter().zip(&causes) {
-                    log.execute(params![c.seq, c.segment_id, c.user_id, c.entered, c.at, cause])?;
-                    if c.entered {
-                        open.execute(params![c.segment_id, c.user_id, c.at])?;
-                    } else {
-                        close.execute(params![c.segment_id, c.user_id, c.at])?;
-                    }
+                for c in changes.iter() {
+                    let (event_seq, event_id) = match &c.cause {
+                        Cause::Event { seq, event_id } => (Some(*seq), event_id.as_deref()),
+                        _ => (None, None),
+                    };
+                    log.execute(params![
+                        c.seq,
+                        c.segment_id,
+                        c.user_id,
+                        c.entered,
+                        c.at,
+                        c.cause.code(),
+                        event_seq,
+                        event_id
+                    ])?;
                 }
                 w.conn
                     .prepare_cached(
-                        "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        "INSERT INTO live_state (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     )?
-                    .execute(params![WATERMARK_KEY, mark, watermark.at])?;
+                    .execute(params![WATERMARK_KEY, mark])?;
                 Ok(())
             })
             .await
     }
 
     async fn watermark(&self) -> Result<Option<Watermark>> {
-        let text = self
-            .strings(
-                "SELECT value FROM settings WHERE key = ?1",
-                WATERMARK_KEY.into(),
-            )
-            .await?;
-        Ok(text.first().map(|t| serde_json::from_str(t)).transpose()?)
+        self.read_live(|c| {
+            let text: Option<String> = c
+                .prepare_cached("SELECT value FROM live_state WHERE key = ?1")?
+                .query_row([WATERMARK_KEY], |r| r.get(0))
+                .optional()?;
+            Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+        })
+        .await
     }
 
     async fn open_memberships(&self) -> Result<Vec<(String, String)>> {
-        self.read(|c| {
+        // A membership is open when its latest change is an entry.
+        self.read_live(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT segment_id, user_id FROM memberships WHERE exited_at IS NULL",
+                "SELECT c.segment_id, c.user_id FROM changes c WHERE c.entered = 1 AND NOT EXISTS \
+                 (SELECT 1 FROM changes d WHERE d.user_id = c.user_id AND d.seq > c.seq AND d.segment_id = c.segment_id)",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1060,7 +1101,7 @@ impl Store for SqliteStore {
     }
 
     async fn last_change_seq(&self) -> Result<i64> {
-        self.read(|c| {
+        self.read_live(|c| {
             Ok(
                 c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
                     r.get(0)
@@ -1077,51 +1118,20 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ChangeRecord>> {
         let filter = segments.map(|s| serde_json::to_string(&s)).transpose()?;
-        self.read(move |c| {
+        self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, segment_id, user_id, entered, at, cause FROM changes \
+                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
                  WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
                  ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![after, filter, limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, segment_id, user_id, entered, at, cause) = row?;
-                out.push(ChangeRecord {
-                    seq,
-                    segment_id,
-                    user_id,
-                    entered,
-                    at,
-                    cause: serde_json::from_str(&cause)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
-        let user_id = user_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT segment_id, entered_at, exited_at FROM memberships WHERE user_id = ?1 \
-                 ORDER BY entered_at DESC, rowid DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![user_id, limit], |r| {
-                Ok(MembershipRecord {
-                    segment_id: r.get(0)?,
-                    entered_at: r.get(1)?,
-                    exited_at: r.get(2)?,
+                Ok(ChangeRecord {
+                    seq: r.get(0)?,
+                    segment_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    entered: r.get(3)?,
+                    at: r.get(4)?,
+                    cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1129,10 +1139,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
+        let user_id = user_id.to_owned();
+        self.read_live(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT segment_id, entered, at FROM changes WHERE user_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([user_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            // Pair each entry with the exit that follows it.
+            let mut stays: Vec<MembershipRecord> = Vec::new();
+            let mut open: std::collections::HashMap<String, usize> = Default::default();
+            for row in rows {
+                let (segment_id, entered, at) = row?;
+                if entered {
+                    open.insert(segment_id.clone(), stays.len());
+                    stays.push(MembershipRecord {
+                        segment_id,
+                        entered_at: at,
+                        exited_at: None,
+                    });
+                } else if let Some(i) = open.remove(&segment_id) {
+                    stays[i].exited_at = Some(at);
+                }
+            }
+            stays.reverse();
+            stays.truncate(limit as usize);
+            Ok(stays)
+        })
+        .await
+    }
+
     async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>> {
         let segment_id = segment_id.to_owned();
         let bucket = bucket.max(1);
-        self.read(move |c| {
+        self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(entered), SUM(1 - entered) \
                  FROM changes WHERE segment_id = ?1 GROUP BY b ORDER BY b",

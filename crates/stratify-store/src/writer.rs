@@ -43,7 +43,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread. It stops when every `Writer` is dropped,
     /// after committing what was queued.
-    pub fn start(conn: Connection) -> (Self, std::thread::JoinHandle<()>) {
+    pub fn start(conn: Connection, name: &str) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let state = WriterState {
             conn,
@@ -51,7 +51,7 @@ impl Writer {
             name_ids: IdCache::default(),
         };
         let handle = std::thread::Builder::new()
-            .name("stratify-writer".into())
+            .name(name.into())
             .spawn(move || run(state, rx))
             .unwrap_or_else(|e| panic!("cannot spawn the writer thread: {e}"));
         (Self { tx }, handle)

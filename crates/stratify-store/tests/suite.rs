@@ -436,7 +436,7 @@ fn change(seq: i64, segment: &str, user: &str, entered: bool, at: i64) -> Change
         user_id: user.into(),
         entered,
         at,
-        cause: json!("time"),
+        cause: Cause::Time,
     }
 }
 

@@ -14,6 +14,9 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// POSTs batches of events to /v1/events and reports events/s.
     Ingest(IngestArgs),
+    /// Sustained ingest with live segments: events/s, ack → change latency,
+    /// deadline lateness (see scripts/bench-live.sh).
+    Live(LiveArgs),
 }
 
 #[derive(Args)]
@@ -38,6 +41,7 @@ pub struct IngestArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Live(args) => live(args).await,
     }
 }
 
@@ -157,6 +161,402 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.concurrency,
         pct(0.50),
         pct(0.99)
+    );
+    Ok(())
+}
+
+/// `stratify bench live`: sustained ingest with live segments, measuring
+/// events/s, acknowledgement → change-on-the-stream latency, and how late
+/// time-driven changes (deadlines) arrive after their instants.
+#[derive(Args)]
+pub struct LiveArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
+    key: String,
+    /// Users the events go to (ids "1".."N", as `stratify generate` writes them).
+    #[arg(long, default_value_t = 1_000_000)]
+    users: usize,
+    /// Events sent: the first `users` are one PING per user (each sets a deadline
+    /// 30 s later in the `pinged_30s` segment), the rest a mix of app events.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    #[arg(long, default_value_t = 5_000)]
+    batch: usize,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Create the 50 benchmark segments first and wait for their builds.
+    #[arg(long)]
+    setup: bool,
+    /// Longest wait for the deadlines to fire after the ingest.
+    #[arg(long, default_value_t = 120)]
+    drain_seconds: u64,
+    /// Offered load in events/s (batches sent on a fixed schedule); 0 = as
+    /// fast as the server answers.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+/// The 50 benchmark segments: attribute, windowed, recency and mixed rules.
+pub fn live_segments() -> Vec<(String, serde_json::Value)> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    let states = ["California", "Texas", "New York", "Florida", "Illinois"];
+    let plans = ["free", "premium", "basic", "free", "premium"];
+    let devices = ["mobile", "desktop", "tablet", "desktop", "mobile"];
+    for (i, state) in states.iter().enumerate() {
+        let lo = 18 + 8 * i as i64;
+        out.push((
+            format!("attr_{i}_age_location"),
+            json!({"operator": "AND", "conditions": [
+            {"field": "age", "op": "between", "value": [lo, lo + 7]},
+            {"field": "location", "op": "eq", "value": state}]}),
+        ));
+        out.push((
+            format!("attr_{i}_plan_device"),
+            json!({"operator": "AND", "conditions": [
+            {"field": "subscription_plan", "op": "eq", "value": plans[i]},
+            {"field": "device_type", "op": "eq", "value": devices[i]},
+            {"field": "age", "op": "gte", "value": 20 + 5 * i as i64}]}),
+        ));
+        out.push((format!("attr_{i}_state"), json!({"location": state})));
+    }
+    let names = ["LOGIN", "PAGE_VIEW", "SEARCH", "ADDED_TO_CART"];
+    let windows = ["1m", "10m", "1h", "1d"];
+    for (i, name) in names.iter().enumerate() {
+        for (j, w) in windows.iter().enumerate() {
+            out.push((
+                format!("win_{name}_{w}"),
+                json!({"event": name, "within": w, "op": "gte", "value": 1 + (i + j) % 3}),
+            ));
+        }
+    }
+    out.push((
+        "pinged_30s".into(),
+        json!({"event": "PING", "within": "30s", "op": "gte", "value": 1}),
+    ));
+    out.push(("spend_7d".into(), json!({"event": "order_placed", "within": "7d", "agg": "sum", "property": "amount", "op": "gt", "value": 500})));
+    out.push((
+        "orders_1h".into(),
+        json!({"field": "order_count_last_1_days", "op": "gte", "value": 2}),
+    ));
+    for (i, name) in names.iter().enumerate() {
+        out.push((format!("recent_{name}"), json!({"event": name, "agg": "seconds_since_last", "op": "lte", "value": 300 * (i + 1)})));
+        out.push((format!("lapsed_{name}"), json!({"event": name, "agg": "seconds_since_last", "op": "gte", "value": 120 * (i + 1)})));
+    }
+    out.push((
+        "dormant_buyer".into(),
+        json!({"field": "seconds_since_last_order", "op": "gte", "value": 600}),
+    ));
+    out.push((
+        "mix_engaged_ca".into(),
+        json!({"operator": "AND", "conditions": [
+        {"location": "California"}, {"event": "LOGIN", "within": "1h", "op": "gte", "value": 1}]}),
+    ));
+    out.push((
+        "mix_cart_no_order".into(),
+        json!({"operator": "AND", "conditions": [
+        {"event": "ADDED_TO_CART", "within": "1h", "op": "gte", "value": 1},
+        {"not": {"event": "order_placed", "within": "1h", "op": "gte", "value": 1}}]}),
+    ));
+    out.push((
+        "mix_premium_or_spender".into(),
+        json!({"operator": "OR", "conditions": [
+        {"subscription_plan": "premium"}, {"field": "ltv", "op": "gt", "value": 1000}]}),
+    ));
+    out.push(("mix_young_searchers".into(), json!({"operator": "AND", "conditions": [
+        {"field": "age", "op": "lt", "value": 30}, {"event": "SEARCH", "within": "10m", "op": "gte", "value": 2}]})));
+    out.push(("mix_not_mobile_active".into(), json!({"operator": "AND", "conditions": [
+        {"not": {"device_type": "mobile"}}, {"event": "PAGE_VIEW", "within": "1d", "op": "gte", "value": 1}]})));
+    out.push((
+        "mix_tx_new".into(),
+        json!({"operator": "AND", "conditions": [
+        {"location": "Texas"}, {"field": "is_new_user", "op": "eq", "value": true}]}),
+    ));
+    out.push(("mix_pinged_premium".into(), json!({"operator": "AND", "conditions": [
+        {"subscription_plan": "premium"}, {"event": "PING", "within": "1h", "op": "gte", "value": 1}]})));
+    out
+}
+
+const LIVE_NAMES: [&str; 5] = [
+    "LOGIN",
+    "PAGE_VIEW",
+    "SEARCH",
+    "ADDED_TO_CART",
+    "order_placed",
+];
+
+fn live_body(args: &LiveArgs, run_id: u64, batch: usize, now_ms: u64) -> Vec<u8> {
+    let mut out = String::with_capacity(args.batch * 140);
+    out.push_str("{\"events\":[");
+    for i in 0..args.batch {
+        let n = batch * args.batch + i;
+        if i > 0 {
+            out.push(',');
+        }
+        let name = if n < args.users {
+            "PING"
+        } else {
+            LIVE_NAMES[(n / 7) % LIVE_NAMES.len()]
+        };
+        let props = if name == "order_placed" {
+            format!(
+                ",\"properties\":{{\"amount\":{}.5,\"city\":\"Pune\"}}",
+                100 + n % 900
+            )
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{{\"event_id\":\"l{run_id}-{n}\",\"user_id\":\"{}\",\"name\":\"{name}\",\"timestamp\":{now_ms}{props}}}",
+            n % args.users + 1
+        ));
+    }
+    out.push_str("]}");
+    out.into_bytes()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One change as the stream delivered it.
+struct Seen {
+    received: Instant,
+    received_wall: u64,
+    /// The event index `n` for event-caused changes.
+    event: Option<usize>,
+    at_ms: Option<u64>,
+    time: bool,
+}
+
+async fn setup_segments(client: &reqwest::Client, args: &LiveArgs) -> anyhow::Result<()> {
+    let mut ids = Vec::new();
+    for (name, rules) in live_segments() {
+        let resp = client
+            .post(format!("{}/v1/segments", args.url))
+            .bearer_auth(&args.key)
+            .json(&serde_json::json!({"name": name, "rules": rules}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("cannot create segment {name}: {body}");
+        }
+        ids.push(body["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let start = Instant::now();
+    for id in &ids {
+        loop {
+            let s: serde_json::Value = client
+                .get(format!("{}/v1/segments/{id}", args.url))
+                .bearer_auth(&args.key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if s["build"]["state"] == "ready" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    println!(
+        "setup: {} segments created and built over every user in {:.1}s",
+        ids.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn live(args: LiveArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.events < args.batch {
+        bail!("--events must be at least --batch (> 0)");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency + 2)
+        .build()?;
+    if args.setup {
+        setup_segments(&client, &args).await?;
+    }
+    let batches = args.events / args.batch;
+    let run_id = wall_ms();
+    // Follow the change stream from now on.
+    let mut stream = client
+        .get(format!("{}/v1/changes/stream", args.url))
+        .bearer_auth(&args.key)
+        .send()
+        .await?;
+    if !stream.status().is_success() {
+        bail!("cannot open the change stream: {}", stream.status());
+    }
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<Seen>::with_capacity(
+        args.events,
+    )));
+    let prefix = format!("l{run_id}-");
+    let sink = seen.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            let received = Instant::now();
+            let received_wall = wall_ms();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            let mut batch = Vec::new();
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                    continue;
+                };
+                let Ok(c) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                    continue;
+                };
+                let event = c["cause"]["event_id"]
+                    .as_str()
+                    .and_then(|e| e.strip_prefix(prefix.as_str()))
+                    .and_then(|n| n.parse::<usize>().ok());
+                let at_ms = c["at"]
+                    .as_str()
+                    .and_then(|t| stratify_core::time::parse_rfc3339(t).ok())
+                    .map(|t| t as u64);
+                batch.push(Seen {
+                    received,
+                    received_wall,
+                    event,
+                    at_ms,
+                    time: c["cause"] == "time",
+                });
+            }
+            sink.lock().extend(batch);
+        }
+    });
+    let acks = Arc::new(parking_lot::Mutex::new(vec![None::<Instant>; batches]));
+    let next = Arc::new(AtomicUsize::new(0));
+    let now_ms = wall_ms();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..batches)
+            .map(|b| live_body(&args, run_id, b, now_ms))
+            .collect(),
+    );
+    let sent_at = wall_ms();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, bodies, next, acks) =
+            (client.clone(), bodies.clone(), next.clone(), acks.clone());
+        let (url, key, expect) = (
+            format!("{}/v1/events", args.url),
+            args.key.clone(),
+            args.batch as u64,
+        );
+        let interval = (args.rate > 0)
+            .then(|| std::time::Duration::from_secs_f64(args.batch as f64 / args.rate as f64));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                if let Some(every) = interval {
+                    tokio::time::sleep_until((start + every * i as u32).into()).await;
+                }
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .context("request failed")?;
+                let status = resp.status();
+                let answer: serde_json::Value = resp.json().await.context("answer is not JSON")?;
+                if !status.is_success() || answer["accepted"].as_u64() != Some(expect) {
+                    bail!("batch {i} not fully accepted ({status}): {answer}");
+                }
+                acks.lock()[i] = Some(Instant::now());
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let mut peak_deadlines = 0.0f64;
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = batches * args.batch;
+    println!(
+        "live ingest: {total} events in {secs:.2}s = {:.0} events/s (batch {} x concurrency {}, {} users, offered {})",
+        total as f64 / secs,
+        args.batch,
+        args.concurrency,
+        args.users,
+        if args.rate > 0 { format!("{} events/s", args.rate) } else { "as fast as acknowledged".into() }
+    );
+    // Wait for the deadlines (30 s after each PING) to fire.
+    let pings = args.users.min(total);
+    let deadline = Instant::now() + std::time::Duration::from_secs(args.drain_seconds);
+    loop {
+        if let Some(d) = metric(&client, &args.url, "stratify_live_deadlines_pending").await {
+            peak_deadlines = peak_deadlines.max(d);
+        }
+        let fired = seen.lock().iter().filter(|s| s.time).count();
+        if fired >= pings || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    reader.abort();
+    let seen = seen.lock();
+    let acks = acks.lock();
+    let mut ack_latency: Vec<f64> = seen
+        .iter()
+        .filter_map(|s| {
+            let ack = acks.get(s.event? / args.batch).copied().flatten()?;
+            Some(s.received.saturating_duration_since(ack).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let mut lag: Vec<f64> = seen
+        .iter()
+        .filter(|s| s.time)
+        .filter_map(|s| Some(s.received_wall.saturating_sub(s.at_ms?) as f64))
+        .collect();
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "ack -> change on the stream: {} changes from this run's events; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ack_latency.len(),
+        pct(&mut ack_latency, 0.50),
+        pct(&mut ack_latency, 0.99),
+        pct(&mut ack_latency, 1.0)
+    );
+    println!(
+        "deadlines: peak {peak_deadlines:.0} pending; {} time-driven changes, the {pings} PING windows among them (set over {:.1}s from {}); lateness after their instants: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        lag.len(),
+        secs,
+        sent_at,
+        pct(&mut lag, 0.50),
+        pct(&mut lag, 0.99),
+        pct(&mut lag, 1.0)
     );
     Ok(())
 }

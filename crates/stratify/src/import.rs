@@ -38,7 +38,7 @@ pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()>
         let report = import_file(&engine, kind, path).await?;
         bad += report.bad_rows;
     }
-    engine.shutdown();
+    engine.shutdown().await;
     drop(engine);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close();

@@ -12,6 +12,12 @@ mod maintain;
 mod serve;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the live engine and ingest allocate many small, short-lived
+/// objects; glibc's malloc spent a fifth of the live worker's time in
+/// free/consolidate (perf, scripts/bench-live.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
 #[derive(Parser)]

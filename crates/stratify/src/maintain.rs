@@ -29,7 +29,7 @@ pub async fn refresh(mut settings: Settings, args: MaintainArgs) -> anyhow::Resu
         snapshot.members.len(),
         snapshot.deadlines.len()
     );
-    finish(engine, store);
+    finish(engine, store).await;
     Ok(())
 }
 
@@ -53,12 +53,12 @@ pub async fn rebuild(mut settings: Settings, args: MaintainArgs) -> anyhow::Resu
         snapshot.deadlines.len(),
         after - before
     );
-    finish(engine, store);
+    finish(engine, store).await;
     Ok(())
 }
 
-fn finish(engine: Engine, store: Arc<stratify_store::sqlite::SqliteStore>) {
-    engine.shutdown();
+async fn finish(engine: Engine, store: Arc<stratify_store::sqlite::SqliteStore>) {
+    engine.shutdown().await;
     drop(engine);
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close();

@@ -62,7 +62,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     )
     .await?;
     // Commit the live engine's pending changes and stop its worker.
-    engine.shutdown();
+    engine.shutdown().await;
     drop(engine);
     // Every request has finished: let the writer commit what is queued.
     match Arc::try_unwrap(store) {

@@ -63,7 +63,7 @@ pub use eval::{
 };
 pub use like::{like, to_glob};
 pub use parse::{parse, parse_within};
-pub use timing::{next_change, MAX_CANDIDATES};
+pub use timing::{next_change, next_change_from, MAX_CANDIDATES};
 
 pub const MAX_DEPTH: usize = 32;
 pub const MAX_NODES: usize = 1000;

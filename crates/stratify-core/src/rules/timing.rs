@@ -16,7 +16,6 @@
 use super::ast::*;
 use super::eval::{evaluate, Facts, SegmentRef};
 use crate::time::{Millis, MAX_MILLIS};
-use std::collections::BTreeSet;
 
 /// Most candidate instants examined for one (user, rule); past this the
 /// earliest candidate is returned, which may be a spurious wake-up but is
@@ -27,16 +26,27 @@ pub const MAX_CANDIDATES: usize = 4096;
 /// from its result at `facts.now`, assuming no new event arrives. `None` when
 /// it never changes on its own.
 pub fn next_change(rule: &Rule, facts: &Facts<'_>) -> Option<Millis> {
-    let mut candidates = BTreeSet::new();
+    next_change_from(rule, facts, evaluate(rule, facts))
+}
+
+/// [`next_change`] for a caller that already evaluated the rule at
+/// `facts.now` (`now_result`), saving one evaluation on the hot path.
+pub fn next_change_from(rule: &Rule, facts: &Facts<'_>, now_result: bool) -> Option<Millis> {
+    let mut candidates = Vec::new();
     collect(rule, facts, &mut candidates, 0);
-    let now_result = evaluate(rule, facts);
+    candidates.retain(|t| *t > facts.now);
+    if candidates.is_empty() {
+        return None;
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
     let mut later = Facts {
         attributes: facts.attributes,
         events: facts.events,
         segments: facts.segments,
         now: facts.now,
     };
-    for (i, &t) in candidates.range(facts.now + 1..).enumerate() {
+    for (i, &t) in candidates.iter().enumerate() {
         if i >= MAX_CANDIDATES {
             return Some(t);
         }
@@ -48,7 +58,7 @@ pub fn next_change(rule: &Rule, facts: &Facts<'_>) -> Option<Millis> {
     None
 }
 
-fn collect(rule: &Rule, facts: &Facts<'_>, out: &mut BTreeSet<Millis>, depth: usize) {
+fn collect(rule: &Rule, facts: &Facts<'_>, out: &mut Vec<Millis>, depth: usize) {
     match rule {
         Rule::All(c) | Rule::Any(c) => c.iter().for_each(|r| collect(r, facts, out, depth)),
         Rule::Not(r) => collect(r, facts, out, depth),
@@ -71,18 +81,13 @@ fn collect(rule: &Rule, facts: &Facts<'_>, out: &mut BTreeSet<Millis>, depth: us
     }
 }
 
-fn push(out: &mut BTreeSet<Millis>, t: Option<Millis>) {
+fn push(out: &mut Vec<Millis>, t: Option<Millis>) {
     if let Some(t) = t.filter(|t| (0..=MAX_MILLIS).contains(t)) {
-        out.insert(t);
+        out.push(t);
     }
 }
 
-fn aggregate_instants(
-    a: &Aggregate,
-    operand: &Operand,
-    facts: &Facts<'_>,
-    out: &mut BTreeSet<Millis>,
-) {
+fn aggregate_instants(a: &Aggregate, operand: &Operand, facts: &Facts<'_>, out: &mut Vec<Millis>) {
     // Events matching the aggregate's name (filters do not depend on time).
     let events = facts.events.iter().filter(|e| e.name == a.event);
     let mut bases = Vec::new();

@@ -1,14 +1,17 @@
 //! The one ordered index of pending deadlines: for each (user, segment), the
 //! instant its result next changes with no new event. A binary heap ordered
-//! by instant, with a map holding each pair's current deadline: replacing a
-//! deadline pushes the new one and leaves the old entry to be skipped when
-//! it surfaces, and the heap is compacted when stale entries pile up.
+//! by instant, and a dense table (per segment, by user) of each pair's
+//! current deadline: replacing a deadline pushes the new one and leaves the
+//! old entry to be skipped when it surfaces; the heap is compacted when
+//! stale entries pile up. The table costs 8 bytes per (user, timed segment)
+//! and makes `set` a couple of array accesses, no hashing.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use stratify_core::time::Millis;
 
 type Key = u64;
+const NONE: Millis = Millis::MIN;
 
 fn key(user: u32, segment: u32) -> Key {
     (u64::from(user) << 32) | u64::from(segment)
@@ -17,37 +20,60 @@ fn key(user: u32, segment: u32) -> Key {
 #[derive(Default)]
 pub struct Deadlines {
     heap: BinaryHeap<Reverse<(Millis, Key)>>,
-    current: HashMap<Key, Millis, foldhash::fast::RandomState>,
+    /// `current[segment][user]`, `NONE` when there is no deadline.
+    current: Vec<Vec<Millis>>,
+    pending: usize,
 }
 
 impl Deadlines {
+    fn get(&self, user: u32, segment: u32) -> Millis {
+        self.current
+            .get(segment as usize)
+            .and_then(|s| s.get(user as usize))
+            .copied()
+            .unwrap_or(NONE)
+    }
+
     /// Sets (or with `None` clears) the deadline of a (user, segment) pair.
     pub fn set(&mut self, user: u32, segment: u32, at: Option<Millis>) {
-        let k = key(user, segment);
-        match at {
-            Some(t) => {
-                if self.current.insert(k, t) != Some(t) {
-                    self.heap.push(Reverse((t, k)));
-                }
-            }
-            None => {
-                self.current.remove(&k);
-            }
+        let new = at.unwrap_or(NONE);
+        let (s, u) = (segment as usize, user as usize);
+        if new == NONE && self.get(user, segment) == NONE {
+            return;
         }
-        if self.heap.len() > 2 * self.current.len() + 4096 {
+        if self.current.len() <= s {
+            self.current.resize_with(s + 1, Vec::new);
+        }
+        let column = &mut self.current[s];
+        if column.len() <= u {
+            column.resize((u + 1).next_power_of_two(), NONE);
+        }
+        let old = std::mem::replace(&mut column[u], new);
+        if old == new {
+            return;
+        }
+        match (old == NONE, new == NONE) {
+            (true, false) => self.pending += 1,
+            (false, true) => self.pending -= 1,
+            _ => {}
+        }
+        if new != NONE {
+            self.heap.push(Reverse((new, key(user, segment))));
+        }
+        if self.heap.len() > 2 * self.pending + 4096 {
             self.compact();
         }
     }
 
     /// Pending deadlines.
     pub fn len(&self) -> usize {
-        self.current.len()
+        self.pending
     }
 
     /// The earliest pending deadline.
     pub fn next(&mut self) -> Option<Millis> {
         while let Some(&Reverse((t, k))) = self.heap.peek() {
-            if self.current.get(&k) == Some(&t) {
+            if self.get((k >> 32) as u32, k as u32) == t {
                 return Some(t);
             }
             self.heap.pop();
@@ -60,22 +86,35 @@ impl Deadlines {
     pub fn pop_due(&mut self, until: Millis) -> Option<(Millis, u32, u32)> {
         let t = self.next().filter(|t| *t <= until)?;
         let Reverse((_, k)) = self.heap.pop()?;
-        self.current.remove(&k);
-        Some((t, (k >> 32) as u32, k as u32))
+        let (user, segment) = ((k >> 32) as u32, k as u32);
+        self.current[segment as usize][user as usize] = NONE;
+        self.pending -= 1;
+        Some((t, user, segment))
+    }
+
+    /// Clears every deadline of a segment.
+    pub fn drop_segment(&mut self, segment: u32) {
+        if let Some(column) = self.current.get_mut(segment as usize) {
+            self.pending -= column.iter().filter(|t| **t != NONE).count();
+            *column = Vec::new();
+        }
     }
 
     /// Every pending deadline, as `(user, segment) → instant`.
     pub fn iter(&self) -> impl Iterator<Item = ((u32, u32), Millis)> + '_ {
-        self.current
-            .iter()
-            .map(|(k, t)| (((k >> 32) as u32, *k as u32), *t))
+        self.current.iter().enumerate().flat_map(|(s, column)| {
+            column
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t != NONE)
+                .map(move |(u, t)| ((u as u32, s as u32), *t))
+        })
     }
 
     fn compact(&mut self) {
         self.heap = self
-            .current
             .iter()
-            .map(|(k, t)| Reverse((*t, *k)))
+            .map(|((u, s), t)| Reverse((t, key(u, s))))
             .collect();
     }
 }

@@ -113,6 +113,8 @@ pub struct Stats {
 pub(crate) struct Shared {
     pub builds: RwLock<HashMap<String, BuildStatus>>,
     pub stats: Stats,
+    /// Changes handed to the committer, not yet durable.
+    pub queued: std::sync::atomic::AtomicUsize,
 }
 
 /// Every current membership and pending deadline, by ids (for comparing a
@@ -129,6 +131,7 @@ pub struct Live {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Live {
@@ -142,15 +145,22 @@ impl Live {
     ) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (to_committer, committer_rx) = tokio::sync::mpsc::unbounded_channel();
         let worker = worker::Worker::load(
-            store,
+            store.clone(),
             clock.clone(),
             catalog,
             shared.clone(),
-            feed.clone(),
+            to_committer,
             rebuild,
         )
         .await?;
+        let committer = tokio::spawn(worker::committer(
+            store,
+            committer_rx,
+            feed.clone(),
+            shared.clone(),
+        ));
         let (tx, rx) = std::sync::mpsc::channel();
         let tick = Mutex::new(tx.clone());
         clock.on_jump(Box::new(move || {
@@ -170,6 +180,7 @@ impl Live {
             shared,
             clock,
             thread: Mutex::new(Some(thread)),
+            committer: Mutex::new(Some(committer)),
         })
     }
 
@@ -253,11 +264,16 @@ impl Live {
         &self.shared.stats
     }
 
-    /// Commits what is pending and stops the worker.
-    pub fn stop(&self) {
+    /// Stops the worker and waits until everything it produced is durable.
+    pub async fn stop(&self) {
         self.send(Msg::Stop);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        let committer = self.committer.lock().take();
+        if let Some(c) = committer {
+            let _ = c.await;
         }
     }
 }

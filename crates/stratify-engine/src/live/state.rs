@@ -340,7 +340,7 @@ impl State {
             let Some(rule) = &seg.rule else { continue };
             let inside = rules::evaluate(rule, &facts);
             let next = if seg.timed() {
-                rules::next_change(rule, &facts)
+                rules::next_change_from(rule, &facts, inside)
             } else {
                 None
             };

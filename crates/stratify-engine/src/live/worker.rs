@@ -9,14 +9,14 @@ use super::state::{LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
 use crate::{Clock, EngineError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::time::Millis;
-use stratify_store::{ChangeRecord, RawEvent, Store, Watermark};
-use tokio::sync::{broadcast, oneshot};
+use stratify_store::{Cause, ChangeRecord, RawEvent, Store, Watermark};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Rows read per page while loading.
 const LOAD_PAGE: u32 = 50_000;
@@ -24,6 +24,75 @@ const LOAD_PAGE: u32 = 50_000;
 const MAX_MESSAGES_PER_TURN: usize = 4_096;
 /// Longest sleep with nothing due (a guard against clock jumps).
 const MAX_SLEEP_MS: i64 = 60_000;
+/// Changes handed to the committer and not yet durable, past which the
+/// worker waits.
+const MAX_QUEUED_CHANGES: usize = 1_000_000;
+/// Pending changes past which the worker hands them over mid-turn (keeps
+/// latency low and the buffers small and reused).
+const FLUSH_CHANGES: usize = 2_048;
+/// Most changes committed in one transaction.
+const MAX_CHANGES_PER_COMMIT: usize = 16_384;
+
+/// What the worker hands to the committer after a turn.
+pub struct CommitBatch {
+    made: std::time::Instant,
+    changes: Vec<ChangeRecord>,
+    mark: Watermark,
+    syncs: Vec<oneshot::Sender<()>>,
+}
+
+/// Commits batches in the order the worker made them (merging what has
+/// queued up), then publishes the changes and answers the waiting syncs.
+/// Ends when the worker is gone and everything it sent is durable.
+pub async fn committer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<CommitBatch>,
+    feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+    shared: Arc<Shared>,
+) {
+    use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+    while let Some(first) = rx.recv().await {
+        let made = first.made;
+        let picked = std::time::Instant::now();
+        let mut changes = first.changes;
+        let mut mark = first.mark;
+        let mut syncs = first.syncs;
+        while changes.len() < MAX_CHANGES_PER_COMMIT {
+            let Ok(next) = rx.try_recv() else { break };
+            changes.extend(next.changes);
+            mark = next.mark;
+            syncs.extend(next.syncs);
+        }
+        let changes = Arc::new(changes);
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = store.apply_changes(changes.clone(), mark).await {
+            // Derived state: a restart replays from the last committed
+            // watermark, so nothing is lost; keep trying while we run.
+            tracing::error!(error = %e, "cannot commit membership changes; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        tracing::debug!(
+            changes = changes.len(),
+            queued_ms = (picked - made).as_secs_f64() * 1000.0,
+            commit_ms = picked.elapsed().as_secs_f64() * 1000.0,
+            "live commit"
+        );
+        let stats = &shared.stats;
+        stats.changes.fetch_add(changes.len() as u64, Relaxed);
+        stats.applied_seq.store(mark.event_seq, Relaxed);
+        if let Some(last) = changes.last() {
+            stats.last_change_seq.store(last.seq, Relaxed);
+        }
+        shared.queued.fetch_sub(changes.len(), AcqRel);
+        if !changes.is_empty() {
+            let _ = feed.send(changes);
+        }
+        for s in syncs {
+            let _ = s.send(());
+        }
+    }
+}
 
 /// Evaluates due (instant, user, segment) triples, each at its instant.
 fn evaluate_due(state: &State, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outcome)> {
@@ -36,23 +105,24 @@ fn evaluate_due(state: &State, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outco
     out
 }
 
-pub fn cause_event(event_id: Option<&str>, seq: i64) -> Value {
-    json!({"event_id": event_id, "event_seq": seq})
+pub fn cause_event(event_id: Option<&str>, seq: i64) -> Cause {
+    Cause::Event {
+        seq,
+        event_id: event_id.map(str::to_owned),
+    }
 }
 
 struct Build {
     segment: u32,
     next: u32,
-    cause: Value,
+    cause: Cause,
 }
 
 pub struct Worker {
     pub state: State,
-    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    rt: tokio::runtime::Handle,
     shared: Arc<Shared>,
-    feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+    committer: mpsc::UnboundedSender<CommitBatch>,
     pending: Vec<ChangeRecord>,
     next_seq: i64,
     mark: Watermark,
@@ -72,7 +142,7 @@ impl Worker {
         clock: Arc<dyn Clock>,
         catalog: &Catalog,
         shared: Arc<Shared>,
-        feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+        committer: mpsc::UnboundedSender<CommitBatch>,
         rebuild: bool,
     ) -> Result<Self, EngineError> {
         let mark = if rebuild {
@@ -167,11 +237,9 @@ impl Worker {
         let start = mark.map_or(now, |m| m.at.min(now));
         let mut worker = Worker {
             state,
-            store,
             clock,
-            rt: tokio::runtime::Handle::current(),
             shared,
-            feed,
+            committer,
             pending: Vec::new(),
             next_seq,
             mark: Watermark {
@@ -185,7 +253,7 @@ impl Worker {
             scratch: Vec::new(),
         };
         // Static memberships the table does not show yet (or no longer).
-        let refresh = json!("refresh");
+        let refresh = Cause::Refresh;
         for &s in &statics {
             let mut changed = Vec::new();
             let users = worker.state.user_ids.len() as u32;
@@ -251,7 +319,7 @@ impl Worker {
 
     /// Evaluates every user for `segments` at `now`, in slices, recording
     /// changes with `cause`.
-    fn evaluate_all(&mut self, segments: &[u32], now: Millis, cause: &Value) -> u64 {
+    fn evaluate_all(&mut self, segments: &[u32], now: Millis, cause: &Cause) -> u64 {
         let users = self.state.user_ids.len() as u32;
         let mut changes = 0;
         let slice = (BUILD_SLICE as u32 * 4).max(1);
@@ -269,7 +337,7 @@ impl Worker {
         changes
     }
 
-    fn record(&mut self, changed: &[Outcome], at: Millis, cause: &Value) {
+    fn record(&mut self, changed: &[Outcome], at: Millis, cause: &Cause) {
         for o in changed {
             let Some(seg) = self.state.segments[o.segment as usize].as_ref() else {
                 continue;
@@ -286,7 +354,7 @@ impl Worker {
         }
     }
 
-    fn evaluate_user(&mut self, user: u32, segments: &[u32], now: Millis, cause: &Value) {
+    fn evaluate_user(&mut self, user: u32, segments: &[u32], now: Millis, cause: &Cause) {
         if segments.is_empty() {
             return;
         }
@@ -328,11 +396,14 @@ impl Worker {
         };
         self.evaluate_user(u, &segments, now, &cause_event(event_id, seq));
         self.mark.event_seq = self.mark.event_seq.max(seq);
+        if self.pending.len() >= FLUSH_CHANGES {
+            self.commit();
+        }
     }
 
     /// Fires every deadline due by `until`, each evaluated at its own instant.
     fn fire_due(&mut self, until: Millis) {
-        let time = json!("time");
+        let time = Cause::Time;
         let mut due = Vec::new();
         loop {
             due.clear();
@@ -351,6 +422,9 @@ impl Worker {
             for (at, o) in outcomes {
                 let changed = self.state.apply(&[o]);
                 self.record(&changed, at, &time);
+            }
+            if self.pending.len() >= FLUSH_CHANGES {
+                self.commit();
             }
             self.shared
                 .stats
@@ -391,9 +465,17 @@ impl Worker {
                     })
                     .collect();
                 order.sort_unstable();
+                let mut last_name: Option<(&str, u32)> = None;
                 for (seq, i) in order {
                     let e = &events[i];
-                    let name = self.state.name_id(e.name.as_str());
+                    let name = match last_name {
+                        Some((n, id)) if n == e.name.as_str() => id,
+                        _ => {
+                            let id = self.state.name_id(e.name.as_str());
+                            last_name = Some((e.name.as_str(), id));
+                            id
+                        }
+                    };
                     // At its arrival: deadlines due by then fire first, in
                     // order, however late the worker gets to it.
                     let now = received_at.max(self.mark.at);
@@ -434,7 +516,7 @@ impl Worker {
                 } else {
                     self.state.by_attributes.clone()
                 };
-                self.evaluate_user(u, &segments, now, &json!("attribute_change"));
+                self.evaluate_user(u, &segments, now, &Cause::AttributeChange);
             }
             Msg::UserDeleted(user) => {
                 if let Some(&u) = self.state.users.get(user.as_str()) {
@@ -451,7 +533,7 @@ impl Worker {
                         .as_ref()
                         .is_some_and(|x| x.rule.is_some())
                     {
-                        self.start_build(s, now, json!("rule_change"));
+                        self.start_build(s, now, Cause::RuleChange);
                     }
                 }
                 if !self.state.dynamic.contains(&s) {
@@ -469,9 +551,7 @@ impl Worker {
             Msg::SegmentDeleted(id) => {
                 if let Some(s) = self.state.remove_segment(&id) {
                     self.builds.retain(|b| b.segment != s);
-                    for u in 0..self.state.user_ids.len() as u32 {
-                        self.state.deadlines.set(u, s, None);
-                    }
+                    self.state.deadlines.drop_segment(s);
                 }
                 self.shared.builds.write().remove(&id);
             }
@@ -481,7 +561,7 @@ impl Worker {
                 let now = self.now();
                 self.fire_due(now);
                 let dynamic = self.state.dynamic.clone();
-                let n = self.evaluate_all(&dynamic, now, &json!("refresh"));
+                let n = self.evaluate_all(&dynamic, now, &Cause::Refresh);
                 let _ = reply.send(n);
             }
             Msg::Snapshot(reply) => {
@@ -529,7 +609,7 @@ impl Worker {
             })
             .collect();
         let changed = self.state.apply(&outcomes);
-        let cause = json!("rule_change");
+        let cause = Cause::RuleChange;
         self.record(&changed, now, &cause);
         let dependents = self.state.dependents(s);
         let dynamic = self.state.dynamic.clone();
@@ -543,7 +623,7 @@ impl Worker {
         }
     }
 
-    fn start_build(&mut self, segment: u32, now: Millis, cause: Value) {
+    fn start_build(&mut self, segment: u32, now: Millis, cause: Cause) {
         self.builds.retain(|b| b.segment != segment);
         self.builds.push_back(Build {
             segment,
@@ -594,57 +674,35 @@ impl Worker {
         }
     }
 
-    /// Commits pending changes with the watermark, then publishes them.
+    /// Hands pending changes and the watermark to the committer (which
+    /// commits batches in order, then publishes them), without waiting.
     fn commit(&mut self) {
-        if self.pending.is_empty() && self.mark == self.committed {
-            for s in self.syncs.drain(..) {
-                let _ = s.send(());
-            }
+        if self.pending.is_empty() && self.mark == self.committed && self.syncs.is_empty() {
             return;
         }
-        let changes = Arc::new(std::mem::take(&mut self.pending));
-        let store = self.store.clone();
-        let mark = self.mark;
-        let result = self.rt.block_on(async move {
-            store
-                .apply_changes(changes.clone(), mark)
-                .await
-                .map(|()| changes)
-        });
-        match result {
-            Ok(changes) => {
-                self.committed = mark;
-                let stats = &self.shared.stats;
-                use std::sync::atomic::Ordering::Relaxed;
-                stats.changes.fetch_add(changes.len() as u64, Relaxed);
-                stats.applied_seq.store(mark.event_seq, Relaxed);
-                if let Some(last) = changes.last() {
-                    stats.last_change_seq.store(last.seq, Relaxed);
-                }
-                if !changes.is_empty() {
-                    let _ = self.feed.send(changes);
-                }
-                for s in self.syncs.drain(..) {
-                    let _ = s.send(());
-                }
-            }
-            Err(e) => {
-                // Derived state: nothing is lost (a restart replays from the
-                // last committed watermark), but keep trying while we run.
-                tracing::error!(error = %e, "cannot commit membership changes; retrying");
-                self.next_seq = self.store_last_seq();
-                self.pending.clear();
-                std::thread::sleep(Duration::from_millis(500));
-            }
+        // Back-pressure: never run far ahead of what is durable.
+        while self
+            .shared
+            .queued
+            .load(std::sync::atomic::Ordering::Acquire)
+            > MAX_QUEUED_CHANGES
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let batch = CommitBatch {
+            made: std::time::Instant::now(),
+            changes: std::mem::replace(&mut self.pending, Vec::with_capacity(FLUSH_CHANGES)),
+            mark: self.mark,
+            syncs: std::mem::take(&mut self.syncs),
+        };
+        self.committed = self.mark;
+        self.shared
+            .queued
+            .fetch_add(batch.changes.len(), std::sync::atomic::Ordering::AcqRel);
+        if self.committer.send(batch).is_err() {
+            tracing::error!("the live committer has stopped; changes are not being saved");
         }
         self.publish_stats();
-    }
-
-    fn store_last_seq(&self) -> i64 {
-        let store = self.store.clone();
-        self.rt
-            .block_on(async move { store.last_change_seq().await })
-            .map_or(self.next_seq, |s| s + 1)
     }
 
     fn publish_stats(&self) {
@@ -706,6 +764,7 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut handled = 0;
+            let started = std::time::Instant::now();
             let mut next = first;
             while let Some(msg) = next {
                 if matches!(msg, Msg::Stop) {
@@ -719,10 +778,21 @@ impl Worker {
                     None
                 };
             }
+            let t0 = std::time::Instant::now();
             let now = self.now();
             self.fire_due(now);
             self.build_step(now);
+            let t1 = std::time::Instant::now();
+            let pending = self.pending.len();
             self.commit();
+            tracing::debug!(
+                handled,
+                pending,
+                handle_ms = (t0 - started).as_secs_f64() * 1000.0,
+                turn_ms = (t1 - t0).as_secs_f64() * 1000.0,
+                commit_ms = t1.elapsed().as_secs_f64() * 1000.0,
+                "live turn"
+            );
         }
         self.commit();
         tracing::debug!("live worker stopped");

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Live-engine benchmark on a release build (issue 4):
+#   1. baseline: the spine's HTTP ingest of the same events with no segment;
+#   2. live: 50 segments (attribute, windowed, recency, mixed) built over every
+#      user, then sustained ingest: events/s, acknowledgement -> change on the
+#      stream (p50/p99), and the PING deadlines (one per user, 30 s after it)
+#      firing: pending peak and lateness after their instants.
+#
+#   scripts/bench-live.sh [USERS] [EVENTS]     (default 1000000 2000000)
+#
+# Every event is durable before it is acknowledged; every change is committed
+# to the change log before it is streamed. Fresh temp data dirs each run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-1000000}
+EVENTS=${2:-2000000}
+cargo build --release -q -p stratify
+BIN=target/release/stratify
+WORK=$(mktemp -d)
+trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+echo "== $USERS users (generated, imported)"
+$BIN generate --users "$USERS" --events 1 --orders 1 --seed 4 --out "$WORK/gen" >/dev/null
+
+serve() {
+    PORT=$((20000 + RANDOM % 20000))
+    STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$1" >/dev/null &
+    PID=$!
+    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.2; done
+    echo "server did not start" >&2; exit 1
+}
+
+for run in baseline live; do
+    RUST_LOG=warn $BIN import --users "$WORK/gen/user_attributes.csv" --data-dir "$WORK/$run" >/dev/null
+    serve "$WORK/$run"
+    if [ "$run" = baseline ]; then
+        echo "== baseline: no segments"
+        $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --drain-seconds 0 | grep "live ingest" | sed 's/^live ingest/baseline ingest/'
+    else
+        echo "== live: 50 segments"
+        $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --setup
+        echo "server RSS: $(($(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024)) MiB"
+    fi
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+done
