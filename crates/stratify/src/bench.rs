@@ -449,18 +449,15 @@ async fn live(args: LiveArgs) -> anyhow::Result<()> {
     });
     let acks = Arc::new(parking_lot::Mutex::new(vec![None::<Instant>; batches]));
     let next = Arc::new(AtomicUsize::new(0));
-    let now_ms = wall_ms();
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..batches)
-            .map(|b| live_body(&args, run_id, b, now_ms))
-            .collect(),
-    );
+    // Bodies are built as they are sent, stamped with the sending instant,
+    // so the PING deadlines (30 s later) spread as the ingest does.
+    let args = Arc::new(args);
     let sent_at = wall_ms();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, bodies, next, acks) =
-            (client.clone(), bodies.clone(), next.clone(), acks.clone());
+        let (client, next, acks, args) =
+            (client.clone(), next.clone(), acks.clone(), args.clone());
         let (url, key, expect) = (
             format!("{}/v1/events", args.url),
             args.key.clone(),
@@ -471,15 +468,18 @@ async fn live(args: LiveArgs) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
+                if i >= batches {
+                    break;
+                }
                 if let Some(every) = interval {
                     tokio::time::sleep_until((start + every * i as u32).into()).await;
                 }
+                let body = live_body(&args, run_id, i, wall_ms());
                 let resp = client
                     .post(&url)
                     .bearer_auth(&key)
                     .header("content-type", "application/json")
-                    .body(body.clone())
+                    .body(body)
                     .send()
                     .await
                     .context("request failed")?;

@@ -484,3 +484,93 @@ async fn editing_a_rule_rebuilds_the_segment_in_the_background() {
     assert_eq!(c[60]["cause"], "attribute_change");
     assert_eq!(c[60]["user_id"], "u0");
 }
+
+/// The seed's food-delivery scenario over HTTP, on a movable clock: 25
+/// orders make a power user at once; as orders age out of the 23-day window
+/// they drop out at the exact instant; 14 days after the last order they
+/// are dormant, to the millisecond; a new order brings them back at once.
+#[tokio::test]
+async fn food_delivery_power_user_and_dormancy_end_to_end() {
+    let app = spawn_app().await;
+    let power = segment(
+        &app,
+        "power_user",
+        json!({"field": "order_count_last_23_days", "op": "gte", "value": 25}),
+    )
+    .await;
+    let dormant = segment(
+        &app,
+        "dormant_user",
+        json!({"field": "seconds_since_last_order", "op": "gte", "value": 14 * 86_400}),
+    )
+    .await;
+    let min = 60_000;
+    let order = |id: String, ts: i64| {
+        let app = &app;
+        async move {
+            let (s, b) = app
+                .post(
+                    "/v1/orders",
+                    json!({"order_id": id, "user_id": "rider", "amount": 18.5, "city": "Pune", "timestamp": ts}),
+                )
+                .await;
+            assert!(s.is_success(), "{b}");
+        }
+    };
+    let member = |segment: String| {
+        let app = &app;
+        async move {
+            app.engine.live().sync().await;
+            let (_, b) = app.get(&format!("/v1/segments/{segment}")).await;
+            b["size"] == 1
+        }
+    };
+    app.clock.set(T0 + 30 * min);
+    for i in 0..25 {
+        order(format!("o{i}"), T0 + i * min).await;
+    }
+    assert!(member(power.clone()).await, "25 orders in 23 days: a power user");
+    let c = changes(&app, &power, 0).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["cause"]["event_id"], "order:o24", "the 25th order did it");
+    assert_eq!(c[0]["at"], "2026-01-01T00:30:00.000Z");
+
+    app.clock.set(T0 + 10 * DAY);
+    order("o25".into(), T0 + 10 * DAY).await;
+    // 26 orders; the second one leaves the window at T0 + 23 d + 1 min.
+    app.clock.set(T0 + 23 * DAY + min - 1);
+    assert!(member(power.clone()).await);
+    app.clock.set(T0 + 23 * DAY + min);
+    assert!(!member(power.clone()).await, "dropped out as orders aged");
+    app.clock.set(T0 + 24 * DAY - 1);
+    assert!(!member(dormant.clone()).await);
+    app.clock.set(T0 + 24 * DAY);
+    assert!(member(dormant.clone()).await, "dormant 14 days after the last order");
+    app.clock.set(T0 + 24 * DAY + 3_600_000);
+    order("o26".into(), T0 + 24 * DAY + 3_600_000).await;
+    assert!(!member(dormant.clone()).await, "a new order brings them back");
+
+    let p = changes(&app, &power, 0).await;
+    assert_eq!(p[1]["change"], "exited");
+    assert_eq!(p[1]["at"], "2026-01-24T00:01:00.000Z");
+    assert_eq!(p[1]["cause"], "time");
+    let d = changes(&app, &dormant, 0).await;
+    let d: Vec<(&str, &str, Value)> = d
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap_or(""),
+                c["at"].as_str().unwrap_or(""),
+                c["cause"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!((d[0].0, d[0].1, &d[0].2), ("entered", "2026-01-25T00:00:00.000Z", &json!("time")));
+    assert_eq!((d[1].0, d[1].1), ("exited", "2026-01-25T01:00:00.000Z"));
+    assert_eq!(d[1].2["event_id"], "order:o26");
+    let (_, m) = app.get("/v1/users/rider/memberships").await;
+    assert_eq!(m["memberships"].as_array().map(Vec::len), Some(2));
+    assert_eq!(m["memberships"][0]["segment_id"], dormant.as_str());
+    assert_eq!(m["memberships"][0]["exited_at"], "2026-01-25T01:00:00.000Z");
+}
