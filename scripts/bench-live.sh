@@ -2,9 +2,10 @@
 # Live-engine benchmark on a release build (issue 4):
 #   1. baseline: the spine's HTTP ingest of the same events with no segment;
 #   2. live: 50 segments (attribute, windowed, recency, mixed) built over every
-#      user, then sustained ingest: events/s, acknowledgement -> change on the
-#      stream (p50/p99), and the PING deadlines (one per user, 30 s after it)
-#      firing: pending peak and lateness after their instants.
+#      user, then ingest as fast as acknowledged: events/s, acknowledgement ->
+#      change on the stream (p50/p99), and the PING deadlines (one per user,
+#      30 s after it) firing: pending peak and lateness after their instants;
+#   3. the same at fixed offered loads (20k and 50k events/s, 20 s each).
 #
 #   scripts/bench-live.sh [USERS] [EVENTS]     (default 1000000 2000000)
 #
@@ -37,8 +38,13 @@ for run in baseline live; do
         echo "== baseline: no segments"
         $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --drain-seconds 0 | grep "live ingest" | sed 's/^live ingest/baseline ingest/'
     else
-        echo "== live: 50 segments"
+        echo "== live: 50 segments, as fast as acknowledged"
         $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --setup
+        for RATE in 20000 50000; do
+            echo "== live: offered $RATE events/s, batches of 1000"
+            $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$((RATE * 20))" \
+                --batch 1000 --rate "$RATE" --drain-seconds 40 | grep -v "^deadlines: peak 0"
+        done
         echo "server RSS: $(($(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024)) MiB"
     fi
     kill "$PID"; wait "$PID" 2>/dev/null || true

@@ -49,6 +49,7 @@ impl SqliteStore {
         // page cache's hash at every commit (pcache1Truncate), which with the
         // main file's large cache cost a sixth of the live writer's time.
         live.pragma_update(None, "cache_size", -16_384)?;
+        live.pragma_update(None, "wal_autocheckpoint", 1_000)?;
         migrate_live(&mut live)?;
         let (writer, handle) = Writer::start(conn, "stratify-writer");
         let (live_writer, live_handle) = Writer::start(live, "stratify-live-writer");
