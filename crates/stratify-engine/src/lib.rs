@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod keys;
 pub mod live;
 mod population;
+mod scan;
 pub mod schemas;
 pub mod segments;
 pub mod users;

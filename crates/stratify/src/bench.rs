@@ -64,19 +64,9 @@ fn body(args: &IngestArgs, run_id: u64, batch: usize) -> Vec<u8> {
             out.push(',');
         }
         let name = NAMES[n % NAMES.len()];
-        let props = if name == "order_placed" {
-            format!(
-                ",\"properties\":{{\"amount\":{}.5,\"city\":\"Pune\"}}",
-                100 + n % 900
-            )
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "{{\"event_id\":\"b{run_id}-{n}\",\"user_id\":\"user-{}\",\"name\":\"{name}\",\"timestamp\":{}{props}}}",
-            n % args.users,
-            1_700_000_000_000u64 + n as u64 * 7
-        ));
+        let user = format!("user-{}", n % args.users);
+        let ts = 1_700_000_000_000u64 + n as u64 * 7;
+        push_event(&mut out, &format!("b{run_id}-{n}"), &user, name, ts, n);
         if args.ndjson {
             out.push('\n');
         }
@@ -177,10 +167,13 @@ pub struct LiveArgs {
     /// Users the events go to (ids "1".."N", as `stratify generate` writes them).
     #[arg(long, default_value_t = 1_000_000)]
     users: usize,
-    /// Events sent: the first `users` are one PING per user (each sets a deadline
-    /// 30 s later in the `pinged_30s` segment), the rest a mix of app events.
+    /// Events sent: the first `--pings` are one PING per user (each sets a
+    /// deadline 30 s later in the `pinged_30s` segment), the rest a mix of app events.
     #[arg(long, default_value_t = 2_000_000)]
     events: usize,
+    /// Leading PING events (default: one per user).
+    #[arg(long)]
+    pings: Option<usize>,
     #[arg(long, default_value_t = 5_000)]
     batch: usize,
     #[arg(long, default_value_t = 8)]
@@ -294,26 +287,33 @@ fn live_body(args: &LiveArgs, run_id: u64, batch: usize, now_ms: u64) -> Vec<u8>
         if i > 0 {
             out.push(',');
         }
-        let name = if n < args.users {
+        let name = if n < args.pings.unwrap_or(args.users) {
             "PING"
         } else {
             LIVE_NAMES[(n / 7) % LIVE_NAMES.len()]
         };
-        let props = if name == "order_placed" {
-            format!(
-                ",\"properties\":{{\"amount\":{}.5,\"city\":\"Pune\"}}",
-                100 + n % 900
-            )
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "{{\"event_id\":\"l{run_id}-{n}\",\"user_id\":\"{}\",\"name\":\"{name}\",\"timestamp\":{now_ms}{props}}}",
-            n % args.users + 1
-        ));
+        let user = (n % args.users + 1).to_string();
+        push_event(&mut out, &format!("l{run_id}-{n}"), &user, name, now_ms, n);
     }
     out.push_str("]}");
     out.into_bytes()
+}
+
+/// One event as JSON; orders carry an amount and a city.
+fn push_event(out: &mut String, id: &str, user: &str, name: &str, ts: u64, n: usize) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "{{\"event_id\":\"{id}\",\"user_id\":\"{user}\",\"name\":\"{name}\",\"timestamp\":{ts}"
+    );
+    if name == "order_placed" {
+        let _ = write!(
+            out,
+            ",\"properties\":{{\"amount\":{}.5,\"city\":\"Pune\"}}",
+            100 + n % 900
+        );
+    }
+    out.push('}');
 }
 
 fn wall_ms() -> u64 {
@@ -456,8 +456,7 @@ async fn live(args: LiveArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, next, acks, args) =
-            (client.clone(), next.clone(), acks.clone(), args.clone());
+        let (client, next, acks, args) = (client.clone(), next.clone(), acks.clone(), args.clone());
         let (url, key, expect) = (
             format!("{}/v1/events", args.url),
             args.key.clone(),
@@ -508,7 +507,7 @@ async fn live(args: LiveArgs) -> anyhow::Result<()> {
         if args.rate > 0 { format!("{} events/s", args.rate) } else { "as fast as acknowledged".into() }
     );
     // Wait for the deadlines (30 s after each PING) to fire.
-    let pings = args.users.min(total);
+    let pings = args.pings.unwrap_or(args.users).min(total);
     let deadline = Instant::now() + std::time::Duration::from_secs(args.drain_seconds);
     loop {
         if let Some(d) = metric(&client, &args.url, "stratify_live_deadlines_pending").await {

@@ -8,7 +8,7 @@
 use super::state::{LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
-use crate::{Clock, EngineError};
+use crate::{scan, Clock, EngineError};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -18,8 +18,6 @@ use stratify_core::time::Millis;
 use stratify_store::{Cause, ChangeRecord, RawEvent, Store, Watermark};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// Rows read per page while loading.
-const LOAD_PAGE: u32 = 50_000;
 /// Most messages handled before deadlines, builds and a commit get a turn.
 const MAX_MESSAGES_PER_TURN: usize = 4_096;
 /// Longest sleep with nothing due (a guard against clock jumps).
@@ -151,22 +149,12 @@ impl Worker {
             store.watermark().await?
         };
         let mut state = State::default();
-        let mut by_uid: Vec<u32> = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = store.users_page(after, LOAD_PAGE).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = *last;
-            for (uid, user) in page {
-                let (u, _) = state.user(&user.user_id);
-                state.profiles[u as usize].attributes = user.attributes;
-                let slot = usize::try_from(uid).unwrap_or(0);
-                if by_uid.len() <= slot {
-                    by_uid.resize(slot + 1, u32::MAX);
-                }
-                by_uid[slot] = u;
-            }
-        }
+        let by_uid = scan::users(store.as_ref(), |user| {
+            let (u, _) = state.user(&user.user_id);
+            state.profiles[u as usize].attributes = user.attributes;
+            Some(u)
+        })
+        .await?;
         let mut names: HashMap<i64, u32> = HashMap::new();
         for (id, name) in store.event_names().await? {
             names.insert(id, state.name_id(&name));
@@ -188,35 +176,22 @@ impl Worker {
             }
         }
         let mut replay: Vec<RawEvent> = Vec::new();
-        let mut after_seq = 0;
-        loop {
-            let page = store.scan_events(after_seq, LOAD_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after_seq = last.seq;
-            for e in page {
-                if mark.is_some_and(|m| e.seq > m.event_seq) {
-                    replay.push(e);
-                    continue;
-                }
-                let user = usize::try_from(e.uid)
-                    .ok()
-                    .and_then(|u| by_uid.get(u))
-                    .copied();
-                if let (Some(&name), Some(u)) = (names.get(&e.name_id), user) {
-                    if u != u32::MAX {
-                        state.add_event(
-                            u,
-                            LiveEvent {
-                                seq: e.seq,
-                                ts: e.timestamp,
-                                name,
-                                properties: e.properties.map(Box::new),
-                            },
-                        );
-                    }
-                }
+        let after_seq = scan::events(store.as_ref(), |e| {
+            if mark.is_some_and(|m| e.seq > m.event_seq) {
+                replay.push(e);
+            } else if let (Some(&name), Some(u)) = (names.get(&e.name_id), by_uid.get(e.uid)) {
+                state.add_event(
+                    u,
+                    LiveEvent {
+                        seq: e.seq,
+                        ts: e.timestamp,
+                        name,
+                        properties: e.properties.map(Box::new),
+                    },
+                );
             }
-        }
+        })
+        .await?;
         // Current memberships as materialised; statics are compared below.
         let mut stored_static: HashSet<(u32, u32)> = HashSet::new();
         for (segment, user) in store.open_memberships().await? {
@@ -283,11 +258,7 @@ impl Worker {
         }
         let replayed = replay.len();
         for e in replay {
-            let user = usize::try_from(e.uid)
-                .ok()
-                .and_then(|u| by_uid.get(u))
-                .copied()
-                .filter(|u| *u != u32::MAX);
+            let user = by_uid.get(e.uid);
             let name = names.get(&e.name_id).copied();
             if let (Some(u), Some(name)) = (user, name) {
                 let at = e.received_at.max(worker.mark.at);

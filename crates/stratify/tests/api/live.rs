@@ -529,10 +529,16 @@ async fn food_delivery_power_user_and_dormancy_end_to_end() {
     for i in 0..25 {
         order(format!("o{i}"), T0 + i * min).await;
     }
-    assert!(member(power.clone()).await, "25 orders in 23 days: a power user");
+    assert!(
+        member(power.clone()).await,
+        "25 orders in 23 days: a power user"
+    );
     let c = changes(&app, &power, 0).await;
     assert_eq!(c.len(), 1);
-    assert_eq!(c[0]["cause"]["event_id"], "order:o24", "the 25th order did it");
+    assert_eq!(
+        c[0]["cause"]["event_id"], "order:o24",
+        "the 25th order did it"
+    );
     assert_eq!(c[0]["at"], "2026-01-01T00:30:00.000Z");
 
     app.clock.set(T0 + 10 * DAY);
@@ -545,10 +551,16 @@ async fn food_delivery_power_user_and_dormancy_end_to_end() {
     app.clock.set(T0 + 24 * DAY - 1);
     assert!(!member(dormant.clone()).await);
     app.clock.set(T0 + 24 * DAY);
-    assert!(member(dormant.clone()).await, "dormant 14 days after the last order");
+    assert!(
+        member(dormant.clone()).await,
+        "dormant 14 days after the last order"
+    );
     app.clock.set(T0 + 24 * DAY + 3_600_000);
     order("o26".into(), T0 + 24 * DAY + 3_600_000).await;
-    assert!(!member(dormant.clone()).await, "a new order brings them back");
+    assert!(
+        !member(dormant.clone()).await,
+        "a new order brings them back"
+    );
 
     let p = changes(&app, &power, 0).await;
     assert_eq!(p[1]["change"], "exited");
@@ -566,7 +578,10 @@ async fn food_delivery_power_user_and_dormancy_end_to_end() {
         })
         .collect();
     assert_eq!(d.len(), 2, "{d:?}");
-    assert_eq!((d[0].0, d[0].1, &d[0].2), ("entered", "2026-01-25T00:00:00.000Z", &json!("time")));
+    assert_eq!(
+        (d[0].0, d[0].1, &d[0].2),
+        ("entered", "2026-01-25T00:00:00.000Z", &json!("time"))
+    );
     assert_eq!((d[1].0, d[1].1), ("exited", "2026-01-25T01:00:00.000Z"));
     assert_eq!(d[1].2["event_id"], "order:o26");
     let (_, m) = app.get("/v1/users/rider/memberships").await;
