@@ -137,6 +137,7 @@ impl Engine {
             }
             return Ok(outcome);
         }
+        self.live.admit().await;
         let events = std::sync::Arc::new(events);
         let batch = EventBatch {
             events: events.clone(),

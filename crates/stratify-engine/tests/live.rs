@@ -207,11 +207,16 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
             .wrapping_add(1442695040888963407);
         (rng >> 33) % n
     };
-    for step in 0..60 {
+    for step in 0..120 {
         w.clock.advance((next(6) as i64) * 3_600_000 + 1);
         let now = w.clock.now();
         let user = format!("u{}", next(12));
-        match next(4) {
+        match next(9) {
+            8 => {
+                // Erasures: the store may hand a later user the same uid.
+                let uid = stratify_core::ids::UserId::parse(&user).expect("id");
+                let _ = w.engine.delete_user(&uid).await;
+            }
             0 => {
                 order(
                     &w.engine,
@@ -242,6 +247,7 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
                     .await
                     .expect("login");
             }
+            _ => order(&w.engine, &format!("n{step}"), &format!("o{step}"), now).await,
         }
     }
     w.clock.advance(3_600_000);

@@ -132,7 +132,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.metrics.render(state.started.elapsed().as_secs_f64());
-    live_metrics(&mut body, state.engine.live().stats());
+    live_metrics(&mut body, state.engine.live());
     (
         [(
             header::CONTENT_TYPE,
@@ -143,10 +143,17 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The live engine's gauges and counters.
-fn live_metrics(out: &mut String, stats: &stratify_engine::live::Stats) {
+fn live_metrics(out: &mut String, live: &stratify_engine::live::Live) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let rows: [(&str, &str, &str, i64); 7] = [
+    let stats = live.stats();
+    let rows: [(&str, &str, &str, i64); 8] = [
+        (
+            "stratify_live_lag_events",
+            "gauge",
+            "Committed events not yet applied to memberships (writers wait past 20000).",
+            live.lag() as i64,
+        ),
         (
             "stratify_live_users",
             "gauge",

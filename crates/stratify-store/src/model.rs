@@ -59,8 +59,9 @@ pub struct EventBatch {
 #[derive(Clone)]
 pub struct CommitHook(pub std::sync::Arc<OnCommit>);
 
-/// What a [`CommitHook`] calls with the outcome of each event.
-pub type OnCommit = dyn Fn(&[Appended]) + Send + Sync;
+/// What a [`CommitHook`] calls with the outcome of each event and its
+/// user's interned id (`uid`), in input order.
+pub type OnCommit = dyn Fn(&[Appended], &[i64]) + Send + Sync;
 
 impl std::fmt::Debug for CommitHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

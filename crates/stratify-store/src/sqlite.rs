@@ -294,7 +294,7 @@ impl WriterState {
         &mut self,
         batch: &EventBatch,
         properties: &[Option<String>],
-    ) -> Result<Vec<Appended>> {
+    ) -> Result<(Vec<Appended>, Vec<i64>)> {
         let (now, source) = (batch.report.now, batch.report.source.code());
         // Appended in (user, time) order: the events of one batch are one
         // atomic write, so their relative sequence is ours to choose, and this
@@ -305,6 +305,7 @@ impl WriterState {
             let name_id = self.name_id(event.name.as_str())?;
             order.push((uid, event.timestamp, i, name_id));
         }
+        let uids: Vec<i64> = order.iter().map(|o| o.0).collect();
         order.sort_unstable();
         let mut out = vec![Appended::Duplicate; batch.events.len()];
         let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
@@ -365,7 +366,7 @@ impl WriterState {
         }
         drop((insert, stored_id));
         self.record(&batch.report, accepted, duplicates, last)?;
-        Ok(out)
+        Ok((out, uids))
     }
 
     fn record(
@@ -522,16 +523,18 @@ impl Store for SqliteStore {
             .map(|e| e.properties.as_ref().map(serde_json::to_string).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         let hook = batch.on_commit.clone();
-        self.writer
+        let (appended, _) = self
+            .writer
             .write_then(
                 move |w| w.append_batch(&batch, &properties),
-                move |appended: &Vec<Appended>| {
+                move |(appended, uids): &(Vec<Appended>, Vec<i64>)| {
                     if let Some(hook) = hook {
-                        (hook.0)(appended);
+                        (hook.0)(appended, uids);
                     }
                 },
             )
-            .await
+            .await?;
+        Ok(appended)
     }
 
     async fn write_user(

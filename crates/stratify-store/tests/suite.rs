@@ -410,7 +410,7 @@ async fn commit_hooks_run_in_sequence_order_after_the_commit() {
                     json!({"event_id": format!("{t}-{i}"), "user_id": format!("u{t}"), "name": "X"}),
                 )]);
                 let seen = seen.clone();
-                b.on_commit = Some(CommitHook(std::sync::Arc::new(move |a: &[Appended]| {
+                b.on_commit = Some(CommitHook(std::sync::Arc::new(move |a: &[Appended], _uids: &[i64]| {
                     for x in a {
                         if let Appended::New(seq) = x {
                             seen.lock().push(*seq);

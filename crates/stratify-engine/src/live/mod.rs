@@ -37,11 +37,15 @@ use tokio::sync::{broadcast, oneshot};
 /// Batches of committed changes kept for slow subscribers before they lag
 /// (and fall back to reading the log).
 const FEED_CAPACITY: usize = 1024;
+/// Committed events the worker may be behind before writers wait.
+pub const MAX_LAG_EVENTS: usize = 20_000;
 
 pub(crate) enum Msg {
     Events {
         events: Arc<Vec<NewEvent>>,
         appended: Vec<Appended>,
+        /// The store's interned user id of each event.
+        uids: Vec<i64>,
         received_at: Millis,
     },
     Attributes {
@@ -115,6 +119,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Changes handed to the committer, not yet durable.
     pub queued: std::sync::atomic::AtomicUsize,
+    /// Committed events handed to the worker, not yet applied.
+    pub lag: std::sync::atomic::AtomicUsize,
 }
 
 /// Every current membership and pending deadline, by ids (for comparing a
@@ -217,15 +223,47 @@ impl Live {
     pub(crate) fn commit_hook(&self, events: Arc<Vec<NewEvent>>) -> CommitHook {
         let tx = self.tx.lock().clone();
         let clock = self.clock.clone();
-        CommitHook(Arc::new(move |appended: &[Appended]| {
-            if appended.iter().any(|a| matches!(a, Appended::New(_))) {
+        let shared = self.shared.clone();
+        CommitHook(Arc::new(move |appended: &[Appended], uids: &[i64]| {
+            let new = appended
+                .iter()
+                .filter(|a| matches!(a, Appended::New(_)))
+                .count();
+            if new > 0 {
+                shared
+                    .lag
+                    .fetch_add(new, std::sync::atomic::Ordering::AcqRel);
                 let _ = tx.send(Msg::Events {
                     events: events.clone(),
                     appended: appended.to_vec(),
+                    uids: uids.to_vec(),
                     received_at: clock.now(),
                 });
             }
         }))
+    }
+
+    /// Back-pressure for writers: waits while the worker is more than
+    /// [`MAX_LAG_EVENTS`] committed events behind, so that a sustained
+    /// overload slows acknowledgements instead of growing an unbounded queue
+    /// and the delay from acknowledgement to membership change stays bounded.
+    pub(crate) async fn admit(&self) {
+        while self.lag() > MAX_LAG_EVENTS {
+            let running = self
+                .thread
+                .lock()
+                .as_ref()
+                .is_some_and(|t| !t.is_finished());
+            if !running {
+                return; // a stopped worker must not stop ingest
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Committed events not yet applied by the worker.
+    pub fn lag(&self) -> usize {
+        self.shared.lag.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until everything sent before is applied and committed.

@@ -129,6 +129,8 @@ pub struct Worker {
     syncs: Vec<oneshot::Sender<()>>,
     threads: usize,
     scratch: Vec<Outcome>,
+    /// Store uid → user index.
+    by_uid: scan::ByUid,
 }
 
 impl Worker {
@@ -226,6 +228,7 @@ impl Worker {
             syncs: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             scratch: Vec::new(),
+            by_uid,
         };
         // Static memberships the table does not show yet (or no longer).
         let refresh = Cause::Refresh;
@@ -258,13 +261,14 @@ impl Worker {
         }
         let replayed = replay.len();
         for e in replay {
-            let user = by_uid.get(e.uid);
+            let user = worker.by_uid.get(e.uid);
             let name = names.get(&e.name_id).copied();
             if let (Some(u), Some(name)) = (user, name) {
                 let at = e.received_at.max(worker.mark.at);
-                let id = worker.state.user_ids[u as usize].to_string();
+                let id = worker.state.user_ids[u as usize].clone();
+                let user = worker.resolve(e.uid, &id);
                 worker.apply_event(
-                    &id,
+                    user,
                     name,
                     e.seq,
                     e.timestamp,
@@ -337,11 +341,25 @@ impl Worker {
         self.scratch = out;
     }
 
+    /// The user's index (and whether the user is new to the live state),
+    /// found by the store's uid without hashing the id when it is known.
+    fn resolve(&mut self, uid: i64, user_id: &str) -> (u32, bool) {
+        if let Some(u) = self.by_uid.get(uid) {
+            let p = &self.state.profiles[u as usize];
+            if p.alive && *self.state.user_ids[u as usize] == *user_id {
+                return (u, false);
+            }
+        }
+        let (u, new) = self.state.user(user_id);
+        self.by_uid.set(uid, u);
+        (u, new)
+    }
+
     /// Applies one committed event at `now` (deadlines due by then first).
     #[allow(clippy::too_many_arguments)]
     fn apply_event(
         &mut self,
-        user_id: &str,
+        (u, new): (u32, bool),
         name: u32,
         seq: i64,
         ts: Millis,
@@ -350,7 +368,6 @@ impl Worker {
         now: Millis,
     ) {
         self.fire_due(now);
-        let (u, new) = self.state.user(user_id);
         self.state.add_event(
             u,
             LiveEvent {
@@ -425,6 +442,7 @@ impl Worker {
             Msg::Events {
                 events,
                 appended,
+                uids,
                 received_at,
             } => {
                 let mut order: Vec<(i64, usize)> = appended
@@ -436,6 +454,7 @@ impl Worker {
                     })
                     .collect();
                 order.sort_unstable();
+                let applied = order.len();
                 let mut last_name: Option<(&str, u32)> = None;
                 for (seq, i) in order {
                     let e = &events[i];
@@ -450,8 +469,10 @@ impl Worker {
                     // At its arrival: deadlines due by then fire first, in
                     // order, however late the worker gets to it.
                     let now = received_at.max(self.mark.at);
+                    let uid = uids.get(i).copied().unwrap_or(-1);
+                    let user = self.resolve(uid, e.user_id.as_str());
                     self.apply_event(
-                        e.user_id.as_str(),
+                        user,
                         name,
                         seq,
                         e.timestamp,
@@ -460,6 +481,9 @@ impl Worker {
                         now,
                     );
                 }
+                self.shared
+                    .lag
+                    .fetch_sub(applied, std::sync::atomic::Ordering::AcqRel);
             }
             Msg::Attributes {
                 user,
