@@ -236,7 +236,7 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
                     .await
                     .expect("user");
             }
-            _ => {
+            2..=5 => {
                 w.engine
                     .ingest_values(
                         vec![Ok(
