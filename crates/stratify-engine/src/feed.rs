@@ -149,7 +149,13 @@ impl Engine {
                 }
                 // Then live batches; anything already sent is skipped.
                 loop {
-                    match live.recv().await {
+                    // A client that went away ends the follower even when
+                    // nothing changes (it holds the store).
+                    let next = tokio::select! {
+                        next = live.recv() => next,
+                        () = tx.closed() => return,
+                    };
+                    match next {
                         Ok(batch) => {
                             for c in batch.iter() {
                                 if c.seq <= cursor {
