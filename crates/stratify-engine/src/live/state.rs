@@ -424,3 +424,59 @@ impl State {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64, ts: Millis) -> LiveEvent {
+        LiveEvent {
+            seq,
+            ts,
+            name: 0,
+            properties: None,
+        }
+    }
+
+    #[test]
+    fn an_oversized_user_keeps_the_newest_events_and_is_counted() {
+        let mut s = State::default();
+        let (u, new) = s.user("big");
+        assert!(new);
+        let n = MAX_USER_EVENTS as i64 + 5;
+        // Out of order on purpose: the profile stays sorted by (ts, seq).
+        for i in (0..n).rev() {
+            s.add_event(u, event(i, 1_000 + i));
+        }
+        let p = &s.profiles[u as usize];
+        assert_eq!(p.events.len(), MAX_USER_EVENTS);
+        assert!(p.truncated);
+        assert_eq!(s.truncated_users, 1);
+        assert!(p.events.windows(2).all(|w| w[0].ts <= w[1].ts));
+        s.forget(u);
+        assert_eq!(s.truncated_users, 0);
+        assert!(s.profiles[u as usize].events.is_empty());
+        assert!(s.user("big").1, "an erased user comes back as new");
+    }
+
+    #[test]
+    fn memberships_count_their_members() {
+        let mut seg = Seg {
+            id: "s".into(),
+            rule: None,
+            events: Vec::new(),
+            attributes: false,
+            statics: Vec::new(),
+            refs: Vec::new(),
+            members: Vec::new(),
+            size: 0,
+        };
+        assert!(!seg.set(130, false), "absent stays absent without growing");
+        assert!(seg.set(130, true));
+        assert!(!seg.set(130, true));
+        assert!(seg.contains(130) && !seg.contains(129));
+        assert_eq!(seg.size, 1);
+        assert!(seg.set(130, false));
+        assert_eq!(seg.size, 0);
+    }
+}

@@ -104,7 +104,7 @@ fn evaluate_due(state: &State, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outco
     out
 }
 
-pub fn cause_event(event_id: Option<&str>, seq: i64) -> Cause {
+fn cause_event(event_id: Option<&str>, seq: i64) -> Cause {
     Cause::Event {
         seq,
         event_id: event_id.map(str::to_owned),
