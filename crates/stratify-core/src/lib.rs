@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod attributes;
+pub mod bucketing;
 pub mod datagen;
 pub mod error;
 pub mod event;
