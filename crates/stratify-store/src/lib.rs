@@ -137,6 +137,24 @@ pub trait Store: Send + Sync + 'static {
     /// aligned), oldest first.
     async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>>;
 
+    /// Creates an experiment; `Conflict` when its key is taken.
+    async fn create_experiment(&self, experiment: ExperimentRecord) -> Result<()>;
+    /// Replaces an experiment's name and definition (a new version).
+    async fn update_experiment(&self, experiment: ExperimentRecord) -> Result<()>;
+    async fn experiments(&self) -> Result<Vec<ExperimentRecord>>;
+    /// Moves an experiment from `from` to `to` if it is still in `from`
+    /// (compare and set) and records the transition. Returns whether it moved.
+    async fn transition_experiment(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        at: Millis,
+        by: Option<String>,
+    ) -> Result<bool>;
+    /// An experiment's transitions, oldest first.
+    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>>;
+
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;
     async fn delete_webhook(&self, id: &str) -> Result<bool>;

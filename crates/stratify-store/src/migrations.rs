@@ -113,6 +113,30 @@ CREATE TABLE webhooks (
     last_attempt_at  INTEGER
 );
 "#,
+    r#"
+-- Experiments: the definition (variants, targeting, allocation) as the
+-- engine's normalised JSON; status and its transitions kept apart.
+CREATE TABLE experiments (
+    id          TEXT PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    definition  TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    created_by  TEXT,
+    updated_by  TEXT
+);
+CREATE TABLE experiment_transitions (
+    experiment_id  TEXT NOT NULL,
+    from_status    TEXT NOT NULL,
+    to_status      TEXT NOT NULL,
+    at             INTEGER NOT NULL,
+    by             TEXT
+);
+CREATE INDEX experiment_transitions_id ON experiment_transitions(experiment_id, at);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

@@ -311,3 +311,27 @@ pub struct ChangeBucket {
     pub entered: u64,
     pub exited: u64,
 }
+
+/// An experiment as stored: its definition is the engine's normalised JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentRecord {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub status: String,
+    pub definition: Value,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub created_by: Option<String>,
+    pub updated_by: Option<String>,
+}
+
+/// One lifecycle step of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransitionRecord {
+    pub from: String,
+    pub to: String,
+    pub at: Millis,
+    pub by: Option<String>,
+}

@@ -1199,6 +1199,129 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![e.id, e.key, e.name, e.status, definition, e.version, e.created_at, e.updated_at, e.created_by, e.updated_by])
+                    .map_err(|err| match err {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            StoreError::Conflict(format!("an experiment with key '{}'", e.key))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, updated_by = ?6 WHERE id = ?1",
+                    )?
+                    .execute(params![e.id, e.name, definition, e.version, e.updated_at, e.updated_by])?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
+                 FROM experiments ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    ExperimentRecord {
+                        id: r.get(0)?,
+                        key: r.get(1)?,
+                        name: r.get(2)?,
+                        status: r.get(3)?,
+                        definition: Value::Null,
+                        version: r.get(5)?,
+                        created_at: r.get(6)?,
+                        updated_at: r.get(7)?,
+                        created_by: r.get(8)?,
+                        updated_by: r.get(9)?,
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut e, definition) = row?;
+                e.definition = serde_json::from_str(&definition)?;
+                out.push(e);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn transition_experiment(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        at: Millis,
+        by: Option<String>,
+    ) -> Result<bool> {
+        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
+                    )?
+                    .execute(params![id, from, to, at])?;
+                if n == 1 {
+                    w.conn
+                        .prepare_cached(
+                            "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![id, from, to, at, by])?;
+                }
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = ?1 ORDER BY at, rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(TransitionRecord {
+                    from: r.get(0)?,
+                    to: r.get(1)?,
+                    at: r.get(2)?,
+                    by: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
         let segments = hook
             .segment_ids

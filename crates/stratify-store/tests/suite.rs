@@ -540,3 +540,55 @@ async fn webhooks_keep_their_delivery_progress() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn experiments_have_unique_keys_and_compare_and_set_transitions() {
+    with_backends(|s| async move {
+        let e = ExperimentRecord {
+            id: "exp_1".into(),
+            key: "pizza-tile".into(),
+            name: "Pizza tile".into(),
+            status: "draft".into(),
+            definition: json!({"variants": []}),
+            version: 1,
+            created_at: NOW,
+            updated_at: NOW,
+            created_by: Some("k".into()),
+            updated_by: Some("k".into()),
+        };
+        s.create_experiment(e.clone()).await.expect("create");
+        let mut again = e.clone();
+        again.id = "exp_2".into();
+        assert!(matches!(
+            s.create_experiment(again).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s
+            .transition_experiment("exp_1", "draft", "running", NOW + 1, Some("k".into()))
+            .await
+            .expect("start"));
+        // A stale transition (from a status it is no longer in) does nothing.
+        assert!(!s
+            .transition_experiment("exp_1", "draft", "running", NOW + 2, None)
+            .await
+            .expect("stale"));
+        let mut changed = e.clone();
+        changed.version = 2;
+        changed.definition = json!({"variants": [1]});
+        s.update_experiment(changed).await.expect("update");
+        let all = s.experiments().await.expect("list");
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].status.as_str(), all[0].version), ("running", 2));
+        assert_eq!(all[0].definition, json!({"variants": [1]}));
+        let t = s.experiment_transitions("exp_1").await.expect("transitions");
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].from.as_str(), t[0].to.as_str(), t[0].at), ("draft", "running", NOW + 1));
+        let mut missing = e;
+        missing.id = "nope".into();
+        assert!(matches!(
+            s.update_experiment(missing).await,
+            Err(StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}
