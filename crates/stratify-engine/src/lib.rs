@@ -7,6 +7,7 @@
 
 pub mod clock;
 mod error;
+pub mod experiments;
 pub mod feed;
 pub mod import;
 pub mod ingest;
@@ -44,6 +45,7 @@ pub struct Engine {
     pub(crate) population: population::SharedIndex,
     pub(crate) live: Arc<live::Live>,
     pub(crate) deliverers: Arc<webhooks::Deliverers>,
+    pub(crate) experiments: Arc<experiments::Experiments>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -82,6 +84,7 @@ impl Engine {
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         let population = population::load(store.as_ref()).await?;
+        let experiments = Arc::new(experiments::Experiments::load(store.as_ref()).await?);
         let live = Arc::new(
             live::Live::start(store.clone(), clock.clone(), &segments.snapshot(), rebuild).await?,
         );
@@ -94,6 +97,7 @@ impl Engine {
             population,
             live,
             deliverers: Arc::default(),
+            experiments,
         };
         if !rebuild {
             engine.start_deliverers().await?;

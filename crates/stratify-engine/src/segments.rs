@@ -192,7 +192,7 @@ pub struct Population {
     pub sql: Option<Compiled>,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+pub(crate) fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
@@ -203,7 +203,7 @@ fn not_found(id: &str) -> EngineError {
     }
 }
 
-fn check_name(name: &str) -> Result<String, EngineError> {
+pub(crate) fn check_name(name: &str) -> Result<String, EngineError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(invalid(
@@ -215,7 +215,7 @@ fn check_name(name: &str) -> Result<String, EngineError> {
     Ok(name.to_owned())
 }
 
-fn check_description(d: Option<String>) -> Result<Option<String>, EngineError> {
+pub(crate) fn check_description(d: Option<String>) -> Result<Option<String>, EngineError> {
     match d {
         Some(d) if d.len() > 1024 => Err(invalid(
             "invalid_description",
@@ -245,7 +245,11 @@ pub fn parse_user_ids(ids: Vec<String>, pointer: &str) -> Result<Vec<UserId>, En
 
 /// Parses a rule and checks its references: every referenced segment exists
 /// and following references from `self_id` never comes back to it.
-fn parse_rule(json: &Value, self_id: &str, catalog: &Catalog) -> Result<Rule, EngineError> {
+pub(crate) fn parse_rule(
+    json: &Value,
+    self_id: &str,
+    catalog: &Catalog,
+) -> Result<Rule, EngineError> {
     let rule = rules::parse(json).map_err(|e| EngineError::Invalid(e.within("/rules")))?;
     for id in rule.references() {
         if catalog.get(id).is_none() {
@@ -277,11 +281,12 @@ fn parse_rule(json: &Value, self_id: &str, catalog: &Catalog) -> Result<Rule, En
     Ok(rule)
 }
 
-pub(crate) fn new_id() -> String {
+/// A random id with a readable prefix (`seg`, `exp`, `whk`).
+pub(crate) fn new_id(prefix: &str) -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
-    format!("seg_{}", hex::encode(bytes))
+    format!("{prefix}_{}", hex::encode(bytes))
 }
 
 /// Cursors are the hex of the last user id: opaque and URL-safe.
@@ -336,7 +341,7 @@ impl Engine {
         let _guard = self.segments.write.lock().await;
         let name = check_name(&input.name)?;
         let description = check_description(input.description)?;
-        let id = new_id();
+        let id = new_id("seg");
         let catalog = self.segments.snapshot();
         let (rule, members) = match (input.rules, input.user_ids) {
             (Some(_), Some(_)) => {
@@ -455,6 +460,20 @@ impl Engine {
                 message: format!(
                     "segment '{}' ({}) refers to this segment",
                     user.record.name, user.record.id
+                ),
+            });
+        }
+        if let Some(e) = self.experiments.snapshot().values().find(|e| {
+            e.definition.segment_ids.iter().any(|s| s == id)
+                || e.rule
+                    .as_ref()
+                    .is_some_and(|r| r.references().contains(&id))
+        }) {
+            return Err(EngineError::Conflict {
+                code: "segment_in_use",
+                message: format!(
+                    "experiment '{}' ({}) targets this segment",
+                    e.record.key, e.record.id
                 ),
             });
         }

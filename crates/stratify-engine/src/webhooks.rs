@@ -135,7 +135,7 @@ impl Engine {
             });
         }
         let record = WebhookRecord {
-            id: crate::segments::new_id(),
+            id: crate::segments::new_id("whk"),
             url,
             segment_ids,
             secret,

@@ -26,6 +26,8 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::live::segment_changes, routes::live::stream, routes::live::websocket, routes::live::memberships,
         routes::live::size_history, routes::live::create_webhook, routes::live::list_webhooks,
         routes::live::delete_webhook,
+        routes::experiments::create, routes::experiments::list, routes::experiments::get_one,
+        routes::experiments::patch, routes::experiments::transition,
     ),
     modifiers(&Security)
 )]

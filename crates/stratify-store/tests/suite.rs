@@ -580,9 +580,15 @@ async fn experiments_have_unique_keys_and_compare_and_set_transitions() {
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].status.as_str(), all[0].version), ("running", 2));
         assert_eq!(all[0].definition, json!({"variants": [1]}));
-        let t = s.experiment_transitions("exp_1").await.expect("transitions");
+        let t = s
+            .experiment_transitions("exp_1")
+            .await
+            .expect("transitions");
         assert_eq!(t.len(), 1);
-        assert_eq!((t[0].from.as_str(), t[0].to.as_str(), t[0].at), ("draft", "running", NOW + 1));
+        assert_eq!(
+            (t[0].from.as_str(), t[0].to.as_str(), t[0].at),
+            ("draft", "running", NOW + 1)
+        );
         let mut missing = e;
         missing.id = "nope".into();
         assert!(matches!(

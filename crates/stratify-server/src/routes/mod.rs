@@ -1,6 +1,7 @@
 //! Every route, declared once with the capability it needs.
 
 pub(crate) mod events;
+pub(crate) mod experiments;
 pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod ops;
@@ -272,6 +273,31 @@ pub fn table() -> Vec<Route> {
             "/v1/webhooks/{id}",
             EditConfig,
             delete(live::delete_webhook),
+        ),
+        r(
+            Method::POST,
+            "/v1/experiments",
+            EditConfig,
+            post(experiments::create),
+        ),
+        r(Method::GET, "/v1/experiments", Read, get(experiments::list)),
+        r(
+            Method::GET,
+            "/v1/experiments/{id}",
+            Read,
+            get(experiments::get_one),
+        ),
+        r(
+            Method::PATCH,
+            "/v1/experiments/{id}",
+            EditConfig,
+            patch(experiments::patch),
+        ),
+        r(
+            Method::POST,
+            "/v1/experiments/{id}/{action}",
+            EditConfig,
+            post(experiments::transition),
         ),
         r(
             Method::GET,

@@ -6,6 +6,7 @@ mod access;
 mod duckmart;
 mod errors;
 mod events;
+mod experiments;
 mod keys;
 mod live;
 mod platform;
