@@ -103,12 +103,13 @@ pub struct State {
     pub segments: Vec<Option<Seg>>,
     pub segment_index: FastMap<String, u32>,
     /// Dynamic segments by the event name they read.
-    pub by_event: FastMap<u32, Vec<u32>>,
+    /// (Shared slices: the per-event hot path clones them without allocating.)
+    pub by_event: FastMap<u32, Arc<[u32]>>,
     /// Dynamic segments that read attributes.
-    pub by_attributes: Vec<u32>,
+    pub by_attributes: Arc<[u32]>,
     /// Dynamic segments by the static segment they refer to.
     pub by_static: FastMap<u32, Vec<u32>>,
-    pub dynamic: Vec<u32>,
+    pub dynamic: Arc<[u32]>,
     pub deadlines: Deadlines,
     pub truncated_users: u64,
 }
@@ -249,10 +250,9 @@ impl State {
             self.collect(i as u32, &mut d, 0);
             deps.push(d);
         }
-        self.by_event.clear();
-        self.by_attributes.clear();
         self.by_static.clear();
-        self.dynamic.clear();
+        let mut by_event: FastMap<u32, Vec<u32>> = FastMap::default();
+        let (mut by_attributes, mut dynamic) = (Vec::new(), Vec::new());
         for (i, (events, attributes, statics, refs)) in deps.into_iter().enumerate() {
             let Some(s) = self.segments[i].as_mut() else {
                 continue;
@@ -261,18 +261,21 @@ impl State {
                 continue;
             }
             let i = i as u32;
-            self.dynamic.push(i);
+            dynamic.push(i);
             for e in &events {
-                self.by_event.entry(*e).or_default().push(i);
+                by_event.entry(*e).or_default().push(i);
             }
             if attributes {
-                self.by_attributes.push(i);
+                by_attributes.push(i);
             }
             for st in &statics {
                 self.by_static.entry(*st).or_default().push(i);
             }
             (s.events, s.attributes, s.statics, s.refs) = (events, attributes, statics, refs);
         }
+        self.by_event = by_event.into_iter().map(|(k, v)| (k, v.into())).collect();
+        self.by_attributes = by_attributes.into();
+        self.dynamic = dynamic.into();
     }
 
     fn collect(&mut self, i: u32, d: &mut (Vec<u32>, bool, Vec<u32>, Vec<u32>), depth: usize) {
@@ -362,26 +365,13 @@ impl State {
         now: Millis,
         threads: usize,
     ) -> Vec<Outcome> {
-        let threads = threads.max(1) as u32;
-        let per = (to.saturating_sub(from)).div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let lo = from + t * per;
-                    let hi = (lo + per).min(to);
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for u in lo..hi {
-                            self.evaluate(u, segments, now, &mut out);
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
+        let len = to.saturating_sub(from) as usize;
+        fan_out(len, threads, |part| {
+            let mut out = Vec::new();
+            for u in part {
+                self.evaluate(from + u as u32, segments, now, &mut out);
+            }
+            out
         })
     }
 
@@ -406,15 +396,18 @@ impl State {
     }
 
     /// Dynamic segments an event of `name` can change.
-    pub fn readers_of_event(&self, name: u32) -> &[u32] {
-        self.by_event.get(&name).map(Vec::as_slice).unwrap_or(&[])
+    pub fn readers_of_event(&self, name: u32) -> Arc<[u32]> {
+        self.by_event
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from([]))
     }
 
     /// Dynamic segments that must be re-evaluated when `segment` changes
     /// (its rule, or a static segment's members).
     pub fn dependents(&self, segment: u32) -> Vec<u32> {
         let mut out: Vec<u32> = self.by_static.get(&segment).cloned().unwrap_or_default();
-        for &d in &self.dynamic {
+        for &d in self.dynamic.iter() {
             if let Some(s) = self.segments[d as usize].as_ref() {
                 if s.refs.contains(&segment) && !out.contains(&d) {
                     out.push(d);
@@ -423,6 +416,31 @@ impl State {
         }
         out
     }
+}
+
+/// Splits `0..len` into one contiguous part per thread, runs `f` on each
+/// in parallel, and concatenates the results in order. A panic in a part is
+/// not swallowed: it resumes on the caller.
+pub fn fan_out<R, F>(len: usize, threads: usize, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(std::ops::Range<usize>) -> Vec<R> + Sync,
+{
+    let per = len.div_ceil(threads.max(1)).max(1);
+    if len <= per {
+        return f(0..len);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..len)
+            .step_by(per)
+            .map(|lo| scope.spawn(move || f(lo..(lo + per).min(len))))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -457,6 +475,14 @@ mod tests {
         assert_eq!(s.truncated_users, 0);
         assert!(s.profiles[u as usize].events.is_empty());
         assert!(s.user("big").1, "an erased user comes back as new");
+    }
+
+    #[test]
+    fn fan_out_covers_every_index_once_in_order() {
+        for (len, threads) in [(0, 2), (1, 2), (7, 2), (10, 3), (5, 8)] {
+            let got = fan_out(len, threads, |r| r.collect::<Vec<_>>());
+            assert_eq!(got, (0..len).collect::<Vec<_>>(), "{len} over {threads}");
+        }
     }
 
     #[test]

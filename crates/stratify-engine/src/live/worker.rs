@@ -5,7 +5,7 @@
 //! them. The first thing it does after a restart is resume from the
 //! watermark: profiles up to it, deadlines re-derived, later events replayed.
 
-use super::state::{LiveEvent, Outcome, State, BUILD_SLICE};
+use super::state::{fan_out, LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
 use crate::{scan, Clock, EngineError};
@@ -381,7 +381,7 @@ impl Worker {
         let segments = if new {
             self.state.dynamic.clone()
         } else {
-            self.state.readers_of_event(name).to_vec()
+            self.state.readers_of_event(name)
         };
         self.evaluate_user(u, &segments, now, &cause_event(event_id, seq));
         self.mark.event_seq = self.mark.event_seq.max(seq);
@@ -429,17 +429,8 @@ impl Worker {
     }
 
     fn evaluate_due_parallel(&self, due: &[(Millis, u32, u32)]) -> Vec<(Millis, Outcome)> {
-        let per = due.len().div_ceil(self.threads.max(1)).max(1);
-        let state = &self.state;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = due
-                .chunks(per)
-                .map(|chunk| scope.spawn(move || evaluate_due(state, chunk)))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
+        fan_out(due.len(), self.threads, |part| {
+            evaluate_due(&self.state, &due[part])
         })
     }
 
