@@ -155,6 +155,20 @@ pub trait Store: Send + Sync + 'static {
     /// An experiment's transitions, oldest first.
     async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>>;
 
+    /// Saves sticky assignments: a row is inserted, or replaced only by one
+    /// with a higher bucket version (re-randomisation); never moved back.
+    async fn save_assignments(&self, assignments: Vec<AssignmentRecord>) -> Result<()>;
+    /// A user's stored assignments.
+    async fn user_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>>;
+    /// An experiment's assignments under one bucket version, oldest first.
+    async fn experiment_assignments(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+    ) -> Result<Vec<AssignmentRecord>>;
+    async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()>;
+    async fn banner_mixture(&self, user_id: &str) -> Result<Option<BannerMixtureRecord>>;
+
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;
     async fn delete_webhook(&self, id: &str) -> Result<bool>;

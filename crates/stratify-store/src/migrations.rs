@@ -137,6 +137,27 @@ CREATE TABLE experiment_transitions (
 );
 CREATE INDEX experiment_transitions_id ON experiment_transitions(experiment_id, at);
 "#,
+    r#"
+-- Sticky assignments, one per (user, experiment): the variant a user was
+-- first served under a bucket version, and when (their first exposure).
+-- A bucket-version bump replaces the row (re-randomisation).
+CREATE TABLE assignments (
+    user_id         TEXT NOT NULL,
+    experiment_id   TEXT NOT NULL,
+    variant         TEXT NOT NULL,
+    bucket_version  INTEGER NOT NULL,
+    assigned_at     INTEGER NOT NULL,
+    PRIMARY KEY (user_id, experiment_id)
+) WITHOUT ROWID;
+CREATE INDEX assignments_experiment ON assignments(experiment_id, bucket_version, assigned_at);
+-- The banners drawn for a user from the pool of their banner experiments.
+CREATE TABLE banner_mixtures (
+    user_id      TEXT PRIMARY KEY,
+    mixture      TEXT NOT NULL,
+    assigned_at  INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

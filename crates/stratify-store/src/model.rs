@@ -335,3 +335,23 @@ pub struct TransitionRecord {
     pub at: Millis,
     pub by: Option<String>,
 }
+
+/// A sticky assignment: the variant a user was first served (their first
+/// exposure) under a bucket version of an experiment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssignmentRecord {
+    pub user_id: String,
+    pub experiment_id: String,
+    pub variant: String,
+    pub bucket_version: u32,
+    pub assigned_at: Millis,
+}
+
+/// The banners drawn for a user, kept until `expires_at` (the engine's JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BannerMixtureRecord {
+    pub user_id: String,
+    pub mixture: Value,
+    pub assigned_at: Millis,
+    pub expires_at: Millis,
+}

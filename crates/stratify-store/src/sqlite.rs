@@ -623,6 +623,12 @@ impl Store for SqliteStore {
                 w.conn
                     .prepare_cached("DELETE FROM users WHERE uid = ?1")?
                     .execute([uid])?;
+                w.conn
+                    .prepare_cached("DELETE FROM assignments WHERE user_id = ?1")?
+                    .execute([&user_id])?;
+                w.conn
+                    .prepare_cached("DELETE FROM banner_mixtures WHERE user_id = ?1")?
+                    .execute([&user_id])?;
                 w.uids.remove(&user_id);
                 Ok(true)
             })
@@ -1322,6 +1328,109 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_assignments(&self, assignments: Vec<AssignmentRecord>) -> Result<()> {
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .write(move |w| {
+                let mut stmt = w.conn.prepare_cached(
+                    "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
+                       variant = excluded.variant, bucket_version = excluded.bucket_version, assigned_at = excluded.assigned_at \
+                     WHERE excluded.bucket_version > assignments.bucket_version",
+                )?;
+                for a in &assignments {
+                    stmt.execute(params![
+                        a.user_id,
+                        a.experiment_id,
+                        a.variant,
+                        a.bucket_version,
+                        a.assigned_at
+                    ])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn user_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
+                 FROM assignments WHERE user_id = ?1",
+            )?;
+            let rows = stmt.query_map([user_id], assignment_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn experiment_assignments(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+    ) -> Result<Vec<AssignmentRecord>> {
+        let experiment_id = experiment_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
+                 FROM assignments WHERE experiment_id = ?1 AND bucket_version = ?2 \
+                 ORDER BY assigned_at, user_id",
+            )?;
+            let rows = stmt.query_map(params![experiment_id, bucket_version], assignment_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
+        let mixture = serde_json::to_string(&m.mixture)?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
+                           assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
+                    )?
+                    .execute(params![m.user_id, mixture, m.assigned_at, m.expires_at])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn banner_mixture(&self, user_id: &str) -> Result<Option<BannerMixtureRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT user_id, mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1",
+                )?
+                .query_row([user_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(user_id, mixture, assigned_at, expires_at)| {
+                Ok(BannerMixtureRecord {
+                    user_id,
+                    mixture: serde_json::from_str(&mixture)?,
+                    assigned_at,
+                    expires_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
         let segments = hook
             .segment_ids
@@ -1494,4 +1603,14 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRecord> {
+    Ok(AssignmentRecord {
+        user_id: r.get(0)?,
+        experiment_id: r.get(1)?,
+        variant: r.get(2)?,
+        bucket_version: r.get(3)?,
+        assigned_at: r.get(4)?,
+    })
 }

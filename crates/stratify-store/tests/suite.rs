@@ -598,3 +598,72 @@ async fn experiments_have_unique_keys_and_compare_and_set_transitions() {
     })
     .await;
 }
+
+fn assignment(user: &str, variant: &str, version: u32, at: i64) -> AssignmentRecord {
+    AssignmentRecord {
+        user_id: user.into(),
+        experiment_id: "exp_1".into(),
+        variant: variant.into(),
+        bucket_version: version,
+        assigned_at: at,
+    }
+}
+
+#[tokio::test]
+async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
+    with_backends(|s| async move {
+        s.save_assignments(vec![
+            assignment("u1", "a", 1, NOW),
+            assignment("u2", "b", 1, NOW + 1),
+        ])
+        .await
+        .expect("save");
+        // The same version again (a racing first exposure) changes nothing.
+        s.save_assignments(vec![assignment("u1", "b", 1, NOW + 5)])
+            .await
+            .expect("save again");
+        let u1 = s.user_assignments("u1").await.expect("read");
+        assert_eq!(u1, vec![assignment("u1", "a", 1, NOW)]);
+        // Re-randomised: version 2 replaces; an older version never comes back.
+        s.save_assignments(vec![assignment("u1", "b", 2, NOW + 9)])
+            .await
+            .expect("rerandomise");
+        s.save_assignments(vec![assignment("u1", "a", 1, NOW + 10)])
+            .await
+            .expect("stale");
+        assert_eq!(
+            s.user_assignments("u1").await.expect("read"),
+            vec![assignment("u1", "b", 2, NOW + 9)]
+        );
+        let v1 = s
+            .experiment_assignments("exp_1", 1)
+            .await
+            .expect("by experiment");
+        assert_eq!(v1, vec![assignment("u2", "b", 1, NOW + 1)]);
+        // Erasing a user erases their assignments and banners.
+        s.append_events(batch(vec![event(
+            json!({"user_id": "u2", "name": "LOGIN"}),
+        )]))
+        .await
+        .expect("append");
+        s.save_banner_mixture(BannerMixtureRecord {
+            user_id: "u2".into(),
+            mixture: json!({"banners": [1, 2, 3]}),
+            assigned_at: NOW,
+            expires_at: NOW + 86_400_000,
+        })
+        .await
+        .expect("mixture");
+        assert_eq!(
+            s.banner_mixture("u2")
+                .await
+                .expect("read")
+                .map(|m| m.mixture),
+            Some(json!({"banners": [1, 2, 3]}))
+        );
+        assert!(s.delete_user(&uid("u2")).await.expect("delete"));
+        assert!(s.user_assignments("u2").await.expect("read").is_empty());
+        assert_eq!(s.banner_mixture("u2").await.expect("read"), None);
+    })
+    .await;
+}
