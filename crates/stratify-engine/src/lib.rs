@@ -9,6 +9,7 @@ pub mod clock;
 mod error;
 pub mod experiments;
 pub mod feed;
+pub mod freshness;
 pub mod import;
 pub mod ingest;
 pub mod keys;
@@ -46,6 +47,8 @@ pub struct Engine {
     pub(crate) live: Arc<live::Live>,
     pub(crate) deliverers: Arc<webhooks::Deliverers>,
     pub(crate) experiments: Arc<experiments::Experiments>,
+    pub(crate) freshness: Arc<freshness::Freshness>,
+    pub(crate) serving: Arc<experiments::assign::Serving>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -84,9 +87,21 @@ impl Engine {
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         let population = population::load(store.as_ref()).await?;
-        let experiments = Arc::new(experiments::Experiments::load(store.as_ref()).await?);
+        let view = Arc::new(live::MemberView::default());
+        let experiments =
+            Arc::new(experiments::Experiments::load(store.as_ref(), view.clone()).await?);
+        let freshness = Arc::new(freshness::Freshness::default());
+        let store_for_serving = store.clone();
         let live = Arc::new(
-            live::Live::start(store.clone(), clock.clone(), &segments.snapshot(), rebuild).await?,
+            live::Live::start(
+                store.clone(),
+                clock.clone(),
+                &segments.snapshot(),
+                rebuild,
+                freshness.clone(),
+                view,
+            )
+            .await?,
         );
         let engine = Self {
             store,
@@ -98,6 +113,8 @@ impl Engine {
             live,
             deliverers: Arc::default(),
             experiments,
+            freshness,
+            serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
         };
         if !rebuild {
             engine.start_deliverers().await?;
@@ -113,6 +130,7 @@ impl Engine {
     /// Commits pending live work and stops the worker (on shutdown).
     pub async fn shutdown(&self) {
         self.deliverers.stop_all();
+        self.serving.stop().await;
         self.live.stop().await;
     }
 

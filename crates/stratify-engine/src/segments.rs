@@ -463,7 +463,7 @@ impl Engine {
                 ),
             });
         }
-        if let Some(e) = self.experiments.snapshot().values().find(|e| {
+        if let Some(e) = self.experiments.registry().by_id.values().find(|e| {
             e.definition.segment_ids.iter().any(|s| s == id)
                 || e.rule
                     .as_ref()

@@ -65,6 +65,7 @@ impl Engine {
             merge: false,
             at: self.now(),
         });
+        self.freshness.touch(&record.user_id);
         Ok(record)
     }
 
@@ -91,6 +92,9 @@ impl Engine {
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
             self.population.write().remove_user(user_id.as_str());
+            self.serving.forget(user_id.as_str());
+            self.live.view().remove_user(user_id.as_str());
+            self.freshness.touch(user_id.as_str());
             self.live.send(Msg::UserDeleted(user_id.to_string()));
             Ok(())
         } else {

@@ -28,6 +28,11 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::live::delete_webhook,
         routes::experiments::create, routes::experiments::list, routes::experiments::get_one,
         routes::experiments::patch, routes::experiments::transition,
+        routes::experiments::attach_segment, routes::experiments::detach_segment,
+        routes::experiments::assign_experiment, routes::experiments::unassign_experiment,
+        routes::serving::user_experiments, routes::serving::check_eligibility,
+        routes::serving::banner_mixture, routes::serving::clear_cache,
+        routes::ofrep::evaluate_flag, routes::ofrep::evaluate_flags,
     ),
     modifiers(&Security)
 )]

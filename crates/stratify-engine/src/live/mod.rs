@@ -15,10 +15,13 @@
 
 mod deadlines;
 mod state;
+mod view;
 mod worker;
 
 pub use state::MAX_USER_EVENTS;
+pub use view::{user_hash, MemberView};
 
+use crate::freshness::Freshness;
 use crate::segments::{Catalog, MemberChange};
 use crate::{Clock, EngineError};
 use parking_lot::{Mutex, RwLock};
@@ -116,6 +119,9 @@ pub struct Stats {
 #[derive(Default)]
 pub(crate) struct Shared {
     pub builds: RwLock<HashMap<String, BuildStatus>>,
+    /// Current memberships for readers, following what is committed.
+    pub view: Arc<MemberView>,
+    pub freshness: Arc<Freshness>,
     pub stats: Stats,
     /// Changes handed to the committer, not yet durable.
     pub queued: std::sync::atomic::AtomicUsize,
@@ -148,8 +154,14 @@ impl Live {
         clock: Arc<dyn Clock>,
         catalog: &Catalog,
         rebuild: bool,
+        freshness: Arc<Freshness>,
+        view: Arc<MemberView>,
     ) -> Result<Self, EngineError> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            freshness,
+            view,
+            ..Shared::default()
+        });
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (to_committer, committer_rx) = tokio::sync::mpsc::unbounded_channel();
         let worker = worker::Worker::load(
@@ -225,10 +237,13 @@ impl Live {
         let clock = self.clock.clone();
         let shared = self.shared.clone();
         CommitHook(Arc::new(move |appended: &[Appended], uids: &[i64]| {
-            let new = appended
-                .iter()
-                .filter(|a| matches!(a, Appended::New(_)))
-                .count();
+            let mut new = 0;
+            for (a, e) in appended.iter().zip(events.iter()) {
+                if let Appended::New(seq) = a {
+                    shared.freshness.committed(e.user_id.as_str(), *seq);
+                    new += 1;
+                }
+            }
             if new > 0 {
                 shared
                     .lag
@@ -300,6 +315,11 @@ impl Live {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Current memberships, as committed.
+    pub fn view(&self) -> &MemberView {
+        &self.shared.view
     }
 
     /// Stops the worker and waits until everything it produced is durable.

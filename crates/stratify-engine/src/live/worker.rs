@@ -77,6 +77,11 @@ pub async fn committer(
             commit_ms = picked.elapsed().as_secs_f64() * 1000.0,
             "live commit"
         );
+        shared.view.apply(&changes);
+        for c in changes.iter() {
+            shared.freshness.touch(&c.user_id);
+        }
+        shared.freshness.published(mark.event_seq);
         let stats = &shared.stats;
         stats.changes.fetch_add(changes.len() as u64, Relaxed);
         stats.applied_seq.store(mark.event_seq, Relaxed);
@@ -281,6 +286,7 @@ impl Worker {
         }
         let now = worker.clock.now().max(worker.mark.at);
         worker.fire_due(now);
+        worker.fill_view();
         // Committed by the worker thread's first turn (it blocks on the store).
         tracing::info!(
             users = worker.state.user_ids.len(),
@@ -712,6 +718,25 @@ impl Worker {
         for seg in self.state.segments.iter().flatten() {
             if let Some(b) = builds.get_mut(&seg.id) {
                 b.size = seg.size;
+            }
+        }
+    }
+
+    /// Fills the readers' view with every current membership (on load; the
+    /// committer keeps it current from then on).
+    fn fill_view(&self) {
+        let view = &self.shared.view;
+        for seg in self.state.segments.iter().flatten() {
+            let slot = view.slot(&seg.id);
+            for (w, &word) in seg.members.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let u = w as u32 * 64 + bits.trailing_zeros();
+                    bits &= bits - 1;
+                    if let Some(id) = self.state.user_ids.get(u as usize) {
+                        view.set(id, slot, true);
+                    }
+                }
             }
         }
     }

@@ -1,12 +1,12 @@
 //! Experiments: create, read, change, and move through the lifecycle.
 
 use super::instant;
-use crate::extract::Body;
+use crate::extract::{parse_json, Body, RawBody};
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stratify_engine::experiments::{Action, Experiment, ExperimentInput};
 use stratify_engine::keys::Principal;
@@ -42,6 +42,10 @@ pub struct ExperimentOut {
     #[schema(value_type = Option<Object>)]
     namespace: Option<Value>,
     sticky: bool,
+    /// Whether a stuck user who leaves the targeting keeps the assignment.
+    keep_on_exit: bool,
+    /// Bumped by each re-randomisation.
+    bucket_version: u32,
     start_at: Option<String>,
     end_at: Option<String>,
     version: i64,
@@ -79,6 +83,8 @@ fn out(e: &Experiment) -> ExperimentOut {
             .as_ref()
             .and_then(|n| serde_json::to_value(n).ok()),
         sticky: d.sticky,
+        keep_on_exit: d.keep_on_exit,
+        bucket_version: d.bucket_version,
         start_at: d.start_at.map(instant),
         end_at: d.end_at.map(instant),
         version: r.version,
@@ -165,22 +171,130 @@ pub async fn patch(
     Ok(Json(with_transitions(&state, &e).await?))
 }
 
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerandomizeIn {
+    /// The new seed (default `<key>-v<bucket_version>`).
+    seed: Option<String>,
+}
+
 /// Lifecycle: `start` (draft → running), `pause`, `resume`, `complete`
 /// (running or paused → completed), `archive` (draft or completed →
-/// archived). Any other move is 409 `invalid_transition`.
+/// archived). Any other move is 409 `invalid_transition`. And
+/// `rerandomize`: a new bucket version and seed, so stored assignments of
+/// earlier versions no longer hold (optional body `{seed}`).
 #[utoipa::path(post, path = "/v1/experiments/{id}/{action}", tag = "experiments", security(("api_key" = [])),
-    params(("id" = String, Path), ("action" = String, Path, description = "start, pause, resume, complete or archive")),
+    params(("id" = String, Path), ("action" = String, Path, description = "start, pause, resume, complete, archive or rerandomize")),
     responses((status = 200, body = ExperimentOut), (status = 404), (status = 409)))]
 pub async fn transition(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((id, action)): Path<(String, String)>,
+    raw: RawBody,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let action =
-        Action::parse(&action).ok_or_else(|| ApiError::for_status(StatusCode::NOT_FOUND))?;
+    let RawBody(_, body) = raw;
+    let e = if action == "rerandomize" {
+        let seed = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            parse_json::<RerandomizeIn>(&body)?.seed
+        };
+        state
+            .engine
+            .rerandomize_experiment(&id, seed, &who.key_id)
+            .await?
+    } else {
+        let action =
+            Action::parse(&action).ok_or_else(|| ApiError::for_status(StatusCode::NOT_FOUND))?;
+        state
+            .engine
+            .transition_experiment(&id, action, &who.key_id)
+            .await?
+    };
+    Ok(Json(with_transitions(&state, &e).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachIn {
+    segment_id: String,
+}
+
+/// Attaches a segment to the experiment's targeting (a new version).
+#[utoipa::path(post, path = "/v1/experiments/{id}/segments", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path)), request_body = AttachIn,
+    responses((status = 200, body = ExperimentOut), (status = 404)))]
+pub async fn attach_segment(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Body(req): Body<AttachIn>,
+) -> Result<Json<ExperimentOut>, ApiError> {
     let e = state
         .engine
-        .transition_experiment(&id, action, &who.key_id)
+        .attach_segment(&id, &req.segment_id, &who.key_id)
         .await?;
     Ok(Json(with_transitions(&state, &e).await?))
+}
+
+/// Detaches a segment from the experiment's targeting (a new version).
+#[utoipa::path(delete, path = "/v1/experiments/{id}/segments/{segment_id}", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path), ("segment_id" = String, Path)),
+    responses((status = 200, body = ExperimentOut), (status = 404)))]
+pub async fn detach_segment(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((id, segment_id)): Path<(String, String)>,
+) -> Result<Json<ExperimentOut>, ApiError> {
+    let e = state
+        .engine
+        .detach_segment(&id, &segment_id, &who.key_id)
+        .await?;
+    Ok(Json(with_transitions(&state, &e).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentExperimentIn {
+    experiment_id: String,
+    segment_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageOut {
+    message: &'static str,
+}
+
+/// The platform seed's form of attaching: `{experiment_id, segment_id}`.
+#[utoipa::path(post, path = "/v1/segments/assign-experiment", tag = "experiments", security(("api_key" = [])),
+    request_body = SegmentExperimentIn, responses((status = 200, body = MessageOut), (status = 422)))]
+pub async fn assign_experiment(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<SegmentExperimentIn>,
+) -> Result<Json<MessageOut>, ApiError> {
+    state
+        .engine
+        .attach_segment(&req.experiment_id, &req.segment_id, &who.key_id)
+        .await?;
+    Ok(Json(MessageOut {
+        message: "Segment assigned to experiment successfully",
+    }))
+}
+
+/// The platform seed's form of detaching: `{experiment_id, segment_id}`.
+#[utoipa::path(delete, path = "/v1/segments/unassign-experiment", tag = "experiments", security(("api_key" = [])),
+    request_body = SegmentExperimentIn, responses((status = 200, body = MessageOut), (status = 404)))]
+pub async fn unassign_experiment(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(req): Body<SegmentExperimentIn>,
+) -> Result<Json<MessageOut>, ApiError> {
+    state
+        .engine
+        .detach_segment(&req.experiment_id, &req.segment_id, &who.key_id)
+        .await?;
+    Ok(Json(MessageOut {
+        message: "Segment removed from experiment successfully",
+    }))
 }

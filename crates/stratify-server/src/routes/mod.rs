@@ -4,7 +4,9 @@ pub(crate) mod events;
 pub(crate) mod experiments;
 pub(crate) mod keys;
 pub(crate) mod live;
+pub(crate) mod ofrep;
 pub(crate) mod ops;
+pub(crate) mod serving;
 pub(crate) mod schemas;
 pub(crate) mod segments;
 pub(crate) mod users;
@@ -298,6 +300,66 @@ pub fn table() -> Vec<Route> {
             "/v1/experiments/{id}/{action}",
             EditConfig,
             post(experiments::transition),
+        ),
+        r(
+            Method::POST,
+            "/v1/experiments/{id}/segments",
+            EditConfig,
+            post(experiments::attach_segment),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/experiments/{id}/segments/{segment_id}",
+            EditConfig,
+            delete(experiments::detach_segment),
+        ),
+        r(
+            Method::POST,
+            "/v1/segments/assign-experiment",
+            EditConfig,
+            post(experiments::assign_experiment),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/segments/unassign-experiment",
+            EditConfig,
+            delete(experiments::unassign_experiment),
+        ),
+        r(
+            Method::POST,
+            "/v1/experiments/check-eligibility",
+            Evaluate,
+            post(serving::check_eligibility),
+        ),
+        r(
+            Method::GET,
+            "/v1/users/{id}/experiments",
+            Evaluate,
+            get(serving::user_experiments),
+        ),
+        r(
+            Method::GET,
+            "/v1/users/{id}/banner_mixture",
+            Evaluate,
+            get(serving::banner_mixture),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/users/{id}/cache",
+            EditConfig,
+            delete(serving::clear_cache),
+        ),
+        r(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags/{key}",
+            Evaluate,
+            post(ofrep::evaluate_flag),
+        ),
+        r(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags",
+            Evaluate,
+            post(ofrep::evaluate_flags),
         ),
         r(
             Method::GET,

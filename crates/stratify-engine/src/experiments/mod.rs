@@ -3,10 +3,21 @@
 //! attribute, namespace), a schedule, and a recorded lifecycle:
 //! draft → running ⇄ paused → completed → archived (drafts may be archived).
 //! Bucketing itself is `stratify_core::bucketing` (GrowthBook-compatible).
+//!
+//! Serving (who gets which variant, sticky assignments, the per-user cache
+//! and banner mixtures) is in [`assign`].
 
+pub mod assign;
+mod banners;
+mod cache;
+mod sticky;
+
+pub use banners::{Mixture, Source as BannerSource};
+
+use crate::live::MemberView;
 use crate::segments::{check_description, check_name, invalid, new_id, parse_rule};
 use crate::{Engine, EngineError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -60,6 +71,7 @@ pub struct ExperimentInput {
     pub hash_attribute: Option<String>,
     pub namespace: Option<Namespace>,
     pub sticky: Option<bool>,
+    pub keep_on_exit: Option<bool>,
     pub start_at: Option<String>,
     pub end_at: Option<String>,
 }
@@ -76,16 +88,44 @@ pub struct Definition {
     pub hash_version: u32,
     pub hash_attribute: String,
     pub namespace: Option<Namespace>,
+    /// Stored assignments hold when weights, coverage or targeting change.
     pub sticky: bool,
+    /// Whether a user with a stored assignment keeps it after leaving the
+    /// targeted segments (or failing the inline rules).
+    #[serde(default)]
+    pub keep_on_exit: bool,
+    /// Bumped to re-randomise: assignments of older versions are ignored.
+    #[serde(default = "first_bucket_version")]
+    pub bucket_version: u32,
     pub start_at: Option<Millis>,
     pub end_at: Option<Millis>,
 }
+
+fn first_bucket_version() -> u32 {
+    1
+}
+
+/// Most re-randomisations of one experiment.
+pub const MAX_BUCKET_VERSION: u32 = u16::MAX as u32;
 
 #[derive(Debug, Clone)]
 pub struct Experiment {
     pub record: ExperimentRecord,
     pub definition: Definition,
     pub rule: Option<Rule>,
+    /// Serving: the experiment's interned slot, each variant's interned
+    /// slot (stable across versions), the bucket ranges, and the slots of
+    /// the targeted segments (sorted).
+    pub(crate) slot: u32,
+    pub(crate) variant_slots: Vec<u16>,
+    pub(crate) ranges: Vec<(f64, f64)>,
+    pub(crate) segment_slots: Vec<u32>,
+}
+
+impl Experiment {
+    pub fn is_running(&self) -> bool {
+        self.record.status == "running"
+    }
 }
 
 /// A lifecycle action and the statuses it moves from.
@@ -133,16 +173,64 @@ impl Action {
     }
 }
 
+/// Every experiment, as one immutable snapshot (swapped on each change).
 #[derive(Default)]
+pub struct Registry {
+    pub by_id: HashMap<String, Arc<Experiment>>,
+    pub by_key: HashMap<String, Arc<Experiment>>,
+    /// Running experiments, oldest first (the serving order).
+    pub running: Vec<Arc<Experiment>>,
+    /// Bumped by every change: per-user answers computed before are stale.
+    pub generation: u64,
+}
+
+/// Experiment and variant slots: small stable numbers for the sticky table.
+#[derive(Default)]
+struct Interner {
+    experiments: HashMap<String, u32>,
+    variants: Vec<Vec<Arc<str>>>,
+}
+
+impl Interner {
+    fn experiment(&mut self, id: &str) -> u32 {
+        if let Some(&s) = self.experiments.get(id) {
+            return s;
+        }
+        let s = self.variants.len() as u32;
+        self.experiments.insert(id.to_owned(), s);
+        self.variants.push(Vec::new());
+        s
+    }
+
+    fn variant(&mut self, experiment: u32, key: &str) -> u16 {
+        let list = &mut self.variants[experiment as usize];
+        if let Some(i) = list.iter().position(|k| &**k == key) {
+            return i as u16;
+        }
+        list.push(Arc::from(key));
+        (list.len() - 1) as u16
+    }
+}
+
 pub struct Experiments {
-    by_id: RwLock<Arc<HashMap<String, Arc<Experiment>>>>,
+    registry: RwLock<Arc<Registry>>,
+    interner: Mutex<Interner>,
+    view: Arc<MemberView>,
     /// Serialises experiment writes (version numbers are read-modify-write).
     write: tokio::sync::Mutex<()>,
 }
 
 impl Experiments {
-    pub(crate) async fn load(store: &dyn Store) -> Result<Self, EngineError> {
-        let mut by_id = HashMap::new();
+    pub(crate) async fn load(
+        store: &dyn Store,
+        view: Arc<MemberView>,
+    ) -> Result<Self, EngineError> {
+        let this = Self {
+            registry: RwLock::default(),
+            interner: Mutex::default(),
+            view,
+            write: tokio::sync::Mutex::new(()),
+        };
         for record in store.experiments().await? {
             let definition: Definition = serde_json::from_value(record.definition.clone())
                 .map_err(|e| corrupt(&record.id, &e.to_string()))?;
@@ -152,30 +240,71 @@ impl Experiments {
                 .map(stratify_core::rules::parse)
                 .transpose()
                 .map_err(|e| corrupt(&record.id, &e.message))?;
-            by_id.insert(
-                record.id.clone(),
-                Arc::new(Experiment {
-                    record,
-                    definition,
-                    rule,
-                }),
-            );
+            this.put(record, definition, rule);
         }
-        Ok(Self {
-            by_id: RwLock::new(Arc::new(by_id)),
-            write: tokio::sync::Mutex::new(()),
-        })
+        Ok(this)
     }
 
-    fn put(&self, e: Experiment) {
-        let mut guard = self.by_id.write();
-        let mut map = (**guard).clone();
-        map.insert(e.record.id.clone(), Arc::new(e));
-        *guard = Arc::new(map);
+    /// Installs an experiment's new state: a new registry snapshot.
+    fn put(&self, record: ExperimentRecord, definition: Definition, rule: Option<Rule>) {
+        let (slot, variant_slots) = {
+            let mut interner = self.interner.lock();
+            let slot = interner.experiment(&record.id);
+            let variants = definition
+                .variants
+                .iter()
+                .map(|v| interner.variant(slot, &v.key))
+                .collect();
+            (slot, variants)
+        };
+        let weights: Vec<f64> = definition.variants.iter().map(|v| v.weight / 100.0).collect();
+        let ranges = stratify_core::bucketing::bucket_ranges(
+            weights.len(),
+            definition.coverage,
+            Some(&weights),
+        );
+        let mut segment_slots: Vec<u32> = definition
+            .segment_ids
+            .iter()
+            .map(|s| self.view.slot(s))
+            .collect();
+        segment_slots.sort_unstable();
+        let e = Arc::new(Experiment {
+            record,
+            definition,
+            rule,
+            slot,
+            variant_slots,
+            ranges,
+            segment_slots,
+        });
+        let mut guard = self.registry.write();
+        let mut by_id = guard.by_id.clone();
+        by_id.insert(e.record.id.clone(), e);
+        let mut running: Vec<_> = by_id.values().filter(|e| e.is_running()).cloned().collect();
+        running.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        let by_key = by_id
+            .values()
+            .map(|e| (e.record.key.clone(), e.clone()))
+            .collect();
+        *guard = Arc::new(Registry {
+            by_id,
+            by_key,
+            running,
+            generation: guard.generation + 1,
+        });
     }
 
-    pub fn snapshot(&self) -> Arc<HashMap<String, Arc<Experiment>>> {
-        self.by_id.read().clone()
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().clone()
+    }
+
+    fn intern(&self, experiment_id: &str, variant: &str) -> (u32, u16) {
+        let mut interner = self.interner.lock();
+        let e = interner.experiment(experiment_id);
+        (e, interner.variant(e, variant))
     }
 }
 
@@ -217,14 +346,20 @@ fn instant(v: Option<&str>, field: &str) -> Result<Option<Millis>, EngineError> 
 impl Engine {
     pub fn experiment(&self, id: &str) -> Result<Arc<Experiment>, EngineError> {
         self.experiments
-            .snapshot()
+            .registry()
+            .by_id
             .get(id)
             .cloned()
             .ok_or_else(|| not_found(id))
     }
 
+    /// Every experiment, as one consistent snapshot.
+    pub fn experiment_registry(&self) -> Arc<Registry> {
+        self.experiments.registry()
+    }
+
     pub fn list_experiments(&self) -> Vec<Arc<Experiment>> {
-        let mut all: Vec<_> = self.experiments.snapshot().values().cloned().collect();
+        let mut all: Vec<_> = self.experiments.registry().by_id.values().cloned().collect();
         all.sort_by(|a, b| {
             (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
         });
@@ -390,6 +525,11 @@ impl Engine {
             }
         }
         let sticky = input.sticky.or(base.map(|b| b.sticky)).unwrap_or(true);
+        let keep_on_exit = input
+            .keep_on_exit
+            .or(base.map(|b| b.keep_on_exit))
+            .unwrap_or(false);
+        let bucket_version = base.map_or(1, |b| b.bucket_version);
         let start_at = match input.start_at {
             Some(t) => instant(Some(&t), "/start_at")?,
             None => base.and_then(|b| b.start_at),
@@ -419,6 +559,8 @@ impl Engine {
                 hash_attribute,
                 namespace,
                 sticky,
+                keep_on_exit,
+                bucket_version,
                 start_at,
                 end_at,
             },
@@ -464,11 +606,7 @@ impl Engine {
             },
         )?;
         let id = record.id.clone();
-        self.experiments.put(Experiment {
-            record,
-            definition,
-            rule,
-        });
+        self.experiments.put(record, definition, rule);
         self.experiment(&id)
     }
 
@@ -480,6 +618,91 @@ impl Engine {
         by: &str,
     ) -> Result<Arc<Experiment>, EngineError> {
         let _guard = self.experiments.write.lock().await;
+        self.update_locked(id, input, by, None).await
+    }
+
+    /// Attaches a segment to an experiment's targeting (a new version; no
+    /// change when it is already attached).
+    pub async fn attach_segment(
+        &self,
+        id: &str,
+        segment_id: &str,
+        by: &str,
+    ) -> Result<Arc<Experiment>, EngineError> {
+        let _guard = self.experiments.write.lock().await;
+        let current = self.experiment(id)?;
+        self.segment(segment_id)?;
+        let mut ids = current.definition.segment_ids.clone();
+        if ids.iter().any(|s| s == segment_id) {
+            return Ok(current);
+        }
+        ids.push(segment_id.to_owned());
+        let input = ExperimentInput {
+            segment_ids: Some(ids),
+            ..ExperimentInput::default()
+        };
+        self.update_locked(id, input, by, None).await
+    }
+
+    /// Detaches a segment from an experiment's targeting; 404 when it was
+    /// not attached.
+    pub async fn detach_segment(
+        &self,
+        id: &str,
+        segment_id: &str,
+        by: &str,
+    ) -> Result<Arc<Experiment>, EngineError> {
+        let _guard = self.experiments.write.lock().await;
+        let current = self.experiment(id)?;
+        let mut ids = current.definition.segment_ids.clone();
+        let before = ids.len();
+        ids.retain(|s| s != segment_id);
+        if ids.len() == before {
+            return Err(EngineError::NotFound {
+                code: "segment_not_attached",
+                message: format!("segment '{segment_id}' is not attached to experiment '{id}'"),
+            });
+        }
+        let input = ExperimentInput {
+            segment_ids: Some(ids),
+            ..ExperimentInput::default()
+        };
+        self.update_locked(id, input, by, None).await
+    }
+
+    /// Re-randomises: a new bucket version (stored assignments of older
+    /// versions no longer hold) and a new seed (`seed`, else `<key>-v<N>`),
+    /// so users are bucketed afresh.
+    pub async fn rerandomize_experiment(
+        &self,
+        id: &str,
+        seed: Option<String>,
+        by: &str,
+    ) -> Result<Arc<Experiment>, EngineError> {
+        let _guard = self.experiments.write.lock().await;
+        let current = self.experiment(id)?;
+        let version = current.definition.bucket_version + 1;
+        if version > MAX_BUCKET_VERSION {
+            return Err(EngineError::Conflict {
+                code: "too_many_rerandomizations",
+                message: format!("an experiment is re-randomised at most {MAX_BUCKET_VERSION} times"),
+            });
+        }
+        let seed = seed.unwrap_or_else(|| format!("{}-v{version}", current.record.key));
+        let input = ExperimentInput {
+            seed: Some(seed),
+            ..ExperimentInput::default()
+        };
+        self.update_locked(id, input, by, Some(version)).await
+    }
+
+    async fn update_locked(
+        &self,
+        id: &str,
+        input: ExperimentInput,
+        by: &str,
+        bucket_version: Option<u32>,
+    ) -> Result<Arc<Experiment>, EngineError> {
         let current = self.experiment(id)?;
         if input.key.as_ref().is_some_and(|k| *k != current.record.key) {
             return Err(invalid(
@@ -493,18 +716,17 @@ impl Engine {
             record.name = check_name(name)?;
         }
         let key = record.key.clone();
-        let (definition, rule) = self.definition(&key, Some(&current.definition), input)?;
+        let (mut definition, rule) = self.definition(&key, Some(&current.definition), input)?;
+        if let Some(v) = bucket_version {
+            definition.bucket_version = v;
+        }
         record.definition =
             serde_json::to_value(&definition).map_err(|e| corrupt(id, &e.to_string()))?;
         record.version += 1;
         record.updated_at = self.now();
         record.updated_by = Some(by.to_owned());
         self.store.update_experiment(record.clone()).await?;
-        self.experiments.put(Experiment {
-            record,
-            definition,
-            rule,
-        });
+        self.experiments.put(record, definition, rule);
         self.experiment(id)
     }
 
@@ -539,11 +761,8 @@ impl Engine {
         let mut record = current.record.clone();
         record.status = to.to_owned();
         record.updated_at = now;
-        self.experiments.put(Experiment {
-            record,
-            definition: current.definition.clone(),
-            rule: current.rule.clone(),
-        });
+        self.experiments
+            .put(record, current.definition.clone(), current.rule.clone());
         self.experiment(id)
     }
 }

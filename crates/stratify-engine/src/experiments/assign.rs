@@ -1,0 +1,510 @@
+//! Serving: which variant of every running experiment a user gets.
+//!
+//! For each running experiment inside its schedule, in creation order:
+//! 1. Targeting: the user is in any targeted segment (live memberships; no
+//!    segments = everyone) and the inline rule, if any, holds.
+//! 2. A stored (sticky) assignment of the current bucket version wins, when
+//!    the experiment is sticky: weights, coverage and targeting changes do
+//!    not move the user. A stuck user who no longer qualifies keeps it only
+//!    when the experiment says `keep_on_exit`.
+//! 3. Otherwise GrowthBook bucketing: the hash attribute's value, the
+//!    namespace range, then `hash(seed, value, hash_version)` against the
+//!    bucket ranges (coverage included). Outside every range: not in it.
+//! The first serving of (user, experiment) under a bucket version is stored:
+//! it is the sticky assignment and the user's first exposure.
+//!
+//! Answers are cached per user (see [`super::cache`]); a computation first
+//! waits (briefly) until the live engine has applied the user's committed
+//! events, so an order posted and acknowledged is reflected by the next call.
+
+use super::banners::{self, Mixture};
+use super::cache::Cache;
+use super::sticky::{Sticky, Stuck, UserState};
+use super::Experiment;
+use crate::segments::{facts_events, Catalog};
+use crate::{Engine, EngineError};
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use stratify_core::bucketing;
+use stratify_core::ids::UserId;
+use stratify_core::rules::{self, Facts, SegmentLookup, SegmentRef};
+use stratify_core::time::Millis;
+use stratify_store::{AssignmentRecord, BannerMixtureRecord};
+
+/// How long a computation waits for the live engine to apply the user's
+/// committed events before answering with the memberships it has.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
+/// Most experiment ids in one eligibility check.
+pub const MAX_ELIGIBILITY_IDS: usize = 1000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long a per-user answer is cached (it is invalidated earlier by
+    /// any change it depends on).
+    pub cache_ttl_ms: Millis,
+    /// Banners drawn per mixture.
+    pub banner_count: usize,
+    /// How long a mixture is kept.
+    pub banner_ttl_ms: Millis,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache_ttl_ms: 5 * 60_000,
+            banner_count: banners::DEFAULT_BANNERS,
+            banner_ttl_ms: banners::DEFAULT_BANNER_TTL_MS,
+        }
+    }
+}
+
+pub struct Serving {
+    sticky: Sticky,
+    cache: Cache,
+    options: RwLock<Options>,
+}
+
+impl Serving {
+    pub(crate) fn start(store: Arc<dyn stratify_store::Store>) -> Self {
+        Self {
+            sticky: Sticky::start(store),
+            cache: Cache::default(),
+            options: RwLock::new(Options::default()),
+        }
+    }
+
+    pub(crate) async fn stop(&self) {
+        self.sticky.stop().await;
+    }
+
+    pub(crate) fn forget(&self, user: &str) {
+        self.sticky.forget(user);
+        self.cache.remove(user);
+    }
+}
+
+/// Where an answer came from: `cache`, or computed now (`db`, as the seed
+/// API calls it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Computed,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Computed => "db",
+        }
+    }
+}
+
+/// One experiment a user is in, and their variant.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub experiment: Arc<Experiment>,
+    /// Index into the experiment's variants.
+    pub variant: usize,
+    /// Whether a stored assignment decided it (rather than the hash now).
+    pub sticky: bool,
+}
+
+impl Served {
+    pub fn variant(&self) -> &super::Variant {
+        &self.experiment.definition.variants[self.variant]
+    }
+}
+
+#[derive(Debug)]
+pub struct UserExperiments {
+    pub user_id: String,
+    pub served: Vec<Served>,
+    pub banner_mixture: Option<Arc<Mixture>>,
+    pub computed_at: Millis,
+    pub(crate) valid_until: Millis,
+    pub(crate) stamp: u64,
+    pub(crate) generation: u64,
+    /// A rendering of this answer, kept by the caller for cache hits.
+    pub rendered: OnceLock<Vec<u8>>,
+}
+
+/// Segment references in inline rules read the live memberships.
+struct ViewLookup<'a> {
+    engine: &'a Engine,
+    catalog: &'a Catalog,
+    user: &'a str,
+}
+
+impl SegmentLookup for ViewLookup<'_> {
+    fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
+        self.catalog.get(id)?;
+        let view = self.engine.live.view();
+        Some(SegmentRef::Static(view.contains(self.user, view.slot(id))))
+    }
+}
+
+fn hash_value<'a>(attribute: &str, user: &'a str, attributes: &'a Map<String, Value>) -> Option<Cow<'a, str>> {
+    if attribute == "user_id" {
+        return Some(Cow::Borrowed(user));
+    }
+    match attributes.get(attribute)? {
+        Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// Changes how answers are cached and banners drawn.
+    pub fn set_serving_options(&self, options: Options) {
+        *self.serving.options.write() = options;
+    }
+
+    /// Every running experiment `user` is in, with their variants and banner
+    /// mixture. `context` (attributes given by the caller, e.g. OFREP) is
+    /// laid over the stored attributes; such answers are not cached.
+    pub async fn user_experiments(
+        &self,
+        user: &UserId,
+        context: Option<&Map<String, Value>>,
+    ) -> Result<(Arc<UserExperiments>, Source), EngineError> {
+        let user = user.as_str();
+        let generation = self.experiments.registry().generation;
+        if context.is_none() {
+            let stamp = self.freshness.stamp(user);
+            if let Some(hit) = self.serving.cache.get(user, stamp, generation, self.now()) {
+                return Ok((hit, Source::Cache));
+            }
+        }
+        if !self.freshness.wait_current(user, READ_YOUR_WRITES).await {
+            tracing::debug!(user, "answering before the live engine caught up");
+        }
+        let answer = Arc::new(self.compute(user, context).await?);
+        if context.is_none() {
+            self.serving.cache.put(answer.clone(), answer.computed_at);
+        }
+        Ok((answer, Source::Computed))
+    }
+
+    /// The experiments among `ids` that `user` is in, with their variants;
+    /// 422 for an id that names no experiment.
+    pub async fn check_eligibility(
+        &self,
+        user: &UserId,
+        ids: &[String],
+    ) -> Result<Vec<Served>, EngineError> {
+        if ids.len() > MAX_ELIGIBILITY_IDS {
+            return Err(crate::segments::invalid(
+                "too_many_experiments",
+                format!("at most {MAX_ELIGIBILITY_IDS} experiment ids per call"),
+                "/experiment_ids",
+            ));
+        }
+        let registry = self.experiments.registry();
+        for (i, id) in ids.iter().enumerate() {
+            if !registry.by_id.contains_key(id) {
+                return Err(crate::segments::invalid(
+                    "experiment_not_found",
+                    format!("no experiment '{id}'"),
+                    &format!("/experiment_ids/{i}"),
+                ));
+            }
+        }
+        let (answer, _) = self.user_experiments(user, None).await?;
+        Ok(answer
+            .served
+            .iter()
+            .filter(|s| ids.contains(&s.experiment.record.id))
+            .cloned()
+            .collect())
+    }
+
+    /// Drops a user's cached answer and banner mixture: the next call
+    /// computes afresh and draws new banners.
+    pub async fn clear_user_cache(&self, user: &UserId) -> Result<(), EngineError> {
+        let user = user.as_str();
+        let state = self.user_state(user).await?;
+        if let Some(m) = state.mixture {
+            let now = self.now();
+            let mut expired = (*m).clone();
+            expired.expires_at = now;
+            self.serving.sticky.set_mixture(
+                user,
+                Arc::new(expired.clone()),
+                mixture_record(user, &expired),
+            );
+        }
+        self.serving.cache.remove(user);
+        self.freshness.touch(user);
+        Ok(())
+    }
+
+    /// Waits until every assignment and mixture served so far is stored.
+    pub async fn flush_assignments(&self) {
+        self.serving.sticky.flush().await;
+    }
+
+    async fn user_state(&self, user: &str) -> Result<UserState, EngineError> {
+        if let Some(s) = self.serving.sticky.get(user) {
+            return Ok(s);
+        }
+        let rows = self.store.user_assignments(user).await?;
+        let mixture = self.store.banner_mixture(user).await?;
+        let stuck = rows
+            .iter()
+            .map(|r| {
+                let (experiment, variant) = self.experiments.intern(&r.experiment_id, &r.variant);
+                Stuck {
+                    experiment,
+                    variant,
+                    bucket_version: r.bucket_version.min(u16::MAX as u32) as u16,
+                }
+            })
+            .collect();
+        let mixture = mixture
+            .and_then(|m| serde_json::from_value::<Mixture>(m.mixture).ok())
+            .map(Arc::new);
+        Ok(self
+            .serving
+            .sticky
+            .insert_loaded(user, UserState { stuck, mixture }))
+    }
+
+    async fn facts_for(
+        &self,
+        user: &str,
+        now: Millis,
+        context: Option<&Map<String, Value>>,
+        events: bool,
+    ) -> Result<(Map<String, Value>, Vec<stratify_store::StoredEvent>), EngineError> {
+        let id = UserId::parse(user).map_err(EngineError::Invalid)?;
+        let mut attributes = self
+            .store
+            .get_user(&id)
+            .await?
+            .map(|u| u.attributes)
+            .unwrap_or_default();
+        if let Some(c) = context {
+            for (k, v) in c {
+                attributes.insert(k.clone(), v.clone());
+            }
+        }
+        let events = if events {
+            self.store
+                .user_events(&id, now, crate::live::MAX_USER_EVENTS as u32)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok((attributes, events))
+    }
+
+    async fn compute(
+        &self,
+        user: &str,
+        context: Option<&Map<String, Value>>,
+    ) -> Result<UserExperiments, EngineError> {
+        let registry = self.experiments.registry();
+        let options = *self.serving.options.read();
+        let stamp = self.freshness.stamp(user);
+        let now = self.now();
+        let state = self.user_state(user).await?;
+        let running = &registry.running;
+        let needs_rules = running.iter().any(|e| e.rule.is_some());
+        let needs_attributes = context.is_some()
+            || needs_rules
+            || running.iter().any(|e| e.definition.hash_attribute != "user_id");
+        let (attributes, events) = if needs_attributes {
+            self.facts_for(user, now, context, needs_rules).await?
+        } else {
+            (Map::new(), Vec::new())
+        };
+        let fact_events = facts_events(&events);
+        let catalog = self.segment_catalog();
+        let lookup = ViewLookup {
+            engine: self,
+            catalog: &catalog,
+            user,
+        };
+        let facts = Facts {
+            attributes: &attributes,
+            events: &fact_events,
+            segments: &lookup,
+            now,
+        };
+        let mut segments = Vec::new();
+        self.live.view().segments_of(user, &mut segments);
+
+        let mut valid_until = now.saturating_add(options.cache_ttl_ms);
+        let mut served = Vec::new();
+        for e in running.iter() {
+            let d = &e.definition;
+            if let Some(start) = d.start_at {
+                if now < start {
+                    valid_until = valid_until.min(start);
+                    continue;
+                }
+            }
+            if let Some(end) = d.end_at {
+                if now >= end {
+                    continue;
+                }
+                valid_until = valid_until.min(end);
+            }
+            let mut targeted = e.segment_slots.is_empty()
+                || e.segment_slots
+                    .iter()
+                    .any(|s| segments.binary_search(s).is_ok());
+            if let Some(rule) = &e.rule {
+                if targeted {
+                    targeted = rules::evaluate(rule, &facts);
+                }
+                if let Some(t) = rules::next_change(rule, &facts) {
+                    valid_until = valid_until.min(t);
+                }
+            }
+            let version = d.bucket_version.min(u16::MAX as u32) as u16;
+            let stuck = state
+                .stuck
+                .iter()
+                .find(|s| s.experiment == e.slot && s.bucket_version == version);
+            let stuck_variant =
+                stuck.and_then(|s| e.variant_slots.iter().position(|&v| v == s.variant));
+            if d.sticky {
+                if let Some(v) = stuck_variant {
+                    if targeted || d.keep_on_exit {
+                        served.push(Served {
+                            experiment: e.clone(),
+                            variant: v,
+                            sticky: true,
+                        });
+                    }
+                    continue;
+                }
+            }
+            if !targeted {
+                continue;
+            }
+            let Some(value) = hash_value(&d.hash_attribute, user, &attributes) else {
+                continue;
+            };
+            if let Some(ns) = &d.namespace {
+                if !bucketing::in_namespace(&value, &ns.id, ns.start, ns.end) {
+                    continue;
+                }
+            }
+            let Some(n) = bucketing::hash(&d.seed, &value, d.hash_version) else {
+                continue;
+            };
+            let Some(mut variant) = bucketing::choose_variation(n, &e.ranges) else {
+                continue;
+            };
+            if stuck.is_none() {
+                let record = AssignmentRecord {
+                    user_id: user.to_owned(),
+                    experiment_id: e.record.id.clone(),
+                    variant: d.variants[variant].key.clone(),
+                    bucket_version: d.bucket_version,
+                    assigned_at: now,
+                };
+                let held = self.serving.sticky.assign(
+                    user,
+                    Stuck {
+                        experiment: e.slot,
+                        variant: e.variant_slots[variant],
+                        bucket_version: version,
+                    },
+                    record,
+                );
+                // A concurrent first serving won: it holds (when sticky).
+                if d.sticky {
+                    if let Some(v) = e.variant_slots.iter().position(|&v| v == held.variant) {
+                        variant = v;
+                    }
+                }
+            }
+            served.push(Served {
+                experiment: e.clone(),
+                variant,
+                sticky: false,
+            });
+        }
+
+        let banner_mixture = self.mixture(user, &state, &served, now, &options);
+        if let Some(m) = &banner_mixture {
+            valid_until = valid_until.min(m.expires_at);
+        }
+        Ok(UserExperiments {
+            user_id: user.to_owned(),
+            served,
+            banner_mixture,
+            computed_at: now,
+            valid_until,
+            stamp,
+            generation: registry.generation,
+            rendered: OnceLock::new(),
+        })
+    }
+
+    /// The user's banner mixture for what they are served: the kept one
+    /// while it is unexpired and drawn from the same pool, else a new draw.
+    fn mixture(
+        &self,
+        user: &str,
+        state: &UserState,
+        served: &[Served],
+        now: Millis,
+        options: &Options,
+    ) -> Option<Arc<Mixture>> {
+        let sources: Vec<banners::Source> = served
+            .iter()
+            .filter_map(|s| {
+                let v = s.variant();
+                let list = v.payload.as_ref()?.get("banners")?.as_array()?;
+                Some(banners::Source {
+                    experiment_id: s.experiment.record.id.clone(),
+                    key: s.experiment.record.key.clone(),
+                    variant: v.key.clone(),
+                    banners: list.clone(),
+                })
+            })
+            .collect();
+        if sources.is_empty() {
+            return None;
+        }
+        let pool = banners::pool(&sources);
+        if pool.is_empty() {
+            return None;
+        }
+        if let Some(m) = &state.mixture {
+            if now < m.expires_at && banners::same_pool(&m.pool, &pool) {
+                return Some(m.clone());
+            }
+        }
+        let m = banners::draw(
+            user,
+            sources,
+            pool,
+            options.banner_count,
+            now,
+            options.banner_ttl_ms,
+        );
+        let record = mixture_record(user, &m);
+        let m = Arc::new(m);
+        self.serving.sticky.set_mixture(user, m.clone(), record);
+        Some(m)
+    }
+}
+
+fn mixture_record(user: &str, m: &Mixture) -> BannerMixtureRecord {
+    BannerMixtureRecord {
+        user_id: user.to_owned(),
+        mixture: serde_json::to_value(m).unwrap_or(Value::Null),
+        assigned_at: m.assigned_at,
+        expires_at: m.expires_at,
+    }
+}

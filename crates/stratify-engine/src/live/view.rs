@@ -1,0 +1,138 @@
+//! A read-only view of current memberships for request handlers: for each
+//! user, the segments they are in, as small interned slots.
+//!
+//! The live worker owns the memberships; this view follows what it commits
+//! (the committer applies each batch here after it is durable, before it is
+//! published), so a reader never sees a membership the change log does not
+//! hold. Reads take one shard's read lock and never wait for the worker.
+//! Segment slots are never reused (a deleted segment's slot stays behind
+//! harmlessly: nothing can target a deleted segment).
+
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use stratify_store::ChangeRecord;
+
+const SHARDS: usize = 64;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A hash of a user id that is the same in every process (shards, buckets).
+pub fn user_hash(user: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(user)
+}
+
+pub struct MemberView {
+    slots: RwLock<FastMap<Arc<str>, u32>>,
+    shards: Box<[RwLock<FastMap<Box<str>, Vec<u32>>>]>,
+}
+
+impl Default for MemberView {
+    fn default() -> Self {
+        Self {
+            slots: RwLock::default(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl MemberView {
+    fn shard(&self, user: &str) -> &RwLock<FastMap<Box<str>, Vec<u32>>> {
+        &self.shards[(user_hash(user) >> 58) as usize % SHARDS]
+    }
+
+    /// The slot of a segment id, interned on first use.
+    pub fn slot(&self, segment_id: &str) -> u32 {
+        if let Some(&s) = self.slots.read().get(segment_id) {
+            return s;
+        }
+        let mut slots = self.slots.write();
+        let next = slots.len() as u32;
+        *slots.entry(Arc::from(segment_id)).or_insert(next)
+    }
+
+    /// Appends the slots of the segments `user` is in (sorted) to `out`.
+    pub fn segments_of(&self, user: &str, out: &mut Vec<u32>) {
+        if let Some(s) = self.shard(user).read().get(user) {
+            out.extend_from_slice(s);
+        }
+    }
+
+    pub fn contains(&self, user: &str, slot: u32) -> bool {
+        self.shard(user)
+            .read()
+            .get(user)
+            .is_some_and(|s| s.binary_search(&slot).is_ok())
+    }
+
+    pub(crate) fn set(&self, user: &str, slot: u32, inside: bool) {
+        let mut shard = self.shard(user).write();
+        if inside {
+            let list = shard.entry(Box::from(user)).or_default();
+            if let Err(i) = list.binary_search(&slot) {
+                list.insert(i, slot);
+            }
+        } else if let Some(list) = shard.get_mut(user) {
+            if let Ok(i) = list.binary_search(&slot) {
+                list.remove(i);
+            }
+            if list.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// Applies committed changes, in order.
+    pub(crate) fn apply(&self, changes: &[ChangeRecord]) {
+        for c in changes {
+            let slot = self.slot(&c.segment_id);
+            self.set(&c.user_id, slot, c.entered);
+        }
+    }
+
+    pub(crate) fn remove_user(&self, user: &str) {
+        self.shard(user).write().remove(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stratify_store::Cause;
+
+    fn change(segment: &str, user: &str, entered: bool) -> ChangeRecord {
+        ChangeRecord {
+            seq: 0,
+            segment_id: segment.into(),
+            user_id: user.into(),
+            entered,
+            at: 0,
+            cause: Cause::Time,
+        }
+    }
+
+    #[test]
+    fn follows_entries_and_exits_in_order() {
+        let view = MemberView::default();
+        view.apply(&[
+            change("b", "u1", true),
+            change("a", "u1", true),
+            change("a", "u2", true),
+            change("a", "u2", false),
+            change("b", "u1", true),
+        ]);
+        let (a, b) = (view.slot("a"), view.slot("b"));
+        let mut out = Vec::new();
+        view.segments_of("u1", &mut out);
+        let mut want = vec![a, b];
+        want.sort_unstable();
+        assert_eq!(out, want);
+        assert!(view.contains("u1", a) && !view.contains("u2", a));
+        out.clear();
+        view.segments_of("u2", &mut out);
+        assert!(out.is_empty());
+        view.remove_user("u1");
+        assert!(!view.contains("u1", b));
+    }
+}

@@ -1,0 +1,199 @@
+//! Per-user serving: the experiments a user is in, eligibility checks, the
+//! banner mixture, and clearing a user's cached answer.
+
+use super::instant;
+use crate::extract::Body;
+use crate::{ApiError, AppState};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use stratify_core::ids::UserId;
+use stratify_engine::experiments::assign::{Source, UserExperiments};
+use stratify_engine::experiments::Mixture;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct ServedOut<'a> {
+    experiment_id: &'a str,
+    key: &'a str,
+    name: &'a str,
+    /// The variant's key.
+    variant: &'a str,
+    variant_name: Option<&'a str>,
+    is_control: bool,
+    #[schema(value_type = Option<Object>)]
+    payload: Option<&'a Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MixtureOut<'a> {
+    #[schema(value_type = Vec<Object>)]
+    banners: &'a [Value],
+    assigned_at: String,
+    expires_at: String,
+    /// How long a mixture is kept.
+    ttl_seconds: i64,
+    /// `[{experiment_id, key, variant, banners}]`: the pool it was drawn from.
+    #[schema(value_type = Vec<Object>)]
+    source_experiments: &'a [stratify_engine::experiments::BannerSource],
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserExperimentsOut<'a> {
+    user_id: &'a str,
+    /// `cache` when the answer was cached, `db` when computed for this call.
+    source: &'static str,
+    experiments: Vec<ServedOut<'a>>,
+    banner_mixture: Option<MixtureOut<'a>>,
+}
+
+fn mixture_out(m: &Mixture) -> MixtureOut<'_> {
+    MixtureOut {
+        banners: &m.banners,
+        assigned_at: instant(m.assigned_at),
+        expires_at: instant(m.expires_at),
+        ttl_seconds: (m.expires_at - m.assigned_at) / 1000,
+        source_experiments: &m.source_experiments,
+    }
+}
+
+fn render(answer: &UserExperiments, source: Source) -> Vec<u8> {
+    let out = UserExperimentsOut {
+        user_id: &answer.user_id,
+        source: source.as_str(),
+        experiments: answer
+            .served
+            .iter()
+            .map(|s| {
+                let v = s.variant();
+                ServedOut {
+                    experiment_id: &s.experiment.record.id,
+                    key: &s.experiment.record.key,
+                    name: &s.experiment.record.name,
+                    variant: &v.key,
+                    variant_name: v.name.as_deref(),
+                    is_control: v.is_control,
+                    payload: v.payload.as_ref(),
+                }
+            })
+            .collect(),
+        banner_mixture: answer.banner_mixture.as_deref().map(mixture_out),
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+fn user_id(id: &str) -> Result<UserId, ApiError> {
+    UserId::parse(id).map_err(|e| ApiError::from(stratify_engine::EngineError::Invalid(e)))
+}
+
+/// Every running experiment the user is in, with the variant and payload,
+/// and their banner mixture. Cached per user (default 5 minutes), and
+/// invalidated at once by any change of the user's memberships, events or
+/// attributes, or of any experiment. Unknown users get the experiments that
+/// target everyone.
+#[utoipa::path(get, path = "/v1/users/{id}/experiments", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = UserExperimentsOut), (status = 400)))]
+pub async fn user_experiments(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = user_id(&id)?;
+    let (answer, source) = state.engine.user_experiments(&user, None).await?;
+    let body = match source {
+        Source::Cache => answer
+            .rendered
+            .get_or_init(|| render(&answer, Source::Cache))
+            .clone(),
+        Source::Computed => render(&answer, Source::Computed),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityIn {
+    user_id: String,
+    experiment_ids: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EligibleOut {
+    /// The variant's index in the experiment's variants.
+    variant_id: usize,
+    /// The variant's key.
+    variant: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EligibilityOut {
+    eligible_experiment_ids: BTreeMap<String, EligibleOut>,
+}
+
+/// Which of the given experiments the user is in, and with which variant.
+#[utoipa::path(post, path = "/v1/experiments/check-eligibility", tag = "experiments", security(("api_key" = [])),
+    request_body = EligibilityIn, responses((status = 200, body = EligibilityOut), (status = 422)))]
+pub async fn check_eligibility(
+    State(state): State<AppState>,
+    Body(req): Body<EligibilityIn>,
+) -> Result<Json<EligibilityOut>, ApiError> {
+    let user = UserId::parse(&req.user_id)
+        .map_err(|e| ApiError::from(stratify_engine::EngineError::Invalid(e.at("/user_id"))))?;
+    let served = state
+        .engine
+        .check_eligibility(&user, &req.experiment_ids)
+        .await?;
+    Ok(Json(EligibilityOut {
+        eligible_experiment_ids: served
+            .iter()
+            .map(|s| {
+                (
+                    s.experiment.record.id.clone(),
+                    EligibleOut {
+                        variant_id: s.variant,
+                        variant: s.variant().key.clone(),
+                    },
+                )
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BannerMixtureOut<'a> {
+    user_id: &'a str,
+    banner_mixture: Option<MixtureOut<'a>>,
+}
+
+/// The user's banner mixture: banners drawn from the pool of every banner
+/// experiment they are in, kept 24 hours unless the pool changes.
+#[utoipa::path(get, path = "/v1/users/{id}/banner_mixture", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = BannerMixtureOut), (status = 400)))]
+pub async fn banner_mixture(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = user_id(&id)?;
+    let (answer, _) = state.engine.user_experiments(&user, None).await?;
+    let out = BannerMixtureOut {
+        user_id: &answer.user_id,
+        banner_mixture: answer.banner_mixture.as_deref().map(mixture_out),
+    };
+    Ok(Json(out).into_response())
+}
+
+/// Clears the user's cached experiments and banner mixture: the next call
+/// computes afresh and draws new banners.
+#[utoipa::path(delete, path = "/v1/users/{id}/cache", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path)), responses((status = 204), (status = 400)))]
+pub async fn clear_cache(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = user_id(&id)?;
+    state.engine.clear_user_cache(&user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
