@@ -65,8 +65,7 @@ impl Freshness {
 
     /// Whether every committed event of `user` (and its bucket) is applied.
     pub fn is_current(&self, user: &str) -> bool {
-        self.pending[bucket(user)].load(Ordering::Acquire)
-            <= self.published.load(Ordering::Acquire)
+        self.pending[bucket(user)].load(Ordering::Acquire) <= self.published.load(Ordering::Acquire)
     }
 
     /// Waits until `user`'s committed events are applied, at most `limit`.

@@ -9,6 +9,7 @@ mod demo;
 mod generate;
 mod import;
 mod maintain;
+mod scenario;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     /// Reconstructs profiles, memberships and deadlines from the event log alone
     /// and corrects the stored memberships (run with the server stopped).
     Rebuild(maintain::MaintainArgs),
+    /// Loads the food-delivery demo scenario (13 segments, 18 experiments, 5
+    /// users with orders) into a running server through its API.
+    Demo(DemoArgs),
     /// Drives a running server and reports throughput (see scripts/bench-ingest.sh).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -82,6 +86,7 @@ fn main() -> std::process::ExitCode {
             Command::Refresh(args) => maintain::refresh(settings, args).await,
             Command::Rebuild(args) => maintain::rebuild(settings, args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Demo(args) => demo(args).await,
         }
     });
     match result {
@@ -91,6 +96,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin key.
+    #[arg(long, env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
+    key: String,
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let s = scenario::apply(&args.url, &args.key).await?;
+    println!(
+        "Demo scenario applied to {}: {} segments, {} experiments, {} users added; {} orders sent",
+        args.url, s.segments, s.experiments, s.users, s.orders
+    );
+    Ok(())
 }
 
 fn init_tracing(filter: &str) {

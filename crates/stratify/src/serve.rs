@@ -43,6 +43,34 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let local = listener.local_addr()?;
+    if args.demo {
+        // The scenario goes through the public API, with a key that lives
+        // only while it loads.
+        let engine = engine.clone();
+        let mut at = local;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tokio::spawn(async move {
+            let (info, secret) = match engine
+                .create_api_key("demo scenario loader", stratify_core::access::Role::Admin)
+                .await
+            {
+                Ok(k) => k,
+                Err(e) => return tracing::error!(error = %e, "cannot load the demo scenario"),
+            };
+            match crate::scenario::apply(&format!("http://{at}"), &secret).await {
+                Ok(s) => println!(
+                    "Demo: scenario loaded ({} segments, {} experiments, {} users added; {} orders sent)",
+                    s.segments, s.experiments, s.users, s.orders
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot load the demo scenario"),
+            }
+            if let Err(e) = engine.revoke_api_key(&info.id).await {
+                tracing::error!(error = %e, "cannot revoke the demo loader's key");
+            }
+        });
+    }
     let config = ServerConfig {
         max_body_bytes: settings.max_body_bytes,
         max_ingest_body_bytes: settings.max_ingest_body_bytes,

@@ -147,7 +147,11 @@ impl SegmentLookup for ViewLookup<'_> {
     }
 }
 
-fn hash_value<'a>(attribute: &str, user: &'a str, attributes: &'a Map<String, Value>) -> Option<Cow<'a, str>> {
+fn hash_value<'a>(
+    attribute: &str,
+    user: &'a str,
+    attributes: &'a Map<String, Value>,
+) -> Option<Cow<'a, str>> {
     if attribute == "user_id" {
         return Some(Cow::Borrowed(user));
     }
@@ -317,7 +321,9 @@ impl Engine {
         let needs_rules = running.iter().any(|e| e.rule.is_some());
         let needs_attributes = context.is_some()
             || needs_rules
-            || running.iter().any(|e| e.definition.hash_attribute != "user_id");
+            || running
+                .iter()
+                .any(|e| e.definition.hash_attribute != "user_id");
         let (attributes, events) = if needs_attributes {
             self.facts_for(user, now, context, needs_rules).await?
         } else {

@@ -98,14 +98,21 @@ mod tests {
         ];
         let p = pool(&sources);
         assert_eq!(p, vec![json!(1), json!(2), json!(3), json!(4), json!(7)]);
-        assert!(same_pool(&p, &[json!(7), json!(4), json!(3), json!(2), json!(1)]));
+        assert!(same_pool(
+            &p,
+            &[json!(7), json!(4), json!(3), json!(2), json!(1)]
+        ));
         assert!(!same_pool(&p, &[json!(1), json!(2), json!(3)]));
         for t in 0..50 {
             let m = draw("u1", sources.clone(), p.clone(), 3, 1_000 + t, 10);
             assert_eq!(m.banners.len(), 3);
             assert!(m.banners.iter().all(|b| p.contains(b)));
             for (i, b) in m.banners.iter().enumerate() {
-                assert!(!m.banners[..i].contains(b), "no banner twice: {:?}", m.banners);
+                assert!(
+                    !m.banners[..i].contains(b),
+                    "no banner twice: {:?}",
+                    m.banners
+                );
             }
             assert_eq!(m.expires_at, 1_010 + t);
         }

@@ -54,8 +54,7 @@ impl Cache {
             shard.retain(|_, e| now < e.valid_until);
             if shard.len() >= SHARD_CAPACITY {
                 // Still full of live entries: drop an arbitrary eighth.
-                let drop: Vec<Box<str>> =
-                    shard.keys().take(SHARD_CAPACITY / 8).cloned().collect();
+                let drop: Vec<Box<str>> = shard.keys().take(SHARD_CAPACITY / 8).cloned().collect();
                 for k in drop {
                     shard.remove(&k);
                 }

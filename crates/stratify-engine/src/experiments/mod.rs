@@ -257,7 +257,11 @@ impl Experiments {
                 .collect();
             (slot, variants)
         };
-        let weights: Vec<f64> = definition.variants.iter().map(|v| v.weight / 100.0).collect();
+        let weights: Vec<f64> = definition
+            .variants
+            .iter()
+            .map(|v| v.weight / 100.0)
+            .collect();
         let ranges = stratify_core::bucketing::bucket_ranges(
             weights.len(),
             definition.coverage,
@@ -359,7 +363,13 @@ impl Engine {
     }
 
     pub fn list_experiments(&self) -> Vec<Arc<Experiment>> {
-        let mut all: Vec<_> = self.experiments.registry().by_id.values().cloned().collect();
+        let mut all: Vec<_> = self
+            .experiments
+            .registry()
+            .by_id
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| {
             (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
         });
@@ -685,7 +695,9 @@ impl Engine {
         if version > MAX_BUCKET_VERSION {
             return Err(EngineError::Conflict {
                 code: "too_many_rerandomizations",
-                message: format!("an experiment is re-randomised at most {MAX_BUCKET_VERSION} times"),
+                message: format!(
+                    "an experiment is re-randomised at most {MAX_BUCKET_VERSION} times"
+                ),
             });
         }
         let seed = seed.unwrap_or_else(|| format!("{}-v{version}", current.record.key));

@@ -197,7 +197,7 @@ pub async fn transition(
         let seed = if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            parse_json::<RerandomizeIn>(&body)?.seed
+            parse_json::<Option<RerandomizeIn>>(&body)?.and_then(|b| b.seed)
         };
         state
             .engine

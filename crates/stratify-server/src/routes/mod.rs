@@ -6,9 +6,9 @@ pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod ofrep;
 pub(crate) mod ops;
-pub(crate) mod serving;
 pub(crate) mod schemas;
 pub(crate) mod segments;
+pub(crate) mod serving;
 pub(crate) mod users;
 
 use crate::auth::authorize;

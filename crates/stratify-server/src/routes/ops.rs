@@ -11,6 +11,8 @@ pub struct Health {
     status: &'static str,
     version: &'static str,
     uptime_seconds: u64,
+    /// The server's clock (RFC 3339): the instant "now" means in rules.
+    now: String,
 }
 
 /// Liveness: answers while the process serves requests.
@@ -20,6 +22,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs(),
+        now: instant(state.engine.now()),
     })
 }
 

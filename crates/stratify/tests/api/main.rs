@@ -13,4 +13,5 @@ mod platform;
 mod process;
 mod schemas;
 mod segments;
+mod serving;
 mod users;
