@@ -4,6 +4,13 @@
 # crash test). Needs only the pinned Rust toolchain (rust-toolchain.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The OFREP test drives the official Python OpenFeature SDK (from PyPI,
+# pinned) against the real server: a virtualenv under target/.
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openfeature.contrib.provider.ofrep" 2>/dev/null; then
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check \
+        "openfeature-sdk==0.10.0" "openfeature-provider-ofrep==0.3.0"
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -182,7 +182,7 @@ pub async fn evaluate_flag(
     }
 }
 
-/// OFREP bulk evaluation: every running, paused or completed experiment.
+/// OFREP bulk evaluation: every running, paused or completed experiment, by key.
 /// Answers 304 when `If-None-Match` holds the ETag of the same answer.
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep", security(("api_key" = [])),
     request_body(content = Object, description = "{context: {targetingKey, ...attributes}}"),
@@ -199,9 +199,7 @@ pub async fn evaluate_flags(
         let registry = state.engine.experiment_registry();
         let mut flags: Vec<&Arc<Experiment>> =
             registry.by_id.values().filter(|e| is_flag(e)).collect();
-        flags.sort_by(|a, b| {
-            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
-        });
+        flags.sort_by(|a, b| a.record.key.cmp(&b.record.key));
         let flags: Vec<Value> = flags.iter().map(|e| evaluation(e, &answer)).collect();
         Ok::<_, Failure>(serde_json::to_vec(&json!({ "flags": flags })).unwrap_or_default())
     }

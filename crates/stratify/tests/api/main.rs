@@ -9,6 +9,7 @@ mod events;
 mod experiments;
 mod keys;
 mod live;
+mod ofrep;
 mod platform;
 mod process;
 mod schemas;
