@@ -35,9 +35,20 @@ use std::sync::Arc;
 use stratify_store::sqlite::SqliteStore;
 use stratify_store::Store;
 
-/// The engine's handle: cheap to clone, shared by every request.
+/// The engine's handle: one pointer, cheap to clone, shared by every request
+/// (one reference count to move per clone, not one per component).
 #[derive(Clone)]
-pub struct Engine {
+pub struct Engine(Arc<Parts>);
+
+impl std::ops::Deref for Engine {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// What the engine is made of (reached through [`Engine`]).
+pub struct Parts {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) schemas: Arc<Schemas>,
@@ -103,7 +114,7 @@ impl Engine {
             )
             .await?,
         );
-        let engine = Self {
+        let engine = Self(Arc::new(Parts {
             store,
             clock,
             schemas,
@@ -115,7 +126,7 @@ impl Engine {
             experiments,
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
-        };
+        }));
         if !rebuild {
             engine.start_deliverers().await?;
         }

@@ -45,6 +45,12 @@ impl Default for ServerConfig {
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<StateParts>,
+}
+
+/// What every handler shares (behind one pointer: cloning the state per
+/// request and per layer moves one reference count).
+pub struct StateParts {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
@@ -55,16 +61,25 @@ pub struct AppState {
     stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = StateParts;
+    fn deref(&self) -> &StateParts {
+        &self.inner
+    }
+}
+
 impl AppState {
     pub fn new(engine: Engine, config: ServerConfig) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         Self {
-            engine,
-            metrics: Arc::new(Metrics::default()),
-            config: Arc::new(config),
-            started: Instant::now(),
-            stopping,
-            stop: Arc::new(stop),
+            inner: Arc::new(StateParts {
+                engine,
+                metrics: Arc::new(Metrics::default()),
+                config: Arc::new(config),
+                started: Instant::now(),
+                stopping,
+                stop: Arc::new(stop),
+            }),
         }
     }
 }

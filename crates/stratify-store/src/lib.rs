@@ -158,8 +158,11 @@ pub trait Store: Send + Sync + 'static {
     /// Saves sticky assignments: a row is inserted, or replaced only by one
     /// with a higher bucket version (re-randomisation); never moved back.
     async fn save_assignments(&self, assignments: Vec<AssignmentRecord>) -> Result<()>;
-    /// A user's stored assignments.
-    async fn user_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>>;
+    /// A user's stored assignments and banner mixture, in one read.
+    async fn serving_state(
+        &self,
+        user_id: &str,
+    ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)>;
     /// An experiment's assignments under one bucket version, oldest first.
     async fn experiment_assignments(
         &self,
@@ -167,7 +170,6 @@ pub trait Store: Send + Sync + 'static {
         bucket_version: u32,
     ) -> Result<Vec<AssignmentRecord>>;
     async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()>;
-    async fn banner_mixture(&self, user_id: &str) -> Result<Option<BannerMixtureRecord>>;
 
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;

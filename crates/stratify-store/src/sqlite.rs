@@ -1355,15 +1355,42 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn user_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>> {
+    async fn serving_state(
+        &self,
+        user_id: &str,
+    ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
                  FROM assignments WHERE user_id = ?1",
             )?;
-            let rows = stmt.query_map([user_id], assignment_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let assignments = stmt
+                .query_map([&user_id], assignment_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let row = c
+                .prepare_cached(
+                    "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1",
+                )?
+                .query_row([&user_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?;
+            let mixture = row
+                .map(|(mixture, assigned_at, expires_at)| {
+                    Ok::<_, StoreError>(BannerMixtureRecord {
+                        user_id: user_id.clone(),
+                        mixture: serde_json::from_str(&mixture)?,
+                        assigned_at,
+                        expires_at,
+                    })
+                })
+                .transpose()?;
+            Ok((assignments, mixture))
         })
         .await
     }
@@ -1400,35 +1427,6 @@ impl Store for SqliteStore {
                 Ok(())
             })
             .await
-    }
-
-    async fn banner_mixture(&self, user_id: &str) -> Result<Option<BannerMixtureRecord>> {
-        let user_id = user_id.to_owned();
-        self.read(move |c| {
-            let row = c
-                .prepare_cached(
-                    "SELECT user_id, mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1",
-                )?
-                .query_row([user_id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .optional()?;
-            row.map(|(user_id, mixture, assigned_at, expires_at)| {
-                Ok(BannerMixtureRecord {
-                    user_id,
-                    mixture: serde_json::from_str(&mixture)?,
-                    assigned_at,
-                    expires_at,
-                })
-            })
-            .transpose()
-        })
-        .await
     }
 
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {

@@ -622,7 +622,7 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
         s.save_assignments(vec![assignment("u1", "b", 1, NOW + 5)])
             .await
             .expect("save again");
-        let u1 = s.user_assignments("u1").await.expect("read");
+        let (u1, _) = s.serving_state("u1").await.expect("read");
         assert_eq!(u1, vec![assignment("u1", "a", 1, NOW)]);
         // Re-randomised: version 2 replaces; an older version never comes back.
         s.save_assignments(vec![assignment("u1", "b", 2, NOW + 9)])
@@ -632,7 +632,7 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
             .await
             .expect("stale");
         assert_eq!(
-            s.user_assignments("u1").await.expect("read"),
+            s.serving_state("u1").await.expect("read").0,
             vec![assignment("u1", "b", 2, NOW + 9)]
         );
         let v1 = s
@@ -655,15 +655,15 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
         .await
         .expect("mixture");
         assert_eq!(
-            s.banner_mixture("u2")
+            s.serving_state("u2")
                 .await
                 .expect("read")
+                .1
                 .map(|m| m.mixture),
             Some(json!({"banners": [1, 2, 3]}))
         );
         assert!(s.delete_user(&uid("u2")).await.expect("delete"));
-        assert!(s.user_assignments("u2").await.expect("read").is_empty());
-        assert_eq!(s.banner_mixture("u2").await.expect("read"), None);
+        assert_eq!(s.serving_state("u2").await.expect("read"), (vec![], None));
     })
     .await;
 }

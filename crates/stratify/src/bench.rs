@@ -17,6 +17,84 @@ pub enum BenchCommand {
     /// Sustained ingest with live segments: events/s, ack → change latency,
     /// deadline lateness (see scripts/bench-live.sh).
     Live(LiveArgs),
+    /// Sets up the serving benchmark: the 50 segments, built, and running
+    /// experiments targeting them (see scripts/bench-experiments.sh).
+    ExperimentsSetup(ExperimentsArgs),
+}
+
+#[derive(Args)]
+pub struct ExperimentsArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
+    key: String,
+    #[arg(long, default_value_t = 100)]
+    experiments: usize,
+}
+
+/// The 50 segments, then `--experiments` running experiments: most target
+/// one or two of the segments, every tenth targets everyone, every seventh
+/// sits in a namespace, every fifth carries banners; weights vary.
+async fn experiments_setup(args: ExperimentsArgs) -> anyhow::Result<()> {
+    use serde_json::json;
+    let client = reqwest::Client::new();
+    let segments = setup_segments(&client, &args.url, &args.key).await?;
+    let start = Instant::now();
+    for i in 0..args.experiments {
+        let targets: Vec<&String> = if i % 10 == 0 {
+            Vec::new()
+        } else {
+            vec![
+                &segments[i % segments.len()],
+                &segments[(i * 7 + 3) % segments.len()],
+            ]
+        };
+        let treatment = if i % 5 == 0 {
+            json!({"banners": [i, i + 1, i + 2]})
+        } else {
+            json!({"feature": format!("f{i}"), "level": i % 3})
+        };
+        let mut body = json!({
+            "key": format!("bench-exp-{i}"),
+            "name": format!("Benchmark experiment {i}"),
+            "segment_ids": targets,
+            "coverage": if i % 4 == 0 { 0.5 } else { 1.0 },
+            "variants": [
+                {"key": "control", "weight": 50, "is_control": true},
+                {"key": "treatment", "weight": 50, "payload": treatment}
+            ]
+        });
+        if i % 7 == 0 {
+            let slot = (i / 7 % 4) as f64 * 0.25;
+            body["namespace"] = json!({"id": "bench", "start": slot, "end": slot + 0.25});
+        }
+        let resp = client
+            .post(format!("{}/v1/experiments", args.url))
+            .bearer_auth(&args.key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let created: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("cannot create experiment {i}: {created}");
+        }
+        let id = created["id"].as_str().unwrap_or_default();
+        let resp = client
+            .post(format!("{}/v1/experiments/{id}/start", args.url))
+            .bearer_auth(&args.key)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("cannot start experiment {i}: {}", resp.text().await?);
+        }
+    }
+    println!(
+        "setup: {} running experiments created in {:.1}s",
+        args.experiments,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -42,6 +120,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Live(args) => live(args).await,
+        BenchCommand::ExperimentsSetup(args) => experiments_setup(args).await,
     }
 }
 
@@ -338,12 +417,16 @@ struct Seen {
     time: bool,
 }
 
-async fn setup_segments(client: &reqwest::Client, args: &LiveArgs) -> anyhow::Result<()> {
+async fn setup_segments(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for (name, rules) in live_segments() {
         let resp = client
-            .post(format!("{}/v1/segments", args.url))
-            .bearer_auth(&args.key)
+            .post(format!("{url}/v1/segments"))
+            .bearer_auth(key)
             .json(&serde_json::json!({"name": name, "rules": rules}))
             .send()
             .await?;
@@ -358,8 +441,8 @@ async fn setup_segments(client: &reqwest::Client, args: &LiveArgs) -> anyhow::Re
     for id in &ids {
         loop {
             let s: serde_json::Value = client
-                .get(format!("{}/v1/segments/{id}", args.url))
-                .bearer_auth(&args.key)
+                .get(format!("{url}/v1/segments/{id}"))
+                .bearer_auth(key)
                 .send()
                 .await?
                 .json()
@@ -375,7 +458,7 @@ async fn setup_segments(client: &reqwest::Client, args: &LiveArgs) -> anyhow::Re
         ids.len(),
         start.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(ids)
 }
 
 async fn metric(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
@@ -401,7 +484,7 @@ async fn live(args: LiveArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency + 2)
         .build()?;
     if args.setup {
-        setup_segments(&client, &args).await?;
+        setup_segments(&client, &args.url, &args.key).await?;
     }
     let batches = args.events / args.batch;
     let run_id = wall_ms();

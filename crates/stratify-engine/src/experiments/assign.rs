@@ -129,7 +129,7 @@ pub struct UserExperiments {
     pub(crate) stamp: u64,
     pub(crate) generation: u64,
     /// A rendering of this answer, kept by the caller for cache hits.
-    pub rendered: OnceLock<Vec<u8>>,
+    pub rendered: OnceLock<bytes::Bytes>,
 }
 
 /// Segment references in inline rules read the live memberships.
@@ -256,8 +256,7 @@ impl Engine {
         if let Some(s) = self.serving.sticky.get(user) {
             return Ok(s);
         }
-        let rows = self.store.user_assignments(user).await?;
-        let mixture = self.store.banner_mixture(user).await?;
+        let (rows, mixture) = self.store.serving_state(user).await?;
         let stuck = rows
             .iter()
             .map(|r| {

@@ -23,8 +23,10 @@ pub struct ServedOut<'a> {
     name: &'a str,
     /// The variant's key.
     variant: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     variant_name: Option<&'a str>,
     is_control: bool,
+    /// The variant's payload (null when it has none).
     #[schema(value_type = Option<Object>)]
     payload: Option<&'a Value>,
 }
@@ -61,7 +63,7 @@ fn mixture_out(m: &Mixture) -> MixtureOut<'_> {
     }
 }
 
-fn render(answer: &UserExperiments, source: Source) -> Vec<u8> {
+fn render(answer: &UserExperiments, source: Source) -> bytes::Bytes {
     let out = UserExperimentsOut {
         user_id: &answer.user_id,
         source: source.as_str(),
@@ -83,7 +85,7 @@ fn render(answer: &UserExperiments, source: Source) -> Vec<u8> {
             .collect(),
         banner_mixture: answer.banner_mixture.as_deref().map(mixture_out),
     };
-    serde_json::to_vec(&out).unwrap_or_default()
+    serde_json::to_vec(&out).unwrap_or_default().into()
 }
 
 fn user_id(id: &str) -> Result<UserId, ApiError> {

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Serving benchmark on a release build (issue 5): GET /v1/users/{id}/experiments
+# over HTTP with 100 running experiments targeting 50 live segments and
+# 1 000 000 users, next to a trivial endpoint of the same server (/health) in
+# the same run, both driven by wrk with the same connections and threads.
+#
+#   scripts/bench-experiments.sh [USERS] [SECONDS] [CONNECTIONS]   (default 1000000 20 16)
+#
+# Users are picked at random per request (a wrk Lua script), so the first
+# pass ("cold") computes and stores most users' assignments for the first
+# time (sticky assignments written behind), and the second ("warm") mostly
+# hits the per-user cache. Prints both throughputs, their ratio and p50/p99.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-1000000}
+SECONDS_EACH=${2:-20}
+CONNS=${3:-16}
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+cargo build --release -q -p stratify
+BIN=target/release/stratify
+WORK=$(mktemp -d)
+trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+echo "== $USERS users (generated, imported)"
+$BIN generate --users "$USERS" --events 1 --orders 1 --seed 4 --out "$WORK/gen" >/dev/null
+RUST_LOG=warn $BIN import --users "$WORK/gen/user_attributes.csv" --data-dir "$WORK/data" >/dev/null
+PORT=$((20000 + RANDOM % 20000))
+STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$WORK/data" >/dev/null &
+PID=$!
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done
+URL="http://127.0.0.1:$PORT"
+$BIN bench experiments-setup --url "$URL" --key bench-key --experiments 100
+
+cat > "$WORK/users.lua" <<LUA
+math.randomseed(42)
+wrk.headers["Authorization"] = "Bearer bench-key"
+request = function()
+  return wrk.format("GET", "/v1/users/" .. math.random(1, $USERS) .. "/experiments")
+end
+LUA
+cat > "$WORK/health.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer bench-key"
+LUA
+
+# One wrk run: prints "requests/s p50_ms p99_ms".
+run() {
+    local out
+    out=$(wrk -t2 -c"$CONNS" -d"${SECONDS_EACH}s" --latency -s "$2" "$URL$1")
+    local rps p50 p99
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "non-2xx answers" >&2; exit 1; fi
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 512.00us / 1.20ms / 1.01s
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+curl -sf -H "Authorization: Bearer bench-key" "$URL/v1/users/1/experiments" | head -c 600; echo
+echo "== $CONNS connections, 2 wrk threads, ${SECONDS_EACH}s each"
+read -r H_RPS H_P50 H_P99 < <(run /health "$WORK/health.lua")
+echo "trivial  GET /health:                     $H_RPS req/s  p50 ${H_P50} ms  p99 ${H_P99} ms"
+read -r C_RPS C_P50 C_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+echo "cold     GET /v1/users/{id}/experiments:  $C_RPS req/s  p50 ${C_P50} ms  p99 ${C_P99} ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
+read -r W_RPS W_P50 W_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+echo "warm     GET /v1/users/{id}/experiments:  $W_RPS req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
+read -r H2_RPS H2_P50 H2_P99 < <(run /health "$WORK/health.lua")
+echo "trivial  GET /health (again):             $H2_RPS req/s  p50 ${H2_P50} ms  p99 ${H2_P99} ms"
+curl -s "$URL/metrics" | grep -E "^stratify_live_users " || true
+echo "server RSS: $(($(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024)) MiB"
