@@ -4,7 +4,7 @@
 # 1 000 000 users, next to a trivial endpoint of the same server (/health) in
 # the same run, both driven by wrk with the same connections and threads.
 #
-#   scripts/bench-experiments.sh [USERS] [SECONDS] [CONNECTIONS]   (default 1000000 20 16)
+#   scripts/bench-experiments.sh [USERS] [SECONDS] [CONNECTIONS]   (default 1000000 20 8)
 #
 # Users are picked at random per request (a wrk Lua script), so the first
 # pass ("cold") computes and stores most users' assignments for the first
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
 SECONDS_EACH=${2:-20}
-CONNS=${3:-16}
+CONNS=${3:-8}
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 cargo build --release -q -p stratify
 BIN=target/release/stratify
