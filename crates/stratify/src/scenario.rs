@@ -337,8 +337,11 @@ pub fn experiments() -> Vec<(
     ]
 }
 
-/// (user id, attributes, orders as (days ago, amount, city))
-pub fn users() -> Vec<(&'static str, Value, Vec<(f64, f64, &'static str)>)> {
+/// An order: (days ago, amount, city).
+type Order = (f64, f64, &'static str);
+
+/// (user id, attributes, orders)
+pub fn users() -> Vec<(&'static str, Value, Vec<Order>)> {
     let spread = |n: usize, from_days: f64, to_days: f64, amount: f64, city: &'static str| {
         (0..n)
             .map(|i| {

@@ -10,6 +10,7 @@
 //! 3. Otherwise GrowthBook bucketing: the hash attribute's value, the
 //!    namespace range, then `hash(seed, value, hash_version)` against the
 //!    bucket ranges (coverage included). Outside every range: not in it.
+//!
 //! The first serving of (user, experiment) under a bucket version is stored:
 //! it is the sticky assignment and the user's first exposure.
 //!
@@ -184,6 +185,7 @@ impl Engine {
                 return Ok((hit, Source::Cache));
             }
         }
+        self.serving.sticky.admit().await;
         if !self.freshness.wait_current(user, READ_YOUR_WRITES).await {
             tracing::debug!(user, "answering before the live engine caught up");
         }

@@ -16,9 +16,10 @@ const SHARDS: usize = 64;
 const SHARD_CAPACITY: usize = 16_384;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Shard = Mutex<FastMap<Box<str>, Arc<UserExperiments>>>;
 
 pub struct Cache {
-    shards: Box<[Mutex<FastMap<Box<str>, Arc<UserExperiments>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Default for Cache {
@@ -30,7 +31,7 @@ impl Default for Cache {
 }
 
 impl Cache {
-    fn shard(&self, user: &str) -> &Mutex<FastMap<Box<str>, Arc<UserExperiments>>> {
+    fn shard(&self, user: &str) -> &Shard {
         &self.shards[(crate::live::user_hash(user) >> 52) as usize % SHARDS]
     }
 

@@ -10,6 +10,7 @@
 use super::banners::Mixture;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_store::{AssignmentRecord, BannerMixtureRecord, Store};
@@ -18,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 const SHARDS: usize = 64;
 /// Most rows per store commit.
 const MAX_BATCH: usize = 8192;
+/// Rows waiting for the store before new servings wait (back-pressure: a
+/// burst of first servings slows down instead of growing the queue).
+const MAX_QUEUED: usize = 200_000;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -40,24 +44,36 @@ pub enum Write {
     Flush(oneshot::Sender<()>),
 }
 
+type Shard = RwLock<FastMap<Box<str>, UserState>>;
+
 pub struct Sticky {
-    shards: Box<[RwLock<FastMap<Box<str>, UserState>>]>,
+    shards: Box<[Shard]>,
     tx: mpsc::UnboundedSender<Write>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Sticky {
     pub fn start(store: Arc<dyn Store>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let flusher = tokio::spawn(flush(store, rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let flusher = tokio::spawn(flush(store, rx, queued.clone()));
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             tx,
             flusher: Mutex::new(Some(flusher)),
+            queued,
         }
     }
 
-    fn shard(&self, user: &str) -> &RwLock<FastMap<Box<str>, UserState>> {
+    /// Waits while too many rows are waiting for the store.
+    pub async fn admit(&self) {
+        while self.queued.load(Ordering::Acquire) > MAX_QUEUED {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn shard(&self, user: &str) -> &Shard {
         &self.shards[(crate::live::user_hash(user) >> 40) as usize % SHARDS]
     }
 
@@ -93,6 +109,7 @@ impl Sticky {
             state.stuck.push(stuck);
         }
         drop(shard);
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(Write::Assignment(record));
         stuck
     }
@@ -128,7 +145,11 @@ impl Sticky {
     }
 }
 
-async fn flush(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
+async fn flush(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(first) = rx.recv().await {
         let mut assignments = Vec::new();
         let mut mixtures = Vec::new();
@@ -146,12 +167,14 @@ async fn flush(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
                 None
             };
         }
+        let saved = assignments.len();
         let mut delay = Duration::from_millis(100);
         while let Err(e) = store.save_assignments(assignments.clone()).await {
             tracing::error!(error = %e, "cannot save assignments; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+        queued.fetch_sub(saved, Ordering::AcqRel);
         for m in mixtures {
             if let Err(e) = store.save_banner_mixture(m).await {
                 // A lost mixture is drawn again: logged, not retried.

@@ -23,9 +23,11 @@ pub fn user_hash(user: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(0x5eed).hash_one(user)
 }
 
+type Shard = RwLock<FastMap<Box<str>, Vec<u32>>>;
+
 pub struct MemberView {
     slots: RwLock<FastMap<Arc<str>, u32>>,
-    shards: Box<[RwLock<FastMap<Box<str>, Vec<u32>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Default for MemberView {
@@ -38,7 +40,7 @@ impl Default for MemberView {
 }
 
 impl MemberView {
-    fn shard(&self, user: &str) -> &RwLock<FastMap<Box<str>, Vec<u32>>> {
+    fn shard(&self, user: &str) -> &Shard {
         &self.shards[(user_hash(user) >> 58) as usize % SHARDS]
     }
 
