@@ -157,7 +157,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves sticky assignments: a row is inserted, or replaced only by one
     /// with a higher bucket version (re-randomisation); never moved back.
-    async fn save_assignments(&self, assignments: Vec<AssignmentRecord>) -> Result<()>;
+    async fn save_assignments(
+        &self,
+        assignments: std::sync::Arc<Vec<AssignmentRecord>>,
+    ) -> Result<()>;
     /// A user's stored assignments and banner mixture, in one read.
     async fn serving_state(
         &self,

@@ -1328,7 +1328,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_assignments(&self, assignments: Vec<AssignmentRecord>) -> Result<()> {
+    async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
         if assignments.is_empty() {
             return Ok(());
         }
@@ -1341,7 +1341,7 @@ impl Store for SqliteStore {
                        variant = excluded.variant, bucket_version = excluded.bucket_version, assigned_at = excluded.assigned_at \
                      WHERE excluded.bucket_version > assignments.bucket_version",
                 )?;
-                for a in &assignments {
+                for a in assignments.iter() {
                     stmt.execute(params![
                         a.user_id,
                         a.experiment_id,

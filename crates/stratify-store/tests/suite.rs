@@ -612,25 +612,30 @@ fn assignment(user: &str, variant: &str, version: u32, at: i64) -> AssignmentRec
 #[tokio::test]
 async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
     with_backends(|s| async move {
-        s.save_assignments(vec![
+        s.save_assignments(std::sync::Arc::new(vec![
             assignment("u1", "a", 1, NOW),
             assignment("u2", "b", 1, NOW + 1),
-        ])
+        ]))
         .await
         .expect("save");
         // The same version again (a racing first exposure) changes nothing.
-        s.save_assignments(vec![assignment("u1", "b", 1, NOW + 5)])
+        s.save_assignments(std::sync::Arc::new(vec![assignment("u1", "b", 1, NOW + 5)]))
             .await
             .expect("save again");
         let (u1, _) = s.serving_state("u1").await.expect("read");
         assert_eq!(u1, vec![assignment("u1", "a", 1, NOW)]);
         // Re-randomised: version 2 replaces; an older version never comes back.
-        s.save_assignments(vec![assignment("u1", "b", 2, NOW + 9)])
+        s.save_assignments(std::sync::Arc::new(vec![assignment("u1", "b", 2, NOW + 9)]))
             .await
             .expect("rerandomise");
-        s.save_assignments(vec![assignment("u1", "a", 1, NOW + 10)])
-            .await
-            .expect("stale");
+        s.save_assignments(std::sync::Arc::new(vec![assignment(
+            "u1",
+            "a",
+            1,
+            NOW + 10,
+        )]))
+        .await
+        .expect("stale");
         assert_eq!(
             s.serving_state("u1").await.expect("read").0,
             vec![assignment("u1", "b", 2, NOW + 9)]

@@ -177,7 +177,8 @@ impl Engine {
         user: &UserId,
         context: Option<&Map<String, Value>>,
     ) -> Result<(Arc<UserExperiments>, Source), EngineError> {
-        let user = user.as_str();
+        let id = user;
+        let user = id.as_str();
         let generation = self.experiments.registry().generation;
         if context.is_none() {
             let stamp = self.freshness.stamp(user);
@@ -189,7 +190,7 @@ impl Engine {
         if !self.freshness.wait_current(user, READ_YOUR_WRITES).await {
             tracing::debug!(user, "answering before the live engine caught up");
         }
-        let answer = Arc::new(self.compute(user, context).await?);
+        let answer = Arc::new(self.compute(id, context).await?);
         if context.is_none() {
             self.serving.cache.put(answer.clone(), answer.computed_at);
         }
@@ -281,15 +282,14 @@ impl Engine {
 
     async fn facts_for(
         &self,
-        user: &str,
+        id: &UserId,
         now: Millis,
         context: Option<&Map<String, Value>>,
         events: bool,
     ) -> Result<(Map<String, Value>, Vec<stratify_store::StoredEvent>), EngineError> {
-        let id = UserId::parse(user).map_err(EngineError::Invalid)?;
         let mut attributes = self
             .store
-            .get_user(&id)
+            .get_user(id)
             .await?
             .map(|u| u.attributes)
             .unwrap_or_default();
@@ -300,7 +300,7 @@ impl Engine {
         }
         let events = if events {
             self.store
-                .user_events(&id, now, crate::live::MAX_USER_EVENTS as u32)
+                .user_events(id, now, crate::live::MAX_USER_EVENTS as u32)
                 .await?
         } else {
             Vec::new()
@@ -310,9 +310,10 @@ impl Engine {
 
     async fn compute(
         &self,
-        user: &str,
+        id: &UserId,
         context: Option<&Map<String, Value>>,
     ) -> Result<UserExperiments, EngineError> {
+        let user = id.as_str();
         let registry = self.experiments.registry();
         let options = *self.serving.options.read();
         let stamp = self.freshness.stamp(user);
@@ -326,7 +327,7 @@ impl Engine {
                 .iter()
                 .any(|e| e.definition.hash_attribute != "user_id");
         let (attributes, events) = if needs_attributes {
-            self.facts_for(user, now, context, needs_rules).await?
+            self.facts_for(id, now, context, needs_rules).await?
         } else {
             (Map::new(), Vec::new())
         };

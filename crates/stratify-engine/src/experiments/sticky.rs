@@ -168,6 +168,7 @@ async fn flush(
             };
         }
         let saved = assignments.len();
+        let assignments = Arc::new(assignments);
         let mut delay = Duration::from_millis(100);
         while let Err(e) = store.save_assignments(assignments.clone()).await {
             tracing::error!(error = %e, "cannot save assignments; retrying");
