@@ -117,3 +117,18 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {body}"))
 }
+
+/// Creates an experiment and starts it; returns its id.
+pub async fn running_experiment(app: &TestApp, body: Value) -> String {
+    let (s, e) = app.post("/v1/experiments", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let id = e["id"].as_str().expect("id").to_owned();
+    let (s, e) = app
+        .post(
+            &format!("/v1/experiments/{id}/start"),
+            serde_json::json!(null),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    id
+}

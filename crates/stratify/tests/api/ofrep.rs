@@ -9,38 +9,27 @@ use serde_json::{json, Value};
 use stratify_core::access::Role;
 use stratify_core::bucketing;
 
-async fn running(app: &TestApp, body: Value) -> String {
-    let (s, e) = app.post("/v1/experiments", body).await;
-    assert_eq!(s, StatusCode::CREATED, "{e}");
-    let id = e["id"].as_str().expect("id").to_owned();
-    let (s, e) = app
-        .post(&format!("/v1/experiments/{id}/start"), json!(null))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{e}");
-    id
-}
-
 async fn flags(app: &TestApp) {
-    running(
+    running_experiment(
         app,
         json!({"key": "pizza", "name": "Pizza tile", "variants": [
             {"key": "control", "weight": 50, "is_control": true, "payload": {"tile": "none"}},
             {"key": "show_pizza_tile", "weight": 50, "payload": {"tile": "pizza"}}]}),
     )
     .await;
-    running(
+    running_experiment(
         app,
         json!({"key": "button-color", "name": "Button colour", "variants": [
             {"key": "blue", "weight": 50, "is_control": true}, {"key": "green", "weight": 50}]}),
     )
     .await;
-    running(
+    running_experiment(
         app,
         json!({"key": "premium-only", "name": "Premium only", "rules": {"plan": "premium"},
                "variants": [{"key": "on", "weight": 100, "payload": true}]}),
     )
     .await;
-    let paused = running(
+    let paused = running_experiment(
         app,
         json!({"key": "paused-flag", "name": "Paused", "variants": [{"key": "on", "weight": 100}]}),
     )

@@ -212,17 +212,6 @@ async fn the_demo_scenario_and_its_three_use_cases() {
     assert!(v.contains_key("at_risk_vip_winback"), "{john}");
 }
 
-async fn create_running(app: &TestApp, body: Value) -> String {
-    let (s, e) = app.post("/v1/experiments", body).await;
-    assert_eq!(s, StatusCode::CREATED, "{e}");
-    let id = e["id"].as_str().expect("id").to_owned();
-    let (s, e) = app
-        .post(&format!("/v1/experiments/{id}/start"), json!(null))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{e}");
-    id
-}
-
 async fn eligible(app: &TestApp, user: &str, id: &str) -> Option<String> {
     let (s, b) = app
         .post(
@@ -246,7 +235,7 @@ async fn patch(app: &TestApp, id: &str, body: Value) {
 #[tokio::test]
 async fn assignments_stick_until_rerandomised_and_exposures_are_logged_once() {
     let app = spawn_app().await;
-    let id = create_running(
+    let id = running_experiment(
         &app,
         json!({"key": "ab", "name": "AB", "variants": [
             {"key": "a", "weight": 50, "is_control": true}, {"key": "b", "weight": 50}]}),
@@ -344,8 +333,8 @@ async fn targeting_follows_memberships_and_the_leaver_setting() {
         json!({"key": key, "name": key, "segment_ids": [seg], "keep_on_exit": keep,
                "variants": [{"key": "on", "weight": 100}]})
     };
-    let strict = create_running(&app, body("strict", false)).await;
-    let keep = create_running(&app, body("keep", true)).await;
+    let strict = running_experiment(&app, body("strict", false)).await;
+    let keep = running_experiment(&app, body("keep", true)).await;
     let before = variants(&experiments_of(&app, "alice").await);
     assert_eq!(before.len(), 2);
     assert!(variants(&experiments_of(&app, "carol").await).is_empty());
@@ -409,7 +398,7 @@ async fn targeting_follows_memberships_and_the_leaver_setting() {
 #[tokio::test]
 async fn the_cache_is_invalidated_by_changes_and_schedules_and_cleared_on_demand() {
     let app = spawn_app().await;
-    let id = create_running(
+    let id = running_experiment(
         &app,
         json!({"key": "sched", "name": "Scheduled", "end_at": "2026-01-01T01:00:00Z",
                "variants": [{"key": "on", "weight": 100, "payload": {"banners": [1, 2, 3, 4]}}]}),
@@ -457,7 +446,7 @@ async fn the_cache_is_invalidated_by_changes_and_schedules_and_cleared_on_demand
 #[tokio::test]
 async fn eligibility_and_serving_inputs_are_checked() {
     let app = spawn_app().await;
-    let id = create_running(
+    let id = running_experiment(
         &app,
         json!({"key": "plan", "name": "Premium only", "rules": {"plan": "premium"},
                "hash_attribute": "device_id",
