@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # The OFREP test drives the official Python OpenFeature SDK (from PyPI,
 # pinned) against the real server: a virtualenv under target/.
 if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openfeature.contrib.provider.ofrep" 2>/dev/null; then
-    python3 -m venv target/pyenv
+    # Debian ships venv apart from python3.
+    python3 -m venv target/pyenv || { apt-get install -y python3-venv >/dev/null && python3 -m venv target/pyenv; }
     target/pyenv/bin/pip install --quiet --disable-pip-version-check \
         "openfeature-sdk==0.10.0" "openfeature-provider-ofrep==0.3.0"
 fi

@@ -383,6 +383,32 @@ async fn targeting_follows_memberships_and_the_leaver_setting() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&e), "segment_not_attached");
+    let (s, e) = app
+        .post(
+            &format!("/v1/experiments/{strict}/segments"),
+            json!({"segment_id": "seg_nope"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(error_code(&e), "segment_not_found");
+    let (s, e) = app
+        .post(
+            &format!("/v1/experiments/{strict}/segments"),
+            json!({"segment": seg}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = app
+        .post(
+            &format!("/v1/experiments/{strict}/rerandomize"),
+            json!({"seed": 5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, e) = app
+        .post(&format!("/v1/experiments/{strict}/explode"), json!(null))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     // Pausing stops serving; resuming gives the same variant back.
     app.post(&format!("/v1/experiments/{keep}/pause"), json!(null))
         .await;
