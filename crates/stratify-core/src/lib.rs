@@ -23,6 +23,7 @@ pub mod ids;
 pub mod population;
 pub mod rules;
 pub mod schema;
+pub mod stats;
 pub mod time;
 
 pub use error::ValidationError;
