@@ -16,6 +16,7 @@ pub mod keys;
 pub mod live;
 mod population;
 mod scan;
+pub mod results;
 pub mod schemas;
 pub mod segments;
 pub mod users;

@@ -33,6 +33,9 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::serving::user_experiments, routes::serving::check_eligibility,
         routes::serving::banner_mixture, routes::serving::clear_cache,
         routes::ofrep::evaluate_flag, routes::ofrep::evaluate_flags,
+        routes::results::create_metric, routes::results::list_metrics, routes::results::get_metric,
+        routes::results::delete_metric, routes::results::results, routes::results::results_seed,
+        routes::results::compare, routes::results::srm, routes::results::sample_size,
     ),
     modifiers(&Security)
 )]

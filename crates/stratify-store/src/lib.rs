@@ -173,6 +173,25 @@ pub trait Store: Send + Sync + 'static {
         bucket_version: u32,
     ) -> Result<Vec<AssignmentRecord>>;
     async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()>;
+    /// Everyone exposed under one bucket version with `from ≤ assigned_at ≤ to`.
+    async fn experiment_exposures(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Exposures>;
+    /// Streams the events of a metric scan to `sink` in chunks, in no
+    /// particular order (the scan may run on several threads). Returns how
+    /// many events it sent.
+    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<u64>;
+
+    /// Creates a metric; `Conflict` when its key is taken.
+    async fn create_metric(&self, metric: MetricRecord) -> Result<()>;
+    /// Replaces a metric's definition; `NotFound` when there is none.
+    async fn update_metric(&self, metric: MetricRecord) -> Result<()>;
+    async fn metrics(&self) -> Result<Vec<MetricRecord>>;
+    async fn delete_metric(&self, key: &str) -> Result<bool>;
 
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;

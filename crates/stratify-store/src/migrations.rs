@@ -158,6 +158,19 @@ CREATE TABLE banner_mixtures (
     expires_at   INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Metrics: what to measure per exposed user (the engine's normalised JSON).
+CREATE TABLE metrics (
+    key         TEXT PRIMARY KEY,
+    definition  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+-- Results read every exposure of an experiment with its variant: the index
+-- covers the read (the primary key's user_id rides along), at no extra index.
+DROP INDEX assignments_experiment;
+CREATE INDEX assignments_experiment ON assignments(experiment_id, bucket_version, assigned_at, variant);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

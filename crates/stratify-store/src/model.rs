@@ -117,8 +117,61 @@ pub struct EventQuery {
     pub to: Option<Millis>,
     /// Only events with a larger sequence number (cursor paging).
     pub after_seq: Option<i64>,
+    /// Only events of users assigned to an experiment, at or after their
+    /// assignment (first exposure).
+    pub experiment: Option<ExperimentFilter>,
     pub limit: u32,
 }
+
+/// Events of an experiment's users (in one variant when given).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExperimentFilter {
+    pub experiment_id: String,
+    pub bucket_version: u32,
+    pub variant: Option<String>,
+}
+
+/// A metric definition (the engine's JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRecord {
+    pub key: String,
+    pub definition: Value,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Everyone exposed to an experiment under one bucket version, as columns:
+/// the store's user number (`None` for a user with no stored profile and so
+/// no events), the index of their variant in `variants`, and the instant of
+/// their first exposure.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exposures {
+    pub variants: Vec<String>,
+    pub uid: Vec<Option<i64>>,
+    pub variant: Vec<u16>,
+    pub assigned_at: Vec<Millis>,
+}
+
+/// Events of one name in `[since, until]`, with one numeric property.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricScan {
+    pub event: String,
+    /// A property name (letters, digits, `_`); its numeric value, else `None`.
+    pub property: Option<String>,
+    pub since: Millis,
+    pub until: Millis,
+}
+
+/// One event of a metric scan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricEvent {
+    pub uid: i64,
+    pub ts: Millis,
+    pub value: Option<f64>,
+}
+
+/// Receives a metric scan in chunks, possibly from several threads at once.
+pub type MetricSink = std::sync::Arc<dyn Fn(&[MetricEvent]) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredEvent {

@@ -670,6 +670,18 @@ impl Store for SqliteStore {
             if let Some(a) = q.after_seq {
                 bind(&mut sql, " AND e.seq > ?", a.into());
             }
+            if let Some(x) = q.experiment {
+                bind(
+                    &mut sql,
+                    " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                    x.experiment_id.into(),
+                );
+                bind(&mut sql, " AND a.bucket_version = ? AND a.assigned_at <= e.ts", i64::from(x.bucket_version).into());
+                if let Some(v) = x.variant {
+                    bind(&mut sql, " AND a.variant = ?", v.into());
+                }
+                sql.push(')');
+            }
             bind(
                 &mut sql,
                 " ORDER BY e.seq LIMIT ?",
@@ -1413,6 +1425,139 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn experiment_exposures(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Exposures> {
+        let experiment_id = experiment_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT u.uid, a.variant, a.assigned_at FROM assignments a \
+                 LEFT JOIN users u ON u.user_id = a.user_id \
+                 WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 \
+                   AND a.assigned_at >= ?3 AND a.assigned_at <= ?4",
+            )?;
+            let mut rows = stmt.query(params![experiment_id, bucket_version, from, to])?;
+            let mut out = Exposures::default();
+            while let Some(row) = rows.next()? {
+                let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let index = match out.variants.iter().position(|v| v == name) {
+                    Some(i) => i,
+                    None => {
+                        out.variants.push(name.to_owned());
+                        out.variants.len() - 1
+                    }
+                };
+                out.uid.push(row.get(0)?);
+                out.variant.push(u16::try_from(index).unwrap_or(u16::MAX));
+                out.assigned_at.push(row.get(2)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<u64> {
+        // The name's id and the log's extent, then the log in two halves on
+        // two readers at once (a scan is CPU-bound in SQLite's row decoding).
+        let name = scan.event.clone();
+        let (name_id, max_seq) = self
+            .read(move |c| {
+                let id: Option<i64> = c
+                    .prepare_cached("SELECT id FROM event_names WHERE name = ?1")?
+                    .query_row([name], |r| r.get(0))
+                    .optional()?;
+                let max: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                Ok((id, max))
+            })
+            .await?;
+        let Some(name_id) = name_id else { return Ok(0) };
+        let half = max_seq / 2;
+        let part = |low: i64, high: i64| {
+            let (scan, sink) = (scan.clone(), sink.clone());
+            self.read(move |c| scan_part(c, &scan, name_id, low, high, &sink))
+        };
+        let (first, second) = tokio::join!(part(0, half), part(half, max_seq));
+        let total = first? + second?;
+        Ok(total)
+    }
+
+    async fn create_metric(&self, m: MetricRecord) -> Result<()> {
+        let definition = serde_json::to_string(&m.definition)?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![m.key, definition, m.created_at, m.updated_at])
+                    .map_err(|err| match err {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            StoreError::Conflict(format!("a metric with key '{}'", m.key))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_metric(&self, m: MetricRecord) -> Result<()> {
+        let definition = serde_json::to_string(&m.definition)?;
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached("UPDATE metrics SET definition = ?2, updated_at = ?3 WHERE key = ?1")?
+                    .execute(params![m.key, definition, m.updated_at])?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("metric '{}'", m.key)));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn metrics(&self) -> Result<Vec<MetricRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, definition, created_at, updated_at) = row?;
+                out.push(MetricRecord {
+                    key,
+                    definition: serde_json::from_str(&definition)?,
+                    created_at,
+                    updated_at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_metric(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.writer
+            .write(move |w| {
+                Ok(w.conn
+                    .prepare_cached("DELETE FROM metrics WHERE key = ?1")?
+                    .execute([key])?
+                    > 0)
+            })
+            .await
+    }
+
     async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
         let mixture = serde_json::to_string(&m.mixture)?;
         self.writer
@@ -1611,4 +1756,48 @@ fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRecord> {
         bucket_version: r.get(3)?,
         assigned_at: r.get(4)?,
     })
+}
+
+/// Events sent to a metric sink at a time.
+const SCAN_CHUNK: usize = 8192;
+
+/// One slice `(low, high]` of the log for [`SqliteStore::scan_metric_events`].
+fn scan_part(
+    c: &Connection,
+    scan: &MetricScan,
+    name_id: i64,
+    low: i64,
+    high: i64,
+    sink: &MetricSink,
+) -> Result<u64> {
+    let path = scan.property.as_ref().map(|p| format!("$.{p}"));
+    let sql = if path.is_some() {
+        "SELECT uid, ts, json_extract(properties, ?6) FROM events \
+         WHERE seq > ?1 AND seq <= ?2 AND name_id = ?3 AND ts >= ?4 AND ts <= ?5"
+    } else {
+        "SELECT uid, ts, NULL FROM events \
+         WHERE seq > ?1 AND seq <= ?2 AND name_id = ?3 AND ts >= ?4 AND ts <= ?5 AND ?6 IS NULL"
+    };
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![low, high, name_id, scan.since, scan.until, path])?;
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    let mut total = 0;
+    while let Some(row) = rows.next()? {
+        let value = match row.get_ref(2)? {
+            rusqlite::types::ValueRef::Integer(i) => Some(i as f64),
+            rusqlite::types::ValueRef::Real(f) => Some(f),
+            _ => None,
+        };
+        chunk.push(MetricEvent { uid: row.get(0)?, ts: row.get(1)?, value });
+        if chunk.len() == SCAN_CHUNK {
+            total += chunk.len() as u64;
+            sink(&chunk);
+            chunk.clear();
+        }
+    }
+    total += chunk.len() as u64;
+    if !chunk.is_empty() {
+        sink(&chunk);
+    }
+    Ok(total)
 }

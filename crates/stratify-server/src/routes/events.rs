@@ -11,7 +11,7 @@ use stratify_core::event::MAX_BATCH_EVENTS;
 use stratify_core::time::parse_rfc3339;
 use stratify_core::ValidationError;
 use stratify_engine::ingest::IngestOutcome;
-use stratify_engine::model::{EventQuery, Source, StoredEvent};
+use stratify_engine::model::{EventQuery, ExperimentFilter, Source, StoredEvent};
 use utoipa::{IntoParams, ToSchema};
 
 /// Most events one `GET /v1/events` page returns.
@@ -235,7 +235,10 @@ pub struct EventFilter {
     from: Option<String>,
     /// Exclusive, RFC 3339.
     to: Option<String>,
+    /// Only events of users assigned to this experiment, at or after their
+    /// first exposure.
     experiment_id: Option<String>,
+    /// With `experiment_id`: only that variant's users (key, or index).
     variant: Option<String>,
     /// 1–1000, default 100.
     limit: Option<u32>,
@@ -288,14 +291,32 @@ pub async fn list(
     State(state): State<AppState>,
     Params(f): Params<EventFilter>,
 ) -> Result<Json<EventPage>, ApiError> {
-    if f.experiment_id.is_some() || f.variant.is_some() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported_filter",
-            "filtering by experiment_id and variant is not available yet (it arrives with experiments)",
-        )
-        .at(if f.experiment_id.is_some() { "/experiment_id" } else { "/variant" }));
-    }
+    let experiment = match (f.experiment_id.as_deref(), f.variant) {
+        (None, Some(_)) => {
+            return Err(query_error("variant", "filtering by variant needs experiment_id"))
+        }
+        (None, None) => None,
+        (Some(id), variant) => {
+            let e = state.engine.experiment(id)?;
+            let variants = &e.definition.variants;
+            // A variant by key, or by its index (the seed's `variant_id`).
+            let variant = variant
+                .map(|v| {
+                    variants
+                        .iter()
+                        .find(|x| x.key == v)
+                        .or_else(|| v.parse::<usize>().ok().and_then(|i| variants.get(i)))
+                        .map(|x| x.key.clone())
+                        .ok_or_else(|| query_error("variant", format!("experiment '{id}' has no variant '{v}'")))
+                })
+                .transpose()?;
+            Some(ExperimentFilter {
+                experiment_id: e.record.id.clone(),
+                bucket_version: e.definition.bucket_version,
+                variant,
+            })
+        }
+    };
     let limit = f.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(query_error("limit", format!("limit is 1–{MAX_PAGE}")));
@@ -319,6 +340,7 @@ pub async fn list(
         from: time("from", f.from)?,
         to: time("to", f.to)?,
         after_seq,
+        experiment,
         limit: limit + 1,
     };
     let mut events = state

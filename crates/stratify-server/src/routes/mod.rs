@@ -6,6 +6,7 @@ pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod ofrep;
 pub(crate) mod ops;
+pub(crate) mod results;
 pub(crate) mod schemas;
 pub(crate) mod segments;
 pub(crate) mod serving;
@@ -324,6 +325,35 @@ pub fn table() -> Vec<Route> {
             "/v1/segments/unassign-experiment",
             EditConfig,
             delete(experiments::unassign_experiment),
+        ),
+        r(Method::POST, "/v1/metrics", EditConfig, post(results::create_metric)),
+        r(Method::GET, "/v1/metrics", Read, get(results::list_metrics)),
+        r(Method::GET, "/v1/metrics/{key}", Read, get(results::get_metric)),
+        r(
+            Method::DELETE,
+            "/v1/metrics/{key}",
+            EditConfig,
+            delete(results::delete_metric),
+        ),
+        r(
+            Method::GET,
+            "/v1/experiments/{id}/results",
+            Read,
+            get(results::results),
+        ),
+        r(
+            Method::POST,
+            "/v1/experiments/{id}/results",
+            Read,
+            post(results::results_seed),
+        ),
+        r(Method::POST, "/v1/stats/compare", Read, post(results::compare)),
+        r(Method::POST, "/v1/stats/srm", Read, post(results::srm)),
+        r(
+            Method::POST,
+            "/v1/stats/sample-size",
+            Read,
+            post(results::sample_size),
         ),
         r(
             Method::POST,

@@ -1,0 +1,568 @@
+//! Experiment results: each exposed user's metric value, per variant, with
+//! the statistics of [`stratify_core::stats`].
+//!
+//! Who counts: every user with a stored assignment under the experiment's
+//! current bucket version (the first serving, which is also the first
+//! exposure), in the variant they were assigned, whatever happened since.
+//! Which events count: the metric's event at or after that user's first
+//! exposure, before the end of the window when the metric has one, and not
+//! after `to`.
+//!
+//! The exposures come from one indexed read; the events from one scan of
+//! the log for the metric's event name (see [`stratify_store::Store::scan_metric_events`]),
+//! folded per user and per day by [`fold`].
+
+mod fold;
+pub mod metrics;
+
+use crate::experiments::Experiment;
+use crate::{Engine, EngineError};
+use fold::{Collector, Exposed, Folded};
+use metrics::{Metric, MetricKind};
+use serde::Serialize;
+use std::sync::Arc;
+use stratify_core::stats::{self, Absolute, Arm, ArmEstimate, Method, Relative};
+use stratify_core::time::{format_rfc3339, Millis};
+use stratify_core::ValidationError;
+
+pub use metrics::{MetricInput, MAX_METRICS_PER_QUERY};
+
+const DAY_MS: Millis = 86_400_000;
+/// Most points of a time series; longer experiments get wider buckets.
+pub const MAX_POINTS: i64 = 400;
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct ResultsQuery {
+    pub metrics: Vec<Metric>,
+    pub method: Method,
+    pub confidence_level: f64,
+    /// α for `significant` and the winner; default 1 − confidence level.
+    pub significance_threshold: Option<f64>,
+    pub from: Option<Millis>,
+    pub to: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantInfo {
+    pub key: String,
+    pub name: Option<String>,
+    pub weight: f64,
+    pub is_control: bool,
+    /// Users exposed (assigned) to the variant.
+    pub users: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SrmReport {
+    pub observed: Vec<u64>,
+    pub expected: Vec<f64>,
+    pub chi2: Option<f64>,
+    pub df: u32,
+    pub p_value: Option<f64>,
+    pub srm_detected: bool,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub key: String,
+    pub is_control: bool,
+    /// Users exposed.
+    pub users: u64,
+    /// Users with a value (= `users`, except for `mean` metrics: those with an event).
+    pub n: u64,
+    /// Users who converted (conversion metrics).
+    pub conversions: Option<u64>,
+    /// Σ of the users' values.
+    pub total: f64,
+    pub mean: Option<f64>,
+    /// Per-user sample variance (p(1 − p) for conversions).
+    pub variance: Option<f64>,
+    /// The rate or mean with its interval (Wilson for rates).
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// Versus control (null for the control).
+    pub absolute: Option<Absolute>,
+    pub relative: Option<Relative>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_reason: Option<&'static str>,
+    pub chance_to_win: Option<f64>,
+    /// Holm-adjusted when there are more than two variants, else the raw p-value.
+    pub p_value_adjusted: Option<f64>,
+    pub significant: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Winner {
+    pub key: String,
+    pub name: Option<String>,
+    pub metric: String,
+    pub absolute_lift: Option<f64>,
+    pub relative_lift: Option<f64>,
+    pub p_value_adjusted: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PointVariant {
+    pub key: String,
+    pub n: u64,
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// Absolute lift versus control with its interval (null for the control).
+    pub lift: Option<Interval>,
+    pub relative_lift: Option<Interval>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    pub estimate: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+}
+
+/// Cumulative estimates at the end of one bucket (a UTC day by default).
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub date: String,
+    pub end: String,
+    pub variants: Vec<PointVariant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricResult {
+    pub metric: Metric,
+    pub variants: Vec<VariantResult>,
+    pub winner: Option<Winner>,
+    pub winner_reason: Option<String>,
+    /// Width of the time series' buckets in days.
+    pub bucket_days: i64,
+    pub timeseries: Vec<Point>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentResults {
+    pub experiment_id: String,
+    pub key: String,
+    pub name: String,
+    pub status: String,
+    pub bucket_version: u32,
+    pub method: Method,
+    pub confidence_level: f64,
+    pub significance_threshold: f64,
+    pub from: Option<String>,
+    pub to: String,
+    pub computed_at: String,
+    pub exposed_users: u64,
+    /// Users assigned to a variant the definition no longer has.
+    pub excluded_users: u64,
+    pub variants: Vec<VariantInfo>,
+    pub srm: SrmReport,
+    pub metrics: Vec<MetricResult>,
+    /// The first metric's winner.
+    pub winner: Option<Winner>,
+    pub winner_reason: Option<String>,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+    EngineError::Invalid(ValidationError::new(code, message).at(field))
+}
+
+/// The control: the variant marked `is_control`, else the first.
+fn control_index(experiment: &Experiment) -> usize {
+    experiment
+        .definition
+        .variants
+        .iter()
+        .position(|v| v.is_control)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Results of an experiment for one or more metrics.
+    pub async fn experiment_results(
+        &self,
+        experiment_id: &str,
+        query: ResultsQuery,
+    ) -> Result<ExperimentResults, EngineError> {
+        let experiment = self.experiment(experiment_id)?;
+        if query.metrics.is_empty() || query.metrics.len() > MAX_METRICS_PER_QUERY {
+            return Err(invalid(
+                "invalid_metrics",
+                format!("name 1 to {MAX_METRICS_PER_QUERY} metrics"),
+                "/metric",
+            ));
+        }
+        let confidence = stats::check_confidence(query.confidence_level, "/confidence_level")?;
+        let alpha = query.significance_threshold.unwrap_or(1.0 - confidence);
+        if !(alpha > 0.0 && alpha < 1.0) {
+            return Err(invalid(
+                "out_of_range",
+                "significance_threshold must be in (0, 1)",
+                "/significance_threshold",
+            ));
+        }
+        let now = self.now();
+        let to = query.to.unwrap_or(now);
+        let from = query.from.unwrap_or(Millis::MIN);
+        if from > to {
+            return Err(invalid("invalid_range", "from is after to", "/from"));
+        }
+        let definition = &experiment.definition;
+        let bucket_version = definition.bucket_version;
+        let raw = self
+            .store
+            .experiment_exposures(&experiment.record.id, bucket_version, from, to)
+            .await?;
+
+        // Exposures as columns, with variants as definition indices.
+        let index_of: Vec<Option<u16>> = raw
+            .variants
+            .iter()
+            .map(|name| {
+                definition
+                    .variants
+                    .iter()
+                    .position(|v| &v.key == name)
+                    .map(|i| i as u16)
+            })
+            .collect();
+        let origin = raw
+            .assigned_at
+            .iter()
+            .min()
+            .map(|t| t.div_euclid(DAY_MS) * DAY_MS)
+            .unwrap_or(to.div_euclid(DAY_MS) * DAY_MS);
+        let days = (to - origin) / DAY_MS + 1;
+        let bucket_days = ((days + MAX_POINTS - 1) / MAX_POINTS).max(1);
+        let bucket_ms = bucket_days * DAY_MS;
+        let buckets = ((to - origin) / bucket_ms + 1) as usize;
+        let max_uid = raw.uid.iter().flatten().copied().max().unwrap_or(0).max(0) as usize;
+        let mut exposed = Exposed {
+            variant: Vec::with_capacity(raw.uid.len()),
+            assigned_at: Vec::with_capacity(raw.uid.len()),
+            bucket: Vec::with_capacity(raw.uid.len()),
+            by_uid: vec![0; max_uid + 1],
+            variants: definition.variants.len(),
+            origin,
+            bucket_ms,
+            buckets,
+        };
+        let mut excluded = 0_u64;
+        for k in 0..raw.uid.len() {
+            let Some(variant) = index_of[raw.variant[k] as usize] else {
+                excluded += 1;
+                continue;
+            };
+            let i = exposed.variant.len() as u32;
+            exposed.variant.push(variant);
+            exposed.assigned_at.push(raw.assigned_at[k]);
+            exposed.bucket.push(((raw.assigned_at[k] - origin) / bucket_ms) as u32);
+            if let Some(uid) = raw.uid[k] {
+                exposed.by_uid[uid as usize] = i + 1;
+            }
+        }
+        drop(raw);
+        let exposed = Arc::new(exposed);
+        let since = exposed.assigned_at.iter().min().copied().unwrap_or(to);
+
+        let mut users = vec![0_u64; definition.variants.len()];
+        for &v in &exposed.variant {
+            users[v as usize] += 1;
+        }
+        let weights: Vec<f64> = definition.variants.iter().map(|v| v.weight).collect();
+        let srm = stats::srm(&users, &weights)?;
+        let srm = SrmReport {
+            observed: users.clone(),
+            expected: srm.expected,
+            chi2: srm.chi2,
+            df: srm.df,
+            p_value: srm.p_value,
+            srm_detected: srm.srm_detected,
+            threshold: stats::SRM_THRESHOLD,
+        };
+
+        let mut metric_results = Vec::with_capacity(query.metrics.len());
+        for metric in &query.metrics {
+            let collector = Collector::new(exposed.clone(), metric.kind, metric.window_ms);
+            if !exposed.variant.is_empty() {
+                self.store
+                    .scan_metric_events(
+                        stratify_store::MetricScan {
+                            event: metric.event.clone(),
+                            property: metric.property.clone(),
+                            since,
+                            until: to,
+                        },
+                        collector.sink(),
+                    )
+                    .await?;
+            }
+            let folded = collector.fold();
+            metric_results.push(metric_result(
+                &experiment,
+                metric,
+                &folded,
+                &users,
+                &query,
+                confidence,
+                alpha,
+                &srm,
+                &exposed,
+            ));
+        }
+        let (winner, winner_reason) = metric_results
+            .first()
+            .map(|m| (m.winner.clone(), m.winner_reason.clone()))
+            .unwrap_or((None, None));
+        Ok(ExperimentResults {
+            experiment_id: experiment.record.id.clone(),
+            key: experiment.record.key.clone(),
+            name: experiment.record.name.clone(),
+            status: experiment.record.status.clone(),
+            bucket_version,
+            method: query.method,
+            confidence_level: confidence,
+            significance_threshold: alpha,
+            from: query.from.map(format_rfc3339),
+            to: format_rfc3339(to),
+            computed_at: format_rfc3339(now),
+            exposed_users: exposed.len() as u64,
+            excluded_users: excluded,
+            variants: definition
+                .variants
+                .iter()
+                .zip(&users)
+                .map(|(v, &n)| VariantInfo {
+                    key: v.key.clone(),
+                    name: v.name.clone(),
+                    weight: v.weight,
+                    is_control: v.is_control,
+                    users: n,
+                })
+                .collect(),
+            srm,
+            metrics: metric_results,
+            winner,
+            winner_reason,
+        })
+    }
+}
+
+/// One arm from the sums of its users' values.
+///
+/// Rates: conversions = Σf. Other metrics: mean = S/n and the sample
+/// variance (Q − S²/n)/(n − 1) (undefined with fewer than two users).
+fn arm(kind: MetricKind, n: u64, s: f64, q: f64) -> Arm {
+    if kind == MetricKind::Conversion {
+        return Arm::Rate {
+            n,
+            conversions: s.round().max(0.0) as u64,
+        };
+    }
+    let nf = n as f64;
+    let mean = if n > 0 { s / nf } else { f64::NAN };
+    let variance = if n >= 2 {
+        ((q - s * s / nf) / (nf - 1.0)).max(0.0)
+    } else {
+        f64::NAN
+    };
+    Arm::Mean { n, mean, variance }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn metric_result(
+    experiment: &Experiment,
+    metric: &Metric,
+    folded: &Folded,
+    users: &[u64],
+    query: &ResultsQuery,
+    confidence: f64,
+    alpha: f64,
+    srm: &SrmReport,
+    exposed: &Exposed,
+) -> MetricResult {
+    let variants = &experiment.definition.variants;
+    let control = control_index(experiment);
+    let arms: Vec<Arm> = (0..variants.len())
+        .map(|v| arm(metric.kind, folded.total_n[v], folded.total_s[v], folded.total_q[v]))
+        .collect();
+    let comparisons: Vec<Option<stats::Comparison>> = (0..variants.len())
+        .map(|v| {
+            (v != control).then(|| stats::compare(query.method, confidence, &arms[control], &arms[v]))
+        })
+        .collect();
+    // Holm over the treatments when there is more than one.
+    let raw_p: Vec<Option<f64>> = comparisons
+        .iter()
+        .map(|c| c.as_ref().and_then(|c| c.absolute.p_value))
+        .collect();
+    let adjusted = if variants.len() > 2 {
+        let treatment_p: Vec<Option<f64>> = raw_p
+            .iter()
+            .enumerate()
+            .filter(|(v, _)| *v != control)
+            .map(|(_, p)| *p)
+            .collect();
+        let mut adjusted_treatments = stats::holm(&treatment_p).into_iter();
+        (0..variants.len())
+            .map(|v| if v == control { None } else { adjusted_treatments.next().flatten() })
+            .collect()
+    } else {
+        raw_p
+    };
+
+    let mut results = Vec::with_capacity(variants.len());
+    for (v, variant) in variants.iter().enumerate() {
+        let a = &arms[v];
+        let estimate: ArmEstimate = stats::compare::arm_estimate(a, query.method, 1.0 - confidence);
+        let comparison = comparisons[v].as_ref();
+        let significant = adjusted[v].is_some_and(|p| p < alpha);
+        results.push(VariantResult {
+            key: variant.key.clone(),
+            is_control: v == control,
+            users: users[v],
+            n: a.n(),
+            conversions: match a {
+                Arm::Rate { conversions, .. } => Some(*conversions),
+                Arm::Mean { .. } => None,
+            },
+            total: folded.total_s[v],
+            mean: stats::finite(a.mean()),
+            variance: stats::finite(a.variance()),
+            estimate: estimate.estimate,
+            ci_low: estimate.ci_low,
+            ci_high: estimate.ci_high,
+            absolute: comparison.map(|c| c.absolute),
+            relative: comparison.and_then(|c| c.relative),
+            relative_reason: comparison.and_then(|c| c.relative_reason),
+            chance_to_win: comparison.and_then(|c| c.chance_to_win),
+            p_value_adjusted: adjusted[v],
+            significant,
+        });
+    }
+    let (winner, winner_reason) = pick_winner(experiment, metric, &results, control, alpha, srm);
+    MetricResult {
+        metric: metric.clone(),
+        timeseries: timeseries(metric, folded, query, confidence, control, experiment, exposed),
+        variants: results,
+        winner,
+        winner_reason,
+        bucket_days: exposed.bucket_ms / DAY_MS,
+    }
+}
+
+/// A winner only when SRM is clean and the difference is significant
+/// (after Holm with more than two variants): the treatment with the best
+/// lift among those significantly better than control; the control when
+/// every treatment is significantly worse.
+fn pick_winner(
+    experiment: &Experiment,
+    metric: &Metric,
+    results: &[VariantResult],
+    control: usize,
+    alpha: f64,
+    srm: &SrmReport,
+) -> (Option<Winner>, Option<String>) {
+    if srm.srm_detected {
+        return (
+            None,
+            Some(format!(
+                "sample ratio mismatch: exposures do not fit the weights (p = {:.3e}); results are not trustworthy",
+                srm.p_value.unwrap_or(0.0)
+            )),
+        );
+    }
+    if results.iter().any(|r| r.n == 0) {
+        return (None, Some("a variant has no users with a value yet".into()));
+    }
+    let direction = if metric.higher_is_better { 1.0 } else { -1.0 };
+    let lift = |r: &VariantResult| r.absolute.and_then(|a| a.estimate).unwrap_or(0.0) * direction;
+    let winner_of = |i: usize| {
+        let r = &results[i];
+        Winner {
+            key: r.key.clone(),
+            name: experiment.definition.variants[i].name.clone(),
+            metric: metric.key.clone(),
+            absolute_lift: r.absolute.and_then(|a| a.estimate),
+            relative_lift: r.relative.map(|x| x.estimate),
+            p_value_adjusted: r.p_value_adjusted,
+        }
+    };
+    let better = results
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| *i != control && r.significant && lift(r) > 0.0)
+        .max_by(|a, b| lift(a.1).total_cmp(&lift(b.1)));
+    if let Some((i, _)) = better {
+        return (Some(winner_of(i)), None);
+    }
+    let treatments: Vec<&VariantResult> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != control)
+        .map(|(_, r)| r)
+        .collect();
+    if !treatments.is_empty() && treatments.iter().all(|r| r.significant && lift(r) < 0.0) {
+        return (Some(winner_of(control)), None);
+    }
+    (
+        None,
+        Some(format!("no variant differs significantly from control at α = {alpha}")),
+    )
+}
+
+fn timeseries(
+    metric: &Metric,
+    folded: &Folded,
+    query: &ResultsQuery,
+    confidence: f64,
+    control: usize,
+    experiment: &Experiment,
+    exposed: &Exposed,
+) -> Vec<Point> {
+    let variants = &experiment.definition.variants;
+    let alpha = 1.0 - confidence;
+    (0..exposed.buckets)
+        .map(|b| {
+            let arms: Vec<Arm> = (0..variants.len())
+                .map(|v| arm(metric.kind, folded.n[v][b], folded.s[v][b], folded.q[v][b]))
+                .collect();
+            let start = exposed.origin + b as Millis * exposed.bucket_ms;
+            let end = start + exposed.bucket_ms - 1;
+            Point {
+                date: format_rfc3339(start).chars().take(10).collect(),
+                end: format_rfc3339(end),
+                variants: variants
+                    .iter()
+                    .enumerate()
+                    .map(|(v, variant)| {
+                        let e = stats::compare::arm_estimate(&arms[v], query.method, alpha);
+                        let c = (v != control).then(|| {
+                            stats::compare(query.method, confidence, &arms[control], &arms[v])
+                        });
+                        PointVariant {
+                            key: variant.key.clone(),
+                            n: arms[v].n(),
+                            estimate: e.estimate,
+                            ci_low: e.ci_low,
+                            ci_high: e.ci_high,
+                            lift: c.as_ref().map(|c| Interval {
+                                estimate: c.absolute.estimate,
+                                ci_low: c.absolute.ci_low,
+                                ci_high: c.absolute.ci_high,
+                            }),
+                            relative_lift: c.and_then(|c| c.relative).map(|r| Interval {
+                                estimate: Some(r.estimate),
+                                ci_low: r.ci_low,
+                                ci_high: r.ci_high,
+                            }),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}

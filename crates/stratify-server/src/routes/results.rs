@@ -1,0 +1,258 @@
+//! Metrics, experiment results, and the statistics calculator.
+
+use crate::extract::{parse_json, Body, Params, RawBody};
+use crate::{ApiError, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use stratify_core::stats::{self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm};
+use stratify_core::time::parse_rfc3339;
+use stratify_engine::results::metrics::Metric;
+use stratify_engine::results::{ExperimentResults, MetricInput, ResultsQuery, MAX_METRICS_PER_QUERY};
+use stratify_engine::Engine;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Serialize, ToSchema)]
+pub struct MetricList {
+    #[schema(value_type = Vec<Object>)]
+    metrics: Vec<Metric>,
+}
+
+/// Defines a metric.
+#[utoipa::path(post, path = "/v1/metrics", tag = "results", security(("api_key" = [])),
+    request_body(content = Object, description = "{key, kind: conversion|count|sum|mean, event, property? (sum, mean), window? (Ns|Nm|Nh|Nd after first exposure), name?, description?, higher_is_better? (default true)}"),
+    responses((status = 201, description = "the metric"), (status = 409, description = "key taken"), (status = 422)))]
+pub async fn create_metric(
+    State(state): State<AppState>,
+    Body(input): Body<MetricInput>,
+) -> Result<(StatusCode, Json<Metric>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.engine.create_metric(input).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/metrics", tag = "results", security(("api_key" = [])),
+    responses((status = 200, body = MetricList)))]
+pub async fn list_metrics(State(state): State<AppState>) -> Result<Json<MetricList>, ApiError> {
+    Ok(Json(MetricList {
+        metrics: state.engine.metrics().await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/metrics/{key}", tag = "results", security(("api_key" = [])),
+    params(("key" = String, Path)), responses((status = 200, description = "the metric"), (status = 404)))]
+pub async fn get_metric(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Metric>, ApiError> {
+    Ok(Json(state.engine.metric(&key).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/metrics/{key}", tag = "results", security(("api_key" = [])),
+    params(("key" = String, Path)), responses((status = 204), (status = 404)))]
+pub async fn delete_metric(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_metric(&key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query parameters of `GET /v1/experiments/{id}/results`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsParams {
+    /// Metric keys, comma-separated (e.g. `converted,revenue`).
+    metric: Option<String>,
+    /// An ad hoc conversion metric on this event name (no window).
+    event: Option<String>,
+    /// Default 0.95.
+    confidence_level: Option<f64>,
+    /// `welch` (default), `z` or `z_pooled`.
+    method: Option<String>,
+    /// α for `significant` and the winner; default 1 − confidence_level.
+    significance_threshold: Option<f64>,
+    /// Only users first exposed at or after this instant (RFC 3339).
+    from: Option<String>,
+    /// Only exposures and events up to this instant (RFC 3339); default now.
+    to: Option<String>,
+}
+
+fn query_error(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).at(format!("/{field}"))
+}
+
+fn method(m: Option<&str>, field: &str) -> Result<Method, ApiError> {
+    match m {
+        None => Ok(Method::Welch),
+        Some(s) => Method::parse(s)
+            .ok_or_else(|| query_error(field, "method is welch, z or z_pooled")),
+    }
+}
+
+fn instant(field: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|t| parse_rfc3339(t).map_err(|e| query_error(field, e.message)))
+        .transpose()
+}
+
+/// Resolves metric keys (and an ad hoc conversion event) to definitions.
+async fn resolve_metrics(
+    engine: &Engine,
+    keys: &[&str],
+    event: Option<&str>,
+    field: &str,
+) -> Result<Vec<Metric>, ApiError> {
+    if keys.len() + usize::from(event.is_some()) > MAX_METRICS_PER_QUERY {
+        return Err(query_error(field, format!("at most {MAX_METRICS_PER_QUERY} metrics")));
+    }
+    let all = engine.metrics().await?;
+    let mut out = Vec::new();
+    for key in keys {
+        let metric = all.iter().find(|m| m.key == *key).cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "metric_not_found", format!("no metric '{key}'"))
+                .at(format!("/{field}"))
+        })?;
+        out.push(metric);
+    }
+    if let Some(event) = event {
+        out.push(Metric::conversion_on(event)?);
+    }
+    Ok(out)
+}
+
+/// Per-variant results of an experiment for one or more metrics.
+#[utoipa::path(get, path = "/v1/experiments/{id}/results", tag = "results", security(("api_key" = [])),
+    params(("id" = String, Path), ResultsParams),
+    responses((status = 200, description = "{experiment_id, key, method, confidence_level, significance_threshold, exposed_users, variants, srm, metrics: [{metric, variants: [{key, users, n, conversions, total, mean, variance, estimate, ci_low, ci_high, absolute, relative, chance_to_win, p_value_adjusted, significant}], winner, winner_reason, timeseries}], winner, winner_reason}"),
+        (status = 404), (status = 422)))]
+pub async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Params(p): Params<ResultsParams>,
+) -> Result<Json<ExperimentResults>, ApiError> {
+    let keys: Vec<&str> = p
+        .metric
+        .as_deref()
+        .map(|m| m.split(',').map(str::trim).filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default();
+    if keys.is_empty() && p.event.is_none() {
+        return Err(query_error("metric", "name metric keys (metric=a,b) or an event (event=NAME)"));
+    }
+    state.engine.experiment(&id)?;
+    let metrics = resolve_metrics(&state.engine, &keys, p.event.as_deref(), "metric").await?;
+    let query = ResultsQuery {
+        metrics,
+        method: method(p.method.as_deref(), "method")?,
+        confidence_level: p.confidence_level.unwrap_or(0.95),
+        significance_threshold: p.significance_threshold,
+        from: instant("from", p.from.as_deref())?,
+        to: instant("to", p.to.as_deref())?,
+    };
+    Ok(Json(state.engine.experiment_results(&id, query).await?))
+}
+
+fn default_event() -> String {
+    "conversion".into()
+}
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_threshold() -> f64 {
+    0.05
+}
+
+/// The seed's body: a conversion metric on an event, plus our options.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedResultsInput {
+    #[serde(default = "default_event")]
+    conversion_event_type: String,
+    #[serde(default = "default_confidence")]
+    confidence_level: f64,
+    #[serde(default = "default_threshold")]
+    significance_threshold: f64,
+    #[serde(default)]
+    method: Option<String>,
+    /// More metrics by key, after the conversion.
+    #[serde(default)]
+    metrics: Vec<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SeedResults {
+    experiment_name: String,
+    conversion_event_type: String,
+    #[serde(flatten)]
+    results: ExperimentResults,
+}
+
+/// The seed's form: `{conversion_event_type, confidence_level, significance_threshold}`.
+#[utoipa::path(post, path = "/v1/experiments/{id}/results", tag = "results", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    request_body(content = Object, description = "{conversion_event_type = \"conversion\", confidence_level = 0.95, significance_threshold = 0.05, method?, metrics?: [key], from?, to?}"),
+    responses((status = 200, description = "the GET form's answer plus experiment_name and conversion_event_type"), (status = 404), (status = 422)))]
+pub async fn results_seed(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: RawBody,
+) -> Result<Json<SeedResults>, ApiError> {
+    let bytes = raw.1;
+    let input: SeedResultsInput = if bytes.iter().all(u8::is_ascii_whitespace) {
+        parse_json(b"{}")?
+    } else {
+        parse_json(&bytes)?
+    };
+    let experiment = state.engine.experiment(&id)?;
+    let keys: Vec<&str> = input.metrics.iter().map(String::as_str).collect();
+    let mut metrics =
+        resolve_metrics(&state.engine, &keys, Some(&input.conversion_event_type), "metrics").await?;
+    metrics.rotate_right(1); // the conversion first: it decides the winner
+    let query = ResultsQuery {
+        metrics,
+        method: method(input.method.as_deref(), "method")?,
+        confidence_level: input.confidence_level,
+        significance_threshold: Some(input.significance_threshold),
+        from: instant("from", input.from.as_deref())?,
+        to: instant("to", input.to.as_deref())?,
+    };
+    let results = state.engine.experiment_results(&id, query).await?;
+    Ok(Json(SeedResults {
+        experiment_name: experiment.record.name.clone(),
+        conversion_event_type: input.conversion_event_type,
+        results,
+    }))
+}
+
+/// Compares two arms (rates or means).
+#[utoipa::path(post, path = "/v1/stats/compare", tag = "statistics", security(("api_key" = [])),
+    request_body(content = Object, description = "{method?: welch|z|z_pooled, confidence_level?: 0.95, control: {n, conversions} | {n, mean, variance}, treatment: same}"),
+    responses((status = 200, description = "{method, confidence_level, control: {n, estimate, ci_low, ci_high}, treatment, absolute: {estimate, se, statistic, df, p_value, ci_low, ci_high}, relative: {estimate, se, p_value, ci_low, ci_high} | null, chance_to_win}"), (status = 422)))]
+pub async fn compare(Body(input): Body<CompareInput>) -> Result<Json<Comparison>, ApiError> {
+    Ok(Json(input.run()?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SrmInput {
+    observed: Vec<u64>,
+    weights: Vec<f64>,
+}
+
+/// Sample-ratio-mismatch check (chi-square goodness of fit).
+#[utoipa::path(post, path = "/v1/stats/srm", tag = "statistics", security(("api_key" = [])),
+    request_body = SrmInput,
+    responses((status = 200, description = "{expected, chi2, df, p_value, srm_detected}"), (status = 422)))]
+pub async fn srm(Body(input): Body<SrmInput>) -> Result<Json<Srm>, ApiError> {
+    Ok(Json(stats::srm(&input.observed, &input.weights)?))
+}
+
+/// Users per variant to detect an effect on a conversion rate.
+#[utoipa::path(post, path = "/v1/stats/sample-size", tag = "statistics", security(("api_key" = [])),
+    request_body(content = Object, description = "{baseline_rate, mde, relative?: false, alpha?: 0.05, power?: 0.8, ratio?: 1}"),
+    responses((status = 200, description = "{n_per_variant, n_treatment, n_exact, baseline_rate, target_rate}"), (status = 422)))]
+pub async fn sample_size(Body(input): Body<SampleSizeInput>) -> Result<Json<SampleSize>, ApiError> {
+    Ok(Json(stats::sample_size(&input)?))
+}
