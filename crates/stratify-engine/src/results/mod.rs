@@ -212,6 +212,9 @@ impl Engine {
         }
         let definition = &experiment.definition;
         let bucket_version = definition.bucket_version;
+        // Every exposure served so far counts, including those still queued
+        // in the write-behind buffer.
+        self.flush_assignments().await;
         let raw = self
             .store
             .experiment_exposures(&experiment.record.id, bucket_version, from, to)

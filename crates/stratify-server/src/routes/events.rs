@@ -310,6 +310,7 @@ pub async fn list(
                         .ok_or_else(|| query_error("variant", format!("experiment '{id}' has no variant '{v}'")))
                 })
                 .transpose()?;
+            state.engine.flush_assignments().await;
             Some(ExperimentFilter {
                 experiment_id: e.record.id.clone(),
                 bucket_version: e.definition.bucket_version,

@@ -177,12 +177,15 @@ async fn events_are_filtered_and_paged_with_a_cursor() {
         "/v1/events?cursor=zzz",
         "/v1/events?from=yesterday",
         "/v1/events?limit=5000",
-        "/v1/events?experiment_id=e1",
+        "/v1/events?variant=control",
     ] {
         let (status, body) = app.get(bad).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
         error_code(&body);
     }
+    let (status, body) = app.get("/v1/events?experiment_id=nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(error_code(&body), "experiment_not_found");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod keys;
 mod live;
 mod ofrep;
 mod platform;
+mod results;
 mod process;
 mod schemas;
 mod segments;

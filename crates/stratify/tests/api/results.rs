@@ -1,0 +1,419 @@
+//! Results end to end: simulated exposures and conversions with known true
+//! rates, through the real server, checked against the simulation's own
+//! counts and against the calculator.
+
+use crate::helpers::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// Serves every user once (their first exposure, now); returns each user's variant.
+async fn expose(app: &TestApp, experiment_key: &str, users: &[String]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for chunk in users.chunks(64) {
+        let answers = futures_util::future::join_all(
+            chunk.iter().map(|u| async move { app.get(&format!("/v1/users/{u}/experiments")).await }),
+        )
+        .await;
+        for (u, (status, body)) in chunk.iter().zip(answers) {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let served = body["experiments"].as_array().unwrap();
+            let e = served.iter().find(|e| e["key"] == experiment_key).expect("in the experiment");
+            out.insert(u.clone(), e["variant"].as_str().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+async fn post_events(app: &TestApp, events: Vec<Value>) {
+    for chunk in events.chunks(5000) {
+        let (status, body) = app.post("/v1/events", json!({"events": chunk})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["accepted"], chunk.len(), "{body}");
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+}
+
+fn variant<'a>(results: &'a Value, metric: usize, key: &str) -> &'a Value {
+    results["metrics"][metric]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == key)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn simulated_experiment_gives_exact_counts_and_a_winner() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "checkout", "name": "One-page checkout", "variants": [
+            {"key": "control", "weight": 50, "is_control": true},
+            {"key": "treatment", "weight": 50}]}),
+    )
+    .await;
+    for metric in [
+        json!({"key": "purchased", "kind": "conversion", "event": "purchase", "window": "7d"}),
+        json!({"key": "revenue", "kind": "sum", "event": "purchase", "property": "amount"}),
+        json!({"key": "purchases", "kind": "count", "event": "purchase"}),
+        json!({"key": "basket", "kind": "mean", "event": "purchase", "property": "amount"}),
+    ] {
+        let (s, body) = app.post("/v1/metrics", metric).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+
+    // True rates: 10 % in control, 16 % in treatment; two cohorts a day apart.
+    let true_rate = |v: &str| if v == "control" { 0.10 } else { 0.16 };
+    let users: Vec<String> = (0..3000).map(|i| format!("sim-{i:04}")).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // Purchases before anyone's exposure never count.
+    post_events(
+        &app,
+        users.iter().map(|u| json!({"user_id": u, "name": "purchase", "timestamp": T0 - HOUR, "properties": {"amount": 999}})).collect(),
+    )
+    .await;
+    let mut assigned = expose(&app, "checkout", &users[..1500]).await;
+    app.clock.advance(DAY);
+    assigned.extend(expose(&app, "checkout", &users[1500..]).await);
+    let exposed_at = |i: usize| if i < 1500 { T0 } else { T0 + DAY };
+
+    #[derive(Default, Clone)]
+    struct Truth {
+        users: u64,
+        converted: u64,
+        revenue: Vec<f64>,
+        purchases: Vec<f64>,
+        basket: Vec<f64>,
+        day0_users: u64,
+    }
+    let mut truth: HashMap<&str, Truth> = HashMap::new();
+    let mut events = Vec::new();
+    let mut treatment_events = 0;
+    for (i, u) in users.iter().enumerate() {
+        let v = assigned[u].as_str();
+        let t = truth.entry(if v == "control" { "control" } else { "treatment" }).or_default();
+        t.users += 1;
+        t.day0_users += u64::from(i < 1500);
+        let (mut revenue, mut count, mut converted) = (0.0, 0.0, false);
+        if rng.random::<f64>() < true_rate(v) {
+            // One or two purchases inside the 7-day window.
+            for _ in 0..rng.random_range(1..=2) {
+                let amount = f64::from(rng.random_range(500..5000)) / 100.0;
+                let at = exposed_at(i) + rng.random_range(0..6 * DAY);
+                events.push(json!({"user_id": u, "name": "purchase", "timestamp": at, "properties": {"amount": amount}}));
+                revenue += amount;
+                count += 1.0;
+            }
+            converted = true;
+        }
+        if i % 10 == 3 {
+            // A late purchase, 9 days after exposure: outside the conversion window.
+            events.push(json!({"user_id": u, "name": "purchase", "timestamp": exposed_at(i) + 9 * DAY, "properties": {"amount": 20}}));
+            revenue += 20.0;
+            count += 1.0;
+        }
+        if count > 0.0 && v == "treatment" {
+            treatment_events += count as usize;
+        }
+        t.converted += u64::from(converted);
+        t.revenue.push(revenue);
+        t.purchases.push(count);
+        if count > 0.0 {
+            t.basket.push(revenue / count);
+        }
+    }
+    post_events(&app, events).await;
+    app.clock.set(T0 + 12 * DAY);
+
+    let (s, r) = app
+        .get(&format!("/v1/experiments/{id}/results?metric=purchased,revenue,purchases,basket"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["exposed_users"], 3000);
+    assert_eq!(r["method"], "welch");
+    assert_eq!(r["srm"]["srm_detected"], false, "{}", r["srm"]);
+
+    // Conversions: exact counts, the true rates inside the intervals, a winner.
+    for key in ["control", "treatment"] {
+        let t = &truth[key];
+        let v = variant(&r, 0, key);
+        assert_eq!(v["users"], t.users, "{key}");
+        assert_eq!(v["conversions"], t.converted, "{key}");
+        let (low, high) = (v["ci_low"].as_f64().unwrap(), v["ci_high"].as_f64().unwrap());
+        assert!(low < true_rate(key) && true_rate(key) < high, "{key}: [{low}, {high}]");
+    }
+    let treatment = variant(&r, 0, "treatment");
+    assert_eq!(treatment["significant"], true, "{treatment}");
+    assert!(treatment["chance_to_win"].as_f64().unwrap() > 0.99);
+    assert_eq!(r["winner"]["key"], "treatment", "{}", r["winner_reason"]);
+    assert!(variant(&r, 0, "control")["absolute"].is_null());
+
+    // The same arms through the calculator give the same statistics.
+    let arm = |k: &str| json!({"n": truth[k].users, "conversions": truth[k].converted});
+    let (s, calc) = app
+        .post("/v1/stats/compare", json!({"method": "welch", "control": arm("control"), "treatment": arm("treatment")}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{calc}");
+    for field in ["estimate", "se", "df", "p_value", "ci_low", "ci_high"] {
+        assert_eq!(calc["absolute"][field], treatment["absolute"][field], "{field}");
+    }
+    assert_eq!(calc["chance_to_win"], treatment["chance_to_win"]);
+
+    // Revenue, purchases and basket: exact sums, means and sample variances.
+    for (m, pick) in [(1, 0), (2, 1), (3, 2)] {
+        for key in ["control", "treatment"] {
+            let t = &truth[key];
+            let values = match pick {
+                0 => &t.revenue,
+                1 => &t.purchases,
+                _ => &t.basket,
+            };
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            let v = variant(&r, m, key);
+            assert_eq!(v["n"], values.len(), "metric {m} {key}");
+            assert!(close(v["total"].as_f64().unwrap(), values.iter().sum()), "metric {m} {key}: {v}");
+            assert!(close(v["mean"].as_f64().unwrap(), mean), "metric {m} {key}: {v} vs {mean}");
+            assert!((v["variance"].as_f64().unwrap() - var).abs() <= 1e-7 * var, "metric {m} {key}: {v} vs {var}");
+        }
+    }
+    assert_eq!(variant(&r, 3, "control")["users"], truth["control"].users);
+
+    // The daily series: one point per day from the first exposure to now,
+    // the first day holding the first cohort only, the last equal to the totals.
+    let series = r["metrics"][0]["timeseries"].as_array().unwrap();
+    assert_eq!(series.len(), 13);
+    assert_eq!(series[0]["date"], "2026-01-01");
+    let day0 = series[0]["variants"].as_array().unwrap();
+    assert_eq!(day0[0]["n"], truth["control"].day0_users);
+    let last = series.last().unwrap()["variants"].as_array().unwrap();
+    for (i, key) in ["control", "treatment"].iter().enumerate() {
+        assert_eq!(last[i]["estimate"], variant(&r, 0, key)["estimate"]);
+        assert_eq!(last[i]["ci_low"], variant(&r, 0, key)["ci_low"]);
+    }
+    assert!(last[1]["lift"]["ci_low"].as_f64().unwrap() > 0.0);
+
+    // The seed's form, with z_pooled.
+    let (s, seed) = app
+        .post(
+            &format!("/v1/experiments/{id}/results"),
+            json!({"conversion_event_type": "purchase", "confidence_level": 0.95, "significance_threshold": 0.05, "method": "z_pooled"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{seed}");
+    assert_eq!(seed["experiment_name"], "One-page checkout");
+    assert_eq!(seed["conversion_event_type"], "purchase");
+    assert_eq!(seed["method"], "z_pooled");
+    assert_eq!(seed["winner"]["key"], "treatment");
+    assert!(seed["metrics"][0]["variants"][1]["absolute"]["df"].is_null());
+
+    // Raw events of the treatment's users after their exposure, paged.
+    let mut seen = 0;
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = app
+            .get(&format!("/v1/events?experiment_id={id}&variant=treatment&name=purchase&limit=1000{cursor}"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for e in page["events"].as_array().unwrap() {
+            assert_eq!(assigned[e["user_id"].as_str().unwrap()], "treatment");
+            assert_ne!(e["properties"]["amount"], 999, "a pre-exposure event");
+        }
+        seen += page["events"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, treatment_events);
+}
+
+#[tokio::test]
+async fn a_sample_ratio_mismatch_blocks_the_winner() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "srm", "name": "SRM", "variants": [
+            {"key": "a", "weight": 50}, {"key": "b", "weight": 50}]}),
+    )
+    .await;
+    let users: Vec<String> = (0..600).map(|i| format!("srm-{i}")).collect();
+    let assigned = expose(&app, "srm", &users).await;
+    // Every 10th user of a converts, every other one of b: a huge, significant difference...
+    let events = users
+        .iter()
+        .enumerate()
+        .filter(|(i, u)| i % if assigned[*u] == "b" { 2 } else { 10 } == 0)
+        .map(|(_, u)| u)
+        .map(|u| json!({"user_id": u, "name": "buy", "timestamp": T0 + 1000}))
+        .collect();
+    post_events(&app, events).await;
+    app.clock.advance(HOUR);
+    let (s, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["winner"]["key"], "b");
+    // ...but once the weights say 90/10, the sticky 50/50 split is a mismatch.
+    let (s, body) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/experiments/{id}"),
+            Some(json!({"variants": [{"key": "a", "weight": 90}, {"key": "b", "weight": 10}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    assert_eq!(r["srm"]["srm_detected"], true, "{}", r["srm"]);
+    assert!(r["srm"]["p_value"].as_f64().unwrap() < 0.001);
+    assert!(r["winner"].is_null());
+    assert!(r["winner_reason"].as_str().unwrap().contains("sample ratio mismatch"));
+}
+
+#[tokio::test]
+async fn three_variants_use_holm_and_an_empty_experiment_has_no_numbers() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "three", "name": "Three", "variants": [
+            {"key": "c", "weight": 34, "is_control": true}, {"key": "t1", "weight": 33}, {"key": "t2", "weight": 33}]}),
+    )
+    .await;
+    // Nobody exposed yet: counts are zero and statistics null, never NaN.
+    let (s, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy&method=z")).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["exposed_users"], 0);
+    assert_eq!(r["srm"]["p_value"], 1.0);
+    let t1 = variant(&r, 0, "t1");
+    assert!(t1["estimate"].is_null() && t1["absolute"]["p_value"].is_null(), "{t1}");
+    assert!(r["winner"].is_null());
+
+    let users: Vec<String> = (0..900).map(|i| format!("h-{i}")).collect();
+    let assigned = expose(&app, "three", &users).await;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let events = users
+        .iter()
+        .filter(|u| {
+            let p = match assigned[*u].as_str() {
+                "c" => 0.2,
+                "t1" => 0.22,
+                _ => 0.35,
+            };
+            rng.random::<f64>() < p
+        })
+        .map(|u| json!({"user_id": u, "name": "buy", "timestamp": T0 + 5}))
+        .collect();
+    post_events(&app, events).await;
+    app.clock.advance(HOUR);
+    let (_, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    let raw: Vec<f64> = ["t1", "t2"]
+        .iter()
+        .map(|k| variant(&r, 0, k)["absolute"]["p_value"].as_f64().unwrap())
+        .collect();
+    let adjusted: Vec<f64> = ["t1", "t2"]
+        .iter()
+        .map(|k| variant(&r, 0, k)["p_value_adjusted"].as_f64().unwrap())
+        .collect();
+    // Holm with two treatments: the smaller p doubled, the larger kept (but not below it).
+    let (lo, hi) = if raw[0] < raw[1] { (0, 1) } else { (1, 0) };
+    assert!(close(adjusted[lo], (2.0 * raw[lo]).min(1.0)));
+    assert!(close(adjusted[hi], raw[hi].max(adjusted[lo])));
+}
+
+#[tokio::test]
+async fn metrics_and_results_reject_bad_input() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "bad", "name": "Bad", "variants": [{"key": "a", "weight": 50}, {"key": "b", "weight": 50}]}),
+    )
+    .await;
+    for (body, field) in [
+        (json!({"key": "m", "kind": "sum", "event": "buy"}), "/property"),
+        (json!({"key": "m", "kind": "conversion", "event": "buy", "property": "x"}), "/property"),
+        (json!({"key": "m", "kind": "count", "event": "buy", "window": "7 days"}), "/window"),
+        (json!({"key": "m m", "kind": "count", "event": "buy"}), "/key"),
+        (json!({"key": "m", "kind": "sum", "event": "buy", "property": "a.b"}), "/property"),
+    ] {
+        let (s, e) = app.post("/v1/metrics", body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {e}");
+        assert_eq!(e["error"]["field"], field, "{body}");
+    }
+    let (s, e) = app.post("/v1/metrics", json!({"key": "m", "kind": "ratio", "event": "buy"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, _) = app.post("/v1/metrics", json!({"key": "m", "kind": "count", "event": "buy"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = app.post("/v1/metrics", json!({"key": "m", "kind": "count", "event": "buy"})).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, list) = app.get("/v1/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["metrics"][0]["key"], "m");
+
+    for (query, status, field) in [
+        ("", StatusCode::UNPROCESSABLE_ENTITY, "/metric"),
+        ("?metric=nope", StatusCode::NOT_FOUND, "/metric"),
+        ("?metric=m&method=bayes", StatusCode::UNPROCESSABLE_ENTITY, "/method"),
+        ("?metric=m&confidence_level=1.5", StatusCode::UNPROCESSABLE_ENTITY, "/confidence_level"),
+        ("?metric=m&from=yesterday", StatusCode::UNPROCESSABLE_ENTITY, "/from"),
+        ("?metric=m&colour=red", StatusCode::UNPROCESSABLE_ENTITY, ""),
+    ] {
+        let (s, e) = app.get(&format!("/v1/experiments/{id}/results{query}")).await;
+        assert_eq!(s, status, "{query}: {e}");
+        if !field.is_empty() {
+            assert_eq!(e["error"]["field"], field, "{query}");
+        }
+    }
+    let (s, _) = app.get("/v1/experiments/nope/results?metric=m").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, e) = app.post(&format!("/v1/experiments/{id}/results"), json!({"confidence": 0.9})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (s, _) = app.json(Method::DELETE, "/v1/metrics/m", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.get("/v1/metrics/m").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_calculator_answers_the_contract_shapes() {
+    let app = spawn_app().await;
+    let (s, c) = app
+        .post("/v1/stats/compare", json!({"method": "z", "confidence_level": 0.95,
+            "control": {"n": 400, "conversions": 0}, "treatment": {"n": 400, "conversions": 0}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["control"]["ci_low"], 0.0);
+    assert!(c["absolute"]["p_value"].is_null() && c["absolute"]["statistic"].is_null(), "{c}");
+    assert!(c["relative"].is_null() && c["chance_to_win"].is_null(), "{c}");
+
+    let (s, srm) = app.post("/v1/stats/srm", json!({"observed": [5120, 4880], "weights": [50, 50]})).await;
+    assert_eq!(s, StatusCode::OK, "{srm}");
+    assert_eq!(srm["df"], 1);
+    assert_eq!(srm["srm_detected"], false);
+    assert!(close(srm["chi2"].as_f64().unwrap(), 5.76));
+    let (_, none) = app.post("/v1/stats/srm", json!({"observed": [0, 0], "weights": [1, 1]})).await;
+    assert_eq!(none["p_value"], 1.0);
+
+    let (s, n) = app.post("/v1/stats/sample-size", json!({"baseline_rate": 0.1, "mde": 0.01})).await;
+    assert_eq!(s, StatusCode::OK, "{n}");
+    // The textbook figure for 10 % → 11 %, α 0.05, power 0.8: 14 751 per arm.
+    assert_eq!(n["n_per_variant"], 14751, "{n}");
+
+    for (path, body) in [
+        ("/v1/stats/compare", json!({"control": {"n": 1}, "treatment": {"n": 1, "conversions": 0}})),
+        ("/v1/stats/srm", json!({"observed": [1], "weights": [1]})),
+        ("/v1/stats/sample-size", json!({"baseline_rate": 1.5, "mde": 0.1})),
+        ("/v1/stats/sample-size", json!({"baseline_rate": 0.1, "mde": 0.1, "extra": 1})),
+    ] {
+        let (s, e) = app.post(path, body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {e}");
+        error_code(&e);
+    }
+}
