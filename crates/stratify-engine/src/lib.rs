@@ -61,6 +61,7 @@ pub struct Parts {
     pub(crate) experiments: Arc<experiments::Experiments>,
     pub(crate) freshness: Arc<freshness::Freshness>,
     pub(crate) serving: Arc<experiments::assign::Serving>,
+    pub(crate) results_columns: results::Columns,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -127,6 +128,7 @@ impl Engine {
             experiments,
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
+            results_columns: results::Columns::default(),
         }));
         if !rebuild {
             engine.start_deliverers().await?;

@@ -91,6 +91,9 @@ impl Engine {
 
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
+            // Cached metric events must not outlive an erased user (a copy
+            // being refreshed across the erasure is not kept either).
+            self.results_columns.clear();
             self.population.write().remove_user(user_id.as_str());
             self.serving.forget(user_id.as_str());
             self.live.view().remove_user(user_id.as_str());

@@ -182,14 +182,12 @@ pub trait Store: Send + Sync + 'static {
         to: Millis,
     ) -> Result<Exposures>;
     /// Streams the events of a metric scan to `sink` in chunks, in no
-    /// particular order (the scan may run on several threads). Returns how
-    /// many events it sent.
-    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<u64>;
+    /// particular order (the scan may run on several threads). Says how
+    /// many events it sent and up to which sequence number it looked.
+    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<ScanOutcome>;
 
     /// Creates a metric; `Conflict` when its key is taken.
     async fn create_metric(&self, metric: MetricRecord) -> Result<()>;
-    /// Replaces a metric's definition; `NotFound` when there is none.
-    async fn update_metric(&self, metric: MetricRecord) -> Result<()>;
     async fn metrics(&self) -> Result<Vec<MetricRecord>>;
     async fn delete_metric(&self, key: &str) -> Result<bool>;
 

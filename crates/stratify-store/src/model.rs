@@ -160,6 +160,17 @@ pub struct MetricScan {
     pub property: Option<String>,
     pub since: Millis,
     pub until: Millis,
+    /// Only events with a larger sequence number (an incremental scan).
+    pub after_seq: i64,
+}
+
+/// What a metric scan covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Events sent to the sink.
+    pub events: u64,
+    /// Every event up to this sequence number was considered.
+    pub through_seq: i64,
 }
 
 /// One event of a metric scan.

@@ -1460,7 +1460,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<u64> {
+    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<ScanOutcome> {
         // The name's id and the log's extent, then the log in two halves on
         // two readers at once (a scan is CPU-bound in SQLite's row decoding).
         let name = scan.event.clone();
@@ -1474,15 +1474,20 @@ impl Store for SqliteStore {
                 Ok((id, max))
             })
             .await?;
-        let Some(name_id) = name_id else { return Ok(0) };
-        let half = max_seq / 2;
+        let Some(name_id) = name_id else {
+            return Ok(ScanOutcome { events: 0, through_seq: max_seq });
+        };
+        let low = scan.after_seq.max(0);
+        if low >= max_seq {
+            return Ok(ScanOutcome { events: 0, through_seq: max_seq.max(scan.after_seq) });
+        }
+        let half = low + (max_seq - low) / 2;
         let part = |low: i64, high: i64| {
             let (scan, sink) = (scan.clone(), sink.clone());
             self.read(move |c| scan_part(c, &scan, name_id, low, high, &sink))
         };
-        let (first, second) = tokio::join!(part(0, half), part(half, max_seq));
-        let total = first? + second?;
-        Ok(total)
+        let (first, second) = tokio::join!(part(low, half), part(half, max_seq));
+        Ok(ScanOutcome { events: first? + second?, through_seq: max_seq })
     }
 
     async fn create_metric(&self, m: MetricRecord) -> Result<()> {
@@ -1502,22 +1507,6 @@ impl Store for SqliteStore {
                         }
                         other => other.into(),
                     })?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn update_metric(&self, m: MetricRecord) -> Result<()> {
-        let definition = serde_json::to_string(&m.definition)?;
-        self.writer
-            .write(move |w| {
-                let n = w
-                    .conn
-                    .prepare_cached("UPDATE metrics SET definition = ?2, updated_at = ?3 WHERE key = ?1")?
-                    .execute(params![m.key, definition, m.updated_at])?;
-                if n == 0 {
-                    return Err(StoreError::NotFound(format!("metric '{}'", m.key)));
-                }
                 Ok(())
             })
             .await

@@ -672,3 +672,71 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn exposures_and_metric_scans_read_what_results_need() {
+    with_backends(|s| async move {
+        // u1 and u2 have events (so profiles); u3 was only served.
+        s.append_events(batch(vec![
+            event(json!({"user_id": "u1", "name": "buy", "timestamp": NOW + 5, "properties": {"amount": 12.5}})),
+            event(json!({"user_id": "u1", "name": "buy", "timestamp": NOW + 6, "properties": {"amount": "n/a"}})),
+            event(json!({"user_id": "u2", "name": "buy", "timestamp": NOW + 7, "properties": {"amount": 3}})),
+            event(json!({"user_id": "u2", "name": "view", "timestamp": NOW + 8})),
+            event(json!({"user_id": "u2", "name": "buy", "timestamp": NOW + 100})),
+        ]))
+        .await
+        .expect("append");
+        s.save_assignments(std::sync::Arc::new(vec![
+            assignment("u1", "a", 1, NOW),
+            assignment("u2", "b", 1, NOW + 1),
+            assignment("u3", "a", 1, NOW + 2),
+            assignment("u4", "b", 2, NOW + 3),
+        ]))
+        .await
+        .expect("assign");
+        let x = s.experiment_exposures("exp_1", 1, NOW, NOW + 1).await.expect("exposures");
+        assert_eq!(x.assigned_at, vec![NOW, NOW + 1], "from and to are inclusive");
+        let all = s.experiment_exposures("exp_1", 1, i64::MIN, i64::MAX).await.expect("all");
+        assert_eq!(all.uid.len(), 3, "only bucket version 1");
+        assert_eq!(all.uid.iter().filter(|u| u.is_none()).count(), 1, "u3 has no profile");
+        let names: Vec<&str> = all.variant.iter().map(|&v| all.variants[v as usize].as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["a", "a", "b"]);
+
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let sink: MetricSink = std::sync::Arc::new(move |events: &[MetricEvent]| {
+            sink_seen.lock().extend_from_slice(events)
+        });
+        let scan = MetricScan {
+            event: "buy".into(),
+            property: Some("amount".into()),
+            since: NOW,
+            until: NOW + 50,
+            after_seq: 0,
+        };
+        let n = s.scan_metric_events(scan.clone(), sink.clone()).await.expect("scan");
+        assert_eq!(n.events, 3, "the buy at NOW+100 is after until; view is another name");
+        assert_eq!(n.through_seq, 5);
+        let again = MetricScan { after_seq: 3, ..scan.clone() };
+        assert_eq!(s.scan_metric_events(again, sink.clone()).await.expect("scan").events, 0, "seq 4, 5 are not buys in range");
+        let mut got: Vec<(i64, Option<f64>)> = seen.lock().iter().map(|e| (e.ts, e.value)).collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, vec![(NOW + 5, Some(12.5)), (NOW + 6, None), (NOW + 7, Some(3.0))]);
+        let unknown = MetricScan { event: "never".into(), ..scan };
+        assert_eq!(s.scan_metric_events(unknown, sink).await.expect("scan").events, 0);
+
+        s.create_metric(MetricRecord { key: "m".into(), definition: json!({"k": 1}), created_at: NOW, updated_at: NOW })
+            .await
+            .expect("create");
+        let dup = s
+            .create_metric(MetricRecord { key: "m".into(), definition: json!({}), created_at: NOW, updated_at: NOW })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))));
+        assert_eq!(s.metrics().await.expect("list")[0].definition, json!({"k": 1}));
+        assert!(s.delete_metric("m").await.expect("delete"));
+        assert!(!s.delete_metric("m").await.expect("delete again"));
+    })
+    .await;
+}

@@ -20,6 +20,119 @@ pub enum BenchCommand {
     /// Sets up the serving benchmark: the 50 segments, built, and running
     /// experiments targeting them (see scripts/bench-experiments.sh).
     ExperimentsSetup(ExperimentsArgs),
+    /// Writes the results benchmark's data set straight into a stopped
+    /// server's data directory: one running experiment, its exposures and
+    /// purchase events (see scripts/bench-results.sh).
+    ResultsSetup(ResultsArgs),
+}
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: std::path::PathBuf,
+    /// Users exposed to the experiment.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// Purchase events, spread over the exposed users and the last 28 days.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// The experiment `bench-results` (control 50 / treatment 50) with metrics
+/// `purchased` (conversion within 14 days) and `revenue` (sum of `amount`);
+/// users exposed over the first 14 of the last 28 days; purchases at random
+/// instants of those 28 days (some before the user's exposure, which must
+/// not count), treatment users a little more often.
+async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+    use stratify_engine::model::{AssignmentRecord, EventBatch, IngestReport, Source};
+    use stratify_engine::{Engine, SystemClock};
+    use stratify_store::Store;
+    const DAY: i64 = 86_400_000;
+    let store = stratify_engine::open_store(&args.data_dir)?;
+    let engine = Engine::start(store.clone(), Arc::new(SystemClock), None).await?;
+    let now = engine.now();
+    let input = serde_json::from_value(json!({
+        "key": "bench-results", "name": "Results benchmark",
+        "variants": [{"key": "control", "weight": 50, "is_control": true}, {"key": "treatment", "weight": 50}],
+    }))?;
+    let experiment = engine.create_experiment(input, "bench").await?;
+    let id = experiment.record.id.clone();
+    engine
+        .transition_experiment(&id, stratify_engine::experiments::Action::Start, "bench")
+        .await?;
+    for m in [
+        json!({"key": "purchased", "kind": "conversion", "event": "purchase", "window": "14d"}),
+        json!({"key": "revenue", "kind": "sum", "event": "purchase", "property": "amount"}),
+    ] {
+        engine.create_metric(serde_json::from_value(m)?).await?;
+    }
+    engine.shutdown().await;
+    drop(engine);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let start = now - 28 * DAY;
+    let started = Instant::now();
+    let mut treatment = Vec::with_capacity(args.users as usize);
+    for chunk in (0..args.users).collect::<Vec<_>>().chunks(50_000) {
+        let rows: Vec<AssignmentRecord> = chunk
+            .iter()
+            .map(|i| {
+                let t = rng.random::<bool>();
+                treatment.push(t);
+                AssignmentRecord {
+                    user_id: format!("u{i}"),
+                    experiment_id: id.clone(),
+                    variant: if t { "treatment" } else { "control" }.into(),
+                    bucket_version: 1,
+                    assigned_at: start + rng.random_range(0..14 * DAY),
+                }
+            })
+            .collect();
+        store.save_assignments(Arc::new(rows)).await?;
+    }
+    eprintln!("{} exposures in {:.1?}", args.users, started.elapsed());
+    let started = Instant::now();
+    let mut written = 0;
+    while written < args.events {
+        let n = (args.events - written).min(10_000);
+        let events: Vec<stratify_core::event::NewEvent> = (0..n)
+            .map(|_| {
+                // Treatment users buy a little more often: a second draw for some.
+                let mut user = rng.random_range(0..args.users);
+                if !treatment[user as usize] && rng.random::<f64>() < 0.05 {
+                    user = rng.random_range(0..args.users);
+                }
+                let mut properties = serde_json::Map::new();
+                properties.insert("amount".into(), json!(rng.random_range(500..10_000) as f64 / 100.0));
+                stratify_core::event::NewEvent {
+                    event_id: None,
+                    user_id: stratify_core::ids::UserId::parse(format!("u{user}")).expect("a valid id"),
+                    name: stratify_core::ids::EventName::parse("purchase").expect("a valid name"),
+                    timestamp: start + rng.random_range(0..28 * DAY),
+                    properties: Some(properties),
+                    dedupe_key: None,
+                }
+            })
+            .collect();
+        store
+            .append_events(EventBatch {
+                events: Arc::new(events),
+                report: IngestReport { source: Source::Import, received: n, rejected: 0, last_error: None, now },
+                on_commit: None,
+            })
+            .await?;
+        written += n;
+    }
+    eprintln!("{written} events in {:.1?}", started.elapsed());
+    println!("{id}");
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close();
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -121,6 +234,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Live(args) => live(args).await,
         BenchCommand::ExperimentsSetup(args) => experiments_setup(args).await,
+        BenchCommand::ResultsSetup(args) => results_setup(args).await,
     }
 }
 

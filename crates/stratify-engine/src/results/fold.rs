@@ -16,7 +16,7 @@ use super::metrics::MetricKind;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use stratify_core::time::Millis;
-use stratify_store::{MetricEvent, MetricSink};
+use stratify_store::MetricEvent;
 
 /// Everyone exposed, as columns indexed by exposure number.
 pub(crate) struct Exposed {
@@ -58,6 +58,8 @@ pub(crate) struct Collector {
     exposed: Arc<Exposed>,
     kind: MetricKind,
     window: Option<Millis>,
+    /// Events after this instant do not count.
+    until: Millis,
     gathered: Mutex<Gathered>,
 }
 
@@ -72,7 +74,7 @@ pub(crate) struct Folded {
 }
 
 impl Collector {
-    pub fn new(exposed: Arc<Exposed>, kind: MetricKind, window: Option<Millis>) -> Arc<Self> {
+    pub fn new(exposed: Arc<Exposed>, kind: MetricKind, window: Option<Millis>, until: Millis) -> Arc<Self> {
         let first = if kind == MetricKind::Conversion {
             vec![u32::MAX; exposed.len()]
         } else {
@@ -82,6 +84,7 @@ impl Collector {
             exposed,
             kind,
             window,
+            until,
             gathered: Mutex::new(Gathered {
                 first,
                 ..Gathered::default()
@@ -89,13 +92,8 @@ impl Collector {
         })
     }
 
-    /// The sink the store streams into.
-    pub fn sink(self: &Arc<Self>) -> MetricSink {
-        let me = self.clone();
-        Arc::new(move |events: &[MetricEvent]| me.take(events))
-    }
-
-    fn take(&self, events: &[MetricEvent]) {
+    /// Takes a chunk of the metric's events (from any thread).
+    pub fn take(&self, events: &[MetricEvent]) {
         let x = &self.exposed;
         let needs_value = matches!(self.kind, MetricKind::Sum | MetricKind::Mean);
         let mut user = Vec::with_capacity(events.len());
@@ -110,7 +108,7 @@ impl Collector {
             }
             let i = (slot - 1) as usize;
             let start = x.assigned_at[i];
-            if e.ts < start || self.window.is_some_and(|w| e.ts >= start.saturating_add(w)) {
+            if e.ts < start || e.ts > self.until || self.window.is_some_and(|w| e.ts >= start.saturating_add(w)) {
                 continue;
             }
             if needs_value {

@@ -12,8 +12,11 @@
 //! the log for the metric's event name (see [`stratify_store::Store::scan_metric_events`]),
 //! folded per user and per day by [`fold`].
 
+mod columns;
 mod fold;
 pub mod metrics;
+
+pub use columns::Columns;
 
 use crate::experiments::Experiment;
 use crate::{Engine, EngineError};
@@ -269,7 +272,6 @@ impl Engine {
         }
         drop(raw);
         let exposed = Arc::new(exposed);
-        let since = exposed.assigned_at.iter().min().copied().unwrap_or(to);
 
         let mut users = vec![0_u64; definition.variants.len()];
         for &v in &exposed.variant {
@@ -289,18 +291,11 @@ impl Engine {
 
         let mut metric_results = Vec::with_capacity(query.metrics.len());
         for metric in &query.metrics {
-            let collector = Collector::new(exposed.clone(), metric.kind, metric.window_ms);
+            let collector = Collector::new(exposed.clone(), metric.kind, metric.window_ms, to);
             if !exposed.variant.is_empty() {
-                self.store
-                    .scan_metric_events(
-                        stratify_store::MetricScan {
-                            event: metric.event.clone(),
-                            property: metric.property.clone(),
-                            since,
-                            until: to,
-                        },
-                        collector.sink(),
-                    )
+                let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
+                self.results_columns
+                    .visit(self.store.as_ref(), &metric.event, metric.property.as_deref(), &feed)
                     .await?;
             }
             let folded = collector.fold();

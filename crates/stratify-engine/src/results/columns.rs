@@ -1,0 +1,128 @@
+//! An in-memory copy of the events metrics read, one column set per
+//! (event name, property), kept current by incremental scans of the log.
+//!
+//! The log is append-only and every event gets a larger sequence number, so
+//! a copy that has seen the log up to sequence s is brought up to date by
+//! reading the events after s: results reflect every committed event while
+//! a warm request reads only what arrived since the last one. Erasing a
+//! user drops every copy (their events must not outlive them).
+//!
+//! Bounded: at most [`MAX_CACHED_EVENTS`] events in all; past that the
+//! least recently used copies go, and a metric whose events alone exceed
+//! the bound is streamed from the log on every request instead.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use stratify_core::time::Millis;
+use stratify_store::{MetricEvent, MetricScan, MetricSink, Store, StoreError};
+
+/// Events kept in memory over all copies (24 bytes each: 60 M ≈ 1.4 GB).
+pub const MAX_CACHED_EVENTS: usize = 60_000_000;
+
+type Key = (String, Option<String>);
+
+#[derive(Default)]
+struct Copy {
+    events: Vec<MetricEvent>,
+    through_seq: i64,
+    last_used: u64,
+}
+
+#[derive(Default)]
+pub struct Columns {
+    copies: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Copy>>>>,
+    clock: std::sync::atomic::AtomicU64,
+    /// Bumped by `clear`: a refresh that started before it must not store.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Columns {
+    /// Forgets every copy (a user was erased).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.copies.lock().clear();
+    }
+
+    /// Feeds every event of `event` (with `property`) to `feed`, from the
+    /// copy brought up to date, or straight from the log when it is too big
+    /// to keep.
+    pub async fn visit(
+        &self,
+        store: &dyn Store,
+        event: &str,
+        property: Option<&str>,
+        feed: &(dyn Fn(&[MetricEvent]) + Sync),
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let key = (event.to_owned(), property.map(str::to_owned));
+        let generation = self.generation.load(Ordering::SeqCst);
+        let slot = self.copies.lock().entry(key.clone()).or_default().clone();
+        let mut copy = slot.lock().await;
+        copy.last_used = self.clock.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Mutex::new(Vec::new()));
+        let sink_fresh = fresh.clone();
+        let sink: MetricSink = Arc::new(move |events: &[MetricEvent]| {
+            sink_fresh.lock().extend_from_slice(events);
+        });
+        let outcome = store
+            .scan_metric_events(
+                MetricScan {
+                    event: event.to_owned(),
+                    property: property.map(str::to_owned),
+                    since: Millis::MIN,
+                    until: Millis::MAX,
+                    after_seq: copy.through_seq,
+                },
+                sink,
+            )
+            .await?;
+        let fresh = std::mem::take(&mut *fresh.lock());
+        copy.events.extend_from_slice(&fresh);
+        copy.through_seq = outcome.through_seq;
+        feed_parallel(&copy.events, feed);
+        // Keep it only within the budget and if nobody cleared meanwhile.
+        let size = copy.events.len();
+        drop(copy);
+        let mut copies = self.copies.lock();
+        if self.generation.load(Ordering::SeqCst) != generation || size > MAX_CACHED_EVENTS {
+            copies.remove(&key);
+            return Ok(());
+        }
+        self.evict(&mut copies, &key);
+        Ok(())
+    }
+
+    /// Drops the least recently used copies (not `keep`) while over budget.
+    fn evict(&self, copies: &mut HashMap<Key, Arc<tokio::sync::Mutex<Copy>>>, keep: &Key) {
+        loop {
+            let mut total = 0;
+            let mut oldest: Option<(u64, Key)> = None;
+            for (k, slot) in copies.iter() {
+                // A copy being refreshed is in use: count it, never evict it.
+                let Ok(copy) = slot.try_lock() else { continue };
+                total += copy.events.len();
+                if k != keep && oldest.as_ref().is_none_or(|(t, _)| copy.last_used < *t) {
+                    oldest = Some((copy.last_used, k.clone()));
+                }
+            }
+            match oldest {
+                Some((_, k)) if total > MAX_CACHED_EVENTS => {
+                    copies.remove(&k);
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Feeds `events` in chunks from two threads (the fold is CPU-bound).
+fn feed_parallel(events: &[MetricEvent], feed: &(dyn Fn(&[MetricEvent]) + Sync)) {
+    const CHUNK: usize = 65_536;
+    let half = events.len() / 2;
+    let (first, second) = events.split_at(half);
+    std::thread::scope(|s| {
+        s.spawn(|| first.chunks(CHUNK).for_each(feed));
+        second.chunks(CHUNK).for_each(feed);
+    });
+}

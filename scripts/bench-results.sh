@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Results benchmark on a release build (issue 6): one experiment with
+# USERS exposed users and EVENTS purchase events (default 1 000 000 and
+# 10 000 000), the results of two metrics (a conversion within 14 days and
+# the revenue sum) in one GET, over HTTP on the real server.
+#
+#   scripts/bench-results.sh [USERS] [EVENTS] [RUNS]   (default 1000000 10000000 5)
+#
+# The data set is written straight into the data directory
+# (`stratify bench results-setup`), the server started on it, and the
+# request timed RUNS times with curl (wall time of the whole answer);
+# prints each run and the median. Also one run per metric alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-1000000}
+EVENTS=${2:-10000000}
+RUNS=${3:-5}
+cargo build --release -q -p stratify
+BIN=target/release/stratify
+WORK=$(mktemp -d)
+trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+echo "== writing $USERS exposures and $EVENTS events"
+ID=$(RUST_LOG=warn $BIN bench results-setup --data-dir "$WORK/data" --users "$USERS" --events "$EVENTS")
+PORT=$((20000 + RANDOM % 20000))
+STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$WORK/data" >/dev/null &
+PID=$!
+URL="http://127.0.0.1:$PORT"
+for _ in $(seq 600); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
+# The live engine replays the log it has not seen yet; wait until it is idle
+# so it does not share the two cores with the measured requests.
+for _ in $(seq 3000); do
+    lag=$(curl -sf "$URL/metrics" | awk '/^stratify_live_lag_events / {print $2}')
+    [ "${lag:-1}" = "0" ] && break
+    sleep 0.2
+done
+echo "== server up, live engine caught up; RSS $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
+
+time_get() {
+    curl -sf -o "$WORK/out.json" -w '%{time_total}' -H "Authorization: Bearer bench-key" "$URL$1"
+}
+Q="/v1/experiments/$ID/results?metric=purchased,revenue"
+times=()
+for i in $(seq "$RUNS"); do
+    t=$(time_get "$Q")
+    times+=("$t")
+    echo "run $i: ${t}s"
+done
+python3 - "$WORK/out.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"exposed {r['exposed_users']}, srm p {r['srm']['p_value']:.3g}, winner {r['winner'] and r['winner']['key']}")
+for m in r["metrics"]:
+    vs = ", ".join(f"{v['key']} n={v['n']} mean={v['mean']:.5g} [{v['ci_low']:.5g}, {v['ci_high']:.5g}]" for v in m["variants"])
+    print(f"  {m['metric']['key']}: {vs}; {len(m['timeseries'])} daily points")
+PY
+printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median of %d runs: %.0f ms\n", NR, a[int((NR+1)/2)]*1000}'
+echo "conversion alone: $(time_get "/v1/experiments/$ID/results?metric=purchased")s; revenue alone: $(time_get "/v1/experiments/$ID/results?metric=revenue")s"
+echo "RSS after: $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
