@@ -14,7 +14,13 @@ fn reference() -> Value {
 
 /// Walks `expected`; every key it has must be in `actual` with the same
 /// value (numbers to `REL` relative). Extra keys in `actual` are allowed.
-fn assert_matches(case: &str, path: &str, expected: &Value, actual: &Value, failures: &mut Vec<String>) {
+fn assert_matches(
+    case: &str,
+    path: &str,
+    expected: &Value,
+    actual: &Value,
+    failures: &mut Vec<String>,
+) {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             for (key, ev) in e {
@@ -57,13 +63,23 @@ fn there_are_enough_cases_of_every_kind() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    for needed in ["zero conversions in both", "full conversion in both", "tiny samples", "very unequal arms"] {
-        assert!(names.iter().any(|n| n.starts_with(needed)), "no case {needed}");
+    for needed in [
+        "zero conversions in both",
+        "full conversion in both",
+        "tiny samples",
+        "very unequal arms",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(needed)),
+            "no case {needed}"
+        );
     }
     for arms in 3..=5 {
-        assert!(cases(&r, "multi_arm")
-            .iter()
-            .any(|c| c["input"]["arms"].as_array().unwrap().len() == arms));
+        assert!(cases(&r, "multi_arm").iter().any(|c| c["input"]["arms"]
+            .as_array()
+            .unwrap()
+            .len()
+            == arms));
     }
 }
 
@@ -78,7 +94,12 @@ fn comparisons_match_scipy_and_statsmodels() {
         let actual = serde_json::to_value(&result).unwrap();
         assert_matches(name, "", &case["expected"], &actual, &mut failures);
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -90,7 +111,13 @@ fn srm_matches_scipy_chisquare() {
         let weights: Vec<f64> = serde_json::from_value(case["input"]["weights"].clone()).unwrap();
         let result = stats::srm(&observed, &weights).unwrap();
         let actual = serde_json::to_value(&result).unwrap();
-        assert_matches(&format!("srm {i} {observed:?}"), "", &case["expected"], &actual, &mut failures);
+        assert_matches(
+            &format!("srm {i} {observed:?}"),
+            "",
+            &case["expected"],
+            &actual,
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -103,7 +130,13 @@ fn sample_sizes_match_the_closed_form_checked_by_statsmodels() {
         let input: SampleSizeInput = serde_json::from_value(case["input"].clone()).unwrap();
         let result = stats::sample_size(&input).unwrap();
         let actual = serde_json::to_value(result).unwrap();
-        assert_matches(&format!("sample size {i}"), "", &case["expected"], &actual, &mut failures);
+        assert_matches(
+            &format!("sample size {i}"),
+            "",
+            &case["expected"],
+            &actual,
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -130,7 +163,12 @@ fn multi_arm_comparisons_and_holm_match_statsmodels() {
             .iter()
             .map(|t| stats::compare(method, 0.95, &arms[0], t))
             .collect();
-        let adjusted = stats::holm(&comparisons.iter().map(|c| c.absolute.p_value).collect::<Vec<_>>());
+        let adjusted = stats::holm(
+            &comparisons
+                .iter()
+                .map(|c| c.absolute.p_value)
+                .collect::<Vec<_>>(),
+        );
         let observed: Vec<u64> = arms.iter().map(Arm::n).collect();
         let weights: Vec<f64> = serde_json::from_value(case["input"]["weights"].clone()).unwrap();
         let srm = stats::srm(&observed, &weights).unwrap();
@@ -148,19 +186,40 @@ fn multi_arm_comparisons_and_holm_match_statsmodels() {
 #[test]
 fn calculator_inputs_are_validated() {
     let bad = [
-        (r#"{"control":{"n":0,"conversions":0},"treatment":{"n":5,"conversions":1}}"#, "/control/n"),
-        (r#"{"control":{"n":5,"conversions":6},"treatment":{"n":5,"conversions":1}}"#, "/control/conversions"),
-        (r#"{"control":{"n":5,"conversions":1},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#, "/treatment"),
-        (r#"{"control":{"n":5,"mean":1.0},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#, "/control"),
-        (r#"{"control":{"n":5,"mean":1.0,"variance":-1.0},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#, "/control/variance"),
-        (r#"{"confidence_level":1.0,"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":1}}"#, "/confidence_level"),
+        (
+            r#"{"control":{"n":0,"conversions":0},"treatment":{"n":5,"conversions":1}}"#,
+            "/control/n",
+        ),
+        (
+            r#"{"control":{"n":5,"conversions":6},"treatment":{"n":5,"conversions":1}}"#,
+            "/control/conversions",
+        ),
+        (
+            r#"{"control":{"n":5,"conversions":1},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#,
+            "/treatment",
+        ),
+        (
+            r#"{"control":{"n":5,"mean":1.0},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#,
+            "/control",
+        ),
+        (
+            r#"{"control":{"n":5,"mean":1.0,"variance":-1.0},"treatment":{"n":5,"mean":1.0,"variance":1.0}}"#,
+            "/control/variance",
+        ),
+        (
+            r#"{"confidence_level":1.0,"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":1}}"#,
+            "/confidence_level",
+        ),
     ];
     for (body, field) in bad {
         let input: CompareInput = serde_json::from_str(body).unwrap();
         let err = input.run().unwrap_err();
         assert_eq!(err.field.as_deref(), Some(field), "{body}");
     }
-    assert!(serde_json::from_str::<CompareInput>(r#"{"control":{"n":1,"conversions":0},"treatment":{"n":1,"conversions":0},"x":1}"#).is_err());
+    assert!(serde_json::from_str::<CompareInput>(
+        r#"{"control":{"n":1,"conversions":0},"treatment":{"n":1,"conversions":0},"x":1}"#
+    )
+    .is_err());
     let srm_err = stats::srm(&[1, 2], &[1.0]).unwrap_err();
     assert_eq!(srm_err.field.as_deref(), Some("/weights"));
     let size_err = stats::sample_size(&SampleSizeInput {

@@ -1470,16 +1470,23 @@ impl Store for SqliteStore {
                     .prepare_cached("SELECT id FROM event_names WHERE name = ?1")?
                     .query_row([name], |r| r.get(0))
                     .optional()?;
-                let max: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                let max: i64 =
+                    c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
                 Ok((id, max))
             })
             .await?;
         let Some(name_id) = name_id else {
-            return Ok(ScanOutcome { events: 0, through_seq: max_seq });
+            return Ok(ScanOutcome {
+                events: 0,
+                through_seq: max_seq,
+            });
         };
         let low = scan.after_seq.max(0);
         if low >= max_seq {
-            return Ok(ScanOutcome { events: 0, through_seq: max_seq.max(scan.after_seq) });
+            return Ok(ScanOutcome {
+                events: 0,
+                through_seq: max_seq.max(scan.after_seq),
+            });
         }
         let half = low + (max_seq - low) / 2;
         let part = |low: i64, high: i64| {
@@ -1487,7 +1494,10 @@ impl Store for SqliteStore {
             self.read(move |c| scan_part(c, &scan, name_id, low, high, &sink))
         };
         let (first, second) = tokio::join!(part(low, half), part(half, max_seq));
-        Ok(ScanOutcome { events: first? + second?, through_seq: max_seq })
+        Ok(ScanOutcome {
+            events: first? + second?,
+            through_seq: max_seq,
+        })
     }
 
     async fn create_metric(&self, m: MetricRecord) -> Result<()> {
@@ -1518,7 +1528,12 @@ impl Store for SqliteStore {
                 "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
@@ -1777,7 +1792,11 @@ fn scan_part(
             rusqlite::types::ValueRef::Real(f) => Some(f),
             _ => None,
         };
-        chunk.push(MetricEvent { uid: row.get(0)?, ts: row.get(1)?, value });
+        chunk.push(MetricEvent {
+            uid: row.get(0)?,
+            ts: row.get(1)?,
+            value,
+        });
         if chunk.len() == SCAN_CHUNK {
             total += chunk.len() as u64;
             sink(&chunk);

@@ -107,10 +107,14 @@ async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
                     user = rng.random_range(0..args.users);
                 }
                 let mut properties = serde_json::Map::new();
-                properties.insert("amount".into(), json!(rng.random_range(500..10_000) as f64 / 100.0));
+                properties.insert(
+                    "amount".into(),
+                    json!(rng.random_range(500..10_000) as f64 / 100.0),
+                );
                 stratify_core::event::NewEvent {
                     event_id: None,
-                    user_id: stratify_core::ids::UserId::parse(format!("u{user}")).expect("a valid id"),
+                    user_id: stratify_core::ids::UserId::parse(format!("u{user}"))
+                        .expect("a valid id"),
                     name: stratify_core::ids::EventName::parse("purchase").expect("a valid name"),
                     timestamp: start + rng.random_range(0..28 * DAY),
                     properties: Some(properties),
@@ -121,7 +125,13 @@ async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
         store
             .append_events(EventBatch {
                 events: Arc::new(events),
-                report: IngestReport { source: Source::Import, received: n, rejected: 0, last_error: None, now },
+                report: IngestReport {
+                    source: Source::Import,
+                    received: n,
+                    rejected: 0,
+                    last_error: None,
+                    now,
+                },
                 on_commit: None,
             })
             .await?;

@@ -191,7 +191,12 @@ impl Reference {
 ///
 /// Anything that divides by zero (a zero se, an arm with no users, a Welch
 /// arm with one user) is `None`, never a made-up number.
-pub fn compare(method: Method, confidence_level: f64, control: &Arm, treatment: &Arm) -> Comparison {
+pub fn compare(
+    method: Method,
+    confidence_level: f64,
+    control: &Arm,
+    treatment: &Arm,
+) -> Comparison {
     let alpha = 1.0 - confidence_level;
     let control_estimate = arm_estimate(control, method, alpha);
     let treatment_estimate = arm_estimate(treatment, method, alpha);
@@ -241,21 +246,36 @@ pub fn compare(method: Method, confidence_level: f64, control: &Arm, treatment: 
         _ => se,
     };
     let defined = se > 0.0 && se.is_finite();
-    let statistic = if null_se > 0.0 { diff / null_se } else { f64::NAN };
+    let statistic = if null_se > 0.0 {
+        diff / null_se
+    } else {
+        f64::NAN
+    };
     let absolute = Absolute {
         estimate: finite(diff),
         se: finite(se),
         statistic: finite(statistic),
         df: finite(reference.df),
         p_value: finite(reference.p_value(statistic)),
-        ci_low: finite(if defined { diff - reference.quantile * se } else { f64::NAN }),
-        ci_high: finite(if defined { diff + reference.quantile * se } else { f64::NAN }),
+        ci_low: finite(if defined {
+            diff - reference.quantile * se
+        } else {
+            f64::NAN
+        }),
+        ci_high: finite(if defined {
+            diff + reference.quantile * se
+        } else {
+            f64::NAN
+        }),
     };
 
     let (relative, relative_reason) = if control.n() == 0 || treatment.n() == 0 {
         (None, Some("an arm has no users"))
     } else if mc == 0.0 {
-        (None, Some("the control mean is 0, so a ratio to it is undefined"))
+        (
+            None,
+            Some("the control mean is 0, so a ratio to it is undefined"),
+        )
     } else {
         let estimate = mt / mc - 1.0;
         let variance = vt / (mc * mc * nt) + vc * mt * mt / (mc.powi(4) * nc);
@@ -266,8 +286,16 @@ pub fn compare(method: Method, confidence_level: f64, control: &Arm, treatment: 
             estimate,
             se,
             p_value: finite(reference.p_value(statistic)),
-            ci_low: finite(if defined { estimate - reference.quantile * se } else { f64::NAN }),
-            ci_high: finite(if defined { estimate + reference.quantile * se } else { f64::NAN }),
+            ci_low: finite(if defined {
+                estimate - reference.quantile * se
+            } else {
+                f64::NAN
+            }),
+            ci_high: finite(if defined {
+                estimate + reference.quantile * se
+            } else {
+                f64::NAN
+            }),
         };
         (Some(relative), None)
     };
@@ -386,7 +414,10 @@ pub fn check_confidence(level: f64, at: &str) -> Result<f64, crate::ValidationEr
     if level > 0.0 && level < 1.0 {
         Ok(level)
     } else {
-        Err(crate::ValidationError::new("out_of_range", "confidence_level must be in (0, 1)").at(at.to_owned()))
+        Err(
+            crate::ValidationError::new("out_of_range", "confidence_level must be in (0, 1)")
+                .at(at.to_owned()),
+        )
     }
 }
 

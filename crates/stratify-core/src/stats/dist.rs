@@ -17,6 +17,16 @@ const TINY: f64 = 1e-300;
 /// `sqrt(max(a, b))` steps; 2 million users per arm need about 1 000.
 const MAX_ITER: usize = 100_000;
 
+/// x > 0, and false for NaN.
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
+/// 0 < x < 1, and false for NaN.
+fn in_unit(x: f64) -> bool {
+    x > 0.0 && x < 1.0
+}
+
 /// Standard normal density φ(x) = exp(−x²/2) / √(2π).
 pub fn norm_pdf(x: f64) -> f64 {
     (-0.5 * x * x).exp() / (2.0 * PI).sqrt()
@@ -168,7 +178,8 @@ fn stirling_tail(z: f64) -> f64 {
     let z2 = z * z;
     (1.0 / 12.0
         + (-1.0 / 360.0
-            + (1.0 / 1260.0 + (-1.0 / 1680.0 + (1.0 / 1188.0 - 691.0 / (360360.0 * z2)) / z2) / z2)
+            + (1.0 / 1260.0
+                + (-1.0 / 1680.0 + (1.0 / 1188.0 - 691.0 / (360360.0 * z2)) / z2) / z2)
                 / z2)
             / z2)
         / z
@@ -253,7 +264,7 @@ pub fn beta_inc(a: f64, b: f64, x: f64, y: f64) -> (f64, f64) {
 /// Two-sided tail of Student's t: P(|T| > |t|) with `df` degrees of freedom,
 /// = I_{df/(df+t²)}(df/2, ½). `df` need not be an integer (Welch).
 pub fn t_two_sided(t: f64, df: f64) -> f64 {
-    if t.is_nan() || !(df > 0.0) {
+    if t.is_nan() || !positive(df) {
         return f64::NAN;
     }
     if t.is_infinite() {
@@ -285,7 +296,7 @@ pub fn t_pdf(t: f64, df: f64) -> f64 {
 /// normal quantile with the first Cornish–Fisher terms and kept inside a
 /// bracket (bisection when a step would leave it).
 pub fn t_critical(alpha: f64, df: f64) -> f64 {
-    if !(alpha > 0.0 && alpha < 1.0) || !(df > 0.0) {
+    if !(in_unit(alpha) && positive(df)) {
         return f64::NAN;
     }
     let z = norm_isf(alpha / 2.0);
@@ -311,7 +322,7 @@ pub fn t_critical(alpha: f64, df: f64) -> f64 {
         // d/dt ln P(|T|>t) = −2 f(t) / P(|T|>t)
         let slope = -2.0 * t_pdf(t, df) / tail;
         let mut next = t - (tail.ln() - target) / slope;
-        if !(next > lo && next < hi) || !next.is_finite() {
+        if !(next > lo && next < hi && next.is_finite()) {
             next = 0.5 * (lo + hi);
         }
         if (next - t).abs() <= 4.0 * f64::EPSILON * t {
@@ -325,7 +336,7 @@ pub fn t_critical(alpha: f64, df: f64) -> f64 {
 /// Regularized upper incomplete gamma Q(a, x) = Γ(a, x)/Γ(a): the series
 /// for P when x < a + 1, else the continued fraction for Q (Lentz).
 pub fn gamma_q(a: f64, x: f64) -> f64 {
-    if !(a > 0.0) || x.is_nan() {
+    if !positive(a) || x.is_nan() {
         return f64::NAN;
     }
     if x <= 0.0 {
@@ -384,9 +395,23 @@ mod tests {
 
     #[test]
     fn normal_quantiles_invert_the_distribution() {
-        for &p in &[1e-300, 1e-20, 1e-5, 0.025, 0.3, 0.5, 0.7, 0.975, 1.0 - 1e-12] {
+        for &p in &[
+            1e-300,
+            1e-20,
+            1e-5,
+            0.025,
+            0.3,
+            0.5,
+            0.7,
+            0.975,
+            1.0 - 1e-12,
+        ] {
             let x = norm_ppf(p);
-            let back = if p < 0.5 { norm_cdf(x) } else { 1.0 - norm_sf(x) };
+            let back = if p < 0.5 {
+                norm_cdf(x)
+            } else {
+                1.0 - norm_sf(x)
+            };
             assert!(close(back, p, 1e-13), "p={p} x={x} back={back}");
         }
         assert!(close(norm_isf(0.025), 1.959963984540054, 1e-15));
@@ -406,9 +431,9 @@ mod tests {
     #[test]
     fn t_tails_are_consistent_at_both_ends() {
         // With 1 df, T is Cauchy: P(|T| > t) = 1 − 2·atan(t)/π.
-        for &t in &[1e-8, 0.5, 1.0, 3.0, 1e6] {
+        for t in [1e-8_f64, 0.5, 1.0, 3.0, 1e6] {
             // 1 − 2·atan(t)/π = 2·atan(1/t)/π, the form without cancellation.
-            let exact = 2.0 * (1.0 / t as f64).atan() / PI;
+            let exact = 2.0 * (1.0 / t).atan() / PI;
             assert!(close(t_two_sided(t, 1.0), exact, 1e-12), "t={t}");
         }
         assert_eq!(t_sf(0.0, 5.0), 0.5);

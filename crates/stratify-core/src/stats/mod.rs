@@ -19,8 +19,8 @@ pub mod srm;
 use serde::{Deserialize, Serialize};
 
 pub use compare::{
-    check_confidence, compare, holm, Absolute, Arm, ArmEstimate, ArmInput, CompareInput, Comparison,
-    Relative,
+    check_confidence, compare, holm, Absolute, Arm, ArmEstimate, ArmInput, CompareInput,
+    Comparison, Relative,
 };
 pub use power::{sample_size, SampleSize, SampleSizeInput};
 pub use srm::{srm, Srm, SRM_THRESHOLD};

@@ -61,10 +61,15 @@ pub fn sample_size(input: &SampleSizeInput) -> Result<SampleSize, ValidationErro
     } = *input;
     let open_unit = |v: f64| v > 0.0 && v < 1.0;
     if !open_unit(p1) {
-        return Err(ValidationError::new("out_of_range", "baseline_rate must be in (0, 1)").at("/baseline_rate"));
+        return Err(
+            ValidationError::new("out_of_range", "baseline_rate must be in (0, 1)")
+                .at("/baseline_rate"),
+        );
     }
     if !mde.is_finite() || mde == 0.0 {
-        return Err(ValidationError::new("out_of_range", "mde must be a non-zero number").at("/mde"));
+        return Err(
+            ValidationError::new("out_of_range", "mde must be a non-zero number").at("/mde"),
+        );
     }
     if !open_unit(alpha) {
         return Err(ValidationError::new("out_of_range", "alpha must be in (0, 1)").at("/alpha"));
@@ -73,7 +78,9 @@ pub fn sample_size(input: &SampleSizeInput) -> Result<SampleSize, ValidationErro
         return Err(ValidationError::new("out_of_range", "power must be in (0, 1)").at("/power"));
     }
     if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1000.0) {
-        return Err(ValidationError::new("out_of_range", "ratio must be in (0, 1000]").at("/ratio"));
+        return Err(
+            ValidationError::new("out_of_range", "ratio must be in (0, 1000]").at("/ratio"),
+        );
     }
     let p2 = if relative { p1 * (1.0 + mde) } else { p1 + mde };
     if !open_unit(p2) {

@@ -52,7 +52,9 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, ValidationError> {
     }
     let total_weight: f64 = weights.iter().sum();
     if total_weight <= 0.0 {
-        return Err(ValidationError::new("invalid_weight", "weights must not all be 0").at("/weights"));
+        return Err(
+            ValidationError::new("invalid_weight", "weights must not all be 0").at("/weights"),
+        );
     }
     let n: f64 = observed.iter().map(|&o| o as f64).sum();
     let expected: Vec<f64> = weights.iter().map(|w| n * w / total_weight).collect();
@@ -75,7 +77,11 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, ValidationError> {
             chi2 = f64::INFINITY;
         }
     }
-    let p_value = if chi2.is_infinite() { 0.0 } else { chi2_sf(chi2, f64::from(df)) };
+    let p_value = if chi2.is_infinite() {
+        0.0
+    } else {
+        chi2_sf(chi2, f64::from(df))
+    };
     Ok(Srm {
         expected,
         chi2: finite(chi2),

@@ -40,7 +40,8 @@ pub struct Columns {
 impl Columns {
     /// Forgets every copy (a user was erased).
     pub fn clear(&self) {
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.copies.lock().clear();
     }
 

@@ -74,7 +74,12 @@ pub(crate) struct Folded {
 }
 
 impl Collector {
-    pub fn new(exposed: Arc<Exposed>, kind: MetricKind, window: Option<Millis>, until: Millis) -> Arc<Self> {
+    pub fn new(
+        exposed: Arc<Exposed>,
+        kind: MetricKind,
+        window: Option<Millis>,
+        until: Millis,
+    ) -> Arc<Self> {
         let first = if kind == MetricKind::Conversion {
             vec![u32::MAX; exposed.len()]
         } else {
@@ -108,7 +113,10 @@ impl Collector {
             }
             let i = (slot - 1) as usize;
             let start = x.assigned_at[i];
-            if e.ts < start || e.ts > self.until || self.window.is_some_and(|w| e.ts >= start.saturating_add(w)) {
+            if e.ts < start
+                || e.ts > self.until
+                || self.window.is_some_and(|w| e.ts >= start.saturating_add(w))
+            {
                 continue;
             }
             if needs_value {

@@ -87,7 +87,8 @@ impl Metric {
                 "/key",
             ));
         }
-        let event = EventName::parse(input.event).map_err(|e| EngineError::Invalid(e.at("/event")))?;
+        let event =
+            EventName::parse(input.event).map_err(|e| EngineError::Invalid(e.at("/event")))?;
         let needs_property = matches!(input.kind, MetricKind::Sum | MetricKind::Mean);
         match (&input.property, needs_property) {
             (None, true) => {
@@ -132,7 +133,11 @@ impl Metric {
             return Err(invalid("too_long", "name is at most 200 bytes", "/name"));
         }
         if input.description.as_ref().is_some_and(|d| d.len() > 2000) {
-            return Err(invalid("too_long", "description is at most 2000 bytes", "/description"));
+            return Err(invalid(
+                "too_long",
+                "description is at most 2000 bytes",
+                "/description",
+            ));
         }
         Ok(Metric {
             name: input.name.unwrap_or_else(|| input.key.clone()),

@@ -218,6 +218,7 @@ impl Engine {
         // Every exposure served so far counts, including those still queued
         // in the write-behind buffer.
         self.flush_assignments().await;
+        let started = std::time::Instant::now();
         let raw = self
             .store
             .experiment_exposures(&experiment.record.id, bucket_version, from, to)
@@ -265,13 +266,16 @@ impl Engine {
             let i = exposed.variant.len() as u32;
             exposed.variant.push(variant);
             exposed.assigned_at.push(raw.assigned_at[k]);
-            exposed.bucket.push(((raw.assigned_at[k] - origin) / bucket_ms) as u32);
+            exposed
+                .bucket
+                .push(((raw.assigned_at[k] - origin) / bucket_ms) as u32);
             if let Some(uid) = raw.uid[k] {
                 exposed.by_uid[uid as usize] = i + 1;
             }
         }
         drop(raw);
         let exposed = Arc::new(exposed);
+        tracing::debug!(users = exposed.len(), elapsed = ?started.elapsed(), "results: exposures read");
 
         let mut users = vec![0_u64; definition.variants.len()];
         for &v in &exposed.variant {
@@ -295,10 +299,17 @@ impl Engine {
             if !exposed.variant.is_empty() {
                 let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
                 self.results_columns
-                    .visit(self.store.as_ref(), &metric.event, metric.property.as_deref(), &feed)
+                    .visit(
+                        self.store.as_ref(),
+                        &metric.event,
+                        metric.property.as_deref(),
+                        &feed,
+                    )
                     .await?;
             }
+            tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: events gathered");
             let folded = collector.fold();
+            tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: folded");
             metric_results.push(metric_result(
                 &experiment,
                 metric,
@@ -385,11 +396,19 @@ fn metric_result(
     let variants = &experiment.definition.variants;
     let control = control_index(experiment);
     let arms: Vec<Arm> = (0..variants.len())
-        .map(|v| arm(metric.kind, folded.total_n[v], folded.total_s[v], folded.total_q[v]))
+        .map(|v| {
+            arm(
+                metric.kind,
+                folded.total_n[v],
+                folded.total_s[v],
+                folded.total_q[v],
+            )
+        })
         .collect();
     let comparisons: Vec<Option<stats::Comparison>> = (0..variants.len())
         .map(|v| {
-            (v != control).then(|| stats::compare(query.method, confidence, &arms[control], &arms[v]))
+            (v != control)
+                .then(|| stats::compare(query.method, confidence, &arms[control], &arms[v]))
         })
         .collect();
     // Holm over the treatments when there is more than one.
@@ -406,7 +425,13 @@ fn metric_result(
             .collect();
         let mut adjusted_treatments = stats::holm(&treatment_p).into_iter();
         (0..variants.len())
-            .map(|v| if v == control { None } else { adjusted_treatments.next().flatten() })
+            .map(|v| {
+                if v == control {
+                    None
+                } else {
+                    adjusted_treatments.next().flatten()
+                }
+            })
             .collect()
     } else {
         raw_p
@@ -444,7 +469,9 @@ fn metric_result(
     let (winner, winner_reason) = pick_winner(experiment, metric, &results, control, alpha, srm);
     MetricResult {
         metric: metric.clone(),
-        timeseries: timeseries(metric, folded, query, confidence, control, experiment, exposed),
+        timeseries: timeseries(
+            metric, folded, query, confidence, control, experiment, exposed,
+        ),
         variants: results,
         winner,
         winner_reason,
@@ -508,7 +535,9 @@ fn pick_winner(
     }
     (
         None,
-        Some(format!("no variant differs significantly from control at α = {alpha}")),
+        Some(format!(
+            "no variant differs significantly from control at α = {alpha}"
+        )),
     )
 }
 

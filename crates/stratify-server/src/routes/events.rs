@@ -293,7 +293,10 @@ pub async fn list(
 ) -> Result<Json<EventPage>, ApiError> {
     let experiment = match (f.experiment_id.as_deref(), f.variant) {
         (None, Some(_)) => {
-            return Err(query_error("variant", "filtering by variant needs experiment_id"))
+            return Err(query_error(
+                "variant",
+                "filtering by variant needs experiment_id",
+            ))
         }
         (None, None) => None,
         (Some(id), variant) => {
@@ -307,7 +310,12 @@ pub async fn list(
                         .find(|x| x.key == v)
                         .or_else(|| v.parse::<usize>().ok().and_then(|i| variants.get(i)))
                         .map(|x| x.key.clone())
-                        .ok_or_else(|| query_error("variant", format!("experiment '{id}' has no variant '{v}'")))
+                        .ok_or_else(|| {
+                            query_error(
+                                "variant",
+                                format!("experiment '{id}' has no variant '{v}'"),
+                            )
+                        })
                 })
                 .transpose()?;
             state.engine.flush_assignments().await;

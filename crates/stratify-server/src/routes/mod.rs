@@ -326,9 +326,19 @@ pub fn table() -> Vec<Route> {
             EditConfig,
             delete(experiments::unassign_experiment),
         ),
-        r(Method::POST, "/v1/metrics", EditConfig, post(results::create_metric)),
+        r(
+            Method::POST,
+            "/v1/metrics",
+            EditConfig,
+            post(results::create_metric),
+        ),
         r(Method::GET, "/v1/metrics", Read, get(results::list_metrics)),
-        r(Method::GET, "/v1/metrics/{key}", Read, get(results::get_metric)),
+        r(
+            Method::GET,
+            "/v1/metrics/{key}",
+            Read,
+            get(results::get_metric),
+        ),
         r(
             Method::DELETE,
             "/v1/metrics/{key}",
@@ -347,7 +357,12 @@ pub fn table() -> Vec<Route> {
             Read,
             post(results::results_seed),
         ),
-        r(Method::POST, "/v1/stats/compare", Read, post(results::compare)),
+        r(
+            Method::POST,
+            "/v1/stats/compare",
+            Read,
+            post(results::compare),
+        ),
         r(Method::POST, "/v1/stats/srm", Read, post(results::srm)),
         r(
             Method::POST,

@@ -6,10 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use stratify_core::stats::{self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm};
+use stratify_core::stats::{
+    self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm,
+};
 use stratify_core::time::parse_rfc3339;
 use stratify_engine::results::metrics::Metric;
-use stratify_engine::results::{ExperimentResults, MetricInput, ResultsQuery, MAX_METRICS_PER_QUERY};
+use stratify_engine::results::{
+    ExperimentResults, MetricInput, ResultsQuery, MAX_METRICS_PER_QUERY,
+};
 use stratify_engine::Engine;
 use utoipa::{IntoParams, ToSchema};
 
@@ -27,7 +31,10 @@ pub async fn create_metric(
     State(state): State<AppState>,
     Body(input): Body<MetricInput>,
 ) -> Result<(StatusCode, Json<Metric>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.engine.create_metric(input).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.engine.create_metric(input).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/metrics", tag = "results", security(("api_key" = [])),
@@ -78,14 +85,16 @@ pub struct ResultsParams {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).at(format!("/{field}"))
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
+        .at(format!("/{field}"))
 }
 
 fn method(m: Option<&str>, field: &str) -> Result<Method, ApiError> {
     match m {
         None => Ok(Method::Welch),
-        Some(s) => Method::parse(s)
-            .ok_or_else(|| query_error(field, "method is welch, z or z_pooled")),
+        Some(s) => {
+            Method::parse(s).ok_or_else(|| query_error(field, "method is welch, z or z_pooled"))
+        }
     }
 }
 
@@ -102,14 +111,21 @@ async fn resolve_metrics(
     field: &str,
 ) -> Result<Vec<Metric>, ApiError> {
     if keys.len() + usize::from(event.is_some()) > MAX_METRICS_PER_QUERY {
-        return Err(query_error(field, format!("at most {MAX_METRICS_PER_QUERY} metrics")));
+        return Err(query_error(
+            field,
+            format!("at most {MAX_METRICS_PER_QUERY} metrics"),
+        ));
     }
     let all = engine.metrics().await?;
     let mut out = Vec::new();
     for key in keys {
         let metric = all.iter().find(|m| m.key == *key).cloned().ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "metric_not_found", format!("no metric '{key}'"))
-                .at(format!("/{field}"))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "metric_not_found",
+                format!("no metric '{key}'"),
+            )
+            .at(format!("/{field}"))
         })?;
         out.push(metric);
     }
@@ -132,10 +148,18 @@ pub async fn results(
     let keys: Vec<&str> = p
         .metric
         .as_deref()
-        .map(|m| m.split(',').map(str::trim).filter(|k| !k.is_empty()).collect())
+        .map(|m| {
+            m.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if keys.is_empty() && p.event.is_none() {
-        return Err(query_error("metric", "name metric keys (metric=a,b) or an event (event=NAME)"));
+        return Err(query_error(
+            "metric",
+            "name metric keys (metric=a,b) or an event (event=NAME)",
+        ));
     }
     state.engine.experiment(&id)?;
     let metrics = resolve_metrics(&state.engine, &keys, p.event.as_deref(), "metric").await?;
@@ -207,8 +231,13 @@ pub async fn results_seed(
     };
     let experiment = state.engine.experiment(&id)?;
     let keys: Vec<&str> = input.metrics.iter().map(String::as_str).collect();
-    let mut metrics =
-        resolve_metrics(&state.engine, &keys, Some(&input.conversion_event_type), "metrics").await?;
+    let mut metrics = resolve_metrics(
+        &state.engine,
+        &keys,
+        Some(&input.conversion_event_type),
+        "metrics",
+    )
+    .await?;
     metrics.rotate_right(1); // the conversion first: it decides the winner
     let query = ResultsQuery {
         metrics,

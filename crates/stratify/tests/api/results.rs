@@ -17,13 +17,18 @@ async fn expose(app: &TestApp, experiment_key: &str, users: &[String]) -> HashMa
     let mut out = HashMap::new();
     for chunk in users.chunks(64) {
         let answers = futures_util::future::join_all(
-            chunk.iter().map(|u| async move { app.get(&format!("/v1/users/{u}/experiments")).await }),
+            chunk
+                .iter()
+                .map(|u| async move { app.get(&format!("/v1/users/{u}/experiments")).await }),
         )
         .await;
         for (u, (status, body)) in chunk.iter().zip(answers) {
             assert_eq!(status, StatusCode::OK, "{body}");
             let served = body["experiments"].as_array().unwrap();
-            let e = served.iter().find(|e| e["key"] == experiment_key).expect("in the experiment");
+            let e = served
+                .iter()
+                .find(|e| e["key"] == experiment_key)
+                .expect("in the experiment");
             out.insert(u.clone(), e["variant"].as_str().unwrap().to_owned());
         }
     }
@@ -100,7 +105,13 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
     let mut treatment_events = 0;
     for (i, u) in users.iter().enumerate() {
         let v = assigned[u].as_str();
-        let t = truth.entry(if v == "control" { "control" } else { "treatment" }).or_default();
+        let t = truth
+            .entry(if v == "control" {
+                "control"
+            } else {
+                "treatment"
+            })
+            .or_default();
         t.users += 1;
         t.day0_users += u64::from(i < 1500);
         let (mut revenue, mut count, mut converted) = (0.0, 0.0, false);
@@ -135,7 +146,9 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
     app.clock.set(T0 + 12 * DAY);
 
     let (s, r) = app
-        .get(&format!("/v1/experiments/{id}/results?metric=purchased,revenue,purchases,basket"))
+        .get(&format!(
+            "/v1/experiments/{id}/results?metric=purchased,revenue,purchases,basket"
+        ))
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["exposed_users"], 3000);
@@ -148,8 +161,14 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
         let v = variant(&r, 0, key);
         assert_eq!(v["users"], t.users, "{key}");
         assert_eq!(v["conversions"], t.converted, "{key}");
-        let (low, high) = (v["ci_low"].as_f64().unwrap(), v["ci_high"].as_f64().unwrap());
-        assert!(low < true_rate(key) && true_rate(key) < high, "{key}: [{low}, {high}]");
+        let (low, high) = (
+            v["ci_low"].as_f64().unwrap(),
+            v["ci_high"].as_f64().unwrap(),
+        );
+        assert!(
+            low < true_rate(key) && true_rate(key) < high,
+            "{key}: [{low}, {high}]"
+        );
     }
     let treatment = variant(&r, 0, "treatment");
     assert_eq!(treatment["significant"], true, "{treatment}");
@@ -160,11 +179,17 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
     // The same arms through the calculator give the same statistics.
     let arm = |k: &str| json!({"n": truth[k].users, "conversions": truth[k].converted});
     let (s, calc) = app
-        .post("/v1/stats/compare", json!({"method": "welch", "control": arm("control"), "treatment": arm("treatment")}))
+        .post(
+            "/v1/stats/compare",
+            json!({"method": "welch", "control": arm("control"), "treatment": arm("treatment")}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{calc}");
     for field in ["estimate", "se", "df", "p_value", "ci_low", "ci_high"] {
-        assert_eq!(calc["absolute"][field], treatment["absolute"][field], "{field}");
+        assert_eq!(
+            calc["absolute"][field], treatment["absolute"][field],
+            "{field}"
+        );
     }
     assert_eq!(calc["chance_to_win"], treatment["chance_to_win"]);
 
@@ -182,9 +207,18 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
             let var = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
             let v = variant(&r, m, key);
             assert_eq!(v["n"], values.len(), "metric {m} {key}");
-            assert!(close(v["total"].as_f64().unwrap(), values.iter().sum()), "metric {m} {key}: {v}");
-            assert!(close(v["mean"].as_f64().unwrap(), mean), "metric {m} {key}: {v} vs {mean}");
-            assert!((v["variance"].as_f64().unwrap() - var).abs() <= 1e-7 * var, "metric {m} {key}: {v} vs {var}");
+            assert!(
+                close(v["total"].as_f64().unwrap(), values.iter().sum()),
+                "metric {m} {key}: {v}"
+            );
+            assert!(
+                close(v["mean"].as_f64().unwrap(), mean),
+                "metric {m} {key}: {v} vs {mean}"
+            );
+            assert!(
+                (v["variance"].as_f64().unwrap() - var).abs() <= 1e-7 * var,
+                "metric {m} {key}: {v} vs {var}"
+            );
         }
     }
     assert_eq!(variant(&r, 3, "control")["users"], truth["control"].users);
@@ -222,7 +256,9 @@ async fn simulated_experiment_gives_exact_counts_and_a_winner() {
     let mut cursor = String::new();
     loop {
         let (s, page) = app
-            .get(&format!("/v1/events?experiment_id={id}&variant=treatment&name=purchase&limit=1000{cursor}"))
+            .get(&format!(
+                "/v1/events?experiment_id={id}&variant=treatment&name=purchase&limit=1000{cursor}"
+            ))
             .await;
         assert_eq!(s, StatusCode::OK, "{page}");
         for e in page["events"].as_array().unwrap() {
@@ -259,7 +295,9 @@ async fn a_sample_ratio_mismatch_blocks_the_winner() {
         .collect();
     post_events(&app, events).await;
     app.clock.advance(HOUR);
-    let (s, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    let (s, r) = app
+        .get(&format!("/v1/experiments/{id}/results?event=buy"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["winner"]["key"], "b");
     // ...but once the weights say 90/10, the sticky 50/50 split is a mismatch.
@@ -271,11 +309,16 @@ async fn a_sample_ratio_mismatch_blocks_the_winner() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let (_, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    let (_, r) = app
+        .get(&format!("/v1/experiments/{id}/results?event=buy"))
+        .await;
     assert_eq!(r["srm"]["srm_detected"], true, "{}", r["srm"]);
     assert!(r["srm"]["p_value"].as_f64().unwrap() < 0.001);
     assert!(r["winner"].is_null());
-    assert!(r["winner_reason"].as_str().unwrap().contains("sample ratio mismatch"));
+    assert!(r["winner_reason"]
+        .as_str()
+        .unwrap()
+        .contains("sample ratio mismatch"));
 }
 
 #[tokio::test]
@@ -288,12 +331,17 @@ async fn three_variants_use_holm_and_an_empty_experiment_has_no_numbers() {
     )
     .await;
     // Nobody exposed yet: counts are zero and statistics null, never NaN.
-    let (s, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy&method=z")).await;
+    let (s, r) = app
+        .get(&format!("/v1/experiments/{id}/results?event=buy&method=z"))
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["exposed_users"], 0);
     assert_eq!(r["srm"]["p_value"], 1.0);
     let t1 = variant(&r, 0, "t1");
-    assert!(t1["estimate"].is_null() && t1["absolute"]["p_value"].is_null(), "{t1}");
+    assert!(
+        t1["estimate"].is_null() && t1["absolute"]["p_value"].is_null(),
+        "{t1}"
+    );
     assert!(r["winner"].is_null());
 
     let users: Vec<String> = (0..900).map(|i| format!("h-{i}")).collect();
@@ -313,7 +361,9 @@ async fn three_variants_use_holm_and_an_empty_experiment_has_no_numbers() {
         .collect();
     post_events(&app, events).await;
     app.clock.advance(HOUR);
-    let (_, r) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    let (_, r) = app
+        .get(&format!("/v1/experiments/{id}/results?event=buy"))
+        .await;
     let raw: Vec<f64> = ["t1", "t2"]
         .iter()
         .map(|k| variant(&r, 0, k)["absolute"]["p_value"].as_f64().unwrap())
@@ -337,21 +387,51 @@ async fn metrics_and_results_reject_bad_input() {
     )
     .await;
     for (body, field) in [
-        (json!({"key": "m", "kind": "sum", "event": "buy"}), "/property"),
-        (json!({"key": "m", "kind": "conversion", "event": "buy", "property": "x"}), "/property"),
-        (json!({"key": "m", "kind": "count", "event": "buy", "window": "7 days"}), "/window"),
-        (json!({"key": "m m", "kind": "count", "event": "buy"}), "/key"),
-        (json!({"key": "m", "kind": "sum", "event": "buy", "property": "a.b"}), "/property"),
+        (
+            json!({"key": "m", "kind": "sum", "event": "buy"}),
+            "/property",
+        ),
+        (
+            json!({"key": "m", "kind": "conversion", "event": "buy", "property": "x"}),
+            "/property",
+        ),
+        (
+            json!({"key": "m", "kind": "count", "event": "buy", "window": "7 days"}),
+            "/window",
+        ),
+        (
+            json!({"key": "m m", "kind": "count", "event": "buy"}),
+            "/key",
+        ),
+        (
+            json!({"key": "m", "kind": "sum", "event": "buy", "property": "a.b"}),
+            "/property",
+        ),
     ] {
         let (s, e) = app.post("/v1/metrics", body.clone()).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {e}");
         assert_eq!(e["error"]["field"], field, "{body}");
     }
-    let (s, e) = app.post("/v1/metrics", json!({"key": "m", "kind": "ratio", "event": "buy"})).await;
+    let (s, e) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "m", "kind": "ratio", "event": "buy"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
-    let (s, _) = app.post("/v1/metrics", json!({"key": "m", "kind": "count", "event": "buy"})).await;
+    let (s, _) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "m", "kind": "count", "event": "buy"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = app.post("/v1/metrics", json!({"key": "m", "kind": "count", "event": "buy"})).await;
+    let (s, _) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "m", "kind": "count", "event": "buy"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     let (s, list) = app.get("/v1/metrics").await;
     assert_eq!(s, StatusCode::OK);
@@ -360,12 +440,26 @@ async fn metrics_and_results_reject_bad_input() {
     for (query, status, field) in [
         ("", StatusCode::UNPROCESSABLE_ENTITY, "/metric"),
         ("?metric=nope", StatusCode::NOT_FOUND, "/metric"),
-        ("?metric=m&method=bayes", StatusCode::UNPROCESSABLE_ENTITY, "/method"),
-        ("?metric=m&confidence_level=1.5", StatusCode::UNPROCESSABLE_ENTITY, "/confidence_level"),
-        ("?metric=m&from=yesterday", StatusCode::UNPROCESSABLE_ENTITY, "/from"),
+        (
+            "?metric=m&method=bayes",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/method",
+        ),
+        (
+            "?metric=m&confidence_level=1.5",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/confidence_level",
+        ),
+        (
+            "?metric=m&from=yesterday",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/from",
+        ),
         ("?metric=m&colour=red", StatusCode::UNPROCESSABLE_ENTITY, ""),
     ] {
-        let (s, e) = app.get(&format!("/v1/experiments/{id}/results{query}")).await;
+        let (s, e) = app
+            .get(&format!("/v1/experiments/{id}/results{query}"))
+            .await;
         assert_eq!(s, status, "{query}: {e}");
         if !field.is_empty() {
             assert_eq!(e["error"]["field"], field, "{query}");
@@ -373,7 +467,12 @@ async fn metrics_and_results_reject_bad_input() {
     }
     let (s, _) = app.get("/v1/experiments/nope/results?metric=m").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, e) = app.post(&format!("/v1/experiments/{id}/results"), json!({"confidence": 0.9})).await;
+    let (s, e) = app
+        .post(
+            &format!("/v1/experiments/{id}/results"),
+            json!({"confidence": 0.9}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     let (s, _) = app.json(Method::DELETE, "/v1/metrics/m", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -385,32 +484,65 @@ async fn metrics_and_results_reject_bad_input() {
 async fn the_calculator_answers_the_contract_shapes() {
     let app = spawn_app().await;
     let (s, c) = app
-        .post("/v1/stats/compare", json!({"method": "z", "confidence_level": 0.95,
-            "control": {"n": 400, "conversions": 0}, "treatment": {"n": 400, "conversions": 0}}))
+        .post(
+            "/v1/stats/compare",
+            json!({"method": "z", "confidence_level": 0.95,
+            "control": {"n": 400, "conversions": 0}, "treatment": {"n": 400, "conversions": 0}}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["control"]["ci_low"], 0.0);
-    assert!(c["absolute"]["p_value"].is_null() && c["absolute"]["statistic"].is_null(), "{c}");
-    assert!(c["relative"].is_null() && c["chance_to_win"].is_null(), "{c}");
+    assert!(
+        c["absolute"]["p_value"].is_null() && c["absolute"]["statistic"].is_null(),
+        "{c}"
+    );
+    assert!(
+        c["relative"].is_null() && c["chance_to_win"].is_null(),
+        "{c}"
+    );
 
-    let (s, srm) = app.post("/v1/stats/srm", json!({"observed": [5120, 4880], "weights": [50, 50]})).await;
+    let (s, srm) = app
+        .post(
+            "/v1/stats/srm",
+            json!({"observed": [5120, 4880], "weights": [50, 50]}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{srm}");
     assert_eq!(srm["df"], 1);
     assert_eq!(srm["srm_detected"], false);
     assert!(close(srm["chi2"].as_f64().unwrap(), 5.76));
-    let (_, none) = app.post("/v1/stats/srm", json!({"observed": [0, 0], "weights": [1, 1]})).await;
+    let (_, none) = app
+        .post(
+            "/v1/stats/srm",
+            json!({"observed": [0, 0], "weights": [1, 1]}),
+        )
+        .await;
     assert_eq!(none["p_value"], 1.0);
 
-    let (s, n) = app.post("/v1/stats/sample-size", json!({"baseline_rate": 0.1, "mde": 0.01})).await;
+    let (s, n) = app
+        .post(
+            "/v1/stats/sample-size",
+            json!({"baseline_rate": 0.1, "mde": 0.01}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{n}");
     // The textbook figure for 10 % → 11 %, α 0.05, power 0.8: 14 751 per arm.
     assert_eq!(n["n_per_variant"], 14751, "{n}");
 
     for (path, body) in [
-        ("/v1/stats/compare", json!({"control": {"n": 1}, "treatment": {"n": 1, "conversions": 0}})),
+        (
+            "/v1/stats/compare",
+            json!({"control": {"n": 1}, "treatment": {"n": 1, "conversions": 0}}),
+        ),
         ("/v1/stats/srm", json!({"observed": [1], "weights": [1]})),
-        ("/v1/stats/sample-size", json!({"baseline_rate": 1.5, "mde": 0.1})),
-        ("/v1/stats/sample-size", json!({"baseline_rate": 0.1, "mde": 0.1, "extra": 1})),
+        (
+            "/v1/stats/sample-size",
+            json!({"baseline_rate": 1.5, "mde": 0.1}),
+        ),
+        (
+            "/v1/stats/sample-size",
+            json!({"baseline_rate": 0.1, "mde": 0.1, "extra": 1}),
+        ),
     ] {
         let (s, e) = app.post(path, body.clone()).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {e}");
