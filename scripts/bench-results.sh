@@ -20,10 +20,18 @@ BIN=target/release/stratify
 WORK=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-echo "== writing $USERS exposures and $EVENTS events"
-ID=$(RUST_LOG=warn $BIN bench results-setup --data-dir "$WORK/data" --users "$USERS" --events "$EVENTS")
+# BENCH_DATA=DIR keeps the data set in DIR and reuses it on the next run.
+DATA=${BENCH_DATA:-$WORK/data}
+if [ -f "$DATA/bench-results-id" ]; then
+    echo "== reusing $DATA"
+else
+    echo "== writing $USERS exposures and $EVENTS events"
+    RUST_LOG=warn $BIN bench results-setup --data-dir "$DATA" --users "$USERS" --events "$EVENTS" > "$DATA.id"
+    mv "$DATA.id" "$DATA/bench-results-id"
+fi
+ID=$(cat "$DATA/bench-results-id")
 PORT=$((20000 + RANDOM % 20000))
-STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$WORK/data" >/dev/null &
+STRATIFY_ADMIN_KEY=bench-key RUST_LOG=${RUST_LOG:-warn} $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$DATA" >"$WORK/server.log" 2>&1 &
 PID=$!
 URL="http://127.0.0.1:$PORT"
 for _ in $(seq 600); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
@@ -57,3 +65,4 @@ PY
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median of %d runs: %.0f ms\n", NR, a[int((NR+1)/2)]*1000}'
 echo "conversion alone: $(time_get "/v1/experiments/$ID/results?metric=purchased")s; revenue alone: $(time_get "/v1/experiments/$ID/results?metric=revenue")s"
 echo "RSS after: $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
+grep "results:" "$WORK/server.log" | tail -8 || true
