@@ -59,11 +59,8 @@ pub struct VariantInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct SrmReport {
     pub observed: Vec<u64>,
-    pub expected: Vec<f64>,
-    pub chi2: Option<f64>,
-    pub df: u32,
-    pub p_value: Option<f64>,
-    pub srm_detected: bool,
+    #[serde(flatten)]
+    pub test: stats::Srm,
     pub threshold: f64,
 }
 
@@ -285,11 +282,7 @@ impl Engine {
         let srm = stats::srm(&users, &weights)?;
         let srm = SrmReport {
             observed: users.clone(),
-            expected: srm.expected,
-            chi2: srm.chi2,
-            df: srm.df,
-            p_value: srm.p_value,
-            srm_detected: srm.srm_detected,
+            test: srm,
             threshold: stats::SRM_THRESHOLD,
         };
 
@@ -440,8 +433,11 @@ fn metric_result(
     let mut results = Vec::with_capacity(variants.len());
     for (v, variant) in variants.iter().enumerate() {
         let a = &arms[v];
-        let estimate: ArmEstimate = stats::compare::arm_estimate(a, query.method, 1.0 - confidence);
         let comparison = comparisons[v].as_ref();
+        // A comparison has already estimated its treatment arm.
+        let estimate: ArmEstimate = comparison
+            .map(|c| c.treatment)
+            .unwrap_or_else(|| stats::compare::arm_estimate(a, query.method, 1.0 - confidence));
         let significant = adjusted[v].is_some_and(|p| p < alpha);
         results.push(VariantResult {
             key: variant.key.clone(),
@@ -491,12 +487,12 @@ fn pick_winner(
     alpha: f64,
     srm: &SrmReport,
 ) -> (Option<Winner>, Option<String>) {
-    if srm.srm_detected {
+    if srm.test.srm_detected {
         return (
             None,
             Some(format!(
                 "sample ratio mismatch: exposures do not fit the weights (p = {:.3e}); results are not trustworthy",
-                srm.p_value.unwrap_or(0.0)
+                srm.test.p_value.unwrap_or(0.0)
             )),
         );
     }
@@ -566,9 +562,11 @@ fn timeseries(
                     .iter()
                     .enumerate()
                     .map(|(v, variant)| {
-                        let e = stats::compare::arm_estimate(&arms[v], query.method, alpha);
                         let c = (v != control).then(|| {
                             stats::compare(query.method, confidence, &arms[control], &arms[v])
+                        });
+                        let e = c.as_ref().map(|c| c.treatment).unwrap_or_else(|| {
+                            stats::compare::arm_estimate(&arms[v], query.method, alpha)
                         });
                         PointVariant {
                             key: variant.key.clone(),
