@@ -109,6 +109,22 @@ impl Engine {
         Ok((page.iter().map(ChangeView::from).collect(), next))
     }
 
+    /// A segment's newest `limit` changes, newest first; the second value is
+    /// the newest sequence number (to follow on with `after`).
+    pub async fn latest_segment_changes(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> Result<(Vec<ChangeView>, i64), EngineError> {
+        self.segment(id)?;
+        let page = self
+            .store
+            .latest_changes(id, limit.min(MAX_CHANGES_PAGE))
+            .await?;
+        let next = page.first().map_or(0, |c| c.seq);
+        Ok((page.iter().map(ChangeView::from).collect(), next))
+    }
+
     /// Follows the change log from `after`: the backlog first, then changes
     /// as they are committed, with no gap and no repeat. Stops when the
     /// receiver is dropped.

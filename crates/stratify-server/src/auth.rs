@@ -1,17 +1,22 @@
 //! The one mechanism that enforces roles: every route in the table is wrapped
-//! by [`require`] with its capability. No key → 401; a valid key whose role
+//! by [`authorize`] with its capability. No key → 401; a valid key whose role
 //! lacks the capability → 403.
+//!
+//! A request without a key may carry a dashboard session cookie instead
+//! (see [`crate::dashboard::session`]); a session request that changes
+//! something must also present the session's CSRF token, or it is 403.
 
 use crate::{ApiError, AppState};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, StatusCode};
+use crate::dashboard::session;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use stratify_core::access::Capability;
 use stratify_engine::keys::Principal;
 
 /// Reads the key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -33,8 +38,32 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(principal) = presented_key(req.headers()).and_then(|k| state.engine.authenticate(k))
-    else {
+    let principal = match presented_key(req.headers()) {
+        Some(key) => state.engine.authenticate(key),
+        None => match session::token_from_cookies(req.headers())
+            .and_then(|t| state.sessions.get(&state.engine, t))
+        {
+            Some(signed) => {
+                let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+                let presented = req
+                    .headers()
+                    .get(session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !safe && !signed.csrf_matches(presented) {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "csrf_failed",
+                        "a dashboard session request that changes something needs the session's X-CSRF-Token header",
+                    )
+                    .into_response();
+                }
+                Some(signed.principal)
+            }
+            None => None,
+        },
+    };
+    let Some(principal) = principal else {
         return ApiError::unauthorized().into_response();
     };
     if !principal.role.can(capability) {

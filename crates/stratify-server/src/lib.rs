@@ -7,6 +7,7 @@
 //! enforces it. Every error leaves as `{"error": {code, message, field?}}`.
 
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -55,6 +56,8 @@ pub struct StateParts {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     pub started: Instant,
+    /// Signed-in dashboard browsers.
+    pub sessions: dashboard::session::Sessions,
     /// Flips to `true` when shutdown starts: long-lived streams (SSE,
     /// WebSocket) end so that the graceful shutdown can finish.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -77,6 +80,7 @@ impl AppState {
                 metrics: Arc::new(Metrics::default()),
                 config: Arc::new(config),
                 started: Instant::now(),
+                sessions: Default::default(),
                 stopping,
                 stop: Arc::new(stop),
             }),

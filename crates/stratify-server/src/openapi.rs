@@ -13,7 +13,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
     paths(
         routes::ops::health, routes::ops::ingest_status,
         routes::keys::create, routes::keys::list, routes::keys::revoke,
-        routes::users::create, routes::users::get_one, routes::users::replace, routes::users::merge, routes::users::erase,
+        routes::users::create, routes::users::get_one, routes::users::replace, routes::users::merge, routes::users::erase, routes::users::assignments,
         routes::events::ingest, routes::events::order, routes::events::list,
         routes::schemas::create_event_type, routes::schemas::list_event_types, routes::schemas::get_event_type,
         routes::schemas::replace_event_type, routes::schemas::delete_event_type,

@@ -131,6 +131,8 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ChangeRecord>>;
+    /// A segment's newest `limit` changes, newest first.
+    async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>>;
     /// A user's memberships, current and past, newest first.
     async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>>;
     /// Entered/exited counts of a segment per bucket of `bucket` ms (epoch

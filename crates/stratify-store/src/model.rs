@@ -115,8 +115,11 @@ pub struct EventQuery {
     pub from: Option<Millis>,
     /// Exclusive upper bound on the event timestamp.
     pub to: Option<Millis>,
-    /// Only events with a larger sequence number (cursor paging).
+    /// Only events with a larger sequence number (cursor paging), or a
+    /// smaller one when `newest_first`.
     pub after_seq: Option<i64>,
+    /// Newest (highest sequence number) first.
+    pub newest_first: bool,
     /// Only events of users assigned to an experiment, at or after their
     /// assignment (first exposure).
     pub experiment: Option<ExperimentFilter>,

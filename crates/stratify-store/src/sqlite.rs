@@ -668,7 +668,8 @@ impl Store for SqliteStore {
                 bind(&mut sql, " AND e.ts < ?", t.into());
             }
             if let Some(a) = q.after_seq {
-                bind(&mut sql, " AND e.seq > ?", a.into());
+                let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
+                bind(&mut sql, clause, a.into());
             }
             if let Some(x) = q.experiment {
                 bind(
@@ -682,11 +683,8 @@ impl Store for SqliteStore {
                 }
                 sql.push(')');
             }
-            bind(
-                &mut sql,
-                " ORDER BY e.seq LIMIT ?",
-                i64::from(q.limit).into(),
-            );
+            let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
+            bind(&mut sql, order, i64::from(q.limit).into());
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), event_row)?;
             events(rows)
@@ -1147,6 +1145,28 @@ impl Store for SqliteStore {
                  ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![after, filter, limit], |r| {
+                Ok(ChangeRecord {
+                    seq: r.get(0)?,
+                    segment_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    entered: r.get(3)?,
+                    at: r.get(4)?,
+                    cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>> {
+        let segment_id = segment_id.to_owned();
+        self.read_live(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
+                 WHERE segment_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![segment_id, limit], |r| {
                 Ok(ChangeRecord {
                     seq: r.get(0)?,
                     segment_id: r.get(1)?,

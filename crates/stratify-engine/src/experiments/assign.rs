@@ -250,6 +250,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The assignments stored for `user`, newest first, without serving
+    /// anything (no exposure is recorded): what the dashboard shows.
+    pub async fn user_assignments(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<stratify_store::AssignmentRecord>, EngineError> {
+        self.flush_assignments().await;
+        let (mut rows, _) = self.store.serving_state(user.as_str()).await?;
+        rows.sort_by(|a, b| {
+            b.assigned_at
+                .cmp(&a.assigned_at)
+                .then_with(|| a.experiment_id.cmp(&b.experiment_id))
+        });
+        Ok(rows)
+    }
+
     /// Waits until every assignment and mixture served so far is stored.
     pub async fn flush_assignments(&self) {
         self.serving.sticky.flush().await;

@@ -244,6 +244,8 @@ pub struct EventFilter {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `asc` (default: log order, oldest first) or `desc` (newest first).
+    order: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -343,7 +345,13 @@ pub async fn list(
                 .ok_or_else(|| query_error("cursor", "not a cursor from this API"))
         })
         .transpose()?;
+    let newest_first = match f.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(query_error("order", "order is asc or desc")),
+    };
     let query = EventQuery {
+        newest_first,
         user_id: f.user_id,
         name: f.name,
         from: time("from", f.from)?,

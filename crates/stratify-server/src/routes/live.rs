@@ -26,6 +26,10 @@ pub struct ChangesQuery {
     after: Option<i64>,
     /// 1–10000, default 100.
     limit: Option<u32>,
+    /// `asc` (default: oldest first, after `after`) or `desc`: the newest
+    /// `limit` changes, newest first (then `next_after` is the newest seq,
+    /// to follow on from).
+    order: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,10 +95,33 @@ pub async fn segment_changes(
         )
         .at("/limit"));
     }
-    let (changes, next_after) = state
-        .engine
-        .segment_changes(&id, after(q.after)?, limit)
-        .await?;
+    let (changes, next_after) = match q.order.as_deref() {
+        None | Some("asc") => {
+            state
+                .engine
+                .segment_changes(&id, after(q.after)?, limit)
+                .await?
+        }
+        Some("desc") if q.after.is_none() => {
+            state.engine.latest_segment_changes(&id, limit).await?
+        }
+        Some("desc") => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_order",
+                "order=desc gives the newest changes; it takes no `after`",
+            )
+            .at("/after"))
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_order",
+                "order is asc or desc",
+            )
+            .at("/order"))
+        }
+    };
     Ok(Json(ChangesPage {
         changes: changes.into_iter().map(ChangeOut::from).collect(),
         next_after,

@@ -255,6 +255,12 @@ pub fn table() -> Vec<Route> {
         r(Method::GET, "/v1/changes/ws", Read, get(live::websocket)),
         r(
             Method::GET,
+            "/v1/users/{id}/assignments",
+            Read,
+            get(users::assignments),
+        ),
+        r(
+            Method::GET,
             "/v1/users/{id}/memberships",
             Read,
             get(live::memberships),
@@ -434,6 +440,7 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .merge(openapi::docs())
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -459,7 +466,12 @@ async fn json_errors(response: Response<Body>) -> Response<Body> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
-    if (status.is_client_error() || status.is_server_error()) && !is_json {
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/html"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json && !is_page {
         let mut replaced = ApiError::for_status(status).into_response();
         if let Some(allow) = response.headers().get(header::ALLOW) {
             replaced.headers_mut().insert(header::ALLOW, allow.clone());

@@ -135,3 +135,56 @@ pub async fn erase(
     state.engine.delete_user(&user_id(id, "/user_id")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentOut {
+    experiment_id: String,
+    /// The experiment's key and name (null once the experiment is gone).
+    key: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    /// The variant's key.
+    variant: String,
+    /// The first serving under this bucket version: the exposure.
+    assigned_at: String,
+    bucket_version: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentList {
+    user_id: String,
+    assignments: Vec<AssignmentOut>,
+}
+
+/// The user's stored experiment assignments, newest first. Read-only: unlike
+/// `GET /v1/users/{id}/experiments` it serves nothing and records no
+/// exposure, so looking at a user never changes an experiment's results.
+#[utoipa::path(get, path = "/v1/users/{id}/assignments", tag = "experiments", security(("api_key" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = AssignmentList), (status = 422)))]
+pub async fn assignments(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AssignmentList>, ApiError> {
+    let id = user_id(id, "/user_id")?;
+    let rows = state.engine.user_assignments(&id).await?;
+    let registry = state.engine.experiment_registry();
+    let assignments = rows
+        .into_iter()
+        .map(|r| {
+            let experiment = registry.by_id.get(&r.experiment_id);
+            AssignmentOut {
+                key: experiment.map(|e| e.record.key.clone()),
+                name: experiment.map(|e| e.record.name.clone()),
+                status: experiment.map(|e| e.record.status.clone()),
+                experiment_id: r.experiment_id,
+                variant: r.variant,
+                assigned_at: instant(r.assigned_at),
+                bucket_version: r.bucket_version,
+            }
+        })
+        .collect();
+    Ok(Json(AssignmentList {
+        user_id: id.as_str().to_owned(),
+        assignments,
+    }))
+}
