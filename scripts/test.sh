@@ -4,13 +4,18 @@
 # crash test). Needs only the pinned Rust toolchain (rust-toolchain.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The OFREP test drives the official Python OpenFeature SDK (from PyPI,
-# pinned) against the real server: a virtualenv under target/.
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openfeature.contrib.provider.ofrep" 2>/dev/null; then
+# The OFREP test drives the official Python OpenFeature SDK and the
+# dashboard test drives headless Chromium with Playwright (both from PyPI,
+# pinned) against the real server: a virtualenv under target/. The browser
+# is Debian's chromium (Playwright never downloads one).
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get install -y chromium >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium >/dev/null; }
+fi
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import openfeature.contrib.provider.ofrep, playwright.sync_api" 2>/dev/null; then
     # Debian ships venv apart from python3.
-    python3 -m venv target/pyenv || { apt-get install -y python3-venv >/dev/null && python3 -m venv target/pyenv; }
+    [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv || { apt-get install -y python3-venv >/dev/null && python3 -m venv target/pyenv; }
     target/pyenv/bin/pip install --quiet --disable-pip-version-check \
-        "openfeature-sdk==0.10.0" "openfeature-provider-ofrep==0.3.0"
+        "openfeature-sdk==0.10.0" "openfeature-provider-ofrep==0.3.0" "playwright==1.65.2"
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -493,14 +493,17 @@
     };
     bucketSel.addEventListener('change', () => loadChart().catch((e) => chartBox.replaceChildren(alertBox(e))));
     const loadSql = async () => {
-      try { sqlBox.textContent = (await get(`/v1/segments/${enc(id)}/sql?dialect=${dialect.value}`)).sql; } catch (e) { sqlBox.textContent = e.message; }
+      try {
+        const q = await get(`/v1/segments/${enc(id)}/sql?dialect=${dialect.value}`);
+        sqlBox.textContent = `${q.sql}\n\n-- parameters: ${JSON.stringify(q.params)}`;
+      } catch (e) { sqlBox.textContent = e.message; }
     };
     dialect.addEventListener('change', loadSql);
     await Promise.all([
       loadChart().catch((e) => chartBox.replaceChildren(alertBox(e))),
       seg.rules ? loadSql() : null,
-      get(`/v1/segments/${enc(id)}/changes?order=desc&limit=15`).then((c) => changesBox.replaceChildren(table(['User', 'Change', 'At (UTC)', 'Cause'],
-        c.changes.map((x) => [h('a', { href: `/users/${enc(x.user_id)}` }, x.user_id), badge(x.change, x.change === 'entered' ? 'good' : 'bad'), h('span', { class: 'nowrap' }, fmtTime(x.at)), h('span', { class: 'muted small' }, typeof x.cause === 'string' ? x.cause.replace('_', ' ') : 'event ' + (x.cause.event_id || '#' + x.cause.event_seq))]),
+      get(`/v1/segments/${enc(id)}/changes?order=desc&limit=12`).then((c) => changesBox.replaceChildren(table(['User', 'Change', 'At (UTC)', 'Cause'],
+        c.changes.map((x) => [h('a', { href: `/users/${enc(x.user_id)}` }, x.user_id), badge(x.change, x.change === 'entered' ? 'good' : 'bad'), h('span', { class: 'nowrap' }, fmtTime(x.at)), h('span', { class: 'muted small nowrap', title: typeof x.cause === 'string' ? '' : x.cause.event_id || '#' + x.cause.event_seq }, typeof x.cause === 'string' ? x.cause.replace('_', ' ') : 'an event')]),
         'No member has entered or left yet.'))).catch((e) => changesBox.replaceChildren(alertBox(e))),
       get(`/v1/segments/${enc(id)}/members?limit=24`).then((m) => membersBox.replaceChildren(
         h('p', { class: 'muted' }, `${fmtInt(m.user_ids.length)} of ${fmtInt(m.total_count)} members`),
@@ -731,7 +734,7 @@
         count.textContent = fmtInt(r.total_count);
         countNote.textContent = r.total_count === 1 ? 'user matches right now' : 'users match right now';
         previewIds.replaceChildren(...r.user_ids.map((u) => h('a', { class: 'button small', href: `/users/${enc(u)}`, target: '_blank' }, u)));
-        sqlBox.textContent = r.sql || '';
+        sqlBox.textContent = r.sql ? `${r.sql.sql}\n\n-- parameters: ${JSON.stringify(r.sql.params)}` : '';
       } catch (e) {
         if (mine !== seq) return;
         count.textContent = '–';

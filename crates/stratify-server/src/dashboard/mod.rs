@@ -208,7 +208,7 @@ fn login_html(next: &str, error: Option<&str>) -> String {
   <form method="post" action="/login" autocomplete="off">
     <input type="hidden" name="next" value="{next}">
     <label for="api_key">API key</label>
-    <input id="api_key" name="api_key" type="password" required autofocus spellcheck="false" placeholder="sk_…">
+    <input id="api_key" name="api_key" type="password" required autofocus spellcheck="false" placeholder="sfy_…">
     <button type="submit" class="primary wide">Sign in</button>
   </form>
 </main>

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod access;
+mod dashboard;
 mod duckmart;
 mod errors;
 mod events;
