@@ -1254,7 +1254,7 @@
         [intervalChart(liftRows, { xLabel: 'Relative lift (treatment ÷ control − 1)', format: (x) => fmtPct(x, 1) }),
           h('h3', { style: 'margin-top:16px' }, 'Over time'),
           lineChart({ series: liftSeries, yLabel: 'Relative lift', xLabel: 'Day (UTC, cumulative)', yFormat: (x) => fmtPct(x, 0), includeZero: true, height: 220, title: 'relative lift over time' })], { id: 'lift-chart' })));
-    parts.push(h('p', { class: 'muted small' }, `Method: ${r.method}, ${cl}% confidence, significance threshold ${r.significance_threshold}${m.variants.length > 2 ? ', p-values Holm-adjusted' : ''}. Computed ${fmtTime(r.computed_at)} UTC. Filled circles on the lift chart are significant.`));
+    parts.push(h('p', { class: 'muted small' }, `Method: ${r.method}, ${cl}% confidence, significance threshold ${fmtNum(r.significance_threshold, 6)}${m.variants.length > 2 ? ', p-values Holm-adjusted' : ''}. Computed ${fmtTime(r.computed_at)} UTC. Filled circles on the lift chart are significant.`));
     return h('div', { class: 'stack' }, parts);
   }
 

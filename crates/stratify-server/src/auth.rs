@@ -6,9 +6,9 @@
 //! (see [`crate::dashboard::session`]); a session request that changes
 //! something must also present the session's CSRF token, or it is 403.
 
+use crate::dashboard::session;
 use crate::{ApiError, AppState};
 use axum::extract::Request;
-use crate::dashboard::session;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};

@@ -196,7 +196,11 @@ impl Engine {
             ));
         }
         let confidence = stats::check_confidence(query.confidence_level, "/confidence_level")?;
-        let alpha = query.significance_threshold.unwrap_or(1.0 - confidence);
+        // 1 − 0.95 is 0.050000000000000044 in binary; the threshold people
+        // mean (and read back in the answer) is 0.05.
+        let alpha = query
+            .significance_threshold
+            .unwrap_or(((1.0 - confidence) * 1e12).round() / 1e12);
         if !(alpha > 0.0 && alpha < 1.0) {
             return Err(invalid(
                 "out_of_range",

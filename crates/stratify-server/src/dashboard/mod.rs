@@ -44,7 +44,10 @@ static ASSETS: LazyLock<[(&'static str, Asset); 3]> = LazyLock::new(|| {
         ),
         (
             "app.css",
-            asset(include_str!("../../assets/app.css"), "text/css; charset=utf-8"),
+            asset(
+                include_str!("../../assets/app.css"),
+                "text/css; charset=utf-8",
+            ),
         ),
         (
             "favicon.svg",
@@ -433,6 +436,9 @@ mod tests {
         assert!(may_sign_in(Role::Viewer));
         assert!(!may_sign_in(Role::Sdk));
         assert!(!may_sign_in(Role::Ingest));
-        assert_eq!(capability_names(Role::Viewer), ["read", "read_schemas", "ingest", "evaluate"]);
+        assert_eq!(
+            capability_names(Role::Viewer),
+            ["read", "read_schemas", "ingest", "evaluate"]
+        );
     }
 }

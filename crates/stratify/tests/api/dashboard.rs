@@ -62,7 +62,11 @@ async fn csrf_of(app: &TestApp, cookie: &str) -> String {
 async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
     let app = spawn_app().await;
     // Pages send a browser without a session to the sign-in page.
-    let page = no_redirects().get(app.url("/experiments/x/results")).send().await.unwrap();
+    let page = no_redirects()
+        .get(app.url("/experiments/x/results"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         page.headers()[LOCATION],
@@ -70,8 +74,14 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
     );
     let login = no_redirects().get(app.url("/login")).send().await.unwrap();
     assert_eq!(login.status(), StatusCode::OK);
-    let csp = login.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let csp = login.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert!(login.text().await.unwrap().contains(r#"name="api_key""#));
 
     // A wrong key: the form again, 401, no cookie.
@@ -87,18 +97,35 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(attribute), "{set} lacks {attribute}");
     }
-    assert!(!set.contains(ADMIN), "the key itself never reaches the browser");
+    assert!(
+        !set.contains(ADMIN),
+        "the key itself never reaches the browser"
+    );
     let cookie = session_cookie(&ok);
 
     // The cookie authenticates API reads.
     let client = no_redirects();
-    let read = client.get(app.url("/v1/segments")).header(COOKIE, &cookie).send().await.unwrap();
+    let read = client
+        .get(app.url("/v1/segments"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
     // A change needs the CSRF token as well.
     let body = json!({"name": "csrf", "rules": {"field": "age", "op": "gt", "value": 1}});
-    let forged = client.post(app.url("/v1/segments")).header(COOKIE, &cookie).json(&body).send().await.unwrap();
+    let forged = client
+        .post(app.url("/v1/segments"))
+        .header(COOKIE, &cookie)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(&forged.json::<Value>().await.unwrap()), "csrf_failed");
+    assert_eq!(
+        error_code(&forged.json::<Value>().await.unwrap()),
+        "csrf_failed"
+    );
     let wrong = client
         .post(app.url("/v1/segments"))
         .header(COOKIE, &cookie)
@@ -123,7 +150,12 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
 
     // Sessions end: after 12 hours on the injected clock, and at sign-out.
     app.clock.advance(12 * HOUR);
-    let late = client.get(app.url("/v1/segments")).header(COOKIE, &cookie).send().await.unwrap();
+    let late = client
+        .get(app.url("/v1/segments"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(late.status(), StatusCode::UNAUTHORIZED);
 
     let cookie = session_cookie(&sign_in(&app, ADMIN).await);
@@ -136,7 +168,11 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
         .send()
         .await
         .unwrap();
-    assert_eq!(forged_out.status(), StatusCode::FORBIDDEN, "a forged sign-out is refused");
+    assert_eq!(
+        forged_out.status(),
+        StatusCode::FORBIDDEN,
+        "a forged sign-out is refused"
+    );
     let out = client
         .post(app.url("/logout"))
         .header(COOKIE, &cookie)
@@ -146,8 +182,16 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
         .await
         .unwrap();
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
-    assert!(out.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
-    let after = client.get(app.url("/v1/segments")).header(COOKIE, &cookie).send().await.unwrap();
+    assert!(out.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let after = client
+        .get(app.url("/v1/segments"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -162,11 +206,22 @@ async fn roles_decide_who_may_sign_in_and_what_a_session_may_do() {
     }
     let viewer = app.key(Role::Viewer).await;
     let cookie = session_cookie(&sign_in(&app, &viewer).await);
-    let shell = no_redirects().get(app.url("/")).header(COOKIE, &cookie).send().await.unwrap();
+    let shell = no_redirects()
+        .get(app.url("/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
     let html = shell.text().await.unwrap();
     assert!(html.contains(r#"data-role="viewer""#), "{html}");
-    assert!(html.contains(r#"data-caps="read read_schemas ingest evaluate""#), "{html}");
-    assert!(!html.contains(r#"href="/keys""#), "a viewer has no API keys page");
+    assert!(
+        html.contains(r#"data-caps="read read_schemas ingest evaluate""#),
+        "{html}"
+    );
+    assert!(
+        !html.contains(r#"href="/keys""#),
+        "a viewer has no API keys page"
+    );
     let csrf = csrf_of(&app, &cookie).await;
     let client = no_redirects();
     let refused = client
@@ -178,7 +233,10 @@ async fn roles_decide_who_may_sign_in_and_what_a_session_may_do() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(&refused.json::<Value>().await.unwrap()), "forbidden");
+    assert_eq!(
+        error_code(&refused.json::<Value>().await.unwrap()),
+        "forbidden"
+    );
 
     // Revoking the key ends its sessions at once.
     let (_, keys) = app.get("/v1/api-keys").await;
@@ -191,9 +249,16 @@ async fn roles_decide_who_may_sign_in_and_what_a_session_may_do() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (s, _) = app.json(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await;
+    let (s, _) = app
+        .json(Method::DELETE, &format!("/v1/api-keys/{id}"), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let gone = client.get(app.url("/v1/segments")).header(COOKIE, &cookie).send().await.unwrap();
+    let gone = client
+        .get(app.url("/v1/segments"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gone.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -205,15 +270,23 @@ async fn assets_are_served_by_the_binary_and_load_nothing_from_elsewhere() {
         ("app.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ] {
-        let resp = no_redirects().get(app.url(&format!("/assets/{name}"))).send().await.unwrap();
+        let resp = no_redirects()
+            .get(app.url(&format!("/assets/{name}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{name}");
-        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
         let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
         let text = resp.text().await.unwrap();
         for outside in ["http://", "https://", "@import", "url("] {
             // The SVG namespace is an identifier, not a fetch.
             let hits = text.matches(outside).count()
-                - text.matches("http://www.w3.org/2000/svg").count() * usize::from(outside == "http://");
+                - text.matches("http://www.w3.org/2000/svg").count()
+                    * usize::from(outside == "http://");
             assert_eq!(hits, 0, "{name} refers to {outside}");
         }
         let again = no_redirects()
@@ -224,7 +297,11 @@ async fn assets_are_served_by_the_binary_and_load_nothing_from_elsewhere() {
             .unwrap();
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
     }
-    let missing = no_redirects().get(app.url("/assets/nope.js")).send().await.unwrap();
+    let missing = no_redirects()
+        .get(app.url("/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
@@ -240,7 +317,9 @@ async fn user_assignments_are_read_without_exposing_anyone() {
     let (s, body) = app.get("/v1/users/watcher/assignments").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["assignments"], json!([]));
-    let (_, results) = app.get(&format!("/v1/experiments/{id}/results?event=buy")).await;
+    let (_, results) = app
+        .get(&format!("/v1/experiments/{id}/results?event=buy"))
+        .await;
     assert_eq!(results["exposed_users"], 0, "looking exposed no one");
     let (_, served) = app.get("/v1/users/watcher/experiments").await;
     let variant = served["experiments"][0]["variant"].clone();
@@ -248,7 +327,10 @@ async fn user_assignments_are_read_without_exposing_anyone() {
     assert_eq!(body["assignments"][0]["experiment_id"], id.as_str());
     assert_eq!(body["assignments"][0]["key"], "look");
     assert_eq!(body["assignments"][0]["variant"], variant);
-    assert_eq!(body["assignments"][0]["assigned_at"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(
+        body["assignments"][0]["assigned_at"],
+        "2026-01-01T00:00:00.000Z"
+    );
 }
 
 #[tokio::test]
@@ -260,11 +342,25 @@ async fn events_and_changes_come_newest_first_on_request() {
     let (s, _) = app.post("/v1/events", json!({"events": events})).await;
     assert_eq!(s, StatusCode::OK);
     let (_, page) = app.get("/v1/events?user_id=n1&order=desc&limit=2").await;
-    let seqs: Vec<i64> = page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert!(seqs[0] > seqs[1], "{page}");
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    let (_, next) = app.get(&format!("/v1/events?user_id=n1&order=desc&limit=10&cursor={cursor}")).await;
-    let rest: Vec<i64> = next["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let (_, next) = app
+        .get(&format!(
+            "/v1/events?user_id=n1&order=desc&limit=10&cursor={cursor}"
+        ))
+        .await;
+    let rest: Vec<i64> = next["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(rest.len(), 3);
     assert!(rest.iter().all(|s| *s < seqs[1]));
     let (s, body) = app.get("/v1/events?order=sideways").await;
@@ -272,16 +368,25 @@ async fn events_and_changes_come_newest_first_on_request() {
     assert_eq!(body["error"]["field"], "/order");
 
     let (_, seg) = app
-        .post("/v1/segments", json!({"name": "tappers", "rules": {"event": "tap", "op": "gte", "value": 1}}))
+        .post(
+            "/v1/segments",
+            json!({"name": "tappers", "rules": {"event": "tap", "op": "gte", "value": 1}}),
+        )
         .await;
     let seg = seg["id"].as_str().unwrap().to_owned();
     for u in ["n2", "n3"] {
-        app.post("/v1/events", json!({"user_id": u, "name": "tap"})).await;
+        app.post("/v1/events", json!({"user_id": u, "name": "tap"}))
+            .await;
     }
     let mut changes = Value::Null;
     for _ in 0..100 {
-        let (_, c) = app.get(&format!("/v1/segments/{seg}/changes?order=desc&limit=2")).await;
-        if c["changes"].as_array().is_some_and(|a| a.len() == 2 && a[0]["user_id"] == "n3") {
+        let (_, c) = app
+            .get(&format!("/v1/segments/{seg}/changes?order=desc&limit=2"))
+            .await;
+        if c["changes"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a[0]["user_id"] == "n3")
+        {
             changes = c;
             break;
         }
@@ -289,7 +394,9 @@ async fn events_and_changes_come_newest_first_on_request() {
     }
     assert_eq!(changes["changes"][1]["user_id"], "n2", "{changes}");
     assert_eq!(changes["next_after"], changes["changes"][0]["seq"]);
-    let (s, body) = app.get(&format!("/v1/segments/{seg}/changes?order=desc&after=3")).await;
+    let (s, body) = app
+        .get(&format!("/v1/segments/{seg}/changes?order=desc&after=3"))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
@@ -298,7 +405,9 @@ async fn events_and_changes_come_newest_first_on_request() {
 /// (a sample-ratio mismatch). Returns (users who purchased, hist id, srm id).
 async fn seed_history(app: &TestApp) -> (HashSet<String>, String, String, Vec<(String, i64)>) {
     let cities = ["Pune", "Delhi", "Mumbai"];
-    let users: Vec<(String, i64)> = (0..300).map(|i| (format!("u-{i:03}"), 18 + (i * 7) % 50)).collect();
+    let users: Vec<(String, i64)> = (0..300)
+        .map(|i| (format!("u-{i:03}"), 18 + (i * 7) % 50))
+        .collect();
     for (i, (u, age)) in users.iter().enumerate() {
         let (s, body) = app
             .post(
@@ -363,7 +472,9 @@ async fn seed_history(app: &TestApp) -> (HashSet<String>, String, String, Vec<(S
                 events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 + day * DAY + 11 * HOUR,
                                    "properties": {"amount": rng.random_range(10..200)}}));
             }
-            events.push(json!({"user_id": u, "name": "app_open", "timestamp": T0 + day * DAY + 10 * HOUR}));
+            events.push(
+                json!({"user_id": u, "name": "app_open", "timestamp": T0 + day * DAY + 10 * HOUR}),
+            );
         }
         app.clock.set(T0 + day * DAY + 11 * HOUR);
         let (s, body) = app.post("/v1/events", json!({"events": events})).await;
@@ -404,7 +515,10 @@ async fn the_dashboard_works_in_headless_chromium() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{q}");
-    assert_eq!(q["total_count"], expected, "the API agrees with the simulation");
+    assert_eq!(
+        q["total_count"], expected,
+        "the API agrees with the simulation"
+    );
     let pune_buyer = users
         .iter()
         .enumerate()
@@ -434,7 +548,10 @@ async fn the_dashboard_works_in_headless_chromium() {
         .expect("run the browser test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
     assert!(stdout.contains("ALL DASHBOARD CHECKS PASSED"), "{stdout}");
 
     // What the browser did is real: the segment exists and stays live (the
@@ -445,12 +562,34 @@ async fn the_dashboard_works_in_headless_chromium() {
         .filter(|(i, (u, age))| *age >= 30 && (buyers.contains(u) || (*i < 90 && i % 3 == 0)))
         .count();
     let (_, segs) = app.get("/v1/segments").await;
-    let made = segs["segments"].as_array().unwrap().iter().find(|s| s["name"] == "Adult buyers").expect("segment made in the browser");
+    let made = segs["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "Adult buyers")
+        .expect("segment made in the browser");
     assert_eq!(made["size"], after);
     let (_, exps) = app.get("/v1/experiments").await;
-    let e = exps["experiments"].as_array().unwrap().iter().find(|e| e["key"] == "e2e-hero-banner").expect("experiment made in the browser");
+    let e = exps["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "e2e-hero-banner")
+        .expect("experiment made in the browser");
     assert_eq!(e["status"], "running");
-    for shot in ["overview", "segments", "segment-editor", "segment", "user", "experiments", "experiment", "results", "results-srm", "ingestion", "keys"] {
+    for shot in [
+        "overview",
+        "segments",
+        "segment-editor",
+        "segment",
+        "user",
+        "experiments",
+        "experiment",
+        "results",
+        "results-srm",
+        "ingestion",
+        "keys",
+    ] {
         let path = format!("{out_dir}/{shot}.png");
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(size > 10_000, "{path} missing or empty");

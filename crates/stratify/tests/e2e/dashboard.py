@@ -34,6 +34,7 @@ def api(method, path, body=None, key=ARGS["admin_key"]):
 
 def shot(page, name):
     page.wait_for_load_state("networkidle")
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=f"{OUT}/{name}.png", full_page=True)
     print(f"screenshot {name}.png")
 
