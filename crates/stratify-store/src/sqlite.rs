@@ -443,6 +443,19 @@ type EventRow = (
     i64,
 );
 
+/// A `changes` row read as `seq, segment_id, user_id, entered, at, cause,
+/// event_seq, event_id`.
+fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
+    Ok(ChangeRecord {
+        seq: r.get(0)?,
+        segment_id: r.get(1)?,
+        user_id: r.get(2)?,
+        entered: r.get(3)?,
+        at: r.get(4)?,
+        cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
+    })
+}
+
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     Ok((
         r.get(0)?,
@@ -1144,16 +1157,7 @@ impl Store for SqliteStore {
                  WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
                  ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, filter, limit], |r| {
-                Ok(ChangeRecord {
-                    seq: r.get(0)?,
-                    segment_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    entered: r.get(3)?,
-                    at: r.get(4)?,
-                    cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![after, filter, limit], change_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -1166,16 +1170,7 @@ impl Store for SqliteStore {
                 "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
                  WHERE segment_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![segment_id, limit], |r| {
-                Ok(ChangeRecord {
-                    seq: r.get(0)?,
-                    segment_id: r.get(1)?,
-                    user_id: r.get(2)?,
-                    entered: r.get(3)?,
-                    at: r.get(4)?,
-                    cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![segment_id, limit], change_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await

@@ -211,6 +211,21 @@ async fn event_queries_filter_and_page_by_sequence() {
             seen.extend(page.into_iter().map(|e| e.timestamp));
         }
         assert_eq!(seen, (0..25).filter(|i| i % 3 == 0).map(|i| 1000 * i).collect::<Vec<i64>>());
+        // Newest first, paged backwards by the same cursor.
+        let mut back = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s
+                .query_events(EventQuery { user_id: Some("u0".into()), after_seq: before, newest_first: true, limit: 4, ..Default::default() })
+                .await
+                .expect("page");
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().map(|e| e.seq);
+            back.extend(page.into_iter().map(|e| e.timestamp));
+        }
+        assert_eq!(back, seen.iter().rev().copied().collect::<Vec<i64>>());
         let window = s
             .query_events(EventQuery { name: Some("A".into()), from: Some(4000), to: Some(10_000), limit: 100, ..Default::default() })
             .await

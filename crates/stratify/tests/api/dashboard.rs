@@ -484,19 +484,6 @@ async fn seed_history(app: &TestApp) -> (HashSet<String>, String, String, Vec<(S
     (buyers, hist, srm, users)
 }
 
-fn chromium_python() -> String {
-    if let Ok(p) = std::env::var("STRATIFY_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "the browser test needs Python with Playwright and Debian's chromium: run scripts/test.sh \
-         (it installs both) or set STRATIFY_PYTHON"
-    );
-    venv.to_owned()
-}
-
 #[tokio::test]
 async fn the_dashboard_works_in_headless_chromium() {
     let app = spawn_app().await;
@@ -540,12 +527,14 @@ async fn the_dashboard_works_in_headless_chromium() {
         "srm_experiment": srm,
         "pune_buyer": pune_buyer,
     });
-    let out = tokio::process::Command::new(chromium_python())
-        .arg(script)
-        .arg(args.to_string())
-        .output()
-        .await
-        .expect("run the browser test");
+    let out = tokio::process::Command::new(pyenv_python(
+        "the browser test (Playwright, Debian chromium)",
+    ))
+    .arg(script)
+    .arg(args.to_string())
+    .output()
+    .await
+    .expect("run the browser test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -132,3 +132,18 @@ pub async fn running_experiment(app: &TestApp, body: Value) -> String {
     assert_eq!(s, StatusCode::OK, "{e}");
     id
 }
+
+/// The Python of target/pyenv (made by scripts/test.sh with the pinned
+/// OpenFeature SDK and Playwright), or `STRATIFY_PYTHON`. Never skips: a
+/// missing interpreter fails the test that needs it.
+pub fn pyenv_python(purpose: &str) -> String {
+    if let Ok(p) = std::env::var("STRATIFY_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python");
+    assert!(
+        std::path::Path::new(venv).exists(),
+        "{purpose} needs target/pyenv: run scripts/test.sh (it creates it) or set STRATIFY_PYTHON"
+    );
+    venv.to_owned()
+}

@@ -223,19 +223,6 @@ async fn ofrep_single_and_bulk_evaluation_follow_the_protocol() {
     }
 }
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("STRATIFY_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python");
-    assert!(
-        std::path::Path::new(venv).exists(),
-        "the OpenFeature check needs Python with openfeature-sdk and openfeature-provider-ofrep: \
-         run scripts/test.sh (it creates target/pyenv) or set STRATIFY_PYTHON"
-    );
-    venv.to_owned()
-}
-
 #[tokio::test]
 async fn the_python_openfeature_sdk_evaluates_experiments_as_flags() {
     let app = spawn_app().await;
@@ -253,14 +240,16 @@ async fn the_python_openfeature_sdk_evaluates_experiments_as_flags() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/ofrep/openfeature_check.py"
     );
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .arg(format!("http://{}", app.addr))
-        .arg(ADMIN)
-        .arg(want.to_string())
-        .output()
-        .await
-        .expect("run python");
+    let out = tokio::process::Command::new(pyenv_python(
+        "the OpenFeature check (openfeature-sdk, openfeature-provider-ofrep)",
+    ))
+    .arg(script)
+    .arg(format!("http://{}", app.addr))
+    .arg(ADMIN)
+    .arg(want.to_string())
+    .output()
+    .await
+    .expect("run python");
     assert!(
         out.status.success(),
         "the OpenFeature SDK check failed:\n{}\n{}",
