@@ -93,6 +93,8 @@
     if (p < 0.0001) return '< 0.0001';
     return p.toFixed(4);
   }
+  /** "p = 0.0312" or "p < 0.0001". */
+  const pIs = (p) => (p != null && p < 0.0001 ? 'p < 0.0001' : `p = ${fmtP(p)}`);
   function fmtTime(iso) {
     if (!iso) return '–';
     const d = new Date(iso);
@@ -1203,15 +1205,15 @@
     if (r.srm.srm_detected) {
       parts.push(h('div', { class: 'alert', id: 'srm-warning', role: 'alert' },
         h('strong', null, '⚠ Sample ratio mismatch: do not trust these results'),
-        `The split of exposed users (${r.srm.observed.map(fmtInt).join(' / ')}) is far from the configured weights (expected ${r.srm.expected.map((x) => fmtNum(x, 0)).join(' / ')}); χ² = ${fmtNum(r.srm.chi2, 2)}, p = ${fmtP(r.srm.p_value)} < ${r.srm.threshold}. `,
+        `The split of exposed users (${r.srm.observed.map(fmtInt).join(' / ')}) is far from the configured weights (expected ${r.srm.expected.map((x) => fmtNum(x, 0)).join(' / ')}); χ² = ${fmtNum(r.srm.chi2, 2)}, ${pIs(r.srm.p_value)}, below the alarm threshold ${r.srm.threshold}. `,
         'Something assigns or logs users unevenly (a bug, a changed weight, bots). No winner is declared until it is found.'));
     }
     const w = r.winner;
     parts.push(h('div', { class: 'grid four' },
       stat('Exposed users', fmtInt(r.exposed_users), r.excluded_users ? `${fmtInt(r.excluded_users)} in removed variants` : `bucket version ${r.bucket_version}`),
       stat('Days of data', fmtInt(days), r.from ? `from ${fmtDate(r.from)}` : `up to ${fmtDate(r.to)}`),
-      stat('Winner', w ? w.key : 'none yet', w ? `${fmtSigned(w.relative_lift, (x) => fmtPct(x, 1))} relative, p = ${fmtP(w.p_value_adjusted)}` : (r.winner_reason || '')),
-      stat('Sample ratio', r.srm.srm_detected ? 'MISMATCH' : 'OK', `χ² p = ${fmtP(r.srm.p_value)} (alarm below ${r.srm.threshold})`)));
+      stat('Winner', w ? w.key : 'none yet', w ? `${fmtSigned(w.relative_lift, (x) => fmtPct(x, 1))} relative, ${pIs(w.p_value_adjusted)}` : (r.winner_reason || '')),
+      stat('Sample ratio', r.srm.srm_detected ? 'MISMATCH' : 'OK', `χ² test ${pIs(r.srm.p_value)} (alarm below ${r.srm.threshold})`)));
     const rows = m.variants.map((v) => [
       h('span', null, h('span', { class: 'sw', style: `display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px;background:${color(v.key)}` }), h('strong', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null),
       fmtInt(v.users),
