@@ -161,6 +161,21 @@
     const field = err && err.field ? h('div', { class: 'small' }, 'at ', h('code', null, err.field)) : null;
     return h('div', { class: 'alert ' + (cls || ''), role: 'alert' }, msg, field);
   }
+  /** A labelled form field (the label points at the input's id). */
+  function field(label, input, help) {
+    return h('div', { class: 'field' }, h('label', { for: input.id }, label), input, help ? h('div', { class: 'help' }, help) : null);
+  }
+  /** Shows an API error above a form and marks the input its JSON pointer names. */
+  function showFormError(box, err) {
+    document.querySelectorAll('.invalid').forEach((x) => x.classList.remove('invalid'));
+    box.replaceChildren(err ? alertBox(err) : '');
+    if (!err || !err.field) return;
+    const el = [...document.querySelectorAll('[data-ptr]')]
+      .filter((x) => err.field.startsWith(x.dataset.ptr))
+      .sort((a, b) => b.dataset.ptr.length - a.dataset.ptr.length)[0];
+    if (el) { el.classList.add('invalid'); el.focus(); }
+  }
+  const swatch = (color) => h('span', { class: 'sw', style: `background:${color}` });
   let toastTimer;
   function toast(msg, error) {
     const t = document.getElementById('toast');
@@ -279,7 +294,7 @@
       }
     });
     const legend = series.length > 1 || series[0].lo !== undefined
-      ? h('div', { class: 'legend' }, series.map((ser, i) => h('span', null, h('span', { class: 'sw', style: `background:${ser.color || COLORS[i % COLORS.length]}` }), ser.label)))
+      ? h('div', { class: 'legend' }, series.map((ser, i) => h('span', null, swatch(ser.color || COLORS[i % COLORS.length]), ser.label)))
       : null;
     return h('div', { class: 'chart-wrap' }, svg, legend);
   }
@@ -768,8 +783,7 @@
 
     const save = h('button', { class: 'primary', id: 'save-segment' }, existing ? 'Save changes' : 'Create segment');
     save.addEventListener('click', async () => {
-      formError.replaceChildren();
-      document.querySelectorAll('.invalid').forEach((x) => x.classList.remove('invalid'));
+      showFormError(formError, null);
       const body = { name: name.value.trim(), description: desc.value.trim() || null };
       try {
         let out;
@@ -785,9 +799,7 @@
         }
         location.href = `/segments/${enc(out.id)}`;
       } catch (e) {
-        formError.replaceChildren(alertBox(e));
-        const el = e.field && [...document.querySelectorAll('[data-ptr]')].find((x) => e.field.startsWith(x.dataset.ptr));
-        if (el) el.classList.add('invalid');
+        showFormError(formError, e);
       }
     });
 
@@ -987,7 +999,6 @@
     const { segments } = await get('/v1/segments');
     const e = existing || { key: '', name: '', description: '', variants: [{ key: 'control', name: 'Control', weight: 50, is_control: true, payload: null }, { key: 'treatment', name: 'Treatment', weight: 50, is_control: false, payload: null }], segment_ids: [], rules: null, coverage: 1, sticky: true, hash_version: 2, hash_attribute: 'user_id', namespace: null };
     const variants = e.variants.map((v) => ({ ...v }));
-    const field = (label, input, help, forId) => h('div', { class: 'field' }, h('label', { for: forId || input.id }, label), input, help ? h('div', { class: 'help' }, help) : null);
     const key = h('input', { id: 'exp-key', value: e.key, placeholder: 'checkout-button-color', disabled: !!existing, 'data-ptr': '/key' });
     const name = h('input', { id: 'exp-name', value: e.name, placeholder: 'Checkout button colour', 'data-ptr': '/name' });
     const desc = h('input', { id: 'exp-desc', value: e.description || '', placeholder: 'Hypothesis: …', 'data-ptr': '/description' });
@@ -1019,7 +1030,7 @@
         w.addEventListener('input', () => { v.weight = parseFloat(w.value); updateSum(); });
         c.addEventListener('change', () => { variants.forEach((x) => { x.is_control = x === v; }); });
         p.addEventListener('input', () => { v.payloadText = p.value; });
-        return h('tr', null, h('td', null, h('span', { class: 'sw' }), k), h('td', null, n), h('td', null, w, ' %'), h('td', null, c), h('td', null, p),
+        return h('tr', null, h('td', null, k), h('td', null, n), h('td', null, w, ' %'), h('td', null, c), h('td', null, p),
           h('td', null, variants.length > 2 ? h('button', { class: 'ghost small', 'aria-label': 'Remove variant', onclick: () => { variants.splice(i, 1); drawVariants(); } }, '✕') : null));
       }));
       updateSum();
@@ -1034,8 +1045,7 @@
     const formError = h('div');
     const save = h('button', { class: 'primary', id: 'save-experiment' }, existing ? 'Save changes' : 'Create experiment');
     save.addEventListener('click', async () => {
-      formError.replaceChildren();
-      document.querySelectorAll('.invalid').forEach((x) => x.classList.remove('invalid'));
+      showFormError(formError, null);
       const fail = (msg, ptr) => { const err = new Error(msg); err.field = ptr; throw err; };
       try {
         const body = {
@@ -1068,9 +1078,7 @@
         }
         location.href = `/experiments/${enc(out.id)}`;
       } catch (err) {
-        formError.replaceChildren(alertBox(err));
-        const el = err.field && [...document.querySelectorAll('[data-ptr]')].filter((x) => err.field.startsWith(x.dataset.ptr)).sort((a, b) => b.dataset.ptr.length - a.dataset.ptr.length)[0];
-        if (el) { el.classList.add('invalid'); el.focus(); }
+        showFormError(formError, err);
         window.scrollTo(0, 0);
       }
     });
@@ -1126,7 +1134,7 @@
       head(e.name, { crumbs: [h('a', { href: '/experiments' }, 'Experiments'), ' / ', e.name], sub: [h('code', null, e.key), ' · ', badge(e.status), e.description ? ' · ' + e.description : ''], actions }),
       h('div', { class: 'grid side' },
         card('Variants', table(['', 'Key', 'Name', { label: 'Weight', num: true }, 'Payload'],
-          e.variants.map((v, i) => [h('span', { class: 'sw', style: `display:inline-block;width:10px;height:10px;border-radius:3px;background:${COLORS[i % COLORS.length]}` }), h('span', null, h('code', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null), v.name || '–', `${fmtNum(v.weight, 2)}%`, h('span', { class: 'mono small' }, compact(v.payload))])), { cls: 'flush' }),
+          e.variants.map((v, i) => [swatch(COLORS[i % COLORS.length]), h('span', null, h('code', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null), v.name || '–', `${fmtNum(v.weight, 2)}%`, h('span', { class: 'mono small' }, compact(v.payload))])), { cls: 'flush' }),
         card('Targeting and allocation', kv([
           ['Segments', e.segment_ids.length ? h('span', null, e.segment_ids.map((x, i) => [i ? ', ' : '', h('a', { href: `/segments/${enc(x)}` }, names.get(x) || x)])) : 'everyone'],
           ['Inline rule', e.rules ? h('code', null, compact(e.rules)) : '–'],
@@ -1215,7 +1223,7 @@
       stat('Winner', w ? w.key : 'none yet', w ? `${fmtSigned(w.relative_lift, (x) => fmtPct(x, 1))} relative, ${pIs(w.p_value_adjusted)}` : (r.winner_reason || '')),
       stat('Sample ratio', r.srm.srm_detected ? 'MISMATCH' : 'OK', `χ² test ${pIs(r.srm.p_value)} (alarm below ${r.srm.threshold})`)));
     const rows = m.variants.map((v) => [
-      h('span', null, h('span', { class: 'sw', style: `display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:6px;background:${color(v.key)}` }), h('strong', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null),
+      h('span', null, swatch(color(v.key)), h('strong', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null),
       fmtInt(v.users),
       isRate ? fmtInt(v.conversions) : fmtNum(v.total, 2),
       h('span', null, h('strong', null, fmt(v.estimate)), h('div', { class: 'desc' }, `[${fmt(v.ci_low)}, ${fmt(v.ci_high)}]`)),
@@ -1267,7 +1275,6 @@
     const alpha = h('input', { id: 'plan-alpha', type: 'number', step: 'any', min: 0, max: 1, value: 0.05 });
     const power = h('input', { id: 'plan-power', type: 'number', step: 'any', min: 0, max: 1, value: 0.8 });
     const out = h('div', { id: 'plan-result', style: 'margin-top:12px' });
-    const f = (label, input, forId) => h('div', { class: 'field' }, h('label', { for: forId }, label), input);
     const run = async (ev) => {
       if (ev) ev.preventDefault();
       out.replaceChildren();
@@ -1284,9 +1291,9 @@
       }
     };
     return card('Sample-size planner', h('form', { onsubmit: run },
-      h('div', { class: 'grid two' }, f('Baseline conversion rate (0–1)', baseline, 'plan-baseline'), f('Minimum detectable effect', mde, 'plan-mde')),
+      h('div', { class: 'grid two' }, field('Baseline conversion rate (0–1)', baseline), field('Minimum detectable effect', mde)),
       h('label', { class: 'check', style: 'margin-bottom:12px' }, relative, 'Effect is relative (% of baseline); untick for absolute (rate points)'),
-      h('div', { class: 'grid two' }, f('Significance α', alpha, 'plan-alpha'), f('Power', power, 'plan-power')),
+      h('div', { class: 'grid two' }, field('Significance α', alpha), field('Power', power)),
       h('button', { class: 'primary', type: 'submit', id: 'plan-run' }, 'Compute sample size'), out), { id: 'planner' });
   }
 
@@ -1297,7 +1304,6 @@
     const prop = h('input', { id: 'metric-property', placeholder: 'amount (sum and mean)' });
     const win = h('input', { id: 'metric-window', placeholder: 'e.g. 7d (optional)' });
     const err = h('div');
-    const f = (label, input) => h('div', { class: 'field' }, h('label', { for: input.id }, label), input);
     const submit = async (ev) => {
       ev.preventDefault();
       err.replaceChildren();
@@ -1307,8 +1313,8 @@
       try { done(await api('POST', '/v1/metrics', body)); } catch (e) { err.replaceChildren(alertBox(e)); }
     };
     return card('New metric', h('form', { onsubmit: submit }, err,
-      h('div', { class: 'grid two' }, f('Key', key), f('Kind', kind)),
-      h('div', { class: 'grid three' }, f('Event', event), f('Property', prop), f('Window from exposure', win)),
+      h('div', { class: 'grid two' }, field('Key', key), field('Kind', kind)),
+      h('div', { class: 'grid three' }, field('Event', event), field('Property', prop), field('Window from exposure', win)),
       h('button', { type: 'submit' }, 'Add metric')));
   }
 

@@ -16,7 +16,7 @@ use stratify_core::access::Capability;
 use stratify_engine::keys::Principal;
 
 /// Reads the key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -55,13 +55,10 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// Signs in with `key`: `None` when the key is not valid. Returns the
-    /// cookie token and the session.
-    pub fn sign_in(&self, engine: &Engine, key: &str) -> Option<(String, Signed)> {
-        let principal = engine.authenticate(key)?;
-        let now = engine.now();
+    /// Starts a session for `key` (already authenticated by the caller);
+    /// returns the cookie's token.
+    pub fn sign_in(&self, key: &str, now: Millis) -> String {
         let token = random_token();
-        let csrf = random_token();
         let mut map = self.by_hash.lock();
         map.retain(|_, s| s.expires_at > now);
         if map.len() >= MAX_SESSIONS {
@@ -77,11 +74,11 @@ impl Sessions {
             digest(&token),
             Session {
                 key: key.to_owned(),
-                csrf: csrf.clone(),
+                csrf: random_token(),
                 expires_at: now + LIFETIME_MS,
             },
         );
-        Some((token, Signed { principal, csrf }))
+        token
     }
 
     /// The session of a cookie token, if it is live and its key still valid.

@@ -461,17 +461,14 @@ pub fn router(state: AppState) -> Router {
 /// produces itself (405, path rejections) that carry plain text.
 async fn json_errors(response: Response<Body>) -> Response<Body> {
     let status = response.status();
-    let is_json = response
+    // JSON errors and the dashboard's HTML pages (sign-in refusals) keep
+    // their bodies.
+    let own_body = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    let is_page = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/html"));
-    if (status.is_client_error() || status.is_server_error()) && !is_json && !is_page {
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
+    if (status.is_client_error() || status.is_server_error()) && !own_body {
         let mut replaced = ApiError::for_status(status).into_response();
         if let Some(allow) = response.headers().get(header::ALLOW) {
             replaced.headers_mut().insert(header::ALLOW, allow.clone());
