@@ -84,6 +84,28 @@ async fn signing_in_sets_a_secure_http_only_session_that_the_api_accepts() {
     );
     assert!(login.text().await.unwrap().contains(r#"name="api_key""#));
 
+    // A form without a key is 400; a post from another site is 403.
+    let empty = no_redirects()
+        .post(app.url("/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("next=%2F")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    assert!(empty.headers().get(SET_COOKIE).is_none());
+    assert!(empty.text().await.unwrap().contains("incomplete"));
+    let cross = no_redirects()
+        .post(app.url("/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Origin", "https://evil.example")
+        .body(format!("api_key={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    assert!(cross.headers().get(SET_COOKIE).is_none());
+
     // A wrong key: the form again, 401, no cookie.
     let bad = sign_in(&app, "sk_nope").await;
     assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
@@ -331,6 +353,10 @@ async fn user_assignments_are_read_without_exposing_anyone() {
         body["assignments"][0]["assigned_at"],
         "2026-01-01T00:00:00.000Z"
     );
+    let long = "x".repeat(10_000);
+    let (s, body) = app.get(&format!("/v1/users/{long}/assignments")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "invalid_user_id");
 }
 
 #[tokio::test]
@@ -398,6 +424,14 @@ async fn events_and_changes_come_newest_first_on_request() {
         .get(&format!("/v1/segments/{seg}/changes?order=desc&after=3"))
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "/after");
+    let (s, body) = app
+        .get(&format!("/v1/segments/{seg}/changes?order=newest"))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "/order");
+    let (s, _) = app.get("/v1/segments/seg_nope/changes?order=desc").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 /// Two weeks of history: users arriving daily, exposed to two experiments,
