@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test of the project, as CI runs it: formatting, lints, then the whole
-# test suite (unit tests, the storage suite, the end-to-end binary with the
-# crash test). Needs only the pinned Rust toolchain (rust-toolchain.toml).
+# test suite (unit tests, the storage suite on SQLite and PostgreSQL, the
+# end-to-end binary with the crash test, the two-node Kafka cluster test).
+# Needs the pinned Rust toolchain (rust-toolchain.toml); installs and starts
+# everything else itself, on loopback (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The OFREP test drives the official Python OpenFeature SDK and the
@@ -17,6 +19,12 @@ if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import open
     target/pyenv/bin/pip install --quiet --disable-pip-version-check \
         "openfeature-sdk==0.10.0" "openfeature-provider-ofrep==0.3.0" "playwright==1.65.2"
 fi
+# A throwaway PostgreSQL and Kafka broker for the scale-out tests.
+source scripts/services.sh
+services_dir=$(mktemp -d /tmp/stratify-test-services.XXXXXX)
+trap 'stop_services; rm -rf "$services_dir"' EXIT
+start_postgres "$services_dir/pg" "${STRATIFY_TEST_PG_PORT:-55439}"
+start_kafka "$services_dir/kafka" "${STRATIFY_TEST_KAFKA_PORT:-59092}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -10,6 +10,12 @@ pub enum StoreError {
     NotFound(String),
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
     #[error("the group commit failed")]
     Commit(#[source] Arc<rusqlite::Error>),
     #[error("stored data is corrupt: {0}")]

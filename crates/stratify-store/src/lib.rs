@@ -4,7 +4,8 @@
 //! the data directory: WAL mode, `synchronous=FULL`, and one writer thread
 //! that commits whatever has queued up as one transaction (group commit), so
 //! that every acknowledged write is fsynced first while the cost of the fsync
-//! is shared by all the writes waiting for it.
+//! is shared by all the writes waiting for it. The scale-out backend is
+//! PostgreSQL ([`postgres::PgStore`]), shared by several nodes.
 //!
 //! The event log (`events`) is the source of truth; everything else derived
 //! may be rebuilt from it. This crate knows nothing about HTTP, never reads
@@ -14,6 +15,9 @@
 mod error;
 mod migrations;
 pub mod model;
+mod pg_migrations;
+pub mod postgres;
+mod shared;
 pub mod sqlite;
 mod writer;
 
@@ -111,12 +115,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a batch of membership changes (appending them to the change
     /// log and opening or closing membership rows) with the live engine's
-    /// new watermark, in one transaction.
+    /// new watermark, in one transaction. Returns the changes as stored: a
+    /// backend several nodes write to numbers them itself (sequence order
+    /// is commit order), so callers publish what this returns.
     async fn apply_changes(
         &self,
         changes: std::sync::Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
-    ) -> Result<()>;
+    ) -> Result<std::sync::Arc<Vec<ChangeRecord>>>;
     /// The live engine's last committed watermark.
     async fn watermark(&self) -> Result<Option<Watermark>>;
     /// Every current membership: `(segment_id, user_id)`.
@@ -214,4 +220,56 @@ pub trait Store: Send + Sync + 'static {
         after: Option<String>,
         limit: u32,
     ) -> Result<(Vec<String>, u64)>;
+
+    /// A number that grows with every configuration write (keys, schemas,
+    /// segments and their members, experiments, metrics, webhooks). Nodes
+    /// sharing a store poll it and reload when it moves.
+    async fn config_version(&self) -> Result<i64>;
+
+    /// Records the progress of the Kafka partitions this node consumes.
+    async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()>;
+    /// Every Kafka partition's last recorded progress, whichever node owns it.
+    async fn partition_progress(&self) -> Result<Vec<PartitionProgress>>;
+}
+
+/// Helpers for tests that need a real PostgreSQL.
+#[doc(hidden)]
+pub mod testing {
+    /// The environment variable naming a PostgreSQL server the tests may
+    /// create databases on (`scripts/test.sh` starts a throwaway one).
+    pub const POSTGRES_ENV: &str = "STRATIFY_TEST_POSTGRES_URL";
+
+    /// A new, empty database on the test server; returns its URL. Panics
+    /// (never skips) when no server is configured.
+    pub async fn fresh_postgres() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+            panic!("{POSTGRES_ENV} is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
+        });
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {admin}: {e}"));
+        let task = tokio::spawn(conn);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "stratify_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        drop(client);
+        let _ = task.await;
+        match admin.rfind('/') {
+            Some(i) if admin[..i].contains('@') || admin[..i].ends_with(|c: char| c.is_ascii_digit()) => {
+                format!("{}/{name}", &admin[..i])
+            }
+            _ => panic!("{POSTGRES_ENV} must end with a database name: postgres://user@host:port/db"),
+        }
+    }
 }

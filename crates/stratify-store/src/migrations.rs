@@ -171,6 +171,18 @@ CREATE TABLE metrics (
 DROP INDEX assignments_experiment;
 CREATE INDEX assignments_experiment ON assignments(experiment_id, bucket_version, assigned_at, variant);
 "#,
+    r#"
+-- Per-partition progress of the Kafka consumer.
+CREATE TABLE kafka_partitions (
+    topic       TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    committed   INTEGER NOT NULL,
+    high_water  INTEGER NOT NULL,
+    node        TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

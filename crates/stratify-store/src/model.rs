@@ -422,3 +422,16 @@ pub struct BannerMixtureRecord {
     pub assigned_at: Millis,
     pub expires_at: Millis,
 }
+
+/// How far a node has consumed one Kafka partition: every record before
+/// `committed` is durable in the store; `high_water` is the partition's end
+/// when last seen (lag = high_water - committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub high_water: i64,
+    pub node: String,
+    pub updated_at: Millis,
+}

@@ -2,6 +2,7 @@
 
 use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
+use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls};
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
@@ -486,18 +487,9 @@ fn events(rows: impl Iterator<Item = rusqlite::Result<EventRow>>) -> Result<Vec<
     .collect()
 }
 
-/// An event's stored properties: a JSON object, or nothing.
+/// An event's stored properties (JSON text): an object, or nothing.
 fn properties(seq: i64, text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>> {
-    match text
-        .map(|t| serde_json::from_str::<Value>(&t))
-        .transpose()?
-    {
-        None => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "event {seq} properties are not an object"
-        ))),
-    }
+    properties_object(seq, text.map(|t| serde_json::from_str::<Value>(&t)).transpose()?)
 }
 
 type RawUser = (String, String, Millis, Millis);
@@ -513,17 +505,6 @@ fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result
         created_at,
         updated_at,
     })
-}
-
-/// `null` removes an attribute; anything else sets it.
-fn merge_into(target: &mut Attributes, patch: Attributes) {
-    for (k, v) in patch {
-        if v.is_null() {
-            target.remove(&k);
-        } else {
-            target.insert(k, v);
-        }
-    }
 }
 
 #[async_trait]
@@ -571,10 +552,7 @@ impl Store for SqliteStore {
                         merge_into(&mut current.attributes, attributes);
                         current.attributes
                     }
-                    (_, _) => attributes
-                        .into_iter()
-                        .filter(|(_, v)| !v.is_null())
-                        .collect(),
+                    (_, _) => without_nulls(attributes),
                 };
                 w.save_attributes(user_id.as_str(), &merged, now)?;
                 w.user_row(user_id.as_str())?
@@ -1074,8 +1052,9 @@ impl Store for SqliteStore {
         &self,
         changes: std::sync::Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
-    ) -> Result<()> {
+    ) -> Result<Arc<Vec<ChangeRecord>>> {
         let mark = serde_json::to_string(&watermark)?;
+        let stored = changes.clone();
         self.live_writer
             .write(move |w| {
                 let mut log = w.conn.prepare_cached(
@@ -1106,7 +1085,9 @@ impl Store for SqliteStore {
                     .execute(params![WATERMARK_KEY, mark])?;
                 Ok(())
             })
-            .await
+            .await?;
+        // One process owns the file: the engine's numbering stands.
+        Ok(stored)
     }
 
     async fn watermark(&self) -> Result<Option<Watermark>> {
@@ -1189,25 +1170,7 @@ impl Store for SqliteStore {
                     r.get::<_, i64>(2)?,
                 ))
             })?;
-            // Pair each entry with the exit that follows it.
-            let mut stays: Vec<MembershipRecord> = Vec::new();
-            let mut open: std::collections::HashMap<String, usize> = Default::default();
-            for row in rows {
-                let (segment_id, entered, at) = row?;
-                if entered {
-                    open.insert(segment_id.clone(), stays.len());
-                    stays.push(MembershipRecord {
-                        segment_id,
-                        entered_at: at,
-                        exited_at: None,
-                    });
-                } else if let Some(i) = open.remove(&segment_id) {
-                    stays[i].exited_at = Some(at);
-                }
-            }
-            stays.reverse();
-            stays.truncate(limit as usize);
-            Ok(stays)
+            stays(rows.map(|r| r.map_err(StoreError::from)), limit)
         })
         .await
     }
@@ -1459,15 +1422,9 @@ impl Store for SqliteStore {
             let mut out = Exposures::default();
             while let Some(row) = rows.next()? {
                 let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                let index = match out.variants.iter().position(|v| v == name) {
-                    Some(i) => i,
-                    None => {
-                        out.variants.push(name.to_owned());
-                        out.variants.len() - 1
-                    }
-                };
+                let index = variant_index(&mut out.variants, name);
                 out.uid.push(row.get(0)?);
-                out.variant.push(u16::try_from(index).unwrap_or(u16::MAX));
+                out.variant.push(index);
                 out.assigned_at.push(row.get(2)?);
             }
             Ok(out)
@@ -1753,6 +1710,48 @@ impl Store for SqliteStore {
                 out.push(RawEvent { seq, uid, name_id, timestamp, properties, event_id, received_at });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn config_version(&self) -> Result<i64> {
+        // One process owns the file and its configuration: nothing to poll.
+        Ok(0)
+    }
+
+    async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                let mut stmt = w.conn.prepare_cached(
+                    "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (topic, partition) DO UPDATE SET \
+                     committed = excluded.committed, high_water = excluded.high_water, node = excluded.node, \
+                     updated_at = excluded.updated_at",
+                )?;
+                for p in &progress {
+                    stmt.execute(params![p.topic, p.partition, p.committed, p.high_water, p.node, p.updated_at])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT topic, partition, committed, high_water, node, updated_at FROM kafka_partitions ORDER BY topic, partition",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PartitionProgress {
+                    topic: r.get(0)?,
+                    partition: r.get(1)?,
+                    committed: r.get(2)?,
+                    high_water: r.get(3)?,
+                    node: r.get(4)?,
+                    updated_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

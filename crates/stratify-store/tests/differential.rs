@@ -1,6 +1,6 @@
 //! Differential test (ARCHITECTURE invariant 2): on random rules and random
 //! data, the per-user evaluator, the columnar population index and the
-//! compiled SQL (run by SQLite) select exactly the same users — including NOT, missing attributes, mixed types
+//! compiled SQL (run by SQLite, and by PostgreSQL in its dialect) select exactly the same users — including NOT, missing attributes, mixed types
 //! and events at the very edges of windows.
 
 use proptest::prelude::*;
@@ -9,6 +9,8 @@ use stratify_core::event::NewEvent;
 use stratify_core::ids::UserId;
 use stratify_core::population::PopulationIndex;
 use stratify_core::rules::{self, sql, EventFact, Facts, NoSegments};
+use std::sync::OnceLock;
+use stratify_store::postgres::PgStore;
 use stratify_store::sqlite::SqliteStore;
 use stratify_store::*;
 
@@ -301,7 +303,7 @@ fn columnar(users: &[UserData], bulk: bool) -> PopulationIndex {
     index
 }
 
-async fn load(store: &SqliteStore, users: &[UserData]) {
+async fn load(store: &dyn Store, users: &[UserData]) {
     let mut events = Vec::new();
     for (i, u) in users.iter().enumerate() {
         let id = UserId::parse(format!("u{i:02}")).expect("id");
@@ -334,15 +336,49 @@ async fn load(store: &SqliteStore, users: &[UserData]) {
         .expect("append");
 }
 
+/// One runtime and one PostgreSQL database for every case (emptied between
+/// cases): creating a database per case would dominate the run.
+fn postgres() -> &'static (tokio::runtime::Runtime, PgStore, tokio_postgres::Client) {
+    static PG: OnceLock<(tokio::runtime::Runtime, PgStore, tokio_postgres::Client)> = OnceLock::new();
+    PG.get_or_init(|| {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (store, client) = runtime.block_on(async {
+            let url = stratify_store::testing::fresh_postgres().await;
+            let store = PgStore::connect(&url).await.expect("connect");
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            (store, client)
+        });
+        (runtime, store, client)
+    })
+}
+
+/// The users PostgreSQL selects with the rule compiled to its dialect.
+fn postgres_selects(rule: &rules::Rule, now: i64) -> (Vec<String>, u64) {
+    let (runtime, store, _) = postgres();
+    let predicate = sql::predicate(rule, sql::Dialect::Postgres, now, &NoSegments);
+    runtime
+        .block_on(store.select_users(predicate.clone(), None, 10_000))
+        .unwrap_or_else(|e| panic!("postgres runs {}: {e:?}", predicate.sql))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn per_user_columnar_and_sqlite_select_the_same_users(users in prop::collection::vec(user(), 1..25), rules_json in prop::collection::vec(rule(), 12)) {
+    fn per_user_columnar_sqlite_and_postgres_select_the_same_users(users in prop::collection::vec(user(), 1..25), rules_json in prop::collection::vec(rule(), 12)) {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(dir.path()).expect("store");
         runtime.block_on(load(&store, &users));
+        let (pg_runtime, pg, pg_client) = postgres();
+        pg_runtime.block_on(async {
+            pg_client
+                .batch_execute("TRUNCATE users, events, event_names RESTART IDENTITY")
+                .await
+                .expect("truncate");
+            load(pg, &users).await;
+        });
         let indexes = [columnar(&users, false), columnar(&users, true)];
         let mut checked = 0;
         for rj in &rules_json {
@@ -356,6 +392,9 @@ proptest! {
                 let (got, total) = runtime.block_on(store.select_users(predicate.clone(), None, 10_000)).expect("sql runs");
                 prop_assert_eq!(&got, &expected, "rule {} at {}\nsql {}\nparams {:?}", rj, now, predicate.sql, predicate.params);
                 prop_assert_eq!(total as usize, expected.len());
+                let (pg_got, pg_total) = postgres_selects(&rule, now);
+                prop_assert_eq!(&pg_got, &expected, "postgres, rule {} at {}", rj, now);
+                prop_assert_eq!(pg_total as usize, expected.len());
                 for index in &indexes {
                     let selected: Vec<String> =
                         index.select(&rule, now, &NoSegments).iter_from(None).map(|i| index.user_id(i).to_owned()).collect();

@@ -82,10 +82,16 @@ impl Builder<'_> {
     }
 
     fn num(&mut self, n: f64) -> String {
-        if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        let p = if n.fract() == 0.0 && n.abs() < 9.0e15 {
             self.bind(Param::Int(n as i64))
         } else {
             self.bind(Param::Real(n))
+        };
+        match self.d {
+            Dialect::Sqlite => p,
+            // Typed, so that `COUNT(*) = 0.5` compares as a double instead
+            // of PostgreSQL inferring `bigint` for the placeholder.
+            Dialect::Postgres => format!("{p}::float8"),
         }
     }
 
@@ -477,7 +483,13 @@ impl Builder<'_> {
                         };
                         let now = self.bind(Param::Int(self.now));
                         let from = self.events_from(a);
-                        Src::Num(format!("(({now} - (SELECT {f}(e.ts) {from})) / 1000.0)"))
+                        // Seconds as a double in both dialects (PostgreSQL
+                        // would otherwise compute an exact `numeric`).
+                        let seconds = match self.d {
+                            Dialect::Sqlite => "1000.0",
+                            Dialect::Postgres => "1000.0::float8",
+                        };
+                        Src::Num(format!("(({now} - (SELECT {f}(e.ts) {from})) / {seconds})"))
                     }
                     AggFn::LastValue(p) => {
                         let from = self.events_from(a);

@@ -64,13 +64,20 @@ pub async fn committer(
         }
         let changes = Arc::new(changes);
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = store.apply_changes(changes.clone(), mark).await {
-            // Derived state: a restart replays from the last committed
-            // watermark, so nothing is lost; keep trying while we run.
-            tracing::error!(error = %e, "cannot commit membership changes; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-        }
+        // What the store returns is what was stored (a shared store numbers
+        // the changes itself): that is what is published.
+        let changes = loop {
+            match store.apply_changes(changes.clone(), mark).await {
+                Ok(stored) => break stored,
+                Err(e) => {
+                    // Derived state: a restart replays from the last committed
+                    // watermark, so nothing is lost; keep trying while we run.
+                    tracing::error!(error = %e, "cannot commit membership changes; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
         tracing::debug!(
             changes = changes.len(),
             queued_ms = (picked - made).as_secs_f64() * 1000.0,

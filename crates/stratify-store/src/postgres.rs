@@ -1,0 +1,1557 @@
+//! The scale-out backend: PostgreSQL, shared by every node.
+//!
+//! Same tables and semantics as the SQLite backend (the one storage suite
+//! runs against both). What differs because several nodes write at once:
+//! - users and event names are interned with `INSERT .. ON CONFLICT`, in
+//!   sorted order (no deadlock between two nodes' batches), and never cached
+//!   (another node may erase a user);
+//! - the change log is numbered here, under a transaction-level advisory
+//!   lock, so sequence order is commit order across nodes
+//!   ([`Store::apply_changes`] returns the changes as numbered);
+//! - every configuration write bumps `config_version`, which nodes poll to
+//!   reload (see [`Store::config_version`]).
+//!
+//! Event appends of one node are serialised, so its commit hooks run in
+//! sequence order, as the live engine needs.
+
+use crate::model::*;
+use crate::pg_migrations::migrate;
+use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls};
+use crate::{Result, Store, StoreError};
+use async_trait::async_trait;
+use deadpool_postgres::{Pool, Runtime};
+use futures_util::{pin_mut, TryStreamExt};
+use serde_json::Value;
+use std::sync::Arc;
+use stratify_core::ids::UserId;
+use stratify_core::rules::sql::{Compiled, Param};
+use stratify_core::schema::{AttributeSchema, EventTypeSchema};
+use stratify_core::time::Millis;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
+use tokio_postgres::{GenericClient, NoTls, Row, Transaction};
+
+const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
+const WATERMARK_KEY: &str = "live_watermark";
+/// Advisory lock serialising change-log commits across nodes.
+const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
+/// Connections per node.
+const POOL_SIZE: usize = 16;
+/// Events sent to a metric sink at a time.
+const SCAN_CHUNK: usize = 8192;
+
+const EVENT_SELECT: &str = "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
+     FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id";
+const CHANGE_COLUMNS: &str = "seq, segment_id, user_id, entered, at, cause, event_seq, event_id";
+
+pub struct PgStore {
+    pool: Pool,
+    /// Serialises this node's event appends (hooks in sequence order).
+    appends: tokio::sync::Mutex<()>,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and migrates.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let store = Self {
+            pool,
+            appends: tokio::sync::Mutex::new(()),
+        };
+        let mut client = store.client().await?;
+        migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, params).await?)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.execute(&stmt, params).await?)
+    }
+
+    /// Runs a configuration write and bumps `config_version` in the same
+    /// transaction (other nodes reload when they see the new version).
+    async fn config_write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'t> FnOnce(
+            &'t Transaction<'t>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let out = f(&tx).await?;
+        tx.execute("UPDATE config_version SET version = version + 1", &[])
+            .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+fn unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn conflict(e: tokio_postgres::Error, what: String) -> StoreError {
+    if unique_violation(&e) {
+        StoreError::Conflict(what)
+    } else {
+        e.into()
+    }
+}
+
+/// A compiled rule's parameter, converted to whatever type PostgreSQL
+/// inferred for its placeholder (a number compared with `float8` is sent as
+/// one; text as text).
+#[derive(Debug)]
+struct Bind<'a>(&'a Param);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self.0, ty) {
+            (Param::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (Param::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
+            (Param::Int(i), &Type::FLOAT8) => (*i as f64).to_sql(ty, out),
+            (Param::Real(f), &Type::FLOAT8) => f.to_sql(ty, out),
+            (Param::Int(i), &Type::TEXT | &Type::VARCHAR) => i.to_string().to_sql(ty, out),
+            (Param::Real(f), &Type::TEXT | &Type::VARCHAR) => f.to_string().to_sql(ty, out),
+            (Param::Text(t), _) => t.to_sql(ty, out),
+            (p, ty) => Err(format!("cannot bind {p:?} as {ty}").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn user_record(r: &Row, offset: usize) -> Result<UserRecord> {
+    let attributes = match r.get::<_, Value>(offset + 1) {
+        Value::Object(m) => m,
+        _ => return Err(StoreError::Corrupt("user attributes are not an object".into())),
+    };
+    Ok(UserRecord {
+        user_id: r.get(offset),
+        attributes,
+        created_at: r.get(offset + 2),
+        updated_at: r.get(offset + 3),
+    })
+}
+
+fn stored_event(r: &Row) -> Result<StoredEvent> {
+    let seq: i64 = r.get(0);
+    Ok(StoredEvent {
+        seq,
+        event_id: r.get(1),
+        user_id: r.get(2),
+        name: r.get(3),
+        timestamp: r.get(4),
+        properties: properties_object(seq, r.get(5))?,
+        received_at: r.get(6),
+        source: Source::from_code(r.get(7)),
+    })
+}
+
+fn change_record(r: &Row) -> ChangeRecord {
+    ChangeRecord {
+        seq: r.get(0),
+        segment_id: r.get(1),
+        user_id: r.get(2),
+        entered: r.get(3),
+        at: r.get(4),
+        cause: Cause::from_row(r.get(5), r.get(6), r.get(7)),
+    }
+}
+
+fn assignment_record(r: &Row) -> AssignmentRecord {
+    AssignmentRecord {
+        user_id: r.get(0),
+        experiment_id: r.get(1),
+        variant: r.get(2),
+        bucket_version: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+        assigned_at: r.get(4),
+    }
+}
+
+fn segment_record(r: &Row) -> Result<SegmentRecord> {
+    Ok(SegmentRecord {
+        id: r.get(0),
+        name: r.get(1),
+        description: r.get(2),
+        kind: r.get(3),
+        rules: r
+            .get::<_, Option<String>>(4)
+            .map(|t| serde_json::from_str(&t))
+            .transpose()?,
+        version: r.get(5),
+        created_at: r.get(6),
+        updated_at: r.get(7),
+        created_by: r.get(8),
+        updated_by: r.get(9),
+    })
+}
+
+/// Interns users (creating unknown ones) and returns their uids in input order.
+async fn uids<C: GenericClient>(c: &C, users: &[&str], now: Millis) -> Result<Vec<i64>> {
+    let mut sorted: Vec<&str> = users.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    c.execute(
+        "INSERT INTO users (user_id, created_at, updated_at) \
+         SELECT u, $2, $2 FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING",
+        &[&sorted, &now],
+    )
+    .await?;
+    let rows = c
+        .query(
+            "SELECT user_id, uid FROM users WHERE user_id = ANY($1)",
+            &[&sorted],
+        )
+        .await?;
+    let map: std::collections::HashMap<String, i64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    users
+        .iter()
+        .map(|u| {
+            map.get(*u)
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("user '{u}' vanished while interning")))
+        })
+        .collect()
+}
+
+/// Interns event names and returns their ids in input order.
+async fn name_ids<C: GenericClient>(c: &C, names: &[&str]) -> Result<Vec<i64>> {
+    let mut sorted: Vec<&str> = names.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    c.execute(
+        "INSERT INTO event_names (name) SELECT n FROM unnest($1::text[]) AS n ORDER BY n \
+         ON CONFLICT (name) DO NOTHING",
+        &[&sorted],
+    )
+    .await?;
+    let rows = c
+        .query("SELECT name, id FROM event_names WHERE name = ANY($1)", &[&sorted])
+        .await?;
+    let map: std::collections::HashMap<String, i64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    names
+        .iter()
+        .map(|n| {
+            map.get(*n)
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("event name '{n}' vanished")))
+        })
+        .collect()
+}
+
+async fn record_ingest<C: GenericClient>(
+    c: &C,
+    report: &IngestReport,
+    accepted: u64,
+    duplicates: u64,
+    last_event_at: Option<Millis>,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO ingest_status AS s (source, received, accepted, duplicates, rejected, last_event_at, \
+         last_error, last_error_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (source) DO UPDATE SET received = s.received + excluded.received, \
+         accepted = s.accepted + excluded.accepted, duplicates = s.duplicates + excluded.duplicates, \
+         rejected = s.rejected + excluded.rejected, \
+         last_event_at = GREATEST(COALESCE(s.last_event_at, 0), COALESCE(excluded.last_event_at, 0)), \
+         last_error = COALESCE(excluded.last_error, s.last_error), \
+         last_error_at = COALESCE(excluded.last_error_at, s.last_error_at), updated_at = excluded.updated_at",
+        &[
+            &report.source.code(),
+            &(report.received as i64),
+            &(accepted as i64),
+            &(duplicates as i64),
+            &(report.rejected as i64),
+            &last_event_at,
+            &report.last_error,
+            &report.last_error.as_ref().map(|_| report.now),
+            &report.now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn user_row<C: GenericClient>(c: &C, user_id: &str) -> Result<Option<UserRecord>> {
+    c.query_opt(
+        "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = $1",
+        &[&user_id],
+    )
+    .await?
+    .map(|r| user_record(&r, 0))
+    .transpose()
+}
+
+async fn save_attributes<C: GenericClient>(
+    c: &C,
+    user_id: &str,
+    attributes: &Attributes,
+    now: Millis,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO users (user_id, attributes, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET attributes = excluded.attributes, updated_at = excluded.updated_at",
+        &[&user_id, &Json(attributes), &now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn add_member_rows<C: GenericClient>(
+    c: &C,
+    segment_id: &str,
+    users: &[UserId],
+    now: Millis,
+) -> Result<u64> {
+    let names: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    let uids = uids(c, &names, now).await?;
+    Ok(c
+        .execute(
+            "INSERT INTO segment_members (segment_id, uid, added_at) \
+             SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING",
+            &[&segment_id, &uids, &now],
+        )
+        .await?)
+}
+
+type Boxed<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
+
+#[async_trait]
+impl Store for PgStore {
+    async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
+        let _serial = self.appends.lock().await;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let now = batch.report.now;
+        let users: Vec<&str> = batch.events.iter().map(|e| e.user_id.as_str()).collect();
+        let names: Vec<&str> = batch.events.iter().map(|e| e.name.as_str()).collect();
+        let uids = uids(&*tx, &users, now).await?;
+        let name_ids = name_ids(&*tx, &names).await?;
+        let mut order: Vec<usize> = (0..batch.events.len()).collect();
+        order.sort_unstable_by_key(|&i| (uids[i], batch.events[i].timestamp, i));
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING seq",
+            )
+            .await?;
+        let source = batch.report.source.code();
+        let mut out = vec![Appended::Duplicate; batch.events.len()];
+        let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
+        for i in order {
+            let e = &batch.events[i];
+            let event_id = e.event_id.as_ref().map(|id| id.as_str());
+            let props = e.properties.as_ref().map(Json);
+            let row = tx
+                .query_opt(
+                    &insert,
+                    &[&uids[i], &name_ids[i], &e.timestamp, &event_id, &e.dedupe_key, &props, &source, &now],
+                )
+                .await?;
+            let mut appended = row.map_or(Appended::Duplicate, |r| Appended::New(r.get(0)));
+            if let (Appended::Duplicate, Some(id), Some(key)) = (&appended, event_id, e.dedupe_key) {
+                // Same key for this user: only a duplicate if the stored id
+                // is the same text (a 64-bit hash collision must not lose it).
+                let stored: Option<String> = tx
+                    .query_opt(
+                        "SELECT event_id FROM events WHERE uid = $1 AND dedupe = $2",
+                        &[&uids[i], &key],
+                    )
+                    .await?
+                    .and_then(|r| r.get(0));
+                if stored.as_deref() != Some(id) {
+                    let none: Option<i64> = None;
+                    let r = tx
+                        .query_one(
+                            &insert,
+                            &[&uids[i], &name_ids[i], &e.timestamp, &event_id, &none, &props, &source, &now],
+                        )
+                        .await?;
+                    appended = Appended::New(r.get(0));
+                }
+            }
+            match appended {
+                Appended::New(_) => {
+                    accepted += 1;
+                    last = Some(last.map_or(e.timestamp, |l| l.max(e.timestamp)));
+                }
+                Appended::Duplicate => duplicates += 1,
+            }
+            out[i] = appended;
+        }
+        record_ingest(&*tx, &batch.report, accepted, duplicates, last).await?;
+        tx.commit().await?;
+        if let Some(hook) = &batch.on_commit {
+            (hook.0)(&out, &uids);
+        }
+        Ok(out)
+    }
+
+    async fn write_user(
+        &self,
+        user_id: UserId,
+        attributes: Attributes,
+        mode: WriteMode,
+        now: Millis,
+    ) -> Result<UserRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Row lock: concurrent merges of one user must not lose each other.
+        let existing = tx
+            .query_opt(
+                "SELECT attributes FROM users WHERE user_id = $1 FOR UPDATE",
+                &[&user_id.as_str()],
+            )
+            .await?
+            .map(|r| r.get::<_, Value>(0));
+        let merged = match (mode, existing) {
+            (WriteMode::Create, Some(_)) => {
+                return Err(StoreError::Conflict(format!("user '{user_id}'")))
+            }
+            (WriteMode::Merge, None) => {
+                return Err(StoreError::NotFound(format!("user '{user_id}'")))
+            }
+            (WriteMode::Merge, Some(Value::Object(mut current))) => {
+                merge_into(&mut current, attributes);
+                current
+            }
+            (WriteMode::Merge, Some(_)) => {
+                return Err(StoreError::Corrupt("user attributes are not an object".into()))
+            }
+            (_, _) => without_nulls(attributes),
+        };
+        save_attributes(&*tx, user_id.as_str(), &merged, now).await?;
+        let user = user_row(&*tx, user_id.as_str())
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("user vanished during a write".into()))?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut changed = 0;
+        for (user_id, attributes) in users {
+            let existing = user_row(&*tx, user_id.as_str()).await?.map(|u| u.attributes);
+            let mut merged = existing.clone().unwrap_or_default();
+            merge_into(&mut merged, attributes);
+            if existing.as_ref() != Some(&merged) {
+                save_attributes(&*tx, user_id.as_str(), &merged, now).await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        let client = self.client().await?;
+        user_row(&**client, user_id.as_str()).await
+    }
+
+    async fn delete_user(&self, user_id: &UserId) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id = user_id.as_str();
+        let Some(uid) = tx
+            .query_opt("DELETE FROM users WHERE user_id = $1 RETURNING uid", &[&id])
+            .await?
+            .map(|r| r.get::<_, i64>(0))
+        else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM events WHERE uid = $1", &[&uid]).await?;
+        tx.execute("DELETE FROM segment_members WHERE uid = $1", &[&uid])
+            .await?;
+        tx.execute("DELETE FROM assignments WHERE user_id = $1", &[&id])
+            .await?;
+        tx.execute("DELETE FROM banner_mixtures WHERE user_id = $1", &[&id])
+            .await?;
+        tx.execute("DELETE FROM changes WHERE user_id = $1", &[&id])
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut sql = format!("{EVENT_SELECT} WHERE TRUE");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut bind = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(u) = q.user_id {
+            bind(&mut sql, " AND u.user_id = ?", Box::new(u));
+        }
+        if let Some(n) = q.name {
+            bind(&mut sql, " AND n.name = ?", Box::new(n));
+        }
+        if let Some(f) = q.from {
+            bind(&mut sql, " AND e.ts >= ?", Box::new(f));
+        }
+        if let Some(t) = q.to {
+            bind(&mut sql, " AND e.ts < ?", Box::new(t));
+        }
+        if let Some(a) = q.after_seq {
+            let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
+            bind(&mut sql, clause, Box::new(a));
+        }
+        if let Some(x) = q.experiment {
+            bind(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                Box::new(x.experiment_id),
+            );
+            bind(
+                &mut sql,
+                " AND a.bucket_version = ? AND a.assigned_at <= e.ts",
+                Box::new(i64::from(x.bucket_version)),
+            );
+            if let Some(v) = x.variant {
+                bind(&mut sql, " AND a.variant = ?", Box::new(v));
+            }
+            sql.push(')');
+        }
+        let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
+        bind(&mut sql, order, Box::new(i64::from(q.limit)));
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
+        self.rows(&sql, &params).await?.iter().map(stored_event).collect()
+    }
+
+    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis) -> Result<EventTypeRecord> {
+        let json = serde_json::to_string(&schema)?;
+        let name = schema.name.clone();
+        let created_at: i64 = self
+            .config_write(move |tx| -> Boxed<'_, i64> {
+                Box::pin(async move {
+                    Ok(tx
+                        .query_one(
+                            "INSERT INTO event_types AS t (name, schema, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+                             ON CONFLICT (name) DO UPDATE SET schema = excluded.schema, updated_at = excluded.updated_at \
+                             RETURNING t.created_at",
+                            &[&name, &json, &now],
+                        )
+                        .await?
+                        .get(0))
+                })
+            })
+            .await?;
+        Ok(EventTypeRecord {
+            schema,
+            created_at,
+            updated_at: now,
+        })
+    }
+
+    async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
+        self.rows(
+            "SELECT schema, created_at, updated_at FROM event_types ORDER BY name COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EventTypeRecord {
+                schema: serde_json::from_str(r.get(0))?,
+                created_at: r.get(1),
+                updated_at: r.get(2),
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_event_type(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                Ok(tx
+                    .execute("DELETE FROM event_types WHERE name = $1", &[&name])
+                    .await?
+                    == 1)
+            })
+        })
+        .await
+    }
+
+    async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()> {
+        let json = serde_json::to_string(&schema)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    &[&ATTRIBUTE_SCHEMA_KEY, &json, &now],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn attribute_schema(&self) -> Result<AttributeSchema> {
+        let rows = self
+            .rows("SELECT value FROM settings WHERE key = $1", &[&ATTRIBUTE_SCHEMA_KEY])
+            .await?;
+        Ok(match rows.first() {
+            Some(r) => serde_json::from_str(r.get(0))?,
+            None => AttributeSchema::default(),
+        })
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&key.id, &key.name, &key.role, &key.key_hash, &key.created_at, &key.revoked_at],
+                )
+                .await
+                .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Ok(self
+            .rows(
+                "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id COLLATE \"C\"",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ApiKeyRecord {
+                id: r.get(0),
+                name: r.get(1),
+                role: r.get(2),
+                key_hash: r.get(3),
+                created_at: r.get(4),
+                revoked_at: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                Ok(tx
+                    .execute(
+                        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                        &[&id, &now],
+                    )
+                    .await?
+                    == 1)
+            })
+        })
+        .await
+    }
+
+    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
+        self.rows(
+            "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
+             updated_at FROM ingest_status ORDER BY source",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let code: i64 = r.get(0);
+            Ok(IngestStatus {
+                source: Source::from_code(code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?,
+                received: r.get::<_, i64>(1) as u64,
+                accepted: r.get::<_, i64>(2) as u64,
+                duplicates: r.get::<_, i64>(3) as u64,
+                rejected: r.get::<_, i64>(4) as u64,
+                last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
+                last_error: r.get(6),
+                last_error_at: r.get(7),
+                updated_at: r.get(8),
+            })
+        })
+        .collect()
+    }
+
+    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
+        let client = self.client().await?;
+        record_ingest(&**client, &report, 0, 0, None).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows = self
+            .rows(
+                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM events)",
+                &[],
+            )
+            .await?;
+        let r = &rows[0];
+        Ok(Counts {
+            users: r.get::<_, i64>(0) as u64,
+            events: r.get::<_, i64>(1) as u64,
+        })
+    }
+
+    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
+        self.rows(
+            "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > $1 ORDER BY uid LIMIT $2",
+            &[&after_uid, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.get(0), user_record(r, 1)?)))
+        .collect()
+    }
+
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
+        self.rows(
+            "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after_seq, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            Ok(RawEvent {
+                seq,
+                uid: r.get(1),
+                name_id: r.get(2),
+                timestamp: r.get(3),
+                properties: properties_object(seq, r.get(4))?,
+                event_id: r.get(5),
+                received_at: r.get(6),
+            })
+        })
+        .collect()
+    }
+
+    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows("SELECT id, name FROM event_names ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .rows(
+                "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = $1 ORDER BY u.uid",
+                &[&segment_id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn user_events(&self, user_id: &UserId, until: Millis, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.rows(
+            &format!("{EVENT_SELECT} WHERE u.user_id = $1 AND e.ts <= $2 ORDER BY e.ts, e.seq LIMIT $3"),
+            &[&user_id.as_str(), &until, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(stored_event)
+        .collect()
+    }
+
+    async fn create_segment(&self, seg: SegmentRecord, members: Vec<UserId>) -> Result<()> {
+        let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO segments (id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8)",
+                    &[&seg.id, &seg.name, &seg.description, &seg.kind, &rules, &seg.version, &seg.created_at, &seg.created_by],
+                )
+                .await
+                .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
+                tx.execute(
+                    "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&seg.id, &seg.version, &seg.name, &seg.description, &rules, &seg.created_at, &seg.created_by],
+                )
+                .await?;
+                add_member_rows(tx, &seg.id, &members, seg.created_at).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn update_segment(&self, seg: SegmentRecord) -> Result<()> {
+        let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                let changed = tx
+                    .execute(
+                        "UPDATE segments SET name = $2, description = $3, rules = $4, version = $5, updated_at = $6, updated_by = $7 \
+                         WHERE id = $1",
+                        &[&seg.id, &seg.name, &seg.description, &rules, &seg.version, &seg.updated_at, &seg.updated_by],
+                    )
+                    .await
+                    .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound(format!("segment '{}'", seg.id)));
+                }
+                tx.execute(
+                    "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&seg.id, &seg.version, &seg.name, &seg.description, &rules, &seg.updated_at, &seg.updated_by],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn segments(&self) -> Result<Vec<SegmentRecord>> {
+        self.rows(
+            "SELECT id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by \
+             FROM segments ORDER BY created_at, id COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(segment_record)
+        .collect()
+    }
+
+    async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
+        self.rows(
+            "SELECT version, name, description, rules, created_at, created_by FROM segment_versions \
+             WHERE segment_id = $1 ORDER BY version DESC",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SegmentVersion {
+                version: r.get(0),
+                name: r.get(1),
+                description: r.get(2),
+                rules: r
+                    .get::<_, Option<String>>(3)
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()?,
+                created_at: r.get(4),
+                created_by: r.get(5),
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_segment(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                let n = tx.execute("DELETE FROM segments WHERE id = $1", &[&id]).await?;
+                tx.execute("DELETE FROM segment_versions WHERE segment_id = $1", &[&id])
+                    .await?;
+                tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&id])
+                    .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn add_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, u64> {
+            Box::pin(async move { add_member_rows(tx, &segment_id, &users, now).await })
+        })
+        .await
+    }
+
+    async fn remove_members(&self, segment_id: &str, users: Vec<UserId>) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        let names: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        self.config_write(move |tx| -> Boxed<'_, u64> {
+            Box::pin(async move {
+                Ok(tx
+                    .execute(
+                        "DELETE FROM segment_members WHERE segment_id = $1 AND uid IN \
+                         (SELECT uid FROM users WHERE user_id = ANY($2))",
+                        &[&segment_id, &names],
+                    )
+                    .await?)
+            })
+        })
+        .await
+    }
+
+    async fn replace_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64> {
+        let segment_id = segment_id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, u64> {
+            Box::pin(async move {
+                tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&segment_id])
+                    .await?;
+                add_member_rows(tx, &segment_id, &users, now).await
+            })
+        })
+        .await
+    }
+
+    async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .rows(
+                "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = $1 \
+                 ORDER BY m.segment_id COLLATE \"C\"",
+                &[&user_id.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn apply_changes(
+        &self,
+        changes: Arc<Vec<ChangeRecord>>,
+        watermark: Watermark,
+    ) -> Result<Arc<Vec<ChangeRecord>>> {
+        let mark = serde_json::to_string(&watermark)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGES_LOCK])
+            .await?;
+        let last: i64 = tx
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])
+            .await?
+            .get(0);
+        let numbered: Vec<ChangeRecord> = changes
+            .iter()
+            .zip(last + 1..)
+            .map(|(c, seq)| ChangeRecord { seq, ..c.clone() })
+            .collect();
+        let mut cols = ChangeColumns::default();
+        for c in &numbered {
+            cols.push(c);
+        }
+        tx.execute(
+            "INSERT INTO changes (seq, segment_id, user_id, entered, at, cause, event_seq, event_id) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::boolean[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[])",
+            &[&cols.seq, &cols.segment_id, &cols.user_id, &cols.entered, &cols.at, &cols.cause, &cols.event_seq, &cols.event_id],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO live_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&WATERMARK_KEY, &mark],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Arc::new(numbered))
+    }
+
+    async fn watermark(&self) -> Result<Option<Watermark>> {
+        let rows = self
+            .rows("SELECT value FROM live_state WHERE key = $1", &[&WATERMARK_KEY])
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| serde_json::from_str(r.get(0)))
+            .transpose()?)
+    }
+
+    async fn open_memberships(&self) -> Result<Vec<(String, String)>> {
+        // A membership is open when its latest change is an entry.
+        Ok(self
+            .rows(
+                "SELECT segment_id, user_id FROM (SELECT DISTINCT ON (segment_id, user_id) segment_id, user_id, entered \
+                 FROM changes ORDER BY segment_id, user_id, seq DESC) latest WHERE entered",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn last_change_seq(&self) -> Result<i64> {
+        Ok(self
+            .rows("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])
+            .await?[0]
+            .get(0))
+    }
+
+    async fn changes(&self, segments: Option<Vec<String>>, after: i64, limit: u32) -> Result<Vec<ChangeRecord>> {
+        Ok(self
+            .rows(
+                &format!(
+                    "SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > $1 AND ($2::text[] IS NULL OR segment_id = ANY($2)) \
+                     ORDER BY seq LIMIT $3"
+                ),
+                &[&after, &segments, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(change_record)
+            .collect())
+    }
+
+    async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>> {
+        Ok(self
+            .rows(
+                &format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE segment_id = $1 ORDER BY seq DESC LIMIT $2"),
+                &[&segment_id, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(change_record)
+            .collect())
+    }
+
+    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
+        let rows = self
+            .rows(
+                "SELECT segment_id, entered, at FROM changes WHERE user_id = $1 ORDER BY seq",
+                &[&user_id],
+            )
+            .await?;
+        stays(rows.iter().map(|r| Ok((r.get(0), r.get(1), r.get(2)))), limit)
+    }
+
+    async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>> {
+        let bucket = bucket.max(1);
+        Ok(self
+            .rows(
+                "SELECT (at - (((at % $2) + $2) % $2)) AS b, SUM(entered::int)::bigint, SUM(1 - entered::int)::bigint \
+                 FROM changes WHERE segment_id = $1 GROUP BY b ORDER BY b",
+                &[&segment_id, &bucket],
+            )
+            .await?
+            .iter()
+            .map(|r| ChangeBucket {
+                start: r.get(0),
+                entered: r.get::<_, i64>(1) as u64,
+                exited: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
+    }
+
+    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[&e.id, &e.key, &e.name, &e.status, &definition, &e.version, &e.created_at, &e.updated_at, &e.created_by, &e.updated_by],
+                )
+                .await
+                .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE experiments SET name = $2, definition = $3, version = $4, updated_at = $5, updated_by = $6 WHERE id = $1",
+                        &[&e.id, &e.name, &definition, &e.version, &e.updated_at, &e.updated_by],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
+        self.rows(
+            "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
+             FROM experiments ORDER BY created_at, id COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ExperimentRecord {
+                id: r.get(0),
+                key: r.get(1),
+                name: r.get(2),
+                status: r.get(3),
+                definition: serde_json::from_str(r.get(4))?,
+                version: r.get(5),
+                created_at: r.get(6),
+                updated_at: r.get(7),
+                created_by: r.get(8),
+                updated_by: r.get(9),
+            })
+        })
+        .collect()
+    }
+
+    async fn transition_experiment(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        at: Millis,
+        by: Option<String>,
+    ) -> Result<bool> {
+        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE experiments SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
+                        &[&id, &from, &to, &at],
+                    )
+                    .await?;
+                if n == 1 {
+                    tx.execute(
+                        "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES ($1, $2, $3, $4, $5)",
+                        &[&id, &from, &to, &at, &by],
+                    )
+                    .await?;
+                }
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        Ok(self
+            .rows(
+                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = $1 ORDER BY at, id",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| TransitionRecord {
+                from: r.get(0),
+                to: r.get(1),
+                at: r.get(2),
+                by: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        // One row per (user, experiment) per statement: ON CONFLICT cannot
+        // touch a row twice in one command.
+        let mut latest: std::collections::HashMap<(&str, &str), &AssignmentRecord> = Default::default();
+        for a in assignments.iter() {
+            let slot = latest.entry((&a.user_id, &a.experiment_id)).or_insert(a);
+            if a.bucket_version > slot.bucket_version {
+                *slot = a;
+            }
+        }
+        let mut rows: Vec<&AssignmentRecord> = latest.into_values().collect();
+        rows.sort_unstable_by(|a, b| (&a.user_id, &a.experiment_id).cmp(&(&b.user_id, &b.experiment_id)));
+        let users: Vec<&str> = rows.iter().map(|a| a.user_id.as_str()).collect();
+        let experiments: Vec<&str> = rows.iter().map(|a| a.experiment_id.as_str()).collect();
+        let variants: Vec<&str> = rows.iter().map(|a| a.variant.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|a| i64::from(a.bucket_version)).collect();
+        let at: Vec<i64> = rows.iter().map(|a| a.assigned_at).collect();
+        self.execute(
+            "INSERT INTO assignments AS a (user_id, experiment_id, variant, bucket_version, assigned_at) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+             ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
+               variant = excluded.variant, bucket_version = excluded.bucket_version, assigned_at = excluded.assigned_at \
+             WHERE excluded.bucket_version > a.bucket_version",
+            &[&users, &experiments, &variants, &versions, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn serving_state(&self, user_id: &str) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
+        let client = self.client().await?;
+        let a = client
+            .prepare_cached(
+                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at FROM assignments WHERE user_id = $1",
+            )
+            .await?;
+        let m = client
+            .prepare_cached("SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = $1")
+            .await?;
+        // Both reads in flight at once on one connection (pipelined).
+        let params: [&(dyn ToSql + Sync); 1] = [&user_id];
+        let (assignments, mixture) =
+            tokio::try_join!(client.query(&a, &params), client.query_opt(&m, &params))?;
+        let mixture = mixture
+            .map(|r| {
+                Ok::<_, StoreError>(BannerMixtureRecord {
+                    user_id: user_id.to_owned(),
+                    mixture: serde_json::from_str(r.get(0))?,
+                    assigned_at: r.get(1),
+                    expires_at: r.get(2),
+                })
+            })
+            .transpose()?;
+        Ok((assignments.iter().map(assignment_record).collect(), mixture))
+    }
+
+    async fn experiment_assignments(&self, experiment_id: &str, bucket_version: u32) -> Result<Vec<AssignmentRecord>> {
+        Ok(self
+            .rows(
+                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
+                 FROM assignments WHERE experiment_id = $1 AND bucket_version = $2 \
+                 ORDER BY assigned_at, user_id COLLATE \"C\"",
+                &[&experiment_id, &i64::from(bucket_version)],
+            )
+            .await?
+            .iter()
+            .map(assignment_record)
+            .collect())
+    }
+
+    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
+        let mixture = serde_json::to_string(&m.mixture)?;
+        self.execute(
+            "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
+               assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
+            &[&m.user_id, &mixture, &m.assigned_at, &m.expires_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn experiment_exposures(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Exposures> {
+        let rows = self
+            .rows(
+                "SELECT u.uid, a.variant, a.assigned_at FROM assignments a \
+                 LEFT JOIN users u ON u.user_id = a.user_id \
+                 WHERE a.experiment_id = $1 AND a.bucket_version = $2 \
+                   AND a.assigned_at >= $3 AND a.assigned_at <= $4",
+                &[&experiment_id, &i64::from(bucket_version), &from, &to],
+            )
+            .await?;
+        let mut out = Exposures::default();
+        for r in &rows {
+            let index = variant_index(&mut out.variants, r.get(1));
+            out.uid.push(r.get(0));
+            out.variant.push(index);
+            out.assigned_at.push(r.get(2));
+        }
+        Ok(out)
+    }
+
+    async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<ScanOutcome> {
+        let client = self.client().await?;
+        let head = client
+            .query_one(
+                "SELECT (SELECT id FROM event_names WHERE name = $1), (SELECT COALESCE(MAX(seq), 0) FROM events)",
+                &[&scan.event],
+            )
+            .await?;
+        let (name_id, max_seq): (Option<i64>, i64) = (head.get(0), head.get(1));
+        let low = scan.after_seq.max(0);
+        let Some(name_id) = name_id.filter(|_| low < max_seq) else {
+            return Ok(ScanOutcome {
+                events: 0,
+                through_seq: max_seq.max(scan.after_seq),
+            });
+        };
+        let key = scan.property.clone();
+        let stmt = client
+            .prepare_cached(
+                "SELECT uid, ts, CASE WHEN jsonb_typeof(properties -> $6::text) = 'number' \
+                   THEN (properties ->> $6::text)::float8 END FROM events \
+                 WHERE seq > $1 AND seq <= $2 AND name_id = $3 AND ts >= $4 AND ts <= $5",
+            )
+            .await?;
+        let params: [&(dyn ToSql + Sync); 6] = [&low, &max_seq, &name_id, &scan.since, &scan.until, &key];
+        let stream = client.query_raw(&stmt, params).await?;
+        pin_mut!(stream);
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+        let mut total = 0;
+        while let Some(r) = stream.try_next().await? {
+            chunk.push(MetricEvent {
+                uid: r.get(0),
+                ts: r.get(1),
+                value: r.get(2),
+            });
+            if chunk.len() == SCAN_CHUNK {
+                total += chunk.len() as u64;
+                sink(&chunk);
+                chunk.clear();
+            }
+        }
+        total += chunk.len() as u64;
+        if !chunk.is_empty() {
+            sink(&chunk);
+        }
+        Ok(ScanOutcome {
+            events: total,
+            through_seq: max_seq,
+        })
+    }
+
+    async fn create_metric(&self, m: MetricRecord) -> Result<()> {
+        let definition = serde_json::to_string(&m.definition)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES ($1, $2, $3, $4)",
+                    &[&m.key, &definition, &m.created_at, &m.updated_at],
+                )
+                .await
+                .map_err(|e| conflict(e, format!("a metric with key '{}'", m.key)))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn metrics(&self) -> Result<Vec<MetricRecord>> {
+        self.rows(
+            "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MetricRecord {
+                key: r.get(0),
+                definition: serde_json::from_str(r.get(1))?,
+                created_at: r.get(2),
+                updated_at: r.get(3),
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_metric(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move { Ok(tx.execute("DELETE FROM metrics WHERE key = $1", &[&key]).await? > 0) })
+        })
+        .await
+    }
+
+    async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
+        let segments = hook.segment_ids.as_ref().map(serde_json::to_string).transpose()?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&hook.id, &hook.url, &segments, &hook.secret, &hook.created_at, &hook.delivered_seq],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
+        self.rows(
+            "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, last_error, last_attempt_at \
+             FROM webhooks ORDER BY created_at, id COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(WebhookRecord {
+                id: r.get(0),
+                url: r.get(1),
+                segment_ids: r
+                    .get::<_, Option<String>>(2)
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()?,
+                secret: r.get(3),
+                created_at: r.get(4),
+                delivered_seq: r.get(5),
+                failures: r.get(6),
+                last_error: r.get(7),
+                last_attempt_at: r.get(8),
+            })
+        })
+        .collect()
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move { Ok(tx.execute("DELETE FROM webhooks WHERE id = $1", &[&id]).await? == 1) })
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &str,
+        delivered_seq: i64,
+        failures: i64,
+        last_error: Option<String>,
+        at: Millis,
+    ) -> Result<()> {
+        self.execute(
+            "UPDATE webhooks SET delivered_seq = GREATEST(delivered_seq, $2), failures = $3, last_error = $4, \
+             last_attempt_at = $5 WHERE id = $1",
+            &[&id, &delivered_seq, &failures, &last_error, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn select_users(&self, predicate: Compiled, after: Option<String>, limit: u32) -> Result<(Vec<String>, u64)> {
+        let binds: Vec<Bind<'_>> = predicate.params.iter().map(Bind).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        let client = self.client().await?;
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                &params,
+            )
+            .await?
+            .get(0);
+        let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+        if let Some(a) = &after {
+            params.push(a);
+            sql.push_str(&format!(" AND u.user_id COLLATE \"C\" > ${}", params.len()));
+        }
+        let limit = i64::from(limit);
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY u.user_id COLLATE \"C\" LIMIT ${}", params.len()));
+        let ids = client
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((ids, total as u64))
+    }
+
+    async fn config_version(&self) -> Result<i64> {
+        Ok(self
+            .rows("SELECT version FROM config_version WHERE id = 1", &[])
+            .await?[0]
+            .get(0))
+    }
+
+    async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic, partition) DO UPDATE SET \
+                 committed = excluded.committed, high_water = excluded.high_water, node = excluded.node, \
+                 updated_at = excluded.updated_at",
+            )
+            .await?;
+        for p in &progress {
+            client
+                .execute(&stmt, &[&p.topic, &p.partition, &p.committed, &p.high_water, &p.node, &p.updated_at])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
+        Ok(self
+            .rows(
+                "SELECT topic, partition, committed, high_water, node, updated_at FROM kafka_partitions ORDER BY topic, partition",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| PartitionProgress {
+                topic: r.get(0),
+                partition: r.get(1),
+                committed: r.get(2),
+                high_water: r.get(3),
+                node: r.get(4),
+                updated_at: r.get(5),
+            })
+            .collect())
+    }
+}
+
+/// The change log's columns, for one `unnest` insert.
+#[derive(Default)]
+struct ChangeColumns<'a> {
+    seq: Vec<i64>,
+    segment_id: Vec<&'a str>,
+    user_id: Vec<&'a str>,
+    entered: Vec<bool>,
+    at: Vec<i64>,
+    cause: Vec<i64>,
+    event_seq: Vec<Option<i64>>,
+    event_id: Vec<Option<&'a str>>,
+}
+
+impl<'a> ChangeColumns<'a> {
+    fn push(&mut self, c: &'a ChangeRecord) {
+        let (event_seq, event_id) = match &c.cause {
+            Cause::Event { seq, event_id } => (Some(*seq), event_id.as_deref()),
+            _ => (None, None),
+        };
+        self.seq.push(c.seq);
+        self.segment_id.push(&c.segment_id);
+        self.user_id.push(&c.user_id);
+        self.entered.push(c.entered);
+        self.at.push(c.at);
+        self.cause.push(c.cause.code());
+        self.event_seq.push(event_seq);
+        self.event_id.push(event_id);
+    }
+}

@@ -1,0 +1,70 @@
+//! Row-to-model helpers both backends use.
+
+use crate::model::{Attributes, MembershipRecord};
+use crate::{Result, StoreError};
+use serde_json::{Map, Value};
+
+/// `null` removes an attribute; anything else sets it.
+pub(crate) fn merge_into(target: &mut Attributes, patch: Attributes) {
+    for (k, v) in patch {
+        if v.is_null() {
+            target.remove(&k);
+        } else {
+            target.insert(k, v);
+        }
+    }
+}
+
+/// The attributes a create or replace stores: nulls dropped.
+pub(crate) fn without_nulls(attributes: Attributes) -> Attributes {
+    attributes.into_iter().filter(|(_, v)| !v.is_null()).collect()
+}
+
+/// An event's stored properties: a JSON object, or nothing.
+pub(crate) fn properties_object(seq: i64, value: Option<Value>) -> Result<Option<Map<String, Value>>> {
+    match value {
+        None => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(StoreError::Corrupt(format!(
+            "event {seq} properties are not an object"
+        ))),
+    }
+}
+
+/// Folds a user's changes `(segment_id, entered, at)`, oldest first, into
+/// stays (each entry paired with the exit that follows it), newest first.
+pub(crate) fn stays(
+    rows: impl IntoIterator<Item = Result<(String, bool, i64)>>,
+    limit: u32,
+) -> Result<Vec<MembershipRecord>> {
+    let mut stays: Vec<MembershipRecord> = Vec::new();
+    let mut open: std::collections::HashMap<String, usize> = Default::default();
+    for row in rows {
+        let (segment_id, entered, at) = row?;
+        if entered {
+            open.insert(segment_id.clone(), stays.len());
+            stays.push(MembershipRecord {
+                segment_id,
+                entered_at: at,
+                exited_at: None,
+            });
+        } else if let Some(i) = open.remove(&segment_id) {
+            stays[i].exited_at = Some(at);
+        }
+    }
+    stays.reverse();
+    stays.truncate(limit as usize);
+    Ok(stays)
+}
+
+/// Finds the position of `name` in `variants`, appending it when new.
+pub(crate) fn variant_index(variants: &mut Vec<String>, name: &str) -> u16 {
+    let index = match variants.iter().position(|v| v == name) {
+        Some(i) => i,
+        None => {
+            variants.push(name.to_owned());
+            variants.len() - 1
+        }
+    };
+    u16::try_from(index).unwrap_or(u16::MAX)
+}
