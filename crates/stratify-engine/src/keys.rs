@@ -79,6 +79,13 @@ impl KeyRing {
         })
     }
 
+    /// Re-reads the stored keys (created or revoked on another node).
+    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), EngineError> {
+        let fresh = Self::load(store, None).await?;
+        *self.active.write() = fresh.active.into_inner();
+        Ok(())
+    }
+
     /// The caller behind a presented key, if any.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
         let hash = sha256(presented);

@@ -6,6 +6,7 @@
 //! shells around [`Engine`].
 
 pub mod clock;
+mod cluster;
 mod error;
 pub mod experiments;
 pub mod feed;
@@ -62,6 +63,8 @@ pub struct Parts {
     pub(crate) freshness: Arc<freshness::Freshness>,
     pub(crate) serving: Arc<experiments::assign::Serving>,
     pub(crate) results_columns: results::Columns,
+    /// The users this node owns when several share the store.
+    pub(crate) owns: parking_lot::RwLock<Option<live::Owns>>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -129,6 +132,7 @@ impl Engine {
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
             results_columns: results::Columns::default(),
+            owns: parking_lot::RwLock::new(None),
         }));
         if !rebuild {
             engine.start_deliverers().await?;

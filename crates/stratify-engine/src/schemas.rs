@@ -28,6 +28,12 @@ impl Schemas {
         })
     }
 
+    /// Takes over another load's contents (a reload).
+    pub(crate) fn replace(&self, fresh: Schemas) {
+        *self.event_types.write() = fresh.event_types.into_inner();
+        *self.attributes.write() = fresh.attributes.into_inner();
+    }
+
     /// A snapshot of the declared event types (cheap: one `Arc` clone).
     pub fn event_types(&self) -> Arc<HashMap<String, EventTypeRecord>> {
         self.event_types.read().clone()

@@ -121,6 +121,11 @@ impl Segments {
         self.catalog.read().clone()
     }
 
+    /// Installs a freshly loaded catalog (a reload).
+    pub(crate) fn replace(&self, catalog: Arc<Catalog>) {
+        *self.catalog.write() = catalog;
+    }
+
     fn put(&self, segment: Segment) {
         let mut guard = self.catalog.write();
         let mut by_id = guard.by_id.clone();
@@ -604,13 +609,20 @@ impl Engine {
         let catalog = self.segments.snapshot();
         let now = page.as_of.unwrap_or_else(|| self.now());
         let lookup = ForSql(&catalog);
+        let dialect = self.store.dialect();
         let sql = page
             .include_sql
-            .then(|| sql::members(rule, Dialect::Sqlite, now, &lookup));
+            .then(|| sql::members(rule, dialect, now, &lookup));
         let limit = page.limit as usize;
-        let (mut user_ids, total_count) = match page.evaluator {
+        // A shared store (PostgreSQL) is written by every node: its answer,
+        // not this node's index, is the current one.
+        let evaluator = match dialect {
+            Dialect::Sqlite => page.evaluator,
+            Dialect::Postgres => Evaluator::Sql,
+        };
+        let (mut user_ids, total_count) = match evaluator {
             Evaluator::Sql => {
-                let predicate = sql::predicate(rule, Dialect::Sqlite, now, &lookup);
+                let predicate = sql::predicate(rule, dialect, now, &lookup);
                 self.store
                     .select_users(predicate, after, page.limit + 1)
                     .await?

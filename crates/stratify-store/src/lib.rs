@@ -36,6 +36,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// storage test suite runs against each.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The SQL dialect [`Store::select_users`] runs. A store in a dialect
+    /// other than SQLite is shared by several nodes, so a node's in-memory
+    /// indexes may lag it: the engine asks the store instead.
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect;
+
     /// Appends validated events (creating unknown users) and records the
     /// batch in the source's ingest status, all in one durable commit.
     /// Returns, per event, whether it was new or a duplicate of an earlier one.

@@ -356,6 +356,10 @@ type Boxed<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>
 
 #[async_trait]
 impl Store for PgStore {
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
+        stratify_core::rules::sql::Dialect::Postgres
+    }
+
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         let _serial = self.appends.lock().await;
         let mut client = self.client().await?;

@@ -509,6 +509,10 @@ fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
+        stratify_core::rules::sql::Dialect::Sqlite
+    }
+
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         // Serialised here, on the caller's thread: the writer is the bottleneck.
         let properties = batch

@@ -20,6 +20,25 @@ pub struct ServeArgs {
     /// A secret that is accepted as an admin key (never stored).
     #[arg(long = "admin-key", env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Store everything in this PostgreSQL database instead of the data
+    /// directory (`postgres://user@host:port/db`); several nodes may share it.
+    #[arg(long, env = "STRATIFY_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// Consume events from Kafka (`host:port[,…]`) as a member of a consumer group.
+    #[arg(long, env = "STRATIFY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// The consumer group of the Stratify nodes.
+    #[arg(long, env = "STRATIFY_KAFKA_GROUP", default_value = "stratify")]
+    kafka_group: String,
+    /// The topic events are read from (records keyed by user id).
+    #[arg(long, env = "STRATIFY_KAFKA_EVENTS_TOPIC", default_value = "stratify-events")]
+    kafka_events_topic: String,
+    /// The topic membership changes are produced to (keyed by user id).
+    #[arg(long, env = "STRATIFY_KAFKA_CHANGES_TOPIC", default_value = "stratify-changes")]
+    kafka_changes_topic: String,
+    /// This node's name (Kafka client id, ingestion status); default: the address.
+    #[arg(long, env = "STRATIFY_NODE_ID")]
+    node_id: Option<String>,
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
@@ -29,10 +48,21 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
-    let store = stratify_engine::open_store(&settings.data_dir)
-        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
-    let engine =
-        Engine::start(store.clone(), Arc::new(SystemClock), args.admin_key.clone()).await?;
+    let (store, sqlite): (Arc<dyn stratify_store::Store>, _) = match &args.postgres_url {
+        Some(url) => {
+            let pg = stratify_store::postgres::PgStore::connect(url)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            (Arc::new(pg), None)
+        }
+        None => {
+            let store = stratify_engine::open_store(&settings.data_dir).with_context(|| {
+                format!("cannot open the store in {}", settings.data_dir.display())
+            })?;
+            (store.clone(), Some(store))
+        }
+    };
+    let engine = Engine::start(store, Arc::new(SystemClock), args.admin_key.clone()).await?;
     if let Some(secret) = engine.bootstrap_admin_key().await? {
         println!("Created the first admin API key (shown once, store it now):\n  {secret}");
     }
@@ -43,6 +73,26 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let local = listener.local_addr()?;
+    if let Some(brokers) = &args.kafka_brokers {
+        let opts = stratify_kafka::KafkaOptions {
+            brokers: brokers.clone(),
+            group: args.kafka_group.clone(),
+            events_topic: args.kafka_events_topic.clone(),
+            changes_topic: args.kafka_changes_topic.clone(),
+            node: args.node_id.clone().unwrap_or_else(|| local.to_string()),
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stratify_kafka::run_member(engine, opts).await {
+                // Without its consumer a node would silently stop ingesting.
+                tracing::error!(error = %e, "the Kafka consumer stopped; exiting");
+                std::process::exit(1);
+            }
+        });
+    } else if args.postgres_url.is_some() {
+        // Other nodes may share this store: follow their writes.
+        engine.follow_cluster().await?;
+    }
     if args.demo {
         // The scenario goes through the public API, with a key that lives
         // only while it loads.
@@ -76,10 +126,11 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         max_ingest_body_bytes: settings.max_ingest_body_bytes,
         request_timeout: std::time::Duration::from_secs(settings.request_timeout_seconds),
     };
-    println!(
-        "Stratify listening on http://{local} (docs: http://{local}/docs, data: {})",
-        settings.data_dir.display()
-    );
+    let data = match &args.postgres_url {
+        Some(_) => "PostgreSQL".to_owned(),
+        None => settings.data_dir.display().to_string(),
+    };
+    println!("Stratify listening on http://{local} (docs: http://{local}/docs, data: {data})");
     if args.admin_key.is_some() {
         println!("Admin key: the value of STRATIFY_ADMIN_KEY");
     }
@@ -93,9 +144,11 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     engine.shutdown().await;
     drop(engine);
     // Every request has finished: let the writer commit what is queued.
-    match Arc::try_unwrap(store) {
-        Ok(store) => store.close(),
-        Err(_) => tracing::warn!("store still shared at shutdown; relying on the last commit"),
+    if let Some(store) = sqlite {
+        match Arc::try_unwrap(store) {
+            Ok(store) => store.close(),
+            Err(_) => tracing::warn!("store still shared at shutdown; relying on the last commit"),
+        }
     }
     tracing::info!("stopped cleanly");
     Ok(())

@@ -231,6 +231,13 @@ impl Experiments {
             view,
             write: tokio::sync::Mutex::new(()),
         };
+        this.reload(store).await?;
+        Ok(this)
+    }
+
+    /// Installs every stored experiment (at start, and when another node
+    /// changed one).
+    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), EngineError> {
         for record in store.experiments().await? {
             let definition: Definition = serde_json::from_value(record.definition.clone())
                 .map_err(|e| corrupt(&record.id, &e.to_string()))?;
@@ -240,9 +247,9 @@ impl Experiments {
                 .map(stratify_core::rules::parse)
                 .transpose()
                 .map_err(|e| corrupt(&record.id, &e.message))?;
-            this.put(record, definition, rule);
+            self.put(record, definition, rule);
         }
-        Ok(this)
+        Ok(())
     }
 
     /// Installs an experiment's new state: a new registry snapshot.

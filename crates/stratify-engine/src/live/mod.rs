@@ -37,6 +37,10 @@ use stratify_core::time::Millis;
 use stratify_store::{Appended, ChangeRecord, CommitHook, Store};
 use tokio::sync::{broadcast, oneshot};
 
+/// Which users this node owns when several nodes share the store (the
+/// users of its Kafka partitions).
+pub type Owns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Batches of committed changes kept for slow subscribers before they lag
 /// (and fall back to reading the log).
 const FEED_CAPACITY: usize = 1024;
@@ -139,8 +143,11 @@ pub struct Snapshot {
 
 pub struct Live {
     tx: Mutex<Sender<Msg>>,
+    /// The sender the clock's jump hook uses (replaced with `tx`).
+    tick: Arc<Mutex<Sender<Msg>>>,
     feed: broadcast::Sender<Arc<Vec<ChangeRecord>>>,
     shared: Arc<Shared>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -163,6 +170,42 @@ impl Live {
             ..Shared::default()
         });
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (tx, thread, committer) =
+            Self::spawn(&store, &clock, catalog, &shared, &feed, rebuild, None).await?;
+        let tick_tx = Arc::new(Mutex::new(tx.clone()));
+        let tick = tick_tx.clone();
+        clock.on_jump(Box::new(move || {
+            let _ = tick.lock().send(Msg::Tick);
+        }));
+        Ok(Self {
+            tx: Mutex::new(tx),
+            tick: tick_tx,
+            feed,
+            shared,
+            store,
+            clock,
+            thread: Mutex::new(Some(thread)),
+            committer: Mutex::new(Some(committer)),
+        })
+    }
+
+    /// Loads a worker and starts it with its committer.
+    async fn spawn(
+        store: &Arc<dyn Store>,
+        clock: &Arc<dyn Clock>,
+        catalog: &Catalog,
+        shared: &Arc<Shared>,
+        feed: &broadcast::Sender<Arc<Vec<ChangeRecord>>>,
+        rebuild: bool,
+        owns: Option<Owns>,
+    ) -> Result<
+        (
+            Sender<Msg>,
+            std::thread::JoinHandle<()>,
+            tokio::task::JoinHandle<()>,
+        ),
+        EngineError,
+    > {
         let (to_committer, committer_rx) = tokio::sync::mpsc::unbounded_channel();
         let worker = worker::Worker::load(
             store.clone(),
@@ -171,19 +214,16 @@ impl Live {
             shared.clone(),
             to_committer,
             rebuild,
+            owns,
         )
         .await?;
         let committer = tokio::spawn(worker::committer(
-            store,
+            store.clone(),
             committer_rx,
             feed.clone(),
             shared.clone(),
         ));
         let (tx, rx) = std::sync::mpsc::channel();
-        let tick = Mutex::new(tx.clone());
-        clock.on_jump(Box::new(move || {
-            let _ = tick.lock().send(Msg::Tick);
-        }));
         let thread = std::thread::Builder::new()
             .name("stratify-live".into())
             .spawn(move || worker.run(rx))
@@ -192,14 +232,36 @@ impl Live {
                     "cannot start the live worker: {e}"
                 )))
             })?;
-        Ok(Self {
-            tx: Mutex::new(tx),
-            feed,
-            shared,
-            clock,
-            thread: Mutex::new(Some(thread)),
-            committer: Mutex::new(Some(committer)),
-        })
+        Ok((tx, thread, committer))
+    }
+
+    /// Takes over a new set of users (after a Kafka rebalance): commits
+    /// and stops the current worker, then rebuilds the live state of the
+    /// owned users from the shared log and resumes. Readers' view keeps the
+    /// memberships of everyone else (see [`Live::follow`]).
+    pub(crate) async fn reown(&self, catalog: &Catalog, owns: Owns) -> Result<(), EngineError> {
+        self.stop().await;
+        let (tx, thread, committer) = Self::spawn(
+            &self.store,
+            &self.clock,
+            catalog,
+            &self.shared,
+            &self.feed,
+            true,
+            Some(owns),
+        )
+        .await?;
+        *self.tick.lock() = tx.clone();
+        *self.tx.lock() = tx;
+        *self.thread.lock() = Some(thread);
+        *self.committer.lock() = Some(committer);
+        Ok(())
+    }
+
+    /// Applies changes other nodes committed to the shared change log (the
+    /// users this node does not own) to the readers' view.
+    pub(crate) fn follow(&self, changes: &[ChangeRecord]) {
+        self.shared.view.apply(changes);
     }
 
     /// Installs a segment's rule (or a static segment) and, for a dynamic

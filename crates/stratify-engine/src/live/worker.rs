@@ -6,7 +6,7 @@
 //! watermark: profiles up to it, deadlines re-derived, later events replayed.
 
 use super::state::{fan_out, LiveEvent, Outcome, State, BUILD_SLICE};
-use super::{BuildStatus, Msg, Shared, Snapshot};
+use super::{BuildStatus, Msg, Owns, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
 use crate::{scan, Clock, EngineError};
 use serde_json::Value;
@@ -131,6 +131,9 @@ struct Build {
 
 pub struct Worker {
     pub state: State,
+    /// The users this node owns when several share the store (their Kafka
+    /// partitions); `None`: every user.
+    owns: Option<Owns>,
     clock: Arc<dyn Clock>,
     shared: Arc<Shared>,
     committer: mpsc::UnboundedSender<CommitBatch>,
@@ -157,7 +160,9 @@ impl Worker {
         shared: Arc<Shared>,
         committer: mpsc::UnboundedSender<CommitBatch>,
         rebuild: bool,
+        owns: Option<Owns>,
     ) -> Result<Self, EngineError> {
+        let owned = |user: &str| owns.as_ref().is_none_or(|o| o(user));
         let mark = if rebuild {
             None
         } else {
@@ -165,6 +170,9 @@ impl Worker {
         };
         let mut state = State::default();
         let by_uid = scan::users(store.as_ref(), |user| {
+            if !owned(&user.user_id) {
+                return None;
+            }
             let (u, _) = state.user(&user.user_id);
             state.profiles[u as usize].attributes = user.attributes;
             Some(u)
@@ -183,6 +191,9 @@ impl Worker {
             if s.rule.is_none() {
                 statics.push(i);
                 for user in store.static_members(&s.record.id).await? {
+                    if !owned(&user) {
+                        continue;
+                    }
                     let (u, _) = state.user(&user);
                     if let Some(seg) = state.segments[i as usize].as_mut() {
                         seg.set(u, true);
@@ -227,6 +238,7 @@ impl Worker {
         let start = mark.map_or(now, |m| m.at.min(now));
         let mut worker = Worker {
             state,
+            owns,
             clock,
             shared,
             committer,
@@ -331,6 +343,10 @@ impl Worker {
             let Some(seg) = self.state.segments[o.segment as usize].as_ref() else {
                 continue;
             };
+            // A user whose partition was just revoked: the new owner records it.
+            if !self.owns(&self.state.user_ids[o.user as usize]) {
+                continue;
+            }
             self.pending.push(ChangeRecord {
                 seq: self.next_seq,
                 segment_id: seg.id.clone(),
@@ -353,6 +369,10 @@ impl Worker {
         let changed = self.state.apply(&out);
         self.record(&changed, now, cause);
         self.scratch = out;
+    }
+
+    fn owns(&self, user: &str) -> bool {
+        self.owns.as_ref().is_none_or(|o| o(user))
     }
 
     /// The user's index (and whether the user is new to the live state),
@@ -468,6 +488,9 @@ impl Worker {
                 let mut last_name: Option<(&str, u32)> = None;
                 for (seq, i) in order {
                     let e = &events[i];
+                    if !self.owns(e.user_id.as_str()) {
+                        continue; // another node's user: its owner applies it
+                    }
                     let name = match last_name {
                         Some((n, id)) if n == e.name.as_str() => id,
                         _ => {
@@ -501,6 +524,9 @@ impl Worker {
                 merge,
                 at,
             } => {
+                if !self.owns(&user) {
+                    return;
+                }
                 let now = at.max(self.mark.at);
                 self.fire_due(now);
                 let (u, new) = self.state.user(&user);
@@ -598,6 +624,9 @@ impl Worker {
             }
         }
         for user in users {
+            if !self.owns(user) {
+                continue;
+            }
             let (u, new) = self.state.user(user);
             if new {
                 created.push(u);

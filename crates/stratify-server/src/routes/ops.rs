@@ -41,9 +41,27 @@ pub struct SourceStatus {
     updated_at: Option<String>,
 }
 
+/// One partition of the Kafka events topic, as its consumer last reported.
+#[derive(Serialize, ToSchema)]
+pub struct PartitionStatus {
+    topic: String,
+    partition: i32,
+    /// The next offset to consume: every record before it is durable.
+    committed_offset: i64,
+    /// The partition's end when last seen.
+    high_watermark: i64,
+    /// Records not yet durable: `high_watermark - committed_offset`.
+    lag: i64,
+    /// The node consuming it.
+    node: String,
+    updated_at: String,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct IngestStatusResponse {
     sources: Vec<SourceStatus>,
+    /// Kafka partitions, whichever node consumes them (empty without Kafka).
+    kafka_partitions: Vec<PartitionStatus>,
 }
 
 /// Ingestion progress per source: counts, the last event time, the last error.
@@ -86,5 +104,25 @@ pub async fn ingest_status(
             }
         })
         .collect();
-    Ok(Json(IngestStatusResponse { sources }))
+    let kafka_partitions = state
+        .engine
+        .store()
+        .partition_progress()
+        .await
+        .map_err(stratify_engine::EngineError::from)?
+        .into_iter()
+        .map(|p| PartitionStatus {
+            lag: (p.high_water - p.committed).max(0),
+            topic: p.topic,
+            partition: p.partition,
+            committed_offset: p.committed,
+            high_watermark: p.high_water,
+            node: p.node,
+            updated_at: instant(p.updated_at),
+        })
+        .collect();
+    Ok(Json(IngestStatusResponse {
+        sources,
+        kafka_partitions,
+    }))
 }

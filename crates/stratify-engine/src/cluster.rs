@@ -1,0 +1,118 @@
+//! Several nodes on one shared store (PostgreSQL), each owning the live
+//! state of some users (its Kafka partitions).
+//!
+//! - **Ownership.** [`Engine::own`] rebuilds this node's live state for the
+//!   users it now owns, from the shared event log, after a rebalance.
+//! - **Memberships of everyone else.** Every node follows the shared change
+//!   log (one indexed range read every [`FOLLOW_EVERY`]) and applies the
+//!   changes of users it does not own to its readers' view, so experiment
+//!   targeting sees every user's segments on every node.
+//! - **Configuration.** Every configuration write bumps the store's
+//!   `config_version` in the same transaction; every node polls it every
+//!   [`CONFIG_POLL_EVERY`] and reloads schemas, keys, segments and
+//!   experiments when it moved: a change made on one node is served by all
+//!   within that interval plus one reload (well under a second).
+
+use crate::live::{Msg, Owns};
+use crate::segments::MemberChange;
+use crate::{Engine, EngineError};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CONFIG_POLL_EVERY: Duration = Duration::from_millis(250);
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+const FOLLOW_PAGE: u32 = 10_000;
+
+impl Engine {
+    /// Takes ownership of the users `owns` accepts: commits the current
+    /// live work, then rebuilds the live state of exactly those users.
+    pub async fn own(&self, owns: Owns) -> Result<(), EngineError> {
+        *self.owns.write() = Some(owns.clone());
+        self.live.reown(&self.segments.snapshot(), owns).await
+    }
+
+    fn owned(&self, user: &str) -> bool {
+        self.owns.read().as_ref().is_none_or(|o| o(user))
+    }
+
+    /// Starts the two followers of a shared store (config and changes);
+    /// they run until the runtime stops.
+    pub async fn follow_cluster(&self) -> Result<(), EngineError> {
+        let mut version = self.store.config_version().await?;
+        let mut after = self.store.last_change_seq().await?;
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CONFIG_POLL_EVERY).await;
+                match engine.store.config_version().await {
+                    Ok(v) if v != version => match engine.reload_config().await {
+                        Ok(()) => version = v,
+                        Err(e) => tracing::error!(error = %e, "cannot reload the configuration"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the configuration version"),
+                }
+            }
+        });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match engine.store.changes(None, after, FOLLOW_PAGE).await {
+                    Ok(page) => {
+                        let full = page.len() == FOLLOW_PAGE as usize;
+                        if let Some(last) = page.last() {
+                            after = last.seq;
+                        }
+                        let others: Vec<_> =
+                            page.into_iter().filter(|c| !engine.owned(&c.user_id)).collect();
+                        engine.live.follow(&others);
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the shared change log"),
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Reloads everything another node may have changed.
+    pub async fn reload_config(&self) -> Result<(), EngineError> {
+        let store = self.store.as_ref();
+        self.schemas.replace(crate::schemas::Schemas::load(store).await?);
+        self.keys.reload(store).await?;
+        let before = self.segments.snapshot();
+        let after = crate::segments::Segments::load(store).await?.snapshot();
+        let now = self.now();
+        for seg in after.all() {
+            let id = &seg.record.id;
+            let changed = before
+                .get(id)
+                .is_none_or(|old| old.record.version != seg.record.version);
+            if seg.rule.is_none() {
+                // Members may have changed with no new version.
+                let users = store.static_members(id).await?;
+                if changed {
+                    self.live.put_segment(id, None, now);
+                }
+                self.live.send(Msg::StaticMembers {
+                    id: id.clone(),
+                    change: MemberChange::Replace,
+                    users,
+                });
+            } else if changed {
+                self.live.put_segment(id, seg.rule.clone().map(Arc::new), now);
+            }
+        }
+        for seg in before.all() {
+            if after.get(&seg.record.id).is_none() {
+                self.live.send(Msg::SegmentDeleted(seg.record.id.clone()));
+            }
+        }
+        self.segments.replace(after);
+        self.experiments.reload(store).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! Kafka for Stratify nodes at scale (ARCHITECTURE, Scale-out).
+//!
+//! [`run_member`] makes a node one member of a consumer group on the events
+//! topic (records keyed by user id, partitioned with Kafka's default murmur2
+//! partitioner, so every event of a user lands in one partition):
+//!
+//! - **Ownership.** The node owns the users of its assigned partitions
+//!   ([`partition_of`]). On every assignment it rebuilds their live state
+//!   from the shared log ([`Engine::own`]); a revocation takes effect at
+//!   once (the worker stops recording changes for those users).
+//! - **Nothing lost.** A batch of records is appended to the store in one
+//!   durable transaction, and only then are its offsets committed. A crash
+//!   between the two redelivers the batch to whoever owns the partition next.
+//! - **Nothing counted twice.** A redelivered record is a duplicate in the
+//!   store: records carry an `event_id`, and a record without one gets
+//!   `kafka-<topic>-<partition>-<offset>`, the same on every delivery.
+//! - **Progress.** Per partition: the committed offset and the partition's
+//!   end (high watermark), saved to the store every second, so any node's
+//!   `GET /v1/ingest/status` shows every partition and its lag.
+//! - **Changes out.** Every membership change this node commits is produced
+//!   to the changes topic, keyed by user id.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stratify_core::error::ValidationError;
+use stratify_engine::Engine;
+use stratify_store::{PartitionProgress, Source};
+
+/// Most records appended in one transaction.
+const MAX_BATCH: usize = 2_000;
+/// How long a batch waits for more records once it has one.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// `host:port[,host:port…]`
+    pub brokers: String,
+    pub group: String,
+    pub events_topic: String,
+    pub changes_topic: String,
+    /// This node's name in the group and in the ingestion status.
+    pub node: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("the topic '{0}' does not exist (create it first)")]
+    NoTopic(String),
+    #[error(transparent)]
+    Engine(#[from] stratify_engine::EngineError),
+}
+
+/// Kafka's default partitioner for a keyed record (Java's
+/// `Utils.toPositive(Utils.murmur2(key)) % partitions`; kafka-python and
+/// librdkafka's `murmur2_random` agree).
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    ((murmur2(key.as_bytes()) & 0x7fff_ffff) as i32) % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partitions this node owns, shared with the rebalance callback.
+#[derive(Default)]
+struct Assignment {
+    owned: parking_lot::RwLock<BTreeSet<i32>>,
+    /// Set on a new assignment: the live state must be rebuilt.
+    reassigned: AtomicBool,
+}
+
+struct Context {
+    topic: String,
+    assignment: Arc<Assignment>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut owned = self.assignment.owned.write();
+            for e in tpl.elements_for_topic(&self.topic) {
+                owned.remove(&e.partition());
+            }
+            tracing::info!(owned = ?*owned, "kafka partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut owned = self.assignment.owned.write();
+                owned.extend(tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()));
+                self.assignment.reassigned.store(true, Ordering::Release);
+                tracing::info!(owned = ?*owned, "kafka partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "kafka rebalance failed"),
+        }
+    }
+}
+
+/// One record, copied out of the consumer's buffer.
+struct Record {
+    partition: i32,
+    offset: i64,
+    item: Result<Value, ValidationError>,
+}
+
+/// Runs this node as a member of the consumer group until the process ends.
+pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaError> {
+    let assignment = Arc::new(Assignment::default());
+    let consumer: Arc<StreamConsumer<Context>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &opts.brokers)
+            .set("group.id", &opts.group)
+            .set("client.id", &opts.node)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // A killed node's partitions move within seconds.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create_with_context(Context {
+                topic: opts.events_topic.clone(),
+                assignment: assignment.clone(),
+            })?,
+    );
+    let partitions = partition_count(&consumer, &opts.events_topic).await?;
+    consumer.subscribe(&[&opts.events_topic])?;
+    let owns: stratify_engine::live::Owns = {
+        let assignment = assignment.clone();
+        Arc::new(move |user: &str| assignment.owned.read().contains(&partition_of(user, partitions)))
+    };
+    // Until the first assignment this node owns nobody.
+    engine.own(owns.clone()).await?;
+    engine.follow_cluster().await?;
+    tokio::spawn(produce_changes(engine.clone(), opts.clone()));
+    let committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>> = Arc::default();
+    tokio::spawn(report_progress(
+        engine.clone(),
+        consumer.clone(),
+        assignment.clone(),
+        committed.clone(),
+        opts.clone(),
+    ));
+    let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if assignment.reassigned.swap(false, Ordering::AcqRel) {
+            engine.own(owns.clone()).await?;
+        }
+        batch.clear();
+        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka receive failed");
+                continue;
+            }
+            Ok(Ok(m)) => batch.push(record(&opts.events_topic, &m)),
+        }
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(record(&opts.events_topic, &m)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka receive failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let items = batch
+            .drain(..)
+            .map(|r| {
+                next.insert(r.partition, r.offset + 1);
+                r.item
+            })
+            .collect::<Vec<_>>();
+        append(&engine, items).await;
+        // Durable: now the offsets may move.
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &next {
+            tpl.add_partition_offset(&opts.events_topic, p, Offset::Offset(o))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Redelivered later and de-duplicated: nothing is lost.
+            tracing::warn!(error = %e, "cannot commit kafka offsets");
+        }
+        committed.lock().extend(next);
+    }
+}
+
+/// Appends a batch, retrying until it is durable (the offsets wait for it).
+async fn append(engine: &Engine, items: Vec<Result<Value, ValidationError>>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match engine.ingest_values(items.clone(), Source::Kafka).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot append kafka records; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn record<M: Message>(topic: &str, m: &M) -> Record {
+    let item = match m.payload().map(serde_json::from_slice::<Value>) {
+        None => Err(ValidationError::new("empty_record", "the record has no payload")),
+        Some(Err(e)) => Err(ValidationError::new("malformed_json", e.to_string())),
+        Some(Ok(Value::Object(mut o))) => {
+            if !o.contains_key("event_id") {
+                let id = format!("kafka-{topic}-{}-{}", m.partition(), m.offset());
+                o.insert("event_id".into(), Value::String(id));
+            }
+            Ok(Value::Object(o))
+        }
+        Some(Ok(_)) => Err(ValidationError::new("invalid_event", "an event is a JSON object")),
+    };
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        item,
+    }
+}
+
+async fn partition_count(
+    consumer: &Arc<StreamConsumer<Context>>,
+    topic: &str,
+) -> Result<i32, KafkaError> {
+    let consumer = consumer.clone();
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || {
+        consumer.fetch_metadata(Some(&name), Duration::from_secs(10))
+    })
+    .await
+    .map_err(|_| KafkaError::NoTopic(topic.to_owned()))??;
+    let n = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        return Err(KafkaError::NoTopic(topic.to_owned()));
+    }
+    Ok(n as i32)
+}
+
+/// Saves each owned partition's committed offset and end to the store.
+async fn report_progress(
+    engine: Engine,
+    consumer: Arc<StreamConsumer<Context>>,
+    assignment: Arc<Assignment>,
+    committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>>,
+    opts: KafkaOptions,
+) {
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let owned: Vec<i32> = assignment.owned.read().iter().copied().collect();
+        let consumer = consumer.clone();
+        let topic = opts.events_topic.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            owned
+                .into_iter()
+                .filter_map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(2))
+                        .ok()
+                        .map(|(_, high)| (p, high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let now = engine.now();
+        let progress = ends
+            .into_iter()
+            .filter_map(|(p, high)| {
+                // Before this node's first commit of a partition: unknown.
+                let done = committed.lock().get(&p).copied()?;
+                Some(PartitionProgress {
+                    topic: opts.events_topic.clone(),
+                    partition: p,
+                    committed: done,
+                    high_water: high,
+                    node: opts.node.clone(),
+                    updated_at: now,
+                })
+            })
+            .collect::<Vec<_>>();
+        if !progress.is_empty() {
+            if let Err(e) = engine.store().save_partition_progress(progress).await {
+                tracing::warn!(error = %e, "cannot save kafka progress");
+            }
+        }
+    }
+}
+
+/// Produces every membership change this node commits, keyed by user id.
+async fn produce_changes(engine: Engine, opts: KafkaOptions) {
+    let producer: FutureProducer = match ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("client.id", format!("{}-changes", opts.node))
+        .set("partitioner", "murmur2_random")
+        .create()
+    {
+        Ok(p) => p,
+        Err(e) => return tracing::error!(error = %e, "cannot create the changes producer"),
+    };
+    let mut feed = engine.live().subscribe();
+    loop {
+        let batch = match feed.recv().await {
+            Ok(b) => b,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "the changes producer fell behind");
+                continue;
+            }
+            Err(_) => return,
+        };
+        for c in batch.iter() {
+            let payload = serde_json::json!({
+                "seq": c.seq,
+                "segment_id": c.segment_id,
+                "user_id": c.user_id,
+                "entered": c.entered,
+                "at": stratify_core::time::format_rfc3339(c.at),
+                "cause": c.cause.to_json(),
+                "node": opts.node,
+            })
+            .to_string();
+            let record = FutureRecord::to(&opts.changes_topic)
+                .key(&c.user_id)
+                .payload(&payload);
+            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
+                tracing::error!(error = %e, "cannot produce a membership change");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_match_kafkas_default_partitioner() {
+        // Reference values from Kafka's Java client (Utils.murmur2).
+        assert_eq!(murmur2(b"21") as i32, -973_932_308);
+        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
+        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+        let p = partition_of("u1", 4);
+        assert!((0..4).contains(&p));
+    }
+}
