@@ -31,6 +31,16 @@ impl Engine {
         self.live.reown(&self.segments.snapshot(), owns).await
     }
 
+    /// A segment's size across the cluster (every node's users, as this
+    /// node's view follows them); `None` on a single node, where the live
+    /// build's size is exact.
+    pub fn cluster_size(&self, segment_id: &str) -> Option<u64> {
+        self.owns
+            .read()
+            .is_some()
+            .then(|| self.live.view().count(segment_id))
+    }
+
     fn owned(&self, user: &str) -> bool {
         self.owns.read().as_ref().is_none_or(|o| o(user))
     }
@@ -40,6 +50,23 @@ impl Engine {
     pub async fn follow_cluster(&self) -> Result<(), EngineError> {
         let mut version = self.store.config_version().await?;
         let mut after = self.store.last_change_seq().await?;
+        // Everyone else's memberships as committed so far; the log from here.
+        let others: Vec<_> = self
+            .store
+            .open_memberships()
+            .await?
+            .into_iter()
+            .filter(|(_, user)| !self.owned(user))
+            .map(|(segment_id, user_id)| stratify_store::ChangeRecord {
+                seq: 0,
+                segment_id,
+                user_id,
+                entered: true,
+                at: 0,
+                cause: stratify_store::Cause::Refresh,
+            })
+            .collect();
+        self.live.follow(&others);
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
@@ -63,8 +90,10 @@ impl Engine {
                         if let Some(last) = page.last() {
                             after = last.seq;
                         }
-                        let others: Vec<_> =
-                            page.into_iter().filter(|c| !engine.owned(&c.user_id)).collect();
+                        let others: Vec<_> = page
+                            .into_iter()
+                            .filter(|c| !engine.owned(&c.user_id))
+                            .collect();
                         engine.live.follow(&others);
                         if full {
                             continue;
@@ -81,7 +110,8 @@ impl Engine {
     /// Reloads everything another node may have changed.
     pub async fn reload_config(&self) -> Result<(), EngineError> {
         let store = self.store.as_ref();
-        self.schemas.replace(crate::schemas::Schemas::load(store).await?);
+        self.schemas
+            .replace(crate::schemas::Schemas::load(store).await?);
         self.keys.reload(store).await?;
         let before = self.segments.snapshot();
         let after = crate::segments::Segments::load(store).await?.snapshot();
@@ -103,7 +133,8 @@ impl Engine {
                     users,
                 });
             } else if changed {
-                self.live.put_segment(id, seg.rule.clone().map(Arc::new), now);
+                self.live
+                    .put_segment(id, seg.rule.clone().map(Arc::new), now);
             }
         }
         for seg in before.all() {

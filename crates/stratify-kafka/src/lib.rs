@@ -21,7 +21,9 @@
 //!   to the changes topic, keyed by user id.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -128,7 +130,11 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut owned = self.assignment.owned.write();
-                owned.extend(tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()));
+                owned.extend(
+                    tpl.elements_for_topic(&self.topic)
+                        .iter()
+                        .map(|e| e.partition()),
+                );
                 self.assignment.reassigned.store(true, Ordering::Release);
                 tracing::info!(owned = ?*owned, "kafka partitions assigned");
             }
@@ -158,6 +164,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
             // A killed node's partitions move within seconds.
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
+            .set("max.poll.interval.ms", "10000")
             .create_with_context(Context {
                 topic: opts.events_topic.clone(),
                 assignment: assignment.clone(),
@@ -167,7 +174,12 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     consumer.subscribe(&[&opts.events_topic])?;
     let owns: stratify_engine::live::Owns = {
         let assignment = assignment.clone();
-        Arc::new(move |user: &str| assignment.owned.read().contains(&partition_of(user, partitions)))
+        Arc::new(move |user: &str| {
+            assignment
+                .owned
+                .read()
+                .contains(&partition_of(user, partitions))
+        })
     };
     // Until the first assignment this node owns nobody.
     engine.own(owns.clone()).await?;
@@ -244,7 +256,10 @@ async fn append(engine: &Engine, items: Vec<Result<Value, ValidationError>>) {
 
 fn record<M: Message>(topic: &str, m: &M) -> Record {
     let item = match m.payload().map(serde_json::from_slice::<Value>) {
-        None => Err(ValidationError::new("empty_record", "the record has no payload")),
+        None => Err(ValidationError::new(
+            "empty_record",
+            "the record has no payload",
+        )),
         Some(Err(e)) => Err(ValidationError::new("malformed_json", e.to_string())),
         Some(Ok(Value::Object(mut o))) => {
             if !o.contains_key("event_id") {
@@ -253,7 +268,10 @@ fn record<M: Message>(topic: &str, m: &M) -> Record {
             }
             Ok(Value::Object(o))
         }
-        Some(Ok(_)) => Err(ValidationError::new("invalid_event", "an event is a JSON object")),
+        Some(Ok(_)) => Err(ValidationError::new(
+            "invalid_event",
+            "an event is a JSON object",
+        )),
     };
     Record {
         partition: m.partition(),
@@ -320,7 +338,7 @@ async fn report_progress(
                     topic: opts.events_topic.clone(),
                     partition: p,
                     committed: done,
-                    high_water: high,
+                    high_water: high.max(done),
                     node: opts.node.clone(),
                     updated_at: now,
                 })
@@ -386,8 +404,14 @@ mod tests {
         assert_eq!(murmur2(b"21") as i32, -973_932_308);
         assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
+        assert_eq!(
+            murmur2(b"a-little-bit-longer-string") as i32,
+            -1_486_304_829
+        );
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58_897_971
+        );
         assert_eq!(murmur2(b"abc") as i32, 479_470_107);
         let p = partition_of("u1", 4);
         assert!((0..4).contains(&p));

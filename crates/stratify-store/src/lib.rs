@@ -271,10 +271,15 @@ pub mod testing {
         drop(client);
         let _ = task.await;
         match admin.rfind('/') {
-            Some(i) if admin[..i].contains('@') || admin[..i].ends_with(|c: char| c.is_ascii_digit()) => {
+            Some(i)
+                if admin[..i].contains('@')
+                    || admin[..i].ends_with(|c: char| c.is_ascii_digit()) =>
+            {
                 format!("{}/{name}", &admin[..i])
             }
-            _ => panic!("{POSTGRES_ENV} must end with a database name: postgres://user@host:port/db"),
+            _ => {
+                panic!("{POSTGRES_ENV} must end with a database name: postgres://user@host:port/db")
+            }
         }
     }
 }

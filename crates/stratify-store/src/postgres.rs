@@ -40,7 +40,8 @@ const POOL_SIZE: usize = 16;
 /// Events sent to a metric sink at a time.
 const SCAN_CHUNK: usize = 8192;
 
-const EVENT_SELECT: &str = "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
+const EVENT_SELECT: &str =
+    "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
      FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id";
 const CHANGE_COLUMNS: &str = "seq, segment_id, user_id, entered, at, cause, event_seq, event_id";
 
@@ -53,9 +54,9 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and migrates.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            StoreError::Config(format!("invalid PostgreSQL URL: {e}"))
+        })?;
         let manager = deadpool_postgres::Manager::from_config(
             config,
             NoTls,
@@ -102,7 +103,9 @@ impl PgStore {
     where
         F: for<'t> FnOnce(
             &'t Transaction<'t>,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
+        >,
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -160,7 +163,11 @@ impl ToSql for Bind<'_> {
 fn user_record(r: &Row, offset: usize) -> Result<UserRecord> {
     let attributes = match r.get::<_, Value>(offset + 1) {
         Value::Object(m) => m,
-        _ => return Err(StoreError::Corrupt("user attributes are not an object".into())),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "user attributes are not an object".into(),
+            ))
+        }
     };
     Ok(UserRecord {
         user_id: r.get(offset),
@@ -264,7 +271,10 @@ async fn name_ids<C: GenericClient>(c: &C, names: &[&str]) -> Result<Vec<i64>> {
     )
     .await?;
     let rows = c
-        .query("SELECT name, id FROM event_names WHERE name = ANY($1)", &[&sorted])
+        .query(
+            "SELECT name, id FROM event_names WHERE name = ANY($1)",
+            &[&sorted],
+        )
         .await?;
     let map: std::collections::HashMap<String, i64> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -343,13 +353,12 @@ async fn add_member_rows<C: GenericClient>(
 ) -> Result<u64> {
     let names: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
     let uids = uids(c, &names, now).await?;
-    Ok(c
-        .execute(
-            "INSERT INTO segment_members (segment_id, uid, added_at) \
+    Ok(c.execute(
+        "INSERT INTO segment_members (segment_id, uid, added_at) \
              SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING",
-            &[&segment_id, &uids, &now],
-        )
-        .await?)
+        &[&segment_id, &uids, &now],
+    )
+    .await?)
 }
 
 type Boxed<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
@@ -387,11 +396,21 @@ impl Store for PgStore {
             let row = tx
                 .query_opt(
                     &insert,
-                    &[&uids[i], &name_ids[i], &e.timestamp, &event_id, &e.dedupe_key, &props, &source, &now],
+                    &[
+                        &uids[i],
+                        &name_ids[i],
+                        &e.timestamp,
+                        &event_id,
+                        &e.dedupe_key,
+                        &props,
+                        &source,
+                        &now,
+                    ],
                 )
                 .await?;
             let mut appended = row.map_or(Appended::Duplicate, |r| Appended::New(r.get(0)));
-            if let (Appended::Duplicate, Some(id), Some(key)) = (&appended, event_id, e.dedupe_key) {
+            if let (Appended::Duplicate, Some(id), Some(key)) = (&appended, event_id, e.dedupe_key)
+            {
                 // Same key for this user: only a duplicate if the stored id
                 // is the same text (a 64-bit hash collision must not lose it).
                 let stored: Option<String> = tx
@@ -406,7 +425,16 @@ impl Store for PgStore {
                     let r = tx
                         .query_one(
                             &insert,
-                            &[&uids[i], &name_ids[i], &e.timestamp, &event_id, &none, &props, &source, &now],
+                            &[
+                                &uids[i],
+                                &name_ids[i],
+                                &e.timestamp,
+                                &event_id,
+                                &none,
+                                &props,
+                                &source,
+                                &now,
+                            ],
                         )
                         .await?;
                     appended = Appended::New(r.get(0));
@@ -458,7 +486,9 @@ impl Store for PgStore {
                 current
             }
             (WriteMode::Merge, Some(_)) => {
-                return Err(StoreError::Corrupt("user attributes are not an object".into()))
+                return Err(StoreError::Corrupt(
+                    "user attributes are not an object".into(),
+                ))
             }
             (_, _) => without_nulls(attributes),
         };
@@ -475,7 +505,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut changed = 0;
         for (user_id, attributes) in users {
-            let existing = user_row(&*tx, user_id.as_str()).await?.map(|u| u.attributes);
+            let existing = user_row(&*tx, user_id.as_str())
+                .await?
+                .map(|u| u.attributes);
             let mut merged = existing.clone().unwrap_or_default();
             merge_into(&mut merged, attributes);
             if existing.as_ref() != Some(&merged) {
@@ -503,7 +535,8 @@ impl Store for PgStore {
         else {
             return Ok(false);
         };
-        tx.execute("DELETE FROM events WHERE uid = $1", &[&uid]).await?;
+        tx.execute("DELETE FROM events WHERE uid = $1", &[&uid])
+            .await?;
         tx.execute("DELETE FROM segment_members WHERE uid = $1", &[&uid])
             .await?;
         tx.execute("DELETE FROM assignments WHERE user_id = $1", &[&id])
@@ -536,7 +569,11 @@ impl Store for PgStore {
             bind(&mut sql, " AND e.ts < ?", Box::new(t));
         }
         if let Some(a) = q.after_seq {
-            let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
+            let clause = if q.newest_first {
+                " AND e.seq < ?"
+            } else {
+                " AND e.seq > ?"
+            };
             bind(&mut sql, clause, Box::new(a));
         }
         if let Some(x) = q.experiment {
@@ -555,13 +592,25 @@ impl Store for PgStore {
             }
             sql.push(')');
         }
-        let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
+        let order = if q.newest_first {
+            " ORDER BY e.seq DESC LIMIT ?"
+        } else {
+            " ORDER BY e.seq LIMIT ?"
+        };
         bind(&mut sql, order, Box::new(i64::from(q.limit)));
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-        self.rows(&sql, &params).await?.iter().map(stored_event).collect()
+        self.rows(&sql, &params)
+            .await?
+            .iter()
+            .map(stored_event)
+            .collect()
     }
 
-    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis) -> Result<EventTypeRecord> {
+    async fn put_event_type(
+        &self,
+        schema: EventTypeSchema,
+        now: Millis,
+    ) -> Result<EventTypeRecord> {
         let json = serde_json::to_string(&schema)?;
         let name = schema.name.clone();
         let created_at: i64 = self
@@ -634,7 +683,10 @@ impl Store for PgStore {
 
     async fn attribute_schema(&self) -> Result<AttributeSchema> {
         let rows = self
-            .rows("SELECT value FROM settings WHERE key = $1", &[&ATTRIBUTE_SCHEMA_KEY])
+            .rows(
+                "SELECT value FROM settings WHERE key = $1",
+                &[&ATTRIBUTE_SCHEMA_KEY],
+            )
             .await?;
         Ok(match rows.first() {
             Some(r) => serde_json::from_str(r.get(0))?,
@@ -791,9 +843,16 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn user_events(&self, user_id: &UserId, until: Millis, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
         self.rows(
-            &format!("{EVENT_SELECT} WHERE u.user_id = $1 AND e.ts <= $2 ORDER BY e.ts, e.seq LIMIT $3"),
+            &format!(
+                "{EVENT_SELECT} WHERE u.user_id = $1 AND e.ts <= $2 ORDER BY e.ts, e.seq LIMIT $3"
+            ),
             &[&user_id.as_str(), &until, &i64::from(limit)],
         )
         .await?
@@ -893,7 +952,9 @@ impl Store for PgStore {
         let id = id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
             Box::pin(async move {
-                let n = tx.execute("DELETE FROM segments WHERE id = $1", &[&id]).await?;
+                let n = tx
+                    .execute("DELETE FROM segments WHERE id = $1", &[&id])
+                    .await?;
                 tx.execute("DELETE FROM segment_versions WHERE segment_id = $1", &[&id])
                     .await?;
                 tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&id])
@@ -929,12 +990,20 @@ impl Store for PgStore {
         .await
     }
 
-    async fn replace_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64> {
+    async fn replace_members(
+        &self,
+        segment_id: &str,
+        users: Vec<UserId>,
+        now: Millis,
+    ) -> Result<u64> {
         let segment_id = segment_id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, u64> {
             Box::pin(async move {
-                tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&segment_id])
-                    .await?;
+                tx.execute(
+                    "DELETE FROM segment_members WHERE segment_id = $1",
+                    &[&segment_id],
+                )
+                .await?;
                 add_member_rows(tx, &segment_id, &users, now).await
             })
         })
@@ -994,7 +1063,10 @@ impl Store for PgStore {
 
     async fn watermark(&self) -> Result<Option<Watermark>> {
         let rows = self
-            .rows("SELECT value FROM live_state WHERE key = $1", &[&WATERMARK_KEY])
+            .rows(
+                "SELECT value FROM live_state WHERE key = $1",
+                &[&WATERMARK_KEY],
+            )
             .await?;
         Ok(rows
             .first()
@@ -1023,7 +1095,12 @@ impl Store for PgStore {
             .get(0))
     }
 
-    async fn changes(&self, segments: Option<Vec<String>>, after: i64, limit: u32) -> Result<Vec<ChangeRecord>> {
+    async fn changes(
+        &self,
+        segments: Option<Vec<String>>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>> {
         Ok(self
             .rows(
                 &format!(
@@ -1057,7 +1134,10 @@ impl Store for PgStore {
                 &[&user_id],
             )
             .await?;
-        stays(rows.iter().map(|r| Ok((r.get(0), r.get(1), r.get(2)))), limit)
+        stays(
+            rows.iter().map(|r| Ok((r.get(0), r.get(1), r.get(2)))),
+            limit,
+        )
     }
 
     async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>> {
@@ -1192,7 +1272,8 @@ impl Store for PgStore {
         }
         // One row per (user, experiment) per statement: ON CONFLICT cannot
         // touch a row twice in one command.
-        let mut latest: std::collections::HashMap<(&str, &str), &AssignmentRecord> = Default::default();
+        let mut latest: std::collections::HashMap<(&str, &str), &AssignmentRecord> =
+            Default::default();
         for a in assignments.iter() {
             let slot = latest.entry((&a.user_id, &a.experiment_id)).or_insert(a);
             if a.bucket_version > slot.bucket_version {
@@ -1200,7 +1281,9 @@ impl Store for PgStore {
             }
         }
         let mut rows: Vec<&AssignmentRecord> = latest.into_values().collect();
-        rows.sort_unstable_by(|a, b| (&a.user_id, &a.experiment_id).cmp(&(&b.user_id, &b.experiment_id)));
+        rows.sort_unstable_by(|a, b| {
+            (&a.user_id, &a.experiment_id).cmp(&(&b.user_id, &b.experiment_id))
+        });
         let users: Vec<&str> = rows.iter().map(|a| a.user_id.as_str()).collect();
         let experiments: Vec<&str> = rows.iter().map(|a| a.experiment_id.as_str()).collect();
         let variants: Vec<&str> = rows.iter().map(|a| a.variant.as_str()).collect();
@@ -1218,7 +1301,10 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn serving_state(&self, user_id: &str) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
+    async fn serving_state(
+        &self,
+        user_id: &str,
+    ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let client = self.client().await?;
         let a = client
             .prepare_cached(
@@ -1226,7 +1312,9 @@ impl Store for PgStore {
             )
             .await?;
         let m = client
-            .prepare_cached("SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = $1")
+            .prepare_cached(
+                "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = $1",
+            )
             .await?;
         // Both reads in flight at once on one connection (pipelined).
         let params: [&(dyn ToSql + Sync); 1] = [&user_id];
@@ -1245,7 +1333,11 @@ impl Store for PgStore {
         Ok((assignments.iter().map(assignment_record).collect(), mixture))
     }
 
-    async fn experiment_assignments(&self, experiment_id: &str, bucket_version: u32) -> Result<Vec<AssignmentRecord>> {
+    async fn experiment_assignments(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+    ) -> Result<Vec<AssignmentRecord>> {
         Ok(self
             .rows(
                 "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
@@ -1321,7 +1413,8 @@ impl Store for PgStore {
                  WHERE seq > $1 AND seq <= $2 AND name_id = $3 AND ts >= $4 AND ts <= $5",
             )
             .await?;
-        let params: [&(dyn ToSql + Sync); 6] = [&low, &max_seq, &name_id, &scan.since, &scan.until, &key];
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&low, &max_seq, &name_id, &scan.since, &scan.until, &key];
         let stream = client.query_raw(&stmt, params).await?;
         pin_mut!(stream);
         let mut chunk = Vec::with_capacity(SCAN_CHUNK);
@@ -1385,13 +1478,22 @@ impl Store for PgStore {
     async fn delete_metric(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute("DELETE FROM metrics WHERE key = $1", &[&key]).await? > 0) })
+            Box::pin(async move {
+                Ok(tx
+                    .execute("DELETE FROM metrics WHERE key = $1", &[&key])
+                    .await?
+                    > 0)
+            })
         })
         .await
     }
 
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
-        let segments = hook.segment_ids.as_ref().map(serde_json::to_string).transpose()?;
+        let segments = hook
+            .segment_ids
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
@@ -1435,7 +1537,12 @@ impl Store for PgStore {
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute("DELETE FROM webhooks WHERE id = $1", &[&id]).await? == 1) })
+            Box::pin(async move {
+                Ok(tx
+                    .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
+                    .await?
+                    == 1)
+            })
         })
         .await
     }
@@ -1457,7 +1564,12 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn select_users(&self, predicate: Compiled, after: Option<String>, limit: u32) -> Result<(Vec<String>, u64)> {
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)> {
         let binds: Vec<Bind<'_>> = predicate.params.iter().map(Bind).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
         let client = self.client().await?;
@@ -1475,7 +1587,10 @@ impl Store for PgStore {
         }
         let limit = i64::from(limit);
         params.push(&limit);
-        sql.push_str(&format!(" ORDER BY u.user_id COLLATE \"C\" LIMIT ${}", params.len()));
+        sql.push_str(&format!(
+            " ORDER BY u.user_id COLLATE \"C\" LIMIT ${}",
+            params.len()
+        ));
         let ids = client
             .query(&sql, &params)
             .await?
@@ -1504,7 +1619,17 @@ impl Store for PgStore {
             .await?;
         for p in &progress {
             client
-                .execute(&stmt, &[&p.topic, &p.partition, &p.committed, &p.high_water, &p.node, &p.updated_at])
+                .execute(
+                    &stmt,
+                    &[
+                        &p.topic,
+                        &p.partition,
+                        &p.committed,
+                        &p.high_water,
+                        &p.node,
+                        &p.updated_at,
+                    ],
+                )
                 .await?;
         }
         Ok(())

@@ -17,11 +17,17 @@ pub(crate) fn merge_into(target: &mut Attributes, patch: Attributes) {
 
 /// The attributes a create or replace stores: nulls dropped.
 pub(crate) fn without_nulls(attributes: Attributes) -> Attributes {
-    attributes.into_iter().filter(|(_, v)| !v.is_null()).collect()
+    attributes
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .collect()
 }
 
 /// An event's stored properties: a JSON object, or nothing.
-pub(crate) fn properties_object(seq: i64, value: Option<Value>) -> Result<Option<Map<String, Value>>> {
+pub(crate) fn properties_object(
+    seq: i64,
+    value: Option<Value>,
+) -> Result<Option<Map<String, Value>>> {
     match value {
         None => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),

@@ -489,7 +489,11 @@ fn events(rows: impl Iterator<Item = rusqlite::Result<EventRow>>) -> Result<Vec<
 
 /// An event's stored properties (JSON text): an object, or nothing.
 fn properties(seq: i64, text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>> {
-    properties_object(seq, text.map(|t| serde_json::from_str::<Value>(&t)).transpose()?)
+    properties_object(
+        seq,
+        text.map(|t| serde_json::from_str::<Value>(&t))
+            .transpose()?,
+    )
 }
 
 type RawUser = (String, String, Millis, Millis);

@@ -5,11 +5,11 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
 use stratify_core::event::NewEvent;
 use stratify_core::ids::UserId;
 use stratify_core::population::PopulationIndex;
 use stratify_core::rules::{self, sql, EventFact, Facts, NoSegments};
-use std::sync::OnceLock;
 use stratify_store::postgres::PgStore;
 use stratify_store::sqlite::SqliteStore;
 use stratify_store::*;
@@ -339,13 +339,16 @@ async fn load(store: &dyn Store, users: &[UserData]) {
 /// One runtime and one PostgreSQL database for every case (emptied between
 /// cases): creating a database per case would dominate the run.
 fn postgres() -> &'static (tokio::runtime::Runtime, PgStore, tokio_postgres::Client) {
-    static PG: OnceLock<(tokio::runtime::Runtime, PgStore, tokio_postgres::Client)> = OnceLock::new();
+    static PG: OnceLock<(tokio::runtime::Runtime, PgStore, tokio_postgres::Client)> =
+        OnceLock::new();
     PG.get_or_init(|| {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let (store, client) = runtime.block_on(async {
             let url = stratify_store::testing::fresh_postgres().await;
             let store = PgStore::connect(&url).await.expect("connect");
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
             tokio::spawn(conn);
             (store, client)
         });

@@ -387,7 +387,11 @@ async fn a_batch_is_appended_in_user_then_time_order_and_answers_in_input_order(
             .collect();
         // Each user's events are contiguous and oldest first (which user
         // comes first is the backend's interning order).
-        let (a, b1, b2) = (("a".to_owned(), 9), ("b".to_owned(), 1), ("b".to_owned(), 2));
+        let (a, b1, b2) = (
+            ("a".to_owned(), 9),
+            ("b".to_owned(), 1),
+            ("b".to_owned(), 2),
+        );
         assert!(
             logged == [b1.clone(), b2.clone(), a.clone()] || logged == [a, b1, b2],
             "{logged:?}"

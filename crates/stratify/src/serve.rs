@@ -31,10 +31,18 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATIFY_KAFKA_GROUP", default_value = "stratify")]
     kafka_group: String,
     /// The topic events are read from (records keyed by user id).
-    #[arg(long, env = "STRATIFY_KAFKA_EVENTS_TOPIC", default_value = "stratify-events")]
+    #[arg(
+        long,
+        env = "STRATIFY_KAFKA_EVENTS_TOPIC",
+        default_value = "stratify-events"
+    )]
     kafka_events_topic: String,
     /// The topic membership changes are produced to (keyed by user id).
-    #[arg(long, env = "STRATIFY_KAFKA_CHANGES_TOPIC", default_value = "stratify-changes")]
+    #[arg(
+        long,
+        env = "STRATIFY_KAFKA_CHANGES_TOPIC",
+        default_value = "stratify-changes"
+    )]
     kafka_changes_topic: String,
     /// This node's name (Kafka client id, ingestion status); default: the address.
     #[arg(long, env = "STRATIFY_NODE_ID")]

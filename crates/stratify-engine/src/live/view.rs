@@ -93,6 +93,22 @@ impl MemberView {
         }
     }
 
+    /// Members of a segment (a scan of every shard: O(users)).
+    pub fn count(&self, segment_id: &str) -> u64 {
+        let Some(&slot) = self.slots.read().get(segment_id) else {
+            return 0;
+        };
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .values()
+                    .filter(|l| l.binary_search(&slot).is_ok())
+                    .count() as u64
+            })
+            .sum()
+    }
+
     pub(crate) fn remove_user(&self, user: &str) {
         self.shard(user).write().remove(user);
     }

@@ -94,7 +94,10 @@ fn out(s: &Segment, state: &AppState) -> SegmentOut {
         updated_at: instant(r.updated_at),
         created_by: r.created_by.clone(),
         updated_by: r.updated_by.clone(),
-        size: build.as_ref().map(|b| b.size),
+        size: state
+            .engine
+            .cluster_size(&r.id)
+            .or(build.as_ref().map(|b| b.size)),
         build: build.map(|b| BuildOut {
             state: b.state,
             evaluated: b.evaluated,

@@ -1,0 +1,442 @@
+//! Scale-out, end to end: a Python producer (kafka-python) sends events to
+//! a 4-partition topic on a real Kafka-protocol broker (tansu); two
+//! Stratify nodes on one PostgreSQL consume them as one consumer group.
+//! Nothing is lost or counted twice, and memberships and assignments equal a
+//! single-node run (SQLite, the same events over HTTP).
+//!
+//! Not here yet: SIGKILL of a node mid-stream. tansu 0.6.0 never evicts a
+//! dead member from the group (the rebalance after its session times out
+//! hands its partitions to it again), so the survivor cannot take over on
+//! this broker; see the closing note of issue 8. Needs the services scripts/test.sh
+//! starts (STRATIFY_TEST_POSTGRES_URL, STRATIFY_TEST_KAFKA_BROKERS): a test
+//! that cannot find them fails, it never skips.
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "cluster-admin-key";
+const USERS: usize = 240;
+const EVENTS: usize = 6_000;
+const PARTITIONS: i32 = 4;
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/test.sh, which starts PostgreSQL and a Kafka broker")
+    })
+}
+
+fn python() -> String {
+    std::env::var("STRATIFY_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_owned()
+    })
+}
+
+fn produce(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cluster/produce.py"
+        ))
+        .args(args)
+        .output()
+        .expect("run the Python producer (scripts/test.sh installs kafka-python)");
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn start(name: &str, args: &[String], log_dir: &std::path::Path) -> Node {
+    let port = free_port();
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_stratify"))
+        .arg("serve")
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .env("STRATIFY_ADMIN_KEY", KEY)
+        .env("RUST_LOG", "warn,stratify_kafka=info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn stratify");
+    let node = Node {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::get(format!("{}/health", node.url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start; see its log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, &url).header("X-API-Key", KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(node: &Node, path: &str) -> Value {
+    let (s, v) = call(reqwest::Method::GET, format!("{}{path}", node.url), None).await;
+    assert_eq!(s, 200, "GET {path}: {v}");
+    v
+}
+
+async fn post(node: &Node, path: &str, body: Value) -> Value {
+    let (s, v) = call(
+        reqwest::Method::POST,
+        format!("{}{path}", node.url),
+        Some(body),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "POST {path}: {s} {v}");
+    v
+}
+
+/// Segments by name, and the one experiment's id.
+async fn configure(node: &Node) -> BTreeMap<String, String> {
+    let rules = [
+        (
+            "frequent",
+            json!({"event": "order_placed", "op": "gte", "value": 17}),
+        ),
+        (
+            "big_spenders",
+            json!({"event": "order_placed", "agg": "sum", "property": "amount", "op": "gt", "value": 300}),
+        ),
+        (
+            "active_buyers",
+            json!({"operator": "AND", "conditions": [
+            {"event": "LOGIN", "op": "gte", "value": 3},
+            {"event": "order_placed", "op": "gte", "value": 5}]}),
+        ),
+    ];
+    let mut ids = BTreeMap::new();
+    for (name, rule) in rules {
+        let s = post(node, "/v1/segments", json!({"name": name, "rules": rule})).await;
+        ids.insert(name.to_owned(), s["id"].as_str().expect("id").to_owned());
+    }
+    let e = post(
+        node,
+        "/v1/experiments",
+        json!({"key": "checkout", "name": "Checkout", "seed": "cluster", "segment_ids": [ids["frequent"]],
+               "variants": [{"key": "a", "weight": 50, "is_control": true}, {"key": "b", "weight": 50}]}),
+    )
+    .await;
+    let id = e["id"].as_str().expect("id");
+    post(node, &format!("/v1/experiments/{id}/start"), json!(null)).await;
+    ids
+}
+
+fn events() -> Vec<Value> {
+    (0..EVENTS)
+        .map(|i| {
+            let user = format!("user-{:03}", (i * 7 + i / 13) % USERS);
+            let mut e = if i % 3 == 0 {
+                json!({"user_id": user, "name": "LOGIN", "timestamp": 1_700_000_000_000i64 + i as i64})
+            } else {
+                json!({"user_id": user, "name": "order_placed", "timestamp": 1_700_000_000_000i64 + i as i64,
+                       "properties": {"amount": (i % 37) as f64 + 0.5}})
+            };
+            // A third carry no event id: the consumer derives one from the
+            // record's offset, the same on every delivery.
+            if i % 3 != 1 {
+                e["event_id"] = json!(format!("ev-{i}"));
+            }
+            e
+        })
+        .collect()
+}
+
+async fn members(node: &Node, segment: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/segments/{segment}/members?limit=1000&cursor={c}"),
+            None => format!("/v1/segments/{segment}/members?limit=1000"),
+        };
+        let page = get(node, &path).await;
+        for u in page["user_ids"].as_array().expect("ids") {
+            out.insert(u.as_str().expect("id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+async fn variants(node: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for u in 0..USERS {
+        let user = format!("user-{u:03}");
+        let v = get(node, &format!("/v1/users/{user}/experiments")).await;
+        for e in v["experiments"].as_array().expect("experiments") {
+            out.insert(user.clone(), e["variant"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    out
+}
+
+async fn count(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// A segment's open memberships in the shared change log.
+async fn cluster_members(pg: &tokio_postgres::Client, segment: &str) -> BTreeSet<String> {
+    let sql = "SELECT user_id FROM (SELECT DISTINCT ON (user_id) user_id, entered FROM changes \
+               WHERE segment_id = $1 ORDER BY user_id, seq DESC) t WHERE entered";
+    pg.query(sql, &[&segment])
+        .await
+        .expect("members")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_node() {
+    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
+    let pg_url = stratify_store::testing::fresh_postgres().await;
+    let logs = tempfile::tempdir().expect("dir");
+    let tag = format!("{}-{}", std::process::id(), free_port());
+    let (events_topic, changes_topic) = (format!("events-{tag}"), format!("changes-{tag}"));
+    produce(&[
+        &brokers,
+        &events_topic,
+        &PARTITIONS.to_string(),
+        "-",
+        "create",
+    ]);
+    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
+    let cluster_args: Vec<String> = [
+        "--postgres-url",
+        &pg_url,
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-group",
+        &format!("g-{tag}"),
+        "--kafka-events-topic",
+        &events_topic,
+        "--kafka-changes-topic",
+        &changes_topic,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let with_id = |id: &str| {
+        let mut a = cluster_args.clone();
+        a.extend(["--node-id".to_owned(), id.to_owned()]);
+        a
+    };
+    let a = start("node-a", &with_id("a"), logs.path()).await;
+    let b = start("node-b", &with_id("b"), logs.path()).await;
+
+    // Configuration made on one node is served by the other within a second.
+    let ids = configure(&a).await;
+    let made = Instant::now();
+    let (s, _) = call(
+        reqwest::Method::POST,
+        format!("{}/v1/segments", a.url),
+        Some(json!({"name": "late", "rules": {"event": "LOGIN", "op": "gte", "value": 1}})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    loop {
+        let list = get(&b, "/v1/segments").await;
+        if list["segments"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|s| s["name"] == "late")
+        {
+            break;
+        }
+        assert!(
+            made.elapsed() < Duration::from_secs(1),
+            "node b did not see the new segment within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The stream, in two halves.
+    let all = events();
+    let file = logs.path().join("events.jsonl");
+    let write = |part: &[Value]| {
+        let text: String = part.iter().map(|e| format!("{e}\n")).collect();
+        std::fs::write(&file, text).expect("write");
+    };
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .expect("pg");
+    tokio::spawn(conn);
+    write(&all[..EVENTS / 2]);
+    assert_eq!(
+        produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]),
+        (EVENTS / 2).to_string()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&pg).await < (EVENTS / 4) as i64 {
+        assert!(Instant::now() < deadline, "nothing consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write(&all[EVENTS / 2..]);
+    assert_eq!(
+        produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]),
+        (EVENTS - EVENTS / 2).to_string()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&pg).await < EVENTS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "events lost: {} of {EVENTS} stored",
+            count(&pg).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing lost, nothing twice: every event exactly once in the log...
+    let row = pg
+        .query_one(
+            "SELECT count(*), count(DISTINCT (uid, event_id)) FROM events",
+            &[],
+        )
+        .await
+        .expect("count");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (EVENTS as i64, EVENTS as i64)
+    );
+    // ...every partition consumed to its end, and shown by any node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&b, "/v1/ingest/status").await;
+        let parts = status["kafka_partitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let done: i64 = parts
+            .iter()
+            .map(|p| p["committed_offset"].as_i64().unwrap_or(0))
+            .sum();
+        if parts.len() == PARTITIONS as usize
+            && done == EVENTS as i64
+            && parts.iter().all(|p| p["lag"] == 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not caught up: {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and each (segment, user) entered once (these rules only grow).
+    let twice = pg
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM changes GROUP BY segment_id, user_id HAVING count(*) > 1) t",
+            &[],
+        )
+        .await
+        .expect("changes")
+        .get::<_, i64>(0);
+    assert_eq!(twice, 0, "a membership change was recorded twice");
+
+    // The single-node run: SQLite, the same configuration and events over HTTP.
+    let dir = tempfile::tempdir().expect("dir");
+    let one = start(
+        "single",
+        &["--data-dir".to_owned(), dir.path().display().to_string()],
+        logs.path(),
+    )
+    .await;
+    let one_ids = configure(&one).await;
+    for chunk in all.chunks(500) {
+        post(&one, "/v1/events", json!({"events": chunk})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, id) in &ids {
+        let expected = members(&one, &one_ids[name]).await;
+        assert!(
+            !expected.is_empty(),
+            "{name} is empty: the test data must fill it"
+        );
+        loop {
+            let live = cluster_members(&pg, id).await;
+            if live == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: cluster {} vs single node {}",
+                live.len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Either node answers for every user, whoever owns them.
+        assert_eq!(members(&b, id).await, expected, "{name} listed by node b");
+        let seg = get(&a, &format!("/v1/segments/{id}")).await;
+        assert_eq!(seg["size"], expected.len(), "{name} size on node a");
+    }
+    // Assignments: the same users in the experiment, with the same variants,
+    // served by either node.
+    let single = variants(&one).await;
+    assert!(single.len() > 10, "too few users in the experiment");
+    assert_eq!(variants(&b).await, single, "node b");
+    assert_eq!(variants(&a).await, single, "node a");
+
+    // Membership changes went out on Kafka, keyed by user id.
+    let produced: usize = produce(&[&brokers, &changes_topic, "1", "-", "count"])
+        .parse()
+        .expect("count");
+    assert!(
+        produced > 0,
+        "no membership change reached the changes topic"
+    );
+}
