@@ -23,8 +23,11 @@ _as_pg() {
 start_postgres() {
     local dir=$1 port=$2
     rm -rf "$dir" && mkdir -p "$dir"
+    # The postgres user must reach the directory through its parents.
+    chmod 755 "$(dirname "$dir")" "$dir"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
-    _as_pg "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres >"$dir/initdb.log" 2>&1
+    _as_pg "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log" >&2; return 1; }
     # fsync stays on: the tests check that acknowledged writes are durable.
     _as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null
