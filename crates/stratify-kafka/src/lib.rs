@@ -10,7 +10,8 @@
 //!   once (the worker stops recording changes for those users).
 //! - **Nothing lost.** A batch of records is appended to the store in one
 //!   durable transaction, and only then are its offsets committed. A crash
-//!   between the two redelivers the batch to whoever owns the partition next.
+//!   between the two redelivers the batch to whoever owns the partition next;
+//!   a refused append rewinds the partitions and reads the batch again.
 //! - **Nothing counted twice.** A redelivered record is a duplicate in the
 //!   store: records carry an `event_id`, and a record without one gets
 //!   `kafka-<topic>-<partition>-<offset>`, the same on every delivery.
@@ -40,6 +41,8 @@ const MAX_BATCH: usize = 2_000;
 /// How long a batch waits for more records once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// First wait before reading a batch the store refused again (doubling to 5 s).
+const RETRY_FIRST: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -194,6 +197,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         opts.clone(),
     ));
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
+    let mut retry = RETRY_FIRST;
     loop {
         if assignment.reassigned.swap(false, Ordering::AcqRel) {
             engine.own(owns.clone()).await?;
@@ -217,15 +221,25 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
                 Err(_) => break,
             }
         }
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let items = batch
             .drain(..)
             .map(|r| {
+                first.entry(r.partition).or_insert(r.offset);
                 next.insert(r.partition, r.offset + 1);
                 r.item
             })
             .collect::<Vec<_>>();
-        append(&engine, items).await;
+        if let Err(e) = engine.ingest_values(items, Source::Kafka).await {
+            // Not durable, so not committed: rewind and read the batch again.
+            tracing::error!(error = %e, "cannot append kafka records; reading them again");
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(5));
+            rewind(&consumer, &opts.events_topic, &first);
+            continue;
+        }
+        retry = RETRY_FIRST;
         // Durable: now the offsets may move.
         let mut tpl = TopicPartitionList::new();
         for (&p, &o) in &next {
@@ -239,17 +253,13 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     }
 }
 
-/// Appends a batch, retrying until it is durable (the offsets wait for it).
-async fn append(engine: &Engine, items: Vec<Result<Value, ValidationError>>) {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match engine.ingest_values(items.clone(), Source::Kafka).await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot append kafka records; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+/// Moves each partition back to `offsets` (a batch that was not stored).
+fn rewind(consumer: &StreamConsumer<Context>, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    for (&p, &o) in offsets {
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(o), Duration::from_secs(1)) {
+            // A partition revoked meanwhile: its next owner starts from the
+            // committed offset, which this batch never moved.
+            tracing::warn!(partition = p, error = %e, "cannot rewind a kafka partition");
         }
     }
 }

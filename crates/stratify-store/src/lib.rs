@@ -270,12 +270,9 @@ pub mod testing {
             .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
         drop(client);
         let _ = task.await;
-        match admin.rfind('/') {
-            Some(i)
-                if admin[..i].contains('@')
-                    || admin[..i].ends_with(|c: char| c.is_ascii_digit()) =>
-            {
-                format!("{}/{name}", &admin[..i])
+        match admin.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+                format!("{server}/{name}")
             }
             _ => {
                 panic!("{POSTGRES_ENV} must end with a database name: postgres://user@host:port/db")

@@ -16,7 +16,7 @@
 
 use crate::model::*;
 use crate::pg_migrations::migrate;
-use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls};
+use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls, Chunks};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
@@ -37,8 +37,6 @@ const WATERMARK_KEY: &str = "live_watermark";
 const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
 /// Connections per node.
 const POOL_SIZE: usize = 16;
-/// Events sent to a metric sink at a time.
-const SCAN_CHUNK: usize = 8192;
 
 const EVENT_SELECT: &str =
     "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
@@ -1417,26 +1415,16 @@ impl Store for PgStore {
             [&low, &max_seq, &name_id, &scan.since, &scan.until, &key];
         let stream = client.query_raw(&stmt, params).await?;
         pin_mut!(stream);
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-        let mut total = 0;
+        let mut chunks = Chunks::new(&sink);
         while let Some(r) = stream.try_next().await? {
-            chunk.push(MetricEvent {
+            chunks.push(MetricEvent {
                 uid: r.get(0),
                 ts: r.get(1),
                 value: r.get(2),
             });
-            if chunk.len() == SCAN_CHUNK {
-                total += chunk.len() as u64;
-                sink(&chunk);
-                chunk.clear();
-            }
-        }
-        total += chunk.len() as u64;
-        if !chunk.is_empty() {
-            sink(&chunk);
         }
         Ok(ScanOutcome {
-            events: total,
+            events: chunks.finish(),
             through_seq: max_seq,
         })
     }

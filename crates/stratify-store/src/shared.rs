@@ -1,6 +1,6 @@
 //! Row-to-model helpers both backends use.
 
-use crate::model::{Attributes, MembershipRecord};
+use crate::model::{Attributes, MembershipRecord, MetricEvent, MetricSink};
 use crate::{Result, StoreError};
 use serde_json::{Map, Value};
 
@@ -73,4 +73,45 @@ pub(crate) fn variant_index(variants: &mut Vec<String>, name: &str) -> u16 {
         }
     };
     u16::try_from(index).unwrap_or(u16::MAX)
+}
+
+/// Events sent to a metric sink at a time.
+const SCAN_CHUNK: usize = 8192;
+
+/// Hands a metric scan's events to its sink in chunks of [`SCAN_CHUNK`].
+pub(crate) struct Chunks<'a> {
+    sink: &'a MetricSink,
+    chunk: Vec<MetricEvent>,
+    sent: u64,
+}
+
+impl<'a> Chunks<'a> {
+    pub(crate) fn new(sink: &'a MetricSink) -> Self {
+        Self {
+            sink,
+            chunk: Vec::with_capacity(SCAN_CHUNK),
+            sent: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, event: MetricEvent) {
+        self.chunk.push(event);
+        if self.chunk.len() == SCAN_CHUNK {
+            self.flush();
+        }
+    }
+
+    /// Sends what is left; returns how many events were sent in all.
+    pub(crate) fn finish(mut self) -> u64 {
+        self.flush();
+        self.sent
+    }
+
+    fn flush(&mut self) {
+        if !self.chunk.is_empty() {
+            self.sent += self.chunk.len() as u64;
+            (self.sink)(&self.chunk);
+            self.chunk.clear();
+        }
+    }
 }

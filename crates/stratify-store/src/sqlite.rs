@@ -2,7 +2,7 @@
 
 use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
-use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls};
+use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls, Chunks};
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
@@ -1784,9 +1784,6 @@ fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRecord> {
     })
 }
 
-/// Events sent to a metric sink at a time.
-const SCAN_CHUNK: usize = 8192;
-
 /// One slice `(low, high]` of the log for [`SqliteStore::scan_metric_events`].
 fn scan_part(
     c: &Connection,
@@ -1806,28 +1803,18 @@ fn scan_part(
     };
     let mut stmt = c.prepare_cached(sql)?;
     let mut rows = stmt.query(params![low, high, name_id, scan.since, scan.until, path])?;
-    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-    let mut total = 0;
+    let mut chunks = Chunks::new(sink);
     while let Some(row) = rows.next()? {
         let value = match row.get_ref(2)? {
             rusqlite::types::ValueRef::Integer(i) => Some(i as f64),
             rusqlite::types::ValueRef::Real(f) => Some(f),
             _ => None,
         };
-        chunk.push(MetricEvent {
+        chunks.push(MetricEvent {
             uid: row.get(0)?,
             ts: row.get(1)?,
             value,
         });
-        if chunk.len() == SCAN_CHUNK {
-            total += chunk.len() as u64;
-            sink(&chunk);
-            chunk.clear();
-        }
     }
-    total += chunk.len() as u64;
-    if !chunk.is_empty() {
-        sink(&chunk);
-    }
-    Ok(total)
+    Ok(chunks.finish())
 }

@@ -21,7 +21,9 @@ pub struct ServeArgs {
     #[arg(long = "admin-key", env = "STRATIFY_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
     /// Store everything in this PostgreSQL database instead of the data
-    /// directory (`postgres://user@host:port/db`); several nodes may share it.
+    /// directory (`postgres://user@host:port/db`). Several nodes may share it
+    /// only as members of one Kafka group (`--kafka-brokers`): each node's
+    /// live engine must own a disjoint set of users.
     #[arg(long, env = "STRATIFY_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
     /// Consume events from Kafka (`host:port[,…]`) as a member of a consumer group.
@@ -97,9 +99,6 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
                 std::process::exit(1);
             }
         });
-    } else if args.postgres_url.is_some() {
-        // Other nodes may share this store: follow their writes.
-        engine.follow_cluster().await?;
     }
     if args.demo {
         // The scenario goes through the public API, with a key that lives

@@ -20,6 +20,8 @@ const KEY: &str = "cluster-admin-key";
 const USERS: usize = 240;
 const EVENTS: usize = 6_000;
 const PARTITIONS: i32 = 4;
+/// Records that are not events: rejected and counted, never blocking a partition.
+const BAD_RECORDS: [&str; 3] = ["not json", "[1, 2]", r#"{"name": "LOGIN"}"#];
 
 struct Node {
     child: Child,
@@ -326,10 +328,15 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         assert!(Instant::now() < deadline, "nothing consumed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    write(&all[EVENTS / 2..]);
+    let mut text: String = all[EVENTS / 2..].iter().map(|e| format!("{e}\n")).collect();
+    for bad in BAD_RECORDS {
+        text.push_str(bad);
+        text.push('\n');
+    }
+    std::fs::write(&file, text).expect("write");
     assert_eq!(
         produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]),
-        (EVENTS - EVENTS / 2).to_string()
+        (EVENTS - EVENTS / 2 + BAD_RECORDS.len()).to_string()
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while count(&pg).await < EVENTS as i64 {
@@ -364,10 +371,16 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
             .iter()
             .map(|p| p["committed_offset"].as_i64().unwrap_or(0))
             .sum();
+        let records = (EVENTS + BAD_RECORDS.len()) as i64;
         if parts.len() == PARTITIONS as usize
-            && done == EVENTS as i64
+            && done == records
             && parts.iter().all(|p| p["lag"] == 0)
         {
+            let kafka = &status["sources"][2];
+            assert_eq!(kafka["source"], "kafka");
+            assert_eq!(kafka["rejected"], BAD_RECORDS.len(), "{kafka}");
+            assert_eq!(kafka["received"], records, "{kafka}");
+            assert!(kafka["last_error"].is_string(), "{kafka}");
             break;
         }
         assert!(

@@ -36,8 +36,11 @@ producer = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
 futures = []
 with open(path) as f:
     for line in f:
-        event = json.loads(line)
-        futures.append(producer.send(topic, key=event["user_id"].encode(), value=line.strip().encode()))
+        try:
+            key = json.loads(line)["user_id"].encode()
+        except (ValueError, TypeError, KeyError):
+            key = b"malformed"  # a bad record is sent as is: Stratify must reject it
+        futures.append(producer.send(topic, key=key, value=line.strip().encode()))
 producer.flush()
 acked = sum(1 for fut in futures if fut.get(timeout=30) is not None)
 producer.close()
