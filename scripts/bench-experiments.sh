@@ -6,6 +6,9 @@
 #
 #   scripts/bench-experiments.sh [USERS] [SECONDS] [CONNECTIONS]   (default 1000000 20 8)
 #
+# With BENCH_POSTGRES=1 the server runs on a throwaway PostgreSQL
+# (scripts/services.sh) instead of the embedded store (issue 8).
+#
 # Users are picked at random per request (a wrk Lua script). The first pass
 # ("cold") computes and stores most users' assignments for the first time
 # (sticky assignments written behind). Then every user is served once in id
@@ -21,13 +24,19 @@ command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 cargo build --release -q -p stratify
 BIN=target/release/stratify
 WORK=$(mktemp -d)
-trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STORE_ARGS=(--data-dir "$WORK/data")
+if [ -n "${BENCH_POSTGRES:-}" ]; then
+    source scripts/services.sh
+    start_postgres "$WORK/pg" $((20000 + RANDOM % 20000))
+    STORE_ARGS=(--postgres-url "$STRATIFY_TEST_POSTGRES_URL")
+fi
+trap 'kill "${PID:-}" 2>/dev/null || true; [ -z "${BENCH_POSTGRES:-}" ] || stop_services; rm -rf "$WORK"' EXIT
 
 echo "== $USERS users (generated, imported)"
 $BIN generate --users "$USERS" --events 1 --orders 1 --seed 4 --out "$WORK/gen" >/dev/null
-RUST_LOG=warn $BIN import --users "$WORK/gen/user_attributes.csv" --data-dir "$WORK/data" >/dev/null
+RUST_LOG=warn $BIN import --users "$WORK/gen/user_attributes.csv" "${STORE_ARGS[@]}" >/dev/null
 PORT=$((20000 + RANDOM % 20000))
-STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$WORK/data" >/dev/null &
+STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" "${STORE_ARGS[@]}" >/dev/null &
 PID=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done
 URL="http://127.0.0.1:$PORT"

@@ -22,6 +22,9 @@ pub struct ImportArgs {
     orders: Option<PathBuf>,
     #[arg(long, env = "STRATIFY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Import into this PostgreSQL database instead (see `serve --postgres-url`).
+    #[arg(long, env = "STRATIFY_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
 }
 
 pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()> {
@@ -31,8 +34,9 @@ pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()>
     if args.users.is_none() && args.events.is_none() && args.orders.is_none() {
         anyhow::bail!("nothing to import: give --users, --events and/or --orders");
     }
-    let store = stratify_engine::open_store(&settings.data_dir)?;
-    let engine = Engine::start(store.clone(), Arc::new(SystemClock), None).await?;
+    let backend =
+        crate::backend::Backend::open(&settings.data_dir, args.postgres_url.as_deref()).await?;
+    let engine = Engine::start(backend.store.clone(), Arc::new(SystemClock), None).await?;
     let mut bad = 0;
     for (kind, path) in files(&args.users, &args.events, &args.orders) {
         let report = import_file(&engine, kind, path).await?;
@@ -40,9 +44,7 @@ pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()>
     }
     engine.shutdown().await;
     drop(engine);
-    if let Ok(store) = Arc::try_unwrap(store) {
-        store.close();
-    }
+    backend.close();
     if bad > 0 {
         eprintln!("{bad} bad rows were skipped (see above)");
     }

@@ -3,6 +3,7 @@
 //! Only wiring and command-line concerns live here (flags, config layering,
 //! progress bars, signals); domain logic is in the engine and the core.
 
+mod backend;
 mod bench;
 mod config;
 mod demo;

@@ -58,21 +58,14 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
-    let (store, sqlite): (Arc<dyn stratify_store::Store>, _) = match &args.postgres_url {
-        Some(url) => {
-            let pg = stratify_store::postgres::PgStore::connect(url)
-                .await
-                .context("cannot open the PostgreSQL store")?;
-            (Arc::new(pg), None)
-        }
-        None => {
-            let store = stratify_engine::open_store(&settings.data_dir).with_context(|| {
-                format!("cannot open the store in {}", settings.data_dir.display())
-            })?;
-            (store.clone(), Some(store))
-        }
-    };
-    let engine = Engine::start(store, Arc::new(SystemClock), args.admin_key.clone()).await?;
+    let backend =
+        crate::backend::Backend::open(&settings.data_dir, args.postgres_url.as_deref()).await?;
+    let engine = Engine::start(
+        backend.store.clone(),
+        Arc::new(SystemClock),
+        args.admin_key.clone(),
+    )
+    .await?;
     if let Some(secret) = engine.bootstrap_admin_key().await? {
         println!("Created the first admin API key (shown once, store it now):\n  {secret}");
     }
@@ -151,12 +144,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     engine.shutdown().await;
     drop(engine);
     // Every request has finished: let the writer commit what is queued.
-    if let Some(store) = sqlite {
-        match Arc::try_unwrap(store) {
-            Ok(store) => store.close(),
-            Err(_) => tracing::warn!("store still shared at shutdown; relying on the last commit"),
-        }
-    }
+    backend.close();
     tracing::info!("stopped cleanly");
     Ok(())
 }
