@@ -5,7 +5,7 @@
 #   stop_services            -> stops both (also run on EXIT by the caller)
 # PostgreSQL: the Debian server binaries (initdb/pg_ctl), run as the
 # non-root `postgres` user in a temp dir. Kafka: the `tansu` broker from
-# crates.io (installed once into ~/.cargo/bin, about 15 minutes), in memory.
+# crates.io, patched (see ensure_tansu), storing in SQLite in DIR.
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 _SERVICES_PG_DIR=""
@@ -35,19 +35,49 @@ start_postgres() {
     export STRATIFY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# tansu 0.6.0 from crates.io, built with one fix (scripts/tansu/group-expiry.patch):
+# its group coordinator drops a member whose session expired without starting
+# a new generation, so the survivors are never given the dead member's
+# partitions. The patched binary gets its own name, so it never shadows a
+# `tansu` the user installed, and is built once (about 15 minutes).
+TANSU_VERSION=0.6.0
+TANSU_BIN=${CARGO_HOME:-$HOME/.cargo}/bin/tansu-$TANSU_VERSION-stratify1
+_SERVICES_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
 ensure_tansu() {
-    if ! command -v tansu >/dev/null 2>&1; then
-        echo "installing the tansu Kafka broker from crates.io (about 15 minutes, once)" >&2
-        cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --quiet
-    fi
+    [ -x "$TANSU_BIN" ] && return 0
+    echo "building the tansu $TANSU_VERSION Kafka broker from crates.io with Stratify's patch (about 15 minutes, once)" >&2
+    local work cache
+    work=$(mktemp -d)
+    # cargo downloads the published sources (and every dependency) from crates.io.
+    mkdir -p "$work/fetch/src" && echo 'fn main() {}' >"$work/fetch/src/main.rs"
+    printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\ntansu = "=%s"\n\n[workspace]\n' \
+        "$TANSU_VERSION" >"$work/fetch/Cargo.toml"
+    cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"
+    cache=$(dirname "$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/tansu-broker-"$TANSU_VERSION".crate | head -1)")
+    tar -xzf "$cache/tansu-$TANSU_VERSION.crate" -C "$work"
+    tar -xzf "$cache/tansu-broker-$TANSU_VERSION.crate" -C "$work"
+    patch --quiet -d "$work/tansu-broker-$TANSU_VERSION" -p1 <"$_SERVICES_DIR/tansu/group-expiry.patch"
+    printf '\n[workspace]\n\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' \
+        "$TANSU_VERSION" >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
+    # The published Cargo.lock pins every other dependency.
+    cargo build --quiet --release --manifest-path "$work/tansu-$TANSU_VERSION/Cargo.toml" --features dynostore,libsql
+    mkdir -p "$(dirname "$TANSU_BIN")"
+    install -m 755 "$work/tansu-$TANSU_VERSION/target/release/tansu" "$TANSU_BIN"
+    rm -rf "$work"
 }
 
 start_kafka() {
     local dir=$1 port=$2
     ensure_tansu
     mkdir -p "$dir"
-    tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+    # SQLite storage, not memory://: the in-memory engine cannot serve a fetch
+    # that starts inside a record batch, so a consumer that takes over a
+    # partition at a committed offset mid-batch would skip the batch's rest.
+    rm -f "$dir"/tansu.db*
+    (cd "$dir" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db \
+        >"$dir/tansu.log" 2>&1) &
     _SERVICES_KAFKA_PID=$!
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -200,6 +200,9 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     let mut retry = RETRY_FIRST;
     loop {
         if assignment.reassigned.swap(false, Ordering::AcqRel) {
+            // Offsets of partitions owned before are another node's now.
+            let owned = assignment.owned.read().clone();
+            committed.lock().retain(|p, _| owned.contains(p));
             engine.own(owns.clone()).await?;
         }
         batch.clear();
@@ -323,10 +326,18 @@ async fn report_progress(
     loop {
         tokio::time::sleep(PROGRESS_EVERY).await;
         let owned: Vec<i32> = assignment.owned.read().iter().copied().collect();
+        let unknown: Vec<i32> = {
+            let known = committed.lock();
+            owned
+                .iter()
+                .copied()
+                .filter(|p| !known.contains_key(p))
+                .collect()
+        };
         let consumer = consumer.clone();
         let topic = opts.events_topic.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            owned
+        let (ends, group) = tokio::task::spawn_blocking(move || {
+            let ends = owned
                 .into_iter()
                 .filter_map(|p| {
                     consumer
@@ -334,15 +345,21 @@ async fn report_progress(
                         .ok()
                         .map(|(_, high)| (p, high))
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (ends, group_offsets(&consumer, &topic, &unknown))
         })
         .await
         .unwrap_or_default();
+        // A partition this node has not committed yet: the group's offset
+        // (the previous owner's last commit).
+        for (p, o) in group {
+            committed.lock().entry(p).or_insert(o);
+        }
         let now = engine.now();
         let progress = ends
             .into_iter()
             .filter_map(|(p, high)| {
-                // Before this node's first commit of a partition: unknown.
+                // Never committed by anyone: unknown.
                 let done = committed.lock().get(&p).copied()?;
                 Some(PartitionProgress {
                     topic: opts.events_topic.clone(),
@@ -358,6 +375,35 @@ async fn report_progress(
             if let Err(e) = engine.store().save_partition_progress(progress).await {
                 tracing::warn!(error = %e, "cannot save kafka progress");
             }
+        }
+    }
+}
+
+/// The group's committed offsets of `partitions` (those with one).
+fn group_offsets(
+    consumer: &StreamConsumer<Context>,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<(i32, i64)> {
+    if partitions.is_empty() {
+        return Vec::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    match consumer.committed_offsets(tpl, Duration::from_secs(2)) {
+        Ok(tpl) => tpl
+            .elements_for_topic(topic)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the group's committed offsets");
+            Vec::new()
         }
     }
 }

@@ -1,13 +1,10 @@
 //! Scale-out, end to end: a Python producer (kafka-python) sends events to
 //! a 4-partition topic on a real Kafka-protocol broker (tansu); two
-//! Stratify nodes on one PostgreSQL consume them as one consumer group.
-//! Nothing is lost or counted twice, and memberships and assignments equal a
-//! single-node run (SQLite, the same events over HTTP).
-//!
-//! Not here yet: SIGKILL of a node mid-stream. tansu 0.6.0 never evicts a
-//! dead member from the group (the rebalance after its session times out
-//! hands its partitions to it again), so the survivor cannot take over on
-//! this broker; see the closing note of issue 8. Needs the services scripts/test.sh
+//! Stratify nodes on one PostgreSQL consume them as one consumer group. One
+//! node is SIGKILLed mid-stream and the other takes its partitions over;
+//! later a new node joins mid-stream and takes some back. Nothing is lost or
+//! counted twice, and memberships and assignments equal a single-node run
+//! (SQLite, the same events over HTTP). Needs the services scripts/test.sh
 //! starts (STRATIFY_TEST_POSTGRES_URL, STRATIFY_TEST_KAFKA_BROKERS): a test
 //! that cannot find them fails, it never skips.
 
@@ -223,6 +220,55 @@ async fn variants(node: &Node) -> BTreeMap<String, String> {
     out
 }
 
+/// Waits until the shared log holds `n` events; fails after a minute.
+async fn wait_count(pg: &tokio_postgres::Client, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(pg).await < n as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} events stored",
+            count(pg).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Which node consumes each partition, as the ingest status shows it.
+async fn owners(node: &Node) -> BTreeMap<i64, String> {
+    let status = get(node, "/v1/ingest/status").await;
+    status["kafka_partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().expect("partition"),
+                p["node"].as_str().expect("node").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until exactly `nodes` consume the topic's partitions.
+async fn wait_owners(node: &Node, nodes: &[&str]) {
+    let want: BTreeSet<String> = nodes.iter().map(|n| n.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = owners(node).await;
+        if now.len() == PARTITIONS as usize
+            && now.values().cloned().collect::<BTreeSet<_>>() == want
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not consumed by {want:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn count(pg: &tokio_postgres::Client) -> i64 {
     pg.query_one("SELECT count(*) FROM events", &[])
         .await
@@ -278,7 +324,7 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         a
     };
     let a = start("node-a", &with_id("a"), logs.path()).await;
-    let b = start("node-b", &with_id("b"), logs.path()).await;
+    let mut b = start("node-b", &with_id("b"), logs.path()).await;
 
     // Configuration made on one node is served by the other within a second.
     let ids = configure(&a).await;
@@ -307,46 +353,68 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // The stream, in two halves.
+    // The stream, in three parts: both nodes consume the first; node b is
+    // SIGKILLed while the second is being produced and consumed; a new node b
+    // joins while the third is.
     let all = events();
-    let file = logs.path().join("events.jsonl");
-    let write = |part: &[Value]| {
-        let text: String = part.iter().map(|e| format!("{e}\n")).collect();
-        std::fs::write(&file, text).expect("write");
-    };
+    let third = EVENTS / 3;
     let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
         .await
         .expect("pg");
     tokio::spawn(conn);
-    write(&all[..EVENTS / 2]);
-    assert_eq!(
-        produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]),
-        (EVENTS / 2).to_string()
-    );
+    let part = |name: &str, from: usize, to: usize, bad: &[&str]| {
+        let mut text: String = all[from..to].iter().map(|e| format!("{e}\n")).collect();
+        for line in bad {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let file = logs.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        let (brokers, topic) = (brokers.clone(), events_topic.clone());
+        let expect = (to - from + bad.len()).to_string();
+        // In a thread: the test goes on while the producer sends.
+        std::thread::spawn(move || {
+            let acked = produce(&[&brokers, &topic, "4", file.to_str().expect("path")]);
+            assert_eq!(acked, expect, "records acknowledged by the broker");
+        })
+    };
+    part("part1.jsonl", 0, third, &[]).join().expect("producer");
+    wait_count(&pg, third, "part 1").await;
+    // Both nodes own partitions before one is killed.
+    wait_owners(&a, &["a", "b"]).await;
+
+    let half = third + third / 2;
+    let producer = part("part2a.jsonl", third, half, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&pg).await < (EVENTS / 4) as i64 {
-        assert!(Instant::now() < deadline, "nothing consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while count(&pg).await < (third + third / 10) as i64 {
+        assert!(Instant::now() < deadline, "part 2 not consumed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut text: String = all[EVENTS / 2..].iter().map(|e| format!("{e}\n")).collect();
-    for bad in BAD_RECORDS {
-        text.push_str(bad);
-        text.push('\n');
-    }
-    std::fs::write(&file, text).expect("write");
-    assert_eq!(
-        produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]),
-        (EVENTS - EVENTS / 2 + BAD_RECORDS.len()).to_string()
+    b.child.kill().expect("SIGKILL node b");
+    b.child.wait().expect("reap node b");
+    let killed = Instant::now();
+    let killed_at = count(&pg).await;
+    producer.join().expect("producer");
+    // Sent after the kill, to every partition: node b's can only be
+    // consumed once node a has taken them over (when b's session times out).
+    part("part2b.jsonl", half, 2 * third, &[])
+        .join()
+        .expect("producer");
+    wait_count(&pg, 2 * third, "part 2, after node b was killed").await;
+    wait_owners(&a, &["a"]).await;
+    eprintln!(
+        "node b killed with {killed_at} of {} events stored; node a had them all {:?} later",
+        2 * third,
+        killed.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count(&pg).await < EVENTS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "events lost: {} of {EVENTS} stored",
-            count(&pg).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+
+    // A new node joins mid-stream and gets partitions back.
+    let b = start("node-b2", &with_id("b"), logs.path()).await;
+    let producer = part("part3.jsonl", 2 * third, EVENTS, &BAD_RECORDS);
+    wait_count(&pg, EVENTS, "part 3, with node b back").await;
+    producer.join().expect("producer");
+    wait_owners(&b, &["a", "b"]).await;
+
     // Nothing lost, nothing twice: every event exactly once in the log...
     let row = pg
         .query_one(
