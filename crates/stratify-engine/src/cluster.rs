@@ -12,12 +12,29 @@
 //!   [`CONFIG_POLL_EVERY`] and reloads schemas, keys, segments and
 //!   experiments when it moved: a change made on one node is served by all
 //!   within that interval plus one reload (well under a second).
+//! - **Writes for someone else's users.** Events sent over HTTP to a node
+//!   that does not own their user are handed to the owner through the
+//!   cluster's event stream ([`Forward::events`]); an attribute write or an
+//!   erasure is stored here and the owner is told to re-read the user
+//!   ([`Forward::refresh`], [`Engine::refresh_user`]).
 
 use crate::live::{Msg, Owns};
 use crate::segments::MemberChange;
 use crate::{Engine, EngineError};
 use std::sync::Arc;
 use std::time::Duration;
+use stratify_core::event::NewEvent;
+
+/// Hands user-scoped writes to the node that owns the user.
+#[async_trait::async_trait]
+pub trait Forward: Send + Sync {
+    /// Sends events to their users' owners; returns once they are durable
+    /// there (the owner stores them exactly once).
+    async fn events(&self, events: &[NewEvent]) -> Result<(), EngineError>;
+    /// Tells a user's owner that the user's attributes changed, or that the
+    /// user was erased, in the store.
+    async fn refresh(&self, user: &str) -> Result<(), EngineError>;
+}
 
 pub const CONFIG_POLL_EVERY: Duration = Duration::from_millis(250);
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(100);
@@ -41,8 +58,47 @@ impl Engine {
             .then(|| self.live.view().count(segment_id))
     }
 
-    fn owned(&self, user: &str) -> bool {
+    pub(crate) fn owned(&self, user: &str) -> bool {
         self.owns.read().as_ref().is_none_or(|o| o(user))
+    }
+
+    /// From now on, writes for users this node does not own go to `forward`.
+    pub fn forward_to(&self, forward: Arc<dyn Forward>) {
+        *self.forward.write() = Some(forward);
+    }
+
+    /// Where a write for `user` must go instead of this node's live state:
+    /// `None` when this node owns the user (or runs alone).
+    pub(crate) fn forward_for(&self, user: &str) -> Option<Arc<dyn Forward>> {
+        if self.owned(user) {
+            None
+        } else {
+            self.forward.read().clone()
+        }
+    }
+
+    /// Re-reads a user this node owns from the store after another node
+    /// changed the user's attributes or erased the user.
+    pub async fn refresh_user(&self, user: &str) -> Result<(), EngineError> {
+        if !self.owned(user) {
+            return Ok(());
+        }
+        let id = stratify_core::ids::UserId::parse(user)?;
+        match self.store.get_user(&id).await? {
+            Some(record) => self.live.send(Msg::Attributes {
+                user: record.user_id,
+                attributes: record.attributes,
+                merge: false,
+                at: self.now(),
+            }),
+            None => {
+                self.live.view().remove_user(user);
+                self.live.send(Msg::UserDeleted(user.to_owned()));
+            }
+        }
+        self.serving.forget(user);
+        self.freshness.touch(user);
+        Ok(())
     }
 
     /// Starts the two followers of a shared store (config and changes);

@@ -13,6 +13,9 @@ pub enum EngineError {
     /// It already exists (409).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A service the write needs is down (503), e.g. the cluster's broker.
+    #[error("{0}")]
+    Unavailable(String),
     /// Below us: internal unless the store says the caller is at fault.
     #[error("storage failed")]
     Store(#[source] StoreError),

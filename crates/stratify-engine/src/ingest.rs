@@ -121,6 +121,10 @@ impl Engine {
                 Err(e) => outcome.rejected.push(Rejection::new(index, e)),
             }
         }
+        if source != Source::Kafka {
+            self.forward_others(&mut events, &mut positions, &mut outcome)
+                .await?;
+        }
         let report = IngestReport {
             source,
             received,
@@ -159,5 +163,34 @@ impl Engine {
             }
         }
         Ok(outcome)
+    }
+
+    /// On a cluster node: hands the events of users another node owns to
+    /// that node (they count as accepted once it has them durably) and keeps
+    /// the rest, with their input positions.
+    async fn forward_others(
+        &self,
+        events: &mut Vec<NewEvent>,
+        positions: &mut Vec<usize>,
+        outcome: &mut IngestOutcome,
+    ) -> Result<(), EngineError> {
+        if events
+            .iter()
+            .all(|e| self.forward_for(e.user_id.as_str()).is_none())
+        {
+            return Ok(());
+        }
+        let Some(forward) = self.forward.read().clone() else {
+            return Ok(());
+        };
+        let (mine, theirs): (Vec<_>, Vec<_>) = events
+            .drain(..)
+            .zip(positions.drain(..))
+            .partition(|(e, _)| self.owned(e.user_id.as_str()));
+        let theirs: Vec<NewEvent> = theirs.into_iter().map(|(e, _)| e).collect();
+        forward.events(&theirs).await?;
+        outcome.accepted += theirs.len() as u64;
+        (*events, *positions) = mine.into_iter().unzip();
+        Ok(())
     }
 }

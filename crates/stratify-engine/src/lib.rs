@@ -6,7 +6,7 @@
 //! shells around [`Engine`].
 
 pub mod clock;
-mod cluster;
+pub mod cluster;
 mod error;
 pub mod experiments;
 pub mod feed;
@@ -65,6 +65,8 @@ pub struct Parts {
     pub(crate) results_columns: results::Columns,
     /// The users this node owns when several share the store.
     pub(crate) owns: parking_lot::RwLock<Option<live::Owns>>,
+    /// Where writes for users this node does not own go (a Kafka cluster).
+    pub(crate) forward: parking_lot::RwLock<Option<Arc<dyn cluster::Forward>>>,
 }
 
 /// The one place that picks a backend. Today: the embedded SQLite store.
@@ -133,6 +135,7 @@ impl Engine {
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
             results_columns: results::Columns::default(),
             owns: parking_lot::RwLock::new(None),
+            forward: parking_lot::RwLock::new(None),
         }));
         if !rebuild {
             engine.start_deliverers().await?;

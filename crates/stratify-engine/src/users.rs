@@ -66,6 +66,9 @@ impl Engine {
             at: self.now(),
         });
         self.freshness.touch(&record.user_id);
+        if let Some(forward) = self.forward_for(&record.user_id) {
+            forward.refresh(&record.user_id).await?;
+        }
         Ok(record)
     }
 
@@ -99,6 +102,9 @@ impl Engine {
             self.live.view().remove_user(user_id.as_str());
             self.freshness.touch(user_id.as_str());
             self.live.send(Msg::UserDeleted(user_id.to_string()));
+            if let Some(forward) = self.forward_for(user_id.as_str()) {
+                forward.refresh(user_id.as_str()).await?;
+            }
             Ok(())
         } else {
             Err(not_found(user_id))

@@ -20,11 +20,18 @@
 //!   `GET /v1/ingest/status` shows every partition and its lag.
 //! - **Changes out.** Every membership change this node commits is produced
 //!   to the changes topic, keyed by user id.
+//! - **Writes for other nodes' users.** Events sent over HTTP
+//!   for a user this node does not own are produced to the events topic,
+//!   keyed by user id, and the owner stores them like any record. An
+//!   attribute write or erasure is stored here; a refresh record (header
+//!   [`REFRESH_HEADER`], value `{"user_id": …}`) then makes the owner
+//!   re-read the user.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -33,7 +40,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::error::ValidationError;
-use stratify_engine::Engine;
+use stratify_core::event::NewEvent;
+use stratify_engine::cluster::Forward;
+use stratify_engine::{Engine, EngineError};
 use stratify_store::{PartitionProgress, Source};
 
 /// Most records appended in one transaction.
@@ -147,11 +156,86 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Marks a record that asks the user's owner to re-read the user.
+pub const REFRESH_HEADER: &str = "stratify-refresh";
+
 /// One record, copied out of the consumer's buffer.
 struct Record {
     partition: i32,
     offset: i64,
-    item: Result<Value, ValidationError>,
+    item: Item,
+}
+
+enum Item {
+    Event(Result<Value, ValidationError>),
+    /// Re-read this user from the store (another node changed it).
+    Refresh(String),
+}
+
+/// Hands writes for users another node owns to the events topic.
+struct Forwarder {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Forwarder {
+    fn new(opts: &KafkaOptions) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", &opts.brokers)
+                .set("client.id", format!("{}-forward", opts.node))
+                // The partition a user's owner consumes (Kafka's default).
+                .set("partitioner", "murmur2_random")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .create()?,
+            topic: opts.events_topic.clone(),
+        })
+    }
+
+    async fn send(
+        &self,
+        key: &str,
+        payload: &str,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), EngineError> {
+        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| {
+                EngineError::Unavailable(format!(
+                    "the cluster's broker did not take the write: {e}"
+                ))
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl Forward for Forwarder {
+    async fn events(&self, events: &[NewEvent]) -> Result<(), EngineError> {
+        let sends = events.iter().map(|e| {
+            let payload = e.to_json().to_string();
+            async move { self.send(e.user_id.as_str(), &payload, None).await }
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self, user: &str) -> Result<(), EngineError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: REFRESH_HEADER,
+            value: Some("1"),
+        });
+        let payload = serde_json::json!({ "user_id": user }).to_string();
+        self.send(user, &payload, Some(headers)).await
+    }
 }
 
 /// Runs this node as a member of the consumer group until the process ends.
@@ -186,6 +270,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     };
     // Until the first assignment this node owns nobody.
     engine.own(owns.clone()).await?;
+    engine.forward_to(Arc::new(Forwarder::new(&opts)?));
     engine.follow_cluster().await?;
     tokio::spawn(produce_changes(engine.clone(), opts.clone()));
     let committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>> = Arc::default();
@@ -226,15 +311,27 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         }
         let mut first: BTreeMap<i32, i64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut refresh = Vec::new();
         let items = batch
             .drain(..)
-            .map(|r| {
+            .filter_map(|r| {
                 first.entry(r.partition).or_insert(r.offset);
                 next.insert(r.partition, r.offset + 1);
-                r.item
+                match r.item {
+                    Item::Event(e) => Some(e),
+                    Item::Refresh(user) => {
+                        refresh.push(user);
+                        None
+                    }
+                }
             })
             .collect::<Vec<_>>();
-        if let Err(e) = engine.ingest_values(items, Source::Kafka).await {
+        let stored = match engine.ingest_values(items, Source::Kafka).await {
+            // The store is current for these users now: re-read them.
+            Ok(_) => refresh_all(&engine, &refresh).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
             // Not durable, so not committed: rewind and read the batch again.
             tracing::error!(error = %e, "cannot append kafka records; reading them again");
             tokio::time::sleep(retry).await;
@@ -256,6 +353,20 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     }
 }
 
+/// Re-reads users another node changed (refresh records).
+async fn refresh_all(engine: &Engine, users: &[String]) -> Result<(), EngineError> {
+    for user in users {
+        match engine.refresh_user(user).await {
+            // A bad user id in a refresh record: nothing to re-read.
+            Err(EngineError::Invalid(e)) => {
+                tracing::warn!(error = %e, "a refresh record was ignored")
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 /// Moves each partition back to `offsets` (a batch that was not stored).
 fn rewind(consumer: &StreamConsumer<Context>, topic: &str, offsets: &BTreeMap<i32, i64>) {
     for (&p, &o) in offsets {
@@ -268,7 +379,32 @@ fn rewind(consumer: &StreamConsumer<Context>, topic: &str, offsets: &BTreeMap<i3
 }
 
 fn record<M: Message>(topic: &str, m: &M) -> Record {
+    let refresh = m
+        .headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == REFRESH_HEADER));
     let item = match m.payload().map(serde_json::from_slice::<Value>) {
+        Some(Ok(Value::Object(o))) if refresh => match o.get("user_id") {
+            Some(Value::String(user)) => Item::Refresh(user.clone()),
+            _ => Item::Event(Err(ValidationError::new(
+                "invalid_refresh",
+                "a refresh record names a user_id",
+            ))),
+        },
+        other => Item::Event(event(topic, m, other)),
+    };
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        item,
+    }
+}
+
+fn event<M: Message>(
+    topic: &str,
+    m: &M,
+    payload: Option<Result<Value, serde_json::Error>>,
+) -> Result<Value, ValidationError> {
+    match payload {
         None => Err(ValidationError::new(
             "empty_record",
             "the record has no payload",
@@ -285,11 +421,6 @@ fn record<M: Message>(topic: &str, m: &M) -> Record {
             "invalid_event",
             "an event is a JSON object",
         )),
-    };
-    Record {
-        partition: m.partition(),
-        offset: m.offset(),
-        item,
     }
 }
 

@@ -100,6 +100,10 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict { code, message } => {
                 Self::new(StatusCode::CONFLICT, code, message)
             }
+            EngineError::Unavailable(message) => {
+                tracing::error!(error = %message, "a write could not be handed on");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             EngineError::Store(source) => {
                 tracing::error!(error = %chain(&source), "storage failure");
                 Self::internal()

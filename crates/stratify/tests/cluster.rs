@@ -329,13 +329,23 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     // Configuration made on one node is served by the other within a second.
     let ids = configure(&a).await;
     let made = Instant::now();
-    let (s, _) = call(
+    let (s, late) = call(
         reqwest::Method::POST,
         format!("{}/v1/segments", a.url),
         Some(json!({"name": "late", "rules": {"event": "LOGIN", "op": "gte", "value": 1}})),
     )
     .await;
     assert_eq!(s, 201);
+    let late = late["id"].as_str().expect("id").to_owned();
+    let vip = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "vip", "rules": {"field": "plan", "op": "eq", "value": "vip"}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     loop {
         let list = get(&b, "/v1/segments").await;
         if list["segments"]
@@ -511,6 +521,55 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     assert!(single.len() > 10, "too few users in the experiment");
     assert_eq!(variants(&b).await, single, "node b");
     assert_eq!(variants(&a).await, single, "node a");
+
+    // Writes over HTTP to the node that does not own the user reach the
+    // owner's live state: events through the topic, attributes by a refresh.
+    let owners = owners(&a).await;
+    let guest = (0..)
+        .map(|i| format!("guest-{i}"))
+        .find(|u| owners[&i64::from(stratify_kafka::partition_of(u, PARTITIONS))] == "b")
+        .expect("a user of node b");
+    let (s, v) = call(
+        reqwest::Method::POST,
+        format!("{}/v1/events", a.url),
+        Some(json!({"events": [{"user_id": guest, "name": "LOGIN"}, {"user_id": "x", "name": 7}]})),
+    )
+    .await;
+    assert_eq!((s, &v["accepted"]), (200, &json!(1)), "{v}");
+    assert_eq!(v["rejected"][0]["index"], 1, "{v}");
+    let (s, v) = call(
+        reqwest::Method::PUT,
+        format!("{}/v1/users/{guest}", a.url),
+        Some(json!({"attributes": {"plan": "vip"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    for segment in [&late, &vip] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cluster_members(&pg, segment).await.contains(&guest) {
+            assert!(
+                Instant::now() < deadline,
+                "{guest}, written on node a, is not in {segment} on its owner b"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(members(&a, &vip).await.contains(&guest));
+    let (s, v) = call(
+        reqwest::Method::PATCH,
+        format!("{}/v1/users/{guest}", a.url),
+        Some(json!({"attributes": {"plan": "free"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster_members(&pg, &vip).await.contains(&guest) {
+        assert!(
+            Instant::now() < deadline,
+            "{guest} did not leave vip on node b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Membership changes went out on Kafka, keyed by user id.
     let produced: usize = produce(&[&brokers, &changes_topic, "1", "-", "count"])
