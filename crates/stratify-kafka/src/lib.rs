@@ -18,8 +18,10 @@
 //! - **Progress.** Per partition: the committed offset and the partition's
 //!   end (high watermark), saved to the store every second, so any node's
 //!   `GET /v1/ingest/status` shows every partition and its lag.
-//! - **Changes out.** Every membership change this node commits is produced
-//!   to the changes topic, keyed by user id.
+//! - **Changes out.** One node at a time relays the shared change log to
+//!   the changes topic, keyed by user id, in sequence order, at least once
+//!   (a cursor saved after each acknowledged page, and a lease another node
+//!   takes over when the relay stops).
 //! - **Writes for other nodes' users.** Events sent over HTTP
 //!   for a user this node does not own are produced to the events topic,
 //!   keyed by user id, and the owner stores them like any record. An
@@ -50,6 +52,11 @@ const MAX_BATCH: usize = 2_000;
 /// How long a batch waits for more records once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The changes relay: how long its lease lasts without renewal, how often
+/// it reads the change log, and how many changes it sends at once.
+const RELAY_LEASE: Duration = Duration::from_secs(5);
+const RELAY_EVERY: Duration = Duration::from_millis(100);
+const RELAY_PAGE: u32 = 5_000;
 /// First wait before reading a batch the store refused again (doubling to 5 s).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 
@@ -272,7 +279,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     engine.own(owns.clone()).await?;
     engine.forward_to(Arc::new(Forwarder::new(&opts)?));
     engine.follow_cluster().await?;
-    tokio::spawn(produce_changes(engine.clone(), opts.clone()));
+    tokio::spawn(relay_changes(engine.clone(), opts.clone()));
     let committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>> = Arc::default();
     tokio::spawn(report_progress(
         engine.clone(),
@@ -539,28 +546,54 @@ fn group_offsets(
     }
 }
 
-/// Produces every membership change this node commits, keyed by user id.
-async fn produce_changes(engine: Engine, opts: KafkaOptions) {
+/// Relays the shared change log to the changes topic, keyed by user id, in
+/// sequence order: one node at a time (a lease in the store, taken over
+/// [`RELAY_LEASE`] after its holder stops), from the cursor the previous
+/// relay saved after its last acknowledged page. At least once: a relay
+/// that stops between a page's acknowledgement and its cursor write leaves
+/// that page to be sent again; each record carries its `seq`.
+async fn relay_changes(engine: Engine, opts: KafkaOptions) {
     let producer: FutureProducer = match ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
         .set("client.id", format!("{}-changes", opts.node))
         .set("partitioner", "murmur2_random")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
         .create()
     {
         Ok(p) => p,
         Err(e) => return tracing::error!(error = %e, "cannot create the changes producer"),
     };
-    let mut feed = engine.live().subscribe();
+    let lease = format!("changes-relay:{}", opts.changes_topic);
+    let store = engine.store();
     loop {
-        let batch = match feed.recv().await {
-            Ok(b) => b,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "the changes producer fell behind");
+        let now = engine.now();
+        let ttl = RELAY_LEASE.as_millis() as i64;
+        let cursor = match store.hold_lease(&lease, &opts.node, now, now + ttl).await {
+            Ok(Some(cursor)) => cursor,
+            Ok(None) => {
+                tokio::time::sleep(RELAY_EVERY).await;
                 continue;
             }
-            Err(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the changes relay lease");
+                tokio::time::sleep(RELAY_EVERY).await;
+                continue;
+            }
         };
-        for c in batch.iter() {
+        let page = match store.changes(None, cursor, RELAY_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change log");
+                tokio::time::sleep(RELAY_EVERY).await;
+                continue;
+            }
+        };
+        let Some(last) = page.last().map(|c| c.seq) else {
+            tokio::time::sleep(RELAY_EVERY).await;
+            continue;
+        };
+        let sends = page.iter().map(|c| {
             let payload = serde_json::json!({
                 "seq": c.seq,
                 "segment_id": c.segment_id,
@@ -568,15 +601,32 @@ async fn produce_changes(engine: Engine, opts: KafkaOptions) {
                 "entered": c.entered,
                 "at": stratify_core::time::format_rfc3339(c.at),
                 "cause": c.cause.to_json(),
-                "node": opts.node,
             })
             .to_string();
-            let record = FutureRecord::to(&opts.changes_topic)
-                .key(&c.user_id)
-                .payload(&payload);
-            if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
-                tracing::error!(error = %e, "cannot produce a membership change");
+            let producer = &producer;
+            let topic = &opts.changes_topic;
+            async move {
+                let record = FutureRecord::to(topic).key(&c.user_id).payload(&payload);
+                producer.send(record, Duration::from_secs(10)).await
             }
+        });
+        let failed = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        if let Some((e, _)) = failed {
+            // The cursor stays: the page is sent again.
+            tracing::error!(error = %e, "cannot produce membership changes; retrying");
+            tokio::time::sleep(RELAY_EVERY).await;
+            continue;
+        }
+        match store.advance_lease(&lease, &opts.node, last).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("the changes relay lease moved to another node"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the changes relay cursor"),
+        }
+        if page.len() < RELAY_PAGE as usize {
+            tokio::time::sleep(RELAY_EVERY).await;
         }
     }
 }

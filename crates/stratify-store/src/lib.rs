@@ -235,6 +235,20 @@ pub trait Store: Send + Sync + 'static {
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()>;
     /// Every Kafka partition's last recorded progress, whichever node owns it.
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>>;
+
+    /// Takes or renews the lease `name` for `holder` until `until` when it
+    /// is new, expired at `now`, or `holder`'s already; returns the lease's
+    /// cursor when `holder` holds it, `None` when another node does. One
+    /// node at a time does a cluster-wide job this way.
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<i64>>;
+    /// Moves the lease's cursor if `holder` still holds it (false if not).
+    async fn advance_lease(&self, name: &str, holder: &str, cursor: i64) -> Result<bool>;
 }
 
 /// Helpers for tests that need a real PostgreSQL.

@@ -183,6 +183,15 @@ CREATE TABLE kafka_partitions (
     PRIMARY KEY (topic, partition)
 );
 "#,
+    r#"
+-- Leases: one node at a time does a cluster-wide job, with its cursor.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    cursor      INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

@@ -12,7 +12,8 @@ use tokio_postgres::Client;
 /// Advisory lock key held while migrating ("stratify" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_7261_7469_6679;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     uid         BIGSERIAL PRIMARY KEY,
     user_id     TEXT NOT NULL UNIQUE,
@@ -272,7 +273,17 @@ BEGIN
         i := i + 1;
     END LOOP;
 END $$;
-"#];
+"#,
+    r#"
+-- Leases: one node at a time does a cluster-wide job, with its cursor.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    cursor      BIGINT NOT NULL
+);
+"#,
+];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;

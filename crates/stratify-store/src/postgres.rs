@@ -16,7 +16,10 @@
 
 use crate::model::*;
 use crate::pg_migrations::migrate;
-use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls, Chunks};
+use crate::shared::{
+    merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
+    HOLD_LEASE,
+};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
@@ -1640,6 +1643,26 @@ impl Store for PgStore {
                 updated_at: r.get(5),
             })
             .collect())
+    }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<i64>> {
+        let rows = self
+            .rows(HOLD_LEASE, &[&name, &holder, &now, &until])
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn advance_lease(&self, name: &str, holder: &str, cursor: i64) -> Result<bool> {
+        Ok(self
+            .execute(ADVANCE_LEASE, &[&name, &holder, &cursor])
+            .await?
+            == 1)
     }
 }
 

@@ -115,3 +115,13 @@ impl<'a> Chunks<'a> {
         }
     }
 }
+
+/// Takes a lease that is new, expired, or the holder's own (both dialects;
+/// numbered parameters: name, holder, now, until).
+pub(crate) const HOLD_LEASE: &str =
+    "INSERT INTO leases (name, holder, expires_at, cursor) VALUES ($1, $2, $4, 0) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.holder = excluded.holder OR leases.expires_at < $3 RETURNING cursor";
+/// Moves a lease's cursor for its holder (name, holder, cursor).
+pub(crate) const ADVANCE_LEASE: &str =
+    "UPDATE leases SET cursor = $3 WHERE name = $1 AND holder = $2";

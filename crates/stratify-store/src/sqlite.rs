@@ -2,7 +2,10 @@
 
 use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
-use crate::shared::{merge_into, properties_object, stays, variant_index, without_nulls, Chunks};
+use crate::shared::{
+    merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
+    HOLD_LEASE,
+};
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
@@ -1762,6 +1765,35 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<i64>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .write(move |w| {
+                // SQLite numbers parameters `?N`.
+                let mut stmt = w.conn.prepare_cached(&HOLD_LEASE.replace('$', "?"))?;
+                Ok(stmt
+                    .query_row(params![name, holder, now, until], |r| r.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn advance_lease(&self, name: &str, holder: &str, cursor: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .write(move |w| {
+                let mut stmt = w.conn.prepare_cached(&ADVANCE_LEASE.replace('$', "?"))?;
+                Ok(stmt.execute(params![name, holder, cursor])? == 1)
+            })
+            .await
     }
 
     async fn event_names(&self) -> Result<Vec<(i64, String)>> {

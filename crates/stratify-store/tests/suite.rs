@@ -772,3 +772,42 @@ async fn exposures_and_metric_scans_read_what_results_need() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires_and_keeps_its_cursor() {
+    with_backends(|s| async move {
+        let hold = |who: &'static str, now: i64| {
+            let s = &s;
+            async move {
+                s.hold_lease("relay", who, now, now + 5_000)
+                    .await
+                    .expect("lease")
+            }
+        };
+        assert_eq!(hold("a", NOW).await, Some(0), "a new lease starts at 0");
+        assert_eq!(hold("b", NOW + 1_000).await, None, "held by a");
+        assert!(s.advance_lease("relay", "a", 42).await.expect("advance"));
+        assert!(!s.advance_lease("relay", "b", 7).await.expect("advance"));
+        assert_eq!(
+            hold("a", NOW + 4_000).await,
+            Some(42),
+            "renewed by its holder"
+        );
+        assert_eq!(
+            hold("b", NOW + 8_000).await,
+            None,
+            "renewed until NOW + 9 s"
+        );
+        // Expired: another node takes it over, with the cursor.
+        assert_eq!(hold("b", NOW + 9_001).await, Some(42));
+        assert!(!s.advance_lease("relay", "a", 50).await.expect("advance"));
+        assert_eq!(hold("a", NOW + 9_002).await, None);
+        assert_eq!(
+            s.hold_lease("other", "a", NOW, NOW + 1)
+                .await
+                .expect("lease"),
+            Some(0)
+        );
+    })
+    .await;
+}

@@ -3,7 +3,8 @@
 usage: produce.py BROKERS TOPIC PARTITIONS EVENTS_JSONL [create|count]
 
 With `create`, creates TOPIC with PARTITIONS partitions. With `count`,
-prints how many records TOPIC holds (each must be keyed). Each line
+prints how many records TOPIC holds (each must be keyed) and how many
+distinct `seq` values they carry (membership changes). Each line
 of EVENTS_JSONL is one event; the record key is its user id, partitioned by
 kafka-python's default partitioner (murmur2, as Java's), so each user's
 events stay in one partition, in order. Prints how many were acknowledged.
@@ -24,12 +25,15 @@ if len(sys.argv) > 5 and sys.argv[5] == "create":
 if len(sys.argv) > 5 and sys.argv[5] == "count":
     consumer = KafkaConsumer(topic, bootstrap_servers=brokers, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=5000)
-    n = 0
+    n, seqs = 0, set()
     for record in consumer:
         assert record.key, "a change without a key"
+        change = json.loads(record.value)
+        assert change["user_id"] == record.key.decode(), "keyed by user id"
+        seqs.add(change["seq"])
         n += 1
     consumer.close()
-    print(n)
+    print(n, len(seqs))
     sys.exit(0)
 
 producer = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
