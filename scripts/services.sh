@@ -79,19 +79,29 @@ start_kafka() {
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db \
         >"$dir/tansu.log" 2>&1) &
     _SERVICES_KAFKA_PID=$!
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    for _ in $(seq 1 300); do
+        if kill -0 "$_SERVICES_KAFKA_PID" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             export STRATIFY_TEST_KAFKA_BROKERS="127.0.0.1:$port"
             return 0
         fi
+        kill -0 "$_SERVICES_KAFKA_PID" 2>/dev/null || break
         sleep 0.1
     done
-    echo "tansu did not start; see $dir/tansu.log" >&2
+    echo "tansu did not start on port $port; its log:" >&2
+    cat "$dir/tansu.log" >&2
     return 1
 }
 
 stop_services() {
-    if [ -n "$_SERVICES_KAFKA_PID" ]; then kill "$_SERVICES_KAFKA_PID" 2>/dev/null || true; fi
+    if [ -n "$_SERVICES_KAFKA_PID" ]; then
+        # Waits until the port is free for the next run (5 s, then SIGKILL).
+        kill "$_SERVICES_KAFKA_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$_SERVICES_KAFKA_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$_SERVICES_KAFKA_PID" 2>/dev/null || true
+    fi
     if [ -n "$_SERVICES_PG_DIR" ]; then
         _as_pg "$PG_BIN/pg_ctl" -D "$_SERVICES_PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
     fi

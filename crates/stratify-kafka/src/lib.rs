@@ -179,6 +179,19 @@ enum Item {
     Refresh(String),
 }
 
+/// A producer that waits for every replica and never writes a record twice;
+/// records are keyed by user id and partitioned as Kafka's default does, so
+/// a user's records land in the partition its owner consumes.
+fn producer(opts: &KafkaOptions, role: &str) -> Result<FutureProducer, KafkaError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("client.id", format!("{}-{role}", opts.node))
+        .set("partitioner", "murmur2_random")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
 /// Hands writes for users another node owns to the events topic.
 struct Forwarder {
     producer: FutureProducer,
@@ -188,14 +201,7 @@ struct Forwarder {
 impl Forwarder {
     fn new(opts: &KafkaOptions) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: ClientConfig::new()
-                .set("bootstrap.servers", &opts.brokers)
-                .set("client.id", format!("{}-forward", opts.node))
-                // The partition a user's owner consumes (Kafka's default).
-                .set("partitioner", "murmur2_random")
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .create()?,
+            producer: producer(opts, "forward")?,
             topic: opts.events_topic.clone(),
         })
     }
@@ -553,14 +559,7 @@ fn group_offsets(
 /// that stops between a page's acknowledgement and its cursor write leaves
 /// that page to be sent again; each record carries its `seq`.
 async fn relay_changes(engine: Engine, opts: KafkaOptions) {
-    let producer: FutureProducer = match ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        .set("client.id", format!("{}-changes", opts.node))
-        .set("partitioner", "murmur2_random")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
-    {
+    let producer = match producer(&opts, "changes") {
         Ok(p) => p,
         Err(e) => return tracing::error!(error = %e, "cannot create the changes producer"),
     };
