@@ -174,15 +174,13 @@ impl Engine {
         positions: &mut Vec<usize>,
         outcome: &mut IngestOutcome,
     ) -> Result<(), EngineError> {
-        if events
-            .iter()
-            .all(|e| self.forward_for(e.user_id.as_str()).is_none())
-        {
-            return Ok(());
-        }
+        // One node (no forwarder), or every user is this node's: nothing to do.
         let Some(forward) = self.forward.read().clone() else {
             return Ok(());
         };
+        if events.iter().all(|e| self.owned(e.user_id.as_str())) {
+            return Ok(());
+        }
         let (mine, theirs): (Vec<_>, Vec<_>) = events
             .drain(..)
             .zip(positions.drain(..))

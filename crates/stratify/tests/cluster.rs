@@ -475,7 +475,11 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
             let kafka = &status["sources"][2];
             assert_eq!(kafka["source"], "kafka");
             assert_eq!(kafka["rejected"], BAD_RECORDS.len(), "{kafka}");
-            assert_eq!(kafka["received"], records, "{kafka}");
+            // Records node b read but never committed are read again by
+            // their next owner: counted as received twice, stored once.
+            let again = kafka["duplicates"].as_i64().expect("duplicates");
+            assert_eq!(kafka["received"], records + again, "{kafka}");
+            assert_eq!(kafka["accepted"], EVENTS, "{kafka}");
             assert!(kafka["last_error"].is_string(), "{kafka}");
             break;
         }
