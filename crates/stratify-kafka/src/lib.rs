@@ -634,6 +634,62 @@ async fn relay_changes(engine: Engine, opts: KafkaOptions) {
 mod tests {
     use super::*;
 
+    fn message(payload: Option<&str>, refresh: bool) -> rdkafka::message::OwnedMessage {
+        let headers = refresh.then(|| {
+            OwnedHeaders::new().insert(Header {
+                key: REFRESH_HEADER,
+                value: Some("1"),
+            })
+        });
+        rdkafka::message::OwnedMessage::new(
+            payload.map(|p| p.as_bytes().to_vec()),
+            Some(b"u1".to_vec()),
+            "events".into(),
+            rdkafka::Timestamp::NotAvailable,
+            3,
+            41,
+            headers,
+        )
+    }
+
+    fn code(item: Item) -> &'static str {
+        match item {
+            Item::Event(Err(e)) => e.code,
+            Item::Event(Ok(_)) => "event",
+            Item::Refresh(_) => "refresh",
+        }
+    }
+
+    #[test]
+    fn records_become_events_refreshes_or_rejections() {
+        // An event without an id gets one from its place in the topic.
+        match record(
+            "events",
+            &message(Some(r#"{"user_id":"u1","name":"LOGIN"}"#), false),
+        )
+        .item
+        {
+            Item::Event(Ok(v)) => assert_eq!(v["event_id"], "kafka-events-3-41"),
+            _ => panic!("an event"),
+        }
+        match record("events", &message(Some(r#"{"user_id":"u1"}"#), true)).item {
+            Item::Refresh(user) => assert_eq!(user, "u1"),
+            _ => panic!("a refresh"),
+        }
+        let bad = [
+            (message(None, false), "empty_record"),
+            (message(Some("{"), false), "malformed_json"),
+            (message(Some("[1]"), false), "invalid_event"),
+            (message(Some(r#"{"user_id": 7}"#), true), "invalid_refresh"),
+            (message(Some("{}"), true), "invalid_refresh"),
+            // A refresh header on something that is not an object: as any record.
+            (message(Some("7"), true), "invalid_event"),
+        ];
+        for (m, expected) in bad {
+            assert_eq!(code(record("events", &m).item), expected);
+        }
+    }
+
     #[test]
     fn partitions_match_kafkas_default_partitioner() {
         // Reference values from Kafka's Java client (Utils.murmur2).
