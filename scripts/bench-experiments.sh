@@ -21,8 +21,9 @@ USERS=${1:-1000000}
 SECONDS_EACH=${2:-20}
 CONNS=${3:-8}
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
-cargo build --release -q -p stratify
+cargo build --release -q -p stratify -p stratify-bench
 BIN=target/release/stratify
+BENCH=target/release/stratify-bench
 WORK=$(mktemp -d)
 STORE_ARGS=(--data-dir "$WORK/data")
 if [ -n "${BENCH_POSTGRES:-}" ]; then
@@ -40,7 +41,7 @@ STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" "
 PID=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done
 URL="http://127.0.0.1:$PORT"
-$BIN bench experiments-setup --url "$URL" --key bench-key --experiments 100
+$BENCH experiments-setup --url "$URL" --key bench-key --experiments 100
 
 cat > "$WORK/users.lua" <<LUA
 math.randomseed(42)

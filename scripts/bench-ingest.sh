@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-1000000}
-cargo build --release -q -p stratify
+cargo build --release -q -p stratify -p stratify-bench
 BIN=target/release/stratify
+BENCH=target/release/stratify-bench
 WORK=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -25,5 +26,5 @@ PORT=$((20000 + RANDOM % 20000))
 STRATIFY_ADMIN_KEY=bench-key RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$WORK/http" >/dev/null &
 PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-$BIN bench ingest --url "http://127.0.0.1:$PORT" --key bench-key --events "$EVENTS" --batch 5000 --concurrency 8
-$BIN bench ingest --url "http://127.0.0.1:$PORT" --key bench-key --events "$EVENTS" --batch 5000 --concurrency 8 --ndjson
+$BENCH ingest --url "http://127.0.0.1:$PORT" --key bench-key --events "$EVENTS" --batch 5000 --concurrency 8
+$BENCH ingest --url "http://127.0.0.1:$PORT" --key bench-key --events "$EVENTS" --batch 5000 --concurrency 8 --ndjson

@@ -16,8 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
 EVENTS=${2:-2000000}
-cargo build --release -q -p stratify
+cargo build --release -q -p stratify -p stratify-bench
 BIN=target/release/stratify
+BENCH=target/release/stratify-bench
 WORK=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -37,13 +38,13 @@ for run in baseline live; do
     serve "$WORK/$run"
     if [ "$run" = baseline ]; then
         echo "== baseline: no segments"
-        $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --drain-seconds 0 | grep "live ingest" | sed 's/^live ingest/baseline ingest/'
+        $BENCH live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --drain-seconds 0 | grep "live ingest" | sed 's/^live ingest/baseline ingest/'
     else
         echo "== live: 50 segments, as fast as acknowledged"
-        $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --setup
+        $BENCH live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$EVENTS" --setup
         for RATE in 20000 50000; do
             echo "== live: offered $RATE events/s, batches of 1000"
-            $BIN bench live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$((RATE * 20))" \
+            $BENCH live --url "http://127.0.0.1:$PORT" --key bench-key --users "$USERS" --events "$((RATE * 20))" \
                 --batch 1000 --rate "$RATE" --pings 0 --drain-seconds 0 | grep -v "^deadlines:"
         done
         echo "server RSS: $(($(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024)) MiB"

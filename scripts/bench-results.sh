@@ -7,7 +7,7 @@
 #   scripts/bench-results.sh [USERS] [EVENTS] [RUNS]   (default 1000000 10000000 5)
 #
 # The data set is written straight into the data directory
-# (`stratify bench results-setup`), the server started on it, and the
+# (`stratify-bench results-setup`), the server started on it, and the
 # request timed RUNS times with curl (wall time of the whole answer);
 # prints each run and the median. Also one run per metric alone.
 set -euo pipefail
@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
 EVENTS=${2:-10000000}
 RUNS=${3:-5}
-cargo build --release -q -p stratify
+cargo build --release -q -p stratify -p stratify-bench
 BIN=target/release/stratify
+BENCH=target/release/stratify-bench
 WORK=$(mktemp -d)
 trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -26,7 +27,7 @@ if [ -f "$DATA/bench-results-id" ]; then
     echo "== reusing $DATA"
 else
     echo "== writing $USERS exposures and $EVENTS events"
-    RUST_LOG=warn $BIN bench results-setup --data-dir "$DATA" --users "$USERS" --events "$EVENTS" > "$DATA.id"
+    RUST_LOG=warn $BENCH results-setup --data-dir "$DATA" --users "$USERS" --events "$EVENTS" > "$DATA.id"
     mv "$DATA.id" "$DATA/bench-results-id"
 fi
 ID=$(cat "$DATA/bench-results-id")

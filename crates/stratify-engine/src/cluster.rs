@@ -18,8 +18,7 @@
 //!   erasure is stored here and the owner is told to re-read the user
 //!   ([`Forward::refresh`], [`Engine::refresh_user`]).
 
-use crate::live::{Msg, Owns};
-use crate::segments::MemberChange;
+use crate::live::Owns;
 use crate::{Engine, EngineError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +44,9 @@ impl Engine {
     /// live work, then rebuilds the live state of exactly those users.
     pub async fn own(&self, owns: Owns) -> Result<(), EngineError> {
         *self.owns.write() = Some(owns.clone());
-        self.live.reown(&self.segments.snapshot(), owns).await
+        self.derive
+            .ownership_changed(&self.segments.snapshot(), owns)
+            .await
     }
 
     /// A segment's size across the cluster (every node's users, as this
@@ -55,7 +56,7 @@ impl Engine {
         self.owns
             .read()
             .is_some()
-            .then(|| self.live.view().count(segment_id))
+            .then(|| self.views.live.view().count(segment_id))
     }
 
     pub(crate) fn owned(&self, user: &str) -> bool {
@@ -85,19 +86,12 @@ impl Engine {
         }
         let id = stratify_core::ids::UserId::parse(user)?;
         match self.store.get_user(&id).await? {
-            Some(record) => self.live.send(Msg::Attributes {
-                user: record.user_id,
-                attributes: record.attributes,
-                merge: false,
-                at: self.now(),
-            }),
-            None => {
-                self.live.view().remove_user(user);
-                self.live.send(Msg::UserDeleted(user.to_owned()));
+            Some(record) => {
+                self.derive
+                    .user_written(&record.user_id, &record.attributes, false, self.now())
             }
+            None => self.derive.user_erased(user),
         }
-        self.serving.forget(user);
-        self.freshness.touch(user);
         Ok(())
     }
 
@@ -122,7 +116,7 @@ impl Engine {
                 cause: stratify_store::Cause::Refresh,
             })
             .collect();
-        self.live.follow(&others);
+        self.derive.memberships_followed(&others);
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
@@ -150,7 +144,7 @@ impl Engine {
                             .into_iter()
                             .filter(|c| !engine.owned(&c.user_id))
                             .collect();
-                        engine.live.follow(&others);
+                        engine.derive.memberships_followed(&others);
                         if full {
                             continue;
                         }
@@ -171,33 +165,17 @@ impl Engine {
         self.keys.reload(store).await?;
         let before = self.segments.snapshot();
         let after = crate::segments::Segments::load(store).await?.snapshot();
-        let now = self.now();
-        for seg in after.all() {
+        let mut static_members = std::collections::HashMap::new();
+        for seg in after.all().filter(|s| s.rule.is_none()) {
             let id = &seg.record.id;
-            let changed = before
-                .get(id)
-                .is_none_or(|old| old.record.version != seg.record.version);
-            if seg.rule.is_none() {
-                // Members may have changed with no new version.
-                let users = store.static_members(id).await?;
-                if changed {
-                    self.live.put_segment(id, None, now);
-                }
-                self.live.send(Msg::StaticMembers {
-                    id: id.clone(),
-                    change: MemberChange::Replace,
-                    users,
-                });
-            } else if changed {
-                self.live
-                    .put_segment(id, seg.rule.clone().map(Arc::new), now);
-            }
+            static_members.insert(id.clone(), store.static_members(id).await?);
         }
-        for seg in before.all() {
-            if after.get(&seg.record.id).is_none() {
-                self.live.send(Msg::SegmentDeleted(seg.record.id.clone()));
-            }
-        }
+        self.derive.config_reloaded(crate::derived::Reload {
+            before: &before,
+            after: &after,
+            static_members,
+            at: self.now(),
+        });
         self.segments.replace(after);
         self.experiments.reload(store).await?;
         Ok(())

@@ -134,7 +134,7 @@ impl Engine {
         after: i64,
     ) -> mpsc::Receiver<ChangeRecord> {
         let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
-        let mut live = self.live.subscribe();
+        let mut live = self.views.live.subscribe();
         let store = self.store.clone();
         tokio::spawn(async move {
             let wanted =

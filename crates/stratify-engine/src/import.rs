@@ -94,20 +94,11 @@ impl Engine {
             match parsed.batch {
                 Batch::Users(users) => {
                     let n = users.len() as u64;
-                    let indexed = users.clone();
+                    let written = users.clone();
                     let changed = self.store.merge_users(users, self.now()).await?;
-                    let mut index = self.population.write();
-                    for (id, attributes) in &indexed {
-                        index.merge_attributes(id.as_str(), attributes);
-                    }
-                    drop(index);
-                    for (id, attributes) in indexed {
-                        self.live.send(crate::live::Msg::Attributes {
-                            user: id.to_string(),
-                            attributes,
-                            merge: true,
-                            at: self.now(),
-                        });
+                    for (id, attributes) in &written {
+                        self.derive
+                            .user_written(id.as_str(), attributes, true, self.now());
                     }
                     report.written += changed;
                     report.unchanged += n - changed;

@@ -44,32 +44,6 @@ impl Rejection {
 }
 
 impl Engine {
-    /// Feeds newly appended events to the population index in log order.
-    fn index_appended(&self, events: &[NewEvent], appended: &[Appended]) {
-        let mut new: Vec<(i64, &NewEvent)> = events
-            .iter()
-            .zip(appended)
-            .filter_map(|(e, a)| match a {
-                Appended::New(seq) => Some((*seq, e)),
-                Appended::Duplicate => None,
-            })
-            .collect();
-        if new.is_empty() {
-            return;
-        }
-        new.sort_unstable_by_key(|(seq, _)| *seq);
-        self.population
-            .write()
-            .add_events(new.into_iter().map(|(_, e)| {
-                (
-                    e.user_id.as_str(),
-                    e.name.as_str(),
-                    e.timestamp,
-                    e.properties.as_ref(),
-                )
-            }));
-    }
-
     /// Ingests already-parsed items; an `Err` item (say, an NDJSON line that
     /// is not JSON) is rejected at its index.
     pub async fn ingest_values(
@@ -141,15 +115,15 @@ impl Engine {
             }
             return Ok(outcome);
         }
-        self.live.admit().await;
+        self.views.live.admit().await;
         let events = std::sync::Arc::new(events);
         let batch = EventBatch {
             events: events.clone(),
             report,
-            on_commit: Some(self.live.commit_hook(events.clone())),
+            on_commit: Some(self.derive.commit_hook(events.clone())),
         };
         let appended = self.store.append_events(batch).await?;
-        self.index_appended(&events, &appended);
+        self.derive.events_appended(&events, &appended);
         for (index, a) in positions.into_iter().zip(appended) {
             match a {
                 Appended::New(seq) => {

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod derived;
 mod error;
 pub mod experiments;
 pub mod feed;
@@ -56,13 +57,12 @@ pub struct Parts {
     pub(crate) schemas: Arc<Schemas>,
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) segments: Arc<segments::Segments>,
-    pub(crate) population: population::SharedIndex,
-    pub(crate) live: Arc<live::Live>,
+    /// The derived views, read directly; written only through `derive`.
+    pub(crate) views: Arc<derived::Views>,
+    /// The one fan-out every write path tells its facts to.
+    pub(crate) derive: Arc<dyn derived::Derive>,
     pub(crate) deliverers: Arc<webhooks::Deliverers>,
     pub(crate) experiments: Arc<experiments::Experiments>,
-    pub(crate) freshness: Arc<freshness::Freshness>,
-    pub(crate) serving: Arc<experiments::assign::Serving>,
-    pub(crate) results_columns: results::Columns,
     /// The users this node owns when several share the store.
     pub(crate) owns: parking_lot::RwLock<Option<live::Owns>>,
     /// Where writes for users this node does not own go (a Kafka cluster).
@@ -82,7 +82,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         admin_secret: Option<String>,
     ) -> Result<Self, EngineError> {
-        Self::open(store, clock, admin_secret, false).await
+        Self::open(store, clock, admin_secret, false, |views| views).await
     }
 
     /// Starts with the live state reconstructed from the event log alone
@@ -92,19 +92,29 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EngineError> {
-        Self::open(store, clock, None, true).await
+        Self::open(store, clock, None, true, |views| views).await
     }
 
-    async fn open(
+    /// Builds the engine; `fan_out` chooses what write paths tell their
+    /// facts to (the views themselves, or in tests a recorder around them).
+    pub(crate) async fn open(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         admin_secret: Option<String>,
         rebuild: bool,
+        fan_out: impl FnOnce(Arc<derived::Views>) -> Arc<dyn derived::Derive>,
     ) -> Result<Self, EngineError> {
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
-        let population = population::load(store.as_ref()).await?;
+        // A shared store answers population queries itself (see
+        // `Engine::population`): no node keeps an index of it.
+        let population = match store.dialect() {
+            stratify_core::rules::sql::Dialect::Sqlite => {
+                Some(population::load(store.as_ref()).await?)
+            }
+            stratify_core::rules::sql::Dialect::Postgres => None,
+        };
         let view = Arc::new(live::MemberView::default());
         let experiments =
             Arc::new(experiments::Experiments::load(store.as_ref(), view.clone()).await?);
@@ -121,19 +131,23 @@ impl Engine {
             )
             .await?,
         );
+        let views = Arc::new(derived::Views {
+            population,
+            live,
+            freshness,
+            serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
+            results_columns: results::Columns::default(),
+        });
         let engine = Self(Arc::new(Parts {
             store,
             clock,
             schemas,
             keys,
             segments,
-            population,
-            live,
+            derive: fan_out(views.clone()),
+            views,
             deliverers: Arc::default(),
             experiments,
-            freshness,
-            serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
-            results_columns: results::Columns::default(),
             owns: parking_lot::RwLock::new(None),
             forward: parking_lot::RwLock::new(None),
         }));
@@ -145,14 +159,14 @@ impl Engine {
 
     /// The real-time engine (memberships, deadlines, change feed).
     pub fn live(&self) -> &live::Live {
-        &self.live
+        &self.views.live
     }
 
     /// Commits pending live work and stops the worker (on shutdown).
     pub async fn shutdown(&self) {
         self.deliverers.stop_all();
-        self.serving.stop().await;
-        self.live.stop().await;
+        self.views.serving.stop().await;
+        self.views.live.stop().await;
     }
 
     pub fn now(&self) -> stratify_core::time::Millis {

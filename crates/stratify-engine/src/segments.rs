@@ -3,7 +3,6 @@
 //! per-user answers (a user's segments, explain) evaluate the same rule in
 //! memory over the user's events.
 
-use crate::live::Msg;
 use crate::{Engine, EngineError};
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -384,21 +383,15 @@ impl Engine {
             .create_segment(record.clone(), members)
             .await
             .map_err(name_taken)?;
-        if rule.is_none() {
-            self.population.write().set_static_members(&id, &member_ids);
-        }
         let segment = Segment {
             record,
             rule: rule.map(|(r, _)| r),
         };
-        self.live
-            .put_segment(&id, segment.rule.clone().map(Arc::new), now);
+        self.derive
+            .segment_put(&id, segment.rule.clone().map(Arc::new), now);
         if segment.rule.is_none() {
-            self.live.send(Msg::StaticMembers {
-                id: id.clone(),
-                change: MemberChange::Replace,
-                users: member_ids,
-            });
+            self.derive
+                .static_members_changed(&id, MemberChange::Replace, &member_ids);
         }
         self.segments.put(segment);
         self.segment(&id)
@@ -442,8 +435,8 @@ impl Engine {
             .await
             .map_err(name_taken)?;
         if rules_changed {
-            self.live
-                .put_segment(id, rule.clone().map(Arc::new), record.updated_at);
+            self.derive
+                .segment_put(id, rule.clone().map(Arc::new), record.updated_at);
         }
         self.segments.put(Segment { record, rule });
         self.segment(id)
@@ -483,8 +476,7 @@ impl Engine {
             });
         }
         self.store.delete_segment(id).await?;
-        self.population.write().drop_static(id);
-        self.live.send(Msg::SegmentDeleted(id.to_owned()));
+        self.derive.segment_removed(id);
         self.segments.remove(id);
         Ok(())
     }
@@ -521,18 +513,7 @@ impl Engine {
             MemberChange::Remove => self.store.remove_members(id, users).await?,
             MemberChange::Replace => self.store.replace_members(id, users, now).await?,
         };
-        let mut index = self.population.write();
-        match change {
-            MemberChange::Add => index.add_static_members(id, &ids),
-            MemberChange::Remove => index.remove_static_members(id, &ids),
-            MemberChange::Replace => index.set_static_members(id, &ids),
-        }
-        drop(index);
-        self.live.send(Msg::StaticMembers {
-            id: id.to_owned(),
-            change,
-            users: ids,
-        });
+        self.derive.static_members_changed(id, change, &ids);
         Ok(changed)
     }
 
@@ -615,20 +596,20 @@ impl Engine {
             .then(|| sql::members(rule, dialect, now, &lookup));
         let limit = page.limit as usize;
         // A shared store (PostgreSQL) is written by every node: its answer,
-        // not this node's index, is the current one.
-        let evaluator = match dialect {
-            Dialect::Sqlite => page.evaluator,
-            Dialect::Postgres => Evaluator::Sql,
+        // not a node's index, is the current one, and no node keeps one.
+        let index = match page.evaluator {
+            Evaluator::Memory => self.views.population.as_ref(),
+            Evaluator::Sql => None,
         };
-        let (mut user_ids, total_count) = match evaluator {
-            Evaluator::Sql => {
+        let (mut user_ids, total_count) = match index {
+            None => {
                 let predicate = sql::predicate(rule, dialect, now, &lookup);
                 self.store
                     .select_users(predicate, after, page.limit + 1)
                     .await?
             }
-            Evaluator::Memory => {
-                let index = self.population.read();
+            Some(index) => {
+                let index = index.read();
                 let selected = index.select(rule, now, &lookup);
                 let start = match &after {
                     Some(user) => Some(index.index_of(user).ok_or_else(|| {

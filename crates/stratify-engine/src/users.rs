@@ -2,7 +2,6 @@
 //! schema), reads with the built-in computed fields and current segments,
 //! both evaluated by the rule engine over the user's events.
 
-use crate::live::Msg;
 use crate::segments::MAX_USER_EVENTS;
 use crate::{Engine, EngineError};
 use serde::Serialize;
@@ -56,16 +55,8 @@ impl Engine {
                 },
                 other => other,
             })?;
-        self.population
-            .write()
-            .set_attributes(&record.user_id, &record.attributes);
-        self.live.send(Msg::Attributes {
-            user: record.user_id.clone(),
-            attributes: record.attributes.clone(),
-            merge: false,
-            at: self.now(),
-        });
-        self.freshness.touch(&record.user_id);
+        self.derive
+            .user_written(&record.user_id, &record.attributes, false, self.now());
         if let Some(forward) = self.forward_for(&record.user_id) {
             forward.refresh(&record.user_id).await?;
         }
@@ -94,14 +85,7 @@ impl Engine {
 
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
-            // Cached metric events must not outlive an erased user (a copy
-            // being refreshed across the erasure is not kept either).
-            self.results_columns.clear();
-            self.population.write().remove_user(user_id.as_str());
-            self.serving.forget(user_id.as_str());
-            self.live.view().remove_user(user_id.as_str());
-            self.freshness.touch(user_id.as_str());
-            self.live.send(Msg::UserDeleted(user_id.to_string()));
+            self.derive.user_erased(user_id.as_str());
             if let Some(forward) = self.forward_for(user_id.as_str()) {
                 forward.refresh(user_id.as_str()).await?;
             }

@@ -198,7 +198,7 @@ impl Engine {
             }
         };
         // Woken by every committed batch; polls every 5 s as a backstop.
-        let mut feed = self.live.subscribe();
+        let mut feed = self.views.live.subscribe();
         let (mut cursor, mut failures) = (hook.delivered_seq, hook.failures);
         let mut backoff = FIRST_BACKOFF;
         loop {

@@ -1,10 +1,9 @@
-//! The `stratify` binary: `serve`, `generate`, `import`, `refresh`, `rebuild`, `bench`.
+//! The `stratify` binary: `serve`, `generate`, `import`, `refresh`, `rebuild`, `demo`.
 //!
 //! Only wiring and command-line concerns live here (flags, config layering,
 //! progress bars, signals); domain logic is in the engine and the core.
 
 mod backend;
-mod bench;
 mod config;
 mod demo;
 mod generate;
@@ -54,9 +53,6 @@ enum Command {
     /// Loads the food-delivery demo scenario (13 segments, 18 experiments, 5
     /// users with orders) into a running server through its API.
     Demo(DemoArgs),
-    /// Drives a running server and reports throughput (see scripts/bench-ingest.sh).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,7 +82,6 @@ fn main() -> std::process::ExitCode {
             Command::Import(args) => import::run(settings, args).await,
             Command::Refresh(args) => maintain::refresh(settings, args).await,
             Command::Rebuild(args) => maintain::rebuild(settings, args).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
             Command::Demo(args) => demo(args).await,
         }
     });

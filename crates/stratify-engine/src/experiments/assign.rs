@@ -143,7 +143,7 @@ struct ViewLookup<'a> {
 impl SegmentLookup for ViewLookup<'_> {
     fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
         self.catalog.get(id)?;
-        let view = self.engine.live.view();
+        let view = self.engine.views.live.view();
         Some(SegmentRef::Static(view.contains(self.user, view.slot(id))))
     }
 }
@@ -166,7 +166,7 @@ fn hash_value<'a>(
 impl Engine {
     /// Changes how answers are cached and banners drawn.
     pub fn set_serving_options(&self, options: Options) {
-        *self.serving.options.write() = options;
+        *self.views.serving.options.write() = options;
     }
 
     /// Every running experiment `user` is in, with their variants and banner
@@ -181,18 +181,31 @@ impl Engine {
         let user = id.as_str();
         let generation = self.experiments.registry().generation;
         if context.is_none() {
-            let stamp = self.freshness.stamp(user);
-            if let Some(hit) = self.serving.cache.get(user, stamp, generation, self.now()) {
+            let stamp = self.views.freshness.stamp(user);
+            if let Some(hit) = self
+                .views
+                .serving
+                .cache
+                .get(user, stamp, generation, self.now())
+            {
                 return Ok((hit, Source::Cache));
             }
         }
-        self.serving.sticky.admit().await;
-        if !self.freshness.wait_current(user, READ_YOUR_WRITES).await {
+        self.views.serving.sticky.admit().await;
+        if !self
+            .views
+            .freshness
+            .wait_current(user, READ_YOUR_WRITES)
+            .await
+        {
             tracing::debug!(user, "answering before the live engine caught up");
         }
         let answer = Arc::new(self.compute(id, context).await?);
         if context.is_none() {
-            self.serving.cache.put(answer.clone(), answer.computed_at);
+            self.views
+                .serving
+                .cache
+                .put(answer.clone(), answer.computed_at);
         }
         Ok((answer, Source::Computed))
     }
@@ -239,14 +252,14 @@ impl Engine {
             let now = self.now();
             let mut expired = (*m).clone();
             expired.expires_at = now;
-            self.serving.sticky.set_mixture(
+            self.views.serving.sticky.set_mixture(
                 user,
                 Arc::new(expired.clone()),
                 mixture_record(user, &expired),
             );
         }
-        self.serving.cache.remove(user);
-        self.freshness.touch(user);
+        self.views.serving.cache.remove(user);
+        self.views.freshness.touch(user);
         Ok(())
     }
 
@@ -268,11 +281,11 @@ impl Engine {
 
     /// Waits until every assignment and mixture served so far is stored.
     pub async fn flush_assignments(&self) {
-        self.serving.sticky.flush().await;
+        self.views.serving.sticky.flush().await;
     }
 
     async fn user_state(&self, user: &str) -> Result<UserState, EngineError> {
-        if let Some(s) = self.serving.sticky.get(user) {
+        if let Some(s) = self.views.serving.sticky.get(user) {
             return Ok(s);
         }
         let (rows, mixture) = self.store.serving_state(user).await?;
@@ -291,6 +304,7 @@ impl Engine {
             .and_then(|m| serde_json::from_value::<Mixture>(m.mixture).ok())
             .map(Arc::new);
         Ok(self
+            .views
             .serving
             .sticky
             .insert_loaded(user, UserState { stuck, mixture }))
@@ -331,8 +345,8 @@ impl Engine {
     ) -> Result<UserExperiments, EngineError> {
         let user = id.as_str();
         let registry = self.experiments.registry();
-        let options = *self.serving.options.read();
-        let stamp = self.freshness.stamp(user);
+        let options = *self.views.serving.options.read();
+        let stamp = self.views.freshness.stamp(user);
         let now = self.now();
         let state = self.user_state(user).await?;
         let running = &registry.running;
@@ -361,7 +375,7 @@ impl Engine {
             now,
         };
         let mut segments = Vec::new();
-        self.live.view().segments_of(user, &mut segments);
+        self.views.live.view().segments_of(user, &mut segments);
 
         let mut valid_until = now.saturating_add(options.cache_ttl_ms);
         let mut served = Vec::new();
@@ -435,7 +449,7 @@ impl Engine {
                     bucket_version: d.bucket_version,
                     assigned_at: now,
                 };
-                let held = self.serving.sticky.assign(
+                let held = self.views.serving.sticky.assign(
                     user,
                     Stuck {
                         experiment: e.slot,
@@ -519,7 +533,10 @@ impl Engine {
         );
         let record = mixture_record(user, &m);
         let m = Arc::new(m);
-        self.serving.sticky.set_mixture(user, m.clone(), record);
+        self.views
+            .serving
+            .sticky
+            .set_mixture(user, m.clone(), record);
         Some(m)
     }
 }

@@ -295,7 +295,8 @@ impl Engine {
             let collector = Collector::new(exposed.clone(), metric.kind, metric.window_ms, to);
             if !exposed.variant.is_empty() {
                 let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
-                self.results_columns
+                self.views
+                    .results_columns
                     .visit(
                         self.store.as_ref(),
                         &metric.event,
