@@ -3,6 +3,7 @@
 
 use crate::error::pointer_token;
 use crate::schema::{check_field_name, is_date};
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde_json::{Map, Number, Value};
 
@@ -35,7 +36,7 @@ pub fn check_map(
 ) -> Result<(), ValidationError> {
     if map.len() > max_fields {
         return Err(ValidationError::new(
-            "too_many_fields",
+            ErrorCode::TooManyFields,
             format!("at most {max_fields} {what} are allowed"),
         )
         .at(pointer));
@@ -46,7 +47,7 @@ pub fn check_map(
         check_field_name(name).map_err(|e| e.at(field()))?;
         if depth(value) > MAX_VALUE_DEPTH {
             return Err(ValidationError::new(
-                "value_too_deep",
+                ErrorCode::ValueTooDeep,
                 format!("values nest at most {MAX_VALUE_DEPTH} levels"),
             )
             .at(field()));
@@ -54,7 +55,7 @@ pub fn check_map(
         bytes += name.len() + encoded_len(value) + 4;
         if bytes > max_bytes {
             return Err(ValidationError::new(
-                "too_large",
+                ErrorCode::TooLarge,
                 format!("{what} take at most {max_bytes} bytes encoded"),
             )
             .at(pointer));
@@ -155,7 +156,7 @@ mod tests {
             many.insert(format!("a{i}"), json!(1));
         }
         assert_eq!(
-            check(&many, "/attributes").map_err(|e| e.code),
+            check(&many, "/attributes").map_err(|e| e.code.as_str()),
             Err("too_many_fields")
         );
         let deep = json!({"x": [[[[[1]]]]]});
@@ -163,7 +164,7 @@ mod tests {
         assert_eq!(err.and_then(|e| e.field), Some("/attributes/x".to_owned()));
         let big = json!({"x": "y".repeat(MAX_ATTRIBUTES_BYTES)});
         assert_eq!(
-            check(big.as_object().unwrap_or(&Map::new()), "").map_err(|e| e.code),
+            check(big.as_object().unwrap_or(&Map::new()), "").map_err(|e| e.code.as_str()),
             Err("too_large")
         );
     }

@@ -10,6 +10,7 @@ use crate::hash::{event_id_key, StableHasher};
 use crate::ids::{EventId, EventName, UserId};
 use crate::schema::json_type_name;
 use crate::time::{self, Millis};
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde_json::{Map, Value};
 
@@ -41,7 +42,7 @@ impl NewEvent {
     pub fn from_json(value: Value, now: Millis) -> Result<Self, ValidationError> {
         let Value::Object(mut obj) = value else {
             return Err(ValidationError::new(
-                "invalid_event",
+                ErrorCode::InvalidEvent,
                 format!("an event is a JSON object, got {}", json_type_name(&value)),
             ));
         };
@@ -52,7 +53,7 @@ impl NewEvent {
             )
         }) {
             return Err(ValidationError::new(
-                "unknown_field",
+                ErrorCode::UnknownField,
                 format!("unknown field '{unknown}'"),
             )
             .at(format!("/{}", crate::error::pointer_token(unknown))));
@@ -62,7 +63,8 @@ impl NewEvent {
             Some(other) => return Err(expected("user_id", "a string", &other)),
             None => {
                 return Err(
-                    ValidationError::new("missing_field", "user_id is required").at("/user_id")
+                    ValidationError::new(ErrorCode::MissingField, "user_id is required")
+                        .at("/user_id"),
                 )
             }
         };
@@ -70,7 +72,9 @@ impl NewEvent {
             Some(Value::String(s)) => EventName::parse(s).map_err(|e| e.at("/name"))?,
             Some(other) => return Err(expected("name", "a string", &other)),
             None => {
-                return Err(ValidationError::new("missing_field", "name is required").at("/name"))
+                return Err(
+                    ValidationError::new(ErrorCode::MissingField, "name is required").at("/name"),
+                )
             }
         };
         let event_id = match obj.remove("event_id") {
@@ -88,7 +92,7 @@ impl NewEvent {
                 Some(ms) => time::in_range(ms).map_err(|e| e.at("/timestamp"))?,
                 None => {
                     return Err(ValidationError::new(
-                        "invalid_timestamp",
+                        ErrorCode::InvalidTimestamp,
                         "epoch milliseconds must be an integer",
                     )
                     .at("/timestamp"))
@@ -152,7 +156,7 @@ impl NewEvent {
     pub fn from_order_json(value: Value, now: Millis) -> Result<Self, ValidationError> {
         let Value::Object(mut obj) = value else {
             return Err(ValidationError::new(
-                "invalid_order",
+                ErrorCode::InvalidOrder,
                 "an order is a JSON object",
             ));
         };
@@ -163,7 +167,7 @@ impl NewEvent {
             )
         }) {
             return Err(ValidationError::new(
-                "unknown_field",
+                ErrorCode::UnknownField,
                 format!("unknown field '{unknown}'"),
             )
             .at(format!("/{}", crate::error::pointer_token(unknown))));
@@ -174,7 +178,7 @@ impl NewEvent {
             }
             Some(Value::Number(_)) => {
                 return Err(ValidationError::new(
-                    "invalid_amount",
+                    ErrorCode::InvalidAmount,
                     "amount must be a finite number >= 0",
                 )
                 .at("/amount"))
@@ -182,20 +186,25 @@ impl NewEvent {
             Some(other) => return Err(expected("amount", "a number", &other)),
             None => {
                 return Err(
-                    ValidationError::new("missing_field", "amount is required").at("/amount")
+                    ValidationError::new(ErrorCode::MissingField, "amount is required")
+                        .at("/amount"),
                 )
             }
         };
         let city = match obj.remove("city") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Value::String(s),
             Some(Value::String(_)) => {
-                return Err(
-                    ValidationError::new("invalid_city", "city is 1–128 bytes of text").at("/city"),
+                return Err(ValidationError::new(
+                    ErrorCode::InvalidCity,
+                    "city is 1–128 bytes of text",
                 )
+                .at("/city"))
             }
             Some(other) => return Err(expected("city", "a string", &other)),
             None => {
-                return Err(ValidationError::new("missing_field", "city is required").at("/city"))
+                return Err(
+                    ValidationError::new(ErrorCode::MissingField, "city is required").at("/city"),
+                )
             }
         };
         let order_id = match obj.remove("order_id") {
@@ -248,7 +257,7 @@ pub fn import_row_key(kind: &str, line: u64, fields: &[&str]) -> i64 {
 
 fn expected(field: &str, what: &str, got: &Value) -> ValidationError {
     ValidationError::new(
-        "type_mismatch",
+        ErrorCode::TypeMismatch,
         format!("{field} must be {what}, got {}", json_type_name(got)),
     )
     .at(format!("/{field}"))
@@ -315,13 +324,13 @@ mod tests {
         let err =
             NewEvent::from_json(json!({"user_id": "u", "name": "n", "propeties": {}}), NOW).err();
         assert_eq!(
-            err.map(|e| (e.code, e.field)),
+            err.map(|e| (e.code.as_str(), e.field)),
             Some(("unknown_field", Some("/propeties".into())))
         );
         let err = NewEvent::from_json(json!({"user_id": 7, "name": "n"}), NOW).err();
         assert_eq!(err.map(|e| e.field), Some(Some("/user_id".into())));
         let err = NewEvent::from_json(json!(["x"]), NOW).err();
-        assert_eq!(err.map(|e| e.code), Some("invalid_event"));
+        assert_eq!(err.map(|e| e.code.as_str()), Some("invalid_event"));
     }
 
     #[test]
@@ -358,7 +367,7 @@ mod tests {
         let neg =
             NewEvent::from_order_json(json!({"user_id": "u", "amount": -1, "city": "Pune"}), NOW)
                 .err();
-        assert_eq!(neg.map(|e| e.code), Some("invalid_amount"));
+        assert_eq!(neg.map(|e| e.code.as_str()), Some("invalid_amount"));
     }
 
     #[test]

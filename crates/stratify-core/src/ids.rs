@@ -1,5 +1,6 @@
 //! Typed identifiers, parsed once at the edge and trusted inside.
 
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -11,12 +12,7 @@ pub const MAX_EVENT_NAME_BYTES: usize = 128;
 /// Longest client-supplied event id accepted, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 
-fn check_text(
-    value: &str,
-    what: &str,
-    max: usize,
-    code: &'static str,
-) -> Result<(), ValidationError> {
+fn check_text(value: &str, what: &str, max: usize, code: ErrorCode) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new(
             code,
@@ -46,7 +42,12 @@ pub struct UserId(String);
 impl UserId {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
-        check_text(&value, "user_id", MAX_USER_ID_BYTES, "invalid_user_id")?;
+        check_text(
+            &value,
+            "user_id",
+            MAX_USER_ID_BYTES,
+            ErrorCode::InvalidUserId,
+        )?;
         Ok(Self(value))
     }
 
@@ -67,7 +68,7 @@ impl EventName {
             &value,
             "event name",
             MAX_EVENT_NAME_BYTES,
-            "invalid_event_name",
+            ErrorCode::InvalidEventName,
         )?;
         Ok(Self(value))
     }
@@ -85,7 +86,12 @@ pub struct EventId(String);
 impl EventId {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
-        check_text(&value, "event_id", MAX_EVENT_ID_BYTES, "invalid_event_id")?;
+        check_text(
+            &value,
+            "event_id",
+            MAX_EVENT_ID_BYTES,
+            ErrorCode::InvalidEventId,
+        )?;
         Ok(Self(value))
     }
 
@@ -138,7 +144,7 @@ mod tests {
             Some("LOGIN".into())
         );
         assert_eq!(
-            EventName::parse("").map_err(|e| e.code),
+            EventName::parse("").map_err(|e| e.code.as_str()),
             Err("invalid_event_name")
         );
     }

@@ -26,4 +26,4 @@ pub mod schema;
 pub mod stats;
 pub mod time;
 
-pub use error::ValidationError;
+pub use error::{ErrorCode, ValidationError};

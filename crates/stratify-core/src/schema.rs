@@ -8,6 +8,7 @@
 
 use crate::error::pointer_token;
 use crate::time;
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -140,7 +141,7 @@ impl EventTypeSchema {
         crate::ids::EventName::parse(self.name.clone()).map_err(|e| e.at("/name"))?;
         if self.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(ValidationError::new(
-                "invalid_description",
+                ErrorCode::InvalidDescription,
                 "description is longer than 1024 bytes",
             )
             .at("/description"));
@@ -159,7 +160,7 @@ impl EventTypeSchema {
             match props.and_then(|p| p.get(name)).filter(|v| !v.is_null()) {
                 None if spec.required => {
                     return Err(ValidationError::new(
-                        "missing_property",
+                        ErrorCode::MissingProperty,
                         format!("event type '{}' requires property '{name}'", self.name),
                     )
                     .at(field))
@@ -181,7 +182,7 @@ fn check_field_names<'a>(
 ) -> Result<(), ValidationError> {
     if names.len() > MAX_SCHEMA_FIELDS {
         return Err(ValidationError::new(
-            "schema_too_large",
+            ErrorCode::SchemaTooLarge,
             format!("a schema declares at most {MAX_SCHEMA_FIELDS} fields"),
         )
         .at(pointer));
@@ -196,7 +197,7 @@ fn check_field_names<'a>(
 pub fn check_field_name(name: &str) -> Result<(), ValidationError> {
     if name.is_empty() || name.len() > MAX_FIELD_NAME_BYTES || name.chars().any(char::is_control) {
         return Err(ValidationError::new(
-            "invalid_field_name",
+            ErrorCode::InvalidFieldName,
             format!("field names are 1–{MAX_FIELD_NAME_BYTES} bytes without control characters"),
         ));
     }
@@ -205,7 +206,7 @@ pub fn check_field_name(name: &str) -> Result<(), ValidationError> {
 
 fn type_mismatch(name: &str, expected: FieldType, value: &Value) -> ValidationError {
     ValidationError::new(
-        "type_mismatch",
+        ErrorCode::TypeMismatch,
         format!(
             "'{name}' must be of type {}, got {}",
             expected.name(),
@@ -255,7 +256,8 @@ mod tests {
         let t = order_type();
         let bad = json!({"amount": "12"});
         assert_eq!(
-            t.check(bad.as_object(), "/properties").map_err(|e| e.code),
+            t.check(bad.as_object(), "/properties")
+                .map_err(|e| e.code.as_str()),
             Err("type_mismatch")
         );
         let ok = json!({"amount": 12.5, "coupon": "X"});

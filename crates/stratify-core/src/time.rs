@@ -1,6 +1,7 @@
 //! Instants. Stratify stores time as milliseconds since the Unix epoch (UTC)
 //! and speaks RFC 3339 with millisecond precision on the wire.
 
+use crate::ErrorCode;
 use crate::ValidationError;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
@@ -16,7 +17,7 @@ pub const MAX_MILLIS: Millis = 253_402_300_799_999;
 pub fn parse_rfc3339(text: &str) -> Result<Millis, ValidationError> {
     let dt = DateTime::parse_from_rfc3339(text).map_err(|_| {
         ValidationError::new(
-            "invalid_timestamp",
+            ErrorCode::InvalidTimestamp,
             format!("'{}' is not an RFC 3339 timestamp", truncate(text, 64)),
         )
     })?;
@@ -47,7 +48,7 @@ pub fn parse_flexible(text: &str) -> Result<Millis, ValidationError> {
         return in_range(ms);
     }
     Err(ValidationError::new(
-        "invalid_timestamp",
+        ErrorCode::InvalidTimestamp,
         format!(
             "'{}' is not a timestamp (RFC 3339, 'YYYY-MM-DD HH:MM:SS' or epoch ms)",
             truncate(t, 64)
@@ -61,7 +62,7 @@ pub fn in_range(ms: Millis) -> Result<Millis, ValidationError> {
         Ok(ms)
     } else {
         Err(ValidationError::new(
-            "invalid_timestamp",
+            ErrorCode::InvalidTimestamp,
             "timestamp is outside 1970-01-01..9999-12-31",
         ))
     }

@@ -1,3 +1,4 @@
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::StoreError;
 
@@ -9,10 +10,10 @@ pub enum EngineError {
     Invalid(#[from] ValidationError),
     /// No such thing (404). `code` is stable, e.g. `user_not_found`.
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { code: ErrorCode, message: String },
     /// It already exists (409).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     /// A service the write needs is down (503), e.g. the cluster's broker.
     #[error("{0}")]
     Unavailable(String),
@@ -25,11 +26,11 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => EngineError::Conflict {
-                code: "conflict",
+                code: ErrorCode::Conflict,
                 message: format!("{what} already exists"),
             },
             StoreError::NotFound(what) => EngineError::NotFound {
-                code: "not_found",
+                code: ErrorCode::NotFound,
                 message: format!("{what} not found"),
             },
             other => EngineError::Store(other),

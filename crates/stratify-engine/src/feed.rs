@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use stratify_core::ids::UserId;
 use stratify_core::time::{format_rfc3339, Millis};
+use stratify_core::ErrorCode;
 use stratify_store::ChangeRecord;
 use tokio::sync::{broadcast, mpsc};
 
@@ -199,7 +200,7 @@ impl Engine {
     ) -> Result<Vec<MembershipView>, EngineError> {
         if self.store.get_user(user_id).await?.is_none() {
             return Err(EngineError::NotFound {
-                code: "user_not_found",
+                code: ErrorCode::UserNotFound,
                 message: format!("no user '{user_id}'"),
             });
         }

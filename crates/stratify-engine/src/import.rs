@@ -21,6 +21,7 @@ use stratify_core::attributes::infer_csv_value;
 use stratify_core::event::{import_row_key, NewEvent};
 use stratify_core::ids::{EventId, EventName, UserId};
 use stratify_core::time::{self, Millis};
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::{Attributes, Source};
 use tokio::sync::mpsc;
@@ -85,7 +86,7 @@ impl Engine {
         let mut report = ImportReport::default();
         while let Some(parsed) = rx.recv().await {
             let parsed = parsed.map_err(|message| {
-                EngineError::Invalid(ValidationError::new("unreadable_file", message))
+                EngineError::Invalid(ValidationError::new(ErrorCode::UnreadableFile, message))
             })?;
             report.rows += parsed.rows;
             report.bad_rows += parsed.bad.len() as u64;
@@ -126,7 +127,10 @@ impl Engine {
             progress(parsed.bytes);
         }
         parser.join().map_err(|_| {
-            EngineError::Invalid(ValidationError::new("unreadable_file", "the parser failed"))
+            EngineError::Invalid(ValidationError::new(
+                ErrorCode::UnreadableFile,
+                "the parser failed",
+            ))
         })?;
         Ok(report)
     }
@@ -296,7 +300,7 @@ fn field<'r>(
         .and_then(|i| record.get(i))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ValidationError::new("missing_field", format!("{name} is empty")))
+        .ok_or_else(|| ValidationError::new(ErrorCode::MissingField, format!("{name} is empty")))
 }
 
 fn user_row(
@@ -312,7 +316,7 @@ fn user_row(
         }
         let Some(name) = headers.get(i) else {
             return Err(ValidationError::new(
-                "extra_column",
+                ErrorCode::ExtraColumn,
                 format!("column {} has no header", i + 1),
             ));
         };
@@ -374,7 +378,7 @@ fn order_row(
 ) -> Result<NewEvent, ValidationError> {
     let amount: f64 = field(record, cols.amount, "amount")?
         .parse()
-        .map_err(|_| ValidationError::new("invalid_amount", "amount is not a number"))?;
+        .map_err(|_| ValidationError::new(ErrorCode::InvalidAmount, "amount is not a number"))?;
     let ts = time::parse_flexible(field(record, cols.timestamp, "timestamp")?)?;
     let mut order = Map::new();
     order.insert(
@@ -386,7 +390,7 @@ fn order_row(
         serde_json::Number::from_f64(amount)
             .map(Value::Number)
             .ok_or_else(|| {
-                ValidationError::new("invalid_amount", "amount is not a finite number")
+                ValidationError::new(ErrorCode::InvalidAmount, "amount is not a finite number")
             })?,
     );
     order.insert(
@@ -428,7 +432,7 @@ fn parse_ndjson<R: Read>(
         }
         parsed.rows += 1;
         let event = serde_json::from_str::<Value>(trimmed)
-            .map_err(|e| ValidationError::new("malformed_json", e.to_string()))
+            .map_err(|e| ValidationError::new(ErrorCode::MalformedJson, e.to_string()))
             .and_then(|v| NewEvent::from_json(v, now))
             .map(|mut e| {
                 if e.dedupe_key.is_none() {

@@ -7,6 +7,7 @@ use crate::{Engine, EngineError};
 use serde::Serialize;
 use serde_json::Value;
 use stratify_core::event::NewEvent;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::{Appended, EventBatch, IngestReport, Source};
 
@@ -26,7 +27,7 @@ pub struct IngestOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rejection {
     pub index: usize,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,

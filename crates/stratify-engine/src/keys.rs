@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use stratify_core::access::Role;
 use stratify_core::time::Millis;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::{ApiKeyRecord, Store};
 use subtle::ConstantTimeEq;
@@ -120,11 +121,12 @@ impl Engine {
     ) -> Result<(KeyInfo, String), EngineError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(
-                ValidationError::new("invalid_name", "name is 1–128 characters of text")
-                    .at("/name")
-                    .into(),
-            );
+            return Err(ValidationError::new(
+                ErrorCode::InvalidName,
+                "name is 1–128 characters of text",
+            )
+            .at("/name")
+            .into());
         }
         let (id, key) = new_key();
         let hash = sha256(&key);
@@ -157,7 +159,7 @@ impl Engine {
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), EngineError> {
         if !self.store.revoke_api_key(id, self.now()).await? {
             return Err(EngineError::NotFound {
-                code: "api_key_not_found",
+                code: ErrorCode::ApiKeyNotFound,
                 message: format!("no active api key '{id}'"),
             });
         }

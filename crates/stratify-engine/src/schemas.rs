@@ -7,6 +7,7 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
+use stratify_core::ErrorCode;
 use stratify_store::{EventTypeRecord, Store};
 
 pub struct Schemas {
@@ -72,7 +73,7 @@ impl crate::Engine {
             .get(name)
             .cloned()
             .ok_or_else(|| EngineError::NotFound {
-                code: "event_type_not_found",
+                code: ErrorCode::EventTypeNotFound,
                 message: format!("no event type named '{name}'"),
             })
     }
@@ -80,7 +81,7 @@ impl crate::Engine {
     pub async fn delete_event_type(&self, name: &str) -> Result<(), EngineError> {
         if !self.store.delete_event_type(name).await? {
             return Err(EngineError::NotFound {
-                code: "event_type_not_found",
+                code: ErrorCode::EventTypeNotFound,
                 message: format!("no event type named '{name}'"),
             });
         }

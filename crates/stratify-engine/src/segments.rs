@@ -12,6 +12,7 @@ use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{self, Compiled, Dialect};
 use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::{SegmentRecord, SegmentVersion, Store, StoredEvent};
 
@@ -196,13 +197,13 @@ pub struct Population {
     pub sql: Option<Compiled>,
 }
 
-pub(crate) fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+pub(crate) fn invalid(code: ErrorCode, message: impl Into<String>, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
 fn not_found(id: &str) -> EngineError {
     EngineError::NotFound {
-        code: "segment_not_found",
+        code: ErrorCode::SegmentNotFound,
         message: format!("no segment '{id}'"),
     }
 }
@@ -211,7 +212,7 @@ pub(crate) fn check_name(name: &str) -> Result<String, EngineError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(invalid(
-            "invalid_name",
+            ErrorCode::InvalidName,
             "name is 1–128 characters of text",
             "/name",
         ));
@@ -222,7 +223,7 @@ pub(crate) fn check_name(name: &str) -> Result<String, EngineError> {
 pub(crate) fn check_description(d: Option<String>) -> Result<Option<String>, EngineError> {
     match d {
         Some(d) if d.len() > 1024 => Err(invalid(
-            "invalid_description",
+            ErrorCode::InvalidDescription,
             "description is at most 1024 bytes",
             "/description",
         )),
@@ -234,7 +235,7 @@ pub(crate) fn check_description(d: Option<String>) -> Result<Option<String>, Eng
 pub fn parse_user_ids(ids: Vec<String>, pointer: &str) -> Result<Vec<UserId>, EngineError> {
     if ids.len() > MAX_IDS_PER_REQUEST {
         return Err(invalid(
-            "too_many_ids",
+            ErrorCode::TooManyIds,
             format!("at most {MAX_IDS_PER_REQUEST} user ids per request"),
             pointer,
         ));
@@ -258,7 +259,7 @@ pub(crate) fn parse_rule(
     for id in rule.references() {
         if catalog.get(id).is_none() {
             return Err(invalid(
-                "segment_not_found",
+                ErrorCode::SegmentNotFound,
                 format!("the rule refers to unknown segment '{id}'"),
                 "/rules",
             ));
@@ -270,7 +271,7 @@ pub(crate) fn parse_rule(
     while let Some(id) = stack.pop() {
         if id == self_id {
             return Err(invalid(
-                "segment_cycle",
+                ErrorCode::SegmentCycle,
                 "segment references form a cycle",
                 "/rules",
             ));
@@ -302,7 +303,13 @@ pub fn decode_cursor(cursor: &str) -> Result<String, EngineError> {
     hex::decode(cursor)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| invalid("invalid_cursor", "not a cursor from this API", "/cursor"))
+        .ok_or_else(|| {
+            invalid(
+                ErrorCode::InvalidCursor,
+                "not a cursor from this API",
+                "/cursor",
+            )
+        })
 }
 
 pub(crate) fn facts_events(events: &[StoredEvent]) -> Vec<EventFact<'_>> {
@@ -350,14 +357,14 @@ impl Engine {
         let (rule, members) = match (input.rules, input.user_ids) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "invalid_segment",
+                    ErrorCode::InvalidSegment,
                     "give either rules (dynamic) or user_ids (static), not both",
                     "/user_ids",
                 ))
             }
             (None, None) => {
                 return Err(invalid(
-                    "invalid_segment",
+                    ErrorCode::InvalidSegment,
                     "give rules (dynamic) or user_ids (static)",
                     "/rules",
                 ))
@@ -419,7 +426,7 @@ impl Engine {
         if let Some(json) = patch.rules {
             if current.rule.is_none() {
                 return Err(invalid(
-                    "static_segment",
+                    ErrorCode::StaticSegment,
                     "a static segment has no rules; change its members instead",
                     "/rules",
                 ));
@@ -454,7 +461,7 @@ impl Engine {
                 .is_some_and(|r| r.references().contains(&id))
         }) {
             return Err(EngineError::Conflict {
-                code: "segment_in_use",
+                code: ErrorCode::SegmentInUse,
                 message: format!(
                     "segment '{}' ({}) refers to this segment",
                     user.record.name, user.record.id
@@ -468,7 +475,7 @@ impl Engine {
                     .is_some_and(|r| r.references().contains(&id))
         }) {
             return Err(EngineError::Conflict {
-                code: "segment_in_use",
+                code: ErrorCode::SegmentInUse,
                 message: format!(
                     "experiment '{}' ({}) targets this segment",
                     e.record.key, e.record.id
@@ -490,7 +497,7 @@ impl Engine {
         let s = self.segment(id)?;
         if s.rule.is_some() {
             return Err(EngineError::Conflict {
-                code: "dynamic_segment",
+                code: ErrorCode::DynamicSegment,
                 message: "members of a dynamic segment follow its rules".into(),
             });
         }
@@ -581,7 +588,7 @@ impl Engine {
     ) -> Result<Population, EngineError> {
         if !(1..=MAX_PAGE).contains(&page.limit) {
             return Err(invalid(
-                "invalid_limit",
+                ErrorCode::InvalidLimit,
                 format!("limit is 1–{MAX_PAGE}"),
                 "/limit",
             ));
@@ -614,7 +621,7 @@ impl Engine {
                 let start = match &after {
                     Some(user) => Some(index.index_of(user).ok_or_else(|| {
                         invalid(
-                            "invalid_cursor",
+                            ErrorCode::InvalidCursor,
                             "the cursor's user no longer exists; start again",
                             "/cursor",
                         )
@@ -660,7 +667,7 @@ impl Engine {
             .get_user(user_id)
             .await?
             .ok_or_else(|| EngineError::NotFound {
-                code: "user_not_found",
+                code: ErrorCode::UserNotFound,
                 message: format!("no user '{user_id}'"),
             })?;
         let now = as_of.unwrap_or_else(|| self.now());
@@ -734,7 +741,7 @@ impl Engine {
 fn name_taken(e: stratify_store::StoreError) -> EngineError {
     match EngineError::from(e) {
         EngineError::Conflict { message, .. } => EngineError::Conflict {
-            code: "segment_name_taken",
+            code: ErrorCode::SegmentNameTaken,
             message,
         },
         other => other,

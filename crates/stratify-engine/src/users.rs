@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use stratify_core::attributes;
 use stratify_core::ids::UserId;
 use stratify_core::rules::{self, Facts, NoSegments, Seen, Source};
+use stratify_core::ErrorCode;
 use stratify_store::{Attributes, UserRecord, WriteMode};
 
 /// A user as `GET /v1/users/{id}` shows it.
@@ -46,11 +47,11 @@ impl Engine {
             .await
             .map_err(|e| match EngineError::from(e) {
                 EngineError::Conflict { message, .. } => EngineError::Conflict {
-                    code: "user_exists",
+                    code: ErrorCode::UserExists,
                     message,
                 },
                 EngineError::NotFound { message, .. } => EngineError::NotFound {
-                    code: "user_not_found",
+                    code: ErrorCode::UserNotFound,
                     message,
                 },
                 other => other,
@@ -126,7 +127,7 @@ fn computed_fields(
 
 fn not_found(user_id: &UserId) -> EngineError {
     EngineError::NotFound {
-        code: "user_not_found",
+        code: ErrorCode::UserNotFound,
         message: format!("no user '{user_id}'"),
     }
 }

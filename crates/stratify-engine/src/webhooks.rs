@@ -16,6 +16,7 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::time::Duration;
 use stratify_core::time::Millis;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::WebhookRecord;
 
@@ -82,7 +83,7 @@ impl Deliverers {
     }
 }
 
-fn invalid(code: &'static str, message: &str, field: &str) -> EngineError {
+fn invalid(code: ErrorCode, message: &str, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
@@ -96,17 +97,21 @@ impl Engine {
     ) -> Result<WebhookView, EngineError> {
         if url.len() > MAX_URL || !(url.starts_with("http://") && url.len() > 7) {
             return Err(invalid(
-                "invalid_url",
+                ErrorCode::InvalidUrl,
                 "url must be an http:// URL of at most 2048 bytes (https delivery is not built in yet)",
                 "/url",
             ));
         }
         if url.parse::<reqwest::Url>().is_err() {
-            return Err(invalid("invalid_url", "url is not a valid URL", "/url"));
+            return Err(invalid(
+                ErrorCode::InvalidUrl,
+                "url is not a valid URL",
+                "/url",
+            ));
         }
         if !(MIN_SECRET..=MAX_SECRET).contains(&secret.len()) {
             return Err(invalid(
-                "invalid_secret",
+                ErrorCode::InvalidSecret,
                 "secret must be 16 to 256 bytes",
                 "/secret",
             ));
@@ -114,7 +119,7 @@ impl Engine {
         if let Some(ids) = &segment_ids {
             if ids.is_empty() || ids.len() > 1000 {
                 return Err(invalid(
-                    "invalid_segment_ids",
+                    ErrorCode::InvalidSegmentIds,
                     "segment_ids lists 1 to 1000 segments (omit it for all)",
                     "/segment_ids",
                 ));
@@ -122,15 +127,18 @@ impl Engine {
             for (i, id) in ids.iter().enumerate() {
                 if self.segment(id).is_err() {
                     return Err(EngineError::Invalid(
-                        ValidationError::new("segment_not_found", format!("no segment '{id}'"))
-                            .at(format!("/segment_ids/{i}")),
+                        ValidationError::new(
+                            ErrorCode::SegmentNotFound,
+                            format!("no segment '{id}'"),
+                        )
+                        .at(format!("/segment_ids/{i}")),
                     ));
                 }
             }
         }
         if self.store.webhooks().await?.len() >= MAX_WEBHOOKS {
             return Err(EngineError::Conflict {
-                code: "too_many_webhooks",
+                code: ErrorCode::TooManyWebhooks,
                 message: format!("at most {MAX_WEBHOOKS} webhooks"),
             });
         }
@@ -168,7 +176,7 @@ impl Engine {
             Ok(())
         } else {
             Err(EngineError::NotFound {
-                code: "webhook_not_found",
+                code: ErrorCode::WebhookNotFound,
                 message: format!("no webhook '{id}'"),
             })
         }

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::error::ValidationError;
 use stratify_core::event::NewEvent;
+use stratify_core::ErrorCode;
 use stratify_engine::cluster::Forward;
 use stratify_engine::{Engine, EngineError};
 use stratify_store::{PartitionProgress, Source};
@@ -399,7 +400,7 @@ fn record<M: Message>(topic: &str, m: &M) -> Record {
         Some(Ok(Value::Object(o))) if refresh => match o.get("user_id") {
             Some(Value::String(user)) => Item::Refresh(user.clone()),
             _ => Item::Event(Err(ValidationError::new(
-                "invalid_refresh",
+                ErrorCode::InvalidRefresh,
                 "a refresh record names a user_id",
             ))),
         },
@@ -419,10 +420,13 @@ fn event<M: Message>(
 ) -> Result<Value, ValidationError> {
     match payload {
         None => Err(ValidationError::new(
-            "empty_record",
+            ErrorCode::EmptyRecord,
             "the record has no payload",
         )),
-        Some(Err(e)) => Err(ValidationError::new("malformed_json", e.to_string())),
+        Some(Err(e)) => Err(ValidationError::new(
+            ErrorCode::MalformedJson,
+            e.to_string(),
+        )),
         Some(Ok(Value::Object(mut o))) => {
             if !o.contains_key("event_id") {
                 let id = format!("kafka-{topic}-{}-{}", m.partition(), m.offset());
@@ -431,7 +435,7 @@ fn event<M: Message>(
             Ok(Value::Object(o))
         }
         Some(Ok(_)) => Err(ValidationError::new(
-            "invalid_event",
+            ErrorCode::InvalidEvent,
             "an event is a JSON object",
         )),
     }
@@ -654,7 +658,7 @@ mod tests {
 
     fn code(item: Item) -> &'static str {
         match item {
-            Item::Event(Err(e)) => e.code,
+            Item::Event(Err(e)) => e.code.as_str(),
             Item::Event(Ok(_)) => "event",
             Item::Refresh(_) => "refresh",
         }

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use stratify_core::access::Capability;
+use stratify_core::ErrorCode;
 use stratify_engine::keys::Principal;
 
 /// Reads the key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
@@ -53,7 +54,7 @@ pub async fn authorize(
                 if !safe && !signed.csrf_matches(presented) {
                     return ApiError::new(
                         StatusCode::FORBIDDEN,
-                        "csrf_failed",
+                        ErrorCode::CsrfFailed,
                         "a dashboard session request that changes something needs the session's X-CSRF-Token header",
                     )
                     .into_response();
@@ -69,7 +70,7 @@ pub async fn authorize(
     if !principal.role.can(capability) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "the '{}' role may not do this ({capability:?})",
                 principal.role

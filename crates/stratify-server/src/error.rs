@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_engine::EngineError;
 
@@ -11,13 +12,13 @@ use stratify_engine::EngineError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -42,7 +43,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
         )
     }
@@ -50,7 +51,7 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "internal error",
         )
     }
@@ -59,21 +60,25 @@ impl ApiError {
     /// built-in rejections, unknown routes, wrong methods).
     pub fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
-            StatusCode::NOT_FOUND => ("not_found", "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                ("method_not_allowed", "this route does not take that method")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ("payload_too_large", "the request body is over the limit")
-            }
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                ErrorCode::MethodNotAllowed,
+                "this route does not take that method",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                ErrorCode::PayloadTooLarge,
+                "the request body is over the limit",
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("unsupported_media_type", "unsupported Content-Type")
+                (ErrorCode::UnsupportedMediaType, "unsupported Content-Type")
             }
-            StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
-            StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
-            StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "the request breaks a rule"),
-            s if s.is_server_error() => ("internal_error", "internal error"),
-            _ => ("error", "request failed"),
+            StatusCode::BAD_REQUEST => (ErrorCode::BadRequest, "the request is malformed"),
+            StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "the request took too long"),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                (ErrorCode::InvalidRequest, "the request breaks a rule")
+            }
+            s if s.is_server_error() => (ErrorCode::InternalError, "internal error"),
+            _ => (ErrorCode::Error, "request failed"),
         };
         Self::new(status, code, message)
     }
@@ -102,7 +107,11 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Unavailable(message) => {
                 tracing::error!(error = %message, "a write could not be handed on");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    message,
+                )
             }
             EngineError::Store(source) => {
                 tracing::error!(error = %chain(&source), "storage failure");

@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+use stratify_core::ErrorCode;
 
 /// A JSON body deserialised into `T` (which should `deny_unknown_fields`).
 pub struct Body<T>(pub T);
@@ -21,7 +22,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for Body<T> {
         if kind != BodyKind::Json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send application/json",
             ));
         }
@@ -70,7 +71,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind,
                 _ => {
                     return Err(ApiError::new(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported_media_type",
+                        ErrorCode::UnsupportedMediaType,
                         format!("unsupported Content-Type '{ct}': send application/json or application/x-ndjson"),
                     ))
                 }
@@ -81,13 +82,13 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind,
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 "the request body is over the limit",
             )
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "unreadable_body",
+                ErrorCode::UnreadableBody,
                 rejection.body_text(),
             )
         }
@@ -105,7 +106,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => {
                 let err = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     strip_position(&inner.to_string()),
                 );
                 if pointer.is_empty() {
@@ -124,7 +125,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn malformed(e: &serde_json::Error) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
-        "malformed_json",
+        ErrorCode::MalformedJson,
         format!("the body is not valid JSON: {e}"),
     )
 }
@@ -170,7 +171,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
             .map_err(|e| {
                 let param = e.path().to_string();
                 let message = e.into_inner().to_string();
-                let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message);
+                let err = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InvalidQuery,
+                    message,
+                );
                 if param.is_empty() || param == "." {
                     err
                 } else {

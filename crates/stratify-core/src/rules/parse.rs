@@ -6,6 +6,7 @@ use super::{MAX_DEPTH, MAX_LIST, MAX_NODES, MAX_TEXT, MAX_WITHIN_MS};
 use crate::error::pointer_token;
 use crate::event::ORDER_PLACED;
 use crate::schema::json_type_name;
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde_json::{Map, Value};
 
@@ -19,7 +20,7 @@ struct Parser {
     nodes: usize,
 }
 
-fn err(code: &'static str, message: impl Into<String>, at: &str) -> ValidationError {
+fn err(code: ErrorCode, message: impl Into<String>, at: &str) -> ValidationError {
     ValidationError::new(code, message).at(if at.is_empty() {
         "/".to_owned()
     } else {
@@ -49,21 +50,21 @@ impl Parser {
         self.nodes += 1;
         if self.nodes > MAX_NODES {
             return Err(err(
-                "rule_too_large",
+                ErrorCode::RuleTooLarge,
                 format!("a rule has at most {MAX_NODES} nodes"),
                 at,
             ));
         }
         if depth > MAX_DEPTH {
             return Err(err(
-                "rule_too_deep",
+                ErrorCode::RuleTooDeep,
                 format!("rules nest at most {MAX_DEPTH} levels"),
                 at,
             ));
         }
         let Value::Object(obj) = value else {
             return Err(err(
-                "invalid_rule",
+                ErrorCode::InvalidRule,
                 format!("a rule node is an object, got {}", json_type_name(value)),
                 at,
             ));
@@ -78,14 +79,14 @@ impl Parser {
                 Some(Value::String(s)) if s.eq_ignore_ascii_case("or") => false,
                 Some(_) => {
                     return Err(err(
-                        "invalid_operator",
+                        ErrorCode::InvalidOperator,
                         "operator is \"AND\" or \"OR\"",
                         &ptr(at, "operator"),
                     ))
                 }
                 None => {
                     return Err(err(
-                        "missing_field",
+                        ErrorCode::MissingField,
                         "operator is required next to conditions",
                         &ptr(at, "operator"),
                     ))
@@ -93,7 +94,7 @@ impl Parser {
             };
             let Some(Value::Array(items)) = obj.get("conditions") else {
                 return Err(err(
-                    "invalid_conditions",
+                    ErrorCode::InvalidConditions,
                     "conditions is an array of rule nodes",
                     &ptr(at, "conditions"),
                 ));
@@ -123,7 +124,7 @@ impl Parser {
             return match id {
                 Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(Rule::Segment(s.clone())),
                 _ => Err(err(
-                    "invalid_segment_ref",
+                    ErrorCode::InvalidSegmentRef,
                     "segment is a segment id",
                     &ptr(at, "segment"),
                 )),
@@ -154,14 +155,18 @@ impl Parser {
         at: &str,
     ) -> Result<Rule, ValidationError> {
         if obj.is_empty() {
-            return Err(err("invalid_rule", "an empty object is not a rule", at));
+            return Err(err(
+                ErrorCode::InvalidRule,
+                "an empty object is not a rule",
+                at,
+            ));
         }
         let mut leaves = Vec::with_capacity(obj.len());
         for (name, value) in obj {
             let here = ptr(at, name);
             if RESERVED.contains(&name.as_str()) || TREE_KEYS.contains(&name.as_str()) {
                 return Err(err(
-                    "invalid_rule",
+                    ErrorCode::InvalidRule,
                     format!("'{name}' cannot be used in an attribute map"),
                     &here,
                 ));
@@ -196,7 +201,7 @@ impl Parser {
             }
             Some(_) => {
                 return Err(err(
-                    "invalid_where",
+                    ErrorCode::InvalidWhere,
                     "where is an array of {field, op, value}",
                     &ptr(at, "where"),
                 ))
@@ -206,14 +211,14 @@ impl Parser {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(parse_within(s).ok_or_else(|| {
                 err(
-                    "invalid_window",
+                    ErrorCode::InvalidWindow,
                     "within is Ns, Nm, Nh or Nd (N >= 1, at most 10 years)",
                     &ptr(at, "within"),
                 )
             })?),
             Some(_) => {
                 return Err(err(
-                    "invalid_window",
+                    ErrorCode::InvalidWindow,
                     "within is a string like \"30d\"",
                     &ptr(at, "within"),
                 ))
@@ -222,7 +227,13 @@ impl Parser {
         let agg = match obj.get("agg") {
             None | Some(Value::Null) => "count",
             Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(err("invalid_agg", "agg is a string", &ptr(at, "agg"))),
+            Some(_) => {
+                return Err(err(
+                    ErrorCode::InvalidAgg,
+                    "agg is a string",
+                    &ptr(at, "agg"),
+                ))
+            }
         };
         let property = || -> Result<String, ValidationError> {
             match obj.get("property") {
@@ -230,7 +241,7 @@ impl Parser {
                     json_key(p, &ptr(at, "property")).map(|()| p.clone())
                 }
                 _ => Err(err(
-                    "missing_property",
+                    ErrorCode::MissingProperty,
                     format!("agg \"{agg}\" needs \"property\""),
                     &ptr(at, "property"),
                 )),
@@ -246,7 +257,7 @@ impl Parser {
             "seconds_since_first" => AggFn::SecondsSinceFirst,
             other => {
                 return Err(err(
-                    "invalid_agg",
+                    ErrorCode::InvalidAgg,
                     format!("unknown agg '{other}' (count, sum, avg, min, max, seconds_since_last, seconds_since_first)"),
                     &ptr(at, "agg"),
                 ))
@@ -254,7 +265,7 @@ impl Parser {
         };
         if func.property().is_none() && obj.contains_key("property") {
             return Err(err(
-                "unexpected_property",
+                ErrorCode::UnexpectedProperty,
                 format!("agg \"{agg}\" takes no property"),
                 &ptr(at, "property"),
             ));
@@ -283,7 +294,7 @@ impl Parser {
         self.nodes += 1;
         let Value::Object(obj) = value else {
             return Err(err(
-                "invalid_where",
+                ErrorCode::InvalidWhere,
                 "a where item is {field, op, value}",
                 at,
             ));
@@ -311,13 +322,21 @@ impl Parser {
         if let Some(filters) = obj.get("user_filters") {
             let here = ptr(at, "user_filters");
             let Value::Array(items) = filters else {
-                return Err(err("invalid_filters", "user_filters is an array", &here));
+                return Err(err(
+                    ErrorCode::InvalidFilters,
+                    "user_filters is an array",
+                    &here,
+                ));
             };
             for (i, f) in items.iter().enumerate() {
                 let fat = format!("{here}/{i}");
                 self.nodes += 1;
                 let Value::Object(f) = f else {
-                    return Err(err("invalid_filters", "a user filter is an object", &fat));
+                    return Err(err(
+                        ErrorCode::InvalidFilters,
+                        "a user filter is an object",
+                        &fat,
+                    ));
                 };
                 only(f, &["field", "operator", "value"], &fat)?;
                 let field = text(f.get("field"), &ptr(&fat, "field"), "field")?;
@@ -333,13 +352,21 @@ impl Parser {
         if let Some(filters) = obj.get("event_filters") {
             let here = ptr(at, "event_filters");
             let Value::Array(items) = filters else {
-                return Err(err("invalid_filters", "event_filters is an array", &here));
+                return Err(err(
+                    ErrorCode::InvalidFilters,
+                    "event_filters is an array",
+                    &here,
+                ));
             };
             for (i, f) in items.iter().enumerate() {
                 let fat = format!("{here}/{i}");
                 self.nodes += 1;
                 let Value::Object(f) = f else {
-                    return Err(err("invalid_filters", "an event filter is an object", &fat));
+                    return Err(err(
+                        ErrorCode::InvalidFilters,
+                        "an event filter is an object",
+                        &fat,
+                    ));
                 };
                 only(
                     f,
@@ -351,7 +378,7 @@ impl Parser {
                 let op = op_of(f.get("operator"), &ptr(&fat, "operator"))?;
                 if !matches!(op, Op::Eq | Op::Neq | Op::Gt | Op::Gte | Op::Lt | Op::Lte) {
                     return Err(err(
-                        "invalid_operator",
+                        ErrorCode::InvalidOperator,
                         "event filters compare counts: eq, ne, gt, gte, lt, lte",
                         &ptr(&fat, "operator"),
                     ));
@@ -364,7 +391,7 @@ impl Parser {
                     }
                     _ => {
                         return Err(err(
-                            "invalid_count",
+                            ErrorCode::InvalidCount,
                             "count is a whole number >= 0",
                             &ptr(&fat, "count"),
                         ))
@@ -379,7 +406,7 @@ impl Parser {
                     }
                     _ => {
                         return Err(err(
-                            "invalid_window",
+                            ErrorCode::InvalidWindow,
                             "time_range_days is a whole number of days, 1–3650",
                             &ptr(&fat, "time_range_days"),
                         ))
@@ -401,7 +428,7 @@ impl Parser {
         }
         if children.is_empty() {
             return Err(err(
-                "empty_filters",
+                ErrorCode::EmptyFilters,
                 "give at least one user filter or event filter",
                 at,
             ));
@@ -411,7 +438,7 @@ impl Parser {
             Some(Value::String(s)) if s.eq_ignore_ascii_case("and") => Ok(Rule::All(children)),
             Some(Value::String(s)) if s.eq_ignore_ascii_case("or") => Ok(Rule::Any(children)),
             Some(_) => Err(err(
-                "invalid_operator",
+                ErrorCode::InvalidOperator,
                 "logic_operator is \"AND\" or \"OR\"",
                 &ptr(at, "logic_operator"),
             )),
@@ -422,7 +449,7 @@ impl Parser {
 fn only(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), ValidationError> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(err(
-            "unknown_field",
+            ErrorCode::UnknownField,
             format!(
                 "unexpected field '{k}' here (allowed: {})",
                 allowed.join(", ")
@@ -436,13 +463,21 @@ fn only(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Vali
 fn text<'v>(value: Option<&'v Value>, at: &str, what: &str) -> Result<&'v str, ValidationError> {
     match value {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Ok(s),
-        Some(Value::String(_)) => Err(err("invalid_field", format!("{what} is 1–128 bytes"), at)),
+        Some(Value::String(_)) => Err(err(
+            ErrorCode::InvalidField,
+            format!("{what} is 1–128 bytes"),
+            at,
+        )),
         Some(other) => Err(err(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{what} must be a string, got {}", json_type_name(other)),
             at,
         )),
-        None => Err(err("missing_field", format!("{what} is required"), at)),
+        None => Err(err(
+            ErrorCode::MissingField,
+            format!("{what} is required"),
+            at,
+        )),
     }
 }
 
@@ -450,7 +485,7 @@ fn text<'v>(value: Option<&'v Value>, at: &str, what: &str) -> Result<&'v str, V
 fn json_key(name: &str, at: &str) -> Result<(), ValidationError> {
     if name.contains(['"', '\\']) || name.chars().any(char::is_control) {
         return Err(err(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "field names cannot contain '\"', '\\' or control characters",
             at,
         ));
@@ -463,13 +498,13 @@ fn op_of(value: Option<&Value>, at: &str) -> Result<Op, ValidationError> {
         Some(Value::String(s)) => Op::parse(s).ok_or_else(|| {
             let all: Vec<_> = Op::ALL.iter().map(|o| o.name()).collect();
             err(
-                "invalid_op",
+                ErrorCode::InvalidOp,
                 format!("unknown operator '{s}' (one of {})", all.join(", ")),
                 at,
             )
         }),
-        Some(_) => Err(err("invalid_op", "op is a string", at)),
-        None => Err(err("missing_field", "op is required", at)),
+        Some(_) => Err(err(ErrorCode::InvalidOp, "op is a string", at)),
+        None => Err(err(ErrorCode::MissingField, "op is required", at)),
     }
 }
 
@@ -494,7 +529,7 @@ fn field_source(field: &str, at: &str) -> Result<Source, ValidationError> {
     if let Some(attr) = field.strip_prefix("attributes.") {
         if attr.is_empty() {
             return Err(err(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "attributes. needs an attribute name",
                 at,
             ));
@@ -527,7 +562,7 @@ fn field_source(field: &str, at: &str) -> Result<Source, ValidationError> {
                     .filter(|d| (1..=3650).contains(d))
                     .ok_or_else(|| {
                         err(
-                            "invalid_field",
+                            ErrorCode::InvalidField,
                             "order_count_last_<N>_days takes N from 1 to 3650",
                             at,
                         )
@@ -543,17 +578,17 @@ fn scalar(value: &Value, at: &str) -> Result<Scalar, ValidationError> {
     match value {
         Value::Number(n) => match n.as_f64() {
             Some(f) if f.is_finite() => Ok(Scalar::Num(f)),
-            _ => Err(err("invalid_value", "numbers must be finite", at)),
+            _ => Err(err(ErrorCode::InvalidValue, "numbers must be finite", at)),
         },
         Value::String(s) if s.len() <= MAX_TEXT => Ok(Scalar::Str(s.clone())),
         Value::String(_) => Err(err(
-            "invalid_value",
+            ErrorCode::InvalidValue,
             format!("strings in rules are at most {MAX_TEXT} bytes"),
             at,
         )),
         Value::Bool(b) => Ok(Scalar::Bool(*b)),
         other => Err(err(
-            "invalid_value",
+            ErrorCode::InvalidValue,
             format!(
                 "expected a number, string or boolean, got {}",
                 json_type_name(other)
@@ -570,7 +605,7 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
         Op::Exists | Op::NotExists => match value {
             None | Some(Value::Bool(true)) => Ok(Operand::None),
             Some(_) => Err(err(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 format!("{} takes no value", op.name()),
                 at,
             )),
@@ -586,12 +621,12 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
                 ))
             }
             Some(Value::Array(_)) => Err(err(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 format!("{} takes 1–{MAX_LIST} values", op.name()),
                 at,
             )),
             _ => Err(err(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 format!("{} takes an array of values", op.name()),
                 at,
             )),
@@ -607,7 +642,7 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
                     (Scalar::Str(a), Scalar::Str(b)) => a <= b,
                     _ => {
                         return Err(err(
-                            "invalid_value",
+                            ErrorCode::InvalidValue,
                             "between takes two numbers or two strings",
                             at,
                         ))
@@ -615,20 +650,24 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
                 };
                 if !ordered {
                     return Err(err(
-                        "invalid_value",
+                        ErrorCode::InvalidValue,
                         "between takes [low, high] with low <= high",
                         at,
                     ));
                 }
                 Ok(Operand::Range(lo, hi))
             }
-            _ => Err(err("invalid_value", "between takes [low, high]", at)),
+            _ => Err(err(
+                ErrorCode::InvalidValue,
+                "between takes [low, high]",
+                at,
+            )),
         },
         Op::Like | Op::NotLike | Op::StartsWith | Op::EndsWith => {
             match value.map(|v| scalar(v, at)).transpose()? {
                 Some(Scalar::Str(s)) => Ok(Operand::Scalar(Scalar::Str(s))),
                 _ => Err(err(
-                    "invalid_value",
+                    ErrorCode::InvalidValue,
                     format!("{} takes a string", op.name()),
                     at,
                 )),
@@ -639,14 +678,14 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
                 Some(Value::String(s)) => {
                     Version::parse(s).map(Operand::Version).ok_or_else(|| {
                         err(
-                            "invalid_value",
+                            ErrorCode::InvalidValue,
                             format!("'{s}' is not a version like 2.4.1"),
                             at,
                         )
                     })
                 }
                 _ => Err(err(
-                    "invalid_value",
+                    ErrorCode::InvalidValue,
                     format!("{} takes a version string", op.name()),
                     at,
                 )),
@@ -655,7 +694,7 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
         Op::Gt | Op::Gte | Op::Lt | Op::Lte => match value.map(|v| scalar(v, at)).transpose()? {
             Some(s @ (Scalar::Num(_) | Scalar::Str(_))) => Ok(Operand::Scalar(s)),
             _ => Err(err(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 format!("{} takes a number or a string", op.name()),
                 at,
             )),
@@ -663,7 +702,7 @@ fn operand(op: Op, value: Option<&Value>, at: &str) -> Result<Operand, Validatio
         Op::Eq | Op::Neq | Op::Contains => match value {
             Some(v) => Ok(Operand::Scalar(scalar(v, at)?)),
             None => Err(err(
-                "missing_value",
+                ErrorCode::MissingValue,
                 format!("{} needs a value", op.name()),
                 at,
             )),
@@ -770,17 +809,20 @@ mod tests {
         for _ in 0..(MAX_DEPTH + 1) {
             deep = json!({"not": deep});
         }
-        assert_eq!(parse(&deep).map_err(|e| e.code), Err("rule_too_deep"));
+        assert_eq!(
+            parse(&deep).map_err(|e| e.code.as_str()),
+            Err("rule_too_deep")
+        );
         let wide: Vec<_> = (0..MAX_NODES + 1)
             .map(|i| json!({"field": format!("a{i}"), "op": "exists"}))
             .collect();
         assert_eq!(
-            parse(&json!({"operator": "OR", "conditions": wide})).map_err(|e| e.code),
+            parse(&json!({"operator": "OR", "conditions": wide})).map_err(|e| e.code.as_str()),
             Err("rule_too_large")
         );
         let long: Vec<_> = (0..MAX_LIST + 1).map(|i| json!(i)).collect();
         assert_eq!(
-            parse(&json!({"field": "a", "op": "in", "value": long})).map_err(|e| e.code),
+            parse(&json!({"field": "a", "op": "in", "value": long})).map_err(|e| e.code.as_str()),
             Err("invalid_value")
         );
     }

@@ -7,6 +7,7 @@
 
 use super::dist::{norm_cdf, norm_isf, norm_sf, t_critical, t_two_sided};
 use super::{finite, Method};
+use crate::ErrorCode;
 use serde::Serialize;
 
 /// One arm's summary statistics.
@@ -356,7 +357,7 @@ impl ArmInput {
     pub fn to_arm(&self, at: &str) -> Result<Arm, crate::ValidationError> {
         use crate::ValidationError;
         let err = |field: &str, message: &str| {
-            ValidationError::new("invalid_arm", message).at(format!("{at}/{field}"))
+            ValidationError::new(ErrorCode::InvalidArm, message).at(format!("{at}/{field}"))
         };
         if self.n == 0 || self.n > MAX_N {
             return Err(err("n", "n must be between 1 and 10^12"));
@@ -385,7 +386,7 @@ impl ArmInput {
                 })
             }
             _ => Err(ValidationError::new(
-                "invalid_arm",
+                ErrorCode::InvalidArm,
                 "an arm is {n, conversions} or {n, mean, variance}",
             )
             .at(at.to_owned())),
@@ -414,10 +415,11 @@ pub fn check_confidence(level: f64, at: &str) -> Result<f64, crate::ValidationEr
     if level > 0.0 && level < 1.0 {
         Ok(level)
     } else {
-        Err(
-            crate::ValidationError::new("out_of_range", "confidence_level must be in (0, 1)")
-                .at(at.to_owned()),
+        Err(crate::ValidationError::new(
+            ErrorCode::OutOfRange,
+            "confidence_level must be in (0, 1)",
         )
+        .at(at.to_owned()))
     }
 }
 
@@ -429,7 +431,7 @@ impl CompareInput {
         let treatment = self.treatment.to_arm("/treatment")?;
         if std::mem::discriminant(&control) != std::mem::discriminant(&treatment) {
             return Err(crate::ValidationError::new(
-                "invalid_arm",
+                ErrorCode::InvalidArm,
                 "both arms must be rates ({n, conversions}) or both means ({n, mean, variance})",
             )
             .at("/treatment"));

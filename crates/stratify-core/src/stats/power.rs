@@ -1,6 +1,7 @@
 //! Sample size for a two-sided test of two proportions.
 
 use super::dist::{norm_isf, norm_ppf};
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde::{Deserialize, Serialize};
 
@@ -62,30 +63,34 @@ pub fn sample_size(input: &SampleSizeInput) -> Result<SampleSize, ValidationErro
     let open_unit = |v: f64| v > 0.0 && v < 1.0;
     if !open_unit(p1) {
         return Err(
-            ValidationError::new("out_of_range", "baseline_rate must be in (0, 1)")
+            ValidationError::new(ErrorCode::OutOfRange, "baseline_rate must be in (0, 1)")
                 .at("/baseline_rate"),
         );
     }
     if !mde.is_finite() || mde == 0.0 {
         return Err(
-            ValidationError::new("out_of_range", "mde must be a non-zero number").at("/mde"),
+            ValidationError::new(ErrorCode::OutOfRange, "mde must be a non-zero number").at("/mde"),
         );
     }
     if !open_unit(alpha) {
-        return Err(ValidationError::new("out_of_range", "alpha must be in (0, 1)").at("/alpha"));
+        return Err(
+            ValidationError::new(ErrorCode::OutOfRange, "alpha must be in (0, 1)").at("/alpha"),
+        );
     }
     if !open_unit(power) {
-        return Err(ValidationError::new("out_of_range", "power must be in (0, 1)").at("/power"));
+        return Err(
+            ValidationError::new(ErrorCode::OutOfRange, "power must be in (0, 1)").at("/power"),
+        );
     }
     if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1000.0) {
         return Err(
-            ValidationError::new("out_of_range", "ratio must be in (0, 1000]").at("/ratio"),
+            ValidationError::new(ErrorCode::OutOfRange, "ratio must be in (0, 1000]").at("/ratio"),
         );
     }
     let p2 = if relative { p1 * (1.0 + mde) } else { p1 + mde };
     if !open_unit(p2) {
         return Err(ValidationError::new(
-            "out_of_range",
+            ErrorCode::OutOfRange,
             format!("the target rate {p2} is outside (0, 1)"),
         )
         .at("/mde"));

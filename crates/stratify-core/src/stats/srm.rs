@@ -3,6 +3,7 @@
 
 use super::dist::chi2_sf;
 use super::finite;
+use crate::ErrorCode;
 use crate::ValidationError;
 use serde::Serialize;
 
@@ -29,14 +30,14 @@ pub struct Srm {
 pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, ValidationError> {
     if observed.len() != weights.len() {
         return Err(ValidationError::new(
-            "length_mismatch",
+            ErrorCode::LengthMismatch,
             "observed and weights must have the same length",
         )
         .at("/weights"));
     }
     if observed.len() < 2 || observed.len() > MAX_ARMS {
         return Err(ValidationError::new(
-            "invalid_arms",
+            ErrorCode::InvalidArms,
             format!("between 2 and {MAX_ARMS} arms are needed"),
         )
         .at("/observed"));
@@ -44,7 +45,7 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, ValidationError> {
     for (i, w) in weights.iter().enumerate() {
         if !w.is_finite() || *w < 0.0 {
             return Err(ValidationError::new(
-                "invalid_weight",
+                ErrorCode::InvalidWeight,
                 "weights must be finite and not negative",
             )
             .at(format!("/weights/{i}")));
@@ -53,7 +54,8 @@ pub fn srm(observed: &[u64], weights: &[f64]) -> Result<Srm, ValidationError> {
     let total_weight: f64 = weights.iter().sum();
     if total_weight <= 0.0 {
         return Err(
-            ValidationError::new("invalid_weight", "weights must not all be 0").at("/weights"),
+            ValidationError::new(ErrorCode::InvalidWeight, "weights must not all be 0")
+                .at("/weights"),
         );
     }
     let n: f64 = observed.iter().map(|&o| o as f64).sum();

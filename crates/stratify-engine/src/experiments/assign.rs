@@ -33,6 +33,7 @@ use stratify_core::bucketing;
 use stratify_core::ids::UserId;
 use stratify_core::rules::{self, Facts, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
+use stratify_core::ErrorCode;
 use stratify_store::{AssignmentRecord, BannerMixtureRecord};
 
 /// How long a computation waits for the live engine to apply the user's
@@ -219,7 +220,7 @@ impl Engine {
     ) -> Result<Vec<Served>, EngineError> {
         if ids.len() > MAX_ELIGIBILITY_IDS {
             return Err(crate::segments::invalid(
-                "too_many_experiments",
+                ErrorCode::TooManyExperiments,
                 format!("at most {MAX_ELIGIBILITY_IDS} experiment ids per call"),
                 "/experiment_ids",
             ));
@@ -228,7 +229,7 @@ impl Engine {
         for (i, id) in ids.iter().enumerate() {
             if !registry.by_id.contains_key(id) {
                 return Err(crate::segments::invalid(
-                    "experiment_not_found",
+                    ErrorCode::ExperimentNotFound,
                     format!("no experiment '{id}'"),
                     &format!("/experiment_ids/{i}"),
                 ));

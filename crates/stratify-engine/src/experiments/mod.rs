@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use stratify_core::rules::Rule;
 use stratify_core::time::{parse_rfc3339, Millis};
+use stratify_core::ErrorCode;
 use stratify_store::{ExperimentRecord, Store, TransitionRecord};
 
 /// Most variants of one experiment.
@@ -327,7 +328,7 @@ fn corrupt(id: &str, why: &str) -> EngineError {
 
 fn not_found(id: &str) -> EngineError {
     EngineError::NotFound {
-        code: "experiment_not_found",
+        code: ErrorCode::ExperimentNotFound,
         message: format!("no experiment '{id}'"),
     }
 }
@@ -342,7 +343,7 @@ fn check_key(key: &str, field: &str) -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(invalid(
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "a key is 1–64 characters of letters, digits, '_', '-' and '.'",
             field,
         ))
@@ -407,7 +408,7 @@ impl Engine {
             (None, Some(b)) => b.variants.clone(),
             (None, None) => {
                 return Err(invalid(
-                    "invalid_variants",
+                    ErrorCode::InvalidVariants,
                     "variants are required",
                     "/variants",
                 ))
@@ -415,7 +416,7 @@ impl Engine {
         };
         if variants.is_empty() || variants.len() > MAX_VARIANTS {
             return Err(invalid(
-                "invalid_variants",
+                ErrorCode::InvalidVariants,
                 format!("an experiment has 1 to {MAX_VARIANTS} variants"),
                 "/variants",
             ));
@@ -425,21 +426,21 @@ impl Engine {
             check_key(&v.key, &format!("/variants/{i}/key"))?;
             if variants[..i].iter().any(|w| w.key == v.key) {
                 return Err(invalid(
-                    "duplicate_variant",
+                    ErrorCode::DuplicateVariant,
                     format!("variant key '{}' is used twice", v.key),
                     &format!("/variants/{i}/key"),
                 ));
             }
             if !v.weight.is_finite() || !(0.0..=100.0).contains(&v.weight) {
                 return Err(invalid(
-                    "invalid_weight",
+                    ErrorCode::InvalidWeight,
                     "a weight is a percentage from 0 to 100",
                     &format!("/variants/{i}/weight"),
                 ));
             }
             if v.name.as_ref().is_some_and(|n| n.len() > 200) {
                 return Err(invalid(
-                    "invalid_name",
+                    ErrorCode::InvalidName,
                     "a variant name is at most 200 bytes",
                     &format!("/variants/{i}/name"),
                 ));
@@ -448,14 +449,14 @@ impl Engine {
         }
         if (total - 100.0).abs() > 1e-6 {
             return Err(invalid(
-                "invalid_weights",
+                ErrorCode::InvalidWeights,
                 format!("variant weights are percentages that sum to 100 (these sum to {total})"),
                 "/variants",
             ));
         }
         if variants.iter().filter(|v| v.is_control).count() > 1 {
             return Err(invalid(
-                "invalid_variants",
+                ErrorCode::InvalidVariants,
                 "at most one variant is the control",
                 "/variants",
             ));
@@ -467,7 +468,7 @@ impl Engine {
         };
         if segment_ids.len() > MAX_SEGMENTS {
             return Err(invalid(
-                "invalid_segment_ids",
+                ErrorCode::InvalidSegmentIds,
                 format!("at most {MAX_SEGMENTS} segments"),
                 "/segment_ids",
             ));
@@ -476,7 +477,7 @@ impl Engine {
         for (i, id) in segment_ids.iter().enumerate() {
             if catalog.get(id).is_none() {
                 return Err(invalid(
-                    "segment_not_found",
+                    ErrorCode::SegmentNotFound,
                     format!("no segment '{id}'"),
                     &format!("/segment_ids/{i}"),
                 ));
@@ -490,7 +491,7 @@ impl Engine {
         let coverage = input.coverage.or(base.map(|b| b.coverage)).unwrap_or(1.0);
         if !(0.0..=1.0).contains(&coverage) {
             return Err(invalid(
-                "invalid_coverage",
+                ErrorCode::InvalidCoverage,
                 "coverage is a fraction from 0 to 1",
                 "/coverage",
             ));
@@ -500,7 +501,11 @@ impl Engine {
             .or_else(|| base.map(|b| b.seed.clone()))
             .unwrap_or_else(|| key.to_owned());
         if seed.is_empty() || seed.len() > 200 {
-            return Err(invalid("invalid_seed", "a seed is 1–200 bytes", "/seed"));
+            return Err(invalid(
+                ErrorCode::InvalidSeed,
+                "a seed is 1–200 bytes",
+                "/seed",
+            ));
         }
         let hash_version = input
             .hash_version
@@ -508,7 +513,7 @@ impl Engine {
             .unwrap_or(2);
         if !matches!(hash_version, 1 | 2) {
             return Err(invalid(
-                "invalid_hash_version",
+                ErrorCode::InvalidHashVersion,
                 "hash_version is 1 or 2",
                 "/hash_version",
             ));
@@ -519,7 +524,7 @@ impl Engine {
             .unwrap_or_else(|| "user_id".into());
         if hash_attribute.is_empty() || hash_attribute.len() > 128 {
             return Err(invalid(
-                "invalid_hash_attribute",
+                ErrorCode::InvalidHashAttribute,
                 "hash_attribute names an attribute (or user_id)",
                 "/hash_attribute",
             ));
@@ -535,7 +540,7 @@ impl Engine {
                 && ns.start < ns.end;
             if !ok {
                 return Err(invalid(
-                    "invalid_namespace",
+                    ErrorCode::InvalidNamespace,
                     "a namespace is {id, start, end} with 0 <= start < end <= 1",
                     "/namespace",
                 ));
@@ -558,7 +563,7 @@ impl Engine {
         if let (Some(s), Some(e)) = (start_at, end_at) {
             if e <= s {
                 return Err(invalid(
-                    "invalid_schedule",
+                    ErrorCode::InvalidSchedule,
                     "end_at is after start_at",
                     "/end_at",
                 ));
@@ -595,7 +600,7 @@ impl Engine {
         let key = input
             .key
             .clone()
-            .ok_or_else(|| invalid("invalid_key", "key is required", "/key"))?;
+            .ok_or_else(|| invalid(ErrorCode::InvalidKey, "key is required", "/key"))?;
         check_key(&key, "/key")?;
         let name = check_name(input.name.as_deref().unwrap_or(""))?;
         let (definition, rule) = self.definition(&key, None, input)?;
@@ -616,7 +621,7 @@ impl Engine {
         self.store.create_experiment(record.clone()).await.map_err(
             |e| match EngineError::from(e) {
                 EngineError::Conflict { message, .. } => EngineError::Conflict {
-                    code: "experiment_key_taken",
+                    code: ErrorCode::ExperimentKeyTaken,
                     message,
                 },
                 other => other,
@@ -676,7 +681,7 @@ impl Engine {
         ids.retain(|s| s != segment_id);
         if ids.len() == before {
             return Err(EngineError::NotFound {
-                code: "segment_not_attached",
+                code: ErrorCode::SegmentNotAttached,
                 message: format!("segment '{segment_id}' is not attached to experiment '{id}'"),
             });
         }
@@ -701,7 +706,7 @@ impl Engine {
         let version = current.definition.bucket_version + 1;
         if version > MAX_BUCKET_VERSION {
             return Err(EngineError::Conflict {
-                code: "too_many_rerandomizations",
+                code: ErrorCode::TooManyRerandomizations,
                 message: format!(
                     "an experiment is re-randomised at most {MAX_BUCKET_VERSION} times"
                 ),
@@ -725,7 +730,7 @@ impl Engine {
         let current = self.experiment(id)?;
         if input.key.as_ref().is_some_and(|k| *k != current.record.key) {
             return Err(invalid(
-                "immutable_key",
+                ErrorCode::ImmutableKey,
                 "an experiment's key cannot change",
                 "/key",
             ));
@@ -762,7 +767,7 @@ impl Engine {
         let from = current.record.status.clone();
         let Some(to) = action.next(&from) else {
             return Err(EngineError::Conflict {
-                code: "invalid_transition",
+                code: ErrorCode::InvalidTransition,
                 message: format!("cannot {} an experiment that is {from}", action.name()),
             });
         };
@@ -773,7 +778,7 @@ impl Engine {
             .await?
         {
             return Err(EngineError::Conflict {
-                code: "invalid_transition",
+                code: ErrorCode::InvalidTransition,
                 message: "the experiment changed meanwhile; read it again".into(),
             });
         }

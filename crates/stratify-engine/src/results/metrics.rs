@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use stratify_core::ids::EventName;
 use stratify_core::rules::parse_within;
 use stratify_core::time::Millis;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_store::MetricRecord;
 
@@ -67,7 +68,7 @@ pub struct Metric {
     pub updated_at: Option<String>,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+fn invalid(code: ErrorCode, message: impl Into<String>, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
@@ -82,7 +83,7 @@ impl Metric {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if !key_ok {
             return Err(invalid(
-                "invalid_key",
+                ErrorCode::InvalidKey,
                 "key is 1–64 letters, digits, '_', '-' or '.'",
                 "/key",
             ));
@@ -93,14 +94,14 @@ impl Metric {
         match (&input.property, needs_property) {
             (None, true) => {
                 return Err(invalid(
-                    "missing_field",
+                    ErrorCode::MissingField,
                     "sum and mean metrics need a numeric property",
                     "/property",
                 ))
             }
             (Some(_), false) => {
                 return Err(invalid(
-                    "unexpected_field",
+                    ErrorCode::UnexpectedField,
                     "only sum and mean metrics read a property",
                     "/property",
                 ))
@@ -111,7 +112,7 @@ impl Metric {
                     && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                 if !ok {
                     return Err(invalid(
-                        "invalid_property",
+                        ErrorCode::InvalidProperty,
                         "property is 1–64 letters, digits or '_'",
                         "/property",
                     ));
@@ -123,18 +124,22 @@ impl Metric {
             None => None,
             Some(w) => Some(parse_within(w).ok_or_else(|| {
                 invalid(
-                    "invalid_window",
+                    ErrorCode::InvalidWindow,
                     "window is Ns, Nm, Nh or Nd (N >= 1, at most 10 years)",
                     "/window",
                 )
             })?),
         };
         if input.name.as_ref().is_some_and(|n| n.len() > 200) {
-            return Err(invalid("too_long", "name is at most 200 bytes", "/name"));
+            return Err(invalid(
+                ErrorCode::TooLong,
+                "name is at most 200 bytes",
+                "/name",
+            ));
         }
         if input.description.as_ref().is_some_and(|d| d.len() > 2000) {
             return Err(invalid(
-                "too_long",
+                ErrorCode::TooLong,
                 "description is at most 2000 bytes",
                 "/description",
             ));
@@ -186,7 +191,7 @@ impl Metric {
 
 fn metric_not_found(key: &str) -> EngineError {
     EngineError::NotFound {
-        code: "metric_not_found",
+        code: ErrorCode::MetricNotFound,
         message: format!("no metric '{key}'"),
     }
 }

@@ -26,6 +26,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use stratify_core::stats::{self, Absolute, Arm, ArmEstimate, Method, Relative};
 use stratify_core::time::{format_rfc3339, Millis};
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 
 pub use metrics::{MetricInput, MAX_METRICS_PER_QUERY};
@@ -166,7 +167,7 @@ pub struct ExperimentResults {
     pub winner_reason: Option<String>,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> EngineError {
+fn invalid(code: ErrorCode, message: impl Into<String>, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
@@ -190,7 +191,7 @@ impl Engine {
         let experiment = self.experiment(experiment_id)?;
         if query.metrics.is_empty() || query.metrics.len() > MAX_METRICS_PER_QUERY {
             return Err(invalid(
-                "invalid_metrics",
+                ErrorCode::InvalidMetrics,
                 format!("name 1 to {MAX_METRICS_PER_QUERY} metrics"),
                 "/metric",
             ));
@@ -203,7 +204,7 @@ impl Engine {
             .unwrap_or(((1.0 - confidence) * 1e12).round() / 1e12);
         if !(alpha > 0.0 && alpha < 1.0) {
             return Err(invalid(
-                "out_of_range",
+                ErrorCode::OutOfRange,
                 "significance_threshold must be in (0, 1)",
                 "/significance_threshold",
             ));
@@ -212,7 +213,11 @@ impl Engine {
         let to = query.to.unwrap_or(now);
         let from = query.from.unwrap_or(Millis::MIN);
         if from > to {
-            return Err(invalid("invalid_range", "from is after to", "/from"));
+            return Err(invalid(
+                ErrorCode::InvalidRange,
+                "from is after to",
+                "/from",
+            ));
         }
         let definition = &experiment.definition;
         let bucket_version = definition.bucket_version;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use stratify_core::event::MAX_BATCH_EVENTS;
 use stratify_core::time::parse_rfc3339;
+use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
 use stratify_engine::ingest::IngestOutcome;
 use stratify_engine::model::{EventQuery, ExperimentFilter, Source, StoredEvent};
@@ -95,7 +96,7 @@ fn respond(state: &AppState, outcome: IngestOutcome, shape: Shape) -> Response {
             .into_iter()
             .map(|r| RejectedItem {
                 index: r.index,
-                code: r.code.to_owned(),
+                code: r.code.to_string(),
                 message: r.message,
                 field: r.field,
             })
@@ -114,7 +115,7 @@ fn respond(state: &AppState, outcome: IngestOutcome, shape: Shape) -> Response {
 fn too_many(n: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "batch_too_large",
+        ErrorCode::BatchTooLarge,
         format!("{n} events in one request; at most {MAX_BATCH_EVENTS}"),
     )
 }
@@ -137,7 +138,7 @@ pub async fn ingest(
             let text = std::str::from_utf8(&bytes).map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "malformed_body",
+                    ErrorCode::MalformedBody,
                     "NDJSON must be UTF-8",
                 )
             })?;
@@ -149,7 +150,7 @@ pub async fn ingest(
                 .into_iter()
                 .map(|l| {
                     serde_json::from_str::<Value>(l)
-                        .map_err(|e| ValidationError::new("malformed_json", e.to_string()))
+                        .map_err(|e| ValidationError::new(ErrorCode::MalformedJson, e.to_string()))
                 })
                 .collect()
         }
@@ -158,7 +159,7 @@ pub async fn ingest(
                 if let Some(extra) = obj.keys().find(|k| *k != "events") {
                     return Err(ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        "unknown_field",
+                        ErrorCode::UnknownField,
                         format!("unknown field '{extra}' next to 'events'"),
                     )
                     .at(format!("/{}", stratify_core::error::pointer_token(extra))));
@@ -171,7 +172,7 @@ pub async fn ingest(
                     _ => {
                         return Err(ApiError::new(
                             StatusCode::UNPROCESSABLE_ENTITY,
-                            "invalid_body",
+                            ErrorCode::InvalidBody,
                             "'events' must be an array",
                         )
                         .at("/events"))
@@ -185,7 +186,7 @@ pub async fn ingest(
             _ => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     "send an event object or {\"events\": [...]}",
                 ))
             }
@@ -217,7 +218,7 @@ pub async fn order(
     if kind != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json",
         ));
     }
@@ -282,8 +283,12 @@ fn event_out(e: StoredEvent) -> EventOut {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
-        .at(format!("/{field}"))
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidQuery,
+        message,
+    )
+    .at(format!("/{field}"))
 }
 
 /// Events in log order, filtered, paged with an opaque cursor.

@@ -13,6 +13,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::time::Duration;
+use stratify_core::ErrorCode;
 use stratify_engine::feed::{Bucket, ChangeView, MembershipView, SizePoint, MAX_CHANGES_PAGE};
 use stratify_engine::webhooks::WebhookView;
 use utoipa::{IntoParams, ToSchema};
@@ -70,7 +71,7 @@ fn after(v: Option<i64>) -> Result<i64, ApiError> {
     match v {
         Some(a) if a < 0 => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_after",
+            ErrorCode::InvalidAfter,
             "after is a sequence number, 0 or more",
         )
         .at("/after")),
@@ -90,7 +91,7 @@ pub async fn segment_changes(
     if !(1..=MAX_CHANGES_PAGE).contains(&limit) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_limit",
+            ErrorCode::InvalidLimit,
             format!("limit is 1 to {MAX_CHANGES_PAGE}"),
         )
         .at("/limit"));
@@ -108,7 +109,7 @@ pub async fn segment_changes(
         Some("desc") => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_order",
+                ErrorCode::InvalidOrder,
                 "order=desc gives the newest changes; it takes no `after`",
             )
             .at("/after"))
@@ -116,7 +117,7 @@ pub async fn segment_changes(
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_order",
+                ErrorCode::InvalidOrder,
                 "order is asc or desc",
             )
             .at("/order"))
@@ -317,7 +318,7 @@ pub async fn size_history(
     let bucket = Bucket::parse(&name).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_bucket",
+            ErrorCode::InvalidBucket,
             "bucket is hour or day",
         )
         .at("/bucket")

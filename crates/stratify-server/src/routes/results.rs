@@ -10,6 +10,7 @@ use stratify_core::stats::{
     self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm,
 };
 use stratify_core::time::parse_rfc3339;
+use stratify_core::ErrorCode;
 use stratify_engine::results::metrics::Metric;
 use stratify_engine::results::{
     ExperimentResults, MetricInput, ResultsQuery, MAX_METRICS_PER_QUERY,
@@ -85,8 +86,12 @@ pub struct ResultsParams {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
-        .at(format!("/{field}"))
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidQuery,
+        message,
+    )
+    .at(format!("/{field}"))
 }
 
 fn method(m: Option<&str>, field: &str) -> Result<Method, ApiError> {
@@ -122,7 +127,7 @@ async fn resolve_metrics(
         let metric = all.iter().find(|m| m.key == *key).cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "metric_not_found",
+                ErrorCode::MetricNotFound,
                 format!("no metric '{key}'"),
             )
             .at(format!("/{field}"))

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
+use stratify_core::ErrorCode;
 use stratify_engine::model::EventTypeRecord;
 use utoipa::ToSchema;
 
@@ -47,7 +48,7 @@ pub async fn create_event_type(
     if state.engine.event_type(&schema.name).is_ok() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "event_type_exists",
+            ErrorCode::EventTypeExists,
             format!(
                 "event type '{}' is declared; PUT /v1/event-types/{{name}} replaces it",
                 schema.name
@@ -70,7 +71,7 @@ pub async fn replace_event_type(
     if schema.name != name {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "name_mismatch",
+            ErrorCode::NameMismatch,
             "the body's name differs from the path",
         )
         .at("/name"));

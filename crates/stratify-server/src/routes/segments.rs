@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{Compiled, Dialect};
 use stratify_core::time::parse_rfc3339;
+use stratify_core::ErrorCode;
 use stratify_engine::keys::Principal;
 use stratify_engine::segments::{
     Evaluator, MemberChange, PageRequest, Segment, SegmentInput, SegmentPatch,
@@ -112,8 +113,12 @@ fn as_of(value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|t| {
             parse_rfc3339(t).map_err(|e| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_as_of", e.message)
-                    .at("/as_of")
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InvalidAsOf,
+                    e.message,
+                )
+                .at("/as_of")
             })
         })
         .transpose()
@@ -170,7 +175,7 @@ pub async fn replace(
     if req.user_ids.is_some() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_segment",
+            ErrorCode::InvalidSegment,
             "change members with /v1/segments/{id}/members",
         )
         .at("/user_ids"));
@@ -200,7 +205,7 @@ pub async fn patch(
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_description",
+                ErrorCode::InvalidDescription,
                 "description is a string or null",
             )
             .at("/description"))
@@ -363,7 +368,7 @@ pub async fn upload_members(
     let text = std::str::from_utf8(&body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "malformed_body",
+            ErrorCode::MalformedBody,
             "the upload must be UTF-8",
         )
     })?;
@@ -397,8 +402,12 @@ pub struct QueryResult {
 }
 
 fn bad_query(field: &str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
-        .at(format!("/{field}"))
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidQuery,
+        message,
+    )
+    .at(format!("/{field}"))
 }
 
 /// An ad-hoc population query: `{"rules": <rule>}` or the DuckMart payload at
@@ -414,14 +423,14 @@ pub async fn query(
     if kind != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json",
         ));
     }
     let Value::Object(mut body) = parse_json::<Value>(&bytes)? else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "send a JSON object",
         ));
     };
@@ -446,7 +455,7 @@ pub async fn query(
         if let Some(k) = body.keys().find(|k| *k != "rules") {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_field",
+                ErrorCode::UnknownField,
                 format!("unknown field '{k}'"),
             )
             .at(format!("/{}", stratify_core::error::pointer_token(k))));
