@@ -9,7 +9,7 @@
 use crate::dashboard::session;
 use crate::{ApiError, AppState};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use stratify_core::access::Capability;
@@ -52,9 +52,7 @@ pub async fn authorize(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if !safe && !signed.csrf_matches(presented) {
-                    return ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        ErrorCode::CsrfFailed,
+                    return ApiError::new(ErrorCode::CsrfFailed,
                         "a dashboard session request that changes something needs the session's X-CSRF-Token header",
                     )
                     .into_response();
@@ -69,7 +67,6 @@ pub async fn authorize(
     };
     if !principal.role.can(capability) {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             format!(
                 "the '{}' role may not do this ({capability:?})",

@@ -18,7 +18,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    /// An error answered with its code's status (the one table,
+    /// [`ErrorCode::status`]).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        Self::with_status(status, code, message)
+    }
+
+    /// An error answered with another status than its code's: a rule broken
+    /// inside a document is 422 whatever its code (a per-item rejection, an
+    /// unknown segment referenced by a rule), and axum's own rejections keep
+    /// theirs.
+    pub fn with_status(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -42,18 +53,13 @@ impl ApiError {
 
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
         )
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::InternalError,
-            "internal error",
-        )
+        Self::new(ErrorCode::InternalError, "internal error")
     }
 
     /// The generic error for a status that carries no JSON of its own (axum's
@@ -80,7 +86,7 @@ impl ApiError {
             s if s.is_server_error() => (ErrorCode::InternalError, "internal error"),
             _ => (ErrorCode::Error, "request failed"),
         };
-        Self::new(status, code, message)
+        Self::with_status(status, code, message)
     }
 }
 
@@ -99,19 +105,11 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Invalid(v) => v.into(),
-            EngineError::NotFound { code, message } => {
-                Self::new(StatusCode::NOT_FOUND, code, message)
-            }
-            EngineError::Conflict { code, message } => {
-                Self::new(StatusCode::CONFLICT, code, message)
-            }
+            EngineError::NotFound { code, message } => Self::new(code, message),
+            EngineError::Conflict { code, message } => Self::new(code, message),
             EngineError::Unavailable(message) => {
                 tracing::error!(error = %message, "a write could not be handed on");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    message,
-                )
+                Self::new(ErrorCode::Unavailable, message)
             }
             EngineError::Store(source) => {
                 tracing::error!(error = %chain(&source), "storage failure");

@@ -21,7 +21,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for Body<T> {
         let (kind, bytes) = read_body(req, state).await?;
         if kind != BodyKind::Json {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
                 "send application/json",
             ));
@@ -69,9 +68,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind,
                 "application/x-ndjson" | "application/ndjson" | "application/jsonl" => BodyKind::Ndjson,
                 other if other.ends_with("+json") => BodyKind::Json,
                 _ => {
-                    return Err(ApiError::new(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        ErrorCode::UnsupportedMediaType,
+                    return Err(ApiError::new(ErrorCode::UnsupportedMediaType,
                         format!("unsupported Content-Type '{ct}': send application/json or application/x-ndjson"),
                     ))
                 }
@@ -81,16 +78,11 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<(BodyKind,
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
                 "the request body is over the limit",
             )
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::UnreadableBody,
-                rejection.body_text(),
-            )
+            ApiError::new(ErrorCode::UnreadableBody, rejection.body_text())
         }
     })?;
     Ok((kind, bytes))
@@ -104,11 +96,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let err = ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorCode::InvalidBody,
-                    strip_position(&inner.to_string()),
-                );
+                let err = ApiError::new(ErrorCode::InvalidBody, strip_position(&inner.to_string()));
                 if pointer.is_empty() {
                     err
                 } else {
@@ -124,7 +112,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 fn malformed(e: &serde_json::Error) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
         ErrorCode::MalformedJson,
         format!("the body is not valid JSON: {e}"),
     )
@@ -171,11 +158,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
             .map_err(|e| {
                 let param = e.path().to_string();
                 let message = e.into_inner().to_string();
-                let err = ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorCode::InvalidQuery,
-                    message,
-                );
+                let err = ApiError::new(ErrorCode::InvalidQuery, message);
                 if param.is_empty() || param == "." {
                     err
                 } else {

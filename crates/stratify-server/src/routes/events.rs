@@ -76,7 +76,7 @@ fn respond(state: &AppState, outcome: IngestOutcome, shape: Shape) -> Response {
         .filter(|_| outcome.accepted == 0)
         .map(|r| {
             let mut err =
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message.clone());
+                ApiError::with_status(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message.clone());
             err.field = match shape {
                 Shape::Single => r.field.clone(),
                 Shape::Batch => Some(format!(
@@ -114,7 +114,6 @@ fn respond(state: &AppState, outcome: IngestOutcome, shape: Shape) -> Response {
 
 fn too_many(n: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::BatchTooLarge,
         format!("{n} events in one request; at most {MAX_BATCH_EVENTS}"),
     )
@@ -135,13 +134,8 @@ pub async fn ingest(
     let items: Vec<Result<Value, ValidationError>> = match kind {
         BodyKind::Ndjson => {
             shape = Shape::Lines;
-            let text = std::str::from_utf8(&bytes).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::MalformedBody,
-                    "NDJSON must be UTF-8",
-                )
-            })?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::new(ErrorCode::MalformedBody, "NDJSON must be UTF-8"))?;
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             if lines.len() > MAX_BATCH_EVENTS {
                 return Err(too_many(lines.len()));
@@ -158,7 +152,6 @@ pub async fn ingest(
             Value::Object(mut obj) if obj.contains_key("events") => {
                 if let Some(extra) = obj.keys().find(|k| *k != "events") {
                     return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
                         ErrorCode::UnknownField,
                         format!("unknown field '{extra}' next to 'events'"),
                     )
@@ -171,7 +164,6 @@ pub async fn ingest(
                     Some(Value::Array(items)) => items.into_iter().map(Ok).collect(),
                     _ => {
                         return Err(ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
                             ErrorCode::InvalidBody,
                             "'events' must be an array",
                         )
@@ -185,7 +177,6 @@ pub async fn ingest(
             }
             _ => {
                 return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
                     ErrorCode::InvalidBody,
                     "send an event object or {\"events\": [...]}",
                 ))
@@ -217,7 +208,6 @@ pub async fn order(
 ) -> Result<Response, ApiError> {
     if kind != BodyKind::Json {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnsupportedMediaType,
             "send application/json",
         ));
@@ -283,12 +273,7 @@ fn event_out(e: StoredEvent) -> EventOut {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::InvalidQuery,
-        message,
-    )
-    .at(format!("/{field}"))
+    ApiError::new(ErrorCode::InvalidQuery, message).at(format!("/{field}"))
 }
 
 /// Events in log order, filtered, paged with an opaque cursor.

@@ -70,7 +70,6 @@ pub struct ChangesPage {
 fn after(v: Option<i64>) -> Result<i64, ApiError> {
     match v {
         Some(a) if a < 0 => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidAfter,
             "after is a sequence number, 0 or more",
         )
@@ -90,7 +89,6 @@ pub async fn segment_changes(
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_CHANGES_PAGE).contains(&limit) {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidLimit,
             format!("limit is 1 to {MAX_CHANGES_PAGE}"),
         )
@@ -108,19 +106,13 @@ pub async fn segment_changes(
         }
         Some("desc") => {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidOrder,
                 "order=desc gives the newest changes; it takes no `after`",
             )
             .at("/after"))
         }
         Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::InvalidOrder,
-                "order is asc or desc",
-            )
-            .at("/order"))
+            return Err(ApiError::new(ErrorCode::InvalidOrder, "order is asc or desc").at("/order"))
         }
     };
     Ok(Json(ChangesPage {
@@ -316,12 +308,7 @@ pub async fn size_history(
 ) -> Result<Json<SizeHistory>, ApiError> {
     let name = q.bucket.unwrap_or_else(|| "day".into());
     let bucket = Bucket::parse(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidBucket,
-            "bucket is hour or day",
-        )
-        .at("/bucket")
+        ApiError::new(ErrorCode::InvalidBucket, "bucket is hour or day").at("/bucket")
     })?;
     let points = state.engine.size_history(&id, bucket).await?;
     Ok(Json(SizeHistory {

@@ -86,12 +86,7 @@ pub struct ResultsParams {
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::InvalidQuery,
-        message,
-    )
-    .at(format!("/{field}"))
+    ApiError::new(ErrorCode::InvalidQuery, message).at(format!("/{field}"))
 }
 
 fn method(m: Option<&str>, field: &str) -> Result<Method, ApiError> {
@@ -125,12 +120,8 @@ async fn resolve_metrics(
     let mut out = Vec::new();
     for key in keys {
         let metric = all.iter().find(|m| m.key == *key).cloned().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::MetricNotFound,
-                format!("no metric '{key}'"),
-            )
-            .at(format!("/{field}"))
+            ApiError::new(ErrorCode::MetricNotFound, format!("no metric '{key}'"))
+                .at(format!("/{field}"))
         })?;
         out.push(metric);
     }

@@ -47,7 +47,6 @@ pub async fn create_event_type(
 ) -> Result<(StatusCode, Json<EventTypeOut>), ApiError> {
     if state.engine.event_type(&schema.name).is_ok() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
             ErrorCode::EventTypeExists,
             format!(
                 "event type '{}' is declared; PUT /v1/event-types/{{name}} replaces it",
@@ -70,7 +69,6 @@ pub async fn replace_event_type(
 ) -> Result<Json<EventTypeOut>, ApiError> {
     if schema.name != name {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::NameMismatch,
             "the body's name differs from the path",
         )

@@ -112,14 +112,8 @@ fn out(s: &Segment, state: &AppState) -> SegmentOut {
 fn as_of(value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|t| {
-            parse_rfc3339(t).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorCode::InvalidAsOf,
-                    e.message,
-                )
-                .at("/as_of")
-            })
+            parse_rfc3339(t)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidAsOf, e.message).at("/as_of"))
         })
         .transpose()
 }
@@ -174,7 +168,6 @@ pub async fn replace(
 ) -> Result<Json<SegmentOut>, ApiError> {
     if req.user_ids.is_some() {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidSegment,
             "change members with /v1/segments/{id}/members",
         )
@@ -204,7 +197,6 @@ pub async fn patch(
         Some(Value::String(s)) => Some(Some(s)),
         Some(_) => {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidDescription,
                 "description is a string or null",
             )
@@ -365,13 +357,8 @@ pub async fn upload_members(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<MembersChanged>, ApiError> {
-    let text = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::MalformedBody,
-            "the upload must be UTF-8",
-        )
-    })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(ErrorCode::MalformedBody, "the upload must be UTF-8"))?;
     let ids: Vec<String> = text
         .lines()
         .map(|l| l.trim().trim_matches('"').to_owned())
@@ -402,12 +389,7 @@ pub struct QueryResult {
 }
 
 fn bad_query(field: &str, message: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::InvalidQuery,
-        message,
-    )
-    .at(format!("/{field}"))
+    ApiError::new(ErrorCode::InvalidQuery, message).at(format!("/{field}"))
 }
 
 /// An ad-hoc population query: `{"rules": <rule>}` or the DuckMart payload at
@@ -422,17 +404,12 @@ pub async fn query(
 ) -> Result<Json<QueryResult>, ApiError> {
     if kind != BodyKind::Json {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnsupportedMediaType,
             "send application/json",
         ));
     }
     let Value::Object(mut body) = parse_json::<Value>(&bytes)? else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidBody,
-            "send a JSON object",
-        ));
+        return Err(ApiError::new(ErrorCode::InvalidBody, "send a JSON object"));
     };
     let opts = QueryOptions::take(&mut body)?;
     let duckmart = !body.contains_key("rules");
@@ -453,12 +430,10 @@ pub async fn query(
         (Value::Object(body), Value::Object(applied))
     } else {
         if let Some(k) = body.keys().find(|k| *k != "rules") {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::UnknownField,
-                format!("unknown field '{k}'"),
-            )
-            .at(format!("/{}", stratify_core::error::pointer_token(k))));
+            return Err(
+                ApiError::new(ErrorCode::UnknownField, format!("unknown field '{k}'"))
+                    .at(format!("/{}", stratify_core::error::pointer_token(k))),
+            );
         }
         let rule = body.remove("rules").unwrap_or(Value::Null);
         (rule.clone(), rule)
