@@ -9,7 +9,7 @@
 //! whatever the population; a shared bucket only costs a neighbour an extra
 //! recomputation, never a stale answer.
 
-use crate::live::user_hash;
+use crate::shard::user_hash;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;

@@ -1,9 +1,23 @@
 //! Stratify's engine: everything between the edge and the store.
 //!
-//! Owns ingest (validation against schemas, idempotency, per-source status),
-//! users and their computed fields, API keys and authentication, bulk import,
-//! and the clock. It knows nothing about HTTP: the server and the CLI are thin
-//! shells around [`Engine`].
+//! [`Engine`] is the composition root. It owns the configuration held in
+//! memory (schemas, keys, the segment catalog, experiments) and the derived
+//! state ([`derived::Views`]: the population index, the live engine and its
+//! member view, freshness stamps, the serving cache and sticky state, metric
+//! columns), which every write path changes only by telling a fact to the one
+//! fan-out ([`derived::Derive`]). By concern:
+//! - writes: [`ingest`] (HTTP and Kafka events), [`import`] (bulk files),
+//!   [`users`] (attributes, erasure), [`schemas`], [`keys`];
+//! - segments and their live memberships: [`segments`], [`live`], [`feed`]
+//!   (the change log read back), [`webhooks`];
+//! - experiments and results: [`experiments`] (serving, sticky assignments,
+//!   banners), [`results`];
+//! - several nodes on one store: [`cluster`]; time: [`clock`].
+//!
+//! It must not know HTTP (the server and the CLI are thin shells around it),
+//! read the wall clock except through [`Clock`], or write derived state
+//! outside [`derived`]. Domain checks that need no IO belong in
+//! `stratify_core`; SQL belongs in `stratify_store`.
 
 pub mod clock;
 pub mod cluster;
@@ -21,6 +35,7 @@ pub mod results;
 mod scan;
 pub mod schemas;
 pub mod segments;
+pub(crate) mod shard;
 pub mod users;
 pub mod webhooks;
 
@@ -69,7 +84,9 @@ pub struct Parts {
     pub(crate) forward: parking_lot::RwLock<Option<Arc<dyn cluster::Forward>>>,
 }
 
-/// The one place that picks a backend. Today: the embedded SQLite store.
+/// Opens the embedded store in `data_dir`. Which backend a command uses is
+/// the binary's choice (`stratify`'s `backend` module); this is the embedded
+/// one, also opened directly by the offline `refresh` and `rebuild`.
 pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, EngineError> {
     Ok(Arc::new(SqliteStore::open(data_dir)?))
 }

@@ -208,29 +208,6 @@ fn not_found(id: &str) -> EngineError {
     }
 }
 
-pub(crate) fn check_name(name: &str) -> Result<String, EngineError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(invalid(
-            ErrorCode::InvalidName,
-            "name is 1–128 characters of text",
-            "/name",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
-pub(crate) fn check_description(d: Option<String>) -> Result<Option<String>, EngineError> {
-    match d {
-        Some(d) if d.len() > 1024 => Err(invalid(
-            ErrorCode::InvalidDescription,
-            "description is at most 1024 bytes",
-            "/description",
-        )),
-        other => Ok(other),
-    }
-}
-
 /// Parses user ids, pointing at the bad one.
 pub fn parse_user_ids(ids: Vec<String>, pointer: &str) -> Result<Vec<UserId>, EngineError> {
     if ids.len() > MAX_IDS_PER_REQUEST {
@@ -254,15 +231,15 @@ pub(crate) fn parse_rule(
     json: &Value,
     self_id: &str,
     catalog: &Catalog,
-) -> Result<Rule, EngineError> {
-    let rule = rules::parse(json).map_err(|e| EngineError::Invalid(e.within("/rules")))?;
+) -> Result<Rule, ValidationError> {
+    let rule = rules::parse(json).map_err(|e| e.within("/rules"))?;
     for id in rule.references() {
         if catalog.get(id).is_none() {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 ErrorCode::SegmentNotFound,
                 format!("the rule refers to unknown segment '{id}'"),
-                "/rules",
-            ));
+            )
+            .at("/rules"));
         }
     }
     // Depth-first search over references, the new rule standing in for self.
@@ -270,11 +247,11 @@ pub(crate) fn parse_rule(
     let mut seen = HashSet::new();
     while let Some(id) = stack.pop() {
         if id == self_id {
-            return Err(invalid(
+            return Err(ValidationError::new(
                 ErrorCode::SegmentCycle,
                 "segment references form a cycle",
-                "/rules",
-            ));
+            )
+            .at("/rules"));
         }
         if !seen.insert(id.clone()) {
             continue;
@@ -350,8 +327,8 @@ impl Engine {
         by: &str,
     ) -> Result<Arc<Segment>, EngineError> {
         let _guard = self.segments.write.lock().await;
-        let name = check_name(&input.name)?;
-        let description = check_description(input.description)?;
+        let name = stratify_core::names::name(&input.name)?;
+        let description = stratify_core::names::description(input.description)?;
         let id = new_id("seg");
         let catalog = self.segments.snapshot();
         let (rule, members) = match (input.rules, input.user_ids) {
@@ -417,10 +394,10 @@ impl Engine {
         let mut record = current.record.clone();
         let mut rule = current.rule.clone();
         if let Some(name) = patch.name {
-            record.name = check_name(&name)?;
+            record.name = stratify_core::names::name(&name)?;
         }
         if let Some(description) = patch.description {
-            record.description = check_description(description)?;
+            record.description = stratify_core::names::description(description)?;
         }
         let rules_changed = patch.rules.is_some();
         if let Some(json) = patch.rules {

@@ -1,5 +1,6 @@
-//! Stratify's HTTP surface: the routes of API.md, authentication and roles,
-//! OpenAPI with offline interactive docs, Prometheus metrics.
+//! Stratify's HTTP surface: the routes (README and the OpenAPI document),
+//! authentication and roles, OpenAPI with offline interactive docs, the
+//! dashboard, Prometheus metrics.
 //!
 //! Handlers only translate: HTTP in, [`stratify_engine::Engine`] call, HTTP
 //! out. Domain rules live in the engine and the core. Every route is declared

@@ -1,16 +1,23 @@
-//! Persistence for Stratify, behind the narrow [`Store`] trait.
+//! Persistence for Stratify, behind the [`Store`] trait, with one backend
+//! per deployment shape.
 //!
-//! The embedded backend is SQLite ([`sqlite::SqliteStore`]) in one file of
-//! the data directory: WAL mode, `synchronous=FULL`, and one writer thread
-//! that commits whatever has queued up as one transaction (group commit), so
-//! that every acknowledged write is fsynced first while the cost of the fsync
-//! is shared by all the writes waiting for it. The scale-out backend is
-//! PostgreSQL ([`postgres::PgStore`]), shared by several nodes.
+//! - The embedded backend is SQLite ([`sqlite::SqliteStore`]) in the data
+//!   directory: WAL mode, `synchronous=FULL`, and one writer thread that
+//!   commits whatever has queued up as one transaction (group commit), so
+//!   that every acknowledged write is fsynced first while the cost of the
+//!   fsync is shared by all the writes waiting for it.
+//! - The scale-out backend is PostgreSQL ([`postgres::PgStore`]), shared by
+//!   several nodes.
+//!
+//! The statement text both dialects agree on is written once ([`sql`], with
+//! `?N` placeholders translated once for PostgreSQL); only the statements that
+//! truly differ (bulk appends, scans, upserts) live with their backend. One
+//! storage suite (`tests/suite.rs`) runs against both.
 //!
 //! The event log (`events`) is the source of truth; everything else derived
-//! may be rebuilt from it. This crate knows nothing about HTTP, never reads
-//! the clock (callers pass `now`) and translates constraint violations into
-//! [`StoreError`] variants instead of letting callers pre-check.
+//! may be rebuilt from it. This crate must not know HTTP or the engine, read
+//! the clock (callers pass `now`), or make callers pre-check constraints: it
+//! translates violations into [`StoreError`] variants.
 
 mod error;
 mod migrations;

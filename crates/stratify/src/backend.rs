@@ -1,5 +1,6 @@
-//! The one place a command picks its store: PostgreSQL when a URL is
-//! given, else the embedded SQLite store in the data directory.
+//! How `serve` and `import` pick their store: PostgreSQL when a URL is
+//! given, else the embedded SQLite store in the data directory. (`refresh`
+//! and `rebuild` maintain a stopped embedded store only.)
 
 use anyhow::Context;
 use std::path::Path;

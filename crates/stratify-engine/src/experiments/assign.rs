@@ -24,7 +24,6 @@ use super::sticky::{Sticky, Stuck, UserState};
 use super::Experiment;
 use crate::segments::{facts_events, Catalog};
 use crate::{Engine, EngineError};
-use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -43,7 +42,7 @@ const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 pub const MAX_ELIGIBILITY_IDS: usize = 1000;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     /// How long a per-user answer is cached (it is invalidated earlier by
     /// any change it depends on).
     pub cache_ttl_ms: Millis,
@@ -66,7 +65,9 @@ impl Default for Options {
 pub struct Serving {
     sticky: Sticky,
     cache: Cache,
-    options: RwLock<Options>,
+    /// The documented defaults (README: answers cached 5 minutes); not
+    /// configurable.
+    options: Options,
 }
 
 impl Serving {
@@ -74,7 +75,7 @@ impl Serving {
         Self {
             sticky: Sticky::start(store),
             cache: Cache::default(),
-            options: RwLock::new(Options::default()),
+            options: Options::default(),
         }
     }
 
@@ -165,11 +166,6 @@ fn hash_value<'a>(
 }
 
 impl Engine {
-    /// Changes how answers are cached and banners drawn.
-    pub fn set_serving_options(&self, options: Options) {
-        *self.views.serving.options.write() = options;
-    }
-
     /// Every running experiment `user` is in, with their variants and banner
     /// mixture. `context` (attributes given by the caller, e.g. OFREP) is
     /// laid over the stored attributes; such answers are not cached.
@@ -346,7 +342,7 @@ impl Engine {
     ) -> Result<UserExperiments, EngineError> {
         let user = id.as_str();
         let registry = self.experiments.registry();
-        let options = *self.views.serving.options.read();
+        let options = self.views.serving.options;
         let stamp = self.views.freshness.stamp(user);
         let now = self.now();
         let state = self.user_state(user).await?;

@@ -60,7 +60,7 @@ pub fn draw(
     now: Millis,
     ttl: Millis,
 ) -> Mixture {
-    let seed = crate::live::user_hash(user) ^ (now as u64).rotate_left(17);
+    let seed = crate::shard::user_hash(user) ^ (now as u64).rotate_left(17);
     let mut rng = StdRng::seed_from_u64(seed);
     let n = count.min(pool.len());
     let banners = rand::seq::index::sample(&mut rng, pool.len(), n)

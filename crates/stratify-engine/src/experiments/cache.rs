@@ -32,7 +32,7 @@ impl Default for Cache {
 
 impl Cache {
     fn shard(&self, user: &str) -> &Shard {
-        &self.shards[(crate::live::user_hash(user) >> 52) as usize % SHARDS]
+        &self.shards[(crate::shard::user_hash(user) >> 52) as usize % SHARDS]
     }
 
     /// The cached answer if it is still valid.

@@ -74,7 +74,7 @@ impl Sticky {
     }
 
     fn shard(&self, user: &str) -> &Shard {
-        &self.shards[(crate::live::user_hash(user) >> 40) as usize % SHARDS]
+        &self.shards[(crate::shard::user_hash(user) >> 40) as usize % SHARDS]
     }
 
     /// The user's state if it is loaded.

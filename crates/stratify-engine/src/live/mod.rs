@@ -19,7 +19,7 @@ mod view;
 mod worker;
 
 pub use state::MAX_USER_EVENTS;
-pub use view::{user_hash, MemberView};
+pub use view::MemberView;
 
 use crate::freshness::Freshness;
 use crate::segments::{Catalog, MemberChange};

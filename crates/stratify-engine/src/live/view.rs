@@ -10,18 +10,12 @@
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use stratify_store::ChangeRecord;
 
 const SHARDS: usize = 64;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A hash of a user id that is the same in every process (shards, buckets).
-pub fn user_hash(user: &str) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(user)
-}
 
 type Shard = RwLock<FastMap<Box<str>, Vec<u32>>>;
 
@@ -41,7 +35,7 @@ impl Default for MemberView {
 
 impl MemberView {
     fn shard(&self, user: &str) -> &Shard {
-        &self.shards[(user_hash(user) >> 58) as usize % SHARDS]
+        &self.shards[(crate::shard::user_hash(user) >> 58) as usize % SHARDS]
     }
 
     /// The slot of a segment id, interned on first use.
