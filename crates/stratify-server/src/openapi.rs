@@ -3,6 +3,8 @@
 //! through the `vendored` feature: no network needed).
 
 use crate::routes;
+use serde_json::{json, Value};
+use stratify_core::ErrorCode;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
@@ -37,7 +39,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::results::delete_metric, routes::results::results, routes::results::results_seed,
         routes::results::compare, routes::results::srm, routes::results::sample_size,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &Errors)
 )]
 pub struct ApiDoc;
 
@@ -54,6 +56,93 @@ impl Modify for Security {
             "x_api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+    }
+}
+
+/// Every error answer's body and the table of its codes: the components
+/// `Error` and `ErrorCode` (one row per code of [`ErrorCode::ALL`], with its
+/// status and meaning), and every 4xx/5xx response of every operation
+/// points at `Error`, so generated clients get a typed error.
+struct Errors;
+
+impl Modify for Errors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Ok(mut doc) = serde_json::to_value(&*openapi) else {
+            return;
+        };
+        add_errors(&mut doc);
+        if let Ok(done) = serde_json::from_value(doc) {
+            *openapi = done;
+        }
+    }
+}
+
+fn add_errors(doc: &mut Value) {
+    let mut table = String::from(
+        "Every error is answered as `Error`; its `code` is one of these (stable: a code never \
+         changes its meaning or its status). `segment_not_found`, `experiment_not_found` and \
+         `malformed_json` are answered 422 when they point inside a request body.\n\n\
+         | code | status | meaning |\n|---|---|---|\n",
+    );
+    for code in ErrorCode::ALL {
+        table.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            code.as_str(),
+            code.status(),
+            code.doc()
+        ));
+    }
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let schemas = &mut doc["components"]["schemas"];
+    if !schemas.is_object() {
+        *schemas = json!({});
+    }
+    schemas["ErrorCode"] = json!({"type": "string", "enum": codes, "description": table});
+    schemas["Error"] = json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"$ref": "#/components/schemas/ErrorCode"},
+                "message": {"type": "string", "description": "For people; may change."},
+                "field": {"type": "string", "description": "A JSON pointer to the field at fault, when there is one."}
+            }
+        }}
+    });
+    let error_body =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                let failure = status.starts_with('4') || status.starts_with('5');
+                let Some(response) = response.as_object_mut() else {
+                    continue;
+                };
+                if failure && !response.contains_key("content") {
+                    if response.get("description").is_none_or(|d| d == "") {
+                        response.insert(
+                            "description".into(),
+                            json!("See the `Error` schema's code table."),
+                        );
+                    }
+                    response.insert("content".into(), error_body.clone());
+                }
+            }
+        }
     }
 }
 

@@ -107,3 +107,45 @@ async fn the_openapi_document_lists_every_route_of_the_table() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_error_code_and_types_error_answers() {
+    let app = spawn_app().await;
+    let (_, doc) = app.get("/openapi.json").await;
+    let codes = &doc["components"]["schemas"]["ErrorCode"];
+    let listed: Vec<&str> = codes["enum"]
+        .as_array()
+        .expect("ErrorCode enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let table = codes["description"].as_str().expect("code table");
+    assert_eq!(listed.len(), stratify_core::ErrorCode::ALL.len());
+    for code in stratify_core::ErrorCode::ALL {
+        assert!(listed.contains(&code.as_str()), "{code} not listed");
+        let row = format!("| `{}` | {} | ", code.as_str(), code.status());
+        assert!(table.contains(&row), "{code}: no row {row}");
+    }
+    // Every failure response of every operation carries the Error body.
+    let mut failures = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            for (status, response) in op["responses"].as_object().into_iter().flatten() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    failures += 1;
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(failures > 50, "only {failures} failure responses documented");
+    // A real error answer uses a listed code with the listed status.
+    let (status, body) = app.get("/v1/segments/seg_missing").await;
+    let code = body["error"]["code"].as_str().expect("code");
+    assert!(listed.contains(&code), "{code}");
+    assert!(table.contains(&format!("| `{code}` | {} |", status.as_u16())));
+}
