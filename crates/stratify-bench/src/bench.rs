@@ -50,7 +50,7 @@ async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
     use serde_json::json;
     use stratify_engine::model::{AssignmentRecord, EventBatch, IngestReport, Source};
     use stratify_engine::{Engine, SystemClock};
-    use stratify_store::Store;
+    use stratify_store::{Assignments, EventLog};
     const DAY: i64 = 86_400_000;
     let store = stratify_engine::open_store(&args.data_dir)?;
     let engine = Engine::start(store.clone(), Arc::new(SystemClock), None).await?;

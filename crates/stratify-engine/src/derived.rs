@@ -218,7 +218,7 @@ mod tests {
     use std::collections::BTreeMap;
     use stratify_core::ids::UserId;
     use stratify_store::sqlite::SqliteStore;
-    use stratify_store::{Source, Store, WriteMode};
+    use stratify_store::{Source, Users, WriteMode};
 
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 

@@ -16,7 +16,7 @@ use stratify_core::access::Role;
 use stratify_core::time::Millis;
 use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
-use stratify_store::{ApiKeyRecord, Store};
+use stratify_store::{ApiKeyRecord, Keys};
 use subtle::ConstantTimeEq;
 
 const PREFIX: &str = "sfy_";
@@ -56,7 +56,7 @@ fn sha256(text: &str) -> [u8; 32] {
 
 impl KeyRing {
     pub(crate) async fn load(
-        store: &dyn Store,
+        store: &dyn Keys,
         admin_secret: Option<String>,
     ) -> Result<Self, EngineError> {
         let mut active = HashMap::new();
@@ -81,7 +81,7 @@ impl KeyRing {
     }
 
     /// Re-reads the stored keys (created or revoked on another node).
-    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), EngineError> {
+    pub(crate) async fn reload(&self, store: &dyn Keys) -> Result<(), EngineError> {
         let fresh = Self::load(store, None).await?;
         *self.active.write() = fresh.active.into_inner();
         Ok(())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::ErrorCode;
-use stratify_store::{EventTypeRecord, Store};
+use stratify_store::{Configuration, EventTypeRecord};
 
 pub struct Schemas {
     event_types: RwLock<Arc<HashMap<String, EventTypeRecord>>>,
@@ -16,7 +16,7 @@ pub struct Schemas {
 }
 
 impl Schemas {
-    pub(crate) async fn load(store: &dyn Store) -> Result<Self, EngineError> {
+    pub(crate) async fn load(store: &dyn Configuration) -> Result<Self, EngineError> {
         let types = store
             .list_event_types()
             .await?

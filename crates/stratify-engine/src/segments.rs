@@ -14,7 +14,7 @@ use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentR
 use stratify_core::time::Millis;
 use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
-use stratify_store::{SegmentRecord, SegmentVersion, Store, StoredEvent};
+use stratify_store::{Configuration, SegmentRecord, SegmentVersion, StoredEvent};
 
 /// Most user ids one request may add, remove or upload.
 pub const MAX_IDS_PER_REQUEST: usize = 100_000;
@@ -97,7 +97,7 @@ pub struct Segments {
 }
 
 impl Segments {
-    pub(crate) async fn load(store: &dyn Store) -> Result<Self, EngineError> {
+    pub(crate) async fn load(store: &dyn Configuration) -> Result<Self, EngineError> {
         let mut by_id = HashMap::new();
         for record in store.segments().await? {
             let rule = match &record.rules {

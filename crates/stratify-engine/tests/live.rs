@@ -8,7 +8,8 @@ use std::sync::Arc;
 use stratify_engine::segments::SegmentInput;
 use stratify_engine::{Clock, Engine, ManualClock};
 use stratify_store::sqlite::SqliteStore;
-use stratify_store::{ChangeRecord, Source, Store};
+use stratify_store::ChangeLog;
+use stratify_store::{ChangeRecord, Source};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const MIN: i64 = 60_000;

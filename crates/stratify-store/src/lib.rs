@@ -39,19 +39,81 @@ use stratify_core::time::Millis;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Everything the engine persists. One implementation per backend; the
-/// storage test suite runs against each.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The SQL dialect [`Store::select_users`] runs. A store in a dialect
-    /// other than SQLite is shared by several nodes, so a node's in-memory
-    /// indexes may lag it: the engine asks the store instead.
-    fn dialect(&self) -> stratify_core::rules::sql::Dialect;
+/// Everything the engine persists: every concern's trait, implemented by
+/// each backend (the storage suite runs against each). Components that need
+/// one concern take that trait (`&dyn ChangeLog`, `Arc<dyn Assignments>`).
+pub trait Store:
+    EventLog
+    + Users
+    + Configuration
+    + Keys
+    + ChangeLog
+    + Assignments
+    + Metrics
+    + Webhooks
+    + Coordination
+    + Send
+    + Sync
+    + 'static
+{
+}
 
+impl<T> Store for T where
+    T: EventLog
+        + Users
+        + Configuration
+        + Keys
+        + ChangeLog
+        + Assignments
+        + Metrics
+        + Webhooks
+        + Coordination
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The event log, the source of truth: appends, reads and per-source ingest status.
+#[async_trait]
+pub trait EventLog: Send + Sync {
     /// Appends validated events (creating unknown users) and records the
     /// batch in the source's ingest status, all in one durable commit.
     /// Returns, per event, whether it was new or a duplicate of an earlier one.
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>>;
+
+    async fn query_events(&self, query: EventQuery) -> Result<Vec<StoredEvent>>;
+
+    async fn ingest_status(&self) -> Result<Vec<IngestStatus>>;
+
+    /// Records counts for a source without appending events (e.g. a request
+    /// whose every item was rejected before it reached the log).
+    async fn record_ingest(&self, report: IngestReport) -> Result<()>;
+
+    async fn counts(&self) -> Result<Counts>;
+
+    /// Events in log order after `after_seq`, with interned user and name ids.
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>>;
+
+    /// Every interned event name: `(name_id, name)`.
+    async fn event_names(&self) -> Result<Vec<(i64, String)>>;
+
+    /// A user's events up to `until` (inclusive), oldest first, at most `limit`.
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+}
+
+/// Users and their attributes, and population queries over them.
+#[async_trait]
+pub trait Users: Send + Sync {
+    /// The SQL dialect [`Store::select_users`] runs. A store in a dialect
+    /// other than SQLite is shared by several nodes, so a node's in-memory
+    /// indexes may lag it: the engine asks the store instead.
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect;
 
     /// Creates, replaces or merges one user's attributes.
     async fn write_user(
@@ -61,60 +123,64 @@ pub trait Store: Send + Sync + 'static {
         mode: WriteMode,
         now: Millis,
     ) -> Result<UserRecord>;
+
     /// Merges attributes into many users at once (import); creates unknown users.
     async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64>;
+
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
+
     /// Erases a user and all their events. Returns whether the user existed.
     async fn delete_user(&self, user_id: &UserId) -> Result<bool>;
-    async fn query_events(&self, query: EventQuery) -> Result<Vec<StoredEvent>>;
-
-    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis)
-        -> Result<EventTypeRecord>;
-    async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>>;
-    async fn delete_event_type(&self, name: &str) -> Result<bool>;
-    async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()>;
-    async fn attribute_schema(&self) -> Result<AttributeSchema>;
-
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()>;
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
-    /// Marks a key revoked. Returns whether it existed and was active.
-    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool>;
-
-    async fn ingest_status(&self) -> Result<Vec<IngestStatus>>;
-    /// Records counts for a source without appending events (e.g. a request
-    /// whose every item was rejected before it reached the log).
-    async fn record_ingest(&self, report: IngestReport) -> Result<()>;
-    async fn counts(&self) -> Result<Counts>;
 
     /// Users in creation order after `after_uid` (paging through everyone).
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;
-    /// Events in log order after `after_seq`, with interned user and name ids.
-    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>>;
-    /// Every interned event name: `(name_id, name)`.
-    async fn event_names(&self) -> Result<Vec<(i64, String)>>;
+
+    /// Runs a compiled rule (a predicate over `users u`): one page of user
+    /// ids in id order after `after`, and the total count.
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)>;
+}
+
+/// Configuration every node holds in memory: schemas, segments (and static members) and experiments. Every write moves [`Configuration::config_version`].
+#[async_trait]
+pub trait Configuration: Send + Sync {
+    async fn put_event_type(&self, schema: EventTypeSchema, now: Millis)
+        -> Result<EventTypeRecord>;
+
+    async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>>;
+
+    async fn delete_event_type(&self, name: &str) -> Result<bool>;
+
+    async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()>;
+
+    async fn attribute_schema(&self) -> Result<AttributeSchema>;
+
     /// Every member of a static segment.
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>>;
 
-    /// A user's events up to `until` (inclusive), oldest first, at most `limit`.
-    async fn user_events(
-        &self,
-        user_id: &UserId,
-        until: Millis,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>>;
-
     /// Creates a segment (version 1). `Conflict` when the name is taken.
     async fn create_segment(&self, segment: SegmentRecord, members: Vec<UserId>) -> Result<()>;
+
     /// Stores a new version of a segment (the record's `version` is the new one).
     async fn update_segment(&self, segment: SegmentRecord) -> Result<()>;
+
     async fn segments(&self) -> Result<Vec<SegmentRecord>>;
+
     async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>>;
+
     /// Deletes a segment, its versions and its members.
     async fn delete_segment(&self, id: &str) -> Result<bool>;
+
     /// Adds users (created if unknown) to a static segment; returns how many were new.
     async fn add_members(&self, segment_id: &str, users: Vec<UserId>, now: Millis) -> Result<u64>;
+
     /// Removes users from a static segment; returns how many were members.
     async fn remove_members(&self, segment_id: &str, users: Vec<UserId>) -> Result<u64>;
+
     /// Replaces a static segment's members.
     async fn replace_members(
         &self,
@@ -122,46 +188,18 @@ pub trait Store: Send + Sync + 'static {
         users: Vec<UserId>,
         now: Millis,
     ) -> Result<u64>;
+
     /// Ids of the static segments a user is a member of.
     async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>>;
 
-    /// Commits a batch of membership changes (appending them to the change
-    /// log and opening or closing membership rows) with the live engine's
-    /// new watermark, in one transaction. Returns the changes as stored: a
-    /// backend several nodes write to numbers them itself (sequence order
-    /// is commit order), so callers publish what this returns.
-    async fn apply_changes(
-        &self,
-        changes: std::sync::Arc<Vec<ChangeRecord>>,
-        watermark: Watermark,
-    ) -> Result<std::sync::Arc<Vec<ChangeRecord>>>;
-    /// The live engine's last committed watermark.
-    async fn watermark(&self) -> Result<Option<Watermark>>;
-    /// Every current membership: `(segment_id, user_id)`.
-    async fn open_memberships(&self) -> Result<Vec<(String, String)>>;
-    /// The highest change sequence number (0 when none).
-    async fn last_change_seq(&self) -> Result<i64>;
-    /// Changes after `after` in sequence order, of the given segments only
-    /// when `segments` is given.
-    async fn changes(
-        &self,
-        segments: Option<Vec<String>>,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<ChangeRecord>>;
-    /// A segment's newest `limit` changes, newest first.
-    async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>>;
-    /// A user's memberships, current and past, newest first.
-    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>>;
-    /// Entered/exited counts of a segment per bucket of `bucket` ms (epoch
-    /// aligned), oldest first.
-    async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>>;
-
     /// Creates an experiment; `Conflict` when its key is taken.
     async fn create_experiment(&self, experiment: ExperimentRecord) -> Result<()>;
+
     /// Replaces an experiment's name and definition (a new version).
     async fn update_experiment(&self, experiment: ExperimentRecord) -> Result<()>;
+
     async fn experiments(&self) -> Result<Vec<ExperimentRecord>>;
+
     /// Moves an experiment from `from` to `to` if it is still in `from`
     /// (compare and set) and records the transition. Returns whether it moved.
     async fn transition_experiment(
@@ -172,27 +210,88 @@ pub trait Store: Send + Sync + 'static {
         at: Millis,
         by: Option<String>,
     ) -> Result<bool>;
+
     /// An experiment's transitions, oldest first.
     async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>>;
 
+    /// A number that grows with every configuration write (keys, schemas,
+    /// segments and their members, experiments, metrics, webhooks). Nodes
+    /// sharing a store poll it and reload when it moves.
+    async fn config_version(&self) -> Result<i64>;
+}
+
+/// API keys (stored hashed).
+#[async_trait]
+pub trait Keys: Send + Sync {
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()>;
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Marks a key revoked. Returns whether it existed and was active.
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool>;
+}
+
+/// The membership change log and the live engine's watermark (derived state, rebuilt from the event log).
+#[async_trait]
+pub trait ChangeLog: Send + Sync {
+    /// Commits a batch of membership changes (appending them to the change
+    /// log and opening or closing membership rows) with the live engine's
+    /// new watermark, in one transaction. Returns the changes as stored: a
+    /// backend several nodes write to numbers them itself (sequence order
+    /// is commit order), so callers publish what this returns.
+    async fn apply_changes(
+        &self,
+        changes: std::sync::Arc<Vec<ChangeRecord>>,
+        watermark: Watermark,
+    ) -> Result<std::sync::Arc<Vec<ChangeRecord>>>;
+
+    /// The live engine's last committed watermark.
+    async fn watermark(&self) -> Result<Option<Watermark>>;
+
+    /// Every current membership: `(segment_id, user_id)`.
+    async fn open_memberships(&self) -> Result<Vec<(String, String)>>;
+
+    /// The highest change sequence number (0 when none).
+    async fn last_change_seq(&self) -> Result<i64>;
+
+    /// Changes after `after` in sequence order, of the given segments only
+    /// when `segments` is given.
+    async fn changes(
+        &self,
+        segments: Option<Vec<String>>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChangeRecord>>;
+
+    /// A segment's newest `limit` changes, newest first.
+    async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>>;
+
+    /// A user's memberships, current and past, newest first.
+    async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>>;
+
+    /// Entered/exited counts of a segment per bucket of `bucket` ms (epoch
+    /// aligned), oldest first.
+    async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>>;
+}
+
+/// Sticky experiment assignments, banner mixtures and exposures.
+#[async_trait]
+pub trait Assignments: Send + Sync {
     /// Saves sticky assignments: a row is inserted, or replaced only by one
     /// with a higher bucket version (re-randomisation); never moved back.
     async fn save_assignments(
         &self,
         assignments: std::sync::Arc<Vec<AssignmentRecord>>,
     ) -> Result<()>;
+
     /// A user's stored assignments and banner mixture, in one read.
     async fn serving_state(
         &self,
         user_id: &str,
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)>;
-    /// An experiment's assignments under one bucket version, oldest first.
-    async fn experiment_assignments(
-        &self,
-        experiment_id: &str,
-        bucket_version: u32,
-    ) -> Result<Vec<AssignmentRecord>>;
+
     async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()>;
+
     /// Everyone exposed under one bucket version with `from ≤ assigned_at ≤ to`.
     async fn experiment_exposures(
         &self,
@@ -201,6 +300,11 @@ pub trait Store: Send + Sync + 'static {
         from: Millis,
         to: Millis,
     ) -> Result<Exposures>;
+}
+
+/// Metric definitions and the scans that feed results.
+#[async_trait]
+pub trait Metrics: Send + Sync {
     /// Streams the events of a metric scan to `sink` in chunks, in no
     /// particular order (the scan may run on several threads). Says how
     /// many events it sent and up to which sequence number it looked.
@@ -208,12 +312,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a metric; `Conflict` when its key is taken.
     async fn create_metric(&self, metric: MetricRecord) -> Result<()>;
-    async fn metrics(&self) -> Result<Vec<MetricRecord>>;
-    async fn delete_metric(&self, key: &str) -> Result<bool>;
 
+    async fn metrics(&self) -> Result<Vec<MetricRecord>>;
+
+    async fn delete_metric(&self, key: &str) -> Result<bool>;
+}
+
+/// Webhooks and their delivery cursors.
+#[async_trait]
+pub trait Webhooks: Send + Sync {
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()>;
+
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>>;
+
     async fn delete_webhook(&self, id: &str) -> Result<bool>;
+
     /// Records a delivery attempt: the new cursor, failure count and error.
     async fn record_delivery(
         &self,
@@ -223,23 +336,14 @@ pub trait Store: Send + Sync + 'static {
         last_error: Option<String>,
         at: Millis,
     ) -> Result<()>;
+}
 
-    /// Runs a compiled rule (a predicate over `users u`): one page of user
-    /// ids in id order after `after`, and the total count.
-    async fn select_users(
-        &self,
-        predicate: Compiled,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<(Vec<String>, u64)>;
-
-    /// A number that grows with every configuration write (keys, schemas,
-    /// segments and their members, experiments, metrics, webhooks). Nodes
-    /// sharing a store poll it and reload when it moves.
-    async fn config_version(&self) -> Result<i64>;
-
+/// What nodes sharing a store coordinate through: Kafka partition progress and leases.
+#[async_trait]
+pub trait Coordination: Send + Sync {
     /// Records the progress of the Kafka partitions this node consumes.
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()>;
+
     /// Every Kafka partition's last recorded progress, whichever node owns it.
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>>;
 
@@ -254,6 +358,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         until: Millis,
     ) -> Result<Option<i64>>;
+
     /// Moves the lease's cursor if `holder` still holds it (false if not).
     async fn advance_lease(&self, name: &str, holder: &str, cursor: i64) -> Result<bool>;
 }

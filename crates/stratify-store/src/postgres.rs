@@ -20,7 +20,10 @@ use crate::shared::{
     merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
     HOLD_LEASE,
 };
-use crate::{Result, Store, StoreError};
+use crate::{
+    Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
+    StoreError, Users, Webhooks,
+};
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
 use futures_util::{pin_mut, TryStreamExt};
@@ -365,11 +368,7 @@ async fn add_member_rows<C: GenericClient>(
 type Boxed<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
 
 #[async_trait]
-impl Store for PgStore {
-    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
-        stratify_core::rules::sql::Dialect::Postgres
-    }
-
+impl EventLog for PgStore {
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         let _serial = self.appends.lock().await;
         let mut client = self.client().await?;
@@ -456,6 +455,164 @@ impl Store for PgStore {
             (hook.0)(&out, &uids);
         }
         Ok(out)
+    }
+
+    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut sql = format!("{EVENT_SELECT} WHERE TRUE");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut bind = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(u) = q.user_id {
+            bind(&mut sql, " AND u.user_id = ?", Box::new(u));
+        }
+        if let Some(n) = q.name {
+            bind(&mut sql, " AND n.name = ?", Box::new(n));
+        }
+        if let Some(f) = q.from {
+            bind(&mut sql, " AND e.ts >= ?", Box::new(f));
+        }
+        if let Some(t) = q.to {
+            bind(&mut sql, " AND e.ts < ?", Box::new(t));
+        }
+        if let Some(a) = q.after_seq {
+            let clause = if q.newest_first {
+                " AND e.seq < ?"
+            } else {
+                " AND e.seq > ?"
+            };
+            bind(&mut sql, clause, Box::new(a));
+        }
+        if let Some(x) = q.experiment {
+            bind(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                Box::new(x.experiment_id),
+            );
+            bind(
+                &mut sql,
+                " AND a.bucket_version = ? AND a.assigned_at <= e.ts",
+                Box::new(i64::from(x.bucket_version)),
+            );
+            if let Some(v) = x.variant {
+                bind(&mut sql, " AND a.variant = ?", Box::new(v));
+            }
+            sql.push(')');
+        }
+        let order = if q.newest_first {
+            " ORDER BY e.seq DESC LIMIT ?"
+        } else {
+            " ORDER BY e.seq LIMIT ?"
+        };
+        bind(&mut sql, order, Box::new(i64::from(q.limit)));
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
+        self.rows(&sql, &params)
+            .await?
+            .iter()
+            .map(stored_event)
+            .collect()
+    }
+
+    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
+        self.rows(
+            "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
+             updated_at FROM ingest_status ORDER BY source",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let code: i64 = r.get(0);
+            Ok(IngestStatus {
+                source: Source::from_code(code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?,
+                received: r.get::<_, i64>(1) as u64,
+                accepted: r.get::<_, i64>(2) as u64,
+                duplicates: r.get::<_, i64>(3) as u64,
+                rejected: r.get::<_, i64>(4) as u64,
+                last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
+                last_error: r.get(6),
+                last_error_at: r.get(7),
+                updated_at: r.get(8),
+            })
+        })
+        .collect()
+    }
+
+    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
+        let client = self.client().await?;
+        record_ingest(&**client, &report, 0, 0, None).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows = self
+            .rows(
+                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM events)",
+                &[],
+            )
+            .await?;
+        let r = &rows[0];
+        Ok(Counts {
+            users: r.get::<_, i64>(0) as u64,
+            events: r.get::<_, i64>(1) as u64,
+        })
+    }
+
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
+        self.rows(
+            "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after_seq, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            Ok(RawEvent {
+                seq,
+                uid: r.get(1),
+                name_id: r.get(2),
+                timestamp: r.get(3),
+                properties: properties_object(seq, r.get(4))?,
+                event_id: r.get(5),
+                received_at: r.get(6),
+            })
+        })
+        .collect()
+    }
+
+    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows("SELECT id, name FROM event_names ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        self.rows(
+            &format!(
+                "{EVENT_SELECT} WHERE u.user_id = $1 AND e.ts <= $2 ORDER BY e.ts, e.seq LIMIT $3"
+            ),
+            &[&user_id.as_str(), &until, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(stored_event)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl Users for PgStore {
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
+        stratify_core::rules::sql::Dialect::Postgres
     }
 
     async fn write_user(
@@ -550,63 +707,56 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
-        let mut sql = format!("{EVENT_SELECT} WHERE TRUE");
-        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut bind = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
-            args.push(v);
-            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
-        };
-        if let Some(u) = q.user_id {
-            bind(&mut sql, " AND u.user_id = ?", Box::new(u));
-        }
-        if let Some(n) = q.name {
-            bind(&mut sql, " AND n.name = ?", Box::new(n));
-        }
-        if let Some(f) = q.from {
-            bind(&mut sql, " AND e.ts >= ?", Box::new(f));
-        }
-        if let Some(t) = q.to {
-            bind(&mut sql, " AND e.ts < ?", Box::new(t));
-        }
-        if let Some(a) = q.after_seq {
-            let clause = if q.newest_first {
-                " AND e.seq < ?"
-            } else {
-                " AND e.seq > ?"
-            };
-            bind(&mut sql, clause, Box::new(a));
-        }
-        if let Some(x) = q.experiment {
-            bind(
-                &mut sql,
-                " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
-                Box::new(x.experiment_id),
-            );
-            bind(
-                &mut sql,
-                " AND a.bucket_version = ? AND a.assigned_at <= e.ts",
-                Box::new(i64::from(x.bucket_version)),
-            );
-            if let Some(v) = x.variant {
-                bind(&mut sql, " AND a.variant = ?", Box::new(v));
-            }
-            sql.push(')');
-        }
-        let order = if q.newest_first {
-            " ORDER BY e.seq DESC LIMIT ?"
-        } else {
-            " ORDER BY e.seq LIMIT ?"
-        };
-        bind(&mut sql, order, Box::new(i64::from(q.limit)));
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-        self.rows(&sql, &params)
-            .await?
-            .iter()
-            .map(stored_event)
-            .collect()
+    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
+        self.rows(
+            "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > $1 ORDER BY uid LIMIT $2",
+            &[&after_uid, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.get(0), user_record(r, 1)?)))
+        .collect()
     }
 
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)> {
+        let binds: Vec<Bind<'_>> = predicate.params.iter().map(Bind).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        let client = self.client().await?;
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                &params,
+            )
+            .await?
+            .get(0);
+        let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+        if let Some(a) = &after {
+            params.push(a);
+            sql.push_str(&format!(" AND u.user_id COLLATE \"C\" > ${}", params.len()));
+        }
+        let limit = i64::from(limit);
+        params.push(&limit);
+        sql.push_str(&format!(
+            " ORDER BY u.user_id COLLATE \"C\" LIMIT ${}",
+            params.len()
+        ));
+        let ids = client
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((ids, total as u64))
+    }
+}
+
+#[async_trait]
+impl Configuration for PgStore {
     async fn put_event_type(
         &self,
         schema: EventTypeSchema,
@@ -695,143 +845,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&key.id, &key.name, &key.role, &key.key_hash, &key.created_at, &key.revoked_at],
-                )
-                .await
-                .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        Ok(self
-            .rows(
-                "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id COLLATE \"C\"",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| ApiKeyRecord {
-                id: r.get(0),
-                name: r.get(1),
-                role: r.get(2),
-                key_hash: r.get(3),
-                created_at: r.get(4),
-                revoked_at: r.get(5),
-            })
-            .collect())
-    }
-
-    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
-        let id = id.to_owned();
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute(
-                        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                        &[&id, &now],
-                    )
-                    .await?
-                    == 1)
-            })
-        })
-        .await
-    }
-
-    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
-        self.rows(
-            "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
-             updated_at FROM ingest_status ORDER BY source",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let code: i64 = r.get(0);
-            Ok(IngestStatus {
-                source: Source::from_code(code)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?,
-                received: r.get::<_, i64>(1) as u64,
-                accepted: r.get::<_, i64>(2) as u64,
-                duplicates: r.get::<_, i64>(3) as u64,
-                rejected: r.get::<_, i64>(4) as u64,
-                last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
-                last_error: r.get(6),
-                last_error_at: r.get(7),
-                updated_at: r.get(8),
-            })
-        })
-        .collect()
-    }
-
-    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
-        let client = self.client().await?;
-        record_ingest(&**client, &report, 0, 0, None).await
-    }
-
-    async fn counts(&self) -> Result<Counts> {
-        let rows = self
-            .rows(
-                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM events)",
-                &[],
-            )
-            .await?;
-        let r = &rows[0];
-        Ok(Counts {
-            users: r.get::<_, i64>(0) as u64,
-            events: r.get::<_, i64>(1) as u64,
-        })
-    }
-
-    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
-        self.rows(
-            "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > $1 ORDER BY uid LIMIT $2",
-            &[&after_uid, &i64::from(limit)],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.get(0), user_record(r, 1)?)))
-        .collect()
-    }
-
-    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
-        self.rows(
-            "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-            &[&after_seq, &i64::from(limit)],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let seq: i64 = r.get(0);
-            Ok(RawEvent {
-                seq,
-                uid: r.get(1),
-                name_id: r.get(2),
-                timestamp: r.get(3),
-                properties: properties_object(seq, r.get(4))?,
-                event_id: r.get(5),
-                received_at: r.get(6),
-            })
-        })
-        .collect()
-    }
-
-    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
-        Ok(self
-            .rows("SELECT id, name FROM event_names ORDER BY id", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
-    }
-
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
         Ok(self
             .rows(
@@ -842,24 +855,6 @@ impl Store for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect())
-    }
-
-    async fn user_events(
-        &self,
-        user_id: &UserId,
-        until: Millis,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        self.rows(
-            &format!(
-                "{EVENT_SELECT} WHERE u.user_id = $1 AND e.ts <= $2 ORDER BY e.ts, e.seq LIMIT $3"
-            ),
-            &[&user_id.as_str(), &until, &i64::from(limit)],
-        )
-        .await?
-        .iter()
-        .map(stored_event)
-        .collect()
     }
 
     async fn create_segment(&self, seg: SegmentRecord, members: Vec<UserId>) -> Result<()> {
@@ -1024,6 +1019,177 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[&e.id, &e.key, &e.name, &e.status, &definition, &e.version, &e.created_at, &e.updated_at, &e.created_by, &e.updated_by],
+                )
+                .await
+                .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE experiments SET name = $2, definition = $3, version = $4, updated_at = $5, updated_by = $6 WHERE id = $1",
+                        &[&e.id, &e.name, &definition, &e.version, &e.updated_at, &e.updated_by],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
+        self.rows(
+            "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
+             FROM experiments ORDER BY created_at, id COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ExperimentRecord {
+                id: r.get(0),
+                key: r.get(1),
+                name: r.get(2),
+                status: r.get(3),
+                definition: serde_json::from_str(r.get(4))?,
+                version: r.get(5),
+                created_at: r.get(6),
+                updated_at: r.get(7),
+                created_by: r.get(8),
+                updated_by: r.get(9),
+            })
+        })
+        .collect()
+    }
+
+    async fn transition_experiment(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        at: Millis,
+        by: Option<String>,
+    ) -> Result<bool> {
+        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE experiments SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
+                        &[&id, &from, &to, &at],
+                    )
+                    .await?;
+                if n == 1 {
+                    tx.execute(
+                        "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES ($1, $2, $3, $4, $5)",
+                        &[&id, &from, &to, &at, &by],
+                    )
+                    .await?;
+                }
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
+    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        Ok(self
+            .rows(
+                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = $1 ORDER BY at, id",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| TransitionRecord {
+                from: r.get(0),
+                to: r.get(1),
+                at: r.get(2),
+                by: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn config_version(&self) -> Result<i64> {
+        Ok(self
+            .rows("SELECT version FROM config_version WHERE id = 1", &[])
+            .await?[0]
+            .get(0))
+    }
+}
+
+#[async_trait]
+impl Keys for PgStore {
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        self.config_write(move |tx| -> Boxed<'_, ()> {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&key.id, &key.name, &key.role, &key.key_hash, &key.created_at, &key.revoked_at],
+                )
+                .await
+                .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Ok(self
+            .rows(
+                "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id COLLATE \"C\"",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ApiKeyRecord {
+                id: r.get(0),
+                name: r.get(1),
+                role: r.get(2),
+                key_hash: r.get(3),
+                created_at: r.get(4),
+                revoked_at: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.config_write(move |tx| -> Boxed<'_, bool> {
+            Box::pin(async move {
+                Ok(tx
+                    .execute(
+                        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                        &[&id, &now],
+                    )
+                    .await?
+                    == 1)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChangeLog for PgStore {
     async fn apply_changes(
         &self,
         changes: Arc<Vec<ChangeRecord>>,
@@ -1158,115 +1324,10 @@ impl Store for PgStore {
             })
             .collect())
     }
+}
 
-    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
-        let definition = serde_json::to_string(&e.definition)?;
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[&e.id, &e.key, &e.name, &e.status, &definition, &e.version, &e.created_at, &e.updated_at, &e.created_by, &e.updated_by],
-                )
-                .await
-                .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
-        let definition = serde_json::to_string(&e.definition)?;
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                let n = tx
-                    .execute(
-                        "UPDATE experiments SET name = $2, definition = $3, version = $4, updated_at = $5, updated_by = $6 WHERE id = $1",
-                        &[&e.id, &e.name, &definition, &e.version, &e.updated_at, &e.updated_by],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
-        self.rows(
-            "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
-             FROM experiments ORDER BY created_at, id COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ExperimentRecord {
-                id: r.get(0),
-                key: r.get(1),
-                name: r.get(2),
-                status: r.get(3),
-                definition: serde_json::from_str(r.get(4))?,
-                version: r.get(5),
-                created_at: r.get(6),
-                updated_at: r.get(7),
-                created_by: r.get(8),
-                updated_by: r.get(9),
-            })
-        })
-        .collect()
-    }
-
-    async fn transition_experiment(
-        &self,
-        id: &str,
-        from: &str,
-        to: &str,
-        at: Millis,
-        by: Option<String>,
-    ) -> Result<bool> {
-        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                let n = tx
-                    .execute(
-                        "UPDATE experiments SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
-                        &[&id, &from, &to, &at],
-                    )
-                    .await?;
-                if n == 1 {
-                    tx.execute(
-                        "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES ($1, $2, $3, $4, $5)",
-                        &[&id, &from, &to, &at, &by],
-                    )
-                    .await?;
-                }
-                Ok(n == 1)
-            })
-        })
-        .await
-    }
-
-    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
-        Ok(self
-            .rows(
-                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = $1 ORDER BY at, id",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| TransitionRecord {
-                from: r.get(0),
-                to: r.get(1),
-                at: r.get(2),
-                by: r.get(3),
-            })
-            .collect())
-    }
-
+#[async_trait]
+impl Assignments for PgStore {
     async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
         if assignments.is_empty() {
             return Ok(());
@@ -1334,24 +1395,6 @@ impl Store for PgStore {
         Ok((assignments.iter().map(assignment_record).collect(), mixture))
     }
 
-    async fn experiment_assignments(
-        &self,
-        experiment_id: &str,
-        bucket_version: u32,
-    ) -> Result<Vec<AssignmentRecord>> {
-        Ok(self
-            .rows(
-                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
-                 FROM assignments WHERE experiment_id = $1 AND bucket_version = $2 \
-                 ORDER BY assigned_at, user_id COLLATE \"C\"",
-                &[&experiment_id, &i64::from(bucket_version)],
-            )
-            .await?
-            .iter()
-            .map(assignment_record)
-            .collect())
-    }
-
     async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
         let mixture = serde_json::to_string(&m.mixture)?;
         self.execute(
@@ -1389,7 +1432,10 @@ impl Store for PgStore {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl Metrics for PgStore {
     async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<ScanOutcome> {
         let client = self.client().await?;
         let head = client
@@ -1478,7 +1524,10 @@ impl Store for PgStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Webhooks for PgStore {
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
         let segments = hook
             .segment_ids
@@ -1554,50 +1603,10 @@ impl Store for PgStore {
         .await?;
         Ok(())
     }
+}
 
-    async fn select_users(
-        &self,
-        predicate: Compiled,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<(Vec<String>, u64)> {
-        let binds: Vec<Bind<'_>> = predicate.params.iter().map(Bind).collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
-        let client = self.client().await?;
-        let total: i64 = client
-            .query_one(
-                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
-                &params,
-            )
-            .await?
-            .get(0);
-        let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
-        if let Some(a) = &after {
-            params.push(a);
-            sql.push_str(&format!(" AND u.user_id COLLATE \"C\" > ${}", params.len()));
-        }
-        let limit = i64::from(limit);
-        params.push(&limit);
-        sql.push_str(&format!(
-            " ORDER BY u.user_id COLLATE \"C\" LIMIT ${}",
-            params.len()
-        ));
-        let ids = client
-            .query(&sql, &params)
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        Ok((ids, total as u64))
-    }
-
-    async fn config_version(&self) -> Result<i64> {
-        Ok(self
-            .rows("SELECT version FROM config_version WHERE id = 1", &[])
-            .await?[0]
-            .get(0))
-    }
-
+#[async_trait]
+impl Coordination for PgStore {
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
         let client = self.client().await?;
         let stmt = client

@@ -7,7 +7,10 @@ use crate::shared::{
     HOLD_LEASE,
 };
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
-use crate::{Result, Store, StoreError};
+use crate::{
+    Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
+    StoreError, Users, Webhooks,
+};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -515,11 +518,7 @@ fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
-        stratify_core::rules::sql::Dialect::Sqlite
-    }
-
+impl EventLog for SqliteStore {
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         // Serialised here, on the caller's thread: the writer is the bottleneck.
         let properties = batch
@@ -540,6 +539,154 @@ impl Store for SqliteStore {
             )
             .await?;
         Ok(appended)
+    }
+
+    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut bind = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(u) = q.user_id {
+                bind(&mut sql, " AND u.user_id = ?", u.into());
+            }
+            if let Some(n) = q.name {
+                bind(&mut sql, " AND n.name = ?", n.into());
+            }
+            if let Some(f) = q.from {
+                bind(&mut sql, " AND e.ts >= ?", f.into());
+            }
+            if let Some(t) = q.to {
+                bind(&mut sql, " AND e.ts < ?", t.into());
+            }
+            if let Some(a) = q.after_seq {
+                let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
+                bind(&mut sql, clause, a.into());
+            }
+            if let Some(x) = q.experiment {
+                bind(
+                    &mut sql,
+                    " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                    x.experiment_id.into(),
+                );
+                bind(&mut sql, " AND a.bucket_version = ? AND a.assigned_at <= e.ts", i64::from(x.bucket_version).into());
+                if let Some(v) = x.variant {
+                    bind(&mut sql, " AND a.variant = ?", v.into());
+                }
+                sql.push(')');
+            }
+            let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
+            bind(&mut sql, order, i64::from(q.limit).into());
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_row)?;
+            events(rows)
+        })
+        .await
+    }
+
+    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
+                 updated_at FROM ingest_status ORDER BY source",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    IngestStatus {
+                        source: Source::Http,
+                        received: r.get::<_, i64>(1)? as u64,
+                        accepted: r.get::<_, i64>(2)? as u64,
+                        duplicates: r.get::<_, i64>(3)? as u64,
+                        rejected: r.get::<_, i64>(4)? as u64,
+                        last_event_at: r.get::<_, Option<i64>>(5)?.filter(|&t| t > 0),
+                        last_error: r.get(6)?,
+                        last_error_at: r.get(7)?,
+                        updated_at: r.get(8)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (code, mut status) = row?;
+                status.source = Source::from_code(code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?;
+                out.push(status);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
+        self.writer
+            .write(move |w| w.record(&report, 0, 0, None))
+            .await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.read(|c| {
+            let users: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            let events: i64 = c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+            Ok(Counts {
+                users: users as u64,
+                events: events as u64,
+            })
+        })
+        .await
+    }
+
+    async fn user_events(
+        &self,
+        user_id: &UserId,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let user_id = user_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE u.user_id = ?1 AND e.ts <= ?2 ORDER BY e.ts, e.seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![user_id, until, limit], event_row)?;
+            events(rows)
+        })
+        .await
+    }
+
+    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt.query_map(params![after_seq, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, i64>(6)?))
+            })?;
+            let mut out = Vec::with_capacity(limit as usize);
+            for row in rows {
+                let (seq, uid, name_id, timestamp, props, event_id, received_at) = row?;
+                let properties = properties(seq, props)?;
+                out.push(RawEvent { seq, uid, name_id, timestamp, properties, event_id, received_at });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT id, name FROM event_names ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Users for SqliteStore {
+    fn dialect(&self) -> stratify_core::rules::sql::Dialect {
+        stratify_core::rules::sql::Dialect::Sqlite
     }
 
     async fn write_user(
@@ -649,51 +796,57 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn query_events(&self, q: EventQuery) -> Result<Vec<StoredEvent>> {
+    async fn select_users(
+        &self,
+        predicate: Compiled,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<String>, u64)> {
         self.read(move |c| {
-            let mut sql = format!("SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE 1=1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            let mut bind = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-                args.push(v);
-                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-            };
-            if let Some(u) = q.user_id {
-                bind(&mut sql, " AND u.user_id = ?", u.into());
+            let mut args: Vec<rusqlite::types::Value> =
+                predicate.params.iter().map(to_sql).collect();
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                rusqlite::params_from_iter(args.iter()),
+                |r| r.get(0),
+            )?;
+            let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+            if let Some(a) = after {
+                args.push(rusqlite::types::Value::Text(a));
+                sql.push_str(&format!(" AND u.user_id > ?{}", args.len()));
             }
-            if let Some(n) = q.name {
-                bind(&mut sql, " AND n.name = ?", n.into());
-            }
-            if let Some(f) = q.from {
-                bind(&mut sql, " AND e.ts >= ?", f.into());
-            }
-            if let Some(t) = q.to {
-                bind(&mut sql, " AND e.ts < ?", t.into());
-            }
-            if let Some(a) = q.after_seq {
-                let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
-                bind(&mut sql, clause, a.into());
-            }
-            if let Some(x) = q.experiment {
-                bind(
-                    &mut sql,
-                    " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
-                    x.experiment_id.into(),
-                );
-                bind(&mut sql, " AND a.bucket_version = ? AND a.assigned_at <= e.ts", i64::from(x.bucket_version).into());
-                if let Some(v) = x.variant {
-                    bind(&mut sql, " AND a.variant = ?", v.into());
-                }
-                sql.push(')');
-            }
-            let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
-            bind(&mut sql, order, i64::from(q.limit).into());
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_row)?;
-            events(rows)
+            args.push(rusqlite::types::Value::Integer(i64::from(limit)));
+            sql.push_str(&format!(" ORDER BY u.user_id LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare(&sql)?;
+            let ids = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok((ids, total as u64))
         })
         .await
     }
 
+    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 ORDER BY uid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_uid, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (uid, raw) = row?;
+                out.push((uid, finish_user(raw)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Configuration for SqliteStore {
     async fn put_event_type(
         &self,
         schema: EventTypeSchema,
@@ -774,127 +927,6 @@ impl Store for SqliteStore {
                 Some(v) => serde_json::from_str(&v)?,
                 None => AttributeSchema::default(),
             })
-        })
-        .await
-    }
-
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
-        self.writer
-            .write(move |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![key.id, key.name, key.role, key.key_hash, key.created_at, key.revoked_at])
-                    .map_err(|e| match e {
-                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                            StoreError::Conflict(format!("api key '{}'", key.id))
-                        }
-                        other => other.into(),
-                    })?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(ApiKeyRecord {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: r.get(2)?,
-                    key_hash: r.get(3)?,
-                    created_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
-    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
-        let id = id.to_owned();
-        self.writer
-            .write(move |w| {
-                Ok(w.conn
-                    .prepare_cached(
-                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                    )?
-                    .execute(params![id, now])?
-                    == 1)
-            })
-            .await
-    }
-
-    async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
-                 updated_at FROM ingest_status ORDER BY source",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    IngestStatus {
-                        source: Source::Http,
-                        received: r.get::<_, i64>(1)? as u64,
-                        accepted: r.get::<_, i64>(2)? as u64,
-                        duplicates: r.get::<_, i64>(3)? as u64,
-                        rejected: r.get::<_, i64>(4)? as u64,
-                        last_event_at: r.get::<_, Option<i64>>(5)?.filter(|&t| t > 0),
-                        last_error: r.get(6)?,
-                        last_error_at: r.get(7)?,
-                        updated_at: r.get(8)?,
-                    },
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (code, mut status) = row?;
-                status.source = Source::from_code(code)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?;
-                out.push(status);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn record_ingest(&self, report: IngestReport) -> Result<()> {
-        self.writer
-            .write(move |w| w.record(&report, 0, 0, None))
-            .await
-    }
-
-    async fn counts(&self) -> Result<Counts> {
-        self.read(|c| {
-            let users: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
-            let events: i64 = c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-            Ok(Counts {
-                users: users as u64,
-                events: events as u64,
-            })
-        })
-        .await
-    }
-
-    async fn user_events(
-        &self,
-        user_id: &UserId,
-        until: Millis,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>> {
-        let user_id = user_id.to_string();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE u.user_id = ?1 AND e.ts <= ?2 ORDER BY e.ts, e.seq LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![user_id, until, limit], event_row)?;
-            events(rows)
         })
         .await
     }
@@ -1059,6 +1091,200 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![e.id, e.key, e.name, e.status, definition, e.version, e.created_at, e.updated_at, e.created_by, e.updated_by])
+                    .map_err(|err| match err {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            StoreError::Conflict(format!("an experiment with key '{}'", e.key))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
+        let definition = serde_json::to_string(&e.definition)?;
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, updated_by = ?6 WHERE id = ?1",
+                    )?
+                    .execute(params![e.id, e.name, definition, e.version, e.updated_at, e.updated_by])?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
+                 FROM experiments ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    ExperimentRecord {
+                        id: r.get(0)?,
+                        key: r.get(1)?,
+                        name: r.get(2)?,
+                        status: r.get(3)?,
+                        definition: Value::Null,
+                        version: r.get(5)?,
+                        created_at: r.get(6)?,
+                        updated_at: r.get(7)?,
+                        created_by: r.get(8)?,
+                        updated_by: r.get(9)?,
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut e, definition) = row?;
+                e.definition = serde_json::from_str(&definition)?;
+                out.push(e);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn transition_experiment(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        at: Millis,
+        by: Option<String>,
+    ) -> Result<bool> {
+        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
+        self.writer
+            .write(move |w| {
+                let n = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
+                    )?
+                    .execute(params![id, from, to, at])?;
+                if n == 1 {
+                    w.conn
+                        .prepare_cached(
+                            "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![id, from, to, at, by])?;
+                }
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = ?1 ORDER BY at, rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(TransitionRecord {
+                    from: r.get(0)?,
+                    to: r.get(1)?,
+                    at: r.get(2)?,
+                    by: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
+        self.strings(
+            "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
+            segment_id.to_owned(),
+        )
+        .await
+    }
+
+    async fn config_version(&self) -> Result<i64> {
+        // One process owns the file and its configuration: nothing to poll.
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl Keys for SqliteStore {
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![key.id, key.name, key.role, key.key_hash, key.created_at, key.revoked_at])
+                    .map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                            StoreError::Conflict(format!("api key '{}'", key.id))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ApiKeyRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: r.get(2)?,
+                    key_hash: r.get(3)?,
+                    created_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |w| {
+                Ok(w.conn
+                    .prepare_cached(
+                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    )?
+                    .execute(params![id, now])?
+                    == 1)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ChangeLog for SqliteStore {
     async fn apply_changes(
         &self,
         changes: std::sync::Arc<Vec<ChangeRecord>>,
@@ -1205,130 +1431,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
-        let definition = serde_json::to_string(&e.definition)?;
-        self.writer
-            .write(move |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    )?
-                    .execute(params![e.id, e.key, e.name, e.status, definition, e.version, e.created_at, e.updated_at, e.created_by, e.updated_by])
-                    .map_err(|err| match err {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            StoreError::Conflict(format!("an experiment with key '{}'", e.key))
-                        }
-                        other => other.into(),
-                    })?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
-        let definition = serde_json::to_string(&e.definition)?;
-        self.writer
-            .write(move |w| {
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, updated_by = ?6 WHERE id = ?1",
-                    )?
-                    .execute(params![e.id, e.name, definition, e.version, e.updated_at, e.updated_by])?;
-                if n == 0 {
-                    return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
-                 FROM experiments ORDER BY created_at, id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    ExperimentRecord {
-                        id: r.get(0)?,
-                        key: r.get(1)?,
-                        name: r.get(2)?,
-                        status: r.get(3)?,
-                        definition: Value::Null,
-                        version: r.get(5)?,
-                        created_at: r.get(6)?,
-                        updated_at: r.get(7)?,
-                        created_by: r.get(8)?,
-                        updated_by: r.get(9)?,
-                    },
-                    r.get::<_, String>(4)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut e, definition) = row?;
-                e.definition = serde_json::from_str(&definition)?;
-                out.push(e);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn transition_experiment(
-        &self,
-        id: &str,
-        from: &str,
-        to: &str,
-        at: Millis,
-        by: Option<String>,
-    ) -> Result<bool> {
-        let (id, from, to) = (id.to_owned(), from.to_owned(), to.to_owned());
-        self.writer
-            .write(move |w| {
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
-                    )?
-                    .execute(params![id, from, to, at])?;
-                if n == 1 {
-                    w.conn
-                        .prepare_cached(
-                            "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![id, from, to, at, by])?;
-                }
-                Ok(n == 1)
-            })
-            .await
-    }
-
-    async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
-        let id = id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = ?1 ORDER BY at, rowid",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                Ok(TransitionRecord {
-                    from: r.get(0)?,
-                    to: r.get(1)?,
-                    at: r.get(2)?,
-                    by: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
+#[async_trait]
+impl Assignments for SqliteStore {
     async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
         if assignments.is_empty() {
             return Ok(());
@@ -1396,24 +1502,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn experiment_assignments(
-        &self,
-        experiment_id: &str,
-        bucket_version: u32,
-    ) -> Result<Vec<AssignmentRecord>> {
-        let experiment_id = experiment_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
-                 FROM assignments WHERE experiment_id = ?1 AND bucket_version = ?2 \
-                 ORDER BY assigned_at, user_id",
-            )?;
-            let rows = stmt.query_map(params![experiment_id, bucket_version], assignment_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
     async fn experiment_exposures(
         &self,
         experiment_id: &str,
@@ -1443,6 +1531,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
+        let mixture = serde_json::to_string(&m.mixture)?;
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
+                           assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
+                    )?
+                    .execute(params![m.user_id, mixture, m.assigned_at, m.expires_at])?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Metrics for SqliteStore {
     async fn scan_metric_events(&self, scan: MetricScan, sink: MetricSink) -> Result<ScanOutcome> {
         // The name's id and the log's extent, then the log in two halves on
         // two readers at once (a scan is CPU-bound in SQLite's row decoding).
@@ -1544,23 +1651,10 @@ impl Store for SqliteStore {
             })
             .await
     }
+}
 
-    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
-        let mixture = serde_json::to_string(&m.mixture)?;
-        self.writer
-            .write(move |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
-                           assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
-                    )?
-                    .execute(params![m.user_id, mixture, m.assigned_at, m.expires_at])?;
-                Ok(())
-            })
-            .await
-    }
-
+#[async_trait]
+impl Webhooks for SqliteStore {
     async fn create_webhook(&self, hook: WebhookRecord) -> Result<()> {
         let segments = hook
             .segment_ids
@@ -1650,86 +1744,10 @@ impl Store for SqliteStore {
             })
             .await
     }
+}
 
-    async fn select_users(
-        &self,
-        predicate: Compiled,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<(Vec<String>, u64)> {
-        self.read(move |c| {
-            let mut args: Vec<rusqlite::types::Value> =
-                predicate.params.iter().map(to_sql).collect();
-            let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
-                rusqlite::params_from_iter(args.iter()),
-                |r| r.get(0),
-            )?;
-            let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
-            if let Some(a) = after {
-                args.push(rusqlite::types::Value::Text(a));
-                sql.push_str(&format!(" AND u.user_id > ?{}", args.len()));
-            }
-            args.push(rusqlite::types::Value::Integer(i64::from(limit)));
-            sql.push_str(&format!(" ORDER BY u.user_id LIMIT ?{}", args.len()));
-            let mut stmt = c.prepare(&sql)?;
-            let ids = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok((ids, total as u64))
-        })
-        .await
-    }
-
-    async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 ORDER BY uid LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after_uid, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (uid, raw) = row?;
-                out.push((uid, finish_user(raw)?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
-        self.strings(
-            "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
-            segment_id.to_owned(),
-        )
-        .await
-    }
-
-    async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
-        self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = stmt.query_map(params![after_seq, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, i64>(6)?))
-            })?;
-            let mut out = Vec::with_capacity(limit as usize);
-            for row in rows {
-                let (seq, uid, name_id, timestamp, props, event_id, received_at) = row?;
-                let properties = properties(seq, props)?;
-                out.push(RawEvent { seq, uid, name_id, timestamp, properties, event_id, received_at });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn config_version(&self) -> Result<i64> {
-        // One process owns the file and its configuration: nothing to poll.
-        Ok(0)
-    }
-
+#[async_trait]
+impl Coordination for SqliteStore {
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
         self.writer
             .write(move |w| {
@@ -1794,15 +1812,6 @@ impl Store for SqliteStore {
                 Ok(stmt.execute(params![name, holder, cursor])? == 1)
             })
             .await
-    }
-
-    async fn event_names(&self) -> Result<Vec<(i64, String)>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT id, name FROM event_names ORDER BY id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
     }
 }
 

@@ -673,10 +673,15 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
             vec![assignment("u1", "b", 2, NOW + 9)]
         );
         let v1 = s
-            .experiment_assignments("exp_1", 1)
+            .experiment_exposures("exp_1", 1, 0, i64::MAX)
             .await
             .expect("by experiment");
-        assert_eq!(v1, vec![assignment("u2", "b", 1, NOW + 1)]);
+        let variants: Vec<&str> = v1
+            .variant
+            .iter()
+            .map(|&i| v1.variants[usize::from(i)].as_str())
+            .collect();
+        assert_eq!((variants, v1.assigned_at), (vec!["b"], vec![NOW + 1]));
         // Erasing a user erases their assignments and banners.
         s.append_events(batch(vec![event(
             json!({"user_id": "u2", "name": "LOGIN"}),

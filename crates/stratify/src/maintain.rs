@@ -41,10 +41,10 @@ pub async fn rebuild(mut settings: Settings, args: MaintainArgs) -> anyhow::Resu
         settings.data_dir = dir;
     }
     let store = stratify_engine::open_store(&settings.data_dir)?;
-    let before = stratify_store::Store::last_change_seq(store.as_ref()).await?;
+    let before = stratify_store::ChangeLog::last_change_seq(store.as_ref()).await?;
     let engine = Engine::start_rebuilt(store.clone(), Arc::new(SystemClock)).await?;
     engine.live().sync().await;
-    let after = stratify_store::Store::last_change_seq(store.as_ref()).await?;
+    let after = stratify_store::ChangeLog::last_change_seq(store.as_ref()).await?;
     let snapshot = engine.live().snapshot().await;
     let memberships: usize = snapshot.members.values().map(|m| m.len()).sum();
     println!(

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use stratify_core::names;
 use stratify_core::rules::Rule;
 use stratify_core::ErrorCode;
-use stratify_store::{ExperimentRecord, Store, TransitionRecord};
+use stratify_store::{Configuration, ExperimentRecord, TransitionRecord};
 
 pub use stratify_core::experiment::{
     Action, Definition, ExperimentInput, Namespace, Variant, MAX_BUCKET_VERSION, MAX_SEGMENTS,
@@ -99,7 +99,7 @@ pub struct Experiments {
 
 impl Experiments {
     pub(crate) async fn load(
-        store: &dyn Store,
+        store: &dyn Configuration,
         view: Arc<MemberView>,
     ) -> Result<Self, EngineError> {
         let this = Self {
@@ -114,7 +114,7 @@ impl Experiments {
 
     /// Installs every stored experiment (at start, and when another node
     /// changed one).
-    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), EngineError> {
+    pub(crate) async fn reload(&self, store: &dyn Configuration) -> Result<(), EngineError> {
         for record in store.experiments().await? {
             let definition: Definition = serde_json::from_value(record.definition.clone())
                 .map_err(|e| corrupt(&record.id, &e.to_string()))?;

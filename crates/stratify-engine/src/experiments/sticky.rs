@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stratify_store::{AssignmentRecord, BannerMixtureRecord, Store};
+use stratify_store::{AssignmentRecord, Assignments, BannerMixtureRecord};
 use tokio::sync::{mpsc, oneshot};
 
 const SHARDS: usize = 64;
@@ -54,7 +54,7 @@ pub struct Sticky {
 }
 
 impl Sticky {
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: Arc<dyn Assignments>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let flusher = tokio::spawn(flush(store, rx, queued.clone()));
@@ -146,7 +146,7 @@ impl Sticky {
 }
 
 async fn flush(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Assignments>,
     mut rx: mpsc::UnboundedReceiver<Write>,
     queued: Arc<AtomicUsize>,
 ) {

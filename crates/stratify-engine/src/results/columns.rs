@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use stratify_core::time::Millis;
-use stratify_store::{MetricEvent, MetricScan, MetricSink, Store, StoreError};
+use stratify_store::{MetricEvent, MetricScan, MetricSink, Metrics, StoreError};
 
 /// Events kept in memory over all copies (24 bytes each: 60 M ≈ 1.4 GB).
 pub const MAX_CACHED_EVENTS: usize = 60_000_000;
@@ -50,7 +50,7 @@ impl Columns {
     /// to keep.
     pub async fn visit(
         &self,
-        store: &dyn Store,
+        store: &dyn Metrics,
         event: &str,
         property: Option<&str>,
         feed: &(dyn Fn(&[MetricEvent]) + Sync),

@@ -142,7 +142,10 @@ async fn the_openapi_document_lists_every_error_code_and_types_error_answers() {
             }
         }
     }
-    assert!(failures > 50, "only {failures} failure responses documented");
+    assert!(
+        failures > 50,
+        "only {failures} failure responses documented"
+    );
     // A real error answer uses a listed code with the listed status.
     let (status, body) = app.get("/v1/segments/seg_missing").await;
     let code = body["error"]["code"].as_str().expect("code");

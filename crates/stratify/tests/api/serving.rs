@@ -280,12 +280,13 @@ async fn assignments_stick_until_rerandomised_and_exposures_are_logged_once() {
     let rows = app
         .engine
         .store()
-        .experiment_assignments(&id, 1)
+        .experiment_exposures(&id, 1, 0, i64::MAX)
         .await
-        .expect("assignments");
+        .expect("exposures");
     let exposed = users.len() + newcomers.iter().flatten().count();
-    assert_eq!(rows.len(), exposed);
-    let u0: Vec<_> = rows.iter().filter(|r| r.user_id == "u0").collect();
+    assert_eq!(rows.assigned_at.len(), exposed);
+    let (u0, _) = app.engine.store().serving_state("u0").await.expect("u0");
+    let u0: Vec<_> = u0.iter().filter(|r| r.experiment_id == id).collect();
     assert_eq!(u0.len(), 1);
     assert_eq!(u0[0].assigned_at, T0);
     // Re-randomised: version 2, a new seed, everyone bucketed afresh.
@@ -312,10 +313,14 @@ async fn assignments_stick_until_rerandomised_and_exposures_are_logged_once() {
     let v2 = app
         .engine
         .store()
-        .experiment_assignments(&id, 2)
+        .experiment_exposures(&id, 2, 0, i64::MAX)
         .await
         .expect("v2");
-    assert_eq!(v2.len(), users.len(), "the 200 re-exposed under version 2");
+    assert_eq!(
+        v2.assigned_at.len(),
+        users.len(),
+        "the 200 re-exposed under version 2"
+    );
 }
 
 #[tokio::test]
