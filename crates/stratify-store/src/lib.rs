@@ -25,6 +25,7 @@ pub mod model;
 mod pg_migrations;
 pub mod postgres;
 mod shared;
+mod sql;
 pub mod sqlite;
 mod writer;
 

@@ -20,6 +20,7 @@ use crate::shared::{
     merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
     HOLD_LEASE,
 };
+use crate::sql::{self, ConfigWrite};
 use crate::{
     Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
     StoreError, Users, Webhooks,
@@ -101,25 +102,72 @@ impl PgStore {
         Ok(client.execute(&stmt, params).await?)
     }
 
-    /// Runs a configuration write and bumps `config_version` in the same
-    /// transaction (other nodes reload when they see the new version).
+    /// Runs a configuration write: `f` gets a [`ConfigTx`], the only way to
+    /// run a [`ConfigWrite`], and the transaction commits with the bump of
+    /// `config_version` (other nodes reload when they see the new version).
     async fn config_write<T, F>(&self, f: F) -> Result<T>
     where
         F: for<'t> FnOnce(
-            &'t Transaction<'t>,
+            &'t ConfigTx<'t>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
         >,
     {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = ConfigTx(client.transaction().await?);
         let out = f(&tx).await?;
-        tx.execute("UPDATE config_version SET version = version + 1", &[])
+        tx.0.execute("UPDATE config_version SET version = version + 1", &[])
             .await?;
-        tx.commit().await?;
+        tx.0.commit().await?;
         Ok(out)
     }
 }
+
+/// A transaction that changes configuration. Only [`PgStore::config_write`]
+/// makes one, and it always commits with the `config_version` bump, so a
+/// [`ConfigWrite`] cannot run without telling the other nodes.
+pub(crate) struct ConfigTx<'t>(deadpool_postgres::Transaction<'t>);
+
+impl<'t> ConfigTx<'t> {
+    async fn execute(
+        &self,
+        statement: &'static ConfigWrite,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.0.execute(statement.postgres(), params).await
+    }
+
+    async fn query_one(
+        &self,
+        statement: &'static ConfigWrite,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        self.0.query_one(statement.postgres(), params).await
+    }
+
+    /// The transaction, for what is not configuration (interning the users
+    /// a static segment names).
+    fn other(&self) -> &Transaction<'t> {
+        &self.0
+    }
+}
+
+/// Upserts an event type and returns its creation instant.
+static UPSERT_EVENT_TYPE: ConfigWrite = ConfigWrite::postgres_only(
+    "INSERT INTO event_types AS t (name, schema, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+     ON CONFLICT (name) DO UPDATE SET schema = excluded.schema, updated_at = excluded.updated_at \
+     RETURNING t.created_at",
+);
+/// Adds members (segment_id, uids, now), skipping those already in.
+static ADD_MEMBERS: ConfigWrite = ConfigWrite::postgres_only(
+    "INSERT INTO segment_members (segment_id, uid, added_at) \
+     SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING",
+);
+/// Removes members by user id (segment_id, user_ids).
+static REMOVE_MEMBERS: ConfigWrite = ConfigWrite::postgres_only(
+    "DELETE FROM segment_members WHERE segment_id = $1 AND uid IN \
+     (SELECT uid FROM users WHERE user_id = ANY($2))",
+);
 
 fn unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -325,13 +373,10 @@ async fn record_ingest<C: GenericClient>(
 }
 
 async fn user_row<C: GenericClient>(c: &C, user_id: &str) -> Result<Option<UserRecord>> {
-    c.query_opt(
-        "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = $1",
-        &[&user_id],
-    )
-    .await?
-    .map(|r| user_record(&r, 0))
-    .transpose()
+    c.query_opt(sql::USER_BY_ID.postgres(), &[&user_id])
+        .await?
+        .map(|r| user_record(&r, 0))
+        .transpose()
 }
 
 async fn save_attributes<C: GenericClient>(
@@ -349,20 +394,17 @@ async fn save_attributes<C: GenericClient>(
     Ok(())
 }
 
-async fn add_member_rows<C: GenericClient>(
-    c: &C,
+async fn add_member_rows(
+    tx: &ConfigTx<'_>,
     segment_id: &str,
     users: &[UserId],
     now: Millis,
 ) -> Result<u64> {
     let names: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-    let uids = uids(c, &names, now).await?;
-    Ok(c.execute(
-        "INSERT INTO segment_members (segment_id, uid, added_at) \
-             SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u ON CONFLICT DO NOTHING",
-        &[&segment_id, &uids, &now],
-    )
-    .await?)
+    let uids = uids(tx.other(), &names, now).await?;
+    Ok(tx
+        .execute(&ADD_MEMBERS, &[&segment_id, &uids, &now])
+        .await?)
 }
 
 type Boxed<'t, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 't>>;
@@ -414,10 +456,7 @@ impl EventLog for PgStore {
                 // Same key for this user: only a duplicate if the stored id
                 // is the same text (a 64-bit hash collision must not lose it).
                 let stored: Option<String> = tx
-                    .query_opt(
-                        "SELECT event_id FROM events WHERE uid = $1 AND dedupe = $2",
-                        &[&uids[i], &key],
-                    )
+                    .query_opt(sql::EVENT_BY_DEDUPE.postgres(), &[&uids[i], &key])
                     .await?
                     .and_then(|r| r.get(0));
                 if stored.as_deref() != Some(id) {
@@ -515,29 +554,26 @@ impl EventLog for PgStore {
     }
 
     async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
-        self.rows(
-            "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
-             updated_at FROM ingest_status ORDER BY source",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let code: i64 = r.get(0);
-            Ok(IngestStatus {
-                source: Source::from_code(code)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?,
-                received: r.get::<_, i64>(1) as u64,
-                accepted: r.get::<_, i64>(2) as u64,
-                duplicates: r.get::<_, i64>(3) as u64,
-                rejected: r.get::<_, i64>(4) as u64,
-                last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
-                last_error: r.get(6),
-                last_error_at: r.get(7),
-                updated_at: r.get(8),
+        self.rows(sql::INGEST_STATUS.postgres(), &[])
+            .await?
+            .iter()
+            .map(|r| {
+                let code: i64 = r.get(0);
+                Ok(IngestStatus {
+                    source: Source::from_code(code).ok_or_else(|| {
+                        StoreError::Corrupt(format!("unknown ingest source code {code}"))
+                    })?,
+                    received: r.get::<_, i64>(1) as u64,
+                    accepted: r.get::<_, i64>(2) as u64,
+                    duplicates: r.get::<_, i64>(3) as u64,
+                    rejected: r.get::<_, i64>(4) as u64,
+                    last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
+                    last_error: r.get(6),
+                    last_error_at: r.get(7),
+                    updated_at: r.get(8),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn record_ingest(&self, report: IngestReport) -> Result<()> {
@@ -561,7 +597,7 @@ impl EventLog for PgStore {
 
     async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
         self.rows(
-            "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            sql::SCAN_EVENTS.postgres(),
             &[&after_seq, &i64::from(limit)],
         )
         .await?
@@ -583,7 +619,7 @@ impl EventLog for PgStore {
 
     async fn event_names(&self) -> Result<Vec<(i64, String)>> {
         Ok(self
-            .rows("SELECT id, name FROM event_names ORDER BY id", &[])
+            .rows(sql::EVENT_NAMES.postgres(), &[])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -693,29 +729,26 @@ impl Users for PgStore {
         else {
             return Ok(false);
         };
-        tx.execute("DELETE FROM events WHERE uid = $1", &[&uid])
+        tx.execute(sql::DELETE_USER_EVENTS.postgres(), &[&uid])
             .await?;
-        tx.execute("DELETE FROM segment_members WHERE uid = $1", &[&uid])
+        tx.execute(sql::DELETE_USER_MEMBERSHIPS.postgres(), &[&uid])
             .await?;
-        tx.execute("DELETE FROM assignments WHERE user_id = $1", &[&id])
+        tx.execute(sql::DELETE_USER_ASSIGNMENTS.postgres(), &[&id])
             .await?;
-        tx.execute("DELETE FROM banner_mixtures WHERE user_id = $1", &[&id])
+        tx.execute(sql::DELETE_USER_BANNERS.postgres(), &[&id])
             .await?;
-        tx.execute("DELETE FROM changes WHERE user_id = $1", &[&id])
+        tx.execute(sql::DELETE_USER_CHANGES.postgres(), &[&id])
             .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
-        self.rows(
-            "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > $1 ORDER BY uid LIMIT $2",
-            &[&after_uid, &i64::from(limit)],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.get(0), user_record(r, 1)?)))
-        .collect()
+        self.rows(sql::USERS_PAGE.postgres(), &[&after_uid, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(|r| Ok((r.get(0), user_record(r, 1)?)))
+            .collect()
     }
 
     async fn select_users(
@@ -768,12 +801,7 @@ impl Configuration for PgStore {
             .config_write(move |tx| -> Boxed<'_, i64> {
                 Box::pin(async move {
                     Ok(tx
-                        .query_one(
-                            "INSERT INTO event_types AS t (name, schema, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-                             ON CONFLICT (name) DO UPDATE SET schema = excluded.schema, updated_at = excluded.updated_at \
-                             RETURNING t.created_at",
-                            &[&name, &json, &now],
-                        )
+                        .query_one(&UPSERT_EVENT_TYPE, &[&name, &json, &now])
                         .await?
                         .get(0))
                 })
@@ -787,31 +815,23 @@ impl Configuration for PgStore {
     }
 
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
-        self.rows(
-            "SELECT schema, created_at, updated_at FROM event_types ORDER BY name COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(EventTypeRecord {
-                schema: serde_json::from_str(r.get(0))?,
-                created_at: r.get(1),
-                updated_at: r.get(2),
+        self.rows(sql::EVENT_TYPES.postgres(), &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(EventTypeRecord {
+                    schema: serde_json::from_str(r.get(0))?,
+                    created_at: r.get(1),
+                    updated_at: r.get(2),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn delete_event_type(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute("DELETE FROM event_types WHERE name = $1", &[&name])
-                    .await?
-                    == 1)
-            })
+            Box::pin(async move { Ok(tx.execute(&sql::DELETE_EVENT_TYPE, &[&name]).await? == 1) })
         })
         .await
     }
@@ -820,12 +840,8 @@ impl Configuration for PgStore {
         let json = serde_json::to_string(&schema)?;
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    &[&ATTRIBUTE_SCHEMA_KEY, &json, &now],
-                )
-                .await?;
+                tx.execute(&sql::UPSERT_SETTING, &[&ATTRIBUTE_SCHEMA_KEY, &json, &now])
+                    .await?;
                 Ok(())
             })
         })
@@ -834,10 +850,7 @@ impl Configuration for PgStore {
 
     async fn attribute_schema(&self) -> Result<AttributeSchema> {
         let rows = self
-            .rows(
-                "SELECT value FROM settings WHERE key = $1",
-                &[&ATTRIBUTE_SCHEMA_KEY],
-            )
+            .rows(sql::READ_SETTING.postgres(), &[&ATTRIBUTE_SCHEMA_KEY])
             .await?;
         Ok(match rows.first() {
             Some(r) => serde_json::from_str(r.get(0))?,
@@ -847,10 +860,7 @@ impl Configuration for PgStore {
 
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
         Ok(self
-            .rows(
-                "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = $1 ORDER BY u.uid",
-                &[&segment_id],
-            )
+            .rows(sql::STATIC_MEMBERS.postgres(), &[&segment_id])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -862,16 +872,31 @@ impl Configuration for PgStore {
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO segments (id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8)",
-                    &[&seg.id, &seg.name, &seg.description, &seg.kind, &rules, &seg.version, &seg.created_at, &seg.created_by],
+                    &sql::INSERT_SEGMENT,
+                    &[
+                        &seg.id,
+                        &seg.name,
+                        &seg.description,
+                        &seg.kind,
+                        &rules,
+                        &seg.version,
+                        &seg.created_at,
+                        &seg.created_by,
+                    ],
                 )
                 .await
                 .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
                 tx.execute(
-                    "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[&seg.id, &seg.version, &seg.name, &seg.description, &rules, &seg.created_at, &seg.created_by],
+                    &sql::INSERT_SEGMENT_VERSION,
+                    &[
+                        &seg.id,
+                        &seg.version,
+                        &seg.name,
+                        &seg.description,
+                        &rules,
+                        &seg.created_at,
+                        &seg.created_by,
+                    ],
                 )
                 .await?;
                 add_member_rows(tx, &seg.id, &members, seg.created_at).await?;
@@ -887,9 +912,16 @@ impl Configuration for PgStore {
             Box::pin(async move {
                 let changed = tx
                     .execute(
-                        "UPDATE segments SET name = $2, description = $3, rules = $4, version = $5, updated_at = $6, updated_by = $7 \
-                         WHERE id = $1",
-                        &[&seg.id, &seg.name, &seg.description, &rules, &seg.version, &seg.updated_at, &seg.updated_by],
+                        &sql::UPDATE_SEGMENT,
+                        &[
+                            &seg.id,
+                            &seg.name,
+                            &seg.description,
+                            &rules,
+                            &seg.version,
+                            &seg.updated_at,
+                            &seg.updated_by,
+                        ],
                     )
                     .await
                     .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
@@ -897,9 +929,16 @@ impl Configuration for PgStore {
                     return Err(StoreError::NotFound(format!("segment '{}'", seg.id)));
                 }
                 tx.execute(
-                    "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[&seg.id, &seg.version, &seg.name, &seg.description, &rules, &seg.updated_at, &seg.updated_by],
+                    &sql::INSERT_SEGMENT_VERSION,
+                    &[
+                        &seg.id,
+                        &seg.version,
+                        &seg.name,
+                        &seg.description,
+                        &rules,
+                        &seg.updated_at,
+                        &seg.updated_by,
+                    ],
                 )
                 .await?;
                 Ok(())
@@ -909,52 +948,40 @@ impl Configuration for PgStore {
     }
 
     async fn segments(&self) -> Result<Vec<SegmentRecord>> {
-        self.rows(
-            "SELECT id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by \
-             FROM segments ORDER BY created_at, id COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(segment_record)
-        .collect()
+        self.rows(sql::SEGMENTS.postgres(), &[])
+            .await?
+            .iter()
+            .map(segment_record)
+            .collect()
     }
 
     async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
-        self.rows(
-            "SELECT version, name, description, rules, created_at, created_by FROM segment_versions \
-             WHERE segment_id = $1 ORDER BY version DESC",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(SegmentVersion {
-                version: r.get(0),
-                name: r.get(1),
-                description: r.get(2),
-                rules: r
-                    .get::<_, Option<String>>(3)
-                    .map(|t| serde_json::from_str(&t))
-                    .transpose()?,
-                created_at: r.get(4),
-                created_by: r.get(5),
+        self.rows(sql::SEGMENT_VERSIONS.postgres(), &[&id])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SegmentVersion {
+                    version: r.get(0),
+                    name: r.get(1),
+                    description: r.get(2),
+                    rules: r
+                        .get::<_, Option<String>>(3)
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()?,
+                    created_at: r.get(4),
+                    created_by: r.get(5),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn delete_segment(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
             Box::pin(async move {
-                let n = tx
-                    .execute("DELETE FROM segments WHERE id = $1", &[&id])
-                    .await?;
-                tx.execute("DELETE FROM segment_versions WHERE segment_id = $1", &[&id])
-                    .await?;
-                tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&id])
-                    .await?;
+                let n = tx.execute(&sql::DELETE_SEGMENT, &[&id]).await?;
+                tx.execute(&sql::DELETE_SEGMENT_VERSIONS, &[&id]).await?;
+                tx.execute(&sql::DELETE_SEGMENT_MEMBERS, &[&id]).await?;
                 Ok(n == 1)
             })
         })
@@ -973,15 +1000,7 @@ impl Configuration for PgStore {
         let segment_id = segment_id.to_owned();
         let names: Vec<String> = users.iter().map(|u| u.to_string()).collect();
         self.config_write(move |tx| -> Boxed<'_, u64> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute(
-                        "DELETE FROM segment_members WHERE segment_id = $1 AND uid IN \
-                         (SELECT uid FROM users WHERE user_id = ANY($2))",
-                        &[&segment_id, &names],
-                    )
-                    .await?)
-            })
+            Box::pin(async move { Ok(tx.execute(&REMOVE_MEMBERS, &[&segment_id, &names]).await?) })
         })
         .await
     }
@@ -995,11 +1014,8 @@ impl Configuration for PgStore {
         let segment_id = segment_id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, u64> {
             Box::pin(async move {
-                tx.execute(
-                    "DELETE FROM segment_members WHERE segment_id = $1",
-                    &[&segment_id],
-                )
-                .await?;
+                tx.execute(&sql::DELETE_SEGMENT_MEMBERS, &[&segment_id])
+                    .await?;
                 add_member_rows(tx, &segment_id, &users, now).await
             })
         })
@@ -1008,11 +1024,7 @@ impl Configuration for PgStore {
 
     async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>> {
         Ok(self
-            .rows(
-                "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = $1 \
-                 ORDER BY m.segment_id COLLATE \"C\"",
-                &[&user_id.as_str()],
-            )
+            .rows(sql::STATIC_MEMBERSHIPS.postgres(), &[&user_id.as_str()])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -1024,9 +1036,19 @@ impl Configuration for PgStore {
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[&e.id, &e.key, &e.name, &e.status, &definition, &e.version, &e.created_at, &e.updated_at, &e.created_by, &e.updated_by],
+                    &sql::INSERT_EXPERIMENT,
+                    &[
+                        &e.id,
+                        &e.key,
+                        &e.name,
+                        &e.status,
+                        &definition,
+                        &e.version,
+                        &e.created_at,
+                        &e.updated_at,
+                        &e.created_by,
+                        &e.updated_by,
+                    ],
                 )
                 .await
                 .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
@@ -1042,8 +1064,15 @@ impl Configuration for PgStore {
             Box::pin(async move {
                 let n = tx
                     .execute(
-                        "UPDATE experiments SET name = $2, definition = $3, version = $4, updated_at = $5, updated_by = $6 WHERE id = $1",
-                        &[&e.id, &e.name, &definition, &e.version, &e.updated_at, &e.updated_by],
+                        &sql::UPDATE_EXPERIMENT,
+                        &[
+                            &e.id,
+                            &e.name,
+                            &definition,
+                            &e.version,
+                            &e.updated_at,
+                            &e.updated_by,
+                        ],
                     )
                     .await?;
                 if n == 0 {
@@ -1056,28 +1085,24 @@ impl Configuration for PgStore {
     }
 
     async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
-        self.rows(
-            "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
-             FROM experiments ORDER BY created_at, id COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ExperimentRecord {
-                id: r.get(0),
-                key: r.get(1),
-                name: r.get(2),
-                status: r.get(3),
-                definition: serde_json::from_str(r.get(4))?,
-                version: r.get(5),
-                created_at: r.get(6),
-                updated_at: r.get(7),
-                created_by: r.get(8),
-                updated_by: r.get(9),
+        self.rows(sql::EXPERIMENTS.postgres(), &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ExperimentRecord {
+                    id: r.get(0),
+                    key: r.get(1),
+                    name: r.get(2),
+                    status: r.get(3),
+                    definition: serde_json::from_str(r.get(4))?,
+                    version: r.get(5),
+                    created_at: r.get(6),
+                    updated_at: r.get(7),
+                    created_by: r.get(8),
+                    updated_by: r.get(9),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn transition_experiment(
@@ -1092,17 +1117,11 @@ impl Configuration for PgStore {
         self.config_write(move |tx| -> Boxed<'_, bool> {
             Box::pin(async move {
                 let n = tx
-                    .execute(
-                        "UPDATE experiments SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2",
-                        &[&id, &from, &to, &at],
-                    )
+                    .execute(&sql::MOVE_EXPERIMENT, &[&id, &from, &to, &at])
                     .await?;
                 if n == 1 {
-                    tx.execute(
-                        "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES ($1, $2, $3, $4, $5)",
-                        &[&id, &from, &to, &at, &by],
-                    )
-                    .await?;
+                    tx.execute(&sql::INSERT_TRANSITION, &[&id, &from, &to, &at, &by])
+                        .await?;
                 }
                 Ok(n == 1)
             })
@@ -1141,8 +1160,15 @@ impl Keys for PgStore {
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&key.id, &key.name, &key.role, &key.key_hash, &key.created_at, &key.revoked_at],
+                    &sql::INSERT_API_KEY,
+                    &[
+                        &key.id,
+                        &key.name,
+                        &key.role,
+                        &key.key_hash,
+                        &key.created_at,
+                        &key.revoked_at,
+                    ],
                 )
                 .await
                 .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
@@ -1154,10 +1180,7 @@ impl Keys for PgStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         Ok(self
-            .rows(
-                "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id COLLATE \"C\"",
-                &[],
-            )
+            .rows(sql::API_KEYS.postgres(), &[])
             .await?
             .iter()
             .map(|r| ApiKeyRecord {
@@ -1174,15 +1197,7 @@ impl Keys for PgStore {
     async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
         let id = id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute(
-                        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                        &[&id, &now],
-                    )
-                    .await?
-                    == 1)
-            })
+            Box::pin(async move { Ok(tx.execute(&sql::REVOKE_API_KEY, &[&id, &now]).await? == 1) })
         })
         .await
     }
@@ -1201,7 +1216,7 @@ impl ChangeLog for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGES_LOCK])
             .await?;
         let last: i64 = tx
-            .query_one("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])
+            .query_one(sql::LAST_CHANGE_SEQ.postgres(), &[])
             .await?
             .get(0);
         let numbered: Vec<ChangeRecord> = changes
@@ -1219,21 +1234,15 @@ impl ChangeLog for PgStore {
             &[&cols.seq, &cols.segment_id, &cols.user_id, &cols.entered, &cols.at, &cols.cause, &cols.event_seq, &cols.event_id],
         )
         .await?;
-        tx.execute(
-            "INSERT INTO live_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&WATERMARK_KEY, &mark],
-        )
-        .await?;
+        tx.execute(sql::UPSERT_LIVE_STATE.postgres(), &[&WATERMARK_KEY, &mark])
+            .await?;
         tx.commit().await?;
         Ok(Arc::new(numbered))
     }
 
     async fn watermark(&self) -> Result<Option<Watermark>> {
         let rows = self
-            .rows(
-                "SELECT value FROM live_state WHERE key = $1",
-                &[&WATERMARK_KEY],
-            )
+            .rows(sql::READ_LIVE_STATE.postgres(), &[&WATERMARK_KEY])
             .await?;
         Ok(rows
             .first()
@@ -1256,10 +1265,7 @@ impl ChangeLog for PgStore {
     }
 
     async fn last_change_seq(&self) -> Result<i64> {
-        Ok(self
-            .rows("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])
-            .await?[0]
-            .get(0))
+        Ok(self.rows(sql::LAST_CHANGE_SEQ.postgres(), &[]).await?[0].get(0))
     }
 
     async fn changes(
@@ -1295,12 +1301,7 @@ impl ChangeLog for PgStore {
     }
 
     async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
-        let rows = self
-            .rows(
-                "SELECT segment_id, entered, at FROM changes WHERE user_id = $1 ORDER BY seq",
-                &[&user_id],
-            )
-            .await?;
+        let rows = self.rows(sql::USER_CHANGES.postgres(), &[&user_id]).await?;
         stays(
             rows.iter().map(|r| Ok((r.get(0), r.get(1), r.get(2)))),
             limit,
@@ -1310,11 +1311,7 @@ impl ChangeLog for PgStore {
     async fn change_buckets(&self, segment_id: &str, bucket: Millis) -> Result<Vec<ChangeBucket>> {
         let bucket = bucket.max(1);
         Ok(self
-            .rows(
-                "SELECT (at - (((at % $2) + $2) % $2)) AS b, SUM(entered::int)::bigint, SUM(1 - entered::int)::bigint \
-                 FROM changes WHERE segment_id = $1 GROUP BY b ORDER BY b",
-                &[&segment_id, &bucket],
-            )
+            .rows(sql::CHANGE_BUCKETS.postgres(), &[&segment_id, &bucket])
             .await?
             .iter()
             .map(|r| ChangeBucket {
@@ -1369,15 +1366,9 @@ impl Assignments for PgStore {
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let client = self.client().await?;
         let a = client
-            .prepare_cached(
-                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at FROM assignments WHERE user_id = $1",
-            )
+            .prepare_cached(sql::USER_ASSIGNMENTS.postgres())
             .await?;
-        let m = client
-            .prepare_cached(
-                "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = $1",
-            )
-            .await?;
+        let m = client.prepare_cached(sql::USER_BANNERS.postgres()).await?;
         // Both reads in flight at once on one connection (pipelined).
         let params: [&(dyn ToSql + Sync); 1] = [&user_id];
         let (assignments, mixture) =
@@ -1398,9 +1389,7 @@ impl Assignments for PgStore {
     async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
         let mixture = serde_json::to_string(&m.mixture)?;
         self.execute(
-            "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
-               assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
+            sql::UPSERT_BANNERS.postgres(),
             &[&m.user_id, &mixture, &m.assigned_at, &m.expires_at],
         )
         .await?;
@@ -1416,10 +1405,7 @@ impl Assignments for PgStore {
     ) -> Result<Exposures> {
         let rows = self
             .rows(
-                "SELECT u.uid, a.variant, a.assigned_at FROM assignments a \
-                 LEFT JOIN users u ON u.user_id = a.user_id \
-                 WHERE a.experiment_id = $1 AND a.bucket_version = $2 \
-                   AND a.assigned_at >= $3 AND a.assigned_at <= $4",
+                sql::EXPOSURES.postgres(),
                 &[&experiment_id, &i64::from(bucket_version), &from, &to],
             )
             .await?;
@@ -1483,7 +1469,7 @@ impl Metrics for PgStore {
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES ($1, $2, $3, $4)",
+                    &sql::INSERT_METRIC,
                     &[&m.key, &definition, &m.created_at, &m.updated_at],
                 )
                 .await
@@ -1495,32 +1481,24 @@ impl Metrics for PgStore {
     }
 
     async fn metrics(&self) -> Result<Vec<MetricRecord>> {
-        self.rows(
-            "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(MetricRecord {
-                key: r.get(0),
-                definition: serde_json::from_str(r.get(1))?,
-                created_at: r.get(2),
-                updated_at: r.get(3),
+        self.rows(sql::METRICS.postgres(), &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(MetricRecord {
+                    key: r.get(0),
+                    definition: serde_json::from_str(r.get(1))?,
+                    created_at: r.get(2),
+                    updated_at: r.get(3),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn delete_metric(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute("DELETE FROM metrics WHERE key = $1", &[&key])
-                    .await?
-                    > 0)
-            })
+            Box::pin(async move { Ok(tx.execute(&sql::DELETE_METRIC, &[&key]).await? > 0) })
         })
         .await
     }
@@ -1537,8 +1515,15 @@ impl Webhooks for PgStore {
         self.config_write(move |tx| -> Boxed<'_, ()> {
             Box::pin(async move {
                 tx.execute(
-                    "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&hook.id, &hook.url, &segments, &hook.secret, &hook.created_at, &hook.delivered_seq],
+                    &sql::INSERT_WEBHOOK,
+                    &[
+                        &hook.id,
+                        &hook.url,
+                        &segments,
+                        &hook.secret,
+                        &hook.created_at,
+                        &hook.delivered_seq,
+                    ],
                 )
                 .await?;
                 Ok(())
@@ -1548,41 +1533,32 @@ impl Webhooks for PgStore {
     }
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
-        self.rows(
-            "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, last_error, last_attempt_at \
-             FROM webhooks ORDER BY created_at, id COLLATE \"C\"",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(WebhookRecord {
-                id: r.get(0),
-                url: r.get(1),
-                segment_ids: r
-                    .get::<_, Option<String>>(2)
-                    .map(|s| serde_json::from_str(&s))
-                    .transpose()?,
-                secret: r.get(3),
-                created_at: r.get(4),
-                delivered_seq: r.get(5),
-                failures: r.get(6),
-                last_error: r.get(7),
-                last_attempt_at: r.get(8),
+        self.rows(sql::WEBHOOKS.postgres(), &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(WebhookRecord {
+                    id: r.get(0),
+                    url: r.get(1),
+                    segment_ids: r
+                        .get::<_, Option<String>>(2)
+                        .map(|s| serde_json::from_str(&s))
+                        .transpose()?,
+                    secret: r.get(3),
+                    created_at: r.get(4),
+                    delivered_seq: r.get(5),
+                    failures: r.get(6),
+                    last_error: r.get(7),
+                    last_attempt_at: r.get(8),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move {
-                Ok(tx
-                    .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
-                    .await?
-                    == 1)
-            })
+            Box::pin(async move { Ok(tx.execute(&sql::DELETE_WEBHOOK, &[&id]).await? == 1) })
         })
         .await
     }
@@ -1596,8 +1572,7 @@ impl Webhooks for PgStore {
         at: Millis,
     ) -> Result<()> {
         self.execute(
-            "UPDATE webhooks SET delivered_seq = GREATEST(delivered_seq, $2), failures = $3, last_error = $4, \
-             last_attempt_at = $5 WHERE id = $1",
+            sql::RECORD_DELIVERY.postgres(),
             &[&id, &delivered_seq, &failures, &last_error, &at],
         )
         .await?;
@@ -1610,12 +1585,7 @@ impl Coordination for PgStore {
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic, partition) DO UPDATE SET \
-                 committed = excluded.committed, high_water = excluded.high_water, node = excluded.node, \
-                 updated_at = excluded.updated_at",
-            )
+            .prepare_cached(sql::UPSERT_PARTITION.postgres())
             .await?;
         for p in &progress {
             client
@@ -1637,10 +1607,7 @@ impl Coordination for PgStore {
 
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
         Ok(self
-            .rows(
-                "SELECT topic, partition, committed, high_water, node, updated_at FROM kafka_partitions ORDER BY topic, partition",
-                &[],
-            )
+            .rows(sql::PARTITIONS.postgres(), &[])
             .await?
             .iter()
             .map(|r| PartitionProgress {

@@ -6,6 +6,7 @@ use crate::shared::{
     merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
     HOLD_LEASE,
 };
+use crate::sql;
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{
     Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
@@ -320,9 +321,7 @@ impl WriterState {
             "INSERT OR IGNORE INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let mut stored_id = self
-            .conn
-            .prepare_cached("SELECT event_id FROM events WHERE uid = ?1 AND dedupe = ?2")?;
+        let mut stored_id = self.conn.prepare_cached(sql::EVENT_BY_DEDUPE.sqlite())?;
         for (uid, ts, i, name_id) in order {
             let event = &batch.events[i];
             let event_id = event.event_id.as_ref().map(|e| e.as_str());
@@ -410,9 +409,7 @@ impl WriterState {
 
     fn user_row(&self, user_id: &str) -> Result<Option<UserRecord>> {
         self.conn
-            .prepare_cached(
-                "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1",
-            )?
+            .prepare_cached(sql::USER_BY_ID.sqlite())?
             .query_row([user_id], user_from_row)
             .optional()?
             .map(finish_user)
@@ -588,10 +585,7 @@ impl EventLog for SqliteStore {
 
     async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, last_error_at, \
-                 updated_at FROM ingest_status ORDER BY source",
-            )?;
+            let mut stmt = c.prepare_cached(sql::INGEST_STATUS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -611,8 +605,9 @@ impl EventLog for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (code, mut status) = row?;
-                status.source = Source::from_code(code)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown ingest source code {code}")))?;
+                status.source = Source::from_code(code).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown ingest source code {code}"))
+                })?;
                 out.push(status);
             }
             Ok(out)
@@ -657,16 +652,31 @@ impl EventLog for SqliteStore {
 
     async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
         self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut stmt = c.prepare_cached(sql::SCAN_EVENTS.sqlite())?;
             let rows = stmt.query_map(params![after_seq, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?, r.get::<_, i64>(6)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
             })?;
             let mut out = Vec::with_capacity(limit as usize);
             for row in rows {
                 let (seq, uid, name_id, timestamp, props, event_id, received_at) = row?;
                 let properties = properties(seq, props)?;
-                out.push(RawEvent { seq, uid, name_id, timestamp, properties, event_id, received_at });
+                out.push(RawEvent {
+                    seq,
+                    uid,
+                    name_id,
+                    timestamp,
+                    properties,
+                    event_id,
+                    received_at,
+                });
             }
             Ok(out)
         })
@@ -675,7 +685,7 @@ impl EventLog for SqliteStore {
 
     async fn event_names(&self) -> Result<Vec<(i64, String)>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT id, name FROM event_names ORDER BY id")?;
+            let mut stmt = c.prepare_cached(sql::EVENT_NAMES.sqlite())?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -740,13 +750,11 @@ impl Users for SqliteStore {
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
         let user_id = user_id.to_string();
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1",
-            )?
-            .query_row([user_id], user_from_row)
-            .optional()?
-            .map(finish_user)
-            .transpose()
+            c.prepare_cached(sql::USER_BY_ID.sqlite())?
+                .query_row([user_id], user_from_row)
+                .optional()?
+                .map(finish_user)
+                .transpose()
         })
         .await
     }
@@ -764,19 +772,19 @@ impl Users for SqliteStore {
                     .optional()?;
                 let Some(uid) = uid else { return Ok(false) };
                 w.conn
-                    .prepare_cached("DELETE FROM events WHERE uid = ?1")?
+                    .prepare_cached(sql::DELETE_USER_EVENTS.sqlite())?
                     .execute([uid])?;
                 w.conn
-                    .prepare_cached("DELETE FROM segment_members WHERE uid = ?1")?
+                    .prepare_cached(sql::DELETE_USER_MEMBERSHIPS.sqlite())?
                     .execute([uid])?;
                 w.conn
                     .prepare_cached("DELETE FROM users WHERE uid = ?1")?
                     .execute([uid])?;
                 w.conn
-                    .prepare_cached("DELETE FROM assignments WHERE user_id = ?1")?
+                    .prepare_cached(sql::DELETE_USER_ASSIGNMENTS.sqlite())?
                     .execute([&user_id])?;
                 w.conn
-                    .prepare_cached("DELETE FROM banner_mixtures WHERE user_id = ?1")?
+                    .prepare_cached(sql::DELETE_USER_BANNERS.sqlite())?
                     .execute([&user_id])?;
                 w.uids.remove(&user_id);
                 Ok(true)
@@ -789,7 +797,7 @@ impl Users for SqliteStore {
         self.live_writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached("DELETE FROM changes WHERE user_id = ?1")?
+                    .prepare_cached(sql::DELETE_USER_CHANGES.sqlite())?
                     .execute([&erased])?;
                 Ok(true)
             })
@@ -828,11 +836,12 @@ impl Users for SqliteStore {
 
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 ORDER BY uid LIMIT ?2",
-            )?;
+            let mut stmt = c.prepare_cached(sql::USERS_PAGE.sqlite())?;
             let rows = stmt.query_map(params![after_uid, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
@@ -872,9 +881,7 @@ impl Configuration for SqliteStore {
 
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT schema, created_at, updated_at FROM event_types ORDER BY name",
-            )?;
+            let mut stmt = c.prepare_cached(sql::EVENT_TYPES.sqlite())?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
             let mut out = Vec::new();
@@ -896,7 +903,7 @@ impl Configuration for SqliteStore {
         self.writer
             .write(move |w| {
                 Ok(w.conn
-                    .prepare_cached("DELETE FROM event_types WHERE name = ?1")?
+                    .prepare_cached(sql::DELETE_EVENT_TYPE.sqlite())?
                     .execute([name])?
                     == 1)
             })
@@ -907,11 +914,12 @@ impl Configuration for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![ATTRIBUTE_SCHEMA_KEY, serde_json::to_string(&schema)?, now])?;
+                    .prepare_cached(sql::UPSERT_SETTING.sqlite())?
+                    .execute(params![
+                        ATTRIBUTE_SCHEMA_KEY,
+                        serde_json::to_string(&schema)?,
+                        now
+                    ])?;
                 Ok(())
             })
             .await
@@ -920,7 +928,7 @@ impl Configuration for SqliteStore {
     async fn attribute_schema(&self) -> Result<AttributeSchema> {
         self.read(|c| {
             let value: Option<String> = c
-                .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .prepare_cached(sql::READ_SETTING.sqlite())?
                 .query_row([ATTRIBUTE_SCHEMA_KEY], |r| r.get(0))
                 .optional()?;
             Ok(match value {
@@ -936,18 +944,29 @@ impl Configuration for SqliteStore {
             .write(move |w| {
                 let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO segments (id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8)",
-                    )?
-                    .execute(params![seg.id, seg.name, seg.description, seg.kind, rules, seg.version, seg.created_at, seg.created_by])
+                    .prepare_cached(sql::INSERT_SEGMENT.sqlite())?
+                    .execute(params![
+                        seg.id,
+                        seg.name,
+                        seg.description,
+                        seg.kind,
+                        rules,
+                        seg.version,
+                        seg.created_at,
+                        seg.created_by
+                    ])
                     .map_err(|e| name_conflict(e, &seg.name))?;
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![seg.id, seg.version, seg.name, seg.description, rules, seg.created_at, seg.created_by])?;
+                    .prepare_cached(sql::INSERT_SEGMENT_VERSION.sqlite())?
+                    .execute(params![
+                        seg.id,
+                        seg.version,
+                        seg.name,
+                        seg.description,
+                        rules,
+                        seg.created_at,
+                        seg.created_by
+                    ])?;
                 let uids = member_ids(w, &members, seg.created_at)?;
                 add_member_rows(w, &seg.id, &uids, seg.created_at)?;
                 Ok(())
@@ -961,21 +980,31 @@ impl Configuration for SqliteStore {
                 let rules = seg.rules.as_ref().map(serde_json::to_string).transpose()?;
                 let changed = w
                     .conn
-                    .prepare_cached(
-                        "UPDATE segments SET name = ?2, description = ?3, rules = ?4, version = ?5, updated_at = ?6, updated_by = ?7 \
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![seg.id, seg.name, seg.description, rules, seg.version, seg.updated_at, seg.updated_by])
+                    .prepare_cached(sql::UPDATE_SEGMENT.sqlite())?
+                    .execute(params![
+                        seg.id,
+                        seg.name,
+                        seg.description,
+                        rules,
+                        seg.version,
+                        seg.updated_at,
+                        seg.updated_by
+                    ])
                     .map_err(|e| name_conflict(e, &seg.name))?;
                 if changed == 0 {
                     return Err(StoreError::NotFound(format!("segment '{}'", seg.id)));
                 }
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO segment_versions (segment_id, version, name, description, rules, created_at, created_by) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![seg.id, seg.version, seg.name, seg.description, rules, seg.updated_at, seg.updated_by])?;
+                    .prepare_cached(sql::INSERT_SEGMENT_VERSION.sqlite())?
+                    .execute(params![
+                        seg.id,
+                        seg.version,
+                        seg.name,
+                        seg.description,
+                        rules,
+                        seg.updated_at,
+                        seg.updated_by
+                    ])?;
                 Ok(())
             })
             .await
@@ -983,10 +1012,7 @@ impl Configuration for SqliteStore {
 
     async fn segments(&self) -> Result<Vec<SegmentRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, name, description, kind, rules, version, created_at, updated_at, created_by, updated_by \
-                 FROM segments ORDER BY created_at, id",
-            )?;
+            let mut stmt = c.prepare_cached(sql::SEGMENTS.sqlite())?;
             let rows = stmt.query_map([], segment_from_row)?;
             let mut out = Vec::new();
             for row in rows {
@@ -1002,18 +1028,29 @@ impl Configuration for SqliteStore {
     async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
         let id = id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT version, name, description, rules, created_at, created_by FROM segment_versions \
-                 WHERE segment_id = ?1 ORDER BY version DESC",
-            )?;
+            let mut stmt = c.prepare_cached(sql::SEGMENT_VERSIONS.sqlite())?;
             let rows = stmt.query_map([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
                 let (version, name, description, rules, created_at, created_by) = row?;
                 let rules = rules.map(|r| serde_json::from_str(&r)).transpose()?;
-                out.push(SegmentVersion { version, name, description, rules, created_at, created_by });
+                out.push(SegmentVersion {
+                    version,
+                    name,
+                    description,
+                    rules,
+                    created_at,
+                    created_by,
+                });
             }
             Ok(out)
         })
@@ -1026,13 +1063,13 @@ impl Configuration for SqliteStore {
             .write(move |w| {
                 let n = w
                     .conn
-                    .prepare_cached("DELETE FROM segments WHERE id = ?1")?
+                    .prepare_cached(sql::DELETE_SEGMENT.sqlite())?
                     .execute([&id])?;
                 w.conn
-                    .prepare_cached("DELETE FROM segment_versions WHERE segment_id = ?1")?
+                    .prepare_cached(sql::DELETE_SEGMENT_VERSIONS.sqlite())?
                     .execute([&id])?;
                 w.conn
-                    .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
+                    .prepare_cached(sql::DELETE_SEGMENT_MEMBERS.sqlite())?
                     .execute([&id])?;
                 Ok(n == 1)
             })
@@ -1075,7 +1112,7 @@ impl Configuration for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached("DELETE FROM segment_members WHERE segment_id = ?1")?
+                    .prepare_cached(sql::DELETE_SEGMENT_MEMBERS.sqlite())?
                     .execute([&segment_id])?;
                 let uids = member_ids(w, &users, now)?;
                 add_member_rows(w, &segment_id, &uids, now)
@@ -1084,11 +1121,8 @@ impl Configuration for SqliteStore {
     }
 
     async fn static_memberships(&self, user_id: &UserId) -> Result<Vec<String>> {
-        self.strings(
-            "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE u.user_id = ?1 ORDER BY m.segment_id",
-            user_id.to_string(),
-        )
-        .await
+        self.strings(sql::STATIC_MEMBERSHIPS.sqlite(), user_id.to_string())
+            .await
     }
 
     async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
@@ -1096,11 +1130,19 @@ impl Configuration for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO experiments (id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    )?
-                    .execute(params![e.id, e.key, e.name, e.status, definition, e.version, e.created_at, e.updated_at, e.created_by, e.updated_by])
+                    .prepare_cached(sql::INSERT_EXPERIMENT.sqlite())?
+                    .execute(params![
+                        e.id,
+                        e.key,
+                        e.name,
+                        e.status,
+                        definition,
+                        e.version,
+                        e.created_at,
+                        e.updated_at,
+                        e.created_by,
+                        e.updated_by
+                    ])
                     .map_err(|err| match err {
                         rusqlite::Error::SqliteFailure(f, _)
                             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -1120,10 +1162,15 @@ impl Configuration for SqliteStore {
             .write(move |w| {
                 let n = w
                     .conn
-                    .prepare_cached(
-                        "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, updated_by = ?6 WHERE id = ?1",
-                    )?
-                    .execute(params![e.id, e.name, definition, e.version, e.updated_at, e.updated_by])?;
+                    .prepare_cached(sql::UPDATE_EXPERIMENT.sqlite())?
+                    .execute(params![
+                        e.id,
+                        e.name,
+                        definition,
+                        e.version,
+                        e.updated_at,
+                        e.updated_by
+                    ])?;
                 if n == 0 {
                     return Err(StoreError::NotFound(format!("experiment '{}'", e.id)));
                 }
@@ -1134,10 +1181,7 @@ impl Configuration for SqliteStore {
 
     async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, key, name, status, definition, version, created_at, updated_at, created_by, updated_by \
-                 FROM experiments ORDER BY created_at, id",
-            )?;
+            let mut stmt = c.prepare_cached(sql::EXPERIMENTS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     ExperimentRecord {
@@ -1179,15 +1223,11 @@ impl Configuration for SqliteStore {
             .write(move |w| {
                 let n = w
                     .conn
-                    .prepare_cached(
-                        "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
-                    )?
+                    .prepare_cached(sql::MOVE_EXPERIMENT.sqlite())?
                     .execute(params![id, from, to, at])?;
                 if n == 1 {
                     w.conn
-                        .prepare_cached(
-                            "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
+                        .prepare_cached(sql::INSERT_TRANSITION.sqlite())?
                         .execute(params![id, from, to, at, by])?;
                 }
                 Ok(n == 1)
@@ -1215,11 +1255,8 @@ impl Configuration for SqliteStore {
     }
 
     async fn static_members(&self, segment_id: &str) -> Result<Vec<String>> {
-        self.strings(
-            "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE m.segment_id = ?1 ORDER BY u.uid",
-            segment_id.to_owned(),
-        )
-        .await
+        self.strings(sql::STATIC_MEMBERS.sqlite(), segment_id.to_owned())
+            .await
     }
 
     async fn config_version(&self) -> Result<i64> {
@@ -1234,12 +1271,19 @@ impl Keys for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![key.id, key.name, key.role, key.key_hash, key.created_at, key.revoked_at])
+                    .prepare_cached(sql::INSERT_API_KEY.sqlite())?
+                    .execute(params![
+                        key.id,
+                        key.name,
+                        key.role,
+                        key.key_hash,
+                        key.created_at,
+                        key.revoked_at
+                    ])
                     .map_err(|e| match e {
-                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
                             StoreError::Conflict(format!("api key '{}'", key.id))
                         }
                         other => other.into(),
@@ -1251,8 +1295,7 @@ impl Keys for SqliteStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?;
+            let mut stmt = c.prepare_cached(sql::API_KEYS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok(ApiKeyRecord {
                     id: r.get(0)?,
@@ -1273,9 +1316,7 @@ impl Keys for SqliteStore {
         self.writer
             .write(move |w| {
                 Ok(w.conn
-                    .prepare_cached(
-                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                    )?
+                    .prepare_cached(sql::REVOKE_API_KEY.sqlite())?
                     .execute(params![id, now])?
                     == 1)
             })
@@ -1316,8 +1357,7 @@ impl ChangeLog for SqliteStore {
                 }
                 w.conn
                     .prepare_cached(
-                        "INSERT INTO live_state (key, value) VALUES (?1, ?2) \
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        sql::UPSERT_LIVE_STATE.sqlite(),
                     )?
                     .execute(params![WATERMARK_KEY, mark])?;
                 Ok(())
@@ -1330,7 +1370,7 @@ impl ChangeLog for SqliteStore {
     async fn watermark(&self) -> Result<Option<Watermark>> {
         self.read_live(|c| {
             let text: Option<String> = c
-                .prepare_cached("SELECT value FROM live_state WHERE key = ?1")?
+                .prepare_cached(sql::READ_LIVE_STATE.sqlite())?
                 .query_row([WATERMARK_KEY], |r| r.get(0))
                 .optional()?;
             Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
@@ -1352,14 +1392,8 @@ impl ChangeLog for SqliteStore {
     }
 
     async fn last_change_seq(&self) -> Result<i64> {
-        self.read_live(|c| {
-            Ok(
-                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
-                    r.get(0)
-                })?,
-            )
-        })
-        .await
+        self.read_live(|c| Ok(c.query_row(sql::LAST_CHANGE_SEQ.sqlite(), [], |r| r.get(0))?))
+            .await
     }
 
     async fn changes(
@@ -1397,9 +1431,7 @@ impl ChangeLog for SqliteStore {
     async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
         let user_id = user_id.to_owned();
         self.read_live(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT segment_id, entered, at FROM changes WHERE user_id = ?1 ORDER BY seq",
-            )?;
+            let mut stmt = c.prepare_cached(sql::USER_CHANGES.sqlite())?;
             let rows = stmt.query_map([user_id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -1416,10 +1448,7 @@ impl ChangeLog for SqliteStore {
         let segment_id = segment_id.to_owned();
         let bucket = bucket.max(1);
         self.read_live(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(entered), SUM(1 - entered) \
-                 FROM changes WHERE segment_id = ?1 GROUP BY b ORDER BY b",
-            )?;
+            let mut stmt = c.prepare_cached(sql::CHANGE_BUCKETS.sqlite())?;
             let rows = stmt.query_map(params![segment_id, bucket], |r| {
                 Ok(ChangeBucket {
                     start: r.get(0)?,
@@ -1468,17 +1497,12 @@ impl Assignments for SqliteStore {
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT user_id, experiment_id, variant, bucket_version, assigned_at \
-                 FROM assignments WHERE user_id = ?1",
-            )?;
+            let mut stmt = c.prepare_cached(sql::USER_ASSIGNMENTS.sqlite())?;
             let assignments = stmt
                 .query_map([&user_id], assignment_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let row = c
-                .prepare_cached(
-                    "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1",
-                )?
+                .prepare_cached(sql::USER_BANNERS.sqlite())?
                 .query_row([&user_id], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -1511,12 +1535,7 @@ impl Assignments for SqliteStore {
     ) -> Result<Exposures> {
         let experiment_id = experiment_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT u.uid, a.variant, a.assigned_at FROM assignments a \
-                 LEFT JOIN users u ON u.user_id = a.user_id \
-                 WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 \
-                   AND a.assigned_at >= ?3 AND a.assigned_at <= ?4",
-            )?;
+            let mut stmt = c.prepare_cached(sql::EXPOSURES.sqlite())?;
             let mut rows = stmt.query(params![experiment_id, bucket_version, from, to])?;
             let mut out = Exposures::default();
             while let Some(row) = rows.next()? {
@@ -1536,11 +1555,7 @@ impl Assignments for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
-                           assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
-                    )?
+                    .prepare_cached(sql::UPSERT_BANNERS.sqlite())?
                     .execute(params![m.user_id, mixture, m.assigned_at, m.expires_at])?;
                 Ok(())
             })
@@ -1595,9 +1610,7 @@ impl Metrics for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                    )?
+                    .prepare_cached(sql::INSERT_METRIC.sqlite())?
                     .execute(params![m.key, definition, m.created_at, m.updated_at])
                     .map_err(|err| match err {
                         rusqlite::Error::SqliteFailure(f, _)
@@ -1614,9 +1627,7 @@ impl Metrics for SqliteStore {
 
     async fn metrics(&self) -> Result<Vec<MetricRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key",
-            )?;
+            let mut stmt = c.prepare_cached(sql::METRICS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -1645,7 +1656,7 @@ impl Metrics for SqliteStore {
         self.writer
             .write(move |w| {
                 Ok(w.conn
-                    .prepare_cached("DELETE FROM metrics WHERE key = ?1")?
+                    .prepare_cached(sql::DELETE_METRIC.sqlite())?
                     .execute([key])?
                     > 0)
             })
@@ -1664,10 +1675,15 @@ impl Webhooks for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![hook.id, hook.url, segments, hook.secret, hook.created_at, hook.delivered_seq])?;
+                    .prepare_cached(sql::INSERT_WEBHOOK.sqlite())?
+                    .execute(params![
+                        hook.id,
+                        hook.url,
+                        segments,
+                        hook.secret,
+                        hook.created_at,
+                        hook.delivered_seq
+                    ])?;
                 Ok(())
             })
             .await
@@ -1675,10 +1691,7 @@ impl Webhooks for SqliteStore {
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, last_error, last_attempt_at \
-                 FROM webhooks ORDER BY created_at, id",
-            )?;
+            let mut stmt = c.prepare_cached(sql::WEBHOOKS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -1694,7 +1707,17 @@ impl Webhooks for SqliteStore {
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, url, segments, secret, created_at, delivered_seq, failures, last_error, last_attempt_at) = row?;
+                let (
+                    id,
+                    url,
+                    segments,
+                    secret,
+                    created_at,
+                    delivered_seq,
+                    failures,
+                    last_error,
+                    last_attempt_at,
+                ) = row?;
                 out.push(WebhookRecord {
                     id,
                     url,
@@ -1717,7 +1740,7 @@ impl Webhooks for SqliteStore {
         self.writer
             .write(move |w| {
                 Ok(w.conn
-                    .prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
+                    .prepare_cached(sql::DELETE_WEBHOOK.sqlite())?
                     .execute([id])?
                     == 1)
             })
@@ -1736,9 +1759,7 @@ impl Webhooks for SqliteStore {
         self.writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(
-                        "UPDATE webhooks SET delivered_seq = MAX(delivered_seq, ?2), failures = ?3, last_error = ?4, last_attempt_at = ?5 WHERE id = ?1",
-                    )?
+                    .prepare_cached(sql::RECORD_DELIVERY.sqlite())?
                     .execute(params![id, delivered_seq, failures, last_error, at])?;
                 Ok(())
             })
@@ -1751,14 +1772,16 @@ impl Coordination for SqliteStore {
     async fn save_partition_progress(&self, progress: Vec<PartitionProgress>) -> Result<()> {
         self.writer
             .write(move |w| {
-                let mut stmt = w.conn.prepare_cached(
-                    "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (topic, partition) DO UPDATE SET \
-                     committed = excluded.committed, high_water = excluded.high_water, node = excluded.node, \
-                     updated_at = excluded.updated_at",
-                )?;
+                let mut stmt = w.conn.prepare_cached(sql::UPSERT_PARTITION.sqlite())?;
                 for p in &progress {
-                    stmt.execute(params![p.topic, p.partition, p.committed, p.high_water, p.node, p.updated_at])?;
+                    stmt.execute(params![
+                        p.topic,
+                        p.partition,
+                        p.committed,
+                        p.high_water,
+                        p.node,
+                        p.updated_at
+                    ])?;
                 }
                 Ok(())
             })
@@ -1767,9 +1790,7 @@ impl Coordination for SqliteStore {
 
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT topic, partition, committed, high_water, node, updated_at FROM kafka_partitions ORDER BY topic, partition",
-            )?;
+            let mut stmt = c.prepare_cached(sql::PARTITIONS.sqlite())?;
             let rows = stmt.query_map([], |r| {
                 Ok(PartitionProgress {
                     topic: r.get(0)?,
