@@ -24,6 +24,7 @@ mod migrations;
 pub mod model;
 mod pg_migrations;
 pub mod postgres;
+mod rows;
 mod shared;
 mod sql;
 pub mod sqlite;

@@ -16,6 +16,7 @@
 
 use crate::model::*;
 use crate::pg_migrations::migrate;
+use crate::rows;
 use crate::shared::{
     merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
     HOLD_LEASE,
@@ -240,45 +241,6 @@ fn stored_event(r: &Row) -> Result<StoredEvent> {
         properties: properties_object(seq, r.get(5))?,
         received_at: r.get(6),
         source: Source::from_code(r.get(7)),
-    })
-}
-
-fn change_record(r: &Row) -> ChangeRecord {
-    ChangeRecord {
-        seq: r.get(0),
-        segment_id: r.get(1),
-        user_id: r.get(2),
-        entered: r.get(3),
-        at: r.get(4),
-        cause: Cause::from_row(r.get(5), r.get(6), r.get(7)),
-    }
-}
-
-fn assignment_record(r: &Row) -> AssignmentRecord {
-    AssignmentRecord {
-        user_id: r.get(0),
-        experiment_id: r.get(1),
-        variant: r.get(2),
-        bucket_version: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
-        assigned_at: r.get(4),
-    }
-}
-
-fn segment_record(r: &Row) -> Result<SegmentRecord> {
-    Ok(SegmentRecord {
-        id: r.get(0),
-        name: r.get(1),
-        description: r.get(2),
-        kind: r.get(3),
-        rules: r
-            .get::<_, Option<String>>(4)
-            .map(|t| serde_json::from_str(&t))
-            .transpose()?,
-        version: r.get(5),
-        created_at: r.get(6),
-        updated_at: r.get(7),
-        created_by: r.get(8),
-        updated_by: r.get(9),
     })
 }
 
@@ -557,22 +519,7 @@ impl EventLog for PgStore {
         self.rows(sql::INGEST_STATUS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| {
-                let code: i64 = r.get(0);
-                Ok(IngestStatus {
-                    source: Source::from_code(code).ok_or_else(|| {
-                        StoreError::Corrupt(format!("unknown ingest source code {code}"))
-                    })?,
-                    received: r.get::<_, i64>(1) as u64,
-                    accepted: r.get::<_, i64>(2) as u64,
-                    duplicates: r.get::<_, i64>(3) as u64,
-                    rejected: r.get::<_, i64>(4) as u64,
-                    last_event_at: r.get::<_, Option<i64>>(5).filter(|&t| t > 0),
-                    last_error: r.get(6),
-                    last_error_at: r.get(7),
-                    updated_at: r.get(8),
-                })
-            })
+            .map(rows::ingest_status)
             .collect()
     }
 
@@ -818,13 +765,7 @@ impl Configuration for PgStore {
         self.rows(sql::EVENT_TYPES.postgres(), &[])
             .await?
             .iter()
-            .map(|r| {
-                Ok(EventTypeRecord {
-                    schema: serde_json::from_str(r.get(0))?,
-                    created_at: r.get(1),
-                    updated_at: r.get(2),
-                })
-            })
+            .map(rows::event_type)
             .collect()
     }
 
@@ -951,7 +892,7 @@ impl Configuration for PgStore {
         self.rows(sql::SEGMENTS.postgres(), &[])
             .await?
             .iter()
-            .map(segment_record)
+            .map(rows::segment)
             .collect()
     }
 
@@ -959,19 +900,7 @@ impl Configuration for PgStore {
         self.rows(sql::SEGMENT_VERSIONS.postgres(), &[&id])
             .await?
             .iter()
-            .map(|r| {
-                Ok(SegmentVersion {
-                    version: r.get(0),
-                    name: r.get(1),
-                    description: r.get(2),
-                    rules: r
-                        .get::<_, Option<String>>(3)
-                        .map(|t| serde_json::from_str(&t))
-                        .transpose()?,
-                    created_at: r.get(4),
-                    created_by: r.get(5),
-                })
-            })
+            .map(rows::segment_version)
             .collect()
     }
 
@@ -1088,20 +1017,7 @@ impl Configuration for PgStore {
         self.rows(sql::EXPERIMENTS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| {
-                Ok(ExperimentRecord {
-                    id: r.get(0),
-                    key: r.get(1),
-                    name: r.get(2),
-                    status: r.get(3),
-                    definition: serde_json::from_str(r.get(4))?,
-                    version: r.get(5),
-                    created_at: r.get(6),
-                    updated_at: r.get(7),
-                    created_by: r.get(8),
-                    updated_by: r.get(9),
-                })
-            })
+            .map(rows::experiment)
             .collect()
     }
 
@@ -1130,20 +1046,14 @@ impl Configuration for PgStore {
     }
 
     async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
-        Ok(self
-            .rows(
-                "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = $1 ORDER BY at, id",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| TransitionRecord {
-                from: r.get(0),
-                to: r.get(1),
-                at: r.get(2),
-                by: r.get(3),
-            })
-            .collect())
+        self.rows(
+            "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = $1 ORDER BY at, id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(rows::transition)
+        .collect()
     }
 
     async fn config_version(&self) -> Result<i64> {
@@ -1179,19 +1089,11 @@ impl Keys for PgStore {
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        Ok(self
-            .rows(sql::API_KEYS.postgres(), &[])
+        self.rows(sql::API_KEYS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| ApiKeyRecord {
-                id: r.get(0),
-                name: r.get(1),
-                role: r.get(2),
-                key_hash: r.get(3),
-                created_at: r.get(4),
-                revoked_at: r.get(5),
-            })
-            .collect())
+            .map(rows::api_key)
+            .collect()
     }
 
     async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
@@ -1274,7 +1176,7 @@ impl ChangeLog for PgStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ChangeRecord>> {
-        Ok(self
+        self
             .rows(
                 &format!(
                     "SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > $1 AND ($2::text[] IS NULL OR segment_id = ANY($2)) \
@@ -1284,20 +1186,20 @@ impl ChangeLog for PgStore {
             )
             .await?
             .iter()
-            .map(change_record)
-            .collect())
+            .map(rows::change)
+            .collect()
     }
 
     async fn latest_changes(&self, segment_id: &str, limit: u32) -> Result<Vec<ChangeRecord>> {
-        Ok(self
+        self
             .rows(
                 &format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE segment_id = $1 ORDER BY seq DESC LIMIT $2"),
                 &[&segment_id, &i64::from(limit)],
             )
             .await?
             .iter()
-            .map(change_record)
-            .collect())
+            .map(rows::change)
+            .collect()
     }
 
     async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
@@ -1383,7 +1285,13 @@ impl Assignments for PgStore {
                 })
             })
             .transpose()?;
-        Ok((assignments.iter().map(assignment_record).collect(), mixture))
+        Ok((
+            assignments
+                .iter()
+                .map(rows::assignment)
+                .collect::<Result<_>>()?,
+            mixture,
+        ))
     }
 
     async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
@@ -1484,14 +1392,7 @@ impl Metrics for PgStore {
         self.rows(sql::METRICS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| {
-                Ok(MetricRecord {
-                    key: r.get(0),
-                    definition: serde_json::from_str(r.get(1))?,
-                    created_at: r.get(2),
-                    updated_at: r.get(3),
-                })
-            })
+            .map(rows::metric)
             .collect()
     }
 
@@ -1536,22 +1437,7 @@ impl Webhooks for PgStore {
         self.rows(sql::WEBHOOKS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| {
-                Ok(WebhookRecord {
-                    id: r.get(0),
-                    url: r.get(1),
-                    segment_ids: r
-                        .get::<_, Option<String>>(2)
-                        .map(|s| serde_json::from_str(&s))
-                        .transpose()?,
-                    secret: r.get(3),
-                    created_at: r.get(4),
-                    delivered_seq: r.get(5),
-                    failures: r.get(6),
-                    last_error: r.get(7),
-                    last_attempt_at: r.get(8),
-                })
-            })
+            .map(rows::webhook)
             .collect()
     }
 
@@ -1606,19 +1492,11 @@ impl Coordination for PgStore {
     }
 
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
-        Ok(self
-            .rows(sql::PARTITIONS.postgres(), &[])
+        self.rows(sql::PARTITIONS.postgres(), &[])
             .await?
             .iter()
-            .map(|r| PartitionProgress {
-                topic: r.get(0),
-                partition: r.get(1),
-                committed: r.get(2),
-                high_water: r.get(3),
-                node: r.get(4),
-                updated_at: r.get(5),
-            })
-            .collect())
+            .map(rows::partition)
+            .collect()
     }
 
     async fn hold_lease(

@@ -6,8 +6,8 @@ use crate::shared::{
     merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
     HOLD_LEASE,
 };
-use crate::sql;
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
+use crate::{rows, sql};
 use crate::{
     Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
     StoreError, Users, Webhooks,
@@ -129,6 +129,30 @@ impl SqliteStore {
     }
 }
 
+/// Every row of a query, each read by a shared mapper (`crate::rows`).
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let out = collect(stmt.query(params)?, map);
+    out
+}
+
+/// Reads every row left in `rows` with `map`.
+fn collect<T>(
+    mut rows: rusqlite::Rows<'_>,
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
 /// SQL functions the compiled rules call (see `stratify_core::rules::sql`).
 fn register_functions(conn: &Connection) -> Result<()> {
     use rusqlite::functions::FunctionFlags;
@@ -186,24 +210,6 @@ fn name_conflict(e: rusqlite::Error, name: &str) -> StoreError {
         }
         other => other.into(),
     }
-}
-
-fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SegmentRecord, Option<String>)> {
-    Ok((
-        SegmentRecord {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            description: r.get(2)?,
-            kind: r.get(3)?,
-            rules: None,
-            version: r.get(5)?,
-            created_at: r.get(6)?,
-            updated_at: r.get(7)?,
-            created_by: r.get(8)?,
-            updated_by: r.get(9)?,
-        },
-        r.get(4)?,
-    ))
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -447,19 +453,6 @@ type EventRow = (
     i64,
 );
 
-/// A `changes` row read as `seq, segment_id, user_id, entered, at, cause,
-/// event_seq, event_id`.
-fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
-    Ok(ChangeRecord {
-        seq: r.get(0)?,
-        segment_id: r.get(1)?,
-        user_id: r.get(2)?,
-        entered: r.get(3)?,
-        at: r.get(4)?,
-        cause: Cause::from_row(r.get(5)?, r.get(6)?, r.get(7)?),
-    })
-}
-
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     Ok((
         r.get(0)?,
@@ -585,32 +578,9 @@ impl EventLog for SqliteStore {
 
     async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::INGEST_STATUS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    IngestStatus {
-                        source: Source::Http,
-                        received: r.get::<_, i64>(1)? as u64,
-                        accepted: r.get::<_, i64>(2)? as u64,
-                        duplicates: r.get::<_, i64>(3)? as u64,
-                        rejected: r.get::<_, i64>(4)? as u64,
-                        last_event_at: r.get::<_, Option<i64>>(5)?.filter(|&t| t > 0),
-                        last_error: r.get(6)?,
-                        last_error_at: r.get(7)?,
-                        updated_at: r.get(8)?,
-                    },
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (code, mut status) = row?;
-                status.source = Source::from_code(code).ok_or_else(|| {
-                    StoreError::Corrupt(format!("unknown ingest source code {code}"))
-                })?;
-                out.push(status);
-            }
-            Ok(out)
+            all(c, sql::INGEST_STATUS.sqlite(), [], |r| {
+                rows::ingest_status(r)
+            })
         })
         .await
     }
@@ -880,22 +850,8 @@ impl Configuration for SqliteStore {
     }
 
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::EVENT_TYPES.sqlite())?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (schema, created_at, updated_at) = row?;
-                out.push(EventTypeRecord {
-                    schema: serde_json::from_str(&schema)?,
-                    created_at,
-                    updated_at,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| all(c, sql::EVENT_TYPES.sqlite(), [], |r| rows::event_type(r)))
+            .await
     }
 
     async fn delete_event_type(&self, name: &str) -> Result<bool> {
@@ -1011,48 +967,16 @@ impl Configuration for SqliteStore {
     }
 
     async fn segments(&self) -> Result<Vec<SegmentRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::SEGMENTS.sqlite())?;
-            let rows = stmt.query_map([], segment_from_row)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut seg, rules) = row?;
-                seg.rules = rules.map(|r| serde_json::from_str(&r)).transpose()?;
-                out.push(seg);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| all(c, sql::SEGMENTS.sqlite(), [], |r| rows::segment(r)))
+            .await
     }
 
     async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
         let id = id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(sql::SEGMENT_VERSIONS.sqlite())?;
-            let rows = stmt.query_map([id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (version, name, description, rules, created_at, created_by) = row?;
-                let rules = rules.map(|r| serde_json::from_str(&r)).transpose()?;
-                out.push(SegmentVersion {
-                    version,
-                    name,
-                    description,
-                    rules,
-                    created_at,
-                    created_by,
-                });
-            }
-            Ok(out)
+            all(c, sql::SEGMENT_VERSIONS.sqlite(), [id], |r| {
+                rows::segment_version(r)
+            })
         })
         .await
     }
@@ -1180,34 +1104,8 @@ impl Configuration for SqliteStore {
     }
 
     async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::EXPERIMENTS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    ExperimentRecord {
-                        id: r.get(0)?,
-                        key: r.get(1)?,
-                        name: r.get(2)?,
-                        status: r.get(3)?,
-                        definition: Value::Null,
-                        version: r.get(5)?,
-                        created_at: r.get(6)?,
-                        updated_at: r.get(7)?,
-                        created_by: r.get(8)?,
-                        updated_by: r.get(9)?,
-                    },
-                    r.get::<_, String>(4)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut e, definition) = row?;
-                e.definition = serde_json::from_str(&definition)?;
-                out.push(e);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| all(c, sql::EXPERIMENTS.sqlite(), [], |r| rows::experiment(r)))
+            .await
     }
 
     async fn transition_experiment(
@@ -1238,18 +1136,12 @@ impl Configuration for SqliteStore {
     async fn experiment_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>> {
         let id = id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            all(
+                c,
                 "SELECT from_status, to_status, at, by FROM experiment_transitions WHERE experiment_id = ?1 ORDER BY at, rowid",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                Ok(TransitionRecord {
-                    from: r.get(0)?,
-                    to: r.get(1)?,
-                    at: r.get(2)?,
-                    by: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                [id],
+                |r| rows::transition(r),
+            )
         })
         .await
     }
@@ -1294,21 +1186,8 @@ impl Keys for SqliteStore {
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::API_KEYS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok(ApiKeyRecord {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: r.get(2)?,
-                    key_hash: r.get(3)?,
-                    created_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        self.read(|c| all(c, sql::API_KEYS.sqlite(), [], |r| rows::api_key(r)))
+            .await
     }
 
     async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
@@ -1409,8 +1288,8 @@ impl ChangeLog for SqliteStore {
                  WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
                  ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, filter, limit], change_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let out = collect(stmt.query(params![after, filter, limit])?, |r| rows::change(r));
+            out
         })
         .await
     }
@@ -1422,8 +1301,8 @@ impl ChangeLog for SqliteStore {
                 "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
                  WHERE segment_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![segment_id, limit], change_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let out = collect(stmt.query(params![segment_id, limit])?, |r| rows::change(r));
+            out
         })
         .await
     }
@@ -1497,10 +1376,9 @@ impl Assignments for SqliteStore {
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(sql::USER_ASSIGNMENTS.sqlite())?;
-            let assignments = stmt
-                .query_map([&user_id], assignment_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let assignments = all(c, sql::USER_ASSIGNMENTS.sqlite(), [&user_id], |r| {
+                rows::assignment(r)
+            })?;
             let row = c
                 .prepare_cached(sql::USER_BANNERS.sqlite())?
                 .query_row([&user_id], |r| {
@@ -1626,29 +1504,8 @@ impl Metrics for SqliteStore {
     }
 
     async fn metrics(&self) -> Result<Vec<MetricRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::METRICS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (key, definition, created_at, updated_at) = row?;
-                out.push(MetricRecord {
-                    key,
-                    definition: serde_json::from_str(&definition)?,
-                    created_at,
-                    updated_at,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| all(c, sql::METRICS.sqlite(), [], |r| rows::metric(r)))
+            .await
     }
 
     async fn delete_metric(&self, key: &str) -> Result<bool> {
@@ -1690,49 +1547,8 @@ impl Webhooks for SqliteStore {
     }
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::WEBHOOKS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (
-                    id,
-                    url,
-                    segments,
-                    secret,
-                    created_at,
-                    delivered_seq,
-                    failures,
-                    last_error,
-                    last_attempt_at,
-                ) = row?;
-                out.push(WebhookRecord {
-                    id,
-                    url,
-                    segment_ids: segments.map(|s| serde_json::from_str(&s)).transpose()?,
-                    secret,
-                    created_at,
-                    delivered_seq,
-                    failures,
-                    last_error,
-                    last_attempt_at,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| all(c, sql::WEBHOOKS.sqlite(), [], |r| rows::webhook(r)))
+            .await
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
@@ -1789,21 +1605,8 @@ impl Coordination for SqliteStore {
     }
 
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql::PARTITIONS.sqlite())?;
-            let rows = stmt.query_map([], |r| {
-                Ok(PartitionProgress {
-                    topic: r.get(0)?,
-                    partition: r.get(1)?,
-                    committed: r.get(2)?,
-                    high_water: r.get(3)?,
-                    node: r.get(4)?,
-                    updated_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        self.read(|c| all(c, sql::PARTITIONS.sqlite(), [], |r| rows::partition(r)))
+            .await
     }
 
     async fn hold_lease(
@@ -1834,16 +1637,6 @@ impl Coordination for SqliteStore {
             })
             .await
     }
-}
-
-fn assignment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignmentRecord> {
-    Ok(AssignmentRecord {
-        user_id: r.get(0)?,
-        experiment_id: r.get(1)?,
-        variant: r.get(2)?,
-        bucket_version: r.get(3)?,
-        assigned_at: r.get(4)?,
-    })
 }
 
 /// One slice `(low, high]` of the log for [`SqliteStore::scan_metric_events`].
