@@ -59,16 +59,20 @@ async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
         "key": "bench-results", "name": "Results benchmark",
         "variants": [{"key": "control", "weight": 50, "is_control": true}, {"key": "treatment", "weight": 50}],
     }))?;
-    let experiment = engine.create_experiment(input, "bench").await?;
+    let experiment = engine.experiments.create_experiment(input, "bench").await?;
     let id = experiment.record.id.clone();
     engine
+        .experiments
         .transition_experiment(&id, stratify_engine::experiments::Action::Start, "bench")
         .await?;
     for m in [
         json!({"key": "purchased", "kind": "conversion", "event": "purchase", "window": "14d"}),
         json!({"key": "revenue", "kind": "sum", "event": "purchase", "property": "amount"}),
     ] {
-        engine.create_metric(serde_json::from_value(m)?).await?;
+        engine
+            .results
+            .create_metric(serde_json::from_value(m)?)
+            .await?;
     }
     engine.shutdown().await;
     drop(engine);

@@ -1,7 +1,7 @@
 //! Several nodes on one shared store (PostgreSQL), each owning the live
 //! state of some users (its Kafka partitions).
 //!
-//! - **Ownership.** [`Engine::own`] rebuilds this node's live state for the
+//! - **Ownership.** [`ClusterService::own`] rebuilds this node's live state for the
 //!   users it now owns, from the shared event log, after a rebalance.
 //! - **Memberships of everyone else.** Every node follows the shared change
 //!   log (one indexed range read every [`FOLLOW_EVERY`]) and applies the
@@ -16,10 +16,10 @@
 //!   that does not own their user are handed to the owner through the
 //!   cluster's event stream ([`Forward::events`]); an attribute write or an
 //!   erasure is stored here and the owner is told to re-read the user
-//!   ([`Forward::refresh`], [`Engine::refresh_user`]).
+//!   ([`Forward::refresh`], [`ClusterService::refresh_user`]).
 
 use crate::live::Owns;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::event::NewEvent;
@@ -39,33 +39,19 @@ pub const CONFIG_POLL_EVERY: Duration = Duration::from_millis(250);
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 const FOLLOW_PAGE: u32 = 10_000;
 
-impl Engine {
-    /// Takes ownership of the users `owns` accepts: commits the current
-    /// live work, then rebuilds the live state of exactly those users.
-    pub async fn own(&self, owns: Owns) -> Result<(), EngineError> {
-        *self.owns.write() = Some(owns.clone());
-        self.derive
-            .ownership_changed(&self.segments.snapshot(), owns)
-            .await
-    }
+/// Which users this node owns and where writes for the others go; read by
+/// ingest and users, set by the cluster.
+#[derive(Default)]
+pub struct Routing {
+    /// The users this node owns when several share the store.
+    pub(crate) owns: parking_lot::RwLock<Option<Owns>>,
+    /// Where writes for users this node does not own go (a Kafka cluster).
+    pub(crate) forward: parking_lot::RwLock<Option<Arc<dyn Forward>>>,
+}
 
-    /// A segment's size across the cluster (every node's users, as this
-    /// node's view follows them); `None` on a single node, where the live
-    /// build's size is exact.
-    pub fn cluster_size(&self, segment_id: &str) -> Option<u64> {
-        self.owns
-            .read()
-            .is_some()
-            .then(|| self.views.live.view().count(segment_id))
-    }
-
+impl Routing {
     pub(crate) fn owned(&self, user: &str) -> bool {
         self.owns.read().as_ref().is_none_or(|o| o(user))
-    }
-
-    /// From now on, writes for users this node does not own go to `forward`.
-    pub fn forward_to(&self, forward: Arc<dyn Forward>) {
-        *self.forward.write() = Some(forward);
     }
 
     /// Where a write for `user` must go instead of this node's live state:
@@ -77,19 +63,61 @@ impl Engine {
             self.forward.read().clone()
         }
     }
+}
+
+/// Several nodes on one store: ownership, forwarding, following and reloading.
+pub struct ClusterService {
+    pub(crate) store: Arc<dyn stratify_store::Store>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) derive: Arc<dyn crate::derived::Derive>,
+    pub(crate) experiments: Arc<crate::experiments::Experiments>,
+    pub(crate) keys: Arc<crate::keys::KeyRing>,
+    pub(crate) schemas: Arc<crate::schemas::Schemas>,
+    pub(crate) segments: Arc<crate::segments::Segments>,
+    pub(crate) views: Arc<crate::derived::Views>,
+    pub(crate) routing: Arc<Routing>,
+}
+
+impl ClusterService {
+    /// Takes ownership of the users `owns` accepts: commits the current
+    /// live work, then rebuilds the live state of exactly those users.
+    pub async fn own(&self, owns: Owns) -> Result<(), EngineError> {
+        *self.routing.owns.write() = Some(owns.clone());
+        self.derive
+            .ownership_changed(&self.segments.snapshot(), owns)
+            .await
+    }
+
+    /// A segment's size across the cluster (every node's users, as this
+    /// node's view follows them); `None` on a single node, where the live
+    /// build's size is exact.
+    pub fn cluster_size(&self, segment_id: &str) -> Option<u64> {
+        self.routing
+            .owns
+            .read()
+            .is_some()
+            .then(|| self.views.live.view().count(segment_id))
+    }
+
+    /// From now on, writes for users this node does not own go to `forward`.
+    pub fn forward_to(&self, forward: Arc<dyn Forward>) {
+        *self.routing.forward.write() = Some(forward);
+    }
 
     /// Re-reads a user this node owns from the store after another node
     /// changed the user's attributes or erased the user.
     pub async fn refresh_user(&self, user: &str) -> Result<(), EngineError> {
-        if !self.owned(user) {
+        if !self.routing.owned(user) {
             return Ok(());
         }
         let id = stratify_core::ids::UserId::parse(user)?;
         match self.store.get_user(&id).await? {
-            Some(record) => {
-                self.derive
-                    .user_written(&record.user_id, &record.attributes, false, self.now())
-            }
+            Some(record) => self.derive.user_written(
+                &record.user_id,
+                &record.attributes,
+                false,
+                self.clock.now(),
+            ),
             None => self.derive.user_erased(user),
         }
         Ok(())
@@ -97,7 +125,7 @@ impl Engine {
 
     /// Starts the two followers of a shared store (config and changes);
     /// they run until the runtime stops.
-    pub async fn follow_cluster(&self) -> Result<(), EngineError> {
+    pub async fn follow_cluster(self: &Arc<Self>) -> Result<(), EngineError> {
         let mut version = self.store.config_version().await?;
         let mut after = self.store.last_change_seq().await?;
         // Everyone else's memberships as committed so far; the log from here.
@@ -106,7 +134,7 @@ impl Engine {
             .open_memberships()
             .await?
             .into_iter()
-            .filter(|(_, user)| !self.owned(user))
+            .filter(|(_, user)| !self.routing.owned(user))
             .map(|(segment_id, user_id)| stratify_store::ChangeRecord {
                 seq: 0,
                 segment_id,
@@ -117,7 +145,7 @@ impl Engine {
             })
             .collect();
         self.derive.memberships_followed(&others);
-        let engine = self.clone();
+        let engine = Arc::clone(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(CONFIG_POLL_EVERY).await;
@@ -131,7 +159,7 @@ impl Engine {
                 }
             }
         });
-        let engine = self.clone();
+        let engine = Arc::clone(self);
         tokio::spawn(async move {
             loop {
                 match engine.store.changes(None, after, FOLLOW_PAGE).await {
@@ -142,7 +170,7 @@ impl Engine {
                         }
                         let others: Vec<_> = page
                             .into_iter()
-                            .filter(|c| !engine.owned(&c.user_id))
+                            .filter(|c| !engine.routing.owned(&c.user_id))
                             .collect();
                         engine.derive.memberships_followed(&others);
                         if full {
@@ -174,7 +202,7 @@ impl Engine {
             before: &before,
             after: &after,
             static_members,
-            at: self.now(),
+            at: self.clock.now(),
         });
         self.segments.replace(after);
         self.experiments.reload(store).await?;

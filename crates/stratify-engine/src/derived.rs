@@ -307,7 +307,8 @@ mod tests {
             rules: Some(rules),
             ..Default::default()
         };
-        e.create_segment(input, "test")
+        e.segments
+            .create_segment(input, "test")
             .await
             .expect("segment")
             .record
@@ -335,12 +336,14 @@ mod tests {
                 .cloned()
                 .unwrap_or_default();
             engine
+                .users
                 .write_user(user(id), attrs, WriteMode::Create)
                 .await
                 .expect("user");
             let event = json!({"user_id": id, "name": "order_placed", "timestamp": T0 - 1000,
                                "properties": {"amount": 5, "city": "Pune"}});
             engine
+                .ingest
                 .ingest_values(vec![Ok(event)], Source::Http)
                 .await
                 .expect("ingest");
@@ -355,6 +358,7 @@ mod tests {
         take(&facts);
 
         engine
+            .users
             .delete_user(&user("local"))
             .await
             .expect("erase here");
@@ -364,7 +368,11 @@ mod tests {
             .delete_user(&user("remote"))
             .await
             .expect("erase there"));
-        engine.refresh_user("remote").await.expect("refresh");
+        engine
+            .cluster
+            .refresh_user("remote")
+            .await
+            .expect("refresh");
         let remote = take(&facts);
 
         assert_eq!(local, vec![("user_erased", "local".to_owned())]);
@@ -397,7 +405,7 @@ mod tests {
     ) {
         e.live().sync().await;
         let snapshot = e.live().snapshot().await;
-        let name = |id: &str| e.segment(id).expect("segment").record.name.clone();
+        let name = |id: &str| e.segments.segment(id).expect("segment").record.name.clone();
         let members = snapshot
             .members
             .iter()
@@ -409,8 +417,9 @@ mod tests {
             .map(|((id, user), at)| (name(id), user.clone(), *at))
             .collect();
         let mut populations = BTreeMap::new();
-        for s in e.list_segments() {
+        for s in e.segments.list_segments() {
             let page = e
+                .segments
                 .segment_members(&s.record.id, 1000, None, None)
                 .await
                 .expect("members");
@@ -470,7 +479,8 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            sent.write_user(user(id), attrs, WriteMode::Create)
+            sent.users
+                .write_user(user(id), attrs, WriteMode::Create)
                 .await
                 .expect("user");
         }
@@ -489,6 +499,7 @@ mod tests {
             items.push(Ok(event));
         }
         imported
+            .ingest
             .import(
                 FileKind::Users,
                 std::io::Cursor::new(users_csv.into_bytes()),
@@ -497,6 +508,7 @@ mod tests {
             .await
             .expect("import users");
         let report = imported
+            .ingest
             .import(
                 FileKind::EventsCsv,
                 std::io::Cursor::new(events_csv.into_bytes()),
@@ -506,6 +518,7 @@ mod tests {
             .expect("import events");
         assert_eq!((report.written, report.bad_rows), (30, 0), "{report:?}");
         let out = sent
+            .ingest
             .ingest_values(items, Source::Http)
             .await
             .expect("ingest");

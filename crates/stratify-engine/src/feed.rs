@@ -2,7 +2,7 @@
 //! streams (backlog from the store, then live batches, falling back to the
 //! store when a follower lags), membership history, and size over time.
 
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde::Serialize;
 use serde_json::Value;
 use stratify_core::ids::UserId;
@@ -85,7 +85,14 @@ pub struct SizePoint {
     pub exited: u64,
 }
 
-impl Engine {
+/// The change log read back: pages, followers, memberships, size history.
+pub struct FeedService {
+    pub(crate) store: std::sync::Arc<dyn stratify_store::Store>,
+    pub(crate) segments: std::sync::Arc<crate::segments::Segments>,
+    pub(crate) views: std::sync::Arc<crate::derived::Views>,
+}
+
+impl FeedService {
     pub async fn last_change_seq(&self) -> Result<i64, EngineError> {
         Ok(self.store.last_change_seq().await?)
     }
@@ -97,7 +104,7 @@ impl Engine {
         after: i64,
         limit: u32,
     ) -> Result<(Vec<ChangeView>, i64), EngineError> {
-        self.segment(id)?;
+        self.segments.get(id)?;
         let page = self
             .store
             .changes(
@@ -117,7 +124,7 @@ impl Engine {
         id: &str,
         limit: u32,
     ) -> Result<(Vec<ChangeView>, i64), EngineError> {
-        self.segment(id)?;
+        self.segments.get(id)?;
         let page = self
             .store
             .latest_changes(id, limit.min(MAX_CHANGES_PAGE))
@@ -223,7 +230,7 @@ impl Engine {
         id: &str,
         bucket: Bucket,
     ) -> Result<Vec<SizePoint>, EngineError> {
-        self.segment(id)?;
+        self.segments.get(id)?;
         let mut size: i64 = 0;
         Ok(self
             .store

@@ -13,7 +13,7 @@
 //! stored as `order_placed` events exactly as `POST /v1/orders` would.
 
 use crate::ingest::IngestOutcome;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::io::Read;
@@ -69,7 +69,7 @@ struct Parsed {
     bytes: u64,
 }
 
-impl Engine {
+impl crate::ingest::IngestService {
     /// Imports one file. `progress` is called with the bytes read so far.
     pub async fn import<R>(
         &self,
@@ -81,7 +81,7 @@ impl Engine {
         R: Read + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<Result<Parsed, String>>(2);
-        let now = self.now();
+        let now = self.clock.now();
         let parser = std::thread::spawn(move || parse(kind, reader, now, &tx));
         let mut report = ImportReport::default();
         while let Some(parsed) = rx.recv().await {
@@ -96,10 +96,10 @@ impl Engine {
                 Batch::Users(users) => {
                     let n = users.len() as u64;
                     let written = users.clone();
-                    let changed = self.store.merge_users(users, self.now()).await?;
+                    let changed = self.store.merge_users(users, self.clock.now()).await?;
                     for (id, attributes) in &written {
                         self.derive
-                            .user_written(id.as_str(), attributes, true, self.now());
+                            .user_written(id.as_str(), attributes, true, self.clock.now());
                     }
                     report.written += changed;
                     report.unchanged += n - changed;
@@ -141,7 +141,7 @@ impl Engine {
             received: count,
             rejected: count,
             last_error: Some(format!("line {}: {}", last.line, last.message)),
-            now: self.now(),
+            now: self.clock.now(),
         };
         Ok(self.store.record_ingest(report).await?)
     }

@@ -3,7 +3,7 @@
 //! item in the source's status. One bad item never sinks the batch: it is
 //! reported with its index, code and reason.
 
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde::Serialize;
 use serde_json::Value;
 use stratify_core::event::NewEvent;
@@ -44,7 +44,17 @@ impl Rejection {
     }
 }
 
-impl Engine {
+/// Ingest: events over HTTP and Kafka, orders, and bulk import.
+pub struct IngestService {
+    pub(crate) store: std::sync::Arc<dyn stratify_store::Store>,
+    pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
+    pub(crate) schemas: std::sync::Arc<crate::schemas::Schemas>,
+    pub(crate) derive: std::sync::Arc<dyn crate::derived::Derive>,
+    pub(crate) views: std::sync::Arc<crate::derived::Views>,
+    pub(crate) routing: std::sync::Arc<crate::cluster::Routing>,
+}
+
+impl IngestService {
     /// Ingests already-parsed items; an `Err` item (say, an NDJSON line that
     /// is not JSON) is rejected at its index.
     pub async fn ingest_values(
@@ -52,7 +62,7 @@ impl Engine {
         items: Vec<Result<Value, ValidationError>>,
         source: Source,
     ) -> Result<IngestOutcome, EngineError> {
-        let now = self.now();
+        let now = self.clock.now();
         let events = items
             .into_iter()
             .map(|item| item.and_then(|v| NewEvent::from_json(v, now)))
@@ -62,7 +72,7 @@ impl Engine {
 
     /// Ingests one order as an `order_placed` event.
     pub async fn ingest_order(&self, order: Value) -> Result<IngestOutcome, EngineError> {
-        let event = NewEvent::from_order_json(order, self.now());
+        let event = NewEvent::from_order_json(order, self.clock.now());
         self.ingest_validated(vec![event], Source::Http).await
     }
 
@@ -108,7 +118,7 @@ impl Engine {
                 .rejected
                 .last()
                 .map(|r| format!("{}: {}", r.code, r.message)),
-            now: self.now(),
+            now: self.clock.now(),
         };
         if events.is_empty() {
             if received > 0 {
@@ -150,16 +160,19 @@ impl Engine {
         outcome: &mut IngestOutcome,
     ) -> Result<(), EngineError> {
         // One node (no forwarder), or every user is this node's: nothing to do.
-        let Some(forward) = self.forward.read().clone() else {
+        let Some(forward) = self.routing.forward.read().clone() else {
             return Ok(());
         };
-        if events.iter().all(|e| self.owned(e.user_id.as_str())) {
+        if events
+            .iter()
+            .all(|e| self.routing.owned(e.user_id.as_str()))
+        {
             return Ok(());
         }
         let (mine, theirs): (Vec<_>, Vec<_>) = events
             .drain(..)
             .zip(positions.drain(..))
-            .partition(|(e, _)| self.owned(e.user_id.as_str()));
+            .partition(|(e, _)| self.routing.owned(e.user_id.as_str()));
         let theirs: Vec<NewEvent> = theirs.into_iter().map(|(e, _)| e).collect();
         forward.events(&theirs).await?;
         outcome.accepted += theirs.len() as u64;

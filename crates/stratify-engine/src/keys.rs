@@ -6,7 +6,7 @@
 //! and revoking update the store first, then the cache, so a revoked key stops
 //! working at once.
 
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use parking_lot::RwLock;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -108,9 +108,16 @@ impl KeyRing {
     }
 }
 
-impl Engine {
+/// API keys: authentication, creation, listing, revocation.
+pub struct KeyService {
+    pub(crate) store: std::sync::Arc<dyn stratify_store::Keys>,
+    pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
+    pub(crate) ring: std::sync::Arc<KeyRing>,
+}
+
+impl KeyService {
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
-        self.keys.authenticate(presented)
+        self.ring.authenticate(presented)
     }
 
     /// Creates a key; the returned secret is shown once and never stored.
@@ -135,11 +142,11 @@ impl Engine {
             name: name.to_owned(),
             role: role.as_str().to_owned(),
             key_hash: hash.to_vec(),
-            created_at: self.now(),
+            created_at: self.clock.now(),
             revoked_at: None,
         };
         self.store.create_api_key(record.clone()).await?;
-        self.keys
+        self.ring
             .active
             .write()
             .insert(id, ActiveKey { hash, role });
@@ -157,22 +164,22 @@ impl Engine {
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), EngineError> {
-        if !self.store.revoke_api_key(id, self.now()).await? {
+        if !self.store.revoke_api_key(id, self.clock.now()).await? {
             return Err(EngineError::NotFound {
                 code: ErrorCode::ApiKeyNotFound,
                 message: format!("no active api key '{id}'"),
             });
         }
-        self.keys.active.write().remove(id);
+        self.ring.active.write().remove(id);
         Ok(())
     }
 
     /// On first start with no admin key at all (none stored, none from the
     /// environment), creates one and returns its secret to print once.
     pub async fn bootstrap_admin_key(&self) -> Result<Option<String>, EngineError> {
-        if self.keys.env_admin.is_some()
+        if self.ring.env_admin.is_some()
             || self
-                .keys
+                .ring
                 .active
                 .read()
                 .values()

@@ -53,35 +53,36 @@ use std::sync::Arc;
 use stratify_store::sqlite::SqliteStore;
 use stratify_store::Store;
 
-/// The engine's handle: one pointer, cheap to clone, shared by every request
-/// (one reference count to move per clone, not one per component).
+/// The composition root: builds every service in one function
+/// ([`Engine::open`]) and hands each caller the one it needs. One pointer,
+/// cheap to clone, shared by every request.
 #[derive(Clone)]
-pub struct Engine(Arc<Parts>);
+pub struct Engine(Arc<Services>);
 
-impl std::ops::Deref for Engine {
-    type Target = Parts;
-    fn deref(&self) -> &Parts {
-        &self.0
-    }
+/// Every service, each holding only what it uses.
+pub struct Services {
+    pub users: Arc<users::UserService>,
+    pub ingest: Arc<ingest::IngestService>,
+    pub segments: Arc<segments::SegmentService>,
+    pub experiments: Arc<experiments::ExperimentService>,
+    pub serving: Arc<experiments::assign::ServingService>,
+    pub results: Arc<results::ResultService>,
+    pub feed: Arc<feed::FeedService>,
+    pub webhooks: Arc<webhooks::WebhookService>,
+    pub keys: Arc<keys::KeyService>,
+    pub schemas: Arc<schemas::SchemaService>,
+    pub cluster: Arc<cluster::ClusterService>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    views: Arc<derived::Views>,
+    deliverers: Arc<webhooks::Deliverers>,
 }
 
-/// What the engine is made of (reached through [`Engine`]).
-pub struct Parts {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) schemas: Arc<Schemas>,
-    pub(crate) keys: Arc<KeyRing>,
-    pub(crate) segments: Arc<segments::Segments>,
-    /// The derived views, read directly; written only through `derive`.
-    pub(crate) views: Arc<derived::Views>,
-    /// The one fan-out every write path tells its facts to.
-    pub(crate) derive: Arc<dyn derived::Derive>,
-    pub(crate) deliverers: Arc<webhooks::Deliverers>,
-    pub(crate) experiments: Arc<experiments::Experiments>,
-    /// The users this node owns when several share the store.
-    pub(crate) owns: parking_lot::RwLock<Option<live::Owns>>,
-    /// Where writes for users this node does not own go (a Kafka cluster).
-    pub(crate) forward: parking_lot::RwLock<Option<Arc<dyn cluster::Forward>>>,
+impl std::ops::Deref for Engine {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// Opens the embedded store in `data_dir`. Which backend a command uses is
@@ -155,21 +156,95 @@ impl Engine {
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
             results_columns: results::Columns::default(),
         });
-        let engine = Self(Arc::new(Parts {
+        let derive = fan_out(views.clone());
+        let deliverers: Arc<webhooks::Deliverers> = Arc::default();
+        let routing: Arc<cluster::Routing> = Arc::default();
+        let segment_service = Arc::new(segments::SegmentService {
+            store: store.clone(),
+            clock: clock.clone(),
+            segments: segments.clone(),
+            experiments: experiments.clone(),
+            views: views.clone(),
+            derive: derive.clone(),
+        });
+        let services = Services {
+            users: Arc::new(users::UserService {
+                store: store.clone(),
+                clock: clock.clone(),
+                schemas: schemas.clone(),
+                derive: derive.clone(),
+                routing: routing.clone(),
+                segments: segment_service.clone(),
+            }),
+            ingest: Arc::new(ingest::IngestService {
+                store: store.clone(),
+                clock: clock.clone(),
+                schemas: schemas.clone(),
+                derive: derive.clone(),
+                views: views.clone(),
+                routing: routing.clone(),
+            }),
+            segments: segment_service,
+            experiments: Arc::new(experiments::ExperimentService {
+                store: store.clone(),
+                clock: clock.clone(),
+                experiments: experiments.clone(),
+                segments: segments.clone(),
+            }),
+            serving: Arc::new(experiments::assign::ServingService {
+                store: store.clone(),
+                clock: clock.clone(),
+                experiments: experiments.clone(),
+                segments: segments.clone(),
+                views: views.clone(),
+            }),
+            results: Arc::new(results::ResultService {
+                store: store.clone(),
+                clock: clock.clone(),
+                experiments: experiments.clone(),
+                views: views.clone(),
+            }),
+            feed: Arc::new(feed::FeedService {
+                store: store.clone(),
+                segments: segments.clone(),
+                views: views.clone(),
+            }),
+            webhooks: Arc::new(webhooks::WebhookService {
+                store: store.clone(),
+                clock: clock.clone(),
+                deliverers: deliverers.clone(),
+                segments: segments.clone(),
+                views: views.clone(),
+            }),
+            keys: Arc::new(keys::KeyService {
+                store: store.clone(),
+                clock: clock.clone(),
+                ring: keys.clone(),
+            }),
+            schemas: Arc::new(schemas::SchemaService {
+                store: store.clone(),
+                clock: clock.clone(),
+                schemas: schemas.clone(),
+            }),
+            cluster: Arc::new(cluster::ClusterService {
+                store: store.clone(),
+                clock: clock.clone(),
+                derive,
+                experiments,
+                keys,
+                schemas,
+                segments,
+                views: views.clone(),
+                routing,
+            }),
             store,
             clock,
-            schemas,
-            keys,
-            segments,
-            derive: fan_out(views.clone()),
             views,
-            deliverers: Arc::default(),
-            experiments,
-            owns: parking_lot::RwLock::new(None),
-            forward: parking_lot::RwLock::new(None),
-        }));
+            deliverers,
+        };
+        let engine = Self(Arc::new(services));
         if !rebuild {
-            engine.start_deliverers().await?;
+            engine.webhooks.start_deliverers().await?;
         }
         Ok(engine)
     }

@@ -45,13 +45,20 @@ impl Schemas {
     }
 }
 
-impl crate::Engine {
+/// Event types and the attribute schema.
+pub struct SchemaService {
+    pub(crate) store: Arc<dyn stratify_store::Configuration>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) schemas: Arc<Schemas>,
+}
+
+impl SchemaService {
     pub async fn put_event_type(
         &self,
         schema: EventTypeSchema,
     ) -> Result<(EventTypeRecord, bool), EngineError> {
         schema.validate_definition()?;
-        let record = self.store.put_event_type(schema, self.now()).await?;
+        let record = self.store.put_event_type(schema, self.clock.now()).await?;
         let mut guard = self.schemas.event_types.write();
         let mut next = HashMap::clone(&guard);
         let created = next
@@ -98,7 +105,7 @@ impl crate::Engine {
     ) -> Result<AttributeSchema, EngineError> {
         schema.validate_definition()?;
         self.store
-            .put_attribute_schema(schema.clone(), self.now())
+            .put_attribute_schema(schema.clone(), self.clock.now())
             .await?;
         *self.schemas.attributes.write() = Arc::new(schema.clone());
         Ok(schema)

@@ -3,7 +3,7 @@
 //! per-user answers (a user's segments, explain) evaluate the same rule in
 //! memory over the user's events.
 
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use parking_lot::RwLock;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -119,6 +119,14 @@ impl Segments {
 
     pub fn snapshot(&self) -> Arc<Catalog> {
         self.catalog.read().clone()
+    }
+
+    /// One segment, or `segment_not_found`.
+    pub fn get(&self, id: &str) -> Result<Arc<Segment>, EngineError> {
+        self.snapshot()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
     }
 
     /// Installs a freshly loaded catalog (a reload).
@@ -300,17 +308,23 @@ pub(crate) fn facts_events(events: &[StoredEvent]) -> Vec<EventFact<'_>> {
         .collect()
 }
 
-impl Engine {
+/// Segments: definitions, static members, populations, SQL, explain.
+pub struct SegmentService {
+    pub(crate) store: Arc<dyn stratify_store::Store>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) segments: Arc<Segments>,
+    pub(crate) experiments: Arc<crate::experiments::Experiments>,
+    pub(crate) views: Arc<crate::derived::Views>,
+    pub(crate) derive: Arc<dyn crate::derived::Derive>,
+}
+
+impl SegmentService {
     pub fn segment_catalog(&self) -> Arc<Catalog> {
         self.segments.snapshot()
     }
 
     pub fn segment(&self, id: &str) -> Result<Arc<Segment>, EngineError> {
-        self.segments
-            .snapshot()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found(id))
+        self.segments.get(id)
     }
 
     pub fn list_segments(&self) -> Vec<Arc<Segment>> {
@@ -349,7 +363,7 @@ impl Engine {
             (Some(json), None) => (Some((parse_rule(&json, &id, &catalog)?, json)), Vec::new()),
             (None, Some(ids)) => (None, parse_user_ids(ids, "/user_ids")?),
         };
-        let now = self.now();
+        let now = self.clock.now();
         let record = SegmentRecord {
             id: id.clone(),
             name,
@@ -412,7 +426,7 @@ impl Engine {
             record.rules = Some(json);
         }
         record.version += 1;
-        record.updated_at = self.now();
+        record.updated_at = self.clock.now();
         record.updated_by = Some(by.to_owned());
         self.store
             .update_segment(record.clone())
@@ -491,7 +505,7 @@ impl Engine {
     ) -> Result<u64, EngineError> {
         self.static_segment(id)?;
         let users = parse_user_ids(ids.clone(), "/user_ids")?;
-        let now = self.now();
+        let now = self.clock.now();
         let changed = match change {
             MemberChange::Add => self.store.add_members(id, users, now).await?,
             MemberChange::Remove => self.store.remove_members(id, users).await?,
@@ -516,7 +530,7 @@ impl Engine {
         Ok(sql::members(
             &rule,
             dialect,
-            as_of.unwrap_or_else(|| self.now()),
+            as_of.unwrap_or_else(|| self.clock.now()),
             &ForSql(&catalog),
         ))
     }
@@ -572,7 +586,7 @@ impl Engine {
         }
         let after = page.cursor.map(decode_cursor).transpose()?;
         let catalog = self.segments.snapshot();
-        let now = page.as_of.unwrap_or_else(|| self.now());
+        let now = page.as_of.unwrap_or_else(|| self.clock.now());
         let lookup = ForSql(&catalog);
         let dialect = self.store.dialect();
         let sql = page
@@ -647,7 +661,7 @@ impl Engine {
                 code: ErrorCode::UserNotFound,
                 message: format!("no user '{user_id}'"),
             })?;
-        let now = as_of.unwrap_or_else(|| self.now());
+        let now = as_of.unwrap_or_else(|| self.clock.now());
         let events = self
             .store
             .user_events(user_id, now, MAX_USER_EVENTS)
@@ -699,7 +713,7 @@ impl Engine {
             attributes: &user.attributes,
             events: &facts_events,
             segments: &lookup,
-            now: self.now(),
+            now: self.clock.now(),
         };
         let mut ids: Vec<String> = catalog
             .by_id

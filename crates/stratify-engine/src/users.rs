@@ -3,7 +3,7 @@
 //! both evaluated by the rule engine over the user's events.
 
 use crate::segments::MAX_USER_EVENTS;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use stratify_core::attributes;
@@ -32,7 +32,17 @@ const COMPUTED: [&str; 5] = [
     "is_new_user",
 ];
 
-impl Engine {
+/// Users: attribute writes, reads with computed fields and segments, erasure.
+pub struct UserService {
+    pub(crate) store: std::sync::Arc<dyn stratify_store::Store>,
+    pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
+    pub(crate) schemas: std::sync::Arc<crate::schemas::Schemas>,
+    pub(crate) derive: std::sync::Arc<dyn crate::derived::Derive>,
+    pub(crate) routing: std::sync::Arc<crate::cluster::Routing>,
+    pub(crate) segments: std::sync::Arc<crate::segments::SegmentService>,
+}
+
+impl UserService {
     pub async fn write_user(
         &self,
         user_id: UserId,
@@ -40,10 +50,10 @@ impl Engine {
         mode: WriteMode,
     ) -> Result<UserRecord, EngineError> {
         attributes::check(&attrs, "/attributes")?;
-        self.attribute_schema().check(&attrs, "/attributes")?;
+        self.schemas.attributes().check(&attrs, "/attributes")?;
         let record = self
             .store
-            .write_user(user_id, attrs, mode, self.now())
+            .write_user(user_id, attrs, mode, self.clock.now())
             .await
             .map_err(|e| match EngineError::from(e) {
                 EngineError::Conflict { message, .. } => EngineError::Conflict {
@@ -57,8 +67,8 @@ impl Engine {
                 other => other,
             })?;
         self.derive
-            .user_written(&record.user_id, &record.attributes, false, self.now());
-        if let Some(forward) = self.forward_for(&record.user_id) {
+            .user_written(&record.user_id, &record.attributes, false, self.clock.now());
+        if let Some(forward) = self.routing.forward_for(&record.user_id) {
             forward.refresh(&record.user_id).await?;
         }
         Ok(record)
@@ -70,13 +80,16 @@ impl Engine {
             .get_user(user_id)
             .await?
             .ok_or_else(|| not_found(user_id))?;
-        let now = self.now();
+        let now = self.clock.now();
         let events = self
             .store
             .user_events(user_id, now, MAX_USER_EVENTS)
             .await?;
         let computed = computed_fields(&record, &events, now);
-        let segments = self.user_segment_ids(&record, user_id, &events).await?;
+        let segments = self
+            .segments
+            .user_segment_ids(&record, user_id, &events)
+            .await?;
         Ok(UserView {
             record,
             computed,
@@ -87,7 +100,7 @@ impl Engine {
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
         if self.store.delete_user(user_id).await? {
             self.derive.user_erased(user_id.as_str());
-            if let Some(forward) = self.forward_for(user_id.as_str()) {
+            if let Some(forward) = self.routing.forward_for(user_id.as_str()) {
                 forward.refresh(user_id.as_str()).await?;
             }
             Ok(())

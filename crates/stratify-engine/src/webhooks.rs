@@ -8,12 +8,13 @@
 //! min); every change carries its `seq` so receivers can de-duplicate.
 
 use crate::feed::ChangeView;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::json;
 use sha2::Sha256;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::time::Millis;
 use stratify_core::ErrorCode;
@@ -87,10 +88,19 @@ fn invalid(code: ErrorCode, message: &str, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
 
-impl Engine {
+/// Webhooks: definitions and their deliverers.
+pub struct WebhookService {
+    pub(crate) store: Arc<dyn stratify_store::Store>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) deliverers: Arc<Deliverers>,
+    pub(crate) segments: Arc<crate::segments::Segments>,
+    pub(crate) views: Arc<crate::derived::Views>,
+}
+
+impl WebhookService {
     /// Registers a webhook; deliveries start with changes after now.
     pub async fn create_webhook(
-        &self,
+        self: &Arc<Self>,
         url: String,
         segment_ids: Option<Vec<String>>,
         secret: String,
@@ -125,7 +135,7 @@ impl Engine {
                 ));
             }
             for (i, id) in ids.iter().enumerate() {
-                if self.segment(id).is_err() {
+                if self.segments.get(id).is_err() {
                     return Err(EngineError::Invalid(
                         ValidationError::new(
                             ErrorCode::SegmentNotFound,
@@ -147,7 +157,7 @@ impl Engine {
             url,
             segment_ids,
             secret,
-            created_at: self.now(),
+            created_at: self.clock.now(),
             delivered_seq: self.store.last_change_seq().await?,
             failures: 0,
             last_error: None,
@@ -183,15 +193,15 @@ impl Engine {
     }
 
     /// Starts a deliverer for every stored webhook (at start-up).
-    pub(crate) async fn start_deliverers(&self) -> Result<(), EngineError> {
+    pub(crate) async fn start_deliverers(self: &Arc<Self>) -> Result<(), EngineError> {
         for hook in self.store.webhooks().await? {
             self.start_deliverer(hook);
         }
         Ok(())
     }
 
-    fn start_deliverer(&self, hook: WebhookRecord) {
-        let engine = self.clone();
+    fn start_deliverer(self: &Arc<Self>, hook: WebhookRecord) {
+        let engine = Arc::clone(self);
         let id = hook.id.clone();
         let task = tokio::spawn(async move { engine.deliver(hook).await });
         self.deliverers.running.lock().insert(id, task);
@@ -243,7 +253,7 @@ impl Engine {
                 Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
                 Err(e) => Some(format!("{e}")),
             };
-            let now: Millis = self.now();
+            let now: Millis = self.clock.now();
             match error {
                 None => {
                     cursor = last;

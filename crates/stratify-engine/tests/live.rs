@@ -39,6 +39,7 @@ async fn world() -> World {
 
 async fn segment(e: &Engine, name: &str, rules: Value) -> String {
     let s = e
+        .segments
         .create_segment(
             SegmentInput {
                 name: name.into(),
@@ -54,6 +55,7 @@ async fn segment(e: &Engine, name: &str, rules: Value) -> String {
 
 async fn order(e: &Engine, user: &str, id: &str, ts: i64) {
     let out = e
+        .ingest
         .ingest_values(
             vec![Ok(
                 json!({"event_id": id, "user_id": user, "name": "order_placed",
@@ -216,7 +218,7 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
             8 => {
                 // Erasures: the store may hand a later user the same uid.
                 let uid = stratify_core::ids::UserId::parse(&user).expect("id");
-                let _ = w.engine.delete_user(&uid).await;
+                let _ = w.engine.users.delete_user(&uid).await;
             }
             0 => {
                 order(
@@ -233,12 +235,14 @@ async fn a_rebuild_from_the_log_alone_equals_the_live_state() {
                 let mut attrs = serde_json::Map::new();
                 attrs.insert("plan".into(), json!(plan));
                 w.engine
+                    .users
                     .write_user(uid, attrs, stratify_store::WriteMode::Replace)
                     .await
                     .expect("user");
             }
             2..=5 => {
                 w.engine
+                    .ingest
                     .ingest_values(
                         vec![Ok(
                             json!({"user_id": user, "name": "LOGIN", "timestamp": now}),

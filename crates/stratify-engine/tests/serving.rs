@@ -75,13 +75,15 @@ async fn create(e: &Engine, key: &str, weights: &[u8], coverage: f64, sticky: bo
         ..ExperimentInput::default()
     };
     let id = e
+        .experiments
         .create_experiment(input, "test")
         .await
         .expect("create")
         .record
         .id
         .clone();
-    e.transition_experiment(&id, Action::Start, "test")
+    e.experiments
+        .transition_experiment(&id, Action::Start, "test")
         .await
         .expect("start");
     id
@@ -93,6 +95,7 @@ async fn serve(e: &Engine, ids: &[&str]) -> Vec<HashMap<String, Option<String>>>
     for u in 0..USERS {
         let user = format!("user-{u}");
         let (answer, _) = e
+            .serving
             .user_experiments(&UserId::parse(&user).expect("id"), None)
             .await
             .expect("serve");
@@ -130,6 +133,7 @@ async fn scenario(ops: Vec<Op>, coverage: f64) {
                     ..ExperimentInput::default()
                 };
                 engine
+                    .experiments
                     .update_experiment(&other, input, "test")
                     .await
                     .expect("other");
@@ -142,6 +146,7 @@ async fn scenario(ops: Vec<Op>, coverage: f64) {
                         ..ExperimentInput::default()
                     };
                     engine
+                        .experiments
                         .update_experiment(id, input, "test")
                         .await
                         .expect("coverage");
@@ -153,6 +158,7 @@ async fn scenario(ops: Vec<Op>, coverage: f64) {
                     ..ExperimentInput::default()
                 };
                 engine
+                    .experiments
                     .update_experiment(&sticky, input, "test")
                     .await
                     .expect("reweight");

@@ -283,9 +283,9 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         })
     };
     // Until the first assignment this node owns nobody.
-    engine.own(owns.clone()).await?;
-    engine.forward_to(Arc::new(Forwarder::new(&opts)?));
-    engine.follow_cluster().await?;
+    engine.cluster.own(owns.clone()).await?;
+    engine.cluster.forward_to(Arc::new(Forwarder::new(&opts)?));
+    engine.cluster.follow_cluster().await?;
     tokio::spawn(relay_changes(engine.clone(), opts.clone()));
     let committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>> = Arc::default();
     tokio::spawn(report_progress(
@@ -302,7 +302,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
             // Offsets of partitions owned before are another node's now.
             let owned = assignment.owned.read().clone();
             committed.lock().retain(|p, _| owned.contains(p));
-            engine.own(owns.clone()).await?;
+            engine.cluster.own(owns.clone()).await?;
         }
         batch.clear();
         match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
@@ -340,7 +340,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
                 }
             })
             .collect::<Vec<_>>();
-        let stored = match engine.ingest_values(items, Source::Kafka).await {
+        let stored = match engine.ingest.ingest_values(items, Source::Kafka).await {
             // The store is current for these users now: re-read them.
             Ok(_) => refresh_all(&engine, &refresh).await,
             Err(e) => Err(e),
@@ -370,7 +370,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
 /// Re-reads users another node changed (refresh records).
 async fn refresh_all(engine: &Engine, users: &[String]) -> Result<(), EngineError> {
     for user in users {
-        match engine.refresh_user(user).await {
+        match engine.cluster.refresh_user(user).await {
             // A bad user id in a refresh record: nothing to re-read.
             Err(EngineError::Invalid(e)) => {
                 tracing::warn!(error = %e, "a refresh record was ignored")

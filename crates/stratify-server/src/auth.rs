@@ -40,7 +40,7 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let principal = match presented_key(req.headers()) {
-        Some(key) => state.engine.authenticate(key),
+        Some(key) => state.engine.keys.authenticate(key),
         None => match session::token_from_cookies(req.headers())
             .and_then(|t| state.sessions.get(&state.engine, t))
         {

@@ -2,8 +2,8 @@
 //! authentication and roles, OpenAPI with offline interactive docs, the
 //! dashboard, Prometheus metrics.
 //!
-//! Handlers only translate: HTTP in, [`stratify_engine::Engine`] call, HTTP
-//! out. Domain rules live in the engine and the core. Every route is declared
+//! Handlers only translate: HTTP in, a call on the engine service they take
+//! as a sub-state (`State<Arc<UserService>>`), HTTP out. Domain rules live in the engine and the core. Every route is declared
 //! once in [`routes::table`] with the capability it needs, and one middleware
 //! enforces it. Every error leaves as `{"error": {code, message, field?}}`.
 
@@ -87,6 +87,31 @@ impl AppState {
             }),
         }
     }
+}
+
+/// Each service is a sub-state: a handler takes the one it needs
+/// (`State<Arc<UserService>>`) instead of the whole application.
+macro_rules! sub_states {
+    ($($field:ident: $ty:ty,)*) => {
+        $(impl axum::extract::FromRef<AppState> for Arc<$ty> {
+            fn from_ref(state: &AppState) -> Self {
+                state.engine.$field.clone()
+            }
+        })*
+    };
+}
+
+sub_states! {
+    users: stratify_engine::users::UserService,
+    ingest: stratify_engine::ingest::IngestService,
+    segments: stratify_engine::segments::SegmentService,
+    experiments: stratify_engine::experiments::ExperimentService,
+    serving: stratify_engine::experiments::assign::ServingService,
+    results: stratify_engine::results::ResultService,
+    feed: stratify_engine::feed::FeedService,
+    webhooks: stratify_engine::webhooks::WebhookService,
+    keys: stratify_engine::keys::KeyService,
+    schemas: stratify_engine::schemas::SchemaService,
 }
 
 /// The whole application: API routes, docs, metrics, health, and the layers

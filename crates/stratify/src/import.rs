@@ -106,6 +106,7 @@ pub async fn import_file(
     let start = Instant::now();
     let progress_bar = bar.clone();
     let report = engine
+        .ingest
         .import(
             kind,
             std::io::BufReader::with_capacity(1 << 20, file),

@@ -66,7 +66,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         args.admin_key.clone(),
     )
     .await?;
-    if let Some(secret) = engine.bootstrap_admin_key().await? {
+    if let Some(secret) = engine.keys.bootstrap_admin_key().await? {
         println!("Created the first admin API key (shown once, store it now):\n  {secret}");
     }
     if args.demo {
@@ -103,6 +103,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         }
         tokio::spawn(async move {
             let (info, secret) = match engine
+                .keys
                 .create_api_key("demo scenario loader", stratify_core::access::Role::Admin)
                 .await
             {
@@ -116,7 +117,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
                 ),
                 Err(e) => tracing::error!(error = %e, "cannot load the demo scenario"),
             }
-            if let Err(e) = engine.revoke_api_key(&info.id).await {
+            if let Err(e) = engine.keys.revoke_api_key(&info.id).await {
                 tracing::error!(error = %e, "cannot revoke the demo loader's key");
             }
         });

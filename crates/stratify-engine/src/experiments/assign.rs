@@ -23,7 +23,7 @@ use super::cache::Cache;
 use super::sticky::{Sticky, Stuck, UserState};
 use super::Experiment;
 use crate::segments::{facts_events, Catalog};
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -83,6 +83,11 @@ impl Serving {
         self.sticky.stop().await;
     }
 
+    /// Writes the queued first exposures.
+    pub(crate) async fn flush(&self) {
+        self.sticky.flush().await;
+    }
+
     pub(crate) fn forget(&self, user: &str) {
         self.sticky.forget(user);
         self.cache.remove(user);
@@ -137,7 +142,7 @@ pub struct UserExperiments {
 
 /// Segment references in inline rules read the live memberships.
 struct ViewLookup<'a> {
-    engine: &'a Engine,
+    views: &'a crate::derived::Views,
     catalog: &'a Catalog,
     user: &'a str,
 }
@@ -145,7 +150,7 @@ struct ViewLookup<'a> {
 impl SegmentLookup for ViewLookup<'_> {
     fn segment(&self, id: &str) -> Option<SegmentRef<'_>> {
         self.catalog.get(id)?;
-        let view = self.engine.views.live.view();
+        let view = self.views.live.view();
         Some(SegmentRef::Static(view.contains(self.user, view.slot(id))))
     }
 }
@@ -165,7 +170,16 @@ fn hash_value<'a>(
     }
 }
 
-impl Engine {
+/// Serving: a user's experiments and variants, eligibility, banners, sticky assignments.
+pub struct ServingService {
+    pub(crate) store: Arc<dyn stratify_store::Store>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) experiments: Arc<super::Experiments>,
+    pub(crate) segments: Arc<crate::segments::Segments>,
+    pub(crate) views: Arc<crate::derived::Views>,
+}
+
+impl ServingService {
     /// Every running experiment `user` is in, with their variants and banner
     /// mixture. `context` (attributes given by the caller, e.g. OFREP) is
     /// laid over the stored attributes; such answers are not cached.
@@ -179,11 +193,11 @@ impl Engine {
         let generation = self.experiments.registry().generation;
         if context.is_none() {
             let stamp = self.views.freshness.stamp(user);
-            if let Some(hit) = self
-                .views
-                .serving
-                .cache
-                .get(user, stamp, generation, self.now())
+            if let Some(hit) =
+                self.views
+                    .serving
+                    .cache
+                    .get(user, stamp, generation, self.clock.now())
             {
                 return Ok((hit, Source::Cache));
             }
@@ -246,7 +260,7 @@ impl Engine {
         let user = user.as_str();
         let state = self.user_state(user).await?;
         if let Some(m) = state.mixture {
-            let now = self.now();
+            let now = self.clock.now();
             let mut expired = (*m).clone();
             expired.expires_at = now;
             self.views.serving.sticky.set_mixture(
@@ -344,7 +358,7 @@ impl Engine {
         let registry = self.experiments.registry();
         let options = self.views.serving.options;
         let stamp = self.views.freshness.stamp(user);
-        let now = self.now();
+        let now = self.clock.now();
         let state = self.user_state(user).await?;
         let running = &registry.running;
         let needs_rules = running.iter().any(|e| e.rule.is_some());
@@ -359,9 +373,9 @@ impl Engine {
             (Map::new(), Vec::new())
         };
         let fact_events = facts_events(&events);
-        let catalog = self.segment_catalog();
+        let catalog = self.segments.snapshot();
         let lookup = ViewLookup {
-            engine: self,
+            views: &self.views,
             catalog: &catalog,
             user,
         };

@@ -16,7 +16,7 @@ pub use banners::{Mixture, Source as BannerSource};
 
 use crate::live::MemberView;
 use crate::segments::{invalid, new_id, parse_rule};
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -189,6 +189,15 @@ impl Experiments {
         self.registry.read().clone()
     }
 
+    /// One experiment, or `experiment_not_found`.
+    pub fn get(&self, id: &str) -> Result<Arc<Experiment>, EngineError> {
+        self.registry()
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
+    }
+
     fn intern(&self, experiment_id: &str, variant: &str) -> (u32, u16) {
         let mut interner = self.interner.lock();
         let e = interner.experiment(experiment_id);
@@ -209,14 +218,17 @@ fn not_found(id: &str) -> EngineError {
     }
 }
 
-impl Engine {
+/// Experiment definitions, targeting and lifecycle.
+pub struct ExperimentService {
+    pub(crate) store: Arc<dyn stratify_store::Configuration>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) experiments: Arc<Experiments>,
+    pub(crate) segments: Arc<crate::segments::Segments>,
+}
+
+impl ExperimentService {
     pub fn experiment(&self, id: &str) -> Result<Arc<Experiment>, EngineError> {
-        self.experiments
-            .registry()
-            .by_id
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found(id))
+        self.experiments.get(id)
     }
 
     /// Every experiment, as one consistent snapshot.
@@ -253,7 +265,7 @@ impl Engine {
         base: Option<&Definition>,
         input: ExperimentInput,
     ) -> Result<(Definition, Option<Rule>), EngineError> {
-        let catalog = self.segment_catalog();
+        let catalog = self.segments.snapshot();
         Ok(stratify_core::experiment::definition(
             key,
             base,
@@ -277,7 +289,7 @@ impl Engine {
         stratify_core::experiment::check_key(&key, "/key")?;
         let name = names::name(input.name.as_deref().unwrap_or(""))?;
         let (definition, rule) = self.definition(&key, None, input)?;
-        let now = self.now();
+        let now = self.clock.now();
         let record = ExperimentRecord {
             id: new_id("exp"),
             key: key.clone(),
@@ -326,7 +338,7 @@ impl Engine {
     ) -> Result<Arc<Experiment>, EngineError> {
         let _guard = self.experiments.write.lock().await;
         let current = self.experiment(id)?;
-        self.segment(segment_id)?;
+        self.segments.get(segment_id)?;
         let mut ids = current.definition.segment_ids.clone();
         if ids.iter().any(|s| s == segment_id) {
             return Ok(current);
@@ -420,7 +432,7 @@ impl Engine {
         record.definition =
             serde_json::to_value(&definition).map_err(|e| corrupt(id, &e.to_string()))?;
         record.version += 1;
-        record.updated_at = self.now();
+        record.updated_at = self.clock.now();
         record.updated_by = Some(by.to_owned());
         self.store.update_experiment(record.clone()).await?;
         self.experiments.put(record, definition, rule);
@@ -444,7 +456,7 @@ impl Engine {
                 message: format!("cannot {} an experiment that is {from}", action.name()),
             });
         };
-        let now = self.now();
+        let now = self.clock.now();
         if !self
             .store
             .transition_experiment(id, &from, to, now, Some(by.to_owned()))

@@ -1,6 +1,6 @@
 //! Metric definitions: what to measure for each exposed user.
 
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use serde::{Deserialize, Serialize};
 use stratify_core::ids::EventName;
 use stratify_core::rules::parse_within;
@@ -196,10 +196,10 @@ fn metric_not_found(key: &str) -> EngineError {
     }
 }
 
-impl Engine {
+impl super::ResultService {
     pub async fn create_metric(&self, input: MetricInput) -> Result<Metric, EngineError> {
         let metric = Metric::from_input(input)?;
-        let now = self.now();
+        let now = self.clock.now();
         let definition = serde_json::to_value(&metric)
             .map_err(|e| EngineError::Store(stratify_store::StoreError::from(e)))?;
         self.store

@@ -19,7 +19,7 @@ pub mod metrics;
 pub use columns::Columns;
 
 use crate::experiments::Experiment;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 use fold::{Collector, Exposed, Folded};
 use metrics::{Metric, MetricKind};
 use serde::Serialize;
@@ -181,14 +181,22 @@ fn control_index(experiment: &Experiment) -> usize {
         .unwrap_or(0)
 }
 
-impl Engine {
+/// Experiment results and metric definitions.
+pub struct ResultService {
+    pub(crate) store: Arc<dyn stratify_store::Store>,
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    pub(crate) experiments: Arc<crate::experiments::Experiments>,
+    pub(crate) views: Arc<crate::derived::Views>,
+}
+
+impl ResultService {
     /// Results of an experiment for one or more metrics.
     pub async fn experiment_results(
         &self,
         experiment_id: &str,
         query: ResultsQuery,
     ) -> Result<ExperimentResults, EngineError> {
-        let experiment = self.experiment(experiment_id)?;
+        let experiment = self.experiments.get(experiment_id)?;
         if query.metrics.is_empty() || query.metrics.len() > MAX_METRICS_PER_QUERY {
             return Err(invalid(
                 ErrorCode::InvalidMetrics,
@@ -209,7 +217,7 @@ impl Engine {
                 "/significance_threshold",
             ));
         }
-        let now = self.now();
+        let now = self.clock.now();
         let to = query.to.unwrap_or(now);
         let from = query.from.unwrap_or(Millis::MIN);
         if from > to {
@@ -223,7 +231,7 @@ impl Engine {
         let bucket_version = definition.bucket_version;
         // Every exposure served so far counts, including those still queued
         // in the write-behind buffer.
-        self.flush_assignments().await;
+        self.views.serving.flush().await;
         let started = std::time::Instant::now();
         let raw = self
             .store

@@ -274,7 +274,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: String) 
     };
     let next = safe_next(form.next.as_deref()).to_owned();
     let key = form.api_key.trim();
-    match state.engine.authenticate(key).map(|p| p.role) {
+    match state.engine.keys.authenticate(key).map(|p| p.role) {
         None => html(
             StatusCode::UNAUTHORIZED,
             login_html(&next, Some("That API key is not valid (or was revoked).")),

@@ -91,7 +91,7 @@ impl Sessions {
             map.remove(&hash);
             return None;
         }
-        let Some(principal) = engine.authenticate(&session.key) else {
+        let Some(principal) = engine.keys.authenticate(&session.key) else {
             map.remove(&hash);
             return None;
         };

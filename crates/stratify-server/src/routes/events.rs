@@ -183,7 +183,11 @@ pub async fn ingest(
             }
         },
     };
-    let outcome = state.engine.ingest_values(items, Source::Http).await?;
+    let outcome = state
+        .engine
+        .ingest
+        .ingest_values(items, Source::Http)
+        .await?;
     Ok(respond(&state, outcome, shape))
 }
 
@@ -213,7 +217,7 @@ pub async fn order(
         ));
     }
     let order = parse_json::<Value>(&bytes)?;
-    let outcome = state.engine.ingest_order(order).await?;
+    let outcome = state.engine.ingest.ingest_order(order).await?;
     Ok(respond(&state, outcome, Shape::Single))
 }
 
@@ -292,7 +296,7 @@ pub async fn list(
         }
         (None, None) => None,
         (Some(id), variant) => {
-            let e = state.engine.experiment(id)?;
+            let e = state.engine.experiments.experiment(id)?;
             let variants = &e.definition.variants;
             // A variant by key, or by its index (the seed's `variant_id`).
             let variant = variant
@@ -310,7 +314,7 @@ pub async fn list(
                         })
                 })
                 .transpose()?;
-            state.engine.flush_assignments().await;
+            state.engine.serving.flush_assignments().await;
             Some(ExperimentFilter {
                 experiment_id: e.record.id.clone(),
                 bucket_version: e.definition.bucket_version,

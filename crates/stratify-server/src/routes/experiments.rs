@@ -2,12 +2,14 @@
 
 use super::instant;
 use crate::extract::{parse_json, Body, RawBody};
-use crate::{ApiError, AppState};
+use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
+use stratify_engine::experiments::ExperimentService;
 use stratify_engine::experiments::{Action, Experiment, ExperimentInput};
 use stratify_engine::keys::Principal;
 use utoipa::ToSchema;
@@ -96,11 +98,13 @@ fn out(e: &Experiment) -> ExperimentOut {
     }
 }
 
-async fn with_transitions(state: &AppState, e: &Experiment) -> Result<ExperimentOut, ApiError> {
+async fn with_transitions(
+    experiments: &ExperimentService,
+    e: &Experiment,
+) -> Result<ExperimentOut, ApiError> {
     let mut o = out(e);
     o.transitions = Some(
-        state
-            .engine
+        experiments
             .experiment_transitions(&e.record.id)
             .await?
             .into_iter()
@@ -120,23 +124,22 @@ async fn with_transitions(state: &AppState, e: &Experiment) -> Result<Experiment
     request_body(content = Object, description = "{key, name, description?, variants: [{key, name?, weight, is_control?, payload?}], segment_ids?, rules?, coverage?, seed?, hash_version?, hash_attribute?, namespace?: {id, start, end}, sticky?, start_at?, end_at?}"),
     responses((status = 201, body = ExperimentOut), (status = 409, description = "key taken"), (status = 422)))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Body(req): Body<ExperimentInput>,
 ) -> Result<(StatusCode, Json<ExperimentOut>), ApiError> {
-    let e = state.engine.create_experiment(req, &who.key_id).await?;
+    let e = experiments.create_experiment(req, &who.key_id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(with_transitions(&state, &e).await?),
+        Json(with_transitions(&experiments, &e).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("api_key" = [])),
     responses((status = 200, body = ExperimentList)))]
-pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
+pub async fn list(State(experiments): State<Arc<ExperimentService>>) -> Json<ExperimentList> {
     Json(ExperimentList {
-        experiments: state
-            .engine
+        experiments: experiments
             .list_experiments()
             .iter()
             .map(|e| out(e))
@@ -147,11 +150,11 @@ pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
 #[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 200, body = ExperimentOut), (status = 404)))]
 pub async fn get_one(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Path(id): Path<String>,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let e = state.engine.experiment(&id)?;
-    Ok(Json(with_transitions(&state, &e).await?))
+    let e = experiments.experiment(&id)?;
+    Ok(Json(with_transitions(&experiments, &e).await?))
 }
 
 /// Changes some fields (not the key): a new version. Works in any status.
@@ -159,16 +162,13 @@ pub async fn get_one(
     params(("id" = String, Path)), request_body(content = Object, description = "any fields of the create body but key"),
     responses((status = 200, body = ExperimentOut), (status = 404), (status = 422)))]
 pub async fn patch(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Body(req): Body<ExperimentInput>,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let e = state
-        .engine
-        .update_experiment(&id, req, &who.key_id)
-        .await?;
-    Ok(Json(with_transitions(&state, &e).await?))
+    let e = experiments.update_experiment(&id, req, &who.key_id).await?;
+    Ok(Json(with_transitions(&experiments, &e).await?))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -187,7 +187,7 @@ pub struct RerandomizeIn {
     params(("id" = String, Path), ("action" = String, Path, description = "start, pause, resume, complete, archive or rerandomize")),
     responses((status = 200, body = ExperimentOut), (status = 404), (status = 409)))]
 pub async fn transition(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Path((id, action)): Path<(String, String)>,
     raw: RawBody,
@@ -199,19 +199,17 @@ pub async fn transition(
         } else {
             parse_json::<Option<RerandomizeIn>>(&body)?.and_then(|b| b.seed)
         };
-        state
-            .engine
+        experiments
             .rerandomize_experiment(&id, seed, &who.key_id)
             .await?
     } else {
         let action =
             Action::parse(&action).ok_or_else(|| ApiError::for_status(StatusCode::NOT_FOUND))?;
-        state
-            .engine
+        experiments
             .transition_experiment(&id, action, &who.key_id)
             .await?
     };
-    Ok(Json(with_transitions(&state, &e).await?))
+    Ok(Json(with_transitions(&experiments, &e).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -225,16 +223,15 @@ pub struct AttachIn {
     params(("id" = String, Path)), request_body = AttachIn,
     responses((status = 200, body = ExperimentOut), (status = 404)))]
 pub async fn attach_segment(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Body(req): Body<AttachIn>,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let e = state
-        .engine
+    let e = experiments
         .attach_segment(&id, &req.segment_id, &who.key_id)
         .await?;
-    Ok(Json(with_transitions(&state, &e).await?))
+    Ok(Json(with_transitions(&experiments, &e).await?))
 }
 
 /// Detaches a segment from the experiment's targeting (a new version).
@@ -242,15 +239,14 @@ pub async fn attach_segment(
     params(("id" = String, Path), ("segment_id" = String, Path)),
     responses((status = 200, body = ExperimentOut), (status = 404)))]
 pub async fn detach_segment(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Path((id, segment_id)): Path<(String, String)>,
 ) -> Result<Json<ExperimentOut>, ApiError> {
-    let e = state
-        .engine
+    let e = experiments
         .detach_segment(&id, &segment_id, &who.key_id)
         .await?;
-    Ok(Json(with_transitions(&state, &e).await?))
+    Ok(Json(with_transitions(&experiments, &e).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -269,12 +265,11 @@ pub struct MessageOut {
 #[utoipa::path(post, path = "/v1/segments/assign-experiment", tag = "experiments", security(("api_key" = [])),
     request_body = SegmentExperimentIn, responses((status = 200, body = MessageOut), (status = 422)))]
 pub async fn assign_experiment(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Body(req): Body<SegmentExperimentIn>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    state
-        .engine
+    experiments
         .attach_segment(&req.experiment_id, &req.segment_id, &who.key_id)
         .await?;
     Ok(Json(MessageOut {
@@ -286,12 +281,11 @@ pub async fn assign_experiment(
 #[utoipa::path(delete, path = "/v1/segments/unassign-experiment", tag = "experiments", security(("api_key" = [])),
     request_body = SegmentExperimentIn, responses((status = 200, body = MessageOut), (status = 404)))]
 pub async fn unassign_experiment(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
     Extension(who): Extension<Principal>,
     Body(req): Body<SegmentExperimentIn>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    state
-        .engine
+    experiments
         .detach_segment(&req.experiment_id, &req.segment_id, &who.key_id)
         .await?;
     Ok(Json(MessageOut {

@@ -1,12 +1,14 @@
 use super::instant;
 use crate::extract::Body;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use stratify_core::access::Role;
 use stratify_engine::keys::KeyInfo;
+use stratify_engine::keys::KeyService;
 use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
@@ -58,10 +60,10 @@ fn view(k: KeyInfo) -> KeyView {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), request_body = CreateKey,
     responses((status = 201, body = KeyCreated), (status = 422, description = "invalid name or role")))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(keys): State<Arc<KeyService>>,
     Body(req): Body<CreateKey>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
-    let (info, key) = state.engine.create_api_key(&req.name, req.role).await?;
+    let (info, key) = keys.create_api_key(&req.name, req.role).await?;
     Ok((
         StatusCode::CREATED,
         Json(KeyCreated {
@@ -76,15 +78,9 @@ pub async fn create(
 
 /// Lists keys, revoked ones included, without secrets.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), responses((status = 200, body = KeyList)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<KeyList>, ApiError> {
+pub async fn list(State(keys): State<Arc<KeyService>>) -> Result<Json<KeyList>, ApiError> {
     Ok(Json(KeyList {
-        api_keys: state
-            .engine
-            .list_api_keys()
-            .await?
-            .into_iter()
-            .map(view)
-            .collect(),
+        api_keys: keys.list_api_keys().await?.into_iter().map(view).collect(),
     }))
 }
 
@@ -92,9 +88,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<KeyList>, ApiErr
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 204), (status = 404)))]
 pub async fn revoke(
-    State(state): State<AppState>,
+    State(keys): State<Arc<KeyService>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.revoke_api_key(&id).await?;
+    keys.revoke_api_key(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

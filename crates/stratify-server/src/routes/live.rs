@@ -12,9 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::ErrorCode;
+use stratify_engine::feed::FeedService;
 use stratify_engine::feed::{Bucket, ChangeView, MembershipView, SizePoint, MAX_CHANGES_PAGE};
+use stratify_engine::webhooks::WebhookService;
 use stratify_engine::webhooks::WebhookView;
 use utoipa::{IntoParams, ToSchema};
 
@@ -82,7 +85,7 @@ fn after(v: Option<i64>) -> Result<i64, ApiError> {
 #[utoipa::path(get, path = "/v1/segments/{id}/changes", tag = "live", security(("api_key" = [])),
     params(("id" = String, Path), ChangesQuery), responses((status = 200, body = ChangesPage), (status = 404), (status = 422)))]
 pub async fn segment_changes(
-    State(state): State<AppState>,
+    State(feed): State<Arc<FeedService>>,
     Path(id): Path<String>,
     Params(q): Params<ChangesQuery>,
 ) -> Result<Json<ChangesPage>, ApiError> {
@@ -95,15 +98,8 @@ pub async fn segment_changes(
         .at("/limit"));
     }
     let (changes, next_after) = match q.order.as_deref() {
-        None | Some("asc") => {
-            state
-                .engine
-                .segment_changes(&id, after(q.after)?, limit)
-                .await?
-        }
-        Some("desc") if q.after.is_none() => {
-            state.engine.latest_segment_changes(&id, limit).await?
-        }
+        None | Some("asc") => feed.segment_changes(&id, after(q.after)?, limit).await?,
+        Some("desc") if q.after.is_none() => feed.latest_segment_changes(&id, limit).await?,
         Some("desc") => {
             return Err(ApiError::new(
                 ErrorCode::InvalidOrder,
@@ -138,7 +134,7 @@ async fn stream_start(
 ) -> Result<(Option<Vec<String>>, i64), ApiError> {
     let segments = match &q.segment_id {
         Some(id) => {
-            state.engine.segment(id)?;
+            state.engine.segments.segment(id)?;
             Some(vec![id.clone()])
         }
         None => None,
@@ -150,7 +146,7 @@ async fn stream_start(
     let start = match (q.after, resume) {
         (Some(a), _) => after(Some(a))?,
         (None, Some(r)) => r.max(0),
-        (None, None) => state.engine.last_change_seq().await?,
+        (None, None) => state.engine.feed.last_change_seq().await?,
     };
     Ok((segments, start))
 }
@@ -164,7 +160,7 @@ pub async fn stream(
     Params(q): Params<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let (segments, start) = stream_start(&state, &q, &headers).await?;
-    let rx = state.engine.follow(segments, start);
+    let rx = state.engine.feed.follow(segments, start);
     let stopping = state.stopping.clone();
     let events =
         futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
@@ -194,7 +190,7 @@ pub async fn websocket(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (segments, start) = stream_start(&state, &q, &headers).await?;
-    let rx = state.engine.follow(segments, start);
+    let rx = state.engine.feed.follow(segments, start);
     let stopping = state.stopping.clone();
     Ok(ws.on_upgrade(move |socket| pump(socket, rx, stopping)))
 }
@@ -252,11 +248,11 @@ impl From<MembershipView> for MembershipOut {
 #[utoipa::path(get, path = "/v1/users/{id}/memberships", tag = "live", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 200, body = Memberships), (status = 404)))]
 pub async fn memberships(
-    State(state): State<AppState>,
+    State(feed): State<Arc<FeedService>>,
     Path(id): Path<String>,
 ) -> Result<Json<Memberships>, ApiError> {
     let user = user_id(id, "/user_id")?;
-    let list = state.engine.user_memberships(&user).await?;
+    let list = feed.user_memberships(&user).await?;
     Ok(Json(Memberships {
         memberships: list.into_iter().map(MembershipOut::from).collect(),
     }))
@@ -302,7 +298,7 @@ impl From<SizePoint> for SizeOut {
 #[utoipa::path(get, path = "/v1/segments/{id}/size-history", tag = "live", security(("api_key" = [])),
     params(("id" = String, Path), SizeQuery), responses((status = 200, body = SizeHistory), (status = 404), (status = 422)))]
 pub async fn size_history(
-    State(state): State<AppState>,
+    State(feed): State<Arc<FeedService>>,
     Path(id): Path<String>,
     Params(q): Params<SizeQuery>,
 ) -> Result<Json<SizeHistory>, ApiError> {
@@ -310,7 +306,7 @@ pub async fn size_history(
     let bucket = Bucket::parse(&name).ok_or_else(|| {
         ApiError::new(ErrorCode::InvalidBucket, "bucket is hour or day").at("/bucket")
     })?;
-    let points = state.engine.size_history(&id, bucket).await?;
+    let points = feed.size_history(&id, bucket).await?;
     Ok(Json(SizeHistory {
         segment_id: id,
         bucket: name,
@@ -367,21 +363,21 @@ pub struct WebhookList {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "live", security(("api_key" = [])), request_body = CreateWebhook,
     responses((status = 201, body = WebhookOut), (status = 422)))]
 pub async fn create_webhook(
-    State(state): State<AppState>,
+    State(webhooks): State<Arc<WebhookService>>,
     Body(req): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
-    let hook = state
-        .engine
+    let hook = webhooks
         .create_webhook(req.url, req.segment_ids, req.secret)
         .await?;
     Ok((StatusCode::CREATED, Json(hook.into())))
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "live", security(("api_key" = [])), responses((status = 200, body = WebhookList)))]
-pub async fn list_webhooks(State(state): State<AppState>) -> Result<Json<WebhookList>, ApiError> {
+pub async fn list_webhooks(
+    State(webhooks): State<Arc<WebhookService>>,
+) -> Result<Json<WebhookList>, ApiError> {
     Ok(Json(WebhookList {
-        webhooks: state
-            .engine
+        webhooks: webhooks
             .webhooks()
             .await?
             .into_iter()
@@ -393,9 +389,9 @@ pub async fn list_webhooks(State(state): State<AppState>) -> Result<Json<Webhook
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "live", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete_webhook(
-    State(state): State<AppState>,
+    State(webhooks): State<Arc<WebhookService>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_webhook(&id).await?;
+    webhooks.delete_webhook(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,6 @@
 //! value (the caller's code default, as the protocol allows); a paused or
 //! completed experiment gives `DISABLED`. Errors carry the protocol's codes.
 
-use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,8 +16,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use stratify_core::ids::UserId;
+use stratify_engine::experiments::assign::ServingService;
 use stratify_engine::experiments::assign::UserExperiments;
 use stratify_engine::experiments::Experiment;
+use stratify_engine::experiments::ExperimentService;
 
 struct Failure {
     status: StatusCode,
@@ -122,12 +123,11 @@ fn evaluation(e: &Experiment, answer: &UserExperiments) -> Value {
 }
 
 async fn answer(
-    state: &AppState,
+    serving: &ServingService,
     user: &UserId,
     attributes: Option<&Map<String, Value>>,
 ) -> Result<Arc<UserExperiments>, Failure> {
-    state
-        .engine
+    serving
         .user_experiments(user, attributes)
         .await
         .map(|(a, _)| a)
@@ -149,13 +149,14 @@ async fn answer(
         (status = 400, description = "{key, errorCode: PARSE_ERROR | TARGETING_KEY_MISSING | INVALID_CONTEXT, errorDetails}"),
         (status = 404, description = "{key, errorCode: FLAG_NOT_FOUND, errorDetails}")))]
 pub async fn evaluate_flag(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
+    State(serving): State<Arc<ServingService>>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Response {
     let result = async {
         let (user, attributes) = context(&body)?;
-        let registry = state.engine.experiment_registry();
+        let registry = experiments.experiment_registry();
         let e = registry
             .by_key
             .get(&key)
@@ -168,7 +169,7 @@ pub async fn evaluate_flag(
                     format!("no flag '{key}'"),
                 )
             })?;
-        let answer = answer(&state, &user, attributes.as_ref()).await?;
+        let answer = answer(&serving, &user, attributes.as_ref()).await?;
         Ok::<_, Failure>(evaluation(&e, &answer))
     }
     .await;
@@ -189,14 +190,15 @@ pub async fn evaluate_flag(
     responses((status = 200, description = "{flags: [...]} with an ETag"), (status = 304),
         (status = 400, description = "{errorCode, errorDetails}")))]
 pub async fn evaluate_flags(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
+    State(serving): State<Arc<ServingService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let result = async {
         let (user, attributes) = context(&body)?;
-        let answer = answer(&state, &user, attributes.as_ref()).await?;
-        let registry = state.engine.experiment_registry();
+        let answer = answer(&serving, &user, attributes.as_ref()).await?;
+        let registry = experiments.experiment_registry();
         let mut flags: Vec<&Arc<Experiment>> =
             registry.by_id.values().filter(|e| is_flag(e)).collect();
         flags.sort_by(|a, b| a.record.key.cmp(&b.record.key));

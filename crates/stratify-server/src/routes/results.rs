@@ -6,12 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use stratify_core::stats::{
     self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm,
 };
 use stratify_core::time::parse_rfc3339;
 use stratify_core::ErrorCode;
 use stratify_engine::results::metrics::Metric;
+use stratify_engine::results::ResultService;
 use stratify_engine::results::{
     ExperimentResults, MetricInput, ResultsQuery, MAX_METRICS_PER_QUERY,
 };
@@ -29,39 +31,41 @@ pub struct MetricList {
     request_body(content = Object, description = "{key, kind: conversion|count|sum|mean, event, property? (sum, mean), window? (Ns|Nm|Nh|Nd after first exposure), name?, description?, higher_is_better? (default true)}"),
     responses((status = 201, description = "the metric"), (status = 409, description = "key taken"), (status = 422)))]
 pub async fn create_metric(
-    State(state): State<AppState>,
+    State(results): State<Arc<ResultService>>,
     Body(input): Body<MetricInput>,
 ) -> Result<(StatusCode, Json<Metric>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(state.engine.create_metric(input).await?),
+        Json(results.create_metric(input).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/v1/metrics", tag = "results", security(("api_key" = [])),
     responses((status = 200, body = MetricList)))]
-pub async fn list_metrics(State(state): State<AppState>) -> Result<Json<MetricList>, ApiError> {
+pub async fn list_metrics(
+    State(results): State<Arc<ResultService>>,
+) -> Result<Json<MetricList>, ApiError> {
     Ok(Json(MetricList {
-        metrics: state.engine.metrics().await?,
+        metrics: results.metrics().await?,
     }))
 }
 
 #[utoipa::path(get, path = "/v1/metrics/{key}", tag = "results", security(("api_key" = [])),
     params(("key" = String, Path)), responses((status = 200, description = "the metric"), (status = 404)))]
 pub async fn get_metric(
-    State(state): State<AppState>,
+    State(results): State<Arc<ResultService>>,
     Path(key): Path<String>,
 ) -> Result<Json<Metric>, ApiError> {
-    Ok(Json(state.engine.metric(&key).await?))
+    Ok(Json(results.metric(&key).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/metrics/{key}", tag = "results", security(("api_key" = [])),
     params(("key" = String, Path)), responses((status = 204), (status = 404)))]
 pub async fn delete_metric(
-    State(state): State<AppState>,
+    State(results): State<Arc<ResultService>>,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_metric(&key).await?;
+    results.delete_metric(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,7 +120,7 @@ async fn resolve_metrics(
             format!("at most {MAX_METRICS_PER_QUERY} metrics"),
         ));
     }
-    let all = engine.metrics().await?;
+    let all = engine.results.metrics().await?;
     let mut out = Vec::new();
     for key in keys {
         let metric = all.iter().find(|m| m.key == *key).cloned().ok_or_else(|| {
@@ -157,7 +161,7 @@ pub async fn results(
             "name metric keys (metric=a,b) or an event (event=NAME)",
         ));
     }
-    state.engine.experiment(&id)?;
+    state.engine.experiments.experiment(&id)?;
     let metrics = resolve_metrics(&state.engine, &keys, p.event.as_deref(), "metric").await?;
     let query = ResultsQuery {
         metrics,
@@ -167,7 +171,9 @@ pub async fn results(
         from: instant("from", p.from.as_deref())?,
         to: instant("to", p.to.as_deref())?,
     };
-    Ok(Json(state.engine.experiment_results(&id, query).await?))
+    Ok(Json(
+        state.engine.results.experiment_results(&id, query).await?,
+    ))
 }
 
 fn default_event() -> String {
@@ -225,7 +231,7 @@ pub async fn results_seed(
     } else {
         parse_json(&bytes)?
     };
-    let experiment = state.engine.experiment(&id)?;
+    let experiment = state.engine.experiments.experiment(&id)?;
     let keys: Vec<&str> = input.metrics.iter().map(String::as_str).collect();
     let mut metrics = resolve_metrics(
         &state.engine,
@@ -243,7 +249,7 @@ pub async fn results_seed(
         from: instant("from", input.from.as_deref())?,
         to: instant("to", input.to.as_deref())?,
     };
-    let results = state.engine.experiment_results(&id, query).await?;
+    let results = state.engine.results.experiment_results(&id, query).await?;
     Ok(Json(SeedResults {
         experiment_name: experiment.record.name.clone(),
         conversion_event_type: input.conversion_event_type,

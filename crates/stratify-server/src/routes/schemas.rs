@@ -1,13 +1,15 @@
 use super::instant;
 use crate::extract::Body;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
+use std::sync::Arc;
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::ErrorCode;
 use stratify_engine::model::EventTypeRecord;
+use stratify_engine::schemas::SchemaService;
 use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
@@ -42,10 +44,10 @@ fn out(r: EventTypeRecord) -> EventTypeOut {
     request_body(content = Object, description = "{name, description?, properties: {prop: {type, required?}}}"),
     responses((status = 201, body = EventTypeOut), (status = 409, description = "already declared"), (status = 422)))]
 pub async fn create_event_type(
-    State(state): State<AppState>,
+    State(schemas): State<Arc<SchemaService>>,
     Body(schema): Body<EventTypeSchema>,
 ) -> Result<(StatusCode, Json<EventTypeOut>), ApiError> {
-    if state.engine.event_type(&schema.name).is_ok() {
+    if schemas.event_type(&schema.name).is_ok() {
         return Err(ApiError::new(
             ErrorCode::EventTypeExists,
             format!(
@@ -55,7 +57,7 @@ pub async fn create_event_type(
         )
         .at("/name"));
     }
-    let (record, _) = state.engine.put_event_type(schema).await?;
+    let (record, _) = schemas.put_event_type(schema).await?;
     Ok((StatusCode::CREATED, Json(out(record))))
 }
 
@@ -63,7 +65,7 @@ pub async fn create_event_type(
 #[utoipa::path(put, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),
     request_body(content = Object), responses((status = 200, body = EventTypeOut), (status = 422)))]
 pub async fn replace_event_type(
-    State(state): State<AppState>,
+    State(schemas): State<Arc<SchemaService>>,
     Path(name): Path<String>,
     Body(schema): Body<EventTypeSchema>,
 ) -> Result<Json<EventTypeOut>, ApiError> {
@@ -74,48 +76,50 @@ pub async fn replace_event_type(
         )
         .at("/name"));
     }
-    Ok(Json(out(state.engine.put_event_type(schema).await?.0)))
+    Ok(Json(out(schemas.put_event_type(schema).await?.0)))
 }
 
 #[utoipa::path(get, path = "/v1/event-types", tag = "schemas", security(("api_key" = [])), responses((status = 200, body = EventTypeList)))]
-pub async fn list_event_types(State(state): State<AppState>) -> Json<EventTypeList> {
+pub async fn list_event_types(State(schemas): State<Arc<SchemaService>>) -> Json<EventTypeList> {
     Json(EventTypeList {
-        event_types: state.engine.event_types().into_iter().map(out).collect(),
+        event_types: schemas.event_types().into_iter().map(out).collect(),
     })
 }
 
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),
     responses((status = 200, body = EventTypeOut), (status = 404)))]
 pub async fn get_event_type(
-    State(state): State<AppState>,
+    State(schemas): State<Arc<SchemaService>>,
     Path(name): Path<String>,
 ) -> Result<Json<EventTypeOut>, ApiError> {
-    Ok(Json(out(state.engine.event_type(&name)?)))
+    Ok(Json(out(schemas.event_type(&name)?)))
 }
 
 #[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete_event_type(
-    State(state): State<AppState>,
+    State(schemas): State<Arc<SchemaService>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_event_type(&name).await?;
+    schemas.delete_event_type(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The attribute schema: `{"attributes": {"age": {"type": "number"}, ...}}`.
 #[utoipa::path(get, path = "/v1/attributes/schema", tag = "schemas", security(("api_key" = [])),
     responses((status = 200, body = Object)))]
-pub async fn get_attribute_schema(State(state): State<AppState>) -> Json<AttributeSchema> {
-    Json(AttributeSchema::clone(&state.engine.attribute_schema()))
+pub async fn get_attribute_schema(
+    State(schemas): State<Arc<SchemaService>>,
+) -> Json<AttributeSchema> {
+    Json(AttributeSchema::clone(&schemas.attribute_schema()))
 }
 
 /// Replaces the attribute schema; later user writes are validated against it.
 #[utoipa::path(put, path = "/v1/attributes/schema", tag = "schemas", security(("api_key" = [])),
     request_body(content = Object), responses((status = 200, body = Object), (status = 422)))]
 pub async fn put_attribute_schema(
-    State(state): State<AppState>,
+    State(schemas): State<Arc<SchemaService>>,
     Body(schema): Body<AttributeSchema>,
 ) -> Result<Json<AttributeSchema>, ApiError> {
-    Ok(Json(state.engine.put_attribute_schema(schema).await?))
+    Ok(Json(schemas.put_attribute_schema(schema).await?))
 }

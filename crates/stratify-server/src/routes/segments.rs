@@ -6,11 +6,13 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{Compiled, Dialect};
 use stratify_core::time::parse_rfc3339;
 use stratify_core::ErrorCode;
 use stratify_engine::keys::Principal;
+use stratify_engine::segments::SegmentService;
 use stratify_engine::segments::{
     Evaluator, MemberChange, PageRequest, Segment, SegmentInput, SegmentPatch,
 };
@@ -97,6 +99,7 @@ fn out(s: &Segment, state: &AppState) -> SegmentOut {
         updated_by: r.updated_by.clone(),
         size: state
             .engine
+            .cluster
             .cluster_size(&r.id)
             .or(build.as_ref().map(|b| b.size)),
         build: build.map(|b| BuildOut {
@@ -132,7 +135,11 @@ pub async fn create(
         rules: req.rules,
         user_ids: req.user_ids,
     };
-    let segment = state.engine.create_segment(input, &who.key_id).await?;
+    let segment = state
+        .engine
+        .segments
+        .create_segment(input, &who.key_id)
+        .await?;
     Ok((StatusCode::CREATED, Json(out(&segment, &state))))
 }
 
@@ -141,6 +148,7 @@ pub async fn list(State(state): State<AppState>) -> Json<SegmentList> {
     Json(SegmentList {
         segments: state
             .engine
+            .segments
             .list_segments()
             .iter()
             .map(|s| out(s, &state))
@@ -154,7 +162,10 @@ pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SegmentOut>, ApiError> {
-    Ok(Json(out(state.engine.segment(&id)?.as_ref(), &state)))
+    Ok(Json(out(
+        state.engine.segments.segment(&id)?.as_ref(),
+        &state,
+    )))
 }
 
 /// Replaces name, description and rules: a new version.
@@ -178,7 +189,11 @@ pub async fn replace(
         description: Some(req.description),
         rules: req.rules,
     };
-    let segment = state.engine.update_segment(&id, patch, &who.key_id).await?;
+    let segment = state
+        .engine
+        .segments
+        .update_segment(&id, patch, &who.key_id)
+        .await?;
     Ok(Json(out(&segment, &state)))
 }
 
@@ -208,17 +223,21 @@ pub async fn patch(
         description,
         rules: req.rules,
     };
-    let segment = state.engine.update_segment(&id, patch, &who.key_id).await?;
+    let segment = state
+        .engine
+        .segments
+        .update_segment(&id, patch, &who.key_id)
+        .await?;
     Ok(Json(out(&segment, &state)))
 }
 
 #[utoipa::path(delete, path = "/v1/segments/{id}", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404), (status = 409, description = "another segment refers to it")))]
 pub async fn remove(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_segment(&id).await?;
+    segments.delete_segment(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,11 +262,10 @@ pub struct VersionList {
 #[utoipa::path(get, path = "/v1/segments/{id}/versions", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 200, body = VersionList), (status = 404)))]
 pub async fn versions(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
 ) -> Result<Json<VersionList>, ApiError> {
-    let versions = state
-        .engine
+    let versions = segments
         .segment_versions(&id)
         .await?
         .into_iter()
@@ -284,12 +302,11 @@ pub struct MembersPage {
 #[utoipa::path(get, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])),
     params(("id" = String, Path), MembersQuery), responses((status = 200, body = MembersPage), (status = 404)))]
 pub async fn members(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
     Params(q): Params<MembersQuery>,
 ) -> Result<Json<MembersPage>, ApiError> {
-    let page = state
-        .engine
+    let page = segments
         .segment_members(
             &id,
             q.limit.unwrap_or(DEFAULT_LIMIT),
@@ -320,13 +337,12 @@ pub struct MembersChanged {
 #[utoipa::path(post, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
     request_body = MemberIds, responses((status = 200, body = MembersChanged), (status = 409, description = "dynamic segment")))]
 pub async fn add_members(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
     Body(req): Body<MemberIds>,
 ) -> Result<Json<MembersChanged>, ApiError> {
     Ok(Json(MembersChanged {
-        changed: state
-            .engine
+        changed: segments
             .change_members(&id, MemberChange::Add, req.user_ids)
             .await?,
     }))
@@ -336,13 +352,12 @@ pub async fn add_members(
 #[utoipa::path(delete, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
     request_body = MemberIds, responses((status = 200, body = MembersChanged), (status = 409, description = "dynamic segment")))]
 pub async fn remove_members(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
     Body(req): Body<MemberIds>,
 ) -> Result<Json<MembersChanged>, ApiError> {
     Ok(Json(MembersChanged {
-        changed: state
-            .engine
+        changed: segments
             .change_members(&id, MemberChange::Remove, req.user_ids)
             .await?,
     }))
@@ -353,7 +368,7 @@ pub async fn remove_members(
 #[utoipa::path(put, path = "/v1/segments/{id}/members", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
     request_body(content = String, content_type = "text/plain"), responses((status = 200, body = MembersChanged)))]
 pub async fn upload_members(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<MembersChanged>, ApiError> {
@@ -367,8 +382,7 @@ pub async fn upload_members(
         .map(|(_, l)| l)
         .collect();
     Ok(Json(MembersChanged {
-        changed: state
-            .engine
+        changed: segments
             .change_members(&id, MemberChange::Replace, ids)
             .await?,
     }))
@@ -399,7 +413,7 @@ fn bad_query(field: &str, message: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/segments/query", tag = "segments", security(("api_key" = [])),
     request_body(content = Object), responses((status = 200, body = QueryResult), (status = 422)))]
 pub async fn query(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     RawBody(kind, bytes): RawBody,
 ) -> Result<Json<QueryResult>, ApiError> {
     if kind != BodyKind::Json {
@@ -445,8 +459,7 @@ pub async fn query(
         include_sql: opts.include_sql,
         evaluator: opts.evaluator,
     };
-    let population = state
-        .engine
+    let population = segments
         .query_population(&rule, page)
         .await
         .map_err(|e| match e {
@@ -524,16 +537,14 @@ pub struct SqlQuery {
 #[utoipa::path(get, path = "/v1/segments/{id}/sql", tag = "segments", security(("api_key" = [])),
     params(("id" = String, Path), SqlQuery), responses((status = 200, body = Object), (status = 404)))]
 pub async fn sql(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
     Params(q): Params<SqlQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let name = q.dialect.as_deref().unwrap_or("sqlite");
     let dialect = Dialect::parse(name)
         .ok_or_else(|| bad_query("dialect", "dialect is sqlite or postgres"))?;
-    let compiled = state
-        .engine
-        .segment_sql(&id, dialect, as_of(q.as_of.as_deref())?)?;
+    let compiled = segments.segment_sql(&id, dialect, as_of(q.as_of.as_deref())?)?;
     Ok(Json(
         json!({"dialect": name, "sql": compiled.sql, "params": compiled.params}),
     ))
@@ -549,13 +560,12 @@ pub struct ExplainQuery {
 #[utoipa::path(get, path = "/v1/users/{id}/segments/{segment_id}/explain", tag = "segments", security(("api_key" = [])),
     params(("id" = String, Path), ("segment_id" = String, Path), ExplainQuery), responses((status = 200, body = Object), (status = 404)))]
 pub async fn explain(
-    State(state): State<AppState>,
+    State(segments): State<Arc<SegmentService>>,
     Path((user, segment)): Path<(String, String)>,
     Params(q): Params<ExplainQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = UserId::parse(user).map_err(|e| ApiError::from(e.at("/user_id")))?;
-    let (in_segment, tree) = state
-        .engine
+    let (in_segment, tree) = segments
         .explain(&user_id, &segment, as_of(q.as_of.as_deref())?)
         .await?;
     Ok(Json(

@@ -3,7 +3,7 @@
 
 use super::instant;
 use crate::extract::Body;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use stratify_core::ids::UserId;
+use stratify_engine::experiments::assign::ServingService;
 use stratify_engine::experiments::assign::{Source, UserExperiments};
 use stratify_engine::experiments::Mixture;
 use utoipa::ToSchema;
@@ -100,11 +102,11 @@ fn user_id(id: &str) -> Result<UserId, ApiError> {
 #[utoipa::path(get, path = "/v1/users/{id}/experiments", tag = "experiments", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 200, body = UserExperimentsOut), (status = 400)))]
 pub async fn user_experiments(
-    State(state): State<AppState>,
+    State(serving): State<Arc<ServingService>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let user = user_id(&id)?;
-    let (answer, source) = state.engine.user_experiments(&user, None).await?;
+    let (answer, source) = serving.user_experiments(&user, None).await?;
     let body = match source {
         Source::Cache => answer
             .rendered
@@ -139,13 +141,12 @@ pub struct EligibilityOut {
 #[utoipa::path(post, path = "/v1/experiments/check-eligibility", tag = "experiments", security(("api_key" = [])),
     request_body = EligibilityIn, responses((status = 200, body = EligibilityOut), (status = 422)))]
 pub async fn check_eligibility(
-    State(state): State<AppState>,
+    State(serving): State<Arc<ServingService>>,
     Body(req): Body<EligibilityIn>,
 ) -> Result<Json<EligibilityOut>, ApiError> {
     let user = UserId::parse(&req.user_id)
         .map_err(|e| ApiError::from(stratify_engine::EngineError::Invalid(e.at("/user_id"))))?;
-    let served = state
-        .engine
+    let served = serving
         .check_eligibility(&user, &req.experiment_ids)
         .await?;
     Ok(Json(EligibilityOut {
@@ -175,11 +176,11 @@ pub struct BannerMixtureOut<'a> {
 #[utoipa::path(get, path = "/v1/users/{id}/banner_mixture", tag = "experiments", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 200, body = BannerMixtureOut), (status = 400)))]
 pub async fn banner_mixture(
-    State(state): State<AppState>,
+    State(serving): State<Arc<ServingService>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let user = user_id(&id)?;
-    let (answer, _) = state.engine.user_experiments(&user, None).await?;
+    let (answer, _) = serving.user_experiments(&user, None).await?;
     let out = BannerMixtureOut {
         user_id: &answer.user_id,
         banner_mixture: answer.banner_mixture.as_deref().map(mixture_out),
@@ -192,10 +193,10 @@ pub async fn banner_mixture(
 #[utoipa::path(delete, path = "/v1/users/{id}/cache", tag = "experiments", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 204), (status = 400)))]
 pub async fn clear_cache(
-    State(state): State<AppState>,
+    State(serving): State<Arc<ServingService>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let user = user_id(&id)?;
-    state.engine.clear_user_cache(&user).await?;
+    serving.clear_user_cache(&user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

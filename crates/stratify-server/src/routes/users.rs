@@ -1,13 +1,17 @@
 use super::instant;
 use crate::extract::Body;
-use crate::{ApiError, AppState};
+use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use stratify_core::ids::UserId;
+use stratify_engine::experiments::assign::ServingService;
+use stratify_engine::experiments::ExperimentService;
 use stratify_engine::model::{UserRecord, WriteMode};
+use stratify_engine::users::UserService;
 use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
@@ -65,12 +69,11 @@ pub(crate) fn user_id(raw: String, pointer: &str) -> Result<UserId, ApiError> {
 #[utoipa::path(post, path = "/v1/users", tag = "users", security(("api_key" = [])), request_body = CreateUser,
     responses((status = 201, body = UserResponse), (status = 409, description = "user exists"), (status = 422)))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(users): State<Arc<UserService>>,
     Body(req): Body<CreateUser>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
     let id = user_id(req.user_id, "/user_id")?;
-    let record = state
-        .engine
+    let record = users
         .write_user(id, req.attributes, WriteMode::Create)
         .await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from_record(record))))
@@ -80,10 +83,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 200, body = UserResponse), (status = 404)))]
 pub async fn get_one(
-    State(state): State<AppState>,
+    State(users): State<Arc<UserService>>,
     Path(id): Path<String>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let view = state.engine.user(&user_id(id, "/user_id")?).await?;
+    let view = users.user(&user_id(id, "/user_id")?).await?;
     let mut out = UserResponse::from_record(view.record);
     out.computed = Some(view.computed);
     out.segments = Some(view.segments);
@@ -94,32 +97,31 @@ pub async fn get_one(
 #[utoipa::path(put, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     request_body = UserAttributes, responses((status = 200, body = UserResponse), (status = 422)))]
 pub async fn replace(
-    State(state): State<AppState>,
+    State(users): State<Arc<UserService>>,
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    write(&state, id, req.attributes, WriteMode::Replace).await
+    write(&users, id, req.attributes, WriteMode::Replace).await
 }
 
 /// Merges attributes into an existing user; `null` removes one.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     request_body = UserAttributes, responses((status = 200, body = UserResponse), (status = 404), (status = 422)))]
 pub async fn merge(
-    State(state): State<AppState>,
+    State(users): State<Arc<UserService>>,
     Path(id): Path<String>,
     Body(req): Body<UserAttributes>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    write(&state, id, req.attributes, WriteMode::Merge).await
+    write(&users, id, req.attributes, WriteMode::Merge).await
 }
 
 async fn write(
-    state: &AppState,
+    users: &UserService,
     id: String,
     attributes: Map<String, Value>,
     mode: WriteMode,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let record = state
-        .engine
+    let record = users
         .write_user(user_id(id, "/user_id")?, attributes, mode)
         .await?;
     Ok(Json(UserResponse::from_record(record)))
@@ -129,10 +131,10 @@ async fn write(
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("api_key" = [])), params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn erase(
-    State(state): State<AppState>,
+    State(users): State<Arc<UserService>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_user(&user_id(id, "/user_id")?).await?;
+    users.delete_user(&user_id(id, "/user_id")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,12 +164,13 @@ pub struct AssignmentList {
 #[utoipa::path(get, path = "/v1/users/{id}/assignments", tag = "experiments", security(("api_key" = [])),
     params(("id" = String, Path)), responses((status = 200, body = AssignmentList), (status = 422)))]
 pub async fn assignments(
-    State(state): State<AppState>,
+    State(experiments): State<Arc<ExperimentService>>,
+    State(serving): State<Arc<ServingService>>,
     Path(id): Path<String>,
 ) -> Result<Json<AssignmentList>, ApiError> {
     let id = user_id(id, "/user_id")?;
-    let rows = state.engine.user_assignments(&id).await?;
-    let registry = state.engine.experiment_registry();
+    let rows = serving.user_assignments(&id).await?;
+    let registry = experiments.experiment_registry();
     let assignments = rows
         .into_iter()
         .map(|r| {

@@ -95,7 +95,12 @@ async fn duckmart_queries_match_plain_sql_on_the_seed_42_data() {
         (FileKind::EventsCsv, "user_events.csv"),
     ] {
         let f = std::fs::File::open(dir.path().join(file)).expect("open");
-        let report = app.engine.import(kind, f, |_| {}).await.expect("import");
+        let report = app
+            .engine
+            .ingest
+            .import(kind, f, |_| {})
+            .await
+            .expect("import");
         assert_eq!(report.bad_rows, 0);
     }
 
@@ -157,6 +162,7 @@ async fn duckmart_queries_match_plain_sql_on_the_seed_42_data() {
         ..Default::default()
     };
     let again = engine
+        .segments
         .query_population(
             &json!({"field": "age", "op": "between", "value": [25, 34]}),
             page,

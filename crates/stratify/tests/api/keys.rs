@@ -81,7 +81,7 @@ async fn keys_survive_a_restart_and_are_stored_hashed() {
         .await
         .expect("engine");
     assert_eq!(
-        engine.authenticate(&key).map(|p| p.role),
+        engine.keys.authenticate(&key).map(|p| p.role),
         Some(Role::Editor)
     );
 }

@@ -276,7 +276,7 @@ async fn assignments_stick_until_rerandomised_and_exposures_are_logged_once() {
     // Exposures: one row per user and experiment, with the first instant.
     app.clock.advance(5_000);
     eligible(&app, "u0", &id).await;
-    app.engine.flush_assignments().await;
+    app.engine.serving.flush_assignments().await;
     let rows = app
         .engine
         .store()
@@ -309,7 +309,7 @@ async fn assignments_stick_until_rerandomised_and_exposures_are_logged_once() {
         moved += usize::from(Some(&v) != first.get(u));
     }
     assert!(moved > 50, "re-randomisation moves about half: {moved}");
-    app.engine.flush_assignments().await;
+    app.engine.serving.flush_assignments().await;
     let v2 = app
         .engine
         .store()
