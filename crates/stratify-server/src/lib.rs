@@ -3,8 +3,9 @@
 //! dashboard, Prometheus metrics.
 //!
 //! Handlers only translate: HTTP in, a call on the engine service they take
-//! as a sub-state (`State<Arc<UserService>>`), HTTP out. Domain rules live in the engine and the core. Every route is declared
-//! once in [`routes::table`] with the capability it needs, and one middleware
+//! as a sub-state (`State<Arc<UserService>>`), HTTP out. Domain rules live
+//! in the engine and the core. Every route is declared once in
+//! [`routes::table`] with the capability it needs, and one middleware
 //! enforces it. Every error leaves as `{"error": {code, message, field?}}`.
 
 mod auth;
