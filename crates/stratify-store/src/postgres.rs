@@ -117,10 +117,36 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = ConfigTx(client.transaction().await?);
         let out = f(&tx).await?;
-        tx.0.execute("UPDATE config_version SET version = version + 1", &[])
-            .await?;
-        tx.0.commit().await?;
+        tx.commit().await?;
         Ok(out)
+    }
+
+    /// One configuration statement in its own [`ConfigTx`]; returns the
+    /// rows it changed.
+    async fn config_execute(
+        &self,
+        statement: &'static ConfigWrite,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = ConfigTx(client.transaction().await?);
+        let changed = tx.execute(statement, params).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Every row of a shared statement, read by its shared mapper.
+    async fn all<T>(
+        &self,
+        statement: &'static sql::Statement,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl Fn(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.rows(statement.postgres(), params)
+            .await?
+            .iter()
+            .map(map)
+            .collect()
     }
 }
 
@@ -144,6 +170,16 @@ impl<'t> ConfigTx<'t> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
         self.0.query_one(statement.postgres(), params).await
+    }
+
+    /// Bumps `config_version` and commits: the only way a `ConfigTx` ends
+    /// other than being dropped (rolled back).
+    async fn commit(self) -> Result<()> {
+        self.0
+            .execute("UPDATE config_version SET version = version + 1", &[])
+            .await?;
+        self.0.commit().await?;
+        Ok(())
     }
 
     /// The transaction, for what is not configuration (interning the users
@@ -174,11 +210,10 @@ fn unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
-fn conflict(e: tokio_postgres::Error, what: String) -> StoreError {
-    if unique_violation(&e) {
-        StoreError::Conflict(what)
-    } else {
-        e.into()
+fn conflict(e: impl Into<StoreError>, what: String) -> StoreError {
+    match e.into() {
+        StoreError::Postgres(e) if unique_violation(&e) => StoreError::Conflict(what),
+        other => other,
     }
 }
 
@@ -516,11 +551,8 @@ impl EventLog for PgStore {
     }
 
     async fn ingest_status(&self) -> Result<Vec<IngestStatus>> {
-        self.rows(sql::INGEST_STATUS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::ingest_status)
-            .collect()
+        self.all(&sql::INGEST_STATUS, &[], rows::ingest_status)
+            .await
     }
 
     async fn record_ingest(&self, report: IngestReport) -> Result<()> {
@@ -762,19 +794,14 @@ impl Configuration for PgStore {
     }
 
     async fn list_event_types(&self) -> Result<Vec<EventTypeRecord>> {
-        self.rows(sql::EVENT_TYPES.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::event_type)
-            .collect()
+        self.all(&sql::EVENT_TYPES, &[], rows::event_type).await
     }
 
     async fn delete_event_type(&self, name: &str) -> Result<bool> {
-        let name = name.to_owned();
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute(&sql::DELETE_EVENT_TYPE, &[&name]).await? == 1) })
-        })
-        .await
+        Ok(self
+            .config_execute(&sql::DELETE_EVENT_TYPE, &[&name])
+            .await?
+            == 1)
     }
 
     async fn put_attribute_schema(&self, schema: AttributeSchema, now: Millis) -> Result<()> {
@@ -889,19 +916,12 @@ impl Configuration for PgStore {
     }
 
     async fn segments(&self) -> Result<Vec<SegmentRecord>> {
-        self.rows(sql::SEGMENTS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::segment)
-            .collect()
+        self.all(&sql::SEGMENTS, &[], rows::segment).await
     }
 
     async fn segment_versions(&self, id: &str) -> Result<Vec<SegmentVersion>> {
-        self.rows(sql::SEGMENT_VERSIONS.postgres(), &[&id])
-            .await?
-            .iter()
-            .map(rows::segment_version)
-            .collect()
+        self.all(&sql::SEGMENT_VERSIONS, &[&id], rows::segment_version)
+            .await
     }
 
     async fn delete_segment(&self, id: &str) -> Result<bool> {
@@ -962,29 +982,24 @@ impl Configuration for PgStore {
 
     async fn create_experiment(&self, e: ExperimentRecord) -> Result<()> {
         let definition = serde_json::to_string(&e.definition)?;
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    &sql::INSERT_EXPERIMENT,
-                    &[
-                        &e.id,
-                        &e.key,
-                        &e.name,
-                        &e.status,
-                        &definition,
-                        &e.version,
-                        &e.created_at,
-                        &e.updated_at,
-                        &e.created_by,
-                        &e.updated_by,
-                    ],
-                )
-                .await
-                .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
-                Ok(())
-            })
-        })
+        self.config_execute(
+            &sql::INSERT_EXPERIMENT,
+            &[
+                &e.id,
+                &e.key,
+                &e.name,
+                &e.status,
+                &definition,
+                &e.version,
+                &e.created_at,
+                &e.updated_at,
+                &e.created_by,
+                &e.updated_by,
+            ],
+        )
         .await
+        .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
+        Ok(())
     }
 
     async fn update_experiment(&self, e: ExperimentRecord) -> Result<()> {
@@ -1014,11 +1029,7 @@ impl Configuration for PgStore {
     }
 
     async fn experiments(&self) -> Result<Vec<ExperimentRecord>> {
-        self.rows(sql::EXPERIMENTS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::experiment)
-            .collect()
+        self.all(&sql::EXPERIMENTS, &[], rows::experiment).await
     }
 
     async fn transition_experiment(
@@ -1067,41 +1078,32 @@ impl Configuration for PgStore {
 #[async_trait]
 impl Keys for PgStore {
     async fn create_api_key(&self, key: ApiKeyRecord) -> Result<()> {
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    &sql::INSERT_API_KEY,
-                    &[
-                        &key.id,
-                        &key.name,
-                        &key.role,
-                        &key.key_hash,
-                        &key.created_at,
-                        &key.revoked_at,
-                    ],
-                )
-                .await
-                .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
-                Ok(())
-            })
-        })
+        self.config_execute(
+            &sql::INSERT_API_KEY,
+            &[
+                &key.id,
+                &key.name,
+                &key.role,
+                &key.key_hash,
+                &key.created_at,
+                &key.revoked_at,
+            ],
+        )
         .await
+        .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
+        Ok(())
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        self.rows(sql::API_KEYS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::api_key)
-            .collect()
+        self.all(&sql::API_KEYS, &[], rows::api_key).await
     }
 
     async fn revoke_api_key(&self, id: &str, now: Millis) -> Result<bool> {
         let id = id.to_owned();
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute(&sql::REVOKE_API_KEY, &[&id, &now]).await? == 1) })
-        })
-        .await
+        Ok(self
+            .config_execute(&sql::REVOKE_API_KEY, &[&id, &now])
+            .await?
+            == 1)
     }
 }
 
@@ -1374,34 +1376,22 @@ impl Metrics for PgStore {
 
     async fn create_metric(&self, m: MetricRecord) -> Result<()> {
         let definition = serde_json::to_string(&m.definition)?;
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    &sql::INSERT_METRIC,
-                    &[&m.key, &definition, &m.created_at, &m.updated_at],
-                )
-                .await
-                .map_err(|e| conflict(e, format!("a metric with key '{}'", m.key)))?;
-                Ok(())
-            })
-        })
+        self.config_execute(
+            &sql::INSERT_METRIC,
+            &[&m.key, &definition, &m.created_at, &m.updated_at],
+        )
         .await
+        .map_err(|e| conflict(e, format!("a metric with key '{}'", m.key)))?;
+        Ok(())
     }
 
     async fn metrics(&self) -> Result<Vec<MetricRecord>> {
-        self.rows(sql::METRICS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::metric)
-            .collect()
+        self.all(&sql::METRICS, &[], rows::metric).await
     }
 
     async fn delete_metric(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute(&sql::DELETE_METRIC, &[&key]).await? > 0) })
-        })
-        .await
+        Ok(self.config_execute(&sql::DELETE_METRIC, &[&key]).await? > 0)
     }
 }
 
@@ -1413,40 +1403,27 @@ impl Webhooks for PgStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
-        self.config_write(move |tx| -> Boxed<'_, ()> {
-            Box::pin(async move {
-                tx.execute(
-                    &sql::INSERT_WEBHOOK,
-                    &[
-                        &hook.id,
-                        &hook.url,
-                        &segments,
-                        &hook.secret,
-                        &hook.created_at,
-                        &hook.delivered_seq,
-                    ],
-                )
-                .await?;
-                Ok(())
-            })
-        })
-        .await
+        self.config_execute(
+            &sql::INSERT_WEBHOOK,
+            &[
+                &hook.id,
+                &hook.url,
+                &segments,
+                &hook.secret,
+                &hook.created_at,
+                &hook.delivered_seq,
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn webhooks(&self) -> Result<Vec<WebhookRecord>> {
-        self.rows(sql::WEBHOOKS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::webhook)
-            .collect()
+        self.all(&sql::WEBHOOKS, &[], rows::webhook).await
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
-        let id = id.to_owned();
-        self.config_write(move |tx| -> Boxed<'_, bool> {
-            Box::pin(async move { Ok(tx.execute(&sql::DELETE_WEBHOOK, &[&id]).await? == 1) })
-        })
-        .await
+        Ok(self.config_execute(&sql::DELETE_WEBHOOK, &[&id]).await? == 1)
     }
 
     async fn record_delivery(
@@ -1492,11 +1469,7 @@ impl Coordination for PgStore {
     }
 
     async fn partition_progress(&self) -> Result<Vec<PartitionProgress>> {
-        self.rows(sql::PARTITIONS.postgres(), &[])
-            .await?
-            .iter()
-            .map(rows::partition)
-            .collect()
+        self.all(&sql::PARTITIONS, &[], rows::partition).await
     }
 
     async fn hold_lease(

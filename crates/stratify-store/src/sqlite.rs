@@ -201,12 +201,13 @@ fn add_member_rows(
     Ok(added)
 }
 
-fn name_conflict(e: rusqlite::Error, name: &str) -> StoreError {
+/// A constraint violation is `Conflict` on `what` (e.g. a name taken).
+fn conflict(e: rusqlite::Error, what: String) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            StoreError::Conflict(format!("a segment named '{name}'"))
+            StoreError::Conflict(what)
         }
         other => other.into(),
     }
@@ -911,7 +912,7 @@ impl Configuration for SqliteStore {
                         seg.created_at,
                         seg.created_by
                     ])
-                    .map_err(|e| name_conflict(e, &seg.name))?;
+                    .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
                 w.conn
                     .prepare_cached(sql::INSERT_SEGMENT_VERSION.sqlite())?
                     .execute(params![
@@ -946,7 +947,7 @@ impl Configuration for SqliteStore {
                         seg.updated_at,
                         seg.updated_by
                     ])
-                    .map_err(|e| name_conflict(e, &seg.name))?;
+                    .map_err(|e| conflict(e, format!("a segment named '{}'", seg.name)))?;
                 if changed == 0 {
                     return Err(StoreError::NotFound(format!("segment '{}'", seg.id)));
                 }
@@ -1067,14 +1068,7 @@ impl Configuration for SqliteStore {
                         e.created_by,
                         e.updated_by
                     ])
-                    .map_err(|err| match err {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            StoreError::Conflict(format!("an experiment with key '{}'", e.key))
-                        }
-                        other => other.into(),
-                    })?;
+                    .map_err(|err| conflict(err, format!("an experiment with key '{}'", e.key)))?;
                 Ok(())
             })
             .await
@@ -1172,14 +1166,7 @@ impl Keys for SqliteStore {
                         key.created_at,
                         key.revoked_at
                     ])
-                    .map_err(|e| match e {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            StoreError::Conflict(format!("api key '{}'", key.id))
-                        }
-                        other => other.into(),
-                    })?;
+                    .map_err(|e| conflict(e, format!("api key '{}'", key.id)))?;
                 Ok(())
             })
             .await
@@ -1490,14 +1477,7 @@ impl Metrics for SqliteStore {
                 w.conn
                     .prepare_cached(sql::INSERT_METRIC.sqlite())?
                     .execute(params![m.key, definition, m.created_at, m.updated_at])
-                    .map_err(|err| match err {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            StoreError::Conflict(format!("a metric with key '{}'", m.key))
-                        }
-                        other => other.into(),
-                    })?;
+                    .map_err(|err| conflict(err, format!("a metric with key '{}'", m.key)))?;
                 Ok(())
             })
             .await
