@@ -27,4 +27,6 @@ start_postgres "$services_dir/pg" "${STRATIFY_TEST_PG_PORT:-55439}"
 start_kafka "$services_dir/kafka" "${STRATIFY_TEST_KAFKA_PORT:-59092}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Crate docs are the map a newcomer reads: their links must resolve.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo test --workspace --locked

@@ -54,7 +54,7 @@ use stratify_store::sqlite::SqliteStore;
 use stratify_store::Store;
 
 /// The composition root: builds every service in one function
-/// ([`Engine::open`]) and hands each caller the one it needs. One pointer,
+/// (`Engine::open`) and hands each caller the one it needs. One pointer,
 /// cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Engine(Arc<Services>);
@@ -126,7 +126,7 @@ impl Engine {
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         // A shared store answers population queries itself (see
-        // `Engine::population`): no node keeps an index of it.
+        // `SegmentService::population`): no node keeps an index of it.
         let population = match store.dialect() {
             stratify_core::rules::sql::Dialect::Sqlite => {
                 Some(population::load(store.as_ref()).await?)

@@ -149,7 +149,7 @@ impl Segments {
     }
 }
 
-/// How [`Engine::change_members`] changes a static segment.
+/// How [`SegmentService::change_members`] changes a static segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberChange {
     Add,

@@ -6,7 +6,7 @@
 //!
 //! - **Ownership.** The node owns the users of its assigned partitions
 //!   ([`partition_of`]). On every assignment it rebuilds their live state
-//!   from the shared log ([`Engine::own`]); a revocation takes effect at
+//!   from the shared log ([`ClusterService::own`](stratify_engine::cluster::ClusterService::own)); a revocation takes effect at
 //!   once (the worker stops recording changes for those users).
 //! - **Nothing lost.** A batch of records is appended to the store in one
 //!   durable transaction, and only then are its offsets committed. A crash

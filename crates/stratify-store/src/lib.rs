@@ -9,7 +9,7 @@
 //! - The scale-out backend is PostgreSQL ([`postgres::PgStore`]), shared by
 //!   several nodes.
 //!
-//! The statement text both dialects agree on is written once ([`sql`], with
+//! The statement text both dialects agree on is written once (`sql.rs`, with
 //! `?N` placeholders translated once for PostgreSQL); only the statements that
 //! truly differ (bulk appends, scans, upserts) live with their backend. One
 //! storage suite (`tests/suite.rs`) runs against both.
@@ -112,7 +112,7 @@ pub trait EventLog: Send + Sync {
 /// Users and their attributes, and population queries over them.
 #[async_trait]
 pub trait Users: Send + Sync {
-    /// The SQL dialect [`Store::select_users`] runs. A store in a dialect
+    /// The SQL dialect [`Users::select_users`] runs. A store in a dialect
     /// other than SQLite is shared by several nodes, so a node's in-memory
     /// indexes may lag it: the engine asks the store instead.
     fn dialect(&self) -> stratify_core::rules::sql::Dialect;

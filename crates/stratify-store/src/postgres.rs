@@ -7,9 +7,9 @@
 //!   (another node may erase a user);
 //! - the change log is numbered here, under a transaction-level advisory
 //!   lock, so sequence order is commit order across nodes
-//!   ([`Store::apply_changes`] returns the changes as numbered);
+//!   ([`ChangeLog::apply_changes`] returns the changes as numbered);
 //! - every configuration write bumps `config_version`, which nodes poll to
-//!   reload (see [`Store::config_version`]).
+//!   reload (see [`Configuration::config_version`], run only through `ConfigTx`).
 //!
 //! Event appends of one node are serialised, so its commit hooks run in
 //! sequence order, as the live engine needs.

@@ -180,7 +180,7 @@ pub fn test(op: Op, seen: &Seen<'_>, operand: &Operand) -> bool {
     }
 }
 
-/// [`test`] specialised to a present numeric value, decided once per leaf:
+/// [`test()`] specialised to a present numeric value, decided once per leaf:
 /// `NumTest::new(op, operand).test(x) == test(op, &Seen::Num(x), operand)`
 /// for every finite `x` (a property test checks it). Used by the columnar
 /// index, which tests millions of aggregate values per query.

@@ -1,10 +1,10 @@
 //! Statistics for experiment results, pure and to double precision.
 //!
 //! - [`dist`]: normal, Student's t and chi-square distribution functions.
-//! - [`compare`]: per-arm intervals (Wilson for rates), absolute and relative
+//! - [`compare`](mod@compare): per-arm intervals (Wilson for rates), absolute and relative
 //!   lift with intervals and p-values by `welch`, `z` or `z_pooled`, the
 //!   chance to beat control, Holm's correction.
-//! - [`srm`]: the sample-ratio-mismatch check.
+//! - [`srm`](mod@srm): the sample-ratio-mismatch check.
 //! - [`power`]: sample size for two proportions.
 //!
 //! Every formula is written next to its code. The reference tests

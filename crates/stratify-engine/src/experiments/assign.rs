@@ -14,7 +14,7 @@
 //! The first serving of (user, experiment) under a bucket version is stored:
 //! it is the sticky assignment and the user's first exposure.
 //!
-//! Answers are cached per user (see [`super::cache`]); a computation first
+//! Answers are cached per user (see `cache`); a computation first
 //! waits (briefly) until the live engine has applied the user's committed
 //! events, so an order posted and acknowledged is reflected by the next call.
 

@@ -9,8 +9,8 @@
 //! after `to`.
 //!
 //! The exposures come from one indexed read; the events from one scan of
-//! the log for the metric's event name (see [`stratify_store::Store::scan_metric_events`]),
-//! folded per user and per day by [`fold`].
+//! the log for the metric's event name (see [`stratify_store::Metrics::scan_metric_events`]),
+//! folded per user and per day by `fold`.
 
 mod columns;
 mod fold;
