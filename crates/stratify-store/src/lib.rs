@@ -127,7 +127,11 @@ pub trait Users: Send + Sync {
     ) -> Result<UserRecord>;
 
     /// Merges attributes into many users at once (import); creates unknown users.
-    async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64>;
+    async fn merge_users(
+        &self,
+        users: std::sync::Arc<Vec<(UserId, Attributes)>>,
+        now: Millis,
+    ) -> Result<u64>;
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
 

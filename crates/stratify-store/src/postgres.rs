@@ -655,7 +655,7 @@ impl Users for PgStore {
                 return Err(StoreError::NotFound(format!("user '{user_id}'")))
             }
             (WriteMode::Merge, Some(Value::Object(mut current))) => {
-                merge_into(&mut current, attributes);
+                merge_into(&mut current, &attributes);
                 current
             }
             (WriteMode::Merge, Some(_)) => {
@@ -673,11 +673,15 @@ impl Users for PgStore {
         Ok(user)
     }
 
-    async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64> {
+    async fn merge_users(
+        &self,
+        users: Arc<Vec<(UserId, Attributes)>>,
+        now: Millis,
+    ) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut changed = 0;
-        for (user_id, attributes) in users {
+        for (user_id, attributes) in users.iter() {
             let existing = user_row(&*tx, user_id.as_str())
                 .await?
                 .map(|u| u.attributes);

@@ -5,12 +5,12 @@ use crate::{Result, StoreError};
 use serde_json::{Map, Value};
 
 /// `null` removes an attribute; anything else sets it.
-pub(crate) fn merge_into(target: &mut Attributes, patch: Attributes) {
+pub(crate) fn merge_into(target: &mut Attributes, patch: &Attributes) {
     for (k, v) in patch {
         if v.is_null() {
-            target.remove(&k);
+            target.remove(k);
         } else {
-            target.insert(k, v);
+            target.insert(k.clone(), v.clone());
         }
     }
 }

@@ -688,7 +688,7 @@ impl Users for SqliteStore {
                         return Err(StoreError::NotFound(format!("user '{user_id}'")))
                     }
                     (WriteMode::Merge, Some(mut current)) => {
-                        merge_into(&mut current.attributes, attributes);
+                        merge_into(&mut current.attributes, &attributes);
                         current.attributes
                     }
                     (_, _) => without_nulls(attributes),
@@ -700,11 +700,15 @@ impl Users for SqliteStore {
             .await
     }
 
-    async fn merge_users(&self, users: Vec<(UserId, Attributes)>, now: Millis) -> Result<u64> {
+    async fn merge_users(
+        &self,
+        users: Arc<Vec<(UserId, Attributes)>>,
+        now: Millis,
+    ) -> Result<u64> {
         self.writer
             .write(move |w| {
                 let mut changed = 0;
-                for (user_id, attributes) in users {
+                for (user_id, attributes) in users.iter() {
                     let existing = w.user_row(user_id.as_str())?.map(|u| u.attributes);
                     let mut merged = existing.clone().unwrap_or_default();
                     merge_into(&mut merged, attributes);
