@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The scale benchmark of issue 18, every figure from one run on a release
+# build: a generated data set of USERS users, EVENTS events and ORDERS orders
+# is imported, 50 live segments and 100 running experiments are created over
+# the API, every user is served, two metrics' results are computed, and the
+# server is restarted. Prints, in order:
+#   import rows/s; segment builds (50 created and built); serving vs /health
+#   (first servings and repeats, p99); results of two metrics (cold, warm);
+#   restart to the first experiments answer; RSS after each stage, with bytes
+#   per user and per event.
+# Live ingest at 20 000 events/s is scripts/bench-live.sh (its own set-up).
+#
+#   scripts/bench-scale.sh [USERS] [EVENTS] [ORDERS] [SECONDS]
+#                          (default 1000000 10000000 1000000 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=${1:-1000000}
+EVENTS=${2:-10000000}
+ORDERS=${3:-1000000}
+SECONDS_EACH=${4:-20}
+CONNS=8
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+cargo build --release -q -p stratify -p stratify-bench
+BIN=$PWD/target/release/stratify
+BENCH=$PWD/target/release/stratify-bench
+WORK=$(mktemp -d)
+DATA=$WORK/data
+trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+KEY=bench-key
+H=(-H "Authorization: Bearer $KEY")
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
+rss_mib() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$PID/status"; }
+rss() {
+    local kib
+    kib=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+    printf "RSS %-28s %6d MiB  (%d bytes/user, %d bytes/event)\n" "$1" $((kib / 1024)) \
+        $((kib * 1024 / USERS)) $((kib * 1024 / (EVENTS + ORDERS)))
+}
+
+serve() {
+    PORT=$((20000 + RANDOM % 20000))
+    URL="http://127.0.0.1:$PORT"
+    STRATIFY_ADMIN_KEY=$KEY RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$DATA" >>"$WORK/server.log" 2>&1 &
+    PID=$!
+}
+wait_health() {
+    for _ in $(seq 3000); do curl -sf "$URL/health" >/dev/null && return; sleep 0.1; done
+    echo "server did not start" >&2; exit 1
+}
+wait_caught_up() {
+    for _ in $(seq 6000); do
+        lag=$(curl -sf "$URL/metrics" | awk '/^stratify_live_lag_events / {print $2}')
+        [ "${lag:-1}" = "0" ] && return
+        sleep 0.2
+    done
+}
+
+echo "== generate $USERS users, $EVENTS events, $ORDERS orders"
+$BIN generate --users "$USERS" --events "$EVENTS" --orders "$ORDERS" --seed 18 --out "$WORK/gen" >/dev/null
+ROWS=$((USERS + EVENTS + ORDERS))
+T=$(now)
+for kind in users events orders; do
+    case $kind in
+        users) file=user_attributes.csv ;;
+        events) file=user_events.csv ;;
+        orders) file=orders.csv ;;
+    esac
+    RUST_LOG=warn $BIN import "--$kind" "$WORK/gen/$file" --data-dir "$DATA" | sed 's/^/import: /'
+done
+IMPORT_S=$(since "$T")
+echo "import: $ROWS rows in ${IMPORT_S}s ($(awk -v r=$ROWS -v s="$IMPORT_S" 'BEGIN {printf "%.0f", r / s}') rows/s)"
+
+serve
+wait_health
+wait_caught_up
+rss "after start"
+
+echo "== 50 segments and 100 experiments over the API"
+$BENCH experiments-setup --url "$URL" --key "$KEY" --experiments 100
+rss "after segment builds"
+
+cat > "$WORK/users.lua" <<LUA
+math.randomseed(42)
+wrk.headers["Authorization"] = "Bearer $KEY"
+request = function()
+  return wrk.format("GET", "/v1/users/" .. math.random(1, $USERS) .. "/experiments")
+end
+LUA
+cat > "$WORK/prime.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $KEY"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/v1/users/" .. ((counter - 1) % $USERS + 1) .. "/experiments")
+end
+LUA
+cat > "$WORK/health.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+to_ms() { # wrk prints 512.00us / 1.20ms / 1.01s
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+run() { # prints "requests/s p99_ms"
+    local out
+    out=$(wrk -t2 -c"$CONNS" -d"${SECONDS_EACH}s" --latency -s "$2" "$URL$1")
+    if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; exit 1; fi
+    echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+}
+echo "== serving ($CONNS connections, ${SECONDS_EACH}s each)"
+read -r H_RPS H_P99 < <(run /health "$WORK/health.lua")
+echo "GET /health:                        $H_RPS req/s  p99 $H_P99 ms"
+read -r C_RPS C_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+echo "first servings (random users):      $C_RPS req/s  p99 $C_P99 ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
+T=$(now)
+wrk -t2 -c"$CONNS" -d"$((USERS / 12000 + 10))s" -s "$WORK/prime.lua" "$URL/" >/dev/null
+echo "every user served once in $(since "$T")s"
+read -r W_RPS W_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+echo "repeats (random users):             $W_RPS req/s  p99 $W_P99 ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
+rss "after serving every user"
+
+echo "== results: two metrics"
+for m in '{"key": "purchased", "kind": "conversion", "event": "PURCHASE_MADE", "window": "14d"}' \
+         '{"key": "revenue", "kind": "sum", "event": "order_placed", "property": "amount"}'; do
+    curl -sf "${H[@]}" -H 'Content-Type: application/json' -d "$m" "$URL/v1/metrics" >/dev/null
+done
+EXP=$(curl -sf "${H[@]}" "$URL/v1/experiments" | python3 -c 'import json,sys; print(next(e["id"] for e in json.load(sys.stdin)["experiments"] if e["key"] == "bench-exp-0"))')
+Q="$URL/v1/experiments/$EXP/results?metric=purchased,revenue"
+time_get() { curl -sf -o "$WORK/results.json" -w '%{time_total}' "${H[@]}" "$1"; }
+echo "cold (first call): $(time_get "$Q")s"
+WARM=$(for _ in 1 2 3; do time_get "$Q"; echo; done | sort -n | sed -n 2p)
+echo "warm (median of 3): ${WARM}s"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("exposed users:", r["exposed_users"])' "$WORK/results.json"
+rss "after results"
+
+echo "== restart"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+T=$(now)
+serve
+for _ in $(seq 6000); do
+    curl -sf "${H[@]}" "$URL/v1/users/1/experiments" >/dev/null && break
+    sleep 0.1
+done
+echo "restart to the first experiments answer: $(since "$T")s"
+wait_caught_up
+rss "after restart"
