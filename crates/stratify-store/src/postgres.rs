@@ -673,11 +673,7 @@ impl Users for PgStore {
         Ok(user)
     }
 
-    async fn merge_users(
-        &self,
-        users: Arc<Vec<(UserId, Attributes)>>,
-        now: Millis,
-    ) -> Result<u64> {
+    async fn merge_users(&self, users: Arc<Vec<(UserId, Attributes)>>, now: Millis) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut changed = 0;

@@ -700,11 +700,7 @@ impl Users for SqliteStore {
             .await
     }
 
-    async fn merge_users(
-        &self,
-        users: Arc<Vec<(UserId, Attributes)>>,
-        now: Millis,
-    ) -> Result<u64> {
+    async fn merge_users(&self, users: Arc<Vec<(UserId, Attributes)>>, now: Millis) -> Result<u64> {
         self.writer
             .write(move |w| {
                 let mut changed = 0;

@@ -349,9 +349,24 @@ async fn merge_users_reports_only_real_changes() {
                 json!({"age": age}).as_object().cloned().unwrap_or_default(),
             )]
         };
-        assert_eq!(s.merge_users(std::sync::Arc::new(rows(30)), NOW).await.expect("first"), 1);
-        assert_eq!(s.merge_users(std::sync::Arc::new(rows(30)), NOW).await.expect("same"), 0);
-        assert_eq!(s.merge_users(std::sync::Arc::new(rows(31)), NOW).await.expect("changed"), 1);
+        assert_eq!(
+            s.merge_users(std::sync::Arc::new(rows(30)), NOW)
+                .await
+                .expect("first"),
+            1
+        );
+        assert_eq!(
+            s.merge_users(std::sync::Arc::new(rows(30)), NOW)
+                .await
+                .expect("same"),
+            0
+        );
+        assert_eq!(
+            s.merge_users(std::sync::Arc::new(rows(31)), NOW)
+                .await
+                .expect("changed"),
+            1
+        );
     })
     .await;
 }

@@ -26,7 +26,7 @@ use crate::segments::{facts_events, Catalog};
 use crate::EngineError;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::bucketing;
 use stratify_core::ids::UserId;
@@ -136,8 +136,6 @@ pub struct UserExperiments {
     pub(crate) valid_until: Millis,
     pub(crate) stamp: u64,
     pub(crate) generation: u64,
-    /// A rendering of this answer, kept by the caller for cache hits.
-    pub rendered: OnceLock<bytes::Bytes>,
 }
 
 /// Segment references in inline rules read the live memberships.
@@ -495,7 +493,6 @@ impl ServingService {
             valid_until,
             stamp,
             generation: registry.generation,
-            rendered: OnceLock::new(),
         })
     }
 

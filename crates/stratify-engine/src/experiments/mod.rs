@@ -42,6 +42,10 @@ pub struct Experiment {
     pub(crate) variant_slots: Vec<u16>,
     pub(crate) ranges: Vec<(f64, f64)>,
     pub(crate) segment_slots: Vec<u32>,
+    /// A rendering of each variant as served, made once by the caller (the
+    /// HTTP layer) and kept with this version of the experiment: an answer
+    /// is assembled from these instead of each user keeping a rendering.
+    pub rendered_variants: std::sync::OnceLock<Vec<bytes::Bytes>>,
 }
 
 impl Experiment {
@@ -165,6 +169,7 @@ impl Experiments {
             variant_slots,
             ranges,
             segment_slots,
+            rendered_variants: std::sync::OnceLock::new(),
         });
         let mut guard = self.registry.write();
         let mut by_id = guard.by_id.clone();

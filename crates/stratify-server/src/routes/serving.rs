@@ -15,7 +15,7 @@ use std::sync::Arc;
 use stratify_core::ids::UserId;
 use stratify_engine::experiments::assign::ServingService;
 use stratify_engine::experiments::assign::{Source, UserExperiments};
-use stratify_engine::experiments::Mixture;
+use stratify_engine::experiments::{Experiment, Mixture};
 use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
@@ -65,29 +65,62 @@ fn mixture_out(m: &Mixture) -> MixtureOut<'_> {
     }
 }
 
+/// The answer as `UserExperimentsOut` serialises it, assembled from each
+/// experiment's pre-rendered variants (made once per experiment version):
+/// a cached answer holds no bytes of its own, and rendering is copying.
 fn render(answer: &UserExperiments, source: Source) -> bytes::Bytes {
-    let out = UserExperimentsOut {
-        user_id: &answer.user_id,
-        source: source.as_str(),
-        experiments: answer
-            .served
-            .iter()
-            .map(|s| {
-                let v = s.variant();
-                ServedOut {
-                    experiment_id: &s.experiment.record.id,
-                    key: &s.experiment.record.key,
-                    name: &s.experiment.record.name,
+    let mut out = Vec::with_capacity(128 + answer.served.len() * 192);
+    out.extend_from_slice(b"{\"user_id\":");
+    json_into(&mut out, &answer.user_id);
+    out.extend_from_slice(b",\"source\":\"");
+    out.extend_from_slice(source.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"experiments\":[");
+    for (i, s) in answer.served.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let variants = s
+            .experiment
+            .rendered_variants
+            .get_or_init(|| render_variants(&s.experiment));
+        if let Some(v) = variants.get(s.variant) {
+            out.extend_from_slice(v);
+        }
+    }
+    out.extend_from_slice(b"],\"banner_mixture\":");
+    json_into(&mut out, &answer.banner_mixture.as_deref().map(mixture_out));
+    out.push(b'}');
+    out.into()
+}
+
+/// Each variant of an experiment as one `ServedOut`.
+fn render_variants(e: &Experiment) -> Vec<bytes::Bytes> {
+    e.definition
+        .variants
+        .iter()
+        .map(|v| {
+            let mut out = Vec::new();
+            json_into(
+                &mut out,
+                &ServedOut {
+                    experiment_id: &e.record.id,
+                    key: &e.record.key,
+                    name: &e.record.name,
                     variant: &v.key,
                     variant_name: v.name.as_deref(),
                     is_control: v.is_control,
                     payload: v.payload.as_ref(),
-                }
-            })
-            .collect(),
-        banner_mixture: answer.banner_mixture.as_deref().map(mixture_out),
-    };
-    serde_json::to_vec(&out).unwrap_or_default().into()
+                },
+            );
+            out.into()
+        })
+        .collect()
+}
+
+fn json_into(out: &mut Vec<u8>, value: &impl Serialize) {
+    // Serialising these types into memory cannot fail (no maps with
+    // non-string keys, no I/O).
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn user_id(id: &str) -> Result<UserId, ApiError> {
@@ -107,13 +140,7 @@ pub async fn user_experiments(
 ) -> Result<Response, ApiError> {
     let user = user_id(&id)?;
     let (answer, source) = serving.user_experiments(&user, None).await?;
-    let body = match source {
-        Source::Cache => answer
-            .rendered
-            .get_or_init(|| render(&answer, Source::Cache))
-            .clone(),
-        Source::Computed => render(&answer, Source::Computed),
-    };
+    let body = render(&answer, source);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -551,3 +551,50 @@ async fn eligibility_and_serving_inputs_are_checked() {
         .await;
     assert!(s.is_client_error());
 }
+
+/// The answer is assembled from pre-rendered variants; it must be exactly
+/// the documented shape, cached or not, and follow an experiment's changes.
+#[tokio::test]
+async fn the_served_answer_has_the_documented_shape_cached_or_not() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "shape", "name": "Shape \"quoted\"", "variants": [
+            {"key": "a", "name": "Arm A", "weight": 100, "is_control": true, "payload": {"x": [1, "é"]}},
+            {"key": "b", "weight": 0}
+        ]}),
+    )
+    .await;
+    let expected = |name: &str, source: &str| {
+        json!({
+            "user_id": "u\"1",
+            "source": source,
+            "experiments": [{
+                "experiment_id": id, "key": "shape", "name": name, "variant": "a",
+                "variant_name": "Arm A", "is_control": true, "payload": {"x": [1, "é"]}
+            }],
+            "banner_mixture": null
+        })
+    };
+    let path = "/v1/users/u%221/experiments";
+    assert_eq!(
+        experiments_of(&app, "u%221").await,
+        expected("Shape \"quoted\"", "db")
+    );
+    let (s, cached) = app.get(path).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cached, expected("Shape \"quoted\"", "cache"));
+    // A new version of the experiment renders anew.
+    let (s, e) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/experiments/{id}"),
+            Some(json!({"name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(
+        experiments_of(&app, "u%221").await,
+        expected("Renamed", "db")
+    );
+}
