@@ -1630,7 +1630,9 @@ fn scan_part(
 ) -> Result<u64> {
     let path = scan.property.as_ref().map(|p| format!("$.{p}"));
     let sql = if path.is_some() {
-        "SELECT uid, ts, json_extract(properties, ?6) FROM events \
+        // Numbers only, as on PostgreSQL: `true` is not 1.
+        "SELECT uid, ts, CASE WHEN json_type(properties, ?6) IN ('integer', 'real') \
+           THEN json_extract(properties, ?6) END FROM events \
          WHERE seq > ?1 AND seq <= ?2 AND name_id = ?3 AND ts >= ?4 AND ts <= ?5"
     } else {
         "SELECT uid, ts, NULL FROM events \

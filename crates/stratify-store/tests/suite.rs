@@ -776,6 +776,17 @@ async fn exposures_and_metric_scans_read_what_results_need() {
         let mut got: Vec<(i64, Option<f64>)> = seen.lock().iter().map(|e| (e.ts, e.value)).collect();
         got.sort_by_key(|g| g.0);
         assert_eq!(got, vec![(NOW + 5, Some(12.5)), (NOW + 6, None), (NOW + 7, Some(3.0))]);
+        // A boolean is not a number, on either backend (SQLite's
+        // json_extract would read `true` as 1).
+        s.append_events(batch(vec![event(
+            json!({"user_id": "u1", "name": "buy", "timestamp": NOW + 9, "properties": {"amount": true}}),
+        )]))
+        .await
+        .expect("append");
+        seen.lock().clear();
+        let later = MetricScan { after_seq: 5, ..scan.clone() };
+        assert_eq!(s.scan_metric_events(later, sink.clone()).await.expect("scan").events, 1);
+        assert_eq!(seen.lock()[0].value, None, "true is not a metric value");
         let unknown = MetricScan { event: "never".into(), ..scan };
         assert_eq!(s.scan_metric_events(unknown, sink).await.expect("scan").events, 0);
 
