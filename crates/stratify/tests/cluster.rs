@@ -616,3 +616,148 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         );
     }
 }
+
+/// Issue 19, "stale answers on a non-owner node": a node that does not own a
+/// user caches the user's experiments answer; when the owner applies an event
+/// that moves the user into a targeted segment, the other node's answer
+/// follows within a second (it used to keep the old one for the cache's five
+/// minutes, because following a membership did not touch freshness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
+    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
+    let pg_url = stratify_store::testing::fresh_postgres().await;
+    let logs = tempfile::tempdir().expect("dir");
+    let tag = format!("{}-{}", std::process::id(), free_port());
+    let (events_topic, changes_topic) = (format!("stale-{tag}"), format!("stale-ch-{tag}"));
+    produce(&[
+        &brokers,
+        &events_topic,
+        &PARTITIONS.to_string(),
+        "-",
+        "create",
+    ]);
+    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
+    let args = |id: &str| -> Vec<String> {
+        [
+            "--postgres-url",
+            &pg_url,
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-group",
+            &format!("g-{tag}"),
+            "--kafka-events-topic",
+            &events_topic,
+            "--kafka-changes-topic",
+            &changes_topic,
+            "--node-id",
+            id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = start("stale-a", &args("a"), logs.path()).await;
+    let b = start("stale-b", &args("b"), logs.path()).await;
+    // A few records so that both consumers report their partitions.
+    let warmup: String = (0..40)
+        .map(|i| format!("{}\n", json!({"user_id": format!("warmup-{i}"), "name": "PING", "timestamp": 1_700_000_000_000i64})))
+        .collect();
+    let file = logs.path().join("warmup.jsonl");
+    std::fs::write(&file, warmup).expect("write");
+    produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]);
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .expect("pg");
+    tokio::spawn(conn);
+    wait_count(&pg, 40, "warm-up").await;
+    wait_owners(&a, &["a", "b"]).await;
+    let owners = owners(&a).await;
+    let segment = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "loggers", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let experiment = post(
+        &a,
+        "/v1/experiments",
+        json!({"key": "stale", "name": "Stale", "segment_ids": [segment],
+               "variants": [{"key": "only", "weight": 100, "is_control": true}]}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    post(
+        &a,
+        &format!("/v1/experiments/{experiment}/start"),
+        json!(null),
+    )
+    .await;
+    for (owner, reader) in [("a", &b), ("b", &a)] {
+        let owner_node = if owner == "a" { &a } else { &b };
+        let user = (0..)
+            .map(|i| format!("stale-{owner}-{i}"))
+            .find(|u| {
+                owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
+                    == Some(&owner.to_owned())
+            })
+            .expect("a user of each node");
+        // The reader knows the running experiment, and caches the answer
+        // "not targeted" for a user it does not own.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while call(
+            reqwest::Method::GET,
+            format!("{}/v1/experiments/{experiment}", reader.url),
+            None,
+        )
+        .await
+        .1["status"]
+            != "running"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the experiment never reached the other node"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let path = format!("/v1/users/{user}/experiments");
+        assert_eq!(get(reader, &path).await["experiments"], json!([]));
+        let cached = get(reader, &path).await;
+        assert_eq!(
+            (cached["source"].as_str(), &cached["experiments"]),
+            (Some("cache"), &json!([]))
+        );
+        // The owner applies the event that moves the user into the segment.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        post(
+            owner_node,
+            "/v1/events",
+            json!({"user_id": user, "name": "LOGIN", "timestamp": now}),
+        )
+        .await;
+        let applied = Instant::now();
+        loop {
+            let answer = get(reader, &path).await;
+            if answer["experiments"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1)
+            {
+                assert_eq!(answer["experiments"][0]["variant"], "only");
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(2),
+                "node {} still serves the stale answer for {user} owned by {owner}: {answer}",
+                if owner == "a" { "b" } else { "a" }
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
