@@ -760,4 +760,17 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+    // Each node reports the segment's size across the cluster (its own users
+    // and the ones it follows): the two users above, nobody else.
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let size = get(node, &format!("/v1/segments/{segment}")).await["size"].clone();
+            if size == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster size {size}, want 2");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }

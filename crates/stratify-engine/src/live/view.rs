@@ -10,6 +10,7 @@
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use stratify_store::ChangeRecord;
 
@@ -22,6 +23,9 @@ type Shard = RwLock<FastMap<Box<str>, Vec<u32>>>;
 pub struct MemberView {
     slots: RwLock<FastMap<Arc<str>, u32>>,
     shards: Box<[Shard]>,
+    /// Members per slot, kept as memberships move (so a segment's size is
+    /// one read, not a scan of every user).
+    counts: RwLock<Vec<AtomicU64>>,
 }
 
 impl Default for MemberView {
@@ -29,6 +33,7 @@ impl Default for MemberView {
         Self {
             slots: RwLock::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            counts: RwLock::default(),
         }
     }
 }
@@ -45,7 +50,24 @@ impl MemberView {
         }
         let mut slots = self.slots.write();
         let next = slots.len() as u32;
-        *slots.entry(Arc::from(segment_id)).or_insert(next)
+        let slot = *slots.entry(Arc::from(segment_id)).or_insert(next);
+        let mut counts = self.counts.write();
+        while counts.len() <= slot as usize {
+            counts.push(AtomicU64::new(0));
+        }
+        slot
+    }
+
+    /// Adds `delta` (±1) to a slot's member count.
+    fn counted(&self, slot: u32, delta: i64) {
+        if let Some(c) = self.counts.read().get(slot as usize) {
+            if delta > 0 {
+                c.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Never below zero, whatever the order of callers.
+                let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
     }
 
     /// Appends the slots of the segments `user` is in (sorted) to `out`.
@@ -68,10 +90,12 @@ impl MemberView {
             let list = shard.entry(Box::from(user)).or_default();
             if let Err(i) = list.binary_search(&slot) {
                 list.insert(i, slot);
+                self.counted(slot, 1);
             }
         } else if let Some(list) = shard.get_mut(user) {
             if let Ok(i) = list.binary_search(&slot) {
                 list.remove(i);
+                self.counted(slot, -1);
             }
             if list.is_empty() {
                 shard.remove(user);
@@ -87,24 +111,24 @@ impl MemberView {
         }
     }
 
-    /// Members of a segment (a scan of every shard: O(users)).
+    /// Members of a segment: one read (counts are kept as members move).
     pub fn count(&self, segment_id: &str) -> u64 {
         let Some(&slot) = self.slots.read().get(segment_id) else {
             return 0;
         };
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .values()
-                    .filter(|l| l.binary_search(&slot).is_ok())
-                    .count() as u64
-            })
-            .sum()
+        self.counts
+            .read()
+            .get(slot as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub(crate) fn remove_user(&self, user: &str) {
-        self.shard(user).write().remove(user);
+        let mut shard = self.shard(user).write();
+        if let Some(list) = shard.remove(user) {
+            for slot in list {
+                self.counted(slot, -1);
+            }
+        }
     }
 }
 
@@ -146,5 +170,40 @@ mod tests {
         assert!(out.is_empty());
         view.remove_user("u1");
         assert!(!view.contains("u1", b));
+    }
+
+    /// The kept counts equal a scan of every user, whatever the sequence of
+    /// entries, exits (repeated or not) and erasures.
+    #[test]
+    fn kept_counts_equal_a_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let view = MemberView::default();
+        let segments = ["a", "b", "c"];
+        for _ in 0..5_000 {
+            let user = format!("u{}", rng.random_range(0..200));
+            if rng.random_ratio(1, 50) {
+                view.remove_user(&user);
+            } else {
+                let seg = segments[rng.random_range(0..segments.len())];
+                view.apply(&[change(seg, &user, rng.random_bool(0.6))]);
+            }
+        }
+        for seg in segments {
+            let slot = view.slot(seg);
+            let scanned: u64 = view
+                .shards
+                .iter()
+                .map(|s| {
+                    s.read()
+                        .values()
+                        .filter(|l| l.binary_search(&slot).is_ok())
+                        .count() as u64
+                })
+                .sum();
+            assert_eq!(view.count(seg), scanned, "{seg}");
+            assert!(scanned > 0);
+        }
+        assert_eq!(view.count("never"), 0);
     }
 }
