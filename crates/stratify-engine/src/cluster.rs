@@ -76,6 +76,8 @@ pub struct ClusterService {
     pub(crate) segments: Arc<crate::segments::Segments>,
     pub(crate) views: Arc<crate::derived::Views>,
     pub(crate) routing: Arc<Routing>,
+    /// Deliverers follow webhooks created or deleted on other nodes.
+    pub(crate) webhooks: Arc<crate::webhooks::WebhookService>,
 }
 
 impl ClusterService {
@@ -206,6 +208,7 @@ impl ClusterService {
         });
         self.segments.replace(after);
         self.experiments.reload(store).await?;
+        self.webhooks.sync_deliverers().await?;
         Ok(())
     }
 }

@@ -167,6 +167,13 @@ impl Engine {
             views: views.clone(),
             derive: derive.clone(),
         });
+        let webhook_service = Arc::new(webhooks::WebhookService {
+            store: store.clone(),
+            clock: clock.clone(),
+            deliverers: deliverers.clone(),
+            segments: segments.clone(),
+            views: views.clone(),
+        });
         let services = Services {
             users: Arc::new(users::UserService {
                 store: store.clone(),
@@ -209,13 +216,7 @@ impl Engine {
                 segments: segments.clone(),
                 views: views.clone(),
             }),
-            webhooks: Arc::new(webhooks::WebhookService {
-                store: store.clone(),
-                clock: clock.clone(),
-                deliverers: deliverers.clone(),
-                segments: segments.clone(),
-                views: views.clone(),
-            }),
+            webhooks: webhook_service.clone(),
             keys: Arc::new(keys::KeyService {
                 store: store.clone(),
                 clock: clock.clone(),
@@ -236,6 +237,7 @@ impl Engine {
                 segments,
                 views: views.clone(),
                 routing,
+                webhooks: webhook_service,
             }),
             store,
             clock,
@@ -243,8 +245,11 @@ impl Engine {
             deliverers,
         };
         let engine = Self(Arc::new(services));
-        if !rebuild {
-            engine.webhooks.start_deliverers().await?;
+        // Alone on its store (SQLite), a node delivers every webhook. On a
+        // shared store the binary starts deliverers once it knows whether
+        // this node is one of several (per-webhook leases) or alone.
+        if !rebuild && engine.store.dialect() == stratify_core::rules::sql::Dialect::Sqlite {
+            engine.webhooks.start_deliverers(None).await?;
         }
         Ok(engine)
     }

@@ -1,5 +1,12 @@
 //! Webhooks: the change log pushed to registered URLs, at least once.
 //!
+//! When several nodes share the store, every node keeps a deliverer per
+//! webhook but only the holder of the webhook's lease (`webhook:<id>`,
+//! renewed every second, taken over [`LEASE`] after its holder stops)
+//! delivers, from the cursor in the store: each batch is POSTed by one node.
+//! Webhooks created or deleted on another node start or stop here at the
+//! next configuration reload.
+//!
 //! Each webhook has a durable cursor (`delivered_seq`). Its deliverer reads
 //! the changes after the cursor (of its segments), POSTs them as one JSON
 //! batch signed with HMAC-SHA256 of the body under the webhook's secret
@@ -31,6 +38,10 @@ const MAX_SECRET: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a node's hold on a webhook outlives its last renewal.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often a deliverer renews its lease (or tries to take it over).
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 pub const SIGNATURE_HEADER: &str = "x-stratify-signature";
 
@@ -74,6 +85,9 @@ impl From<&WebhookRecord> for WebhookView {
 #[derive(Default)]
 pub(crate) struct Deliverers {
     running: parking_lot::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// `None` until deliverers start; then `Some(None)` alone, or
+    /// `Some(Some(node))` when deliveries go under per-webhook leases.
+    holder: parking_lot::Mutex<Option<Option<String>>>,
 }
 
 impl Deliverers {
@@ -192,22 +206,88 @@ impl WebhookService {
         }
     }
 
-    /// Starts a deliverer for every stored webhook (at start-up).
-    pub(crate) async fn start_deliverers(self: &Arc<Self>) -> Result<(), EngineError> {
-        for hook in self.store.webhooks().await? {
-            self.start_deliverer(hook);
+    /// Starts a deliverer for every stored webhook. `lease_holder` is this
+    /// node's id when several nodes share the store (each webhook is then
+    /// delivered by whichever node holds its lease), `None` alone.
+    pub async fn start_deliverers(
+        self: &Arc<Self>,
+        lease_holder: Option<String>,
+    ) -> Result<(), EngineError> {
+        *self.deliverers.holder.lock() = Some(lease_holder);
+        self.sync_deliverers().await
+    }
+
+    /// Starts deliverers for webhooks that have none and stops those of
+    /// webhooks that are gone (after another node changed them).
+    pub(crate) async fn sync_deliverers(self: &Arc<Self>) -> Result<(), EngineError> {
+        if self.deliverers.holder.lock().is_none() {
+            return Ok(());
+        }
+        let hooks = self.store.webhooks().await?;
+        let ids: std::collections::HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+        self.deliverers.running.lock().retain(|id, task| {
+            let keep = ids.contains(id.as_str());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for hook in hooks {
+            if !self.deliverers.running.lock().contains_key(&hook.id) {
+                self.start_deliverer(hook);
+            }
         }
         Ok(())
     }
 
     fn start_deliverer(self: &Arc<Self>, hook: WebhookRecord) {
+        let Some(holder) = self.deliverers.holder.lock().clone() else {
+            return;
+        };
         let engine = Arc::clone(self);
         let id = hook.id.clone();
-        let task = tokio::spawn(async move { engine.deliver(hook).await });
-        self.deliverers.running.lock().insert(id, task);
+        let task = tokio::spawn(async move { engine.deliver(hook, holder).await });
+        if let Some(old) = self.deliverers.running.lock().insert(id, task) {
+            old.abort();
+        }
     }
 
-    async fn deliver(&self, hook: WebhookRecord) {
+    /// Takes or renews `node`'s lease on a webhook. On taking it, the
+    /// cursor is re-read from the store (another node may have moved it);
+    /// `None` when another node holds it, or the webhook is gone.
+    async fn hold(
+        &self,
+        hook: &WebhookRecord,
+        node: &str,
+        held: bool,
+    ) -> Option<Option<(i64, i64)>> {
+        let now = self.clock.now();
+        let lease = format!("webhook:{}", hook.id);
+        match self
+            .store
+            .hold_lease(&lease, node, now, now + LEASE.as_millis() as i64)
+            .await
+        {
+            Ok(Some(_)) if held => Some(None),
+            Ok(Some(_)) => match self.store.webhooks().await {
+                Ok(all) => all
+                    .into_iter()
+                    .find(|h| h.id == hook.id)
+                    .map(|h| Some((h.delivered_seq, h.failures))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot read the cursor");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: cannot take the lease");
+                None
+            }
+        }
+    }
+
+    async fn deliver(&self, hook: WebhookRecord, lease_holder: Option<String>) {
         let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
@@ -219,7 +299,28 @@ impl WebhookService {
         let mut feed = self.views.live.subscribe();
         let (mut cursor, mut failures) = (hook.delivered_seq, hook.failures);
         let mut backoff = FIRST_BACKOFF;
+        let mut held = false;
+        let wait = if lease_holder.is_some() {
+            RENEW_EVERY
+        } else {
+            Duration::from_secs(5)
+        };
         loop {
+            if let Some(node) = &lease_holder {
+                match self.hold(&hook, node, held).await {
+                    Some(taken) => {
+                        if let Some((c, f)) = taken {
+                            (cursor, failures) = (c, f);
+                        }
+                        held = true;
+                    }
+                    None => {
+                        held = false;
+                        tokio::time::sleep(RENEW_EVERY).await;
+                        continue;
+                    }
+                }
+            }
             let page = match self
                 .store
                 .changes(hook.segment_ids.clone(), cursor, MAX_BATCH)
@@ -233,7 +334,7 @@ impl WebhookService {
                 }
             };
             let Some(last) = page.last().map(|c| c.seq) else {
-                let _ = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await;
+                let _ = tokio::time::timeout(wait, feed.recv()).await;
                 continue;
             };
             let changes: Vec<ChangeView> = page.iter().map(ChangeView::from).collect();

@@ -286,6 +286,11 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     engine.cluster.own(owns.clone()).await?;
     engine.cluster.forward_to(Arc::new(Forwarder::new(&opts)?));
     engine.cluster.follow_cluster().await?;
+    // One of several nodes: each webhook is delivered by its lease's holder.
+    engine
+        .webhooks
+        .start_deliverers(Some(opts.node.clone()))
+        .await?;
     tokio::spawn(relay_changes(engine.clone(), opts.clone()));
     let committed: Arc<parking_lot::Mutex<BTreeMap<i32, i64>>> = Arc::default();
     tokio::spawn(report_progress(

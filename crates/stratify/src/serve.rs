@@ -76,6 +76,11 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let local = listener.local_addr()?;
+    if args.postgres_url.is_some() && args.kafka_brokers.is_none() {
+        // Alone on PostgreSQL: this node delivers every webhook (with Kafka,
+        // the cluster member starts deliverers under per-webhook leases).
+        engine.webhooks.start_deliverers(None).await?;
+    }
     if let Some(brokers) = &args.kafka_brokers {
         let opts = stratify_kafka::KafkaOptions {
             brokers: brokers.clone(),

@@ -774,3 +774,163 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
         }
     }
 }
+
+/// Issue 19, "webhooks multiplied": with two nodes, each membership change
+/// is POSTed once (the holder of the webhook's lease delivers), also by a
+/// node that started after the webhook was made; a webhook deleted on one
+/// node stops on every node within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
+    use std::sync::{Arc, Mutex};
+    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
+    let pg_url = stratify_store::testing::fresh_postgres().await;
+    let logs = tempfile::tempdir().expect("dir");
+    let tag = format!("{}-{}", std::process::id(), free_port());
+    let (events_topic, changes_topic) = (format!("hook-{tag}"), format!("hook-ch-{tag}"));
+    produce(&[
+        &brokers,
+        &events_topic,
+        &PARTITIONS.to_string(),
+        "-",
+        "create",
+    ]);
+    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
+    let args = |id: &str| -> Vec<String> {
+        [
+            "--postgres-url",
+            &pg_url,
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-group",
+            &format!("g-{tag}"),
+            "--kafka-events-topic",
+            &events_topic,
+            "--kafka-changes-topic",
+            &changes_topic,
+            "--node-id",
+            id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // The receiver: every change seq it was sent, once per delivery.
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let seqs = body["changes"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(|c| c["seq"].as_i64())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                sink.lock().expect("lock").extend(seqs);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let a = start("hook-a", &args("a"), logs.path()).await;
+    let segment = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "hooked", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let hook = post(
+        &a,
+        "/v1/webhooks",
+        json!({"url": hook_url, "segment_ids": [segment], "secret": "a-secret-of-16-bytes"}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Node b starts after the webhook exists (it used to deliver it too).
+    let b = start("hook-b", &args("b"), logs.path()).await;
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .expect("pg");
+    tokio::spawn(conn);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let login = |from: usize, to: usize| -> Value {
+        json!({"events": (from..to)
+            .map(|i| json!({"user_id": format!("hook-user-{i}"), "name": "LOGIN", "timestamp": now}))
+            .collect::<Vec<_>>()})
+    };
+    post(&a, "/v1/events", login(0, 30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_members(&pg, &segment).await.len() < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "the 30 entries never reached the change log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let distinct: BTreeSet<i64> = seen.lock().expect("lock").iter().copied().collect();
+        if distinct.len() >= 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 30 changes delivered",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a second deliverer, if there were one, to POST again (an
+    // idle deliverer polls the log at least every 5 s).
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    let delivered = seen.lock().expect("lock").clone();
+    let distinct: BTreeSet<i64> = delivered.iter().copied().collect();
+    assert_eq!(
+        (delivered.len(), distinct.len()),
+        (30, 30),
+        "each change is POSTed once across the two nodes"
+    );
+
+    // Deleted on node b: neither node delivers after a second.
+    let (s, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/v1/webhooks/{hook}", b.url),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    post(&b, "/v1/events", login(30, 40)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_members(&pg, &segment).await.len() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the 10 later entries never reached the change log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        30,
+        "a deleted webhook is delivered by no node"
+    );
+    drop((a, b));
+}
