@@ -133,6 +133,7 @@ async fn results_setup(args: ResultsArgs) -> anyhow::Result<()> {
                     source: Source::Import,
                     received: n,
                     rejected: 0,
+                    forwarded: 0,
                     last_error: None,
                     now,
                 },

@@ -129,6 +129,11 @@ impl ClusterService {
     /// they run until the runtime stops.
     pub async fn follow_cluster(self: &Arc<Self>) -> Result<(), EngineError> {
         let mut version = self.store.config_version().await?;
+        // The configuration was loaded when the engine opened; anything
+        // written since (another node, during this node's start-up) would
+        // otherwise be missed until the next change: reload once now, after
+        // reading the version, so nothing falls between the two.
+        self.reload_config().await?;
         let mut after = self.store.last_change_seq().await?;
         // Everyone else's memberships as committed so far; the log from here.
         let others: Vec<_> = self

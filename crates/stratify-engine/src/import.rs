@@ -155,6 +155,7 @@ impl crate::ingest::IngestService {
             source: Source::Import,
             received: count,
             rejected: count,
+            forwarded: 0,
             last_error: Some(format!("line {}: {}", last.line, last.message)),
             now: self.clock.now(),
         };

@@ -62,18 +62,31 @@ impl IngestService {
         items: Vec<Result<Value, ValidationError>>,
         source: Source,
     ) -> Result<IngestOutcome, EngineError> {
+        self.ingest_records(items, source, 0).await
+    }
+
+    /// [`IngestService::ingest_values`] for a consumer that has already
+    /// handed `handed_over` more records to their users' owners (Kafka
+    /// records on a partition not their user's): they are counted as
+    /// received and forwarded in the same report.
+    pub async fn ingest_records(
+        &self,
+        items: Vec<Result<Value, ValidationError>>,
+        source: Source,
+        handed_over: u64,
+    ) -> Result<IngestOutcome, EngineError> {
         let now = self.clock.now();
         let events = items
             .into_iter()
             .map(|item| item.and_then(|v| NewEvent::from_json(v, now)))
             .collect();
-        self.ingest_validated(events, source).await
+        self.ingest_counted(events, source, handed_over).await
     }
 
     /// Ingests one order as an `order_placed` event.
     pub async fn ingest_order(&self, order: Value) -> Result<IngestOutcome, EngineError> {
         let event = NewEvent::from_order_json(order, self.clock.now());
-        self.ingest_validated(vec![event], Source::Http).await
+        self.ingest_counted(vec![event], Source::Http, 0).await
     }
 
     /// The common path: schema checks, then one durable append.
@@ -82,8 +95,17 @@ impl IngestService {
         items: Vec<Result<NewEvent, ValidationError>>,
         source: Source,
     ) -> Result<IngestOutcome, EngineError> {
+        self.ingest_counted(items, source, 0).await
+    }
+
+    async fn ingest_counted(
+        &self,
+        items: Vec<Result<NewEvent, ValidationError>>,
+        source: Source,
+        handed_over: u64,
+    ) -> Result<IngestOutcome, EngineError> {
         let types = self.schemas.event_types();
-        let received = items.len() as u64;
+        let received = items.len() as u64 + handed_over;
         let mut events = Vec::with_capacity(items.len());
         let mut positions = Vec::with_capacity(items.len());
         let mut outcome = IngestOutcome {
@@ -106,14 +128,18 @@ impl IngestService {
                 Err(e) => outcome.rejected.push(Rejection::new(index, e)),
             }
         }
-        if source != Source::Kafka {
-            self.forward_others(&mut events, &mut positions, &mut outcome)
+        // Events of users another node owns go to that node: over HTTP, and
+        // Kafka records that arrived on a partition that is not their
+        // user's (a producer with another partitioner).
+        let forwarded = handed_over
+            + self
+                .forward_others(&mut events, &mut positions, &mut outcome)
                 .await?;
-        }
         let report = IngestReport {
             source,
             received,
             rejected: outcome.rejected.len() as u64,
+            forwarded,
             last_error: outcome
                 .rejected
                 .last()
@@ -158,16 +184,16 @@ impl IngestService {
         events: &mut Vec<NewEvent>,
         positions: &mut Vec<usize>,
         outcome: &mut IngestOutcome,
-    ) -> Result<(), EngineError> {
+    ) -> Result<u64, EngineError> {
         // One node (no forwarder), or every user is this node's: nothing to do.
         let Some(forward) = self.routing.forward.read().clone() else {
-            return Ok(());
+            return Ok(0);
         };
         if events
             .iter()
             .all(|e| self.routing.owned(e.user_id.as_str()))
         {
-            return Ok(());
+            return Ok(0);
         }
         let (mine, theirs): (Vec<_>, Vec<_>) = events
             .drain(..)
@@ -177,6 +203,6 @@ impl IngestService {
         forward.events(&theirs).await?;
         outcome.accepted += theirs.len() as u64;
         (*events, *positions) = mine.into_iter().unzip();
-        Ok(())
+        Ok(theirs.len() as u64)
     }
 }

@@ -172,6 +172,9 @@ struct Record {
     partition: i32,
     offset: i64,
     item: Item,
+    /// Sent by a node (a hand-over): applied where it lands, never handed
+    /// over again (so a change of the topic's partition count cannot loop).
+    handed_over: bool,
 }
 
 enum Item {
@@ -229,12 +232,46 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// Re-produces records `(user, payload)` keyed by their user, so each
+    /// lands on its user's partition; returns once the broker has them all.
+    async fn records(&self, records: &[(String, String)]) -> Result<(), EngineError> {
+        let sends = records
+            .iter()
+            .map(|(user, payload)| self.send(user, payload, Some(handed_over())));
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Marks a record one node sent another (see [`Record::handed_over`]).
+const HANDED_OVER_HEADER: &str = "stratify-handed-over";
+
+fn handed_over() -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: HANDED_OVER_HEADER,
+        value: Some("1"),
+    })
+}
+
+/// The user of an event record that arrived on `partition` although its
+/// user's partition (murmur2, as Kafka's default partitioner) is another.
+fn misrouted_user(event: &Value, partition: i32, partitions: i32) -> Option<String> {
+    let user = event.get("user_id")?.as_str()?;
+    (partition_of(user, partitions) != partition).then(|| user.to_owned())
+}
+
 #[async_trait::async_trait]
 impl Forward for Forwarder {
     async fn events(&self, events: &[NewEvent]) -> Result<(), EngineError> {
         let sends = events.iter().map(|e| {
             let payload = e.to_json().to_string();
-            async move { self.send(e.user_id.as_str(), &payload, None).await }
+            async move {
+                self.send(e.user_id.as_str(), &payload, Some(handed_over()))
+                    .await
+            }
         });
         for result in futures_util::future::join_all(sends).await {
             result?;
@@ -284,7 +321,8 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     };
     // Until the first assignment this node owns nobody.
     engine.cluster.own(owns.clone()).await?;
-    engine.cluster.forward_to(Arc::new(Forwarder::new(&opts)?));
+    let forwarder = Arc::new(Forwarder::new(&opts)?);
+    engine.cluster.forward_to(forwarder.clone());
     engine.cluster.follow_cluster().await?;
     // One of several nodes: each webhook is delivered by its lease's holder.
     engine
@@ -331,12 +369,24 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         let mut first: BTreeMap<i32, i64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut refresh = Vec::new();
+        // Records a producer put on a partition that is not their user's
+        // (another partitioner) go back to the topic on the right one, so
+        // the user's owner applies them; they count as forwarded.
+        let mut misrouted: Vec<(String, String)> = Vec::new();
         let items = batch
             .drain(..)
             .filter_map(|r| {
                 first.entry(r.partition).or_insert(r.offset);
                 next.insert(r.partition, r.offset + 1);
                 match r.item {
+                    Item::Event(Ok(v)) if r.handed_over => Some(Ok(v)),
+                    Item::Event(Ok(v)) => match misrouted_user(&v, r.partition, partitions) {
+                        Some(user) => {
+                            misrouted.push((user, v.to_string()));
+                            None
+                        }
+                        None => Some(Ok(v)),
+                    },
                     Item::Event(e) => Some(e),
                     Item::Refresh(user) => {
                         refresh.push(user);
@@ -345,7 +395,17 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
                 }
             })
             .collect::<Vec<_>>();
-        let stored = match engine.ingest.ingest_values(items, Source::Kafka).await {
+        let handed_over = forwarder.records(&misrouted).await;
+        let stored = match handed_over {
+            Err(e) => Err(e),
+            Ok(()) => {
+                engine
+                    .ingest
+                    .ingest_records(items, Source::Kafka, misrouted.len() as u64)
+                    .await
+            }
+        };
+        let stored = match stored {
             // The store is current for these users now: re-read them.
             Ok(_) => refresh_all(&engine, &refresh).await,
             Err(e) => Err(e),
@@ -415,6 +475,9 @@ fn record<M: Message>(topic: &str, m: &M) -> Record {
         partition: m.partition(),
         offset: m.offset(),
         item,
+        handed_over: m
+            .headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == HANDED_OVER_HEADER)),
     }
 }
 

@@ -192,6 +192,11 @@ CREATE TABLE leases (
     cursor      INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Events handed to another node (the owner of their user) instead of being
+-- stored here: over HTTP, or Kafka records on a partition not their user's.
+ALTER TABLE ingest_status ADD COLUMN forwarded INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

@@ -73,9 +73,12 @@ impl std::fmt::Debug for CommitHook {
 #[derive(Debug, Clone)]
 pub struct IngestReport {
     pub source: Source,
-    /// Items received, including rejected ones.
+    /// Items received, including rejected and forwarded ones.
     pub received: u64,
     pub rejected: u64,
+    /// Items handed to the node that owns their user instead of stored here
+    /// (that node counts them again, under `kafka`).
+    pub forwarded: u64,
     pub last_error: Option<String>,
     pub now: Millis,
 }
@@ -224,6 +227,8 @@ pub struct IngestStatus {
     pub accepted: u64,
     pub duplicates: u64,
     pub rejected: u64,
+    /// Handed to the node that owns their user (see [`IngestReport::forwarded`]).
+    pub forwarded: u64,
     pub last_event_at: Option<Millis>,
     pub last_error: Option<String>,
     pub last_error_at: Option<Millis>,

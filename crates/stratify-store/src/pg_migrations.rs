@@ -283,6 +283,11 @@ CREATE TABLE leases (
     cursor      BIGINT NOT NULL
 );
 "#,
+    r#"
+-- Events handed to another node (the owner of their user) instead of being
+-- stored here: over HTTP, or Kafka records on a partition not their user's.
+ALTER TABLE ingest_status ADD COLUMN forwarded BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

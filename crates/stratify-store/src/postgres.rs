@@ -346,10 +346,10 @@ async fn record_ingest<C: GenericClient>(
 ) -> Result<()> {
     c.execute(
         "INSERT INTO ingest_status AS s (source, received, accepted, duplicates, rejected, last_event_at, \
-         last_error, last_error_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         last_error, last_error_at, updated_at, forwarded) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (source) DO UPDATE SET received = s.received + excluded.received, \
          accepted = s.accepted + excluded.accepted, duplicates = s.duplicates + excluded.duplicates, \
-         rejected = s.rejected + excluded.rejected, \
+         rejected = s.rejected + excluded.rejected, forwarded = s.forwarded + excluded.forwarded, \
          last_event_at = GREATEST(COALESCE(s.last_event_at, 0), COALESCE(excluded.last_event_at, 0)), \
          last_error = COALESCE(excluded.last_error, s.last_error), \
          last_error_at = COALESCE(excluded.last_error_at, s.last_error_at), updated_at = excluded.updated_at",
@@ -363,6 +363,7 @@ async fn record_ingest<C: GenericClient>(
             &report.last_error,
             &report.last_error.as_ref().map(|_| report.now),
             &report.now,
+            &(report.forwarded as i64),
         ],
     )
     .await?;

@@ -70,6 +70,7 @@ pub(crate) fn ingest_status(r: &impl Columns) -> Result<IngestStatus> {
         last_error: r.col(6)?,
         last_error_at: r.col(7)?,
         updated_at: r.col(8)?,
+        forwarded: count(r, 9)?,
     })
 }
 

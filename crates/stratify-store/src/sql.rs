@@ -115,7 +115,7 @@ pub(crate) static USER_BY_ID: Statement = Statement::shared(
 /// Every source's ingest counts.
 pub(crate) static INGEST_STATUS: Statement = Statement::shared(
     "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, \
-     last_error_at, updated_at FROM ingest_status ORDER BY source",
+     last_error_at, updated_at, forwarded FROM ingest_status ORDER BY source",
 );
 /// Events in log order (after_seq, limit).
 pub(crate) static SCAN_EVENTS: Statement = Statement::shared(

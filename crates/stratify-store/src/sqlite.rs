@@ -392,10 +392,10 @@ impl WriterState {
         self.conn
             .prepare_cached(
                 "INSERT INTO ingest_status (source, received, accepted, duplicates, rejected, last_event_at, \
-                 last_error, last_error_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 last_error, last_error_at, updated_at, forwarded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT(source) DO UPDATE SET received = received + excluded.received, \
                  accepted = accepted + excluded.accepted, duplicates = duplicates + excluded.duplicates, \
-                 rejected = rejected + excluded.rejected, \
+                 rejected = rejected + excluded.rejected, forwarded = forwarded + excluded.forwarded, \
                  last_event_at = max(coalesce(last_event_at, 0), coalesce(excluded.last_event_at, 0)), \
                  last_error = coalesce(excluded.last_error, last_error), \
                  last_error_at = coalesce(excluded.last_error_at, last_error_at), updated_at = excluded.updated_at",
@@ -410,6 +410,7 @@ impl WriterState {
                 report.last_error,
                 report.last_error.as_ref().map(|_| report.now),
                 report.now,
+                report.forwarded as i64,
             ])?;
         Ok(())
     }

@@ -323,6 +323,7 @@ async fn load(store: &dyn Store, users: &[UserData]) {
         source: Source::Http,
         received: events.len() as u64,
         rejected: 0,
+        forwarded: 0,
         last_error: None,
         now: NOW,
     };

@@ -23,6 +23,7 @@ fn batch(events: Vec<NewEvent>) -> EventBatch {
             source: Source::Http,
             received,
             rejected: 0,
+            forwarded: 0,
             last_error: None,
             now: NOW,
         },
@@ -77,6 +78,27 @@ async fn events_with_the_same_event_id_are_appended_once() {
         assert_eq!(
             (status[0].received, status[0].accepted, status[0].duplicates),
             (4, 3, 1)
+        );
+        // Events handed to another node are counted as forwarded, with or
+        // without events appended in the same batch.
+        let mut with_forwarded = batch(vec![event(json!({"user_id": "u1", "name": "LOGIN"}))]);
+        with_forwarded.report.received = 3;
+        with_forwarded.report.forwarded = 2;
+        s.append_events(with_forwarded).await.expect("append");
+        s.record_ingest(IngestReport {
+            source: Source::Http,
+            received: 5,
+            rejected: 0,
+            forwarded: 5,
+            last_error: None,
+            now: NOW,
+        })
+        .await
+        .expect("record");
+        let status = s.ingest_status().await.expect("status");
+        assert_eq!(
+            (status[0].received, status[0].accepted, status[0].forwarded),
+            (12, 4, 7)
         );
     })
     .await;

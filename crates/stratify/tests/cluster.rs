@@ -934,3 +934,159 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     );
     drop((a, b));
 }
+
+/// Issue 19, "wrong partition, silently ignored": records a producer put on
+/// a partition that is not their user's are applied by the user's owner
+/// (handed over through the topic) and counted as forwarded; HTTP writes
+/// for another node's users are counted once, as forwarded, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_another_partition_reach_their_users_owner_and_are_counted_once() {
+    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
+    let pg_url = stratify_store::testing::fresh_postgres().await;
+    let logs = tempfile::tempdir().expect("dir");
+    let tag = format!("{}-{}", std::process::id(), free_port());
+    let (events_topic, changes_topic) = (format!("wrong-{tag}"), format!("wrong-ch-{tag}"));
+    produce(&[
+        &brokers,
+        &events_topic,
+        &PARTITIONS.to_string(),
+        "-",
+        "create",
+    ]);
+    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
+    let args = |id: &str| -> Vec<String> {
+        [
+            "--postgres-url",
+            &pg_url,
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-group",
+            &format!("g-{tag}"),
+            "--kafka-events-topic",
+            &events_topic,
+            "--kafka-changes-topic",
+            &changes_topic,
+            "--node-id",
+            id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = start("wrong-a", &args("a"), logs.path()).await;
+    let b = start("wrong-b", &args("b"), logs.path()).await;
+    let segment = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "misrouted", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+        .await
+        .expect("pg");
+    tokio::spawn(conn);
+    let write = |name: &str, lines: Vec<Value>| {
+        let file = logs.path().join(name);
+        let text: String = lines.iter().map(|e| format!("{e}\n")).collect();
+        std::fs::write(&file, text).expect("write");
+        file
+    };
+    // Warm-up on the right partitions, so both nodes own some.
+    let warmup = write(
+        "warmup.jsonl",
+        (0..40)
+            .map(|i| json!({"user_id": format!("warm-{i}"), "name": "PING", "timestamp": 1_700_000_000_000i64}))
+            .collect(),
+    );
+    produce(&[&brokers, &events_topic, "4", warmup.to_str().expect("path")]);
+    wait_count(&pg, 40, "warm-up").await;
+    wait_owners(&a, &["a", "b"]).await;
+
+    // 20 LOGINs, each on the partition after its user's.
+    let misrouted = write(
+        "wrong.jsonl",
+        (0..20)
+            .map(|i| json!({"user_id": format!("wrong-{i}"), "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
+            .collect(),
+    );
+    let acked = produce(&[
+        &brokers,
+        &events_topic,
+        "4",
+        misrouted.to_str().expect("path"),
+        "wrong",
+    ]);
+    assert_eq!(acked, "20");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_members(&pg, &segment).await.len() < 20 {
+        if Instant::now() >= deadline {
+            let _ = std::process::Command::new("cp")
+                .args(["-r", logs.path().to_str().unwrap_or(""), "/tmp/wronglogs"])
+                .status();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "misrouted events never reached their owners' live state: {} of 20 members ({:?}; partitions {:?}; owners {:?}), {} events, status {}",
+            cluster_members(&pg, &segment).await.len(),
+            cluster_members(&pg, &segment).await,
+            (0..20).map(|i| stratify_kafka::partition_of(&format!("wrong-{i}"), PARTITIONS)).collect::<Vec<_>>(),
+            owners(&a).await,
+            count(&pg).await,
+            get(&b, "/v1/ingest/status").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&pg).await, 60, "each misrouted event stored once");
+
+    // HTTP writes for users node b owns, sent to node a.
+    let owners = owners(&a).await;
+    let theirs: Vec<Value> = (0..)
+        .map(|i| format!("http-{i}"))
+        .filter(|u| {
+            owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
+                == Some(&"b".to_owned())
+        })
+        .take(10)
+        .map(|u| json!({"user_id": u, "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
+        .collect();
+    post(&a, "/v1/events", json!({"events": theirs})).await;
+    wait_count(&pg, 70, "forwarded HTTP events").await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&b, "/v1/ingest/status").await;
+        let source = |name: &str| {
+            status["sources"]
+                .as_array()
+                .expect("sources")
+                .iter()
+                .find(|s| s["source"] == name)
+                .cloned()
+                .expect("source")
+        };
+        let (http, kafka) = (source("http"), source("kafka"));
+        let counts = |s: &Value| {
+            (
+                s["received"].as_u64().unwrap_or(0),
+                s["accepted"].as_u64().unwrap_or(0),
+                s["forwarded"].as_u64().unwrap_or(0),
+            )
+        };
+        // HTTP: 10 received, none stored here, 10 forwarded. Kafka: 40
+        // warm-up + 20 misrouted + 20 handed over + 10 from HTTP received;
+        // 70 stored; the 20 misrouted forwarded.
+        if counts(&http) == (10, 0, 10) && counts(&kafka) == (90, 70, 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest status: http {:?}, kafka {:?}",
+            counts(&http),
+            counts(&kafka)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -35,6 +35,12 @@ pub struct SourceStatus {
     /// Accepted events whose idempotency key was seen before (not stored twice).
     duplicates: u64,
     rejected: u64,
+    /// Events handed to the node that owns their user instead of stored by
+    /// this source (HTTP writes for another node's users; Kafka records on
+    /// a partition that is not their user's, as producers with a
+    /// partitioner other than murmur2 send them). The owner counts them
+    /// again under `kafka`, so `received = accepted + rejected + forwarded`.
+    forwarded: u64,
     last_event_at: Option<String>,
     last_error: Option<String>,
     last_error_at: Option<String>,
@@ -86,6 +92,7 @@ pub async fn ingest_status(
                 accepted: 0,
                 duplicates: 0,
                 rejected: 0,
+                forwarded: 0,
                 last_event_at: None,
                 last_error: None,
                 last_error_at: None,
@@ -97,6 +104,7 @@ pub async fn ingest_status(
                 accepted: s.accepted,
                 duplicates: s.duplicates,
                 rejected: s.rejected,
+                forwarded: s.forwarded,
                 last_event_at: s.last_event_at.map(instant),
                 last_error: s.last_error,
                 last_error_at: s.last_error_at.map(instant),

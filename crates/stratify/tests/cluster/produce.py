@@ -1,13 +1,15 @@
 """Produces Stratify events to Kafka with the standard Python client.
 
-usage: produce.py BROKERS TOPIC PARTITIONS EVENTS_JSONL [create|count]
+usage: produce.py BROKERS TOPIC PARTITIONS EVENTS_JSONL [create|count|wrong]
 
 With `create`, creates TOPIC with PARTITIONS partitions. With `count`,
 prints how many records TOPIC holds (each must be keyed) and how many
 distinct `seq` values they carry (membership changes). Each line
 of EVENTS_JSONL is one event; the record key is its user id, partitioned by
 kafka-python's default partitioner (murmur2, as Java's), so each user's
-events stay in one partition, in order. Prints how many were acknowledged.
+events stay in one partition, in order. With `wrong`, each record goes to
+the partition after its key's (as a producer with another partitioner
+would send it). Prints how many were acknowledged.
 """
 import json
 import sys
@@ -37,6 +39,9 @@ if len(sys.argv) > 5 and sys.argv[5] == "count":
     sys.exit(0)
 
 producer = KafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+wrong = len(sys.argv) > 5 and sys.argv[5] == "wrong"
+if wrong:
+    from kafka.partitioner.default import murmur2
 futures = []
 with open(path) as f:
     for line in f:
@@ -44,7 +49,10 @@ with open(path) as f:
             key = json.loads(line)["user_id"].encode()
         except (ValueError, TypeError, KeyError):
             key = b"malformed"  # a bad record is sent as is: Stratify must reject it
-        futures.append(producer.send(topic, key=key, value=line.strip().encode()))
+        partition = None
+        if wrong:
+            partition = ((murmur2(key) & 0x7FFFFFFF) % partitions + 1) % partitions
+        futures.append(producer.send(topic, key=key, value=line.strip().encode(), partition=partition))
 producer.flush()
 acked = sum(1 for fut in futures if fut.get(timeout=30) is not None)
 producer.close()
