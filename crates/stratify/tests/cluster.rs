@@ -617,6 +617,104 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     }
 }
 
+/// A throwaway cluster for one test: its own database and topics, and the
+/// arguments that start a node of it.
+struct Cluster {
+    brokers: String,
+    pg_url: String,
+    events_topic: String,
+    changes_topic: String,
+    group: String,
+    logs: tempfile::TempDir,
+    pg: tokio_postgres::Client,
+}
+
+impl Cluster {
+    async fn new(name: &str) -> Self {
+        let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
+        let pg_url = stratify_store::testing::fresh_postgres().await;
+        let tag = format!("{name}-{}-{}", std::process::id(), free_port());
+        let (events_topic, changes_topic) = (format!("{tag}-events"), format!("{tag}-changes"));
+        produce(&[
+            &brokers,
+            &events_topic,
+            &PARTITIONS.to_string(),
+            "-",
+            "create",
+        ]);
+        produce(&[&brokers, &changes_topic, "1", "-", "create"]);
+        let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+            .await
+            .expect("pg");
+        tokio::spawn(conn);
+        Self {
+            brokers,
+            pg_url,
+            events_topic,
+            changes_topic,
+            group: format!("g-{tag}"),
+            logs: tempfile::tempdir().expect("dir"),
+            pg,
+        }
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        let args: Vec<String> = [
+            "--postgres-url",
+            &self.pg_url,
+            "--kafka-brokers",
+            &self.brokers,
+            "--kafka-group",
+            &self.group,
+            "--kafka-events-topic",
+            &self.events_topic,
+            "--kafka-changes-topic",
+            &self.changes_topic,
+            "--node-id",
+            id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        start(&format!("node-{id}"), &args, self.logs.path()).await
+    }
+
+    /// Writes events to a file and produces them (`mode`: `wrong` puts each
+    /// on the partition after its user's); returns how many were acknowledged.
+    fn produce(&self, name: &str, events: &[Value], mode: Option<&str>) -> String {
+        let file = self.logs.path().join(name);
+        let text: String = events.iter().map(|e| format!("{e}\n")).collect();
+        std::fs::write(&file, text).expect("write");
+        let path = file.to_str().expect("path").to_owned();
+        let mut args = vec![
+            self.brokers.as_str(),
+            self.events_topic.as_str(),
+            "4",
+            path.as_str(),
+        ];
+        args.extend(mode);
+        produce(&args)
+    }
+
+    /// A few records on the right partitions, so that every consumer reports
+    /// its partitions; waits until `nodes` own them all.
+    async fn warm_up(&self, node: &Node, nodes: &[&str]) {
+        let events: Vec<Value> = (0..40)
+            .map(|i| json!({"user_id": format!("warm-{i}"), "name": "PING", "timestamp": 1_700_000_000_000i64}))
+            .collect();
+        self.produce("warmup.jsonl", &events, None);
+        wait_count(&self.pg, 40, "warm-up").await;
+        wait_owners(node, nodes).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
 /// Issue 19, "stale answers on a non-owner node": a node that does not own a
 /// user caches the user's experiments answer; when the owner applies an event
 /// that moves the user into a targeted segment, the other node's answer
@@ -624,53 +722,10 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
 /// minutes, because following a membership did not touch freshness).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
-    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
-    let pg_url = stratify_store::testing::fresh_postgres().await;
-    let logs = tempfile::tempdir().expect("dir");
-    let tag = format!("{}-{}", std::process::id(), free_port());
-    let (events_topic, changes_topic) = (format!("stale-{tag}"), format!("stale-ch-{tag}"));
-    produce(&[
-        &brokers,
-        &events_topic,
-        &PARTITIONS.to_string(),
-        "-",
-        "create",
-    ]);
-    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
-    let args = |id: &str| -> Vec<String> {
-        [
-            "--postgres-url",
-            &pg_url,
-            "--kafka-brokers",
-            &brokers,
-            "--kafka-group",
-            &format!("g-{tag}"),
-            "--kafka-events-topic",
-            &events_topic,
-            "--kafka-changes-topic",
-            &changes_topic,
-            "--node-id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let a = start("stale-a", &args("a"), logs.path()).await;
-    let b = start("stale-b", &args("b"), logs.path()).await;
-    // A few records so that both consumers report their partitions.
-    let warmup: String = (0..40)
-        .map(|i| format!("{}\n", json!({"user_id": format!("warmup-{i}"), "name": "PING", "timestamp": 1_700_000_000_000i64})))
-        .collect();
-    let file = logs.path().join("warmup.jsonl");
-    std::fs::write(&file, warmup).expect("write");
-    produce(&[&brokers, &events_topic, "4", file.to_str().expect("path")]);
-    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
-        .await
-        .expect("pg");
-    tokio::spawn(conn);
-    wait_count(&pg, 40, "warm-up").await;
-    wait_owners(&a, &["a", "b"]).await;
+    let cluster = Cluster::new("stale").await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    cluster.warm_up(&a, &["a", "b"]).await;
     let owners = owners(&a).await;
     let segment = post(
         &a,
@@ -732,10 +787,7 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
             (Some("cache"), &json!([]))
         );
         // The owner applies the event that moves the user into the segment.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis() as i64;
+        let now = now_ms();
         post(
             owner_node,
             "/v1/events",
@@ -782,38 +834,7 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     use std::sync::{Arc, Mutex};
-    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
-    let pg_url = stratify_store::testing::fresh_postgres().await;
-    let logs = tempfile::tempdir().expect("dir");
-    let tag = format!("{}-{}", std::process::id(), free_port());
-    let (events_topic, changes_topic) = (format!("hook-{tag}"), format!("hook-ch-{tag}"));
-    produce(&[
-        &brokers,
-        &events_topic,
-        &PARTITIONS.to_string(),
-        "-",
-        "create",
-    ]);
-    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
-    let args = |id: &str| -> Vec<String> {
-        [
-            "--postgres-url",
-            &pg_url,
-            "--kafka-brokers",
-            &brokers,
-            "--kafka-group",
-            &format!("g-{tag}"),
-            "--kafka-events-topic",
-            &events_topic,
-            "--kafka-changes-topic",
-            &changes_topic,
-            "--node-id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let cluster = Cluster::new("hook").await;
     // The receiver: every change seq it was sent, once per delivery.
     let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
     let sink = seen.clone();
@@ -841,7 +862,7 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let a = start("hook-a", &args("a"), logs.path()).await;
+    let a = cluster.node("a").await;
     let segment = post(
         &a,
         "/v1/segments",
@@ -861,15 +882,9 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
         .expect("id")
         .to_owned();
     // Node b starts after the webhook exists (it used to deliver it too).
-    let b = start("hook-b", &args("b"), logs.path()).await;
-    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
-        .await
-        .expect("pg");
-    tokio::spawn(conn);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let b = cluster.node("b").await;
+    let pg = &cluster.pg;
+    let now = now_ms();
     let login = |from: usize, to: usize| -> Value {
         json!({"events": (from..to)
             .map(|i| json!({"user_id": format!("hook-user-{i}"), "name": "LOGIN", "timestamp": now}))
@@ -877,7 +892,7 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     };
     post(&a, "/v1/events", login(0, 30)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster_members(&pg, &segment).await.len() < 30 {
+    while cluster_members(pg, &segment).await.len() < 30 {
         assert!(
             Instant::now() < deadline,
             "the 30 entries never reached the change log"
@@ -919,7 +934,7 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     post(&b, "/v1/events", login(30, 40)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster_members(&pg, &segment).await.len() < 40 {
+    while cluster_members(pg, &segment).await.len() < 40 {
         assert!(
             Instant::now() < deadline,
             "the 10 later entries never reached the change log"
@@ -941,40 +956,9 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
 /// for another node's users are counted once, as forwarded, too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_on_another_partition_reach_their_users_owner_and_are_counted_once() {
-    let brokers = env("STRATIFY_TEST_KAFKA_BROKERS");
-    let pg_url = stratify_store::testing::fresh_postgres().await;
-    let logs = tempfile::tempdir().expect("dir");
-    let tag = format!("{}-{}", std::process::id(), free_port());
-    let (events_topic, changes_topic) = (format!("wrong-{tag}"), format!("wrong-ch-{tag}"));
-    produce(&[
-        &brokers,
-        &events_topic,
-        &PARTITIONS.to_string(),
-        "-",
-        "create",
-    ]);
-    produce(&[&brokers, &changes_topic, "1", "-", "create"]);
-    let args = |id: &str| -> Vec<String> {
-        [
-            "--postgres-url",
-            &pg_url,
-            "--kafka-brokers",
-            &brokers,
-            "--kafka-group",
-            &format!("g-{tag}"),
-            "--kafka-events-topic",
-            &events_topic,
-            "--kafka-changes-topic",
-            &changes_topic,
-            "--node-id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let a = start("wrong-a", &args("a"), logs.path()).await;
-    let b = start("wrong-b", &args("b"), logs.path()).await;
+    let cluster = Cluster::new("wrong").await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
     let segment = post(
         &a,
         "/v1/segments",
@@ -984,62 +968,30 @@ async fn records_on_another_partition_reach_their_users_owner_and_are_counted_on
         .as_str()
         .expect("id")
         .to_owned();
-    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
-        .await
-        .expect("pg");
-    tokio::spawn(conn);
-    let write = |name: &str, lines: Vec<Value>| {
-        let file = logs.path().join(name);
-        let text: String = lines.iter().map(|e| format!("{e}\n")).collect();
-        std::fs::write(&file, text).expect("write");
-        file
-    };
-    // Warm-up on the right partitions, so both nodes own some.
-    let warmup = write(
-        "warmup.jsonl",
-        (0..40)
-            .map(|i| json!({"user_id": format!("warm-{i}"), "name": "PING", "timestamp": 1_700_000_000_000i64}))
-            .collect(),
-    );
-    produce(&[&brokers, &events_topic, "4", warmup.to_str().expect("path")]);
-    wait_count(&pg, 40, "warm-up").await;
-    wait_owners(&a, &["a", "b"]).await;
+    cluster.warm_up(&a, &["a", "b"]).await;
+    let pg = &cluster.pg;
 
     // 20 LOGINs, each on the partition after its user's.
-    let misrouted = write(
-        "wrong.jsonl",
-        (0..20)
-            .map(|i| json!({"user_id": format!("wrong-{i}"), "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
-            .collect(),
-    );
-    let acked = produce(&[
-        &brokers,
-        &events_topic,
-        "4",
-        misrouted.to_str().expect("path"),
-        "wrong",
-    ]);
+    let misrouted: Vec<Value> = (0..20)
+        .map(|i| json!({"user_id": format!("wrong-{i}"), "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
+        .collect();
+    let acked = cluster.produce("wrong.jsonl", &misrouted, Some("wrong"));
     assert_eq!(acked, "20");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster_members(&pg, &segment).await.len() < 20 {
-        if Instant::now() >= deadline {
-            let _ = std::process::Command::new("cp")
-                .args(["-r", logs.path().to_str().unwrap_or(""), "/tmp/wronglogs"])
-                .status();
-        }
+    while cluster_members(pg, &segment).await.len() < 20 {
         assert!(
             Instant::now() < deadline,
             "misrouted events never reached their owners' live state: {} of 20 members ({:?}; partitions {:?}; owners {:?}), {} events, status {}",
-            cluster_members(&pg, &segment).await.len(),
-            cluster_members(&pg, &segment).await,
+            cluster_members(pg, &segment).await.len(),
+            cluster_members(pg, &segment).await,
             (0..20).map(|i| stratify_kafka::partition_of(&format!("wrong-{i}"), PARTITIONS)).collect::<Vec<_>>(),
             owners(&a).await,
-            count(&pg).await,
+            count(pg).await,
             get(&b, "/v1/ingest/status").await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(count(&pg).await, 60, "each misrouted event stored once");
+    assert_eq!(count(pg).await, 60, "each misrouted event stored once");
 
     // HTTP writes for users node b owns, sent to node a.
     let owners = owners(&a).await;
@@ -1053,7 +1005,7 @@ async fn records_on_another_partition_reach_their_users_owner_and_are_counted_on
         .map(|u| json!({"user_id": u, "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
         .collect();
     post(&a, "/v1/events", json!({"events": theirs})).await;
-    wait_count(&pg, 70, "forwarded HTTP events").await;
+    wait_count(pg, 70, "forwarded HTTP events").await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
