@@ -708,6 +708,19 @@ impl Cluster {
     }
 }
 
+/// Creates the segment of users with at least one LOGIN; returns its id.
+async fn login_segment(node: &Node, name: &str) -> String {
+    post(
+        node,
+        "/v1/segments",
+        json!({"name": name, "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -727,15 +740,7 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
     let b = cluster.node("b").await;
     cluster.warm_up(&a, &["a", "b"]).await;
     let owners = owners(&a).await;
-    let segment = post(
-        &a,
-        "/v1/segments",
-        json!({"name": "loggers", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let segment = login_segment(&a, "loggers").await;
     let experiment = post(
         &a,
         "/v1/experiments",
@@ -863,15 +868,7 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let a = cluster.node("a").await;
-    let segment = post(
-        &a,
-        "/v1/segments",
-        json!({"name": "hooked", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let segment = login_segment(&a, "hooked").await;
     let hook = post(
         &a,
         "/v1/webhooks",
@@ -959,15 +956,7 @@ async fn records_on_another_partition_reach_their_users_owner_and_are_counted_on
     let cluster = Cluster::new("wrong").await;
     let a = cluster.node("a").await;
     let b = cluster.node("b").await;
-    let segment = post(
-        &a,
-        "/v1/segments",
-        json!({"name": "misrouted", "rules": {"event": "LOGIN", "op": "gte", "value": 1}}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let segment = login_segment(&a, "misrouted").await;
     cluster.warm_up(&a, &["a", "b"]).await;
     let pg = &cluster.pg;
 
