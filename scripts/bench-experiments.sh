@@ -43,45 +43,14 @@ for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && b
 URL="http://127.0.0.1:$PORT"
 $BENCH experiments-setup --url "$URL" --key bench-key --experiments 100
 
-cat > "$WORK/users.lua" <<LUA
-math.randomseed(42)
-wrk.headers["Authorization"] = "Bearer bench-key"
-request = function()
-  return wrk.format("GET", "/v1/users/" .. math.random(1, $USERS) .. "/experiments")
-end
-LUA
-cat > "$WORK/prime.lua" <<LUA
-wrk.headers["Authorization"] = "Bearer bench-key"
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/users/" .. ((counter - 1) % $USERS + 1) .. "/experiments")
-end
-LUA
-cat > "$WORK/health.lua" <<LUA
-wrk.headers["Authorization"] = "Bearer bench-key"
-LUA
-
-# One wrk run: prints "requests/s p50_ms p99_ms".
-run() {
-    local out
-    out=$(wrk -t2 -c"$CONNS" -d"${SECONDS_EACH}s" --latency -s "$2" "$URL$1")
-    local rps p50 p99
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "non-2xx answers" >&2; exit 1; fi
-    echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
-}
-to_ms() { # wrk prints 512.00us / 1.20ms / 1.01s
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
+source scripts/wrk-serving.sh
+serving_lua "$WORK" "$USERS" bench-key
 
 curl -sf -H "Authorization: Bearer bench-key" "$URL/v1/users/1/experiments" | head -c 600; echo
 echo "== $CONNS connections, 2 wrk threads, ${SECONDS_EACH}s each"
-read -r H_RPS H_P50 H_P99 < <(run /health "$WORK/health.lua")
+read -r H_RPS H_P50 H_P99 < <(wrk_run /health "$WORK/health.lua")
 echo "trivial  GET /health:                     $H_RPS req/s  p50 ${H_P50} ms  p99 ${H_P99} ms"
-read -r C_RPS C_P50 C_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+read -r C_RPS C_P50 C_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "cold     GET /v1/users/{id}/experiments:  $C_RPS req/s  p50 ${C_P50} ms  p99 ${C_P99} ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 # Prime: serve every user once (in id order), so that the warm pass meets
 # only users whose answer is cached (the cache keeps about a million).
@@ -89,9 +58,9 @@ PRIME_START=$(date +%s)
 PRIME_SECONDS=$(( USERS / 12000 + 10 ))
 wrk -t2 -c"$CONNS" -d"${PRIME_SECONDS}s" -s "$WORK/prime.lua" "$URL/" >/dev/null
 echo "primed:  every user served once in $(( $(date +%s) - PRIME_START ))s"
-read -r W_RPS W_P50 W_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+read -r W_RPS W_P50 W_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "warm     GET /v1/users/{id}/experiments:  $W_RPS req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
-read -r H2_RPS H2_P50 H2_P99 < <(run /health "$WORK/health.lua")
+read -r H2_RPS H2_P50 H2_P99 < <(wrk_run /health "$WORK/health.lua")
 echo "trivial  GET /health (again):             $H2_RPS req/s  p50 ${H2_P50} ms  p99 ${H2_P99} ms"
 curl -s "$URL/metrics" | grep -E "^stratify_live_users " || true
 echo "server RSS: $(($(awk '/VmRSS/ {print $2}' /proc/$PID/status) / 1024)) MiB"

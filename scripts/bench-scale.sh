@@ -81,42 +81,17 @@ echo "== 50 segments and 100 experiments over the API"
 $BENCH experiments-setup --url "$URL" --key "$KEY" --experiments 100
 rss "after segment builds"
 
-cat > "$WORK/users.lua" <<LUA
-math.randomseed(42)
-wrk.headers["Authorization"] = "Bearer $KEY"
-request = function()
-  return wrk.format("GET", "/v1/users/" .. math.random(1, $USERS) .. "/experiments")
-end
-LUA
-cat > "$WORK/prime.lua" <<LUA
-wrk.headers["Authorization"] = "Bearer $KEY"
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/users/" .. ((counter - 1) % $USERS + 1) .. "/experiments")
-end
-LUA
-cat > "$WORK/health.lua" <<LUA
-wrk.headers["Authorization"] = "Bearer $KEY"
-LUA
-to_ms() { # wrk prints 512.00us / 1.20ms / 1.01s
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
-}
-run() { # prints "requests/s p99_ms"
-    local out
-    out=$(wrk -t2 -c"$CONNS" -d"${SECONDS_EACH}s" --latency -s "$2" "$URL$1")
-    if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; exit 1; fi
-    echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
-}
+source scripts/wrk-serving.sh
+serving_lua "$WORK" "$USERS" "$KEY"
 echo "== serving ($CONNS connections, ${SECONDS_EACH}s each)"
-read -r H_RPS H_P99 < <(run /health "$WORK/health.lua")
+read -r H_RPS _ H_P99 < <(wrk_run /health "$WORK/health.lua")
 echo "GET /health:                        $H_RPS req/s  p99 $H_P99 ms"
-read -r C_RPS C_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+read -r C_RPS _ C_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "first servings (random users):      $C_RPS req/s  p99 $C_P99 ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 T=$(now)
 wrk -t2 -c"$CONNS" -d"$((USERS / 12000 + 10))s" -s "$WORK/prime.lua" "$URL/" >/dev/null
 echo "every user served once in $(since "$T")s"
-read -r W_RPS W_P99 < <(run /v1/users/1/experiments "$WORK/users.lua")
+read -r W_RPS _ W_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "repeats (random users):             $W_RPS req/s  p99 $W_P99 ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 rss "after serving every user"
 
