@@ -5,6 +5,9 @@
 //! - users and event names are interned with `INSERT .. ON CONFLICT`, in
 //!   sorted order (no deadlock between two nodes' batches), and never cached
 //!   (another node may erase a user);
+//! - event appends take their sequence numbers under a transaction-level
+//!   advisory lock held to the commit, so a reader by sequence never skips
+//!   a lower number that commits later;
 //! - the change log is numbered here, under a transaction-level advisory
 //!   lock, so sequence order is commit order across nodes
 //!   ([`ChangeLog::apply_changes`] returns the changes as numbered);
@@ -43,6 +46,11 @@ const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
 const WATERMARK_KEY: &str = "live_watermark";
 /// Advisory lock serialising change-log commits across nodes.
 const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
+/// Advisory lock serialising event appends across nodes from the first
+/// sequence number taken to the commit: sequence order is commit order, so
+/// a reader by sequence (metric scans, followers) never moves past a lower
+/// number that commits later.
+const EVENTS_LOCK: i64 = 0x7374_7261_6576_6e74;
 /// Connections per node.
 const POOL_SIZE: usize = 16;
 
@@ -420,6 +428,10 @@ impl EventLog for PgStore {
         let name_ids = name_ids(&*tx, &names).await?;
         let mut order: Vec<usize> = (0..batch.events.len()).collect();
         order.sort_unstable_by_key(|&i| (uids[i], batch.events[i].timestamp, i));
+        // Numbers are taken from here to the commit under the lock (see
+        // EVENTS_LOCK); interning users and names above stays concurrent.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+            .await?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \

@@ -1,5 +1,6 @@
 //! The storage test suite, written against the `Store` trait. Every backend
-//! runs it; today that is SQLite (PostgreSQL joins with the scale-out work).
+//! runs it (SQLite and PostgreSQL); a few tests are about PostgreSQL alone
+//! (several nodes writing at once).
 
 use serde_json::json;
 use stratify_core::event::NewEvent;
@@ -863,4 +864,78 @@ async fn a_lease_has_one_holder_until_it_expires_and_keeps_its_cursor() {
         );
     })
     .await;
+}
+
+/// Issue 19, "events skipped for good": two nodes append at once; one
+/// append has taken its sequence number but commits a second later. A
+/// metric scan that runs as soon as the other append returns, and then
+/// goes on incrementally from where it stopped, reads every event once
+/// (it used to move past the lower number before it committed, and never
+/// read it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_scan_by_sequence_never_skips_an_append_that_commits_late() {
+    let url = stratify_store::testing::fresh_postgres().await;
+    let (node1, node2) = (
+        std::sync::Arc::new(PgStore::connect(&url).await.expect("node 1")),
+        std::sync::Arc::new(PgStore::connect(&url).await.expect("node 2")),
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // The event at NOW + 42 holds its transaction open for a second after
+    // its row (and number) exist.
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ BEGIN \
+               IF NEW.ts = 1780000000042 THEN PERFORM pg_sleep(1.0); END IF; RETURN NEW; \
+             END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER slow_commit AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+        )
+        .await
+        .expect("trigger");
+    let buy = |user: &str, at: i64| {
+        batch(vec![event(
+            json!({"user_id": user, "name": "buy", "timestamp": at, "properties": {"amount": 1}}),
+        )])
+    };
+    node1.append_events(buy("u0", NOW)).await.expect("first");
+    let slow = {
+        let node2 = node2.clone();
+        let b = buy("u2", NOW + 42);
+        tokio::spawn(async move { node2.append_events(b).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    node1
+        .append_events(buy("u1", NOW + 43))
+        .await
+        .expect("fast");
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink_seen = seen.clone();
+    let sink: MetricSink = std::sync::Arc::new(move |events: &[MetricEvent]| {
+        sink_seen.lock().extend(events.iter().map(|e| e.ts))
+    });
+    let scan = MetricScan {
+        event: "buy".into(),
+        property: Some("amount".into()),
+        since: NOW,
+        until: NOW + 100,
+        after_seq: 0,
+    };
+    let first = node1
+        .scan_metric_events(scan.clone(), sink.clone())
+        .await
+        .expect("scan");
+    slow.await.expect("task").expect("slow append");
+    let after = MetricScan {
+        after_seq: first.through_seq,
+        ..scan
+    };
+    node1
+        .scan_metric_events(after, sink)
+        .await
+        .expect("scan again");
+    let mut got = seen.lock().clone();
+    got.sort_unstable();
+    assert_eq!(got, vec![NOW, NOW + 42, NOW + 43], "every event read once");
 }
