@@ -106,6 +106,21 @@ impl KeyRing {
             role: key.role,
         })
     }
+
+    /// The caller behind a key that authenticated earlier (a dashboard
+    /// session holds its id, never the key), while the key is active.
+    pub fn principal(&self, key_id: &str) -> Option<Principal> {
+        if key_id == ENV_ADMIN_KEY_ID {
+            return self.env_admin.is_some().then(|| Principal {
+                key_id: ENV_ADMIN_KEY_ID.into(),
+                role: Role::Admin,
+            });
+        }
+        self.active.read().get(key_id).map(|k| Principal {
+            key_id: key_id.to_owned(),
+            role: k.role,
+        })
+    }
 }
 
 /// API keys: authentication, creation, listing, revocation.
@@ -118,6 +133,11 @@ pub struct KeyService {
 impl KeyService {
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {
         self.ring.authenticate(presented)
+    }
+
+    /// See [`KeyRing::principal`].
+    pub fn principal(&self, key_id: &str) -> Option<Principal> {
+        self.ring.principal(key_id)
     }
 
     /// Creates a key; the returned secret is shown once and never stored.

@@ -41,8 +41,10 @@ pub async fn authorize(
 ) -> Response {
     let principal = match presented_key(req.headers()) {
         Some(key) => state.engine.keys.authenticate(key),
-        None => match session::token_from_cookies(req.headers())
-            .and_then(|t| state.sessions.get(&state.engine, t))
+        None => match state
+            .sessions
+            .of_request(&state.engine, req.headers())
+            .await
         {
             Some(signed) => {
                 let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);

@@ -54,6 +54,7 @@ pub trait Store:
     + Metrics
     + Webhooks
     + Coordination
+    + DashboardSessions
     + Send
     + Sync
     + 'static
@@ -70,6 +71,7 @@ impl<T> Store for T where
         + Metrics
         + Webhooks
         + Coordination
+        + DashboardSessions
         + Send
         + Sync
         + 'static
@@ -342,6 +344,18 @@ pub trait Webhooks: Send + Sync {
         last_error: Option<String>,
         at: Millis,
     ) -> Result<()>;
+}
+
+/// Dashboard sessions, shared by every node of a cluster (a load balancer
+/// may send a browser to any of them).
+#[async_trait]
+pub trait DashboardSessions: Send + Sync {
+    /// Stores a new session; drops expired ones, and the oldest when `max`
+    /// are live.
+    async fn create_session(&self, session: SessionRecord, now: Millis, max: u32) -> Result<()>;
+    /// The live session with this token hash.
+    async fn session(&self, token_hash: Vec<u8>, now: Millis) -> Result<Option<SessionRecord>>;
+    async fn delete_session(&self, token_hash: Vec<u8>) -> Result<()>;
 }
 
 /// What nodes sharing a store coordinate through: Kafka partition progress and leases.

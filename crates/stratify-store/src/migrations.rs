@@ -197,6 +197,16 @@ CREATE TABLE leases (
 -- stored here: over HTTP, or Kafka records on a partition not their user's.
 ALTER TABLE ingest_status ADD COLUMN forwarded INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Dashboard sessions (see stratify_store::SessionRecord).
+CREATE TABLE sessions (
+    token_hash  BLOB PRIMARY KEY,
+    key_id      TEXT NOT NULL,
+    csrf        TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX sessions_expiry ON sessions(expires_at);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

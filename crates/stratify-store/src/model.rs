@@ -440,3 +440,14 @@ pub struct PartitionProgress {
     pub node: String,
     pub updated_at: Millis,
 }
+
+/// A signed-in dashboard browser: the SHA-256 of its cookie token (never the
+/// token), the API key it signed in with (by id: the key is checked again on
+/// every request), its CSRF token and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_hash: Vec<u8>,
+    pub key_id: String,
+    pub csrf: String,
+    pub expires_at: Millis,
+}

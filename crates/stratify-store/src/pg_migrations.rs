@@ -288,6 +288,16 @@ CREATE TABLE leases (
 -- stored here: over HTTP, or Kafka records on a partition not their user's.
 ALTER TABLE ingest_status ADD COLUMN forwarded BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Dashboard sessions, shared by every node (see stratify_store::SessionRecord).
+CREATE TABLE sessions (
+    token_hash  BYTEA PRIMARY KEY,
+    key_id      TEXT NOT NULL,
+    csrf        TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX sessions_expiry ON sessions(expires_at);
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -26,8 +26,8 @@ use crate::shared::{
 };
 use crate::sql::{self, ConfigWrite};
 use crate::{
-    Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
-    StoreError, Users, Webhooks,
+    Assignments, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog, Keys,
+    Metrics, Result, StoreError, Users, Webhooks,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
@@ -1533,5 +1533,48 @@ impl<'a> ChangeColumns<'a> {
         self.cause.push(c.cause.code());
         self.event_seq.push(event_seq);
         self.event_id.push(event_id);
+    }
+}
+
+#[async_trait]
+impl DashboardSessions for PgStore {
+    async fn create_session(&self, session: SessionRecord, now: Millis, max: u32) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(sql::DELETE_EXPIRED_SESSIONS.postgres(), &[&now])
+            .await?;
+        let live: i64 = tx
+            .query_one(sql::COUNT_SESSIONS.postgres(), &[])
+            .await?
+            .get(0);
+        if live >= i64::from(max) {
+            tx.execute(sql::DELETE_OLDEST_SESSION.postgres(), &[])
+                .await?;
+        }
+        tx.execute(
+            sql::INSERT_SESSION.postgres(),
+            &[
+                &session.token_hash,
+                &session.key_id,
+                &session.csrf,
+                &session.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: Vec<u8>, now: Millis) -> Result<Option<SessionRecord>> {
+        Ok(self
+            .all(&sql::SESSION, &[&token_hash, &now], rows::session)
+            .await?
+            .pop())
+    }
+
+    async fn delete_session(&self, token_hash: Vec<u8>) -> Result<()> {
+        self.execute(sql::DELETE_SESSION.postgres(), &[&token_hash])
+            .await?;
+        Ok(())
     }
 }

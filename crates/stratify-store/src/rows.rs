@@ -201,3 +201,13 @@ pub(crate) fn assignment(r: &impl Columns) -> Result<AssignmentRecord> {
         assigned_at: r.col(4)?,
     })
 }
+
+/// `sql::SESSION`
+pub(crate) fn session(r: &impl Columns) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        token_hash: r.col(0)?,
+        key_id: r.col(1)?,
+        csrf: r.col(2)?,
+        expires_at: r.col(3)?,
+    })
+}

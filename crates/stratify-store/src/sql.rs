@@ -327,10 +327,43 @@ pub(crate) static PARTITIONS: Statement = Statement::shared(
      kafka_partitions ORDER BY topic, partition",
 );
 
+/// Drops sessions that ended (now).
+pub(crate) static DELETE_EXPIRED_SESSIONS: Statement =
+    Statement::shared("DELETE FROM sessions WHERE expires_at <= ?1");
+/// How many sessions are live.
+pub(crate) static COUNT_SESSIONS: Statement = Statement::shared("SELECT COUNT(*) FROM sessions");
+/// Drops the session that ends first.
+pub(crate) static DELETE_OLDEST_SESSION: Statement = Statement::shared(
+    "DELETE FROM sessions WHERE token_hash = \
+     (SELECT token_hash FROM sessions ORDER BY expires_at LIMIT 1)",
+);
+/// A new session (token_hash, key_id, csrf, expires_at).
+pub(crate) static INSERT_SESSION: Statement = Statement::shared(
+    "INSERT INTO sessions (token_hash, key_id, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
+);
+/// A live session by token hash (token_hash, now).
+pub(crate) static SESSION: Statement = Statement::shared(
+    "SELECT token_hash, key_id, csrf, expires_at FROM sessions \
+     WHERE token_hash = ?1 AND expires_at > ?2",
+);
+/// Ends a session (token_hash).
+pub(crate) static DELETE_SESSION: Statement =
+    Statement::shared("DELETE FROM sessions WHERE token_hash = ?1");
+
 /// Every shared statement: (name, SQLite text, writes configuration).
 #[cfg(test)]
 fn all() -> Vec<(&'static str, &'static str, bool)> {
     vec![
+        (
+            "DELETE_EXPIRED_SESSIONS",
+            DELETE_EXPIRED_SESSIONS.text(),
+            false,
+        ),
+        ("COUNT_SESSIONS", COUNT_SESSIONS.text(), false),
+        ("DELETE_OLDEST_SESSION", DELETE_OLDEST_SESSION.text(), false),
+        ("INSERT_SESSION", INSERT_SESSION.text(), false),
+        ("SESSION", SESSION.text(), false),
+        ("DELETE_SESSION", DELETE_SESSION.text(), false),
         ("EVENT_BY_DEDUPE", EVENT_BY_DEDUPE.text(), false),
         ("USER_BY_ID", USER_BY_ID.text(), false),
         ("INGEST_STATUS", INGEST_STATUS.text(), false),

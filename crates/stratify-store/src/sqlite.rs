@@ -9,8 +9,8 @@ use crate::shared::{
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{rows, sql};
 use crate::{
-    Assignments, ChangeLog, Configuration, Coordination, EventLog, Keys, Metrics, Result,
-    StoreError, Users, Webhooks,
+    Assignments, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog, Keys,
+    Metrics, Result, StoreError, Users, Webhooks,
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -1655,4 +1655,56 @@ fn scan_part(
         });
     }
     Ok(chunks.finish())
+}
+
+#[async_trait]
+impl DashboardSessions for SqliteStore {
+    async fn create_session(&self, session: SessionRecord, now: Millis, max: u32) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(sql::DELETE_EXPIRED_SESSIONS.sqlite())?
+                    .execute([now])?;
+                let live: i64 = w
+                    .conn
+                    .prepare_cached(sql::COUNT_SESSIONS.sqlite())?
+                    .query_row([], |r| r.get(0))?;
+                if live >= i64::from(max) {
+                    w.conn
+                        .prepare_cached(sql::DELETE_OLDEST_SESSION.sqlite())?
+                        .execute([])?;
+                }
+                w.conn
+                    .prepare_cached(sql::INSERT_SESSION.sqlite())?
+                    .execute(params![
+                        session.token_hash,
+                        session.key_id,
+                        session.csrf,
+                        session.expires_at
+                    ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn session(&self, token_hash: Vec<u8>, now: Millis) -> Result<Option<SessionRecord>> {
+        self.read(move |c| {
+            let mut found = all(c, sql::SESSION.sqlite(), params![token_hash, now], |r| {
+                rows::session(r)
+            })?;
+            Ok(found.pop())
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: Vec<u8>) -> Result<()> {
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(sql::DELETE_SESSION.sqlite())?
+                    .execute([token_hash])?;
+                Ok(())
+            })
+            .await
+    }
 }

@@ -939,3 +939,54 @@ async fn on_postgres_a_scan_by_sequence_never_skips_an_append_that_commits_late(
     got.sort_unstable();
     assert_eq!(got, vec![NOW, NOW + 42, NOW + 43], "every event read once");
 }
+
+#[tokio::test]
+async fn dashboard_sessions_end_when_they_expire_are_deleted_or_crowded_out() {
+    with_backends(|s| async move {
+        let session = |n: u8, expires_at: i64| SessionRecord {
+            token_hash: vec![n; 32],
+            key_id: format!("key{n}"),
+            csrf: format!("csrf{n}"),
+            expires_at,
+        };
+        s.create_session(session(1, NOW + 10), NOW, 3)
+            .await
+            .expect("create");
+        s.create_session(session(2, NOW + 20), NOW, 3)
+            .await
+            .expect("create");
+        assert_eq!(
+            s.session(vec![1; 32], NOW).await.expect("read"),
+            Some(session(1, NOW + 10))
+        );
+        assert_eq!(
+            s.session(vec![1; 32], NOW + 10).await.expect("read"),
+            None,
+            "ended"
+        );
+        assert_eq!(s.session(vec![9; 32], NOW).await.expect("read"), None);
+        s.delete_session(vec![2; 32]).await.expect("delete");
+        assert_eq!(s.session(vec![2; 32], NOW).await.expect("read"), None);
+        // At most 3 live: the fourth crowds out the one that ends first.
+        for n in 3..=5 {
+            s.create_session(session(n, NOW + 100 + i64::from(n)), NOW, 3)
+                .await
+                .expect("create");
+        }
+        s.create_session(session(6, NOW + 200), NOW, 3)
+            .await
+            .expect("create");
+        assert_eq!(
+            s.session(vec![1; 32], NOW).await.expect("read"),
+            None,
+            "the oldest went"
+        );
+        for n in 4..=6 {
+            assert!(
+                s.session(vec![n; 32], NOW).await.expect("read").is_some(),
+                "{n}"
+            );
+        }
+    })
+    .await;
+}

@@ -1031,3 +1031,101 @@ async fn records_on_another_partition_reach_their_users_owner_and_are_counted_on
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 19, "dashboard sessions live in one node's memory": a browser
+/// signed in on one node is signed in on the other (a load balancer may
+/// switch), and signing out or revoking the key ends it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_made_on_one_node_holds_on_the_other() {
+    let cluster = Cluster::new("session").await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let key = post(
+        &a,
+        "/v1/api-keys",
+        json!({"name": "browser", "role": "editor"}),
+    )
+    .await;
+    let (key_id, secret) = (
+        key["id"].as_str().expect("id").to_owned(),
+        key["key"].as_str().expect("key").to_owned(),
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // Node b knows the new key within a second (config poll).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while browser
+        .get(format!("{}/v1/segments", b.url))
+        .header("X-API-Key", &secret)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node b never accepted the new key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let signed_in = browser
+        .post(format!("{}/login", a.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={secret}&next=%2F"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = |node: &Node| {
+        browser
+            .get(format!("{}/", node.url))
+            .header("Cookie", cookie.clone())
+            .send()
+    };
+    for node in [&a, &b] {
+        let shell = page(node).await.expect("page");
+        assert_eq!(shell.status(), 200, "signed in on {}", node.url);
+        let api = browser
+            .get(format!("{}/v1/segments", node.url))
+            .header("Cookie", cookie.clone())
+            .send()
+            .await
+            .expect("api");
+        assert_eq!(
+            api.status(),
+            200,
+            "the session works for the API on {}",
+            node.url
+        );
+    }
+    // Revoked on node b: the session ends on node a too.
+    let (s, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/v1/api-keys/{key_id}", b.url),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = page(&a).await.expect("page").status();
+        if status == 303 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node a still honours a revoked key's session: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -230,8 +230,10 @@ async fn login_page(
     Query(q): Query<NextQuery>,
 ) -> Response<Body> {
     let next = safe_next(q.next.as_deref());
-    if session::token_from_cookies(&headers)
-        .and_then(|t| state.sessions.get(&state.engine, t))
+    if state
+        .sessions
+        .of_request(&state.engine, &headers)
+        .await
         .is_some()
     {
         return redirect(next, None);
@@ -274,24 +276,28 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: String) 
     };
     let next = safe_next(form.next.as_deref()).to_owned();
     let key = form.api_key.trim();
-    match state.engine.keys.authenticate(key).map(|p| p.role) {
+    match state.engine.keys.authenticate(key) {
         None => html(
             StatusCode::UNAUTHORIZED,
             login_html(&next, Some("That API key is not valid (or was revoked).")),
         ),
-        Some(role) if !may_sign_in(role) => html(
+        Some(p) if !may_sign_in(p.role) => html(
             StatusCode::FORBIDDEN,
             login_html(
                 &next,
                 Some(&format!(
-                    "Keys with the '{role}' role are for applications; the dashboard needs an admin, editor, viewer or ops key."
+                    "Keys with the '{}' role are for applications; the dashboard needs an admin, editor, viewer or ops key.",
+                    p.role
                 )),
             ),
         ),
-        Some(_) => {
-            let token = state.sessions.sign_in(key, state.engine.now());
-            redirect(&next, Some(session::set_cookie(&token)))
-        }
+        Some(p) => match state.sessions.sign_in(&state.engine, &p.key_id).await {
+            Some(token) => redirect(&next, Some(session::set_cookie(&token))),
+            None => html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                login_html(&next, Some("Signing in failed; try again in a moment.")),
+            ),
+        },
     }
 }
 
@@ -304,14 +310,14 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, body: String)
     if let Some(token) = session::token_from_cookies(&headers) {
         let form = serde_urlencoded::from_str::<LogoutForm>(&body).ok();
         let presented = form.and_then(|f| f.csrf).unwrap_or_default();
-        match state.sessions.get(&state.engine, token) {
+        match state.sessions.get(&state.engine, token).await {
             Some(signed) if !signed.csrf_matches(&presented) => {
                 return html(
                     StatusCode::FORBIDDEN,
                     login_html("/", Some("Sign-out must come from this site's own page.")),
                 );
             }
-            _ => state.sessions.sign_out(token),
+            _ => state.sessions.sign_out(&state.engine, token).await,
         }
     }
     redirect("/login", Some(session::clear_cookie()))
@@ -324,9 +330,7 @@ async fn shell(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response<Body> {
-    let Some(signed) =
-        session::token_from_cookies(&headers).and_then(|t| state.sessions.get(&state.engine, t))
-    else {
+    let Some(signed) = state.sessions.of_request(&state.engine, &headers).await else {
         let here = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
         return redirect(&format!("/login?next={next}"), None);

@@ -1,17 +1,18 @@
 //! Dashboard sessions: signing in with an API key gives the browser an
-//! opaque token in a `Secure; HttpOnly; SameSite=Strict` cookie. The key
-//! itself stays on the server and is checked again on every request, so a
-//! revoked key ends its sessions at once.
+//! opaque token in a `Secure; HttpOnly; SameSite=Strict` cookie. Sessions
+//! live in the store (shared by every node of a cluster, so a load balancer
+//! may send the browser anywhere; kept across restarts), as the SHA-256 of
+//! the token and the id of the key, which is checked again on every request:
+//! a revoked key ends its sessions at once. The key itself is never kept.
 //!
 //! Requests that change something with a session must also carry the
 //! session's CSRF token in `X-CSRF-Token` (the page gets it in a `<meta>`).
 
-use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use stratify_core::time::Millis;
 use stratify_engine::keys::Principal;
+use stratify_engine::model::SessionRecord;
 use stratify_engine::Engine;
 use subtle::ConstantTimeEq;
 
@@ -19,16 +20,9 @@ pub const COOKIE: &str = "stratify_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts from sign-in.
 pub const LIFETIME_MS: Millis = 12 * 3600 * 1000;
-/// At most this many sessions are kept; signing in past it drops the
-/// oldest.
-const MAX_SESSIONS: usize = 10_000;
-
-struct Session {
-    /// The key that signed in, re-authenticated on every request.
-    key: String,
-    csrf: String,
-    expires_at: Millis,
-}
+/// At most this many sessions are kept; signing in past it drops the one
+/// that ends first.
+const MAX_SESSIONS: u32 = 10_000;
 
 /// A signed-in browser, as a request sees it.
 #[derive(Debug, Clone)]
@@ -37,12 +31,9 @@ pub struct Signed {
     pub csrf: String,
 }
 
+/// The dashboard's sessions (kept in the engine's store).
 #[derive(Default)]
-pub struct Sessions {
-    /// By the SHA-256 of the cookie's token: the map never holds a token a
-    /// browser could present.
-    by_hash: Mutex<HashMap<[u8; 32], Session>>,
-}
+pub struct Sessions;
 
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -50,59 +41,75 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 impl Sessions {
-    /// Starts a session for `key` (already authenticated by the caller);
-    /// returns the cookie's token.
-    pub fn sign_in(&self, key: &str, now: Millis) -> String {
+    /// Starts a session for the key `key_id` (authenticated by the caller);
+    /// returns the cookie's token, or `None` when the store failed.
+    pub async fn sign_in(&self, engine: &Engine, key_id: &str) -> Option<String> {
         let token = random_token();
-        let mut map = self.by_hash.lock();
-        map.retain(|_, s| s.expires_at > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
-                .map(|(h, _)| *h)
-            {
-                map.remove(&oldest);
+        let now = engine.now();
+        let session = SessionRecord {
+            token_hash: digest(&token),
+            key_id: key_id.to_owned(),
+            csrf: random_token(),
+            expires_at: now + LIFETIME_MS,
+        };
+        match engine
+            .store()
+            .create_session(session, now, MAX_SESSIONS)
+            .await
+        {
+            Ok(()) => Some(token),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a dashboard session");
+                None
             }
         }
-        map.insert(
-            digest(&token),
-            Session {
-                key: key.to_owned(),
-                csrf: random_token(),
-                expires_at: now + LIFETIME_MS,
-            },
-        );
-        token
     }
 
     /// The session of a cookie token, if it is live and its key still valid.
-    pub fn get(&self, engine: &Engine, token: &str) -> Option<Signed> {
+    pub async fn get(&self, engine: &Engine, token: &str) -> Option<Signed> {
         let hash = digest(token);
-        let now = engine.now();
-        let mut map = self.by_hash.lock();
-        let session = map.get(&hash)?;
-        if session.expires_at <= now {
-            map.remove(&hash);
-            return None;
-        }
-        let Some(principal) = engine.keys.authenticate(&session.key) else {
-            map.remove(&hash);
+        let session = match engine.store().session(hash.clone(), engine.now()).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a dashboard session");
+                return None;
+            }
+        };
+        let Some(principal) = engine.keys.principal(&session.key_id) else {
+            self.end(engine, hash).await;
             return None;
         };
         Some(Signed {
             principal,
-            csrf: session.csrf.clone(),
+            csrf: session.csrf,
         })
     }
 
-    pub fn sign_out(&self, token: &str) {
-        self.by_hash.lock().remove(&digest(token));
+    /// The session of the request's cookie, if any.
+    pub async fn of_request(
+        &self,
+        engine: &Engine,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<Signed> {
+        match token_from_cookies(headers) {
+            Some(token) => self.get(engine, token).await,
+            None => None,
+        }
+    }
+
+    pub async fn sign_out(&self, engine: &Engine, token: &str) {
+        self.end(engine, digest(token)).await;
+    }
+
+    async fn end(&self, engine: &Engine, hash: Vec<u8>) {
+        if let Err(e) = engine.store().delete_session(hash).await {
+            tracing::error!(error = %e, "cannot delete a dashboard session");
+        }
     }
 }
 
