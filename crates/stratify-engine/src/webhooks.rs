@@ -11,8 +11,9 @@
 //! the changes after the cursor (of its segments), POSTs them as one JSON
 //! batch signed with HMAC-SHA256 of the body under the webhook's secret
 //! (`X-Stratify-Signature: sha256=<hex>`), and moves the cursor only after a
-//! 2xx. Failures are retried with exponential backoff (1 s doubling to 5
-//! min); every change carries its `seq` so receivers can de-duplicate.
+//! 2xx. Redirects are not followed: a 3xx is a failure. Failures are
+//! retried with exponential backoff (1 s doubling to 5 min); every change
+//! carries its `seq` so receivers can de-duplicate.
 
 use crate::feed::ChangeView;
 use crate::EngineError;
@@ -288,7 +289,14 @@ impl WebhookService {
     }
 
     async fn deliver(&self, hook: WebhookRecord, lease_holder: Option<String>) {
-        let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+        // A redirect is never followed (the POST would turn into a GET
+        // elsewhere, and a 2xx there is not a delivery): a 3xx fails and
+        // is retried.
+        let client = match reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks: no HTTP client");

@@ -589,3 +589,67 @@ async fn food_delivery_power_user_and_dormancy_end_to_end() {
     assert_eq!(m["memberships"][0]["segment_id"], dormant.as_str());
     assert_eq!(m["memberships"][0]["exited_at"], "2026-01-25T01:00:00.000Z");
 }
+
+/// A webhook target that answers with a redirect has not received the
+/// delivery: the redirect is not followed (nothing reaches its target), the
+/// attempt counts as failed with the status, and the cursor stays.
+#[tokio::test]
+async fn a_webhook_redirect_is_a_failed_delivery_and_is_not_followed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = spawn_app().await;
+    let seg = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let followed = std::sync::Arc::new(AtomicUsize::new(0));
+    let hits = followed.clone();
+    let receiver = axum::Router::new()
+        .route(
+            "/moved",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::FOUND,
+                    [(reqwest::header::LOCATION, "/elsewhere")],
+                )
+            }),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::any(move || {
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::OK
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/moved", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let (s, hook) = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": [seg]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    let (s, _) = app
+        .post("/v1/events", json!({"user_id": "u1", "name": "A"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let w = eventually("a failed attempt", || async {
+        let (_, list) = app.get("/v1/webhooks").await;
+        let w = list["webhooks"][0].clone();
+        (w["failures"].as_i64().unwrap_or(0) >= 1).then_some(w)
+    })
+    .await;
+    assert_eq!(w["last_error"], "HTTP 302");
+    assert_eq!(
+        w["delivered_seq"], hook["delivered_seq"],
+        "the cursor stays"
+    );
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
