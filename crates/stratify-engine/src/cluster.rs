@@ -7,6 +7,9 @@
 //!   log (one indexed range read every [`FOLLOW_EVERY`]) and applies the
 //!   changes of users it does not own to its readers' view, so experiment
 //!   targeting sees every user's segments on every node.
+//! - **Erasures.** Every node follows the store's short log of erasures
+//!   and forgets each erased user (metric columns, sticky state, cached
+//!   answers, memberships), whichever node erased them.
 //! - **Configuration.** Every configuration write bumps the store's
 //!   `config_version` in the same transaction; every node polls it every
 //!   [`CONFIG_POLL_EVERY`] and reloads schemas, keys, segments and
@@ -152,6 +155,27 @@ impl ClusterService {
             })
             .collect();
         self.derive.memberships_followed(&others);
+        // Users erased on other nodes are forgotten here too (their events
+        // in the metric columns, their sticky and cached answers).
+        let mut erased_after = self.store.last_erasure_seq().await?;
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match engine.store.erasures_after(erased_after, FOLLOW_PAGE).await {
+                    Ok(page) => {
+                        for (seq, user) in &page {
+                            engine.derive.user_erased(user);
+                            erased_after = *seq;
+                        }
+                        if page.len() == FOLLOW_PAGE as usize {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the shared erasures"),
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        });
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             loop {

@@ -365,7 +365,7 @@ mod tests {
         let local = take(&facts);
         // Another node erased `remote` in the shared store and told its owner.
         assert!(store
-            .delete_user(&user("remote"))
+            .delete_user(&user("remote"), 0)
             .await
             .expect("erase there"));
         engine

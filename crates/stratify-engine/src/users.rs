@@ -98,7 +98,7 @@ impl UserService {
     }
 
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
-        if self.store.delete_user(user_id).await? {
+        if self.store.delete_user(user_id, self.clock.now()).await? {
             self.derive.user_erased(user_id.as_str());
             if let Some(forward) = self.routing.forward_for(user_id.as_str()) {
                 forward.refresh(user_id.as_str()).await?;

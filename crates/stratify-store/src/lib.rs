@@ -41,6 +41,10 @@ use stratify_core::time::Millis;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How long an erasure is remembered for other nodes to follow (an hour:
+/// far more than they lag, far less than a log of erased ids should live).
+pub const ERASURE_MEMORY_MS: Millis = 3_600_000;
+
 /// Everything the engine persists: every concern's trait, implemented by
 /// each backend (the storage suite runs against each). Components that need
 /// one concern take that trait (`&dyn ChangeLog`, `Arc<dyn Assignments>`).
@@ -137,8 +141,15 @@ pub trait Users: Send + Sync {
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
 
-    /// Erases a user and all their events. Returns whether the user existed.
-    async fn delete_user(&self, user_id: &UserId) -> Result<bool>;
+    /// Erases a user and all their events, and records the erasure for the
+    /// other nodes (kept [`ERASURE_MEMORY_MS`]). Returns whether the user
+    /// existed.
+    async fn delete_user(&self, user_id: &UserId, now: Millis) -> Result<bool>;
+    /// Erasures after `after` (a sequence number), oldest first: `(seq,
+    /// user_id)`. Nodes sharing a store follow them.
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
+    /// The newest erasure's sequence number (0 when none).
+    async fn last_erasure_seq(&self) -> Result<i64>;
 
     /// Users in creation order after `after_uid` (paging through everyone).
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;

@@ -207,6 +207,15 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 "#,
+    r#"
+-- Recent erasures, for the other nodes of a cluster to forget the user too;
+-- kept an hour (see ERASURE_MEMORY_MS), never longer.
+CREATE TABLE erasures (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id  TEXT NOT NULL,
+    at       INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

@@ -298,6 +298,14 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 "#,
+    r#"
+-- Recent erasures, for the other nodes to forget the user too; kept an hour.
+CREATE TABLE erasures (
+    seq      BIGSERIAL PRIMARY KEY,
+    user_id  TEXT NOT NULL,
+    at       BIGINT NOT NULL
+);
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -51,6 +51,8 @@ const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
 /// a reader by sequence (metric scans, followers) never moves past a lower
 /// number that commits later.
 const EVENTS_LOCK: i64 = 0x7374_7261_6576_6e74;
+/// Advisory lock numbering erasures in commit order.
+const ERASURES_LOCK: i64 = 0x7374_7261_6572_6173;
 /// Connections per node.
 const POOL_SIZE: usize = 16;
 
@@ -710,7 +712,7 @@ impl Users for PgStore {
         user_row(&**client, user_id.as_str()).await
     }
 
-    async fn delete_user(&self, user_id: &UserId) -> Result<bool> {
+    async fn delete_user(&self, user_id: &UserId, now: Millis) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let id = user_id.as_str();
@@ -731,8 +733,33 @@ impl Users for PgStore {
             .await?;
         tx.execute(sql::DELETE_USER_CHANGES.postgres(), &[&id])
             .await?;
+        // Numbered in commit order (followers read by number).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ERASURES_LOCK])
+            .await?;
+        tx.execute(
+            sql::PRUNE_ERASURES.postgres(),
+            &[&(now - crate::ERASURE_MEMORY_MS)],
+        )
+        .await?;
+        tx.execute(sql::INSERT_ERASURE.postgres(), &[&id, &now])
+            .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+        self.all(&sql::ERASURES_AFTER, &[&after, &i64::from(limit)], |r| {
+            Ok((r.try_get(0)?, r.try_get(1)?))
+        })
+        .await
+    }
+
+    async fn last_erasure_seq(&self) -> Result<i64> {
+        Ok(self
+            .rows(sql::LAST_ERASURE_SEQ.postgres(), &[])
+            .await?
+            .first()
+            .map_or(0, |r| r.get(0)))
     }
 
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {

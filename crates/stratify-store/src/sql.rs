@@ -350,10 +350,27 @@ pub(crate) static SESSION: Statement = Statement::shared(
 pub(crate) static DELETE_SESSION: Statement =
     Statement::shared("DELETE FROM sessions WHERE token_hash = ?1");
 
+/// Records an erasure for the other nodes (user_id, now).
+pub(crate) static INSERT_ERASURE: Statement =
+    Statement::shared("INSERT INTO erasures (user_id, at) VALUES (?1, ?2)");
+/// Forgets erasures older than the other nodes need (before).
+pub(crate) static PRUNE_ERASURES: Statement =
+    Statement::shared("DELETE FROM erasures WHERE at < ?1");
+/// Erasures after a sequence number, oldest first (after, limit).
+pub(crate) static ERASURES_AFTER: Statement =
+    Statement::shared("SELECT seq, user_id FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+/// The newest erasure's sequence number (0 when none).
+pub(crate) static LAST_ERASURE_SEQ: Statement =
+    Statement::shared("SELECT COALESCE(MAX(seq), 0) FROM erasures");
+
 /// Every shared statement: (name, SQLite text, writes configuration).
 #[cfg(test)]
 fn all() -> Vec<(&'static str, &'static str, bool)> {
     vec![
+        ("INSERT_ERASURE", INSERT_ERASURE.text(), false),
+        ("PRUNE_ERASURES", PRUNE_ERASURES.text(), false),
+        ("ERASURES_AFTER", ERASURES_AFTER.text(), false),
+        ("LAST_ERASURE_SEQ", LAST_ERASURE_SEQ.text(), false),
         (
             "DELETE_EXPIRED_SESSIONS",
             DELETE_EXPIRED_SESSIONS.text(),

@@ -731,7 +731,7 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn delete_user(&self, user_id: &UserId) -> Result<bool> {
+    async fn delete_user(&self, user_id: &UserId, now: Millis) -> Result<bool> {
         let user_id = user_id.to_string();
         let erased = user_id.clone();
         let existed = self
@@ -758,6 +758,12 @@ impl Users for SqliteStore {
                 w.conn
                     .prepare_cached(sql::DELETE_USER_BANNERS.sqlite())?
                     .execute([&user_id])?;
+                w.conn
+                    .prepare_cached(sql::PRUNE_ERASURES.sqlite())?
+                    .execute([now - crate::ERASURE_MEMORY_MS])?;
+                w.conn
+                    .prepare_cached(sql::INSERT_ERASURE.sqlite())?
+                    .execute(params![user_id, now])?;
                 w.uids.remove(&user_id);
                 Ok(true)
             })
@@ -802,6 +808,26 @@ impl Users for SqliteStore {
                 .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok((ids, total as u64))
+        })
+        .await
+    }
+
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+        self.read(move |c| {
+            all(
+                c,
+                sql::ERASURES_AFTER.sqlite(),
+                params![after, limit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    async fn last_erasure_seq(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.prepare_cached(sql::LAST_ERASURE_SEQ.sqlite())?
+                .query_row([], |r| r.get(0))?)
         })
         .await
     }

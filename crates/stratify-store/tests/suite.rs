@@ -186,8 +186,11 @@ async fn deleting_a_user_erases_their_events_but_not_others() {
         ]))
         .await
         .expect("append");
-        assert!(s.delete_user(&uid("gone")).await.expect("delete"));
-        assert!(!s.delete_user(&uid("gone")).await.expect("delete twice"));
+        assert!(s.delete_user(&uid("gone"), NOW).await.expect("delete"));
+        assert!(!s
+            .delete_user(&uid("gone"), NOW)
+            .await
+            .expect("delete twice"));
         assert_eq!(s.get_user(&uid("gone")).await.expect("get"), None);
         let left = s
             .query_events(EventQuery {
@@ -573,7 +576,7 @@ async fn changes_open_and_close_memberships_with_the_watermark() {
         s.append_events(batch(vec![event(json!({"user_id": "u1", "name": "X"}))]))
             .await
             .expect("append");
-        assert!(s.delete_user(&uid("u1")).await.expect("delete"));
+        assert!(s.delete_user(&uid("u1"), NOW).await.expect("delete"));
         assert!(s.user_memberships("u1", 10).await.expect("h").is_empty());
         assert_eq!(s.changes(None, 0, 10).await.expect("c").len(), 1);
     })
@@ -742,7 +745,7 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
                 .map(|m| m.mixture),
             Some(json!({"banners": [1, 2, 3]}))
         );
-        assert!(s.delete_user(&uid("u2")).await.expect("delete"));
+        assert!(s.delete_user(&uid("u2"), NOW).await.expect("delete"));
         assert_eq!(s.serving_state("u2").await.expect("read"), (vec![], None));
     })
     .await;
@@ -987,6 +990,40 @@ async fn dashboard_sessions_end_when_they_expire_are_deleted_or_crowded_out() {
                 "{n}"
             );
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn erasures_are_logged_in_order_for_other_nodes_and_kept_an_hour() {
+    with_backends(|s| async move {
+        s.append_events(batch(vec![
+            event(json!({"user_id": "e1", "name": "LOGIN"})),
+            event(json!({"user_id": "e2", "name": "LOGIN"})),
+        ]))
+        .await
+        .expect("append");
+        assert_eq!(s.last_erasure_seq().await.expect("last"), 0);
+        assert!(s.delete_user(&uid("e1"), NOW).await.expect("erase"));
+        assert!(!s.delete_user(&uid("e1"), NOW).await.expect("erase again"));
+        let first = s.erasures_after(0, 10).await.expect("erasures");
+        assert_eq!(
+            first.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(),
+            vec!["e1"]
+        );
+        assert_eq!(s.last_erasure_seq().await.expect("last"), first[0].0);
+        // An hour later the first is forgotten; the new one follows it.
+        let later = NOW + ERASURE_MEMORY_MS + 1;
+        assert!(s.delete_user(&uid("e2"), later).await.expect("erase"));
+        let all = s.erasures_after(0, 10).await.expect("erasures");
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].1, "e2");
+        assert!(all[0].0 > first[0].0);
+        assert!(s
+            .erasures_after(all[0].0, 10)
+            .await
+            .expect("none")
+            .is_empty());
     })
     .await;
 }

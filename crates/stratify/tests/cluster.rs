@@ -1129,3 +1129,108 @@ async fn a_dashboard_session_made_on_one_node_holds_on_the_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 19, "erasure clears only on the node that got it": a user erased on
+/// their owner is forgotten on the other node too, within a second: its
+/// sticky variant and cached answer go, so the user comes back as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_erased_on_one_node_is_forgotten_on_the_other() {
+    let cluster = Cluster::new("erase").await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    cluster.warm_up(&a, &["a", "b"]).await;
+    let owners = owners(&a).await;
+    let user = (0..)
+        .map(|i| format!("erased-{i}"))
+        .find(|u| {
+            owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
+                == Some(&"a".to_owned())
+        })
+        .expect("a user of node a");
+    post(
+        &a,
+        "/v1/users",
+        json!({"user_id": user, "attributes": {"plan": "pro"}}),
+    )
+    .await;
+    let experiment = post(
+        &a,
+        "/v1/experiments",
+        json!({"key": "erasure", "name": "Erasure", "variants": [
+            {"key": "first", "weight": 100, "is_control": true}, {"key": "later", "weight": 0}]}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    post(
+        &a,
+        &format!("/v1/experiments/{experiment}/start"),
+        json!(null),
+    )
+    .await;
+    let variant_on_b = |u: String| {
+        let b = &b;
+        async move {
+            get(b, &format!("/v1/users/{u}/experiments")).await["experiments"][0]["variant"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while variant_on_b(user.clone()).await != "first" {
+        assert!(
+            Instant::now() < deadline,
+            "node b never served the experiment"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // New users get "later" from now on; the user keeps "first" (sticky).
+    let (s, e) = call(
+        reqwest::Method::PATCH,
+        format!("{}/v1/experiments/{experiment}", a.url),
+        Some(json!({"variants": [
+            {"key": "first", "weight": 0, "is_control": true}, {"key": "later", "weight": 100}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // A new user each time (a user served once keeps their variant).
+    for i in 0.. {
+        if variant_on_b(format!("someone-new-{i}")).await == "later" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never saw the new weights"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        variant_on_b(user.clone()).await,
+        "first",
+        "sticky on node b"
+    );
+    // Node b's first exposure of the user reaches the store before the erasure.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (s, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/v1/users/{user}", a.url),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let erased = Instant::now();
+    loop {
+        let v = variant_on_b(user.clone()).await;
+        if v == "later" {
+            break;
+        }
+        assert!(
+            erased.elapsed() < Duration::from_secs(2),
+            "node b still serves the erased user's sticky variant {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
