@@ -721,6 +721,30 @@ async fn login_segment(node: &Node, name: &str) -> String {
         .to_owned()
 }
 
+/// Creates an experiment and starts it; returns its id.
+async fn running_experiment(node: &Node, body: Value) -> String {
+    let id = post(node, "/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    post(node, &format!("/v1/experiments/{id}/start"), json!(null)).await;
+    id
+}
+
+/// Users named `<prefix>-<n>` whose partition `node` consumes.
+fn users_of<'a>(
+    owners: &'a BTreeMap<i64, String>,
+    node: &'a str,
+    prefix: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    (0..)
+        .map(move |i| format!("{prefix}-{i}"))
+        .filter(move |u| {
+            owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
+                == Some(&node.to_owned())
+        })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -741,30 +765,17 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
     cluster.warm_up(&a, &["a", "b"]).await;
     let owners = owners(&a).await;
     let segment = login_segment(&a, "loggers").await;
-    let experiment = post(
+    let experiment = running_experiment(
         &a,
-        "/v1/experiments",
         json!({"key": "stale", "name": "Stale", "segment_ids": [segment],
                "variants": [{"key": "only", "weight": 100, "is_control": true}]}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    post(
-        &a,
-        &format!("/v1/experiments/{experiment}/start"),
-        json!(null),
     )
     .await;
     for (owner, reader) in [("a", &b), ("b", &a)] {
         let owner_node = if owner == "a" { &a } else { &b };
-        let user = (0..)
-            .map(|i| format!("stale-{owner}-{i}"))
-            .find(|u| {
-                owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
-                    == Some(&owner.to_owned())
-            })
+        let prefix = format!("stale-{owner}");
+        let user = users_of(&owners, owner, &prefix)
+            .next()
             .expect("a user of each node");
         // The reader knows the running experiment, and caches the answer
         // "not targeted" for a user it does not own.
@@ -984,12 +995,7 @@ async fn records_on_another_partition_reach_their_users_owner_and_are_counted_on
 
     // HTTP writes for users node b owns, sent to node a.
     let owners = owners(&a).await;
-    let theirs: Vec<Value> = (0..)
-        .map(|i| format!("http-{i}"))
-        .filter(|u| {
-            owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
-                == Some(&"b".to_owned())
-        })
+    let theirs: Vec<Value> = users_of(&owners, "b", "http")
         .take(10)
         .map(|u| json!({"user_id": u, "name": "LOGIN", "timestamp": 1_700_000_000_000i64}))
         .collect();
@@ -1140,12 +1146,8 @@ async fn a_user_erased_on_one_node_is_forgotten_on_the_other() {
     let b = cluster.node("b").await;
     cluster.warm_up(&a, &["a", "b"]).await;
     let owners = owners(&a).await;
-    let user = (0..)
-        .map(|i| format!("erased-{i}"))
-        .find(|u| {
-            owners.get(&i64::from(stratify_kafka::partition_of(u, PARTITIONS)))
-                == Some(&"a".to_owned())
-        })
+    let user = users_of(&owners, "a", "erased")
+        .next()
         .expect("a user of node a");
     post(
         &a,
@@ -1153,20 +1155,10 @@ async fn a_user_erased_on_one_node_is_forgotten_on_the_other() {
         json!({"user_id": user, "attributes": {"plan": "pro"}}),
     )
     .await;
-    let experiment = post(
+    let experiment = running_experiment(
         &a,
-        "/v1/experiments",
         json!({"key": "erasure", "name": "Erasure", "variants": [
             {"key": "first", "weight": 100, "is_control": true}, {"key": "later", "weight": 0}]}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    post(
-        &a,
-        &format!("/v1/experiments/{experiment}/start"),
-        json!(null),
     )
     .await;
     let variant_on_b = |u: String| {
