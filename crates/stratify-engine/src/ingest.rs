@@ -128,13 +128,16 @@ impl IngestService {
                 Err(e) => outcome.rejected.push(Rejection::new(index, e)),
             }
         }
-        // Events of users another node owns go to that node: over HTTP, and
-        // Kafka records that arrived on a partition that is not their
-        // user's (a producer with another partitioner).
+        // Events of users another node owns go to that node. Kafka records
+        // arrive on their user's partition (the consumer hands the others
+        // over itself, counted in `handed_over`): no check per record here.
         let forwarded = handed_over
-            + self
-                .forward_others(&mut events, &mut positions, &mut outcome)
-                .await?;
+            + if source == Source::Kafka {
+                0
+            } else {
+                self.forward_others(&mut events, &mut positions, &mut outcome)
+                    .await?
+            };
         let report = IngestReport {
             source,
             received,
