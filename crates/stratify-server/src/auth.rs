@@ -41,11 +41,7 @@ pub async fn authorize(
 ) -> Response {
     let principal = match presented_key(req.headers()) {
         Some(key) => state.engine.keys.authenticate(key),
-        None => match state
-            .sessions
-            .of_request(&state.engine, req.headers())
-            .await
-        {
+        None => match session::of_request(&state.engine, req.headers()).await {
             Some(signed) => {
                 let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
                 let presented = req

@@ -58,8 +58,6 @@ pub struct StateParts {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     pub started: Instant,
-    /// Signed-in dashboard browsers.
-    pub sessions: dashboard::session::Sessions,
     /// Flips to `true` when shutdown starts: long-lived streams (SSE,
     /// WebSocket) end so that the graceful shutdown can finish.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -82,7 +80,6 @@ impl AppState {
                 metrics: Arc::new(Metrics::default()),
                 config: Arc::new(config),
                 started: Instant::now(),
-                sessions: Default::default(),
                 stopping,
                 stop: Arc::new(stop),
             }),

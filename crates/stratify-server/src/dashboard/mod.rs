@@ -230,12 +230,7 @@ async fn login_page(
     Query(q): Query<NextQuery>,
 ) -> Response<Body> {
     let next = safe_next(q.next.as_deref());
-    if state
-        .sessions
-        .of_request(&state.engine, &headers)
-        .await
-        .is_some()
-    {
+    if session::of_request(&state.engine, &headers).await.is_some() {
         return redirect(next, None);
     }
     html(StatusCode::OK, login_html(next, None))
@@ -291,7 +286,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: String) 
                 )),
             ),
         ),
-        Some(p) => match state.sessions.sign_in(&state.engine, &p.key_id).await {
+        Some(p) => match session::sign_in(&state.engine, &p.key_id).await {
             Some(token) => redirect(&next, Some(session::set_cookie(&token))),
             None => html(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -310,14 +305,14 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, body: String)
     if let Some(token) = session::token_from_cookies(&headers) {
         let form = serde_urlencoded::from_str::<LogoutForm>(&body).ok();
         let presented = form.and_then(|f| f.csrf).unwrap_or_default();
-        match state.sessions.get(&state.engine, token).await {
+        match session::get(&state.engine, token).await {
             Some(signed) if !signed.csrf_matches(&presented) => {
                 return html(
                     StatusCode::FORBIDDEN,
                     login_html("/", Some("Sign-out must come from this site's own page.")),
                 );
             }
-            _ => state.sessions.sign_out(&state.engine, token).await,
+            _ => session::sign_out(&state.engine, token).await,
         }
     }
     redirect("/login", Some(session::clear_cookie()))
@@ -330,7 +325,7 @@ async fn shell(
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response<Body> {
-    let Some(signed) = state.sessions.of_request(&state.engine, &headers).await else {
+    let Some(signed) = session::of_request(&state.engine, &headers).await else {
         let here = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
         return redirect(&format!("/login?next={next}"), None);

@@ -31,10 +31,6 @@ pub struct Signed {
     pub csrf: String,
 }
 
-/// The dashboard's sessions (kept in the engine's store).
-#[derive(Default)]
-pub struct Sessions;
-
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -45,71 +41,65 @@ fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-impl Sessions {
-    /// Starts a session for the key `key_id` (authenticated by the caller);
-    /// returns the cookie's token, or `None` when the store failed.
-    pub async fn sign_in(&self, engine: &Engine, key_id: &str) -> Option<String> {
-        let token = random_token();
-        let now = engine.now();
-        let session = SessionRecord {
-            token_hash: digest(&token),
-            key_id: key_id.to_owned(),
-            csrf: random_token(),
-            expires_at: now + LIFETIME_MS,
-        };
-        match engine
-            .store()
-            .create_session(session, now, MAX_SESSIONS)
-            .await
-        {
-            Ok(()) => Some(token),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store a dashboard session");
-                None
-            }
+/// Starts a session for the key `key_id` (authenticated by the caller);
+/// returns the cookie's token, or `None` when the store failed.
+pub async fn sign_in(engine: &Engine, key_id: &str) -> Option<String> {
+    let token = random_token();
+    let now = engine.now();
+    let session = SessionRecord {
+        token_hash: digest(&token),
+        key_id: key_id.to_owned(),
+        csrf: random_token(),
+        expires_at: now + LIFETIME_MS,
+    };
+    match engine
+        .store()
+        .create_session(session, now, MAX_SESSIONS)
+        .await
+    {
+        Ok(()) => Some(token),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a dashboard session");
+            None
         }
     }
+}
 
-    /// The session of a cookie token, if it is live and its key still valid.
-    pub async fn get(&self, engine: &Engine, token: &str) -> Option<Signed> {
-        let hash = digest(token);
-        let session = match engine.store().session(hash.clone(), engine.now()).await {
-            Ok(s) => s?,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read a dashboard session");
-                return None;
-            }
-        };
-        let Some(principal) = engine.keys.principal(&session.key_id) else {
-            self.end(engine, hash).await;
+/// The session of a cookie token, if it is live and its key still valid.
+pub async fn get(engine: &Engine, token: &str) -> Option<Signed> {
+    let hash = digest(token);
+    let session = match engine.store().session(hash.clone(), engine.now()).await {
+        Ok(s) => s?,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a dashboard session");
             return None;
-        };
-        Some(Signed {
-            principal,
-            csrf: session.csrf,
-        })
-    }
-
-    /// The session of the request's cookie, if any.
-    pub async fn of_request(
-        &self,
-        engine: &Engine,
-        headers: &axum::http::HeaderMap,
-    ) -> Option<Signed> {
-        match token_from_cookies(headers) {
-            Some(token) => self.get(engine, token).await,
-            None => None,
         }
-    }
+    };
+    let Some(principal) = engine.keys.principal(&session.key_id) else {
+        end(engine, hash).await;
+        return None;
+    };
+    Some(Signed {
+        principal,
+        csrf: session.csrf,
+    })
+}
 
-    pub async fn sign_out(&self, engine: &Engine, token: &str) {
-        self.end(engine, digest(token)).await;
+/// The session of the request's cookie, if any.
+pub async fn of_request(engine: &Engine, headers: &axum::http::HeaderMap) -> Option<Signed> {
+    match token_from_cookies(headers) {
+        Some(token) => get(engine, token).await,
+        None => None,
     }
+}
 
-    async fn end(&self, engine: &Engine, hash: Vec<u8>) {
-        if let Err(e) = engine.store().delete_session(hash).await {
-            tracing::error!(error = %e, "cannot delete a dashboard session");
-        }
+pub async fn sign_out(engine: &Engine, token: &str) {
+    end(engine, digest(token)).await;
+}
+
+async fn end(engine: &Engine, hash: Vec<u8>) {
+    if let Err(e) = engine.store().delete_session(hash).await {
+        tracing::error!(error = %e, "cannot delete a dashboard session");
     }
 }
 
