@@ -105,354 +105,179 @@ fn to_postgres(sqlite: &str) -> String {
     out.replace("COLLATE BINARY", "COLLATE \"C\"")
 }
 
-/// An event's id by its user and dedupe hash (uid, dedupe).
-pub(crate) static EVENT_BY_DEDUPE: Statement =
-    Statement::shared("SELECT event_id FROM events WHERE uid = ?1 AND dedupe = ?2");
-/// A user's row (user_id).
-pub(crate) static USER_BY_ID: Statement = Statement::shared(
-    "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1",
-);
-/// Every source's ingest counts.
-pub(crate) static INGEST_STATUS: Statement = Statement::shared(
-    "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, \
-     last_error_at, updated_at, forwarded FROM ingest_status ORDER BY source",
-);
-/// Events in log order (after_seq, limit).
-pub(crate) static SCAN_EVENTS: Statement = Statement::shared(
-    "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE \
-     seq > ?1 ORDER BY seq LIMIT ?2",
-);
-/// Every interned event name.
-pub(crate) static EVENT_NAMES: Statement =
-    Statement::shared("SELECT id, name FROM event_names ORDER BY id");
-/// Erasure: a user's events (uid).
-pub(crate) static DELETE_USER_EVENTS: Statement =
-    Statement::shared("DELETE FROM events WHERE uid = ?1");
-/// Erasure: a user's static memberships (uid).
-pub(crate) static DELETE_USER_MEMBERSHIPS: Statement =
-    Statement::shared("DELETE FROM segment_members WHERE uid = ?1");
-/// Erasure: a user's sticky assignments (user_id).
-pub(crate) static DELETE_USER_ASSIGNMENTS: Statement =
-    Statement::shared("DELETE FROM assignments WHERE user_id = ?1");
-/// Erasure: a user's banner mixture (user_id).
-pub(crate) static DELETE_USER_BANNERS: Statement =
-    Statement::shared("DELETE FROM banner_mixtures WHERE user_id = ?1");
-/// Erasure: a user's membership changes (user_id).
-pub(crate) static DELETE_USER_CHANGES: Statement =
-    Statement::shared("DELETE FROM changes WHERE user_id = ?1");
-/// Users in creation order (after_uid, limit).
-pub(crate) static USERS_PAGE: Statement = Statement::shared(
-    "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 \
-     ORDER BY uid LIMIT ?2",
-);
-/// Drops an event type (name).
-pub(crate) static DELETE_EVENT_TYPE: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM event_types WHERE name = ?1");
-/// Every event type, by name.
-pub(crate) static EVENT_TYPES: Statement = Statement::shared(
-    "SELECT schema, created_at, updated_at FROM event_types ORDER BY name COLLATE BINARY",
-);
-/// A setting's value (key).
-pub(crate) static READ_SETTING: Statement =
-    Statement::shared("SELECT value FROM settings WHERE key = ?1");
-/// Sets a configuration setting (key, value, now).
-pub(crate) static UPSERT_SETTING: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) \
-     DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-);
-/// A new segment (id, name, description, kind, rules, version, now, by).
-pub(crate) static INSERT_SEGMENT: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO segments (id, name, description, kind, rules, version, created_at, \
-     updated_at, created_by, updated_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8)",
-);
-/// A segment version's audit row.
-pub(crate) static INSERT_SEGMENT_VERSION: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO segment_versions (segment_id, version, name, description, rules, \
-     created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-);
-/// A segment's new version.
-pub(crate) static UPDATE_SEGMENT: ConfigWrite = ConfigWrite::shared(
-    "UPDATE segments SET name = ?2, description = ?3, rules = ?4, version = ?5, \
-     updated_at = ?6, updated_by = ?7 WHERE id = ?1",
-);
-/// Every segment, oldest first.
-pub(crate) static SEGMENTS: Statement = Statement::shared(
-    "SELECT id, name, description, kind, rules, version, created_at, updated_at, \
-     created_by, updated_by FROM segments ORDER BY created_at, id COLLATE BINARY",
-);
-/// A segment's versions, newest first.
-pub(crate) static SEGMENT_VERSIONS: Statement = Statement::shared(
-    "SELECT version, name, description, rules, created_at, created_by FROM \
-     segment_versions WHERE segment_id = ?1 ORDER BY version DESC",
-);
-/// Drops a segment (id).
-pub(crate) static DELETE_SEGMENT: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM segments WHERE id = ?1");
-/// Drops a segment's versions (id).
-pub(crate) static DELETE_SEGMENT_VERSIONS: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM segment_versions WHERE segment_id = ?1");
-/// Drops a static segment's members (id).
-pub(crate) static DELETE_SEGMENT_MEMBERS: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM segment_members WHERE segment_id = ?1");
-/// A static segment's members.
-pub(crate) static STATIC_MEMBERS: Statement = Statement::shared(
-    "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE \
-     m.segment_id = ?1 ORDER BY u.uid",
-);
-/// The static segments a user is in.
-pub(crate) static STATIC_MEMBERSHIPS: Statement = Statement::shared(
-    "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE \
-     u.user_id = ?1 ORDER BY m.segment_id COLLATE BINARY",
-);
-/// A new experiment.
-pub(crate) static INSERT_EXPERIMENT: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO experiments (id, key, name, status, definition, version, created_at, \
-     updated_at, created_by, updated_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-);
-/// An experiment's new version.
-pub(crate) static UPDATE_EXPERIMENT: ConfigWrite = ConfigWrite::shared(
-    "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, \
-     updated_by = ?6 WHERE id = ?1",
-);
-/// A lifecycle move, compare-and-set on the status (id, from, to, at).
-pub(crate) static MOVE_EXPERIMENT: ConfigWrite = ConfigWrite::shared(
-    "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2",
-);
-/// A lifecycle move's audit row.
-pub(crate) static INSERT_TRANSITION: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) \
-     VALUES (?1, ?2, ?3, ?4, ?5)",
-);
-/// Every experiment, oldest first.
-pub(crate) static EXPERIMENTS: Statement = Statement::shared(
-    "SELECT id, key, name, status, definition, version, created_at, updated_at, \
-     created_by, updated_by FROM experiments ORDER BY created_at, id COLLATE BINARY",
-);
-/// A new API key (hashed).
-pub(crate) static INSERT_API_KEY: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, \
-     ?2, ?3, ?4, ?5, ?6)",
-);
-/// Revokes an active key (id, now).
-pub(crate) static REVOKE_API_KEY: ConfigWrite =
-    ConfigWrite::shared("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL");
-/// Every API key, oldest first.
-pub(crate) static API_KEYS: Statement = Statement::shared(
-    "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY \
-     created_at, id COLLATE BINARY",
-);
-/// A live-engine state value (key).
-pub(crate) static READ_LIVE_STATE: Statement =
-    Statement::shared("SELECT value FROM live_state WHERE key = ?1");
-/// Sets a live-engine state value (key, value).
-pub(crate) static UPSERT_LIVE_STATE: Statement = Statement::shared(
-    "INSERT INTO live_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET \
-     value = excluded.value",
-);
-/// The highest change sequence number.
-pub(crate) static LAST_CHANGE_SEQ: Statement =
-    Statement::shared("SELECT COALESCE(MAX(seq), 0) FROM changes");
-/// A user's membership changes, oldest first.
-pub(crate) static USER_CHANGES: Statement = Statement::shared(
-    "SELECT segment_id, entered, at FROM changes WHERE user_id = ?1 ORDER BY seq",
-);
-/// Entered and exited counts per epoch-aligned bucket (segment_id, bucket ms).
-pub(crate) static CHANGE_BUCKETS: Statement = Statement::shared(
-    "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(CASE WHEN entered THEN 1 ELSE 0 \
-     END), SUM(CASE WHEN entered THEN 0 ELSE 1 END) FROM changes WHERE segment_id = ?1 \
-     GROUP BY b ORDER BY b",
-);
-/// A user's sticky assignments.
-pub(crate) static USER_ASSIGNMENTS: Statement = Statement::shared(
-    "SELECT user_id, experiment_id, variant, bucket_version, assigned_at FROM assignments \
-     WHERE user_id = ?1",
-);
-/// A user's banner mixture.
-pub(crate) static USER_BANNERS: Statement = Statement::shared(
-    "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1",
-);
-/// Everyone exposed to an experiment under one bucket version in [from, to].
-pub(crate) static EXPOSURES: Statement = Statement::shared(
-    "SELECT u.uid, a.variant, a.assigned_at FROM assignments a LEFT JOIN users u ON \
-     u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND \
-     a.assigned_at >= ?3 AND a.assigned_at <= ?4",
-);
-/// Saves a user's banner mixture.
-pub(crate) static UPSERT_BANNERS: Statement = Statement::shared(
-    "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, \
-     ?2, ?3, ?4) ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
-     assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
-);
-/// A new metric.
-pub(crate) static INSERT_METRIC: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES (?1, ?2, ?3, \
-     ?4)",
-);
-/// Drops a metric (key).
-pub(crate) static DELETE_METRIC: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM metrics WHERE key = ?1");
-/// Every metric, by key.
-pub(crate) static METRICS: Statement = Statement::shared(
-    "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key COLLATE \
-     BINARY",
-);
-/// A new webhook.
-pub(crate) static INSERT_WEBHOOK: ConfigWrite = ConfigWrite::shared(
-    "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-);
-/// Drops a webhook (id).
-pub(crate) static DELETE_WEBHOOK: ConfigWrite =
-    ConfigWrite::shared("DELETE FROM webhooks WHERE id = ?1");
-/// Every webhook, oldest first.
-pub(crate) static WEBHOOKS: Statement = Statement::shared(
-    "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, \
-     last_error, last_attempt_at FROM webhooks ORDER BY created_at, id COLLATE BINARY",
-);
-/// A delivery attempt: the cursor never moves back (id, seq, failures, error, at).
-pub(crate) static RECORD_DELIVERY: Statement = Statement::shared(
-    "UPDATE webhooks SET delivered_seq = CASE WHEN delivered_seq > ?2 THEN delivered_seq \
-     ELSE ?2 END, failures = ?3, last_error = ?4, last_attempt_at = ?5 WHERE id = ?1",
-);
-/// A Kafka partition's progress.
-pub(crate) static UPSERT_PARTITION: Statement = Statement::shared(
-    "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, \
-     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (topic, partition) DO UPDATE \
-     SET committed = excluded.committed, high_water = excluded.high_water, node = \
-     excluded.node, updated_at = excluded.updated_at",
-);
-/// Every Kafka partition's progress.
-pub(crate) static PARTITIONS: Statement = Statement::shared(
-    "SELECT topic, partition, committed, high_water, node, updated_at FROM \
-     kafka_partitions ORDER BY topic, partition",
-);
+/// Declares the shared statements and, for the tests, the list of them
+/// all: a statement added here cannot escape the configuration-write check.
+macro_rules! statements {
+    ($($(#[$doc:meta])* $name:ident: $ty:ident = $text:expr;)*) => {
+        $($(#[$doc])* pub(crate) static $name: $ty = $ty::shared($text);)*
 
-/// Drops sessions that ended (now).
-pub(crate) static DELETE_EXPIRED_SESSIONS: Statement =
-    Statement::shared("DELETE FROM sessions WHERE expires_at <= ?1");
-/// How many sessions are live.
-pub(crate) static COUNT_SESSIONS: Statement = Statement::shared("SELECT COUNT(*) FROM sessions");
-/// Drops the session that ends first.
-pub(crate) static DELETE_OLDEST_SESSION: Statement = Statement::shared(
-    "DELETE FROM sessions WHERE token_hash = \
-     (SELECT token_hash FROM sessions ORDER BY expires_at LIMIT 1)",
-);
-/// A new session (token_hash, key_id, csrf, expires_at).
-pub(crate) static INSERT_SESSION: Statement = Statement::shared(
-    "INSERT INTO sessions (token_hash, key_id, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
-);
-/// A live session by token hash (token_hash, now).
-pub(crate) static SESSION: Statement = Statement::shared(
-    "SELECT token_hash, key_id, csrf, expires_at FROM sessions \
-     WHERE token_hash = ?1 AND expires_at > ?2",
-);
-/// Ends a session (token_hash).
-pub(crate) static DELETE_SESSION: Statement =
-    Statement::shared("DELETE FROM sessions WHERE token_hash = ?1");
+        /// Every shared statement: (name, SQLite text, writes configuration).
+        #[cfg(test)]
+        fn all() -> Vec<(&'static str, &'static str, bool)> {
+            vec![$((stringify!($name), $name.text(), stringify!($ty) == "ConfigWrite"),)*]
+        }
+    };
+}
 
-/// Records an erasure for the other nodes (user_id, now).
-pub(crate) static INSERT_ERASURE: Statement =
-    Statement::shared("INSERT INTO erasures (user_id, at) VALUES (?1, ?2)");
-/// Forgets erasures older than the other nodes need (before).
-pub(crate) static PRUNE_ERASURES: Statement =
-    Statement::shared("DELETE FROM erasures WHERE at < ?1");
-/// Erasures after a sequence number, oldest first (after, limit).
-pub(crate) static ERASURES_AFTER: Statement =
-    Statement::shared("SELECT seq, user_id FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2");
-/// The newest erasure's sequence number (0 when none).
-pub(crate) static LAST_ERASURE_SEQ: Statement =
-    Statement::shared("SELECT COALESCE(MAX(seq), 0) FROM erasures");
-
-/// Every shared statement: (name, SQLite text, writes configuration).
-#[cfg(test)]
-fn all() -> Vec<(&'static str, &'static str, bool)> {
-    vec![
-        ("INSERT_ERASURE", INSERT_ERASURE.text(), false),
-        ("PRUNE_ERASURES", PRUNE_ERASURES.text(), false),
-        ("ERASURES_AFTER", ERASURES_AFTER.text(), false),
-        ("LAST_ERASURE_SEQ", LAST_ERASURE_SEQ.text(), false),
-        (
-            "DELETE_EXPIRED_SESSIONS",
-            DELETE_EXPIRED_SESSIONS.text(),
-            false,
-        ),
-        ("COUNT_SESSIONS", COUNT_SESSIONS.text(), false),
-        ("DELETE_OLDEST_SESSION", DELETE_OLDEST_SESSION.text(), false),
-        ("INSERT_SESSION", INSERT_SESSION.text(), false),
-        ("SESSION", SESSION.text(), false),
-        ("DELETE_SESSION", DELETE_SESSION.text(), false),
-        ("EVENT_BY_DEDUPE", EVENT_BY_DEDUPE.text(), false),
-        ("USER_BY_ID", USER_BY_ID.text(), false),
-        ("INGEST_STATUS", INGEST_STATUS.text(), false),
-        ("SCAN_EVENTS", SCAN_EVENTS.text(), false),
-        ("EVENT_NAMES", EVENT_NAMES.text(), false),
-        ("DELETE_USER_EVENTS", DELETE_USER_EVENTS.text(), false),
-        (
-            "DELETE_USER_MEMBERSHIPS",
-            DELETE_USER_MEMBERSHIPS.text(),
-            false,
-        ),
-        (
-            "DELETE_USER_ASSIGNMENTS",
-            DELETE_USER_ASSIGNMENTS.text(),
-            false,
-        ),
-        ("DELETE_USER_BANNERS", DELETE_USER_BANNERS.text(), false),
-        ("DELETE_USER_CHANGES", DELETE_USER_CHANGES.text(), false),
-        ("USERS_PAGE", USERS_PAGE.text(), false),
-        ("DELETE_EVENT_TYPE", DELETE_EVENT_TYPE.text(), true),
-        ("EVENT_TYPES", EVENT_TYPES.text(), false),
-        ("READ_SETTING", READ_SETTING.text(), false),
-        ("UPSERT_SETTING", UPSERT_SETTING.text(), true),
-        ("INSERT_SEGMENT", INSERT_SEGMENT.text(), true),
-        (
-            "INSERT_SEGMENT_VERSION",
-            INSERT_SEGMENT_VERSION.text(),
-            true,
-        ),
-        ("UPDATE_SEGMENT", UPDATE_SEGMENT.text(), true),
-        ("SEGMENTS", SEGMENTS.text(), false),
-        ("SEGMENT_VERSIONS", SEGMENT_VERSIONS.text(), false),
-        ("DELETE_SEGMENT", DELETE_SEGMENT.text(), true),
-        (
-            "DELETE_SEGMENT_VERSIONS",
-            DELETE_SEGMENT_VERSIONS.text(),
-            true,
-        ),
-        (
-            "DELETE_SEGMENT_MEMBERS",
-            DELETE_SEGMENT_MEMBERS.text(),
-            true,
-        ),
-        ("STATIC_MEMBERS", STATIC_MEMBERS.text(), false),
-        ("STATIC_MEMBERSHIPS", STATIC_MEMBERSHIPS.text(), false),
-        ("INSERT_EXPERIMENT", INSERT_EXPERIMENT.text(), true),
-        ("UPDATE_EXPERIMENT", UPDATE_EXPERIMENT.text(), true),
-        ("MOVE_EXPERIMENT", MOVE_EXPERIMENT.text(), true),
-        ("INSERT_TRANSITION", INSERT_TRANSITION.text(), true),
-        ("EXPERIMENTS", EXPERIMENTS.text(), false),
-        ("INSERT_API_KEY", INSERT_API_KEY.text(), true),
-        ("REVOKE_API_KEY", REVOKE_API_KEY.text(), true),
-        ("API_KEYS", API_KEYS.text(), false),
-        ("READ_LIVE_STATE", READ_LIVE_STATE.text(), false),
-        ("UPSERT_LIVE_STATE", UPSERT_LIVE_STATE.text(), false),
-        ("LAST_CHANGE_SEQ", LAST_CHANGE_SEQ.text(), false),
-        ("USER_CHANGES", USER_CHANGES.text(), false),
-        ("CHANGE_BUCKETS", CHANGE_BUCKETS.text(), false),
-        ("USER_ASSIGNMENTS", USER_ASSIGNMENTS.text(), false),
-        ("USER_BANNERS", USER_BANNERS.text(), false),
-        ("EXPOSURES", EXPOSURES.text(), false),
-        ("UPSERT_BANNERS", UPSERT_BANNERS.text(), false),
-        ("INSERT_METRIC", INSERT_METRIC.text(), true),
-        ("DELETE_METRIC", DELETE_METRIC.text(), true),
-        ("METRICS", METRICS.text(), false),
-        ("INSERT_WEBHOOK", INSERT_WEBHOOK.text(), true),
-        ("DELETE_WEBHOOK", DELETE_WEBHOOK.text(), true),
-        ("WEBHOOKS", WEBHOOKS.text(), false),
-        ("RECORD_DELIVERY", RECORD_DELIVERY.text(), false),
-        ("UPSERT_PARTITION", UPSERT_PARTITION.text(), false),
-        ("PARTITIONS", PARTITIONS.text(), false),
-    ]
+statements! {
+    /// An event's id by its user and dedupe hash (uid, dedupe).
+    EVENT_BY_DEDUPE: Statement = "SELECT event_id FROM events WHERE uid = ?1 AND dedupe = ?2";
+    /// A user's row (user_id).
+    USER_BY_ID: Statement = "SELECT user_id, attributes, created_at, updated_at FROM users WHERE user_id = ?1";
+    /// Every source's ingest counts.
+    INGEST_STATUS: Statement = "SELECT source, received, accepted, duplicates, rejected, last_event_at, last_error, \
+         last_error_at, updated_at, forwarded FROM ingest_status ORDER BY source";
+    /// Events in log order (after_seq, limit).
+    SCAN_EVENTS: Statement = "SELECT seq, uid, name_id, ts, properties, event_id, received_at FROM events WHERE \
+         seq > ?1 ORDER BY seq LIMIT ?2";
+    /// Every interned event name.
+    EVENT_NAMES: Statement = "SELECT id, name FROM event_names ORDER BY id";
+    /// Erasure: a user's events (uid).
+    DELETE_USER_EVENTS: Statement = "DELETE FROM events WHERE uid = ?1";
+    /// Erasure: a user's static memberships (uid).
+    DELETE_USER_MEMBERSHIPS: Statement = "DELETE FROM segment_members WHERE uid = ?1";
+    /// Erasure: a user's sticky assignments (user_id).
+    DELETE_USER_ASSIGNMENTS: Statement = "DELETE FROM assignments WHERE user_id = ?1";
+    /// Erasure: a user's banner mixture (user_id).
+    DELETE_USER_BANNERS: Statement = "DELETE FROM banner_mixtures WHERE user_id = ?1";
+    /// Erasure: a user's membership changes (user_id).
+    DELETE_USER_CHANGES: Statement = "DELETE FROM changes WHERE user_id = ?1";
+    /// Users in creation order (after_uid, limit).
+    USERS_PAGE: Statement = "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 \
+         ORDER BY uid LIMIT ?2";
+    /// Drops an event type (name).
+    DELETE_EVENT_TYPE: ConfigWrite = "DELETE FROM event_types WHERE name = ?1";
+    /// Every event type, by name.
+    EVENT_TYPES: Statement = "SELECT schema, created_at, updated_at FROM event_types ORDER BY name COLLATE BINARY";
+    /// A setting's value (key).
+    READ_SETTING: Statement = "SELECT value FROM settings WHERE key = ?1";
+    /// Sets a configuration setting (key, value, now).
+    UPSERT_SETTING: ConfigWrite = "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) \
+         DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+    /// A new segment (id, name, description, kind, rules, version, now, by).
+    INSERT_SEGMENT: ConfigWrite = "INSERT INTO segments (id, name, description, kind, rules, version, created_at, \
+         updated_at, created_by, updated_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?8)";
+    /// A segment version's audit row.
+    INSERT_SEGMENT_VERSION: ConfigWrite = "INSERT INTO segment_versions (segment_id, version, name, description, rules, \
+         created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    /// A segment's new version.
+    UPDATE_SEGMENT: ConfigWrite = "UPDATE segments SET name = ?2, description = ?3, rules = ?4, version = ?5, \
+         updated_at = ?6, updated_by = ?7 WHERE id = ?1";
+    /// Every segment, oldest first.
+    SEGMENTS: Statement = "SELECT id, name, description, kind, rules, version, created_at, updated_at, \
+         created_by, updated_by FROM segments ORDER BY created_at, id COLLATE BINARY";
+    /// A segment's versions, newest first.
+    SEGMENT_VERSIONS: Statement = "SELECT version, name, description, rules, created_at, created_by FROM \
+         segment_versions WHERE segment_id = ?1 ORDER BY version DESC";
+    /// Drops a segment (id).
+    DELETE_SEGMENT: ConfigWrite = "DELETE FROM segments WHERE id = ?1";
+    /// Drops a segment's versions (id).
+    DELETE_SEGMENT_VERSIONS: ConfigWrite = "DELETE FROM segment_versions WHERE segment_id = ?1";
+    /// Drops a static segment's members (id).
+    DELETE_SEGMENT_MEMBERS: ConfigWrite = "DELETE FROM segment_members WHERE segment_id = ?1";
+    /// A static segment's members.
+    STATIC_MEMBERS: Statement = "SELECT u.user_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE \
+         m.segment_id = ?1 ORDER BY u.uid";
+    /// The static segments a user is in.
+    STATIC_MEMBERSHIPS: Statement = "SELECT m.segment_id FROM segment_members m JOIN users u ON u.uid = m.uid WHERE \
+         u.user_id = ?1 ORDER BY m.segment_id COLLATE BINARY";
+    /// A new experiment.
+    INSERT_EXPERIMENT: ConfigWrite = "INSERT INTO experiments (id, key, name, status, definition, version, created_at, \
+         updated_at, created_by, updated_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    /// An experiment's new version.
+    UPDATE_EXPERIMENT: ConfigWrite = "UPDATE experiments SET name = ?2, definition = ?3, version = ?4, updated_at = ?5, \
+         updated_by = ?6 WHERE id = ?1";
+    /// A lifecycle move, compare-and-set on the status (id, from, to, at).
+    MOVE_EXPERIMENT: ConfigWrite = "UPDATE experiments SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2";
+    /// A lifecycle move's audit row.
+    INSERT_TRANSITION: ConfigWrite = "INSERT INTO experiment_transitions (experiment_id, from_status, to_status, at, by) \
+         VALUES (?1, ?2, ?3, ?4, ?5)";
+    /// Every experiment, oldest first.
+    EXPERIMENTS: Statement = "SELECT id, key, name, status, definition, version, created_at, updated_at, \
+         created_by, updated_by FROM experiments ORDER BY created_at, id COLLATE BINARY";
+    /// A new API key (hashed).
+    INSERT_API_KEY: ConfigWrite = "INSERT INTO api_keys (id, name, role, key_hash, created_at, revoked_at) VALUES (?1, \
+         ?2, ?3, ?4, ?5, ?6)";
+    /// Revokes an active key (id, now).
+    REVOKE_API_KEY: ConfigWrite = "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL";
+    /// Every API key, oldest first.
+    API_KEYS: Statement = "SELECT id, name, role, key_hash, created_at, revoked_at FROM api_keys ORDER BY \
+         created_at, id COLLATE BINARY";
+    /// A live-engine state value (key).
+    READ_LIVE_STATE: Statement = "SELECT value FROM live_state WHERE key = ?1";
+    /// Sets a live-engine state value (key, value).
+    UPSERT_LIVE_STATE: Statement = "INSERT INTO live_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET \
+         value = excluded.value";
+    /// The highest change sequence number.
+    LAST_CHANGE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM changes";
+    /// A user's membership changes, oldest first.
+    USER_CHANGES: Statement = "SELECT segment_id, entered, at FROM changes WHERE user_id = ?1 ORDER BY seq";
+    /// Entered and exited counts per epoch-aligned bucket (segment_id, bucket ms).
+    CHANGE_BUCKETS: Statement = "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(CASE WHEN entered THEN 1 ELSE 0 \
+         END), SUM(CASE WHEN entered THEN 0 ELSE 1 END) FROM changes WHERE segment_id = ?1 \
+         GROUP BY b ORDER BY b";
+    /// A user's sticky assignments.
+    USER_ASSIGNMENTS: Statement = "SELECT user_id, experiment_id, variant, bucket_version, assigned_at FROM assignments \
+         WHERE user_id = ?1";
+    /// A user's banner mixture.
+    USER_BANNERS: Statement = "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1";
+    /// Everyone exposed to an experiment under one bucket version in [from, to].
+    EXPOSURES: Statement = "SELECT u.uid, a.variant, a.assigned_at FROM assignments a LEFT JOIN users u ON \
+         u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND \
+         a.assigned_at >= ?3 AND a.assigned_at <= ?4";
+    /// Saves a user's banner mixture.
+    UPSERT_BANNERS: Statement = "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, \
+         ?2, ?3, ?4) ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
+         assigned_at = excluded.assigned_at, expires_at = excluded.expires_at";
+    /// A new metric.
+    INSERT_METRIC: ConfigWrite = "INSERT INTO metrics (key, definition, created_at, updated_at) VALUES (?1, ?2, ?3, \
+         ?4)";
+    /// Drops a metric (key).
+    DELETE_METRIC: ConfigWrite = "DELETE FROM metrics WHERE key = ?1";
+    /// Every metric, by key.
+    METRICS: Statement = "SELECT key, definition, created_at, updated_at FROM metrics ORDER BY key COLLATE \
+         BINARY";
+    /// A new webhook.
+    INSERT_WEBHOOK: ConfigWrite = "INSERT INTO webhooks (id, url, segment_ids, secret, created_at, delivered_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    /// Drops a webhook (id).
+    DELETE_WEBHOOK: ConfigWrite = "DELETE FROM webhooks WHERE id = ?1";
+    /// Every webhook, oldest first.
+    WEBHOOKS: Statement = "SELECT id, url, segment_ids, secret, created_at, delivered_seq, failures, \
+         last_error, last_attempt_at FROM webhooks ORDER BY created_at, id COLLATE BINARY";
+    /// A delivery attempt: the cursor never moves back (id, seq, failures, error, at).
+    RECORD_DELIVERY: Statement = "UPDATE webhooks SET delivered_seq = CASE WHEN delivered_seq > ?2 THEN delivered_seq \
+         ELSE ?2 END, failures = ?3, last_error = ?4, last_attempt_at = ?5 WHERE id = ?1";
+    /// A Kafka partition's progress.
+    UPSERT_PARTITION: Statement = "INSERT INTO kafka_partitions (topic, partition, committed, high_water, node, \
+         updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (topic, partition) DO UPDATE \
+         SET committed = excluded.committed, high_water = excluded.high_water, node = \
+         excluded.node, updated_at = excluded.updated_at";
+    /// Every Kafka partition's progress.
+    PARTITIONS: Statement = "SELECT topic, partition, committed, high_water, node, updated_at FROM \
+         kafka_partitions ORDER BY topic, partition";
+    /// Drops sessions that ended (now).
+    DELETE_EXPIRED_SESSIONS: Statement = "DELETE FROM sessions WHERE expires_at <= ?1";
+    /// How many sessions are live.
+    COUNT_SESSIONS: Statement = "SELECT COUNT(*) FROM sessions";
+    /// Drops the session that ends first.
+    DELETE_OLDEST_SESSION: Statement = "DELETE FROM sessions WHERE token_hash = \
+         (SELECT token_hash FROM sessions ORDER BY expires_at LIMIT 1)";
+    /// A new session (token_hash, key_id, csrf, expires_at).
+    INSERT_SESSION: Statement = "INSERT INTO sessions (token_hash, key_id, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)";
+    /// A live session by token hash (token_hash, now).
+    SESSION: Statement = "SELECT token_hash, key_id, csrf, expires_at FROM sessions \
+         WHERE token_hash = ?1 AND expires_at > ?2";
+    /// Ends a session (token_hash).
+    DELETE_SESSION: Statement = "DELETE FROM sessions WHERE token_hash = ?1";
+    /// Records an erasure for the other nodes (user_id, now).
+    INSERT_ERASURE: Statement = "INSERT INTO erasures (user_id, at) VALUES (?1, ?2)";
+    /// Forgets erasures older than the other nodes need (before).
+    PRUNE_ERASURES: Statement = "DELETE FROM erasures WHERE at < ?1";
+    /// Erasures after a sequence number, oldest first (after, limit).
+    ERASURES_AFTER: Statement = "SELECT seq, user_id FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    /// The newest erasure's sequence number (0 when none).
+    LAST_ERASURE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM erasures";
 }
 
 #[cfg(test)]
