@@ -99,6 +99,17 @@ impl Deliverers {
     }
 }
 
+/// What a deliverer's lease call found.
+enum Hold {
+    /// Still this node's.
+    Renewed,
+    /// Just taken: deliver from the cursor in the store (another node may
+    /// have moved it).
+    Taken { cursor: i64, failures: i64 },
+    /// Another node's, or the store could not say (or the webhook is gone).
+    Elsewhere,
+}
+
 fn invalid(code: ErrorCode, message: &str, field: &str) -> EngineError {
     EngineError::Invalid(ValidationError::new(code, message).at(field))
 }
@@ -253,15 +264,8 @@ impl WebhookService {
         }
     }
 
-    /// Takes or renews `node`'s lease on a webhook. On taking it, the
-    /// cursor is re-read from the store (another node may have moved it);
-    /// `None` when another node holds it, or the webhook is gone.
-    async fn hold(
-        &self,
-        hook: &WebhookRecord,
-        node: &str,
-        held: bool,
-    ) -> Option<Option<(i64, i64)>> {
+    /// Takes or renews `node`'s lease on a webhook.
+    async fn hold(&self, hook: &WebhookRecord, node: &str, held: bool) -> Hold {
         let now = self.clock.now();
         let lease = format!("webhook:{}", hook.id);
         match self
@@ -269,21 +273,24 @@ impl WebhookService {
             .hold_lease(&lease, node, now, now + LEASE.as_millis() as i64)
             .await
         {
-            Ok(Some(_)) if held => Some(None),
+            Ok(Some(_)) if held => Hold::Renewed,
             Ok(Some(_)) => match self.store.webhooks().await {
                 Ok(all) => all
                     .into_iter()
                     .find(|h| h.id == hook.id)
-                    .map(|h| Some((h.delivered_seq, h.failures))),
+                    .map_or(Hold::Elsewhere, |h| Hold::Taken {
+                        cursor: h.delivered_seq,
+                        failures: h.failures,
+                    }),
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot read the cursor");
-                    None
+                    Hold::Elsewhere
                 }
             },
-            Ok(None) => None,
+            Ok(None) => Hold::Elsewhere,
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: cannot take the lease");
-                None
+                Hold::Elsewhere
             }
         }
     }
@@ -316,13 +323,15 @@ impl WebhookService {
         loop {
             if let Some(node) = &lease_holder {
                 match self.hold(&hook, node, held).await {
-                    Some(taken) => {
-                        if let Some((c, f)) = taken {
-                            (cursor, failures) = (c, f);
-                        }
+                    Hold::Renewed => {}
+                    Hold::Taken {
+                        cursor: c,
+                        failures: f,
+                    } => {
+                        (cursor, failures) = (c, f);
                         held = true;
                     }
-                    None => {
+                    Hold::Elsewhere => {
                         held = false;
                         tokio::time::sleep(RENEW_EVERY).await;
                         continue;
