@@ -127,6 +127,7 @@ error_codes! {
     NotFound "not_found" 404 "No such route, or the thing named does not exist.";
     OutOfRange "out_of_range" 422 "A number is outside the range its parameter allows.";
     PayloadTooLarge "payload_too_large" 413 "The request body is over the route's limit.";
+    ReferenceGraphTooLarge "reference_graph_too_large" 422 "A rule's segment references reach more rule nodes, or a longer chain of references, than allowed.";
     RuleTooDeep "rule_too_deep" 422 "A rule nests deeper than the allowed depth.";
     RuleTooLarge "rule_too_large" 422 "A rule has more nodes than allowed.";
     SchemaTooLarge "schema_too_large" 422 "A schema declares more fields than allowed.";

@@ -670,7 +670,7 @@ impl PopulationIndex {
 
     /// The users a rule selects at `now`.
     pub fn select(&self, rule: &Rule, now: Millis, segments: &dyn SegmentLookup) -> Bitset {
-        let mut out = self.eval(rule, now, segments, 0, None);
+        let mut out = self.eval(rule, now, segments, 0, None, &mut HashMap::new());
         out.and(&self.live);
         out
     }
@@ -679,6 +679,9 @@ impl PopulationIndex {
     /// the mask and arbitrary outside it (callers intersect with the mask):
     /// an AND passes what its earlier children left as the mask to the later
     /// ones, so aggregates skip the events of users already ruled out.
+    /// `memo` holds the referenced dynamic segments already computed (over
+    /// every user, so any mask may use them): each is computed once however
+    /// often the reference graph reaches it.
     fn eval(
         &self,
         rule: &Rule,
@@ -686,6 +689,7 @@ impl PopulationIndex {
         segments: &dyn SegmentLookup,
         depth: usize,
         mask: Option<&Bitset>,
+        memo: &mut HashMap<String, Bitset>,
     ) -> Bitset {
         match rule {
             Rule::All(children) => {
@@ -707,19 +711,19 @@ impl PopulationIndex {
                     children.iter().partition(is_aggregate);
                 for c in others.into_iter().chain(aggregates) {
                     let within = acc.clone();
-                    acc.and(&self.eval(c, now, segments, depth, Some(&within)));
+                    acc.and(&self.eval(c, now, segments, depth, Some(&within), memo));
                 }
                 acc
             }
             Rule::Any(children) => {
                 let mut acc = Bitset::with_len(self.ids.len());
                 for c in children {
-                    acc.or(&self.eval(c, now, segments, depth, mask));
+                    acc.or(&self.eval(c, now, segments, depth, mask, memo));
                 }
                 acc
             }
             Rule::Not(inner) => {
-                let mut s = self.eval(inner, now, segments, depth, mask);
+                let mut s = self.eval(inner, now, segments, depth, mask, memo);
                 s.complement_within(&self.live);
                 s
             }
@@ -736,7 +740,12 @@ impl PopulationIndex {
                     s
                 }
                 Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => {
-                    self.eval(r, now, segments, depth + 1, mask)
+                    if let Some(known) = memo.get(id) {
+                        return known.clone();
+                    }
+                    let all = self.eval(r, now, segments, depth + 1, None, memo);
+                    memo.insert(id.clone(), all.clone());
+                    all
                 }
                 _ => Bitset::with_len(self.ids.len()),
             },

@@ -268,7 +268,37 @@ pub(crate) fn parse_rule(
             stack.extend(r.references().into_iter().map(str::to_owned));
         }
     }
+    check_reference_graph(&rule, catalog, None).map_err(|e| e.at("/rules"))?;
     Ok(rule)
+}
+
+/// Refuses a rule whose reference graph is over the budget
+/// ([`rules::MAX_REF_GRAPH_NODES`], [`rules::MAX_REF_CHAIN`]). `edited`
+/// stands in for one segment's stored rule (a change being checked).
+pub(crate) fn check_reference_graph(
+    rule: &Rule,
+    catalog: &Catalog,
+    edited: Option<(&str, &Rule)>,
+) -> Result<(), ValidationError> {
+    let rule_of = |id: &str| match edited {
+        Some((e, r)) if e == id => Some(r),
+        _ => catalog.get(id).and_then(|s| s.rule.as_ref()),
+    };
+    let graph = rules::reference_graph(rule, &rule_of);
+    if graph.nodes > rules::MAX_REF_GRAPH_NODES || graph.chain > rules::MAX_REF_CHAIN {
+        return Err(ValidationError::new(
+            ErrorCode::ReferenceGraphTooLarge,
+            format!(
+                "the rule's segment references reach {} rule nodes through a chain of {} \
+                 (at most {} nodes, each segment counted once, and a chain of {})",
+                graph.nodes,
+                graph.chain,
+                rules::MAX_REF_GRAPH_NODES,
+                rules::MAX_REF_CHAIN
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A random id with a readable prefix (`seg`, `exp`, `whk`).
@@ -422,7 +452,9 @@ impl SegmentService {
                     "/rules",
                 ));
             }
-            rule = Some(parse_rule(&json, id, &catalog)?);
+            let new_rule = parse_rule(&json, id, &catalog)?;
+            self.check_dependents(id, &new_rule, &catalog)?;
+            rule = Some(new_rule);
             record.rules = Some(json);
         }
         record.version += 1;
@@ -438,6 +470,34 @@ impl SegmentService {
         }
         self.segments.put(Segment { record, rule });
         self.segment(id)
+    }
+
+    /// A changed rule grows the reference graph of every segment and
+    /// experiment that reaches it: each must stay within the budget.
+    fn check_dependents(
+        &self,
+        id: &str,
+        rule: &Rule,
+        catalog: &Catalog,
+    ) -> Result<(), EngineError> {
+        let segments = catalog
+            .all()
+            .filter(|s| s.record.id != id)
+            .filter_map(|s| Some((format!("segment '{}'", s.record.id), s.rule.as_ref()?)));
+        let registry = self.experiments.registry();
+        let experiments = registry
+            .by_id
+            .values()
+            .filter_map(|e| Some((format!("experiment '{}'", e.record.key), e.rule.as_ref()?)));
+        for (who, dependent) in segments.chain(experiments) {
+            if let Err(e) = check_reference_graph(dependent, catalog, Some((id, rule))) {
+                return Err(EngineError::Invalid(
+                    ValidationError::new(e.code, format!("with this change, {who}: {}", e.message))
+                        .at("/rules"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub async fn delete_segment(&self, id: &str) -> Result<(), EngineError> {

@@ -781,12 +781,18 @@ impl Users for PgStore {
         let client = self.client().await?;
         let total: i64 = client
             .query_one(
-                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                &format!(
+                    "{}SELECT COUNT(*) FROM users u WHERE {}",
+                    predicate.with, predicate.sql
+                ),
                 &params,
             )
             .await?
             .get(0);
-        let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+        let mut sql = format!(
+            "{}SELECT u.user_id FROM users u WHERE {}",
+            predicate.with, predicate.sql
+        );
         if let Some(a) = &after {
             params.push(a);
             sql.push_str(&format!(" AND u.user_id COLLATE \"C\" > ${}", params.len()));

@@ -792,11 +792,17 @@ impl Users for SqliteStore {
             let mut args: Vec<rusqlite::types::Value> =
                 predicate.params.iter().map(to_sql).collect();
             let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*) FROM users u WHERE {}", predicate.sql),
+                &format!(
+                    "{}SELECT COUNT(*) FROM users u WHERE {}",
+                    predicate.with, predicate.sql
+                ),
                 rusqlite::params_from_iter(args.iter()),
                 |r| r.get(0),
             )?;
-            let mut sql = format!("SELECT u.user_id FROM users u WHERE {}", predicate.sql);
+            let mut sql = format!(
+                "{}SELECT u.user_id FROM users u WHERE {}",
+                predicate.with, predicate.sql
+            );
             if let Some(a) = after {
                 args.push(rusqlite::types::Value::Text(a));
                 sql.push_str(&format!(" AND u.user_id > ?{}", args.len()));

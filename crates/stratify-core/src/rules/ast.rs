@@ -248,6 +248,13 @@ fn items_of(operand: &Operand) -> Vec<serde_json::Value> {
 }
 
 impl Rule {
+    /// How many nodes the rule has (logic, leaves and references).
+    pub fn node_count(&self) -> usize {
+        let mut n = 0;
+        self.walk(&mut |_| n += 1);
+        n
+    }
+
     /// Ids of the segments this rule refers to directly.
     pub fn references(&self) -> Vec<&str> {
         let mut out = Vec::new();

@@ -9,9 +9,16 @@ use crate::time::Millis;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
 
-/// Deepest chain of segment references followed (cycles are refused when
-/// segments are saved; this is the backstop).
-const MAX_REF_DEPTH: usize = 16;
+/// Deepest chain of segment references followed (cycles and chains longer
+/// than [`super::MAX_REF_CHAIN`] are refused when segments are saved; this is
+/// the backstop).
+pub(crate) const MAX_REF_DEPTH: usize = 16;
+
+/// Results of the referenced dynamic segments already evaluated for this user
+/// at this instant: each is computed once per evaluation however often the
+/// reference graph reaches it, so the work is the size of the graph, not of
+/// its expansion (a chain of `OR`s of references is not exponential).
+type Memo = std::collections::HashMap<String, bool>;
 
 /// One event as the evaluator sees it.
 #[derive(Debug, Clone, Copy)]
@@ -347,36 +354,45 @@ pub fn leaf_value<'a>(leaf: &Leaf, facts: &Facts<'a>) -> Seen<'a> {
 
 /// Evaluates a rule (short-circuiting).
 pub fn evaluate(rule: &Rule, facts: &Facts<'_>) -> bool {
-    eval_at(rule, facts, 0)
+    eval_at(rule, facts, 0, &mut Memo::new())
 }
 
-fn eval_at(rule: &Rule, facts: &Facts<'_>, depth: usize) -> bool {
+fn eval_at(rule: &Rule, facts: &Facts<'_>, depth: usize, memo: &mut Memo) -> bool {
     match rule {
-        Rule::All(c) => c.iter().all(|r| eval_at(r, facts, depth)),
-        Rule::Any(c) => c.iter().any(|r| eval_at(r, facts, depth)),
-        Rule::Not(r) => !eval_at(r, facts, depth),
+        Rule::All(c) => c.iter().all(|r| eval_at(r, facts, depth, memo)),
+        Rule::Any(c) => c.iter().any(|r| eval_at(r, facts, depth, memo)),
+        Rule::Not(r) => !eval_at(r, facts, depth, memo),
         Rule::Leaf(leaf) => test(leaf.op, &leaf_value(leaf, facts), &leaf.operand),
         Rule::Segment(id) => match facts.segments.segment(id) {
             Some(SegmentRef::Static(member)) => member,
-            Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => eval_at(r, facts, depth + 1),
+            Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => {
+                if let Some(&known) = memo.get(id) {
+                    return known;
+                }
+                let result = eval_at(r, facts, depth + 1, memo);
+                memo.insert(id.clone(), result);
+                result
+            }
             _ => false,
         },
     }
 }
 
 /// Evaluates every node (no short-circuit) and returns the result with a
-/// tree that shows, node by node, the result and the values seen.
+/// tree that shows, node by node, the result and the values seen. A segment
+/// referenced more than once is explained where it first appears; later
+/// references show its result with `"explained": "above"`.
 pub fn explain(rule: &Rule, facts: &Facts<'_>) -> (bool, Value) {
-    explain_at(rule, facts, 0)
+    explain_at(rule, facts, 0, &mut Memo::new())
 }
 
-fn explain_at(rule: &Rule, facts: &Facts<'_>, depth: usize) -> (bool, Value) {
+fn explain_at(rule: &Rule, facts: &Facts<'_>, depth: usize, memo: &mut Memo) -> (bool, Value) {
     match rule {
         Rule::All(children) | Rule::Any(children) => {
             let all = matches!(rule, Rule::All(_));
             let parts: Vec<(bool, Value)> = children
                 .iter()
-                .map(|c| explain_at(c, facts, depth))
+                .map(|c| explain_at(c, facts, depth, memo))
                 .collect();
             let result = if all {
                 parts.iter().all(|p| p.0)
@@ -388,7 +404,7 @@ fn explain_at(rule: &Rule, facts: &Facts<'_>, depth: usize) -> (bool, Value) {
             (result, node)
         }
         Rule::Not(inner) => {
-            let (r, child) = explain_at(inner, facts, depth);
+            let (r, child) = explain_at(inner, facts, depth, memo);
             (!r, json!({"type": "not", "result": !r, "child": child}))
         }
         Rule::Leaf(leaf) => {
@@ -409,8 +425,16 @@ fn explain_at(rule: &Rule, facts: &Facts<'_>, depth: usize) -> (bool, Value) {
                 member,
                 json!({"type": "segment", "segment_id": id, "kind": "static", "result": member}),
             ),
+            Some(SegmentRef::Dynamic(_)) if memo.contains_key(id) => {
+                let result = memo[id];
+                (
+                    result,
+                    json!({"type": "segment", "segment_id": id, "kind": "dynamic", "result": result, "explained": "above"}),
+                )
+            }
             Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => {
-                let (result, child) = explain_at(r, facts, depth + 1);
+                let (result, child) = explain_at(r, facts, depth + 1, memo);
+                memo.insert(id.clone(), result);
                 (
                     result,
                     json!({"type": "segment", "segment_id": id, "kind": "dynamic", "result": result, "child": child}),

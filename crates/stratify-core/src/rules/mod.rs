@@ -47,9 +47,17 @@
 //!   Built-in names win over attributes of the same name (use `attributes.<name>`).
 //! - **Limits**: depth [`MAX_DEPTH`], nodes [`MAX_NODES`], list items [`MAX_LIST`],
 //!   strings [`MAX_TEXT`] bytes, windows up to 10 years.
+//! - **References** are evaluated, never expanded: a referenced segment is
+//!   computed once per evaluation (memoised in memory, one CTE in SQL),
+//!   however often the rule reaches it. A rule's reference graph (the rule
+//!   and every segment it reaches, each counted once) holds at most
+//!   [`MAX_REF_GRAPH_NODES`] nodes and chains at most [`MAX_REF_CHAIN`]
+//!   references ([`reference_graph`]); past that a write is refused, so the
+//!   work of one evaluation is bounded whatever editors write.
 
 mod ast;
 mod eval;
+mod graph;
 mod like;
 mod parse;
 pub mod sql;
@@ -61,11 +69,16 @@ pub use eval::{
     aggregate, evaluate, explain, leaf_value, test, EventFact, Facts, NoSegments, NumTest, Seen,
     SegmentLookup, SegmentRef,
 };
+pub use graph::{reference_graph, ReferenceGraph};
 pub use like::{like, to_glob};
 pub use parse::{parse, parse_within};
 pub use timing::{next_change, next_change_from, MAX_CANDIDATES};
 
 pub const MAX_DEPTH: usize = 32;
+/// Most rule nodes a rule's reference graph reaches, each segment once.
+pub const MAX_REF_GRAPH_NODES: usize = 10_000;
+/// Longest chain of segment references from a rule.
+pub const MAX_REF_CHAIN: usize = 8;
 pub const MAX_NODES: usize = 1000;
 pub const MAX_LIST: usize = 1000;
 pub const MAX_TEXT: usize = 1024;

@@ -47,6 +47,12 @@ pub enum Param {
 pub struct Compiled {
     pub sql: String,
     pub params: Vec<Param>,
+    /// For a predicate that refers to dynamic segments: the `WITH …` clause
+    /// (ending in a space) that the statement using the predicate starts
+    /// with. Each referenced segment is one materialised CTE, referred to by
+    /// name however often the rule reaches it. Empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub with: String,
 }
 
 const MAX_REF_DEPTH: usize = 16;
@@ -56,6 +62,11 @@ struct Builder<'a> {
     params: Vec<Param>,
     now: Millis,
     segments: &'a dyn SegmentLookup,
+    /// Referenced dynamic segments as CTEs, in dependency order: (segment
+    /// id, CTE name, definition).
+    ctes: Vec<(String, String, String)>,
+    /// The CTEs each rule being compiled (innermost last) joins.
+    scopes: Vec<Vec<String>>,
 }
 
 /// A value a leaf compares, as SQL.
@@ -69,6 +80,22 @@ enum Src {
 }
 
 impl Builder<'_> {
+    /// `SELECT u.uid FROM users u … WHERE rule`: the users the rule holds
+    /// for, with a LEFT JOIN to each CTE it refers to. Every CTE is named in
+    /// exactly one FROM, whatever the number of references to it: the
+    /// database reads it once (SQLite also counts a table once per naming,
+    /// up to 65 535).
+    fn scope(&mut self, rule: &Rule, depth: usize) -> String {
+        self.scopes.push(Vec::new());
+        let body = self.rule(rule, depth);
+        let joined = self.scopes.pop().unwrap_or_default();
+        let joins: String = joined
+            .iter()
+            .map(|j| format!(" LEFT JOIN {j} ON {j}.uid = u.uid"))
+            .collect();
+        format!("SELECT u.uid FROM users u{joins} WHERE {body}")
+    }
+
     fn bind(&mut self, p: Param) -> String {
         self.params.push(p);
         match self.d {
@@ -528,7 +555,27 @@ impl Builder<'_> {
                     let p = self.text(id);
                     format!("EXISTS (SELECT 1 FROM segment_members m WHERE m.segment_id = {p} AND m.uid = u.uid)")
                 }
-                Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => self.rule(r, depth + 1),
+                Some(SegmentRef::Dynamic(r)) if depth < MAX_REF_DEPTH => {
+                    let name = match self.ctes.iter().find(|c| c.0 == *id) {
+                        Some(c) => c.1.clone(),
+                        None => {
+                            // Named once its body (and what it refers to) is in.
+                            let select = self.scope(r, depth + 1);
+                            let name = format!("segment_{}", self.ctes.len() + 1);
+                            let definition = format!("{name}(uid) AS MATERIALIZED ({select})");
+                            self.ctes.push((id.clone(), name.clone(), definition));
+                            name
+                        }
+                    };
+                    let joined = self
+                        .scopes
+                        .last_mut()
+                        .unwrap_or_else(|| unreachable!("a rule is compiled inside a scope"));
+                    if !joined.contains(&name) {
+                        joined.push(name.clone());
+                    }
+                    format!("{name}.uid IS NOT NULL")
+                }
                 _ => "FALSE".into(),
             },
         }
@@ -547,10 +594,41 @@ pub fn predicate(
         params: Vec::new(),
         now,
         segments,
+        ctes: Vec::new(),
+        scopes: vec![Vec::new()],
     };
     let sql = b.rule(rule, 0);
-    compact(dialect, &sql, b.params)
+    if b.ctes.is_empty() {
+        return compact(dialect, &sql, b.params);
+    }
+    // The rule itself joins its references in one more CTE.
+    let matched = format!("matched(uid) AS MATERIALIZED ({})", b.scope(rule, 0));
+    let sql = "u.uid IN (SELECT uid FROM matched)".to_owned();
+    b.ctes.push((String::new(), "matched".into(), matched));
+    let with = format!(
+        "WITH {} ",
+        b.ctes
+            .iter()
+            .map(|c| c.2.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // One pass renumbers the placeholders of both parts alike.
+    let whole = compact(dialect, &format!("{with}{CUT}{sql}"), b.params);
+    let (with, sql) = whole
+        .sql
+        .split_once(CUT)
+        .unwrap_or_else(|| unreachable!("the cut survives compaction"));
+    Compiled {
+        sql: sql.to_owned(),
+        params: whole.params,
+        with: with.to_owned(),
+    }
 }
+
+/// Separates the `WITH` clause from the predicate while both are compacted
+/// (no SQL we write contains it).
+const CUT: &str = "\u{1}";
 
 /// Drops parameters the text does not reference (a leaf that folds to a
 /// constant leaves its source's parameters behind) and renumbers the rest,
@@ -602,6 +680,7 @@ fn compact(dialect: Dialect, sql: &str, params: Vec<Param>) -> Compiled {
     Compiled {
         sql: out,
         params: kept,
+        with: String::new(),
     }
 }
 
@@ -616,10 +695,11 @@ pub fn members(
     let p = predicate(rule, dialect, now, segments);
     Compiled {
         sql: format!(
-            "SELECT u.user_id FROM users u WHERE {} ORDER BY u.user_id",
-            p.sql
+            "{}SELECT u.user_id FROM users u WHERE {} ORDER BY u.user_id",
+            p.with, p.sql
         ),
         params: p.params,
+        with: String::new(),
     }
 }
 

@@ -14,7 +14,7 @@
 //! differs from the result at `now` is exact, not an estimate.
 
 use super::ast::*;
-use super::eval::{evaluate, Facts, SegmentRef};
+use super::eval::{evaluate, Facts, SegmentRef, MAX_REF_DEPTH};
 use crate::time::{Millis, MAX_MILLIS};
 
 /// Most candidate instants examined for one (user, rule); past this the
@@ -33,7 +33,7 @@ pub fn next_change(rule: &Rule, facts: &Facts<'_>) -> Option<Millis> {
 /// `facts.now` (`now_result`), saving one evaluation on the hot path.
 pub fn next_change_from(rule: &Rule, facts: &Facts<'_>, now_result: bool) -> Option<Millis> {
     let mut candidates = Vec::new();
-    collect(rule, facts, &mut candidates, 0);
+    collect(rule, facts, &mut candidates, 0, &mut Default::default());
     candidates.retain(|t| *t > facts.now);
     if candidates.is_empty() {
         return None;
@@ -58,10 +58,18 @@ pub fn next_change_from(rule: &Rule, facts: &Facts<'_>, now_result: bool) -> Opt
     None
 }
 
-fn collect(rule: &Rule, facts: &Facts<'_>, out: &mut Vec<Millis>, depth: usize) {
+/// Candidate instants of every leaf the rule reaches; `seen` holds the
+/// referenced segments already visited (each is visited once).
+fn collect<'r>(
+    rule: &'r Rule,
+    facts: &Facts<'r>,
+    out: &mut Vec<Millis>,
+    depth: usize,
+    seen: &mut std::collections::HashSet<&'r str>,
+) {
     match rule {
-        Rule::All(c) | Rule::Any(c) => c.iter().for_each(|r| collect(r, facts, out, depth)),
-        Rule::Not(r) => collect(r, facts, out, depth),
+        Rule::All(c) | Rule::Any(c) => c.iter().for_each(|r| collect(r, facts, out, depth, seen)),
+        Rule::Not(r) => collect(r, facts, out, depth, seen),
         Rule::Leaf(Leaf {
             source: Source::Attribute(_),
             ..
@@ -72,9 +80,12 @@ fn collect(rule: &Rule, facts: &Facts<'_>, out: &mut Vec<Millis>, depth: usize) 
             ..
         }) => aggregate_instants(a, operand, facts, out),
         Rule::Segment(id) => {
+            if !seen.insert(id) {
+                return;
+            }
             if let Some(SegmentRef::Dynamic(r)) = facts.segments.segment(id) {
-                if depth < 16 {
-                    collect(r, facts, out, depth + 1);
+                if depth < MAX_REF_DEPTH {
+                    collect(r, facts, out, depth + 1, seen);
                 }
             }
         }

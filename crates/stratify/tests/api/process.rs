@@ -19,6 +19,16 @@ struct Server {
     output: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A server still running when its test ends (or fails) is killed.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start(data_dir: &Path, admin_key: Option<&str>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -410,4 +420,140 @@ async fn second_scale_windows_expire_on_time_on_the_real_server_and_rebuild_agre
     let (ok, out, err) = run(&["refresh", "--data-dir", data]);
     assert!(ok, "{err}");
     assert!(out.contains("0 memberships changed"), "{out}");
+}
+
+/// A JSON call to the real server with the admin key, failing the test after
+/// 10 s (the server is another process: a stuck one cannot stall the test).
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(KEY)
+        .timeout(Duration::from_secs(10));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: no answer within 10 s ({e})"));
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_chain_of_ors_of_references_is_evaluated_once_per_segment() {
+    // Issue 22: four segments, each an OR of 900 references to the one
+    // before: 900⁴ leaves if references were expanded, all within the
+    // per-rule limits. Evaluation, explain, SQL and the live state must each
+    // compute a referenced segment once.
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path(), Some(KEY));
+    let (client, base) = (reqwest::Client::new(), server.base.clone());
+    let post =
+        |path: &'static str, body: Value| call(&client, &base, Method::POST, path, Some(body));
+    for (id, plan) in [("a", "free"), ("b", "premium"), ("c", "premium")] {
+        let (s, _) = post(
+            "/v1/users",
+            json!({"user_id": id, "attributes": {"plan": plan}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, seg) = post(
+        "/v1/segments",
+        json!({"name": "chain 0", "rules": {"field": "plan", "op": "eq", "value": "premium"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{seg}");
+    let mut last = seg["id"].as_str().expect("id").to_owned();
+    for level in 1..=4 {
+        let refs: Vec<Value> = (0..900).map(|_| json!({"segment": last})).collect();
+        let (s, seg) = post(
+            "/v1/segments",
+            json!({"name": format!("chain {level}"), "rules": {"operator": "OR", "conditions": refs}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{seg}");
+        last = seg["id"].as_str().expect("id").to_owned();
+    }
+    let get = |path: String| {
+        call(
+            &client,
+            &base,
+            Method::GET,
+            Box::leak(path.into_boxed_str()),
+            None,
+        )
+    };
+    let in_last = |user: Value| {
+        user["segments"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == &json!(last)))
+    };
+    // b leaves the base segment: finding b out of the last one takes every
+    // path of the chain (no short-circuit), in the live state and in reads.
+    let (s, _) = call(
+        &client,
+        &base,
+        Method::PATCH,
+        "/v1/users/b",
+        Some(json!({"attributes": {"plan": "free"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = post(
+        "/v1/events",
+        json!({"events": [{"user_id": "a", "name": "LOGIN", "timestamp": "2026-01-01T00:00:00Z"}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = get("/health".into()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, b) = get("/v1/users/b".into()).await;
+    assert!(!in_last(b.clone()), "{b}");
+    let (_, c) = get("/v1/users/c".into()).await;
+    assert!(in_last(c.clone()), "{c}");
+    let (_, members) = get(format!("/v1/segments/{last}/members")).await;
+    assert_eq!(members["user_ids"], json!(["c"]), "{members}");
+    let (s, by_sql) = post(
+        "/v1/segments/query",
+        json!({"rules": {"segment": last}, "evaluator": "sql"}),
+    )
+    .await;
+    assert_eq!(
+        (s, &by_sql["user_ids"]),
+        (StatusCode::OK, &json!(["c"])),
+        "{by_sql}"
+    );
+    let (s, explained) = get(format!("/v1/users/b/segments/{last}/explain")).await;
+    assert_eq!(s, StatusCode::OK, "{explained}");
+    assert_eq!(explained["in_segment"], false);
+    let text = explained.to_string();
+    // Each referenced segment explained once; later references say so.
+    assert!(text.len() < 1_000_000, "explain is {} bytes", text.len());
+    assert!(text.contains("\"explained\":\"above\""));
+    for dialect in ["sqlite", "postgres"] {
+        let (s, sql) = get(format!("/v1/segments/{last}/sql?dialect={dialect}")).await;
+        assert_eq!(s, StatusCode::OK, "{sql}");
+        let text = sql["sql"].as_str().expect("sql");
+        // One CTE per referenced segment and one for the rule itself.
+        assert_eq!(
+            text.matches("AS MATERIALIZED").count(),
+            5,
+            "{}",
+            &text[..400]
+        );
+        assert!(text.len() < 200_000, "the SQL is {} bytes", text.len());
+    }
+    // The live state got there too (the event for a, served after b's change).
+    let (s, _) = get("/health".into()).await;
+    assert_eq!(s, StatusCode::OK);
+    drop(server);
 }

@@ -544,3 +544,104 @@ async fn bad_query_options_and_member_inputs_are_clear_4xx() {
         (StatusCode::NOT_FOUND, "segment_not_found")
     );
 }
+
+/// An OR of `n` attribute leaves (`n + 1` rule nodes).
+fn or_of_leaves(n: usize) -> Value {
+    let leaves: Vec<Value> = (0..n)
+        .map(|i| json!({"field": "plan", "op": "eq", "value": format!("p{i}")}))
+        .collect();
+    json!({"operator": "OR", "conditions": leaves})
+}
+
+#[tokio::test]
+async fn a_reference_graph_over_the_budget_is_refused_when_written() {
+    let app = spawn_app().await;
+    // A chain longer than MAX_REF_CHAIN (8).
+    let (_, base) = app
+        .post(
+            "/v1/segments",
+            json!({"name": "c0", "rules": {"plan": "pro"}}),
+        )
+        .await;
+    let mut last = base["id"].as_str().expect("id").to_owned();
+    for level in 1..=8 {
+        let (status, seg) = app
+            .post(
+                "/v1/segments",
+                json!({"name": format!("c{level}"), "rules": {"segment": last}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{seg}");
+        last = seg["id"].as_str().expect("id").to_owned();
+    }
+    let (status, body) = app
+        .post(
+            "/v1/segments",
+            json!({"name": "c9", "rules": {"segment": last}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reference_graph_too_large"
+        )
+    );
+    assert_eq!(body["error"]["field"], "/rules", "{body}");
+
+    // Ten segments of 990 nodes and one that refers to all of them: 9 911
+    // nodes, within the 10 000 budget.
+    let mut wide = Vec::new();
+    for i in 0..10 {
+        let (status, seg) = app
+            .post(
+                "/v1/segments",
+                json!({"name": format!("wide {i}"), "rules": or_of_leaves(989)}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{seg}");
+        wide.push(seg["id"].as_str().expect("id").to_owned());
+    }
+    let all: Vec<Value> = wide.iter().map(|id| json!({"segment": id})).collect();
+    let (status, top) = app
+        .post(
+            "/v1/segments",
+            json!({"name": "top", "rules": {"operator": "OR", "conditions": all}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{top}");
+    let top_id = top["id"].as_str().expect("id").to_owned();
+    // Growing one of them grows top's graph past the budget: refused,
+    // naming top, and nothing changes.
+    let (_, extra) = app
+        .post(
+            "/v1/segments",
+            json!({"name": "extra", "rules": or_of_leaves(499)}),
+        )
+        .await;
+    let extra_id = extra["id"].as_str().expect("id").to_owned();
+    let (status, body) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/segments/{}", wide[0]),
+            Some(json!({"rules": {"operator": "AND", "conditions": [{"segment": extra_id}, or_of_leaves(900)]}})),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reference_graph_too_large"
+        ),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&top_id),
+        "{body}"
+    );
+    let (_, unchanged) = app.get(&format!("/v1/segments/{}", wide[0])).await;
+    assert_eq!(unchanged["version"], 1, "{unchanged}");
+}
