@@ -100,14 +100,14 @@ error_codes! {
     InvalidRequest "invalid_request" 422 "The request breaks a rule (a rejection with no more specific code).";
     InvalidRule "invalid_rule" 422 "A rule is not a rule node in any of the accepted formats.";
     InvalidSchedule "invalid_schedule" 422 "An experiment's start and end are not instants in order.";
-    InvalidSecret "invalid_secret" 422 "A webhook secret is not 16 to 256 bytes.";
+    InvalidSecret "invalid_secret" 422 "A webhook secret is not `whsec_` and the base64 of 24 to 64 bytes.";
     InvalidSeed "invalid_seed" 422 "An experiment's seed is empty or too long.";
     InvalidSegment "invalid_segment" 422 "A segment gives both or neither of rules and user ids, or has the wrong shape.";
     InvalidSegmentIds "invalid_segment_ids" 422 "An experiment's segment ids are not a list of segment ids.";
     InvalidSegmentRef "invalid_segment_ref" 422 "A rule's `segment` reference is not a segment id.";
     InvalidTimestamp "invalid_timestamp" 422 "A timestamp is not RFC 3339 or epoch milliseconds, or is out of range.";
     InvalidTransition "invalid_transition" 409 "An experiment cannot make this transition from its current status, or changed meanwhile.";
-    InvalidUrl "invalid_url" 422 "A webhook URL is not an http:// URL of at most 2048 bytes.";
+    InvalidUrl "invalid_url" 422 "A webhook URL is not an http(s):// URL of at most 2048 bytes, or targets a refused (loopback, link-local, private, unspecified) address.";
     InvalidUserId "invalid_user_id" 422 "A user id is empty, too long or holds control characters.";
     InvalidValue "invalid_value" 422 "A value has the wrong type or is out of its range.";
     InvalidVariants "invalid_variants" 422 "An experiment has no variants or more than allowed, or its variants have the wrong shape.";

@@ -289,6 +289,7 @@ mod tests {
             Arc::new(ManualClock::new(T0)),
             None,
             false,
+            crate::EngineConfig::default(),
             move |views| {
                 Arc::new(Recorder {
                     inner: views,

@@ -21,6 +21,7 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod config;
 pub mod derived;
 mod error;
 pub mod experiments;
@@ -40,6 +41,7 @@ pub mod users;
 pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{EngineConfig, Limits, WebhookPolicy};
 pub use error::EngineError;
 /// The records the engine hands out (read models of the store).
 pub mod model {
@@ -100,7 +102,17 @@ impl Engine {
         clock: Arc<dyn Clock>,
         admin_secret: Option<String>,
     ) -> Result<Self, EngineError> {
-        Self::open(store, clock, admin_secret, false, |views| views).await
+        Self::start_with(store, clock, admin_secret, EngineConfig::default()).await
+    }
+
+    /// [`Engine::start`] with the operator's settings.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        admin_secret: Option<String>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        Self::open(store, clock, admin_secret, false, config, |views| views).await
     }
 
     /// Starts with the live state reconstructed from the event log alone
@@ -110,7 +122,10 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EngineError> {
-        Self::open(store, clock, None, true, |views| views).await
+        Self::open(store, clock, None, true, EngineConfig::default(), |views| {
+            views
+        })
+        .await
     }
 
     /// Builds the engine; `fan_out` chooses what write paths tell their
@@ -120,8 +135,10 @@ impl Engine {
         clock: Arc<dyn Clock>,
         admin_secret: Option<String>,
         rebuild: bool,
+        config: EngineConfig,
         fan_out: impl FnOnce(Arc<derived::Views>) -> Arc<dyn derived::Derive>,
     ) -> Result<Self, EngineError> {
+        let limits = Arc::new(config.limits);
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
@@ -173,6 +190,8 @@ impl Engine {
             deliverers: deliverers.clone(),
             segments: segments.clone(),
             views: views.clone(),
+            policy: Arc::new(config.webhooks),
+            limits: limits.clone(),
         });
         let services = Services {
             users: Arc::new(users::UserService {

@@ -9,19 +9,30 @@
 //!
 //! Each webhook has a durable cursor (`delivered_seq`). Its deliverer reads
 //! the changes after the cursor (of its segments), POSTs them as one JSON
-//! batch signed with HMAC-SHA256 of the body under the webhook's secret
-//! (`X-Stratify-Signature: sha256=<hex>`), and moves the cursor only after a
-//! 2xx. Redirects are not followed: a 3xx is a failure. Failures are
-//! retried with exponential backoff (1 s doubling to 5 min); every change
-//! carries its `seq` so receivers can de-duplicate.
+//! batch signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`
+//! under the `whsec_` secret), and moves the cursor only after a 2xx.
+//! Redirects are not followed: a 3xx is a failure. Failures are retried with
+//! exponential backoff (1 s doubling to 5 min); every change carries its
+//! `seq` so receivers can de-duplicate.
+//!
+//! Targets: `http://` or `https://` (rustls, the public roots plus
+//! `webhook_ca_file`). Loopback, link-local, private, multicast and
+//! unspecified addresses are refused unless `webhook_allow_private` is set,
+//! when the webhook is created and again at every delivery, on the address
+//! the connection is made to (a name that later resolves to 169.254.169.254
+//! is refused then: DNS rebinding).
 
 use crate::feed::ChangeView;
-use crate::EngineError;
+use crate::{EngineError, Limits, WebhookPolicy};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::json;
 use sha2::Sha256;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::time::Millis;
@@ -31,11 +42,11 @@ use stratify_store::WebhookRecord;
 
 /// Most changes in one delivery.
 pub const MAX_BATCH: u32 = 500;
-/// Most webhooks.
-pub const MAX_WEBHOOKS: usize = 100;
 const MAX_URL: usize = 2048;
-const MIN_SECRET: usize = 16;
-const MAX_SECRET: usize = 256;
+/// A secret's key is 24 to 64 bytes (Standard Webhooks).
+const MIN_SECRET: usize = 24;
+const MAX_SECRET: usize = 64;
+const SECRET_PREFIX: &str = "whsec_";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -44,14 +55,150 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// How often a deliverer renews its lease (or tries to take it over).
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
-pub const SIGNATURE_HEADER: &str = "x-stratify-signature";
+/// The HMAC key of a secret: the bytes after `whsec_`, base64-decoded.
+/// (Webhooks created before Standard Webhooks signing kept a plain text
+/// secret; its bytes are the key.)
+fn secret_key(secret: &str) -> Vec<u8> {
+    secret
+        .strip_prefix(SECRET_PREFIX)
+        .and_then(|b| BASE64.decode(b).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
+}
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+/// `v1,<base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`: the
+/// `webhook-signature` of a delivery (Standard Webhooks).
+pub fn signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret_key(secret))
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// A new secret: `whsec_` and 32 random bytes in base64.
+fn generate_secret() -> String {
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    format!("{SECRET_PREFIX}{}", BASE64.encode(key))
+}
+
+/// Why an address is not a webhook target (unless private targets are
+/// allowed): loopback, unspecified, link-local (cloud metadata lives at
+/// 169.254.169.254), private and shared ranges, multicast and broadcast.
+pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_unspecified() || o[0] == 0 {
+                Some("unspecified")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
+                Some("private")
+            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
+                Some("multicast or reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return refused_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if (first & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if (first & 0xfe00) == 0xfc00 {
+                Some("private")
+            } else if v6.is_multicast() {
+                Some("multicast or reserved")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Resolves names for deliveries and keeps only addresses that may be
+/// targets: the connection is made to an address checked at that moment.
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| refused_address(a.ip()).is_none())
+                .collect();
+            if allowed.is_empty() {
+                let why = found
+                    .first()
+                    .and_then(|a| refused_address(a.ip()))
+                    .unwrap_or("no address");
+                return Err(format!("'{host}' resolves to a refused address ({why})").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Checks a target URL's host now: an address literal directly, a name by
+/// resolving it (every address must be allowed).
+async fn check_target(url: &reqwest::Url, policy: &WebhookPolicy) -> Result<(), String> {
+    if policy.allow_private {
+        return Ok(());
+    }
+    let addrs: Vec<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
+        Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
+        Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, 0))
+            .await
+            .map_err(|e| format!("'{name}' does not resolve ({e})"))?
+            .map(|a| a.ip())
+            .collect(),
+        None => return Err("the URL has no host".into()),
+    };
+    for ip in addrs {
+        if let Some(why) = refused_address(ip) {
+            return Err(format!(
+                "{ip} is a {why} address (set webhook_allow_private to deliver there)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The HTTP client deliveries use: no redirects, rustls with the public
+/// roots (and the configured extra ones), names resolved through
+/// [`GuardedResolver`] unless private targets are allowed.
+fn delivery_client(policy: &WebhookPolicy) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls();
+    if !policy.allow_private {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    if let Some(pem) = &policy.extra_roots_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// A webhook as the API shows it (never its secret).
@@ -121,37 +268,70 @@ pub struct WebhookService {
     pub(crate) deliverers: Arc<Deliverers>,
     pub(crate) segments: Arc<crate::segments::Segments>,
     pub(crate) views: Arc<crate::derived::Views>,
+    pub(crate) policy: Arc<WebhookPolicy>,
+    pub(crate) limits: Arc<Limits>,
+}
+
+/// A webhook just created, with its secret when the server generated it
+/// (shown this once).
+pub struct CreatedWebhook {
+    pub webhook: WebhookView,
+    pub generated_secret: Option<String>,
 }
 
 impl WebhookService {
-    /// Registers a webhook; deliveries start with changes after now.
+    /// Registers a webhook; deliveries start with changes after now. With
+    /// no `secret` the server generates one (returned this once).
     pub async fn create_webhook(
         self: &Arc<Self>,
         url: String,
         segment_ids: Option<Vec<String>>,
-        secret: String,
-    ) -> Result<WebhookView, EngineError> {
-        if url.len() > MAX_URL || !(url.starts_with("http://") && url.len() > 7) {
+        secret: Option<String>,
+    ) -> Result<CreatedWebhook, EngineError> {
+        let parsed = match url.parse::<reqwest::Url>() {
+            Ok(u)
+                if url.len() <= MAX_URL
+                    && matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some() =>
+            {
+                u
+            }
+            _ => {
+                return Err(invalid(
+                    ErrorCode::InvalidUrl,
+                    "url must be an http:// or https:// URL of at most 2048 bytes",
+                    "/url",
+                ))
+            }
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(invalid(
                 ErrorCode::InvalidUrl,
-                "url must be an http:// URL of at most 2048 bytes (https delivery is not built in yet)",
+                "url must not carry credentials (the signature authenticates deliveries)",
                 "/url",
             ));
         }
-        if url.parse::<reqwest::Url>().is_err() {
-            return Err(invalid(
-                ErrorCode::InvalidUrl,
-                "url is not a valid URL",
-                "/url",
-            ));
+        if let Err(why) = check_target(&parsed, &self.policy).await {
+            return Err(invalid(ErrorCode::InvalidUrl, &why, "/url"));
         }
-        if !(MIN_SECRET..=MAX_SECRET).contains(&secret.len()) {
-            return Err(invalid(
-                ErrorCode::InvalidSecret,
-                "secret must be 16 to 256 bytes",
-                "/secret",
-            ));
-        }
+        let generated_secret = secret.is_none().then(generate_secret);
+        let secret = match secret {
+            Some(s) => {
+                let key_len = s
+                    .strip_prefix(SECRET_PREFIX)
+                    .and_then(|b| BASE64.decode(b).ok())
+                    .map(|k| k.len());
+                if !key_len.is_some_and(|n| (MIN_SECRET..=MAX_SECRET).contains(&n)) {
+                    return Err(invalid(
+                        ErrorCode::InvalidSecret,
+                        "secret must be whsec_ followed by the base64 of 24 to 64 bytes (omit it and the server generates one)",
+                        "/secret",
+                    ));
+                }
+                s
+            }
+            None => generated_secret.clone().unwrap_or_default(),
+        };
         if let Some(ids) = &segment_ids {
             if ids.is_empty() || ids.len() > 1000 {
                 return Err(invalid(
@@ -172,10 +352,13 @@ impl WebhookService {
                 }
             }
         }
-        if self.store.webhooks().await?.len() >= MAX_WEBHOOKS {
+        if self.store.webhooks().await?.len() >= self.limits.webhooks {
             return Err(EngineError::Conflict {
                 code: ErrorCode::TooManyWebhooks,
-                message: format!("at most {MAX_WEBHOOKS} webhooks"),
+                message: format!(
+                    "at most {} webhooks (limit `webhooks`)",
+                    self.limits.webhooks
+                ),
             });
         }
         let record = WebhookRecord {
@@ -191,7 +374,10 @@ impl WebhookService {
         };
         self.store.create_webhook(record.clone()).await?;
         self.start_deliverer(record.clone());
-        Ok(WebhookView::from(&record))
+        Ok(CreatedWebhook {
+            webhook: WebhookView::from(&record),
+            generated_secret,
+        })
     }
 
     pub async fn webhooks(&self) -> Result<Vec<WebhookView>, EngineError> {
@@ -299,14 +485,17 @@ impl WebhookService {
         // A redirect is never followed (the POST would turn into a GET
         // elsewhere, and a 2xx there is not a delivery): a 3xx fails and
         // is retried.
-        let client = match reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        let client = match delivery_client(&self.policy) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks: no HTTP client");
+                return;
+            }
+        };
+        let url = match hook.url.parse::<reqwest::Url>() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(webhook = %hook.id, error = %e, "webhooks: the stored URL does not parse");
                 return;
             }
         };
@@ -355,21 +544,35 @@ impl WebhookService {
                 continue;
             };
             let changes: Vec<ChangeView> = page.iter().map(ChangeView::from).collect();
+            let first = page.first().map_or(last, |c| c.seq);
             let body =
                 json!({"webhook_id": hook.id, "last_seq": last, "changes": changes}).to_string();
-            let result = client
-                .post(&hook.url)
-                .header("content-type", "application/json")
-                .header(SIGNATURE_HEADER, signature(&hook.secret, body.as_bytes()))
-                .header("x-stratify-webhook-id", &hook.id)
-                .header("x-stratify-last-seq", last.to_string())
-                .body(body)
-                .send()
-                .await;
-            let error = match result {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
-                Err(e) => Some(format!("{e}")),
+            // The same batch keeps its id across retries (receivers de-duplicate by it).
+            let message_id = format!("msg_{}_{first}_{last}", hook.id);
+            let timestamp = self.clock.now().div_euclid(1000);
+            // An address literal is checked here; names by the resolver.
+            let error = match check_literal(&url, &self.policy) {
+                Some(refused) => Some(refused),
+                None => {
+                    let result = client
+                        .post(url.clone())
+                        .header("content-type", "application/json")
+                        .header("webhook-id", &message_id)
+                        .header("webhook-timestamp", timestamp.to_string())
+                        .header(
+                            "webhook-signature",
+                            signature(&hook.secret, &message_id, timestamp, body.as_bytes()),
+                        )
+                        .header("x-stratify-last-seq", last.to_string())
+                        .body(body)
+                        .send()
+                        .await;
+                    match result {
+                        Ok(r) if r.status().is_success() => None,
+                        Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Some(error_chain(&e)),
+                    }
+                }
             };
             let now: Millis = self.clock.now();
             match error {
@@ -397,5 +600,83 @@ impl WebhookService {
                 }
             }
         }
+    }
+}
+
+/// Why a URL whose host is an address literal may not be delivered to now.
+fn check_literal(url: &reqwest::Url, policy: &WebhookPolicy) -> Option<String> {
+    if policy.allow_private {
+        return None;
+    }
+    let ip = match url.host()? {
+        url::Host::Ipv4(ip) => IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => IpAddr::V6(ip),
+        url::Host::Domain(_) => return None,
+    };
+    refused_address(ip).map(|why| format!("refused: {ip} is a {why} address"))
+}
+
+/// An error with its causes (reqwest's own message hides the resolver's).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_loopback_link_local_and_unspecified_addresses_are_refused() {
+        for ip in [
+            "127.0.0.1",
+            "127.8.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or_else(|e| unreachable!("{e}"));
+            assert!(refused_address(ip).is_some(), "{ip} must be refused");
+        }
+        for ip in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or_else(|e| unreachable!("{e}"));
+            assert_eq!(refused_address(ip), None, "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn the_signature_follows_standard_webhooks() {
+        // Expected value from the reference: standardwebhooks 1.1.0 (PyPI),
+        // `Webhook(secret).sign(id, datetime.fromtimestamp(1674087231, UTC), body)`.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"type":"contact.created","timestamp":"2022-11-03T20:26:10.344522Z","data":{"id":"1f81eb52-5198-4599-803e-771906343485","type":"contact"}}"#;
+        assert_eq!(
+            signature(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1674087231, body),
+            "v1,TaTbcxkzXifMspGcoxSprGFR91MImpMvmSrBUjU9YKU="
+        );
     }
 }

@@ -15,6 +15,7 @@ mod extract;
 mod metrics;
 mod openapi;
 pub mod routes;
+pub mod tls;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -33,6 +34,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Longest a request may take before it is answered 408.
     pub request_timeout: std::time::Duration,
+    /// Most concurrent SSE and WebSocket streams (the next one is 429).
+    pub max_streams: usize,
+    /// Most ingest requests per second per API key (`None`: no limit).
+    pub ingest_rate_per_key: Option<u32>,
+    /// Most serving requests per second per API key (`None`: no limit).
+    pub serving_rate_per_key: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +48,9 @@ impl Default for ServerConfig {
             max_ingest_body_bytes: 32 * 1024 * 1024,
             max_body_bytes: 1024 * 1024,
             request_timeout: std::time::Duration::from_secs(30),
+            max_streams: 1000,
+            ingest_rate_per_key: None,
+            serving_rate_per_key: None,
         }
     }
 }
@@ -119,11 +129,15 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let stop = state.stop.clone();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

@@ -19,6 +19,62 @@ pub struct Settings {
     pub request_timeout_seconds: u64,
     /// A tracing filter, e.g. `info` or `stratify=debug`.
     pub log: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Let webhooks deliver to loopback, link-local, private and
+    /// unspecified addresses (refused by default).
+    pub webhook_allow_private: bool,
+    /// Extra certificates (PEM) trusted for `https://` webhook targets.
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Most concurrent SSE and WebSocket streams; the next is answered 429.
+    pub max_streams: usize,
+    /// Most ingest requests per second per API key (0: no limit).
+    pub ingest_rate_per_key: u32,
+    /// Most serving requests per second per API key (0: no limit).
+    pub serving_rate_per_key: u32,
+    /// Caps on configuration objects.
+    pub limits: LimitSettings,
+}
+
+/// `[limits]`: how many of each configuration object may exist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub segments: usize,
+    pub experiments: usize,
+    pub metrics: usize,
+    pub api_keys: usize,
+    pub event_types: usize,
+    pub webhooks: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let l = stratify_engine::Limits::default();
+        Self {
+            segments: l.segments,
+            experiments: l.experiments,
+            metrics: l.metrics,
+            api_keys: l.api_keys,
+            event_types: l.event_types,
+            webhooks: l.webhooks,
+        }
+    }
+}
+
+impl From<&LimitSettings> for stratify_engine::Limits {
+    fn from(l: &LimitSettings) -> Self {
+        Self {
+            segments: l.segments,
+            experiments: l.experiments,
+            metrics: l.metrics,
+            api_keys: l.api_keys,
+            event_types: l.event_types,
+            webhooks: l.webhooks,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -31,6 +87,14 @@ impl Default for Settings {
             max_ingest_body_bytes: server.max_ingest_body_bytes,
             request_timeout_seconds: server.request_timeout.as_secs(),
             log: "info".into(),
+            tls_cert: None,
+            tls_key: None,
+            webhook_allow_private: false,
+            webhook_ca_file: None,
+            max_streams: server.max_streams,
+            ingest_rate_per_key: 0,
+            serving_rate_per_key: 0,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -59,6 +123,19 @@ mod tests {
         assert_eq!(s.addr, "0.0.0.0:9");
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         std::fs::write(&path, "adr = \"x\"\n").expect("write");
+        assert!(Settings::load(Some(&path)).is_err());
+        std::fs::write(
+            &path,
+            "webhook_allow_private = true\nmax_streams = 3\n[limits]\nsegments = 7\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&path)).expect("load");
+        assert!(s.webhook_allow_private);
+        assert_eq!(
+            (s.max_streams, s.limits.segments, s.limits.webhooks),
+            (3, 7, 100)
+        );
+        std::fs::write(&path, "[limits]\nsegmentz = 7\n").expect("write");
         assert!(Settings::load(Some(&path)).is_err());
     }
 }

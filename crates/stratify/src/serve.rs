@@ -49,6 +49,18 @@ pub struct ServeArgs {
     /// This node's name (Kafka client id, ingestion status); default: the address.
     #[arg(long, env = "STRATIFY_NODE_ID")]
     node_id: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "STRATIFY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "STRATIFY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Let webhooks deliver to loopback, link-local, private and unspecified addresses.
+    #[arg(long, env = "STRATIFY_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
+    webhook_allow_private: Option<bool>,
+    /// Most concurrent SSE and WebSocket streams.
+    #[arg(long, env = "STRATIFY_MAX_STREAMS")]
+    max_streams: Option<usize>,
 }
 
 pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> {
@@ -58,12 +70,45 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
+    if let Some(cert) = args.tls_cert {
+        settings.tls_cert = Some(cert);
+    }
+    if let Some(key) = args.tls_key {
+        settings.tls_key = Some(key);
+    }
+    if let Some(allow) = args.webhook_allow_private {
+        settings.webhook_allow_private = allow;
+    }
+    if let Some(n) = args.max_streams {
+        settings.max_streams = n;
+    }
+    // Read the certificate before anything starts: a bad one stops here.
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(stratify_server::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    let extra_roots_pem = match &settings.webhook_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read webhook_ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let engine_config = stratify_engine::EngineConfig {
+        limits: (&settings.limits).into(),
+        webhooks: stratify_engine::WebhookPolicy {
+            allow_private: settings.webhook_allow_private,
+            extra_roots_pem,
+        },
+    };
     let backend =
         crate::backend::Backend::open(&settings.data_dir, args.postgres_url.as_deref()).await?;
-    let engine = Engine::start(
+    let engine = Engine::start_with(
         backend.store.clone(),
         Arc::new(SystemClock),
         args.admin_key.clone(),
+        engine_config,
     )
     .await?;
     if let Some(secret) = engine.keys.bootstrap_admin_key().await? {
@@ -102,6 +147,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         // The scenario goes through the public API, with a key that lives
         // only while it loads.
         let engine = engine.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut at = local;
         if at.ip().is_unspecified() {
             at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -115,7 +161,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
                 Ok(k) => k,
                 Err(e) => return tracing::error!(error = %e, "cannot load the demo scenario"),
             };
-            match crate::scenario::apply(&format!("http://{at}"), &secret).await {
+            match crate::scenario::apply(&format!("{scheme}://{at}"), &secret).await {
                 Ok(s) => println!(
                     "Demo: scenario loaded ({} segments, {} experiments, {} users added; {} orders sent)",
                     s.segments, s.experiments, s.users, s.orders
@@ -131,21 +177,31 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         max_body_bytes: settings.max_body_bytes,
         max_ingest_body_bytes: settings.max_ingest_body_bytes,
         request_timeout: std::time::Duration::from_secs(settings.request_timeout_seconds),
+        max_streams: settings.max_streams,
+        ingest_rate_per_key: (settings.ingest_rate_per_key > 0)
+            .then_some(settings.ingest_rate_per_key),
+        serving_rate_per_key: (settings.serving_rate_per_key > 0)
+            .then_some(settings.serving_rate_per_key),
     };
     let data = match &args.postgres_url {
         Some(_) => "PostgreSQL".to_owned(),
         None => settings.data_dir.display().to_string(),
     };
-    println!("Stratify listening on http://{local} (docs: http://{local}/docs, data: {data})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "Stratify listening on {scheme}://{local} (docs: {scheme}://{local}/docs, data: {data})"
+    );
     if args.admin_key.is_some() {
         println!("Admin key: the value of STRATIFY_ADMIN_KEY");
     }
-    stratify_server::serve(
-        listener,
-        AppState::new(engine.clone(), config),
-        shutdown_signal(),
-    )
-    .await?;
+    let state = AppState::new(engine.clone(), config);
+    match tls {
+        Some(tls) => {
+            let listener = stratify_server::tls::TlsListener::new(listener, tls)?;
+            stratify_server::serve(listener, state, shutdown_signal()).await?
+        }
+        None => stratify_server::serve(listener, state, shutdown_signal()).await?,
+    }
     // Commit the live engine's pending changes and stop its worker.
     engine.shutdown().await;
     drop(engine);

@@ -77,6 +77,8 @@ async fn start(name: &str, args: &[String], log_dir: &std::path::Path) -> Node {
         .arg(format!("127.0.0.1:{port}"))
         .args(args)
         .env("STRATIFY_ADMIN_KEY", KEY)
+        // The webhook test's receiver listens on loopback.
+        .env("STRATIFY_WEBHOOK_ALLOW_PRIVATE", "true")
         .env("RUST_LOG", "warn,stratify_kafka=info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -883,7 +885,7 @@ async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
     let hook = post(
         &a,
         "/v1/webhooks",
-        json!({"url": hook_url, "segment_ids": [segment], "secret": "a-secret-of-16-bytes"}),
+        json!({"url": hook_url, "segment_ids": [segment], "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"}),
     )
     .await["id"]
         .as_str()

@@ -317,12 +317,17 @@ pub async fn size_history(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// An http:// URL that receives POSTs of change batches.
+    /// An http:// or https:// URL that receives POSTs of change batches.
+    /// Loopback, link-local, private and unspecified addresses are refused
+    /// unless the server sets `webhook_allow_private`.
     url: String,
     /// Only these segments' changes (default: all).
     segment_ids: Option<Vec<String>>,
-    /// 16–256 bytes; each body is signed: `X-Stratify-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
-    secret: String,
+    /// `whsec_` followed by the base64 of 24–64 bytes (Standard Webhooks).
+    /// Omit it and the server generates one, shown once in the answer.
+    /// Each delivery carries `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+    secret: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -337,11 +342,16 @@ pub struct WebhookOut {
     failures: i64,
     last_error: Option<String>,
     last_attempt_at: Option<String>,
+    /// The secret the server generated (only in the create answer, only
+    /// when none was given): store it now, it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
 }
 
 impl From<WebhookView> for WebhookOut {
     fn from(w: WebhookView) -> Self {
         Self {
+            secret: None,
             id: w.id,
             url: w.url,
             segment_ids: w.segment_ids,
@@ -366,10 +376,12 @@ pub async fn create_webhook(
     State(webhooks): State<Arc<WebhookService>>,
     Body(req): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
-    let hook = webhooks
+    let created = webhooks
         .create_webhook(req.url, req.segment_ids, req.secret)
         .await?;
-    Ok((StatusCode::CREATED, Json(hook.into())))
+    let mut out = WebhookOut::from(created.webhook);
+    out.secret = created.generated_secret;
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "live", security(("api_key" = [])), responses((status = 200, body = WebhookList)))]

@@ -3,7 +3,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use stratify_core::access::Role;
-use stratify_engine::{Clock, Engine, ManualClock};
+use stratify_engine::{Clock, Engine, EngineConfig, ManualClock, WebhookPolicy};
 use stratify_server::{AppState, ServerConfig};
 
 pub const ADMIN: &str = "test-admin-secret";
@@ -23,12 +23,48 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_in(
+        tempfile::tempdir().expect("temp dir"),
+        config,
+        EngineConfig::default(),
+    )
+    .await
+}
+
+/// A server whose webhooks may deliver to loopback receivers (the tests'),
+/// as `webhook_allow_private = true` allows.
+pub async fn spawn_app_delivering_locally() -> TestApp {
+    spawn_app_in(
+        tempfile::tempdir().expect("temp dir"),
+        ServerConfig::default(),
+        EngineConfig {
+            webhooks: WebhookPolicy {
+                allow_private: true,
+                extra_roots_pem: None,
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .await
+}
+
+/// A server on the store in `dir` (a new one, or one a previous app left),
+/// with these settings.
+pub async fn spawn_app_in(
+    dir: tempfile::TempDir,
+    config: ServerConfig,
+    engine_config: EngineConfig,
+) -> TestApp {
     let store = stratify_engine::open_store(dir.path()).expect("open store");
     let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::start(store, clock.clone() as Arc<dyn Clock>, Some(ADMIN.into()))
-        .await
-        .expect("engine");
+    let engine = Engine::start_with(
+        store,
+        clock.clone() as Arc<dyn Clock>,
+        Some(ADMIN.into()),
+        engine_config,
+    )
+    .await
+    .expect("engine");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

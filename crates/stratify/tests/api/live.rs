@@ -5,6 +5,7 @@
 use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -303,9 +304,14 @@ async fn the_websocket_streams_changes_from_a_sequence_number() {
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
 }
 
+/// A Standard Webhooks secret (`whsec_` and the base64 of 24 bytes).
+const SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3";
+
 #[derive(Default)]
 struct Receiver {
     deliveries: Vec<(String, Value)>,
+    /// Each delivery's Standard Webhooks headers and body, as received.
+    raw: Vec<(HashMap<String, String>, String)>,
     fail_first: usize,
 }
 
@@ -326,14 +332,15 @@ async fn receiver() -> (String, Arc<parking_lot::Mutex<Receiver>>) {
                         r.fail_first -= 1;
                         return StatusCode::SERVICE_UNAVAILABLE;
                     }
-                    let sig = headers
-                        .get("x-stratify-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
                     let body_text = String::from_utf8_lossy(&body).into_owned();
-                    let expected = stratify_engine::webhooks::signature("0123456789abcdef", &body);
-                    assert_eq!(sig, expected, "signature");
+                    let standard: HashMap<String, String> =
+                        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                            .iter()
+                            .filter_map(|h| {
+                                Some((h.to_string(), headers.get(*h)?.to_str().ok()?.to_owned()))
+                            })
+                            .collect();
+                    r.raw.push((standard, body_text.clone()));
                     r.deliveries.push((
                         body_text.clone(),
                         serde_json::from_str(&body_text).unwrap_or_default(),
@@ -353,22 +360,30 @@ async fn receiver() -> (String, Arc<parking_lot::Mutex<Receiver>>) {
 
 #[tokio::test]
 async fn webhooks_are_signed_retried_and_carry_sequence_numbers() {
-    let app = spawn_app().await;
+    let app = spawn_app_delivering_locally().await;
     let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
     let b = segment(&app, "b", json!({"event": "B", "op": "gte", "value": 1})).await;
     let (url, rx) = receiver().await;
     for (body, code) in [
         (
-            json!({"url": "https://example.com/x", "secret": "0123456789abcdef"}),
+            json!({"url": "ftp://example.com/x", "secret": SECRET}),
             "invalid_url",
         ),
         (json!({"url": url, "secret": "short"}), "invalid_secret"),
         (
-            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": ["nope"]}),
+            json!({"url": url, "secret": "0123456789abcdef0123456789abcdef"}),
+            "invalid_secret",
+        ),
+        (
+            json!({"url": url, "secret": "whsec_c2hvcnQ="}),
+            "invalid_secret",
+        ),
+        (
+            json!({"url": url, "secret": SECRET, "segment_ids": ["nope"]}),
             "segment_not_found",
         ),
         (
-            json!({"url": url, "secret": "0123456789abcdef", "extra": 1}),
+            json!({"url": url, "secret": SECRET, "extra": 1}),
             "invalid_body",
         ),
     ] {
@@ -379,7 +394,7 @@ async fn webhooks_are_signed_retried_and_carry_sequence_numbers() {
     let (s, hook) = app
         .post(
             "/v1/webhooks",
-            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": [a]}),
+            json!({"url": url, "secret": SECRET, "segment_ids": [a]}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{hook}");
@@ -596,7 +611,7 @@ async fn food_delivery_power_user_and_dormancy_end_to_end() {
 #[tokio::test]
 async fn a_webhook_redirect_is_a_failed_delivery_and_is_not_followed() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let app = spawn_app().await;
+    let app = spawn_app_delivering_locally().await;
     let seg = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
     let followed = std::sync::Arc::new(AtomicUsize::new(0));
     let hits = followed.clone();
@@ -628,7 +643,7 @@ async fn a_webhook_redirect_is_a_failed_delivery_and_is_not_followed() {
     let (s, hook) = app
         .post(
             "/v1/webhooks",
-            json!({"url": url, "secret": "0123456789abcdef", "segment_ids": [seg]}),
+            json!({"url": url, "secret": SECRET, "segment_ids": [seg]}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{hook}");
@@ -652,4 +667,156 @@ async fn a_webhook_redirect_is_a_failed_delivery_and_is_not_followed() {
         0,
         "the redirect was followed"
     );
+}
+
+/// Issue 22: deliveries verified by the Standard Webhooks reference
+/// (`standardwebhooks` 1.1.0 from PyPI, pinned in scripts/test.sh) with the
+/// secret the server generated and showed once.
+#[tokio::test]
+async fn deliveries_verify_with_the_standard_webhooks_reference() {
+    let app = spawn_app_delivering_locally().await;
+    // The reference refuses timestamps five minutes off the wall clock.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    app.clock.set(wall);
+    let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let (url, rx) = receiver().await;
+    rx.lock().fail_first = 0;
+    let (s, hook) = app.post("/v1/webhooks", json!({"url": url})).await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    let secret = hook["secret"]
+        .as_str()
+        .expect("a generated secret")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let (_, list) = app.get("/v1/webhooks").await;
+    assert!(
+        list["webhooks"][0].get("secret").is_none(),
+        "shown once only"
+    );
+    for u in ["u1", "u2", "u3"] {
+        let (s, _) = app
+            .post("/v1/events", json!({"user_id": u, "name": "A"}))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let raw = eventually("three changes delivered", || async {
+        let r = rx.lock();
+        let n: usize = r
+            .deliveries
+            .iter()
+            .map(|(_, v)| v["changes"].as_array().map_or(0, Vec::len))
+            .sum();
+        (n >= 3).then(|| r.raw.clone())
+    })
+    .await;
+    assert!(raw.iter().all(|(h, _)| h.len() == 3), "{raw:?}");
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+data = json.load(sys.stdin)
+hook = Webhook(data["secret"])
+for headers, body in data["deliveries"]:
+    hook.verify(body, headers)
+    for bad_body, bad_headers in [(body + " ", headers), (body, dict(headers, **{"webhook-timestamp": str(int(headers["webhook-timestamp"]) - 1)}))]:
+        try:
+            hook.verify(bad_body, bad_headers)
+        except WebhookVerificationError:
+            continue
+        sys.exit("a tampered delivery verified")
+print("verified", len(data["deliveries"]))
+"#;
+    let mut child = std::process::Command::new(pyenv_python("the standardwebhooks check"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let input = json!({"secret": secret, "deliveries": raw});
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.to_string().as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("python output");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("verified {}", raw.len())
+    );
+    let _ = a;
+}
+
+/// Issue 22: by default a webhook may not target loopback, link-local
+/// (cloud metadata), private or unspecified addresses, given as literals or
+/// as names that resolve there.
+#[tokio::test]
+async fn webhooks_to_private_addresses_are_refused_by_default() {
+    let app = spawn_app().await;
+    for url in [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x",
+        "http://0.0.0.0/x",
+        "http://10.0.0.8/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "https://localhost/x",
+    ] {
+        let (s, e) = app.post("/v1/webhooks", json!({"url": url})).await;
+        assert_eq!(
+            (s, error_code(&e), e["error"]["field"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_url",
+                Some("/url")
+            ),
+            "{url}: {e}"
+        );
+    }
+    let (_, list) = app.get("/v1/webhooks").await;
+    assert_eq!(list["webhooks"], json!([]));
+}
+
+/// Issue 22, DNS rebinding: the target is checked at every delivery, on the
+/// address the name resolves to then. A webhook made while private targets
+/// were allowed is not delivered once they are not.
+#[tokio::test]
+async fn a_name_that_resolves_to_a_private_address_is_refused_at_delivery() {
+    let first = spawn_app_delivering_locally().await;
+    let a = segment(&first, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let (url, rx) = receiver().await;
+    rx.lock().fail_first = 0;
+    // The same receiver, by a name instead of an address.
+    let url = url.replace("127.0.0.1", "localhost");
+    let (s, hook) = first
+        .post("/v1/webhooks", json!({"url": url, "segment_ids": [a]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    first.engine.shutdown().await;
+    let TestApp { dir, .. } = first;
+    let app = spawn_app_in(dir, Default::default(), Default::default()).await;
+    let (s, _) = app
+        .post("/v1/events", json!({"user_id": "u1", "name": "A"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let w = eventually("a refused attempt", || async {
+        let (_, list) = app.get("/v1/webhooks").await;
+        let w = list["webhooks"][0].clone();
+        (w["failures"].as_i64().unwrap_or(0) >= 1).then_some(w)
+    })
+    .await;
+    let error = w["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("refused address (loopback)"), "{w}");
+    assert!(rx.lock().deliveries.is_empty(), "delivered to loopback");
 }

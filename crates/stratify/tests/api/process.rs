@@ -30,9 +30,14 @@ impl Drop for Server {
 }
 
 fn start(data_dir: &Path, admin_key: Option<&str>) -> Server {
+    start_with(data_dir, admin_key, &[])
+}
+
+fn start_with(data_dir: &Path, admin_key: Option<&str>, extra: &[&str]) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env_remove("STRATIFY_ADMIN_KEY");
     if let Some(k) = admin_key {
         cmd.env("STRATIFY_ADMIN_KEY", k);
@@ -556,4 +561,73 @@ async fn a_chain_of_ors_of_references_is_evaluated_once_per_segment() {
     let (s, _) = get("/health".into()).await;
     assert_eq!(s, StatusCode::OK);
     drop(server);
+}
+
+/// Issue 22: `serve --tls-cert --tls-key` serves HTTPS (rustls) with a
+/// certificate made here, trusted by the client and nothing else; plain
+/// HTTP on the same port gets no answer.
+#[tokio::test]
+async fn serve_with_a_certificate_answers_https() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let data = dir.path().join("data");
+    let server = start_with(
+        &data,
+        Some(KEY),
+        &[
+            "--tls-cert",
+            cert_path.to_str().expect("path"),
+            "--tls-key",
+            key_path.to_str().expect("path"),
+        ],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("pem"),
+        )
+        .build()
+        .expect("client");
+    let resp = client
+        .get(format!("{}/v1/segments", server.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("an HTTPS answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A client that does not trust the certificate refuses the connection.
+    assert!(reqwest::Client::new()
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .is_err());
+    // Plain HTTP on the TLS port is not served.
+    let plain = server.base.replace("https://", "http://");
+    let answer = reqwest::Client::new()
+        .get(format!("{plain}/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        !answer.is_ok_and(|r| r.status().is_success()),
+        "plain HTTP was served"
+    );
+    // A key without its certificate stops the start with a message.
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--tls-key", key_path.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS needs both"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

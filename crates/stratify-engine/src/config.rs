@@ -1,0 +1,47 @@
+//! What an operator sets for the engine. The binary reads it from the
+//! config file, the environment and flags; [`EngineConfig::default`] is what
+//! a server gets when it sets nothing.
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    pub webhooks: WebhookPolicy,
+}
+
+/// Caps on configuration objects: creating one more past a cap is refused
+/// with 409 `limit_reached`. They bound what one key holder can make every
+/// node hold in memory and evaluate per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub segments: usize,
+    pub experiments: usize,
+    pub metrics: usize,
+    pub api_keys: usize,
+    pub event_types: usize,
+    pub webhooks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            segments: 1000,
+            experiments: 1000,
+            metrics: 500,
+            api_keys: 1000,
+            event_types: 1000,
+            webhooks: 100,
+        }
+    }
+}
+
+/// Where webhooks may deliver.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookPolicy {
+    /// Deliver to loopback, link-local, private and unspecified addresses
+    /// too (refused by default; `webhook_allow_private`).
+    pub allow_private: bool,
+    /// PEM certificates trusted for `https://` targets besides the public
+    /// roots (an internal CA; `webhook_ca_file`).
+    pub extra_roots_pem: Option<Vec<u8>>,
+}
