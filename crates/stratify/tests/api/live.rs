@@ -820,3 +820,64 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_at_delivery() {
     assert!(error.contains("refused address (loopback)"), "{w}");
     assert!(rx.lock().deliveries.is_empty(), "delivered to loopback");
 }
+
+/// Issue 22: webhooks deliver to `https://` targets (rustls), trusting the
+/// public roots and the configured extra certificates only.
+#[tokio::test]
+async fn webhooks_deliver_over_https() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+    let received = Arc::new(parking_lot::Mutex::new(Vec::<Value>::new()));
+    let sink = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
+                StatusCode::OK
+            }
+        }),
+    );
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}/hook", tcp.local_addr().expect("addr"));
+    let tls = stratify_server::tls::TlsListener::new(
+        tcp,
+        stratify_server::tls::server_config(&cert_path, &key_path).expect("tls"),
+    )
+    .expect("listener");
+    tokio::spawn(async move { axum::serve(tls, receiver).await });
+    let app = spawn_app_in(
+        tempfile::tempdir().expect("dir"),
+        Default::default(),
+        stratify_engine::EngineConfig {
+            webhooks: stratify_engine::WebhookPolicy {
+                allow_private: true,
+                extra_roots_pem: Some(cert.cert.pem().into_bytes()),
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = segment(&app, "a", json!({"event": "A", "op": "gte", "value": 1})).await;
+    let (s, hook) = app
+        .post("/v1/webhooks", json!({"url": url, "segment_ids": [a]}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    let (s, _) = app
+        .post("/v1/events", json!({"user_id": "u1", "name": "A"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let got = eventually("an https delivery", || async {
+        let r = received.lock();
+        (!r.is_empty()).then(|| r.clone())
+    })
+    .await;
+    assert_eq!(got[0]["changes"][0]["user_id"], "u1", "{got:?}");
+}
