@@ -115,6 +115,7 @@ error_codes! {
     InvalidWeights "invalid_weights" 422 "The variants' weights are percentages that do not sum to 100.";
     InvalidWhere "invalid_where" 422 "A behavioural rule's `where` is not an array of {field, op, value}.";
     InvalidWindow "invalid_window" 422 "A time window is not a duration such as `30s`, `14d`, within the limit.";
+    LimitReached "limit_reached" 409 "Creating one more would pass a configured cap (segments, experiments, metrics, API keys, event types); the message names the setting.";
     LengthMismatch "length_mismatch" 422 "The SRM check's observed counts and weights differ in length.";
     MalformedBody "malformed_body" 400 "The body cannot be read as the route's format (JSON, NDJSON or text).";
     MalformedJson "malformed_json" 400 "The body is not JSON (422 for one item of a batch, which is rejected alone).";
@@ -127,6 +128,7 @@ error_codes! {
     NotFound "not_found" 404 "No such route, or the thing named does not exist.";
     OutOfRange "out_of_range" 422 "A number is outside the range its parameter allows.";
     PayloadTooLarge "payload_too_large" 413 "The request body is over the route's limit.";
+    RateLimited "rate_limited" 429 "The key sent more ingest or serving requests per second than the server allows; retry after `Retry-After` seconds.";
     ReferenceGraphTooLarge "reference_graph_too_large" 422 "A rule's segment references reach more rule nodes, or a longer chain of references, than allowed.";
     RuleTooDeep "rule_too_deep" 422 "A rule nests deeper than the allowed depth.";
     RuleTooLarge "rule_too_large" 422 "A rule has more nodes than allowed.";
@@ -144,6 +146,7 @@ error_codes! {
     TooManyFields "too_many_fields" 422 "A document has more fields than allowed.";
     TooManyIds "too_many_ids" 422 "A request names more user ids than allowed.";
     TooManyRerandomizations "too_many_rerandomizations" 409 "An experiment was re-randomised as often as allowed.";
+    TooManyStreams "too_many_streams" 429 "As many SSE and WebSocket streams are open as the server's `max_streams` allows.";
     TooManyWebhooks "too_many_webhooks" 409 "The webhook limit is reached.";
     TypeMismatch "type_mismatch" 422 "A value does not have the type its schema declares.";
     Unauthorized "unauthorized" 401 "No API key, or one that is unknown or revoked.";

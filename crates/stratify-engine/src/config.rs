@@ -35,6 +35,27 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses one more `what` when `count` already reach `cap` (409
+    /// `limit_reached`, naming the setting).
+    pub(crate) fn check(
+        what: &str,
+        setting: &str,
+        count: usize,
+        cap: usize,
+    ) -> Result<(), crate::EngineError> {
+        if count >= cap {
+            return Err(crate::EngineError::Conflict {
+                code: stratify_core::ErrorCode::LimitReached,
+                message: format!(
+                    "at most {cap} {what} (the server's limits.{setting}); delete one first"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Where webhooks may deliver.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookPolicy {

@@ -11,6 +11,9 @@ use stratify_core::ErrorCode;
 use stratify_store::ChangeRecord;
 use tokio::sync::{broadcast, mpsc};
 
+/// Most points a size history answers with (the newest ones).
+pub const MAX_SIZE_POINTS: usize = 1000;
+
 /// Largest page of changes.
 pub const MAX_CHANGES_PAGE: u32 = 10_000;
 /// Most membership rows shown for one user.
@@ -225,6 +228,8 @@ impl FeedService {
     }
 
     /// Segment size at the end of each bucket that saw a change, oldest first.
+    /// A segment's size per bucket: the newest [`MAX_SIZE_POINTS`] buckets
+    /// in which members entered or left.
     pub async fn size_history(
         &self,
         id: &str,
@@ -232,10 +237,10 @@ impl FeedService {
     ) -> Result<Vec<SizePoint>, EngineError> {
         self.segments.get(id)?;
         let mut size: i64 = 0;
-        Ok(self
-            .store
-            .change_buckets(id, bucket.millis())
-            .await?
+        let buckets = self.store.change_buckets(id, bucket.millis()).await?;
+        // Sizes add up from the first bucket; only the newest are shown.
+        let skip = buckets.len().saturating_sub(MAX_SIZE_POINTS);
+        let mut points: Vec<SizePoint> = buckets
             .into_iter()
             .map(|b| {
                 size += b.entered as i64 - b.exited as i64;
@@ -246,6 +251,8 @@ impl FeedService {
                     exited: b.exited,
                 }
             })
-            .collect())
+            .collect();
+        points.drain(..skip);
+        Ok(points)
     }
 }

@@ -128,6 +128,7 @@ pub struct KeyService {
     pub(crate) store: std::sync::Arc<dyn stratify_store::Keys>,
     pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
     pub(crate) ring: std::sync::Arc<KeyRing>,
+    pub(crate) limits: std::sync::Arc<crate::Limits>,
 }
 
 impl KeyService {
@@ -155,6 +156,8 @@ impl KeyService {
             .at("/name")
             .into());
         }
+        let active = self.ring.active.read().len();
+        crate::Limits::check("active API keys", "api_keys", active, self.limits.api_keys)?;
         let (id, key) = new_key();
         let hash = sha256(&key);
         let record = ApiKeyRecord {

@@ -183,6 +183,7 @@ impl Engine {
             experiments: experiments.clone(),
             views: views.clone(),
             derive: derive.clone(),
+            limits: limits.clone(),
         });
         let webhook_service = Arc::new(webhooks::WebhookService {
             store: store.clone(),
@@ -216,6 +217,7 @@ impl Engine {
                 clock: clock.clone(),
                 experiments: experiments.clone(),
                 segments: segments.clone(),
+                limits: limits.clone(),
             }),
             serving: Arc::new(experiments::assign::ServingService {
                 store: store.clone(),
@@ -229,6 +231,7 @@ impl Engine {
                 clock: clock.clone(),
                 experiments: experiments.clone(),
                 views: views.clone(),
+                limits: limits.clone(),
             }),
             feed: Arc::new(feed::FeedService {
                 store: store.clone(),
@@ -240,11 +243,13 @@ impl Engine {
                 store: store.clone(),
                 clock: clock.clone(),
                 ring: keys.clone(),
+                limits: limits.clone(),
             }),
             schemas: Arc::new(schemas::SchemaService {
                 store: store.clone(),
                 clock: clock.clone(),
                 schemas: schemas.clone(),
+                limits: limits.clone(),
             }),
             cluster: Arc::new(cluster::ClusterService {
                 store: store.clone(),

@@ -50,6 +50,7 @@ pub struct SchemaService {
     pub(crate) store: Arc<dyn stratify_store::Configuration>,
     pub(crate) clock: Arc<dyn crate::Clock>,
     pub(crate) schemas: Arc<Schemas>,
+    pub(crate) limits: Arc<crate::Limits>,
 }
 
 impl SchemaService {
@@ -58,6 +59,15 @@ impl SchemaService {
         schema: EventTypeSchema,
     ) -> Result<(EventTypeRecord, bool), EngineError> {
         schema.validate_definition()?;
+        let types = self.schemas.event_types();
+        if !types.contains_key(&schema.name) {
+            crate::Limits::check(
+                "event types",
+                "event_types",
+                types.len(),
+                self.limits.event_types,
+            )?;
+        }
         let record = self.store.put_event_type(schema, self.clock.now()).await?;
         let mut guard = self.schemas.event_types.write();
         let mut next = HashMap::clone(&guard);

@@ -346,6 +346,7 @@ pub struct SegmentService {
     pub(crate) experiments: Arc<crate::experiments::Experiments>,
     pub(crate) views: Arc<crate::derived::Views>,
     pub(crate) derive: Arc<dyn crate::derived::Derive>,
+    pub(crate) limits: Arc<crate::Limits>,
 }
 
 impl SegmentService {
@@ -375,6 +376,12 @@ impl SegmentService {
         let description = stratify_core::names::description(input.description)?;
         let id = new_id("seg");
         let catalog = self.segments.snapshot();
+        crate::Limits::check(
+            "segments",
+            "segments",
+            catalog.all().count(),
+            self.limits.segments,
+        )?;
         let (rule, members) = match (input.rules, input.user_ids) {
             (Some(_), Some(_)) => {
                 return Err(invalid(

@@ -73,6 +73,26 @@ pub async fn authorize(
         )
         .into_response();
     }
+    let limited = match capability {
+        Capability::WriteEvents | Capability::WriteUsers => state
+            .config
+            .ingest_rate_per_key
+            .map(|r| (crate::limits::RateKind::Ingest, r)),
+        Capability::Evaluate => state
+            .config
+            .serving_rate_per_key
+            .map(|r| (crate::limits::RateKind::Serving, r)),
+        _ => None,
+    };
+    if let Some((kind, rate)) = limited {
+        if let Err(retry_after) =
+            state
+                .rates
+                .take(kind, &principal.key_id, rate, state.engine.now())
+        {
+            return crate::limits::rate_limited(kind, retry_after);
+        }
+    }
     req.extensions_mut().insert::<Principal>(principal);
     next.run(req).await
 }

@@ -12,6 +12,7 @@ mod auth;
 mod dashboard;
 mod error;
 mod extract;
+mod limits;
 mod metrics;
 mod openapi;
 pub mod routes;
@@ -72,6 +73,10 @@ pub struct StateParts {
     /// WebSocket) end so that the graceful shutdown can finish.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Places for open SSE and WebSocket streams (`max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Per-key ingest and serving rates.
+    pub rates: limits::RateLimiter,
 }
 
 impl std::ops::Deref for AppState {
@@ -84,6 +89,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(engine: Engine, config: ServerConfig) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let streams = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
         Self {
             inner: Arc::new(StateParts {
                 engine,
@@ -92,6 +98,8 @@ impl AppState {
                 started: Instant::now(),
                 stopping,
                 stop: Arc::new(stop),
+                streams,
+                rates: limits::RateLimiter::default(),
             }),
         }
     }

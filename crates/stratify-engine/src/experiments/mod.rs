@@ -229,6 +229,7 @@ pub struct ExperimentService {
     pub(crate) clock: Arc<dyn crate::Clock>,
     pub(crate) experiments: Arc<Experiments>,
     pub(crate) segments: Arc<crate::segments::Segments>,
+    pub(crate) limits: Arc<crate::Limits>,
 }
 
 impl ExperimentService {
@@ -287,6 +288,12 @@ impl ExperimentService {
         by: &str,
     ) -> Result<Arc<Experiment>, EngineError> {
         let _guard = self.experiments.write.lock().await;
+        crate::Limits::check(
+            "experiments",
+            "experiments",
+            self.experiments.registry().by_id.len(),
+            self.limits.experiments,
+        )?;
         let key = input
             .key
             .clone()

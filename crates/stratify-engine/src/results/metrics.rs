@@ -199,6 +199,12 @@ fn metric_not_found(key: &str) -> EngineError {
 impl super::ResultService {
     pub async fn create_metric(&self, input: MetricInput) -> Result<Metric, EngineError> {
         let metric = Metric::from_input(input)?;
+        crate::Limits::check(
+            "metrics",
+            "metrics",
+            self.store.metrics().await?.len(),
+            self.limits.metrics,
+        )?;
         let now = self.clock.now();
         let definition = serde_json::to_value(&metric)
             .map_err(|e| EngineError::Store(stratify_store::StoreError::from(e)))?;

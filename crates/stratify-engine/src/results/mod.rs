@@ -187,6 +187,7 @@ pub struct ResultService {
     pub(crate) clock: Arc<dyn crate::Clock>,
     pub(crate) experiments: Arc<crate::experiments::Experiments>,
     pub(crate) views: Arc<crate::derived::Views>,
+    pub(crate) limits: Arc<crate::Limits>,
 }
 
 impl ResultService {

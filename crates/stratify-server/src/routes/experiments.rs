@@ -1,6 +1,8 @@
 //! Experiments: create, read, change, and move through the lifecycle.
 
 use super::instant;
+use super::paging::{paginate, Order, PageQuery};
+use crate::extract::Params;
 use crate::extract::{parse_json, Body, RawBody};
 use crate::ApiError;
 use axum::extract::{Path, State};
@@ -63,6 +65,8 @@ pub struct ExperimentOut {
 #[derive(Serialize, ToSchema)]
 pub struct ExperimentList {
     experiments: Vec<ExperimentOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 fn out(e: &Experiment) -> ExperimentOut {
@@ -135,16 +139,27 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("api_key" = [])), params(PageQuery),
     responses((status = 200, body = ExperimentList)))]
-pub async fn list(State(experiments): State<Arc<ExperimentService>>) -> Json<ExperimentList> {
-    Json(ExperimentList {
-        experiments: experiments
-            .list_experiments()
-            .iter()
-            .map(|e| out(e))
-            .collect(),
-    })
+pub async fn list(
+    State(experiments): State<Arc<ExperimentService>>,
+    Params(q): Params<PageQuery>,
+) -> Result<Json<ExperimentList>, ApiError> {
+    let all = experiments
+        .list_experiments()
+        .iter()
+        .map(|e| out(e))
+        .collect();
+    let (experiments, next_cursor) = paginate(
+        all,
+        |e| format!("{}{}", e.created_at, e.id),
+        Order::Ascending,
+        &q,
+    )?;
+    Ok(Json(ExperimentList {
+        experiments,
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments", security(("api_key" = [])),

@@ -1,5 +1,7 @@
 use super::instant;
+use super::paging::{paginate, Order, PageQuery};
 use crate::extract::Body;
+use crate::extract::Params;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -44,6 +46,8 @@ pub struct KeyView {
 #[derive(Serialize, ToSchema)]
 pub struct KeyList {
     api_keys: Vec<KeyView>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 fn view(k: KeyInfo) -> KeyView {
@@ -77,10 +81,22 @@ pub async fn create(
 }
 
 /// Lists keys, revoked ones included, without secrets.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), responses((status = 200, body = KeyList)))]
-pub async fn list(State(keys): State<Arc<KeyService>>) -> Result<Json<KeyList>, ApiError> {
+#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])), params(PageQuery),
+    responses((status = 200, body = KeyList)))]
+pub async fn list(
+    State(keys): State<Arc<KeyService>>,
+    Params(q): Params<PageQuery>,
+) -> Result<Json<KeyList>, ApiError> {
+    let all = keys.list_api_keys().await?.into_iter().map(view).collect();
+    let (api_keys, next_cursor) = paginate(
+        all,
+        |k| format!("{}{}", k.created_at, k.id),
+        Order::Ascending,
+        &q,
+    )?;
     Ok(Json(KeyList {
-        api_keys: keys.list_api_keys().await?.into_iter().map(view).collect(),
+        api_keys,
+        next_cursor,
     }))
 }
 

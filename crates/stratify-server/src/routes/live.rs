@@ -1,6 +1,7 @@
 //! Live memberships over HTTP: the change log (pages, Server-Sent Events, a
 //! WebSocket), webhooks, membership history and segment size over time.
 
+use super::paging::{paginate, Order, PageQuery};
 use super::users::user_id;
 use crate::extract::{Body, Params};
 use crate::{ApiError, AppState};
@@ -159,11 +160,14 @@ pub async fn stream(
     headers: HeaderMap,
     Params(q): Params<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    let permit = crate::limits::stream_permit(&state.streams, state.config.max_streams)?;
     let (segments, start) = stream_start(&state, &q, &headers).await?;
     let rx = state.engine.feed.follow(segments, start);
     let stopping = state.stopping.clone();
-    let events =
-        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+    // The permit lives as long as the stream.
+    let events = futures_util::stream::unfold(
+        (rx, stopping, permit),
+        |(mut rx, mut stopping, permit)| async move {
             let c = tokio::select! {
                 c = rx.recv() => c?,
                 _ = stopping.wait_for(|s| *s) => return None,
@@ -173,8 +177,9 @@ pub async fn stream(
                 .id(c.seq.to_string())
                 .event("change")
                 .data(data);
-            Some((Ok::<_, Infallible>(event), (rx, stopping)))
-        });
+            Some((Ok::<_, Infallible>(event), (rx, stopping, permit)))
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -189,10 +194,14 @@ pub async fn websocket(
     Params(q): Params<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let permit = crate::limits::stream_permit(&state.streams, state.config.max_streams)?;
     let (segments, start) = stream_start(&state, &q, &headers).await?;
     let rx = state.engine.feed.follow(segments, start);
     let stopping = state.stopping.clone();
-    Ok(ws.on_upgrade(move |socket| pump(socket, rx, stopping)))
+    Ok(ws.on_upgrade(move |socket| async move {
+        pump(socket, rx, stopping).await;
+        drop(permit);
+    }))
 }
 
 async fn pump(
@@ -232,6 +241,8 @@ pub struct MembershipOut {
 #[derive(Serialize, ToSchema)]
 pub struct Memberships {
     memberships: Vec<MembershipOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 impl From<MembershipView> for MembershipOut {
@@ -246,15 +257,23 @@ impl From<MembershipView> for MembershipOut {
 
 /// A user's segment memberships with entered/exited instants, newest first.
 #[utoipa::path(get, path = "/v1/users/{id}/memberships", tag = "live", security(("api_key" = [])),
-    params(("id" = String, Path)), responses((status = 200, body = Memberships), (status = 404)))]
+    params(("id" = String, Path), PageQuery), responses((status = 200, body = Memberships), (status = 404)))]
 pub async fn memberships(
     State(feed): State<Arc<FeedService>>,
     Path(id): Path<String>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<Memberships>, ApiError> {
     let user = user_id(id, "/user_id")?;
     let list = feed.user_memberships(&user).await?;
+    let (memberships, next_cursor) = paginate(
+        list.into_iter().map(MembershipOut::from).collect(),
+        |m| format!("{}{}", m.entered_at, m.segment_id),
+        Order::Descending,
+        &q,
+    )?;
     Ok(Json(Memberships {
-        memberships: list.into_iter().map(MembershipOut::from).collect(),
+        memberships,
+        next_cursor,
     }))
 }
 
@@ -367,6 +386,8 @@ impl From<WebhookView> for WebhookOut {
 #[derive(Serialize, ToSchema)]
 pub struct WebhookList {
     webhooks: Vec<WebhookOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Registers a webhook: changes after now are POSTed to it, at least once, in order.
@@ -384,17 +405,26 @@ pub async fn create_webhook(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "live", security(("api_key" = [])), responses((status = 200, body = WebhookList)))]
+#[utoipa::path(get, path = "/v1/webhooks", tag = "live", security(("api_key" = [])), params(PageQuery), responses((status = 200, body = WebhookList)))]
 pub async fn list_webhooks(
     State(webhooks): State<Arc<WebhookService>>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<WebhookList>, ApiError> {
+    let all = webhooks
+        .webhooks()
+        .await?
+        .into_iter()
+        .map(WebhookOut::from)
+        .collect();
+    let (webhooks, next_cursor) = paginate(
+        all,
+        |w| format!("{}{}", w.created_at, w.id),
+        Order::Ascending,
+        &q,
+    )?;
     Ok(Json(WebhookList {
-        webhooks: webhooks
-            .webhooks()
-            .await?
-            .into_iter()
-            .map(WebhookOut::from)
-            .collect(),
+        webhooks,
+        next_cursor,
     }))
 }
 

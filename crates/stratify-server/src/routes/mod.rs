@@ -6,6 +6,7 @@ pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod ofrep;
 pub(crate) mod ops;
+pub(crate) mod paging;
 pub(crate) mod results;
 pub(crate) mod schemas;
 pub(crate) mod segments;

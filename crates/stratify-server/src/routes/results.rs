@@ -1,5 +1,6 @@
 //! Metrics, experiment results, and the statistics calculator.
 
+use super::paging::{paginate, Order, PageQuery};
 use crate::extract::{parse_json, Body, Params, RawBody};
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
@@ -24,6 +25,8 @@ use utoipa::{IntoParams, ToSchema};
 pub struct MetricList {
     #[schema(value_type = Vec<Object>)]
     metrics: Vec<Metric>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Defines a metric.
@@ -40,13 +43,21 @@ pub async fn create_metric(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/metrics", tag = "results", security(("api_key" = [])),
+#[utoipa::path(get, path = "/v1/metrics", tag = "results", security(("api_key" = [])), params(PageQuery),
     responses((status = 200, body = MetricList)))]
 pub async fn list_metrics(
     State(results): State<Arc<ResultService>>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<MetricList>, ApiError> {
+    let (metrics, next_cursor) = paginate(
+        results.metrics().await?,
+        |m| format!("{}{}", m.created_at.as_deref().unwrap_or(""), m.key),
+        Order::Ascending,
+        &q,
+    )?;
     Ok(Json(MetricList {
-        metrics: results.metrics().await?,
+        metrics,
+        next_cursor,
     }))
 }
 

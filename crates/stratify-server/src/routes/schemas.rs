@@ -1,5 +1,7 @@
 use super::instant;
+use super::paging::{paginate, Order, PageQuery};
 use crate::extract::Body;
+use crate::extract::Params;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -27,6 +29,8 @@ pub struct EventTypeOut {
 #[derive(Serialize, ToSchema)]
 pub struct EventTypeList {
     event_types: Vec<EventTypeOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 fn out(r: EventTypeRecord) -> EventTypeOut {
@@ -79,11 +83,17 @@ pub async fn replace_event_type(
     Ok(Json(out(schemas.put_event_type(schema).await?.0)))
 }
 
-#[utoipa::path(get, path = "/v1/event-types", tag = "schemas", security(("api_key" = [])), responses((status = 200, body = EventTypeList)))]
-pub async fn list_event_types(State(schemas): State<Arc<SchemaService>>) -> Json<EventTypeList> {
-    Json(EventTypeList {
-        event_types: schemas.event_types().into_iter().map(out).collect(),
-    })
+#[utoipa::path(get, path = "/v1/event-types", tag = "schemas", security(("api_key" = [])), params(PageQuery), responses((status = 200, body = EventTypeList)))]
+pub async fn list_event_types(
+    State(schemas): State<Arc<SchemaService>>,
+    Params(q): Params<PageQuery>,
+) -> Result<Json<EventTypeList>, ApiError> {
+    let all = schemas.event_types().into_iter().map(out).collect();
+    let (event_types, next_cursor) = paginate(all, |t| t.name.clone(), Order::Ascending, &q)?;
+    Ok(Json(EventTypeList {
+        event_types,
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "schemas", security(("api_key" = [])), params(("name" = String, Path)),

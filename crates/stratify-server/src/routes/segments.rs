@@ -1,4 +1,5 @@
 use super::instant;
+use super::paging::{paginate, Order, PageQuery};
 use crate::extract::{parse_json, Body, BodyKind, Params, RawBody};
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
@@ -77,6 +78,8 @@ pub struct BuildOut {
 #[derive(Serialize, ToSchema)]
 pub struct SegmentList {
     segments: Vec<SegmentOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 fn out(s: &Segment, state: &AppState) -> SegmentOut {
@@ -143,17 +146,28 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(out(&segment, &state))))
 }
 
-#[utoipa::path(get, path = "/v1/segments", tag = "segments", security(("api_key" = [])), responses((status = 200, body = SegmentList)))]
-pub async fn list(State(state): State<AppState>) -> Json<SegmentList> {
-    Json(SegmentList {
-        segments: state
-            .engine
-            .segments
-            .list_segments()
-            .iter()
-            .map(|s| out(s, &state))
-            .collect(),
-    })
+#[utoipa::path(get, path = "/v1/segments", tag = "segments", security(("api_key" = [])), params(PageQuery), responses((status = 200, body = SegmentList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Params(q): Params<PageQuery>,
+) -> Result<Json<SegmentList>, ApiError> {
+    let all = state
+        .engine
+        .segments
+        .list_segments()
+        .iter()
+        .map(|s| out(s, &state))
+        .collect();
+    let (segments, next_cursor) = paginate(
+        all,
+        |s| format!("{}{}", s.created_at, s.id),
+        Order::Ascending,
+        &q,
+    )?;
+    Ok(Json(SegmentList {
+        segments,
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/segments/{id}", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
@@ -256,14 +270,17 @@ pub struct VersionOut {
 #[derive(Serialize, ToSchema)]
 pub struct VersionList {
     versions: Vec<VersionOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Every version, newest first, with when and by which key it was made.
-#[utoipa::path(get, path = "/v1/segments/{id}/versions", tag = "segments", security(("api_key" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/segments/{id}/versions", tag = "segments", security(("api_key" = [])), params(("id" = String, Path), PageQuery),
     responses((status = 200, body = VersionList), (status = 404)))]
 pub async fn versions(
     State(segments): State<Arc<SegmentService>>,
     Path(id): Path<String>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<VersionList>, ApiError> {
     let versions = segments
         .segment_versions(&id)
@@ -278,7 +295,16 @@ pub async fn versions(
             created_by: v.created_by,
         })
         .collect();
-    Ok(Json(VersionList { versions }))
+    let (versions, next_cursor) = paginate(
+        versions,
+        |v| format!("{:020}", v.version),
+        Order::Descending,
+        &q,
+    )?;
+    Ok(Json(VersionList {
+        versions,
+        next_cursor,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

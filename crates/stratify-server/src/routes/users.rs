@@ -1,5 +1,6 @@
 use super::instant;
-use crate::extract::Body;
+use super::paging::{paginate, Order, PageQuery};
+use crate::extract::{Body, Params};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -156,17 +157,20 @@ pub struct AssignmentOut {
 pub struct AssignmentList {
     user_id: String,
     assignments: Vec<AssignmentOut>,
+    /// The next page's cursor; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// The user's stored experiment assignments, newest first. Read-only: unlike
 /// `GET /v1/users/{id}/experiments` it serves nothing and records no
 /// exposure, so looking at a user never changes an experiment's results.
 #[utoipa::path(get, path = "/v1/users/{id}/assignments", tag = "experiments", security(("api_key" = [])),
-    params(("id" = String, Path)), responses((status = 200, body = AssignmentList), (status = 422)))]
+    params(("id" = String, Path), PageQuery), responses((status = 200, body = AssignmentList), (status = 422)))]
 pub async fn assignments(
     State(experiments): State<Arc<ExperimentService>>,
     State(serving): State<Arc<ServingService>>,
     Path(id): Path<String>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<AssignmentList>, ApiError> {
     let id = user_id(id, "/user_id")?;
     let rows = serving.user_assignments(&id).await?;
@@ -186,8 +190,15 @@ pub async fn assignments(
             }
         })
         .collect();
+    let (assignments, next_cursor) = paginate(
+        assignments,
+        |a| format!("{}{}", a.assigned_at, a.experiment_id),
+        Order::Descending,
+        &q,
+    )?;
     Ok(Json(AssignmentList {
         user_id: id.as_str().to_owned(),
         assignments,
+        next_cursor,
     }))
 }

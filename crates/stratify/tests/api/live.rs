@@ -11,22 +11,6 @@ use std::time::{Duration, Instant};
 
 const DAY: i64 = 86_400_000;
 
-/// Polls `f` until it returns `Some`, for up to 10 s of real time.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn segment(app: &TestApp, name: &str, rules: Value) -> String {
     let (s, b) = app
         .post("/v1/segments", json!({"name": name, "rules": rules}))

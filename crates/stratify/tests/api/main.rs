@@ -9,6 +9,7 @@ mod errors;
 mod events;
 mod experiments;
 mod keys;
+mod limits;
 mod live;
 mod ofrep;
 mod platform;
