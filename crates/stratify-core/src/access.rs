@@ -58,6 +58,7 @@ impl Role {
             Read => matches!(self, Admin | Editor | Viewer),
             EditConfig => matches!(self, Admin | Editor),
             Evaluate => matches!(self, Admin | Editor | Viewer | Sdk),
+            ReadAudit => self == Admin,
         }
     }
 }
@@ -99,10 +100,12 @@ pub enum Capability {
     EditConfig,
     /// Per-user evaluation (a user's experiments, OFREP).
     Evaluate,
+    /// Read the audit log.
+    ReadAudit,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Capability::ManageKeys,
         Capability::ManageSchemas,
         Capability::WriteUsers,
@@ -112,6 +115,7 @@ impl Capability {
         Capability::Read,
         Capability::EditConfig,
         Capability::Evaluate,
+        Capability::ReadAudit,
     ];
 }
 

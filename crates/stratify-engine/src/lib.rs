@@ -19,6 +19,7 @@
 //! outside [`derived`]. Domain checks that need no IO belong in
 //! `stratify_core`; SQL belongs in `stratify_store`.
 
+pub mod audit;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -74,6 +75,7 @@ pub struct Services {
     pub keys: Arc<keys::KeyService>,
     pub schemas: Arc<schemas::SchemaService>,
     pub cluster: Arc<cluster::ClusterService>,
+    pub audit: Arc<audit::AuditService>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     views: Arc<derived::Views>,
@@ -262,6 +264,10 @@ impl Engine {
                 views: views.clone(),
                 routing,
                 webhooks: webhook_service,
+            }),
+            audit: Arc::new(audit::AuditService {
+                store: store.clone(),
+                clock: clock.clone(),
             }),
             store,
             clock,

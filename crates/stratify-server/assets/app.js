@@ -1380,6 +1380,34 @@
       h('div', { style: 'margin-top:18px' }, card('Keys', listBox, { cls: 'flush' })));
   }
 
+  // ---------------------------------------------------------------- audit log
+  async function auditPage() {
+    const target = h('input', { id: 'audit-target', placeholder: 'a segment or experiment id, a metric key, or a kind (segments, api-keys…)' });
+    const box = h('div');
+    const more = h('div', { class: 'row', style: 'padding:12px' });
+    let rows = [];
+    const draw = () => box.replaceChildren(table(['When (UTC)', 'Key', 'Action', 'Target', 'What changed'],
+      rows.map((e) => [fmtTime(e.at), h('code', null, e.key_id), h('code', null, e.action),
+        h('span', null, e.target_kind, e.target_id ? h('code', { style: 'margin-left:6px' }, e.target_id) : null),
+        h('details', null, h('summary', null, 'request and answer'), h('pre', { class: 'small' }, JSON.stringify(e.changes, null, 2)))]),
+      'No configuration changes recorded yet.'));
+    const load = async (cursor) => {
+      const q = new URLSearchParams({ limit: '50' });
+      if (target.value.trim()) q.set('target', target.value.trim());
+      if (cursor) q.set('cursor', cursor);
+      const page = await get('/v1/audit?' + q);
+      rows = cursor ? rows.concat(page.entries) : page.entries;
+      draw();
+      more.replaceChildren(page.next_cursor ? h('button', { id: 'audit-more', onclick: () => load(page.next_cursor).catch((e) => toast(e.message, true)) }, 'Older entries') : '');
+    };
+    const form = h('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); load(null).catch((e) => toast(e.message, true)); } },
+      h('div', { class: 'grow' }, target), h('button', { class: 'primary', type: 'submit', id: 'audit-filter' }, 'Filter'));
+    render(head('Audit log', { sub: 'Every configuration change (segments, experiments and their transitions, metrics, webhooks, keys, schemas), newest first, with the key that made it. Secrets are never recorded.' }),
+      card('Filter', form),
+      h('div', { style: 'margin-top:18px' }, card('Changes', [box, more], { cls: 'flush', id: 'audit' })));
+    await load(null);
+  }
+
   // ---------------------------------------------------------------- router
   const ROUTES = [
     [/^\/$/, overview],
@@ -1396,6 +1424,7 @@
     [/^\/experiments\/([^/]+)$/, experimentPage, 'read'],
     [/^\/ingest$/, ingestPage, 'ingest'],
     [/^\/keys$/, keysPage, 'keys'],
+    [/^\/audit$/, auditPage, 'audit'],
   ];
 
   async function route() {

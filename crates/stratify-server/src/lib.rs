@@ -128,6 +128,7 @@ sub_states! {
     webhooks: stratify_engine::webhooks::WebhookService,
     keys: stratify_engine::keys::KeyService,
     schemas: stratify_engine::schemas::SchemaService,
+    audit: stratify_engine::audit::AuditService,
 }
 
 /// The whole application: API routes, docs, metrics, health, and the layers

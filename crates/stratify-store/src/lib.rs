@@ -59,6 +59,7 @@ pub trait Store:
     + Webhooks
     + Coordination
     + DashboardSessions
+    + AuditLog
     + Send
     + Sync
     + 'static
@@ -76,6 +77,7 @@ impl<T> Store for T where
         + Webhooks
         + Coordination
         + DashboardSessions
+        + AuditLog
         + Send
         + Sync
         + 'static
@@ -367,6 +369,21 @@ pub trait DashboardSessions: Send + Sync {
     /// The live session with this token hash.
     async fn session(&self, token_hash: Vec<u8>, now: Millis) -> Result<Option<SessionRecord>>;
     async fn delete_session(&self, token_hash: Vec<u8>) -> Result<()>;
+}
+
+/// The audit log: every configuration change, who made it and what it was.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends an entry (its `seq` is assigned here).
+    async fn append_audit(&self, entry: AuditRecord) -> Result<()>;
+    /// Entries newest first: those before `before` (a seq), about `target`
+    /// (a target id or kind) when given.
+    async fn audit_entries(
+        &self,
+        target: Option<String>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>>;
 }
 
 /// What nodes sharing a store coordinate through: Kafka partition progress and leases.

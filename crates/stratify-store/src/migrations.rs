@@ -216,6 +216,20 @@ CREATE TABLE erasures (
     at       INTEGER NOT NULL
 );
 "#,
+    r#"
+-- The audit log: every configuration change (see stratify_store::AuditRecord).
+CREATE TABLE audit_log (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           INTEGER NOT NULL,
+    key_id       TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    target_kind  TEXT NOT NULL,
+    target_id    TEXT,
+    changes      TEXT NOT NULL
+);
+CREATE INDEX audit_target ON audit_log(target_id, seq);
+CREATE INDEX audit_kind ON audit_log(target_kind, seq);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

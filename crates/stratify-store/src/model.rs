@@ -445,6 +445,21 @@ pub struct PartitionProgress {
 /// token), the API key it signed in with (by id: the key is checked again on
 /// every request), its CSRF token and when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: Millis,
+    /// The API key that made the change.
+    pub key_id: String,
+    /// `METHOD /route/{template}`, e.g. `POST /v1/experiments/{id}/start`.
+    pub action: String,
+    /// What kind of thing changed (`segments`, `experiments`, `api-keys`…).
+    pub target_kind: String,
+    pub target_id: Option<String>,
+    /// What the request asked to change and what it answered (secrets removed).
+    pub changes: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
     pub token_hash: Vec<u8>,
     pub key_id: String,

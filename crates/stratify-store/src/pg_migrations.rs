@@ -306,6 +306,20 @@ CREATE TABLE erasures (
     at       BIGINT NOT NULL
 );
 "#,
+    r#"
+-- The audit log: every configuration change (see stratify_store::AuditRecord).
+CREATE TABLE audit_log (
+    seq          BIGSERIAL PRIMARY KEY,
+    at           BIGINT NOT NULL,
+    key_id       TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    target_kind  TEXT NOT NULL,
+    target_id    TEXT,
+    changes      TEXT NOT NULL
+);
+CREATE INDEX audit_target ON audit_log(target_id, seq);
+CREATE INDEX audit_kind ON audit_log(target_kind, seq);
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -26,8 +26,8 @@ use crate::shared::{
 };
 use crate::sql::{self, ConfigWrite};
 use crate::{
-    Assignments, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog, Keys,
-    Metrics, Result, StoreError, Users, Webhooks,
+    Assignments, AuditLog, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog,
+    Keys, Metrics, Result, StoreError, Users, Webhooks,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
@@ -1566,6 +1566,39 @@ impl<'a> ChangeColumns<'a> {
         self.cause.push(c.cause.code());
         self.event_seq.push(event_seq);
         self.event_id.push(event_id);
+    }
+}
+
+#[async_trait]
+impl AuditLog for PgStore {
+    async fn append_audit(&self, e: AuditRecord) -> Result<()> {
+        self.execute(
+            sql::INSERT_AUDIT.postgres(),
+            &[
+                &e.at,
+                &e.key_id,
+                &e.action,
+                &e.target_kind,
+                &e.target_id,
+                &e.changes.to_string(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_entries(
+        &self,
+        target: Option<String>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        self.all(
+            &sql::AUDIT_ENTRIES,
+            &[&target, &before, &i64::from(limit)],
+            rows::audit,
+        )
+        .await
     }
 }
 

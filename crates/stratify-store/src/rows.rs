@@ -202,6 +202,19 @@ pub(crate) fn assignment(r: &impl Columns) -> Result<AssignmentRecord> {
     })
 }
 
+/// `sql::AUDIT_ENTRIES`
+pub(crate) fn audit(r: &impl Columns) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.col(0)?,
+        at: r.col(1)?,
+        key_id: r.col(2)?,
+        action: r.col(3)?,
+        target_kind: r.col(4)?,
+        target_id: r.col(5)?,
+        changes: r.json(6)?,
+    })
+}
+
 /// `sql::SESSION`
 pub(crate) fn session(r: &impl Columns) -> Result<SessionRecord> {
     Ok(SessionRecord {

@@ -270,6 +270,14 @@ statements! {
          WHERE token_hash = ?1 AND expires_at > ?2";
     /// Ends a session (token_hash).
     DELETE_SESSION: Statement = "DELETE FROM sessions WHERE token_hash = ?1";
+    /// One audit entry (at, key_id, action, target_kind, target_id, changes).
+    INSERT_AUDIT: Statement = "INSERT INTO audit_log (at, key_id, action, target_kind, target_id, changes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    /// Audit entries newest first (target or NULL, before seq or NULL, limit).
+    AUDIT_ENTRIES: Statement = "SELECT seq, at, key_id, action, target_kind, target_id, changes FROM audit_log \
+         WHERE (CAST(?1 AS TEXT) IS NULL OR target_id = ?1 OR target_kind = ?1) \
+         AND (CAST(?2 AS BIGINT) IS NULL OR seq < ?2) \
+         ORDER BY seq DESC LIMIT ?3";
     /// Records an erasure for the other nodes (user_id, now).
     INSERT_ERASURE: Statement = "INSERT INTO erasures (user_id, at) VALUES (?1, ?2)";
     /// Forgets erasures older than the other nodes need (before).

@@ -9,8 +9,8 @@ use crate::shared::{
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{rows, sql};
 use crate::{
-    Assignments, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog, Keys,
-    Metrics, Result, StoreError, Users, Webhooks,
+    Assignments, AuditLog, ChangeLog, Configuration, Coordination, DashboardSessions, EventLog,
+    Keys, Metrics, Result, StoreError, Users, Webhooks,
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -1687,6 +1687,45 @@ fn scan_part(
         });
     }
     Ok(chunks.finish())
+}
+
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn append_audit(&self, e: AuditRecord) -> Result<()> {
+        let changes = e.changes.to_string();
+        self.writer
+            .write(move |w| {
+                w.conn
+                    .prepare_cached(sql::INSERT_AUDIT.sqlite())?
+                    .execute(params![
+                        e.at,
+                        e.key_id,
+                        e.action,
+                        e.target_kind,
+                        e.target_id,
+                        changes
+                    ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn audit_entries(
+        &self,
+        target: Option<String>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        self.read(move |c| {
+            all(
+                c,
+                sql::AUDIT_ENTRIES.sqlite(),
+                params![target, before, limit],
+                |r| rows::audit(r),
+            )
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -1027,3 +1027,52 @@ async fn erasures_are_logged_in_order_for_other_nodes_and_kept_an_hour() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_audit_log_pages_newest_first_and_filters_by_target() {
+    with_backends(|s| async move {
+        for i in 0..5i64 {
+            let target = if i % 2 == 0 { "seg_a" } else { "exp_b" };
+            s.append_audit(AuditRecord {
+                seq: 0,
+                at: NOW + i,
+                key_id: format!("key{i}"),
+                action: "PATCH /v1/segments/{id}".into(),
+                target_kind: if i % 2 == 0 {
+                    "segments"
+                } else {
+                    "experiments"
+                }
+                .into(),
+                target_id: Some(target.into()),
+                changes: json!({"request": {"name": format!("n{i}")}}),
+            })
+            .await
+            .expect("append");
+        }
+        let all = s.audit_entries(None, None, 10).await.expect("read");
+        let ats: Vec<i64> = all.iter().map(|e| e.at - NOW).collect();
+        assert_eq!(ats, [4, 3, 2, 1, 0]);
+        assert_eq!(all[0].changes, json!({"request": {"name": "n4"}}));
+        assert_eq!(all[0].key_id, "key4");
+        let page = s
+            .audit_entries(None, Some(all[1].seq), 2)
+            .await
+            .expect("read");
+        assert_eq!(page.iter().map(|e| e.at - NOW).collect::<Vec<_>>(), [2, 1]);
+        let by_id = s
+            .audit_entries(Some("seg_a".into()), None, 10)
+            .await
+            .expect("read");
+        assert_eq!(by_id.len(), 3);
+        let by_kind = s
+            .audit_entries(Some("experiments".into()), None, 10)
+            .await
+            .expect("read");
+        assert_eq!(
+            by_kind.iter().map(|e| e.at - NOW).collect::<Vec<_>>(),
+            [3, 1]
+        );
+    })
+    .await;
+}

@@ -57,7 +57,7 @@ static ASSETS: LazyLock<[(&'static str, Asset); 3]> = LazyLock::new(|| {
 });
 
 /// The page paths; each serves the shell, and the script draws the page.
-const PAGES: [&str; 9] = [
+const PAGES: [&str; 10] = [
     "/",
     "/segments",
     "/segments/{*rest}",
@@ -67,6 +67,7 @@ const PAGES: [&str; 9] = [
     "/experiments/{*rest}",
     "/ingest",
     "/keys",
+    "/audit",
 ];
 
 pub fn router() -> Router<AppState> {
@@ -91,6 +92,7 @@ fn capability_names(role: Role) -> Vec<&'static str> {
         (ReadSchemas, "read_schemas"),
         (ReadIngest, "ingest"),
         (Evaluate, "evaluate"),
+        (ReadAudit, "audit"),
     ]
     .into_iter()
     .filter(|(c, _)| role.can(*c))
@@ -339,6 +341,7 @@ async fn shell(
         ("/experiments", "Experiments", Some(Capability::Read)),
         ("/ingest", "Ingestion", Some(Capability::ReadIngest)),
         ("/keys", "API keys", Some(Capability::ManageKeys)),
+        ("/audit", "Audit log", Some(Capability::ReadAudit)),
     ]
     .into_iter()
     .filter(|(_, _, need)| need.is_none_or(|c| role.can(c)))

@@ -1,5 +1,6 @@
 //! Every route, declared once with the capability it needs.
 
+pub(crate) mod audit;
 pub(crate) mod events;
 pub(crate) mod experiments;
 pub(crate) mod keys;
@@ -74,6 +75,7 @@ pub fn table() -> Vec<Route> {
         },
         r(Method::POST, "/v1/api-keys", ManageKeys, post(keys::create)),
         r(Method::GET, "/v1/api-keys", ManageKeys, get(keys::list)),
+        r(Method::GET, "/v1/audit", ReadAudit, get(audit::list)),
         r(
             Method::DELETE,
             "/v1/api-keys/{id}",
@@ -431,6 +433,16 @@ pub fn router(state: AppState) -> Router {
             state.config.max_body_bytes
         };
         let mut handler = route.handler.layer(DefaultBodyLimit::max(limit));
+        if matches!(
+            route.capability,
+            Some(EditConfig | ManageKeys | ManageSchemas)
+        ) {
+            // Inside authorization: the key is known when the change is recorded.
+            let (st, template) = (state.clone(), route.path);
+            handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {
+                audit::record(st.clone(), template, req, next)
+            }));
+        }
         if let Some(capability) = route.capability {
             let st = state.clone();
             handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {

@@ -285,6 +285,16 @@ def run(p, errors):
         viewer_key = page.locator("#new-key").inner_text().strip()
         shot(page, "keys")
 
+        step("audit log: the key just made is the newest change, its secret withheld")
+        page.click("nav a:has-text('Audit log')")
+        newest = page.locator("#audit tbody tr").first
+        expect(newest).to_contain_text("POST /v1/api-keys")
+        expect(page.locator("#audit")).not_to_contain_text(viewer_key)
+        page.fill("#audit-target", "experiments")
+        page.click("#audit-filter")
+        expect(page.locator("#audit tbody tr").first).to_contain_text("/v1/experiments")
+        shot(page, "audit")
+
         step("sign out")
         page.click("text=Sign out")
         expect(page).to_have_url(re.compile(r"/login$"))
@@ -299,6 +309,7 @@ def run(p, errors):
         expect(vp.locator("text=Pune shoppers")).to_be_visible()
         expect(vp.locator("text=+ New segment")).to_have_count(0)
         expect(vp.locator("nav a", has_text="API keys")).to_have_count(0)
+        expect(vp.locator("nav a", has_text="Audit log")).to_have_count(0)
         vp.goto(BASE + "/segments/new")
         expect(vp.locator("h1")).to_have_text("Not allowed")
         vp.goto(f"{exp_url}")
