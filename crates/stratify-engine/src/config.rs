@@ -12,7 +12,8 @@ pub struct EngineConfig {
 /// Caps on configuration objects: creating one more past a cap is refused
 /// with 409 `limit_reached`. They bound what one key holder can make every
 /// node hold in memory and evaluate per event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub segments: usize,
     pub experiments: usize,

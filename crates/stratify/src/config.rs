@@ -34,47 +34,8 @@ pub struct Settings {
     pub ingest_rate_per_key: u32,
     /// Most serving requests per second per API key (0: no limit).
     pub serving_rate_per_key: u32,
-    /// Caps on configuration objects.
-    pub limits: LimitSettings,
-}
-
-/// `[limits]`: how many of each configuration object may exist.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitSettings {
-    pub segments: usize,
-    pub experiments: usize,
-    pub metrics: usize,
-    pub api_keys: usize,
-    pub event_types: usize,
-    pub webhooks: usize,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        let l = stratify_engine::Limits::default();
-        Self {
-            segments: l.segments,
-            experiments: l.experiments,
-            metrics: l.metrics,
-            api_keys: l.api_keys,
-            event_types: l.event_types,
-            webhooks: l.webhooks,
-        }
-    }
-}
-
-impl From<&LimitSettings> for stratify_engine::Limits {
-    fn from(l: &LimitSettings) -> Self {
-        Self {
-            segments: l.segments,
-            experiments: l.experiments,
-            metrics: l.metrics,
-            api_keys: l.api_keys,
-            event_types: l.event_types,
-            webhooks: l.webhooks,
-        }
-    }
+    /// `[limits]`: how many of each configuration object may exist.
+    pub limits: stratify_engine::Limits,
 }
 
 impl Default for Settings {
@@ -94,7 +55,7 @@ impl Default for Settings {
             max_streams: server.max_streams,
             ingest_rate_per_key: 0,
             serving_rate_per_key: 0,
-            limits: LimitSettings::default(),
+            limits: stratify_engine::Limits::default(),
         }
     }
 }

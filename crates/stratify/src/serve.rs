@@ -96,7 +96,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         None => None,
     };
     let engine_config = stratify_engine::EngineConfig {
-        limits: (&settings.limits).into(),
+        limits: settings.limits.clone(),
         webhooks: stratify_engine::WebhookPolicy {
             allow_private: settings.webhook_allow_private,
             extra_roots_pem,
