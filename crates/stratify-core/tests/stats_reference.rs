@@ -233,3 +233,69 @@ fn calculator_inputs_are_validated() {
     .unwrap_err();
     assert_eq!(size_err.field.as_deref(), Some("/mde"));
 }
+
+/// GrowthBook's engine (`fixtures/stats/gbstats.json`, written by
+/// `generate_gbstats.py` with gbstats 0.8.0): arms from sums, ratio and
+/// CUPED arms under the t-test, the sequential test and the Bayesian engine
+/// with improper and proper priors, to 1e-9 relative.
+#[test]
+fn every_arm_form_under_every_engine_matches_gbstats() {
+    let r: Value = serde_json::from_str(include_str!("fixtures/stats/gbstats.json"))
+        .expect("gbstats.json parses");
+    let all = cases(&r, "compare");
+    let mut failures = Vec::new();
+    for case in all {
+        let name = case["name"].as_str().unwrap();
+        let input: CompareInput =
+            serde_json::from_value(case["input"].clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let result = input.run().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let actual = serde_json::to_value(&result).unwrap();
+        let mut here = Vec::new();
+        assert_matches(name, "", &case["expected"], &actual, &mut here);
+        // gbstats computes p = 2(1 − F(|t|)): below about 1e-7 the
+        // subtraction leaves it fewer than 9 good digits (we compute the
+        // upper tail directly). Such p-values must agree to 1e-14 absolute.
+        here.retain(|f| {
+            let Some(block) = ["relative", "absolute"]
+                .into_iter()
+                .find(|b| f.contains(&format!("/{b}/p_value:")))
+            else {
+                return true;
+            };
+            let expected = case["expected"][block]["p_value"].as_f64();
+            let got = actual[block]["p_value"].as_f64();
+            !expected
+                .zip(got)
+                .is_some_and(|(e, a)| (e - a).abs() < 1e-14)
+        });
+        failures.extend(here);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for form in [
+        "sample mean",
+        "proportion",
+        "ratio",
+        "cuped sample mean",
+        "cuped proportion",
+    ] {
+        for test in [
+            "t-test",
+            "sequential",
+            "bayesian improper",
+            "bayesian proper relative",
+            "bayesian proper absolute",
+        ] {
+            assert!(
+                all.iter().any(|c| c["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{form}: {test}")))),
+                "no case {form}: {test}"
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! per-user Bernoulli variance, as GrowthBook uses). α = 1 − confidence level.
 
 use super::dist::{norm_cdf, norm_isf, norm_sf, t_critical, t_two_sided};
+use super::engines::{self, CupedArm, Engine, Part, Prior, RatioArm};
 use super::{finite, Method};
 use crate::ErrorCode;
 use serde::Serialize;
@@ -17,16 +18,35 @@ pub enum Arm {
     Rate { n: u64, conversions: u64 },
     /// Any other metric: the mean and the sample variance (ddof 1) per user.
     Mean { n: u64, mean: f64, variance: f64 },
+    /// A ratio of two per-user sums (revenue per order), by the delta method.
+    Ratio(RatioArm),
+    /// A metric with its pre-exposure covariate, for CUPED.
+    Cuped(CupedArm),
 }
 
 impl Arm {
-    pub fn n(&self) -> u64 {
-        match *self {
-            Arm::Rate { n, .. } | Arm::Mean { n, .. } => n,
+    /// The arm from sums (gbstats `SampleMeanStatistic`): mean S/n and
+    /// variance (Q − S²/n)/(n − 1), 0 for one user.
+    pub fn from_sums(n: u64, sum: f64, sum_squares: f64) -> Arm {
+        let part = Part::SampleMean { sum, sum_squares };
+        let nf = n as f64;
+        Arm::Mean {
+            n,
+            mean: if n == 0 { f64::NAN } else { part.mean(nf) },
+            variance: part.variance(nf),
         }
     }
 
-    /// m = c/n for rates; NaN with no users.
+    pub fn n(&self) -> u64 {
+        match *self {
+            Arm::Rate { n, .. } | Arm::Mean { n, .. } => n,
+            Arm::Ratio(r) => r.n,
+            Arm::Cuped(c) => c.n,
+        }
+    }
+
+    /// m = c/n for rates; NaN with no users. A ratio's ΣM/ΣD; a CUPED arm's
+    /// unadjusted (post-exposure) mean.
     pub fn mean(&self) -> f64 {
         match *self {
             Arm::Rate { n, conversions } => conversions as f64 / n as f64,
@@ -37,10 +57,13 @@ impl Arm {
                     mean
                 }
             }
+            Arm::Ratio(r) => r.mean(),
+            Arm::Cuped(c) => c.post.mean(c.n as f64),
         }
     }
 
-    /// v = m(1 − m) for rates (per-user Bernoulli variance), else as given.
+    /// v = m(1 − m) for rates (per-user Bernoulli variance), else as given;
+    /// a ratio's delta-method variance; a CUPED arm's unadjusted variance.
     pub fn variance(&self) -> f64 {
         match *self {
             Arm::Rate { .. } => {
@@ -48,6 +71,20 @@ impl Arm {
                 m * (1.0 - m)
             }
             Arm::Mean { variance, .. } => variance,
+            Arm::Ratio(r) => r.variance(),
+            Arm::Cuped(c) => c.post.variance(c.n as f64),
+        }
+    }
+
+    /// (mean, unadjusted mean, variance) under CUPED's θ (other arms ignore it).
+    fn resolved(&self, theta: f64) -> (f64, f64, f64) {
+        match self {
+            Arm::Cuped(c) => (
+                c.adjusted_mean(theta),
+                self.mean(),
+                c.adjusted_variance(theta),
+            ),
+            _ => (self.mean(), self.mean(), self.variance()),
         }
     }
 }
@@ -72,9 +109,18 @@ pub struct Absolute {
     pub p_value: Option<f64>,
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
+    /// Bayesian engine: P(treatment better).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chance_to_win: Option<f64>,
+    /// Bayesian engine: expected loss of keeping control.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_control: Option<f64>,
+    /// Bayesian engine: expected loss of shipping the treatment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_treatment: Option<f64>,
 }
 
-/// Treatment / control − 1.
+/// (Treatment − control) / control's unadjusted mean.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Relative {
     pub estimate: f64,
@@ -82,12 +128,68 @@ pub struct Relative {
     pub p_value: Option<f64>,
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chance_to_win: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_control: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_treatment: Option<f64>,
+}
+
+/// How a comparison is analysed: the engine, the frequentist method, the
+/// confidence level, the sequential test's tuning, the Bayesian prior and
+/// whether CUPED arms are adjusted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Analysis {
+    pub engine: Engine,
+    pub method: Method,
+    pub confidence_level: f64,
+    /// `Some(τ)`: the always-valid sequential test with tuning τ.
+    pub sequential: Option<f64>,
+    pub prior: Prior,
+    /// `false`: CUPED arms are analysed on their post-exposure values alone.
+    pub cuped: bool,
+}
+
+impl Analysis {
+    pub fn fixed(method: Method, confidence_level: f64) -> Self {
+        Self {
+            engine: Engine::Frequentist,
+            method,
+            confidence_level,
+            sequential: None,
+            prior: Prior::default(),
+            cuped: true,
+        }
+    }
+}
+
+/// What CUPED did to a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CupedReport {
+    /// θ pooled over both arms (0: the pre-period has no variance, so the
+    /// analysis is unadjusted).
+    pub theta: f64,
+    /// 1 − Var(adjusted lift)/Var(unadjusted lift), on the absolute scale.
+    pub variance_reduction: Option<f64>,
+    /// Welch's test of the covariate's means between the arms: a small
+    /// p-value says the arms differed before exposure.
+    pub balance_p_value: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
+    pub engine: Engine,
     pub method: Method,
     pub confidence_level: f64,
+    /// The sequential test's tuning, when it was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequential_tuning: Option<f64>,
+    /// The prior, under the Bayesian engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior: Option<Prior>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<CupedReport>,
     pub control: ArmEstimate,
     pub treatment: ArmEstimate,
     pub absolute: Absolute,
@@ -129,7 +231,8 @@ pub fn arm_estimate(arm: &Arm, method: Method, alpha: f64) -> ArmEstimate {
             let high = if m == 1.0 { 1.0 } else { centre + half };
             (low, high)
         }
-        Arm::Mean { variance, .. } => {
+        Arm::Mean { .. } | Arm::Ratio(_) | Arm::Cuped(_) => {
+            let variance = arm.variance();
             let q = match method {
                 Method::Welch if n >= 2 => t_critical(alpha, nf - 1.0),
                 Method::Welch => f64::NAN,
@@ -198,12 +301,63 @@ pub fn compare(
     control: &Arm,
     treatment: &Arm,
 ) -> Comparison {
+    analyze(
+        &Analysis::fixed(method, confidence_level),
+        control,
+        treatment,
+    )
+}
+
+/// The difference on one scale: estimate and its variance.
+struct Scale {
+    estimate: f64,
+    variance: f64,
+}
+
+/// [`compare`] under any engine and test (see [`Analysis`]).
+///
+/// CUPED arms are adjusted by θ pooled over both arms
+/// ([`engines::theta`]): each arm's mean becomes μ_post − θμ_pre and its
+/// variance var(post) + θ²var(pre) − 2θ·cov; the relative lift divides by
+/// the control's *unadjusted* mean, and its delta-method variance uses the
+/// unadjusted means (gbstats `frequentist_variance`).
+///
+/// - Frequentist, fixed horizon: as above (`welch`, `z`, `z_pooled`).
+/// - Frequentist, sequential: [`engines::sequential`] on each scale.
+/// - Bayesian: [`engines::posterior`] on each scale, the prior moved to the
+///   scale by the control's unadjusted mean ([`Prior::on_scale`]).
+pub fn analyze(analysis: &Analysis, control: &Arm, treatment: &Arm) -> Comparison {
+    let method = analysis.method;
+    let confidence_level = analysis.confidence_level;
     let alpha = 1.0 - confidence_level;
     let control_estimate = arm_estimate(control, method, alpha);
     let treatment_estimate = arm_estimate(treatment, method, alpha);
     let (nc, nt) = (control.n() as f64, treatment.n() as f64);
-    let (mc, mt) = (control.mean(), treatment.mean());
-    let (vc, vt) = (control.variance(), treatment.variance());
+    let (theta, cuped) = match (control, treatment) {
+        (Arm::Cuped(a), Arm::Cuped(b)) => {
+            let theta = if analysis.cuped {
+                engines::theta(a, b)
+            } else {
+                0.0
+            };
+            let unadjusted = a.post.variance(nc) / nc + b.post.variance(nt) / nt;
+            let adjusted = a.adjusted_variance(theta) / nc + b.adjusted_variance(theta) / nt;
+            let (pa, pb) = (a.pre.variance(nc) / nc, b.pre.variance(nt) / nt);
+            let balance = (b.pre.mean(nt) - a.pre.mean(nc)) / (pa + pb).sqrt();
+            let balance_df = (pa + pb).powi(2) / (pa * pa / (nc - 1.0) + pb * pb / (nt - 1.0));
+            (
+                theta,
+                Some(CupedReport {
+                    theta,
+                    variance_reduction: finite(1.0 - adjusted / unadjusted),
+                    balance_p_value: finite(t_two_sided(balance, balance_df)),
+                }),
+            )
+        }
+        _ => (0.0, None),
+    };
+    let (mc, mc_raw, vc) = control.resolved(theta);
+    let (mt, mt_raw, vt) = treatment.resolved(theta);
     let (wc, wt) = (vc / nc, vt / nt);
     let se = (wt + wc).sqrt();
     let diff = mt - mc;
@@ -252,7 +406,11 @@ pub fn compare(
     } else {
         f64::NAN
     };
-    let absolute = Absolute {
+    let absolute_scale = Scale {
+        estimate: diff,
+        variance: wt + wc,
+    };
+    let mut absolute = Absolute {
         estimate: finite(diff),
         se: finite(se),
         statistic: finite(statistic),
@@ -268,48 +426,136 @@ pub fn compare(
         } else {
             f64::NAN
         }),
+        chance_to_win: None,
+        risk_control: None,
+        risk_treatment: None,
     };
 
-    let (relative, relative_reason) = if control.n() == 0 || treatment.n() == 0 {
-        (None, Some("an arm has no users"))
-    } else if mc == 0.0 {
-        (
-            None,
-            Some("the control mean is 0, so a ratio to it is undefined"),
-        )
+    let relative_scale = if control.n() == 0 || treatment.n() == 0 {
+        Err("an arm has no users")
+    } else if mc_raw == 0.0 || mc == 0.0 {
+        Err("the control mean is 0, so a ratio to it is undefined")
     } else {
-        let estimate = mt / mc - 1.0;
-        let variance = vt / (mc * mc * nt) + vc * mt * mt / (mc.powi(4) * nc);
-        let se = variance.sqrt();
-        let defined = se > 0.0 && se.is_finite();
-        let statistic = if defined { estimate / se } else { f64::NAN };
-        let relative = Relative {
-            estimate,
-            se,
-            p_value: finite(reference.p_value(statistic)),
-            ci_low: finite(if defined {
-                estimate - reference.quantile * se
-            } else {
-                f64::NAN
-            }),
-            ci_high: finite(if defined {
-                estimate + reference.quantile * se
-            } else {
-                f64::NAN
-            }),
-        };
-        (Some(relative), None)
+        Ok(Scale {
+            estimate: (mt - mc) / mc_raw,
+            variance: vt / (mc_raw * mc_raw * nt) + vc * mt_raw * mt_raw / (mc_raw.powi(4) * nc),
+        })
     };
-    let chance_to_win = relative.and_then(|r| {
+    let (mut relative, relative_reason) = match &relative_scale {
+        Err(reason) => (None, Some(*reason)),
+        Ok(r) => {
+            let se = r.variance.sqrt();
+            let defined = se > 0.0 && se.is_finite();
+            let statistic = if defined { r.estimate / se } else { f64::NAN };
+            let relative = Relative {
+                estimate: r.estimate,
+                se,
+                p_value: finite(reference.p_value(statistic)),
+                ci_low: finite(if defined {
+                    r.estimate - reference.quantile * se
+                } else {
+                    f64::NAN
+                }),
+                ci_high: finite(if defined {
+                    r.estimate + reference.quantile * se
+                } else {
+                    f64::NAN
+                }),
+                chance_to_win: None,
+                risk_control: None,
+                risk_treatment: None,
+            };
+            (Some(relative), None)
+        }
+    };
+    let mut chance_to_win = relative.and_then(|r| {
         if r.se > 0.0 {
             finite(norm_cdf(r.estimate / r.se))
         } else {
             None
         }
     });
+    // As gbstats, an arm without variance leaves nothing to infer.
+    let usable = |s: &Scale| {
+        vc > 0.0 && vt > 0.0 && s.variance > 0.0 && s.variance.is_finite() && s.estimate.is_finite()
+    };
+    if let (Engine::Frequentist, Some(tuning)) = (analysis.engine, analysis.sequential) {
+        let n_total = nc + nt;
+        let (lo, hi, p) = if usable(&absolute_scale) {
+            engines::sequential(
+                absolute_scale.estimate,
+                absolute_scale.variance,
+                n_total,
+                alpha,
+                tuning,
+            )
+        } else {
+            (f64::NAN, f64::NAN, f64::NAN)
+        };
+        (absolute.ci_low, absolute.ci_high, absolute.p_value) = (finite(lo), finite(hi), finite(p));
+        absolute.statistic = None;
+        absolute.df = None;
+        if let (Some(rel), Ok(scale)) = (relative.as_mut(), &relative_scale) {
+            let (lo, hi, p) = if usable(scale) {
+                engines::sequential(scale.estimate, scale.variance, n_total, alpha, tuning)
+            } else {
+                (f64::NAN, f64::NAN, f64::NAN)
+            };
+            (rel.ci_low, rel.ci_high, rel.p_value) = (finite(lo), finite(hi), finite(p));
+        }
+    }
+    if analysis.engine == Engine::Bayesian {
+        let bayes = |scale: &Scale, relative: bool| {
+            usable(scale).then(|| {
+                let prior = analysis.prior.on_scale(relative, mc_raw);
+                engines::posterior(scale.estimate, scale.variance, &prior, alpha)
+            })
+        };
+        match bayes(&absolute_scale, false) {
+            Some(p) => {
+                absolute.estimate = finite(p.mean);
+                absolute.se = finite(p.sd);
+                absolute.ci_low = finite(p.ci_low);
+                absolute.ci_high = finite(p.ci_high);
+                absolute.chance_to_win = finite(p.chance_to_win);
+                absolute.risk_control = finite(p.risk_control);
+                absolute.risk_treatment = finite(p.risk_treatment);
+            }
+            None => {
+                absolute.ci_low = None;
+                absolute.ci_high = None;
+            }
+        }
+        absolute.statistic = None;
+        absolute.df = None;
+        absolute.p_value = None;
+        if let (Some(rel), Ok(scale)) = (relative.as_mut(), &relative_scale) {
+            match bayes(scale, true) {
+                Some(p) => {
+                    rel.estimate = p.mean;
+                    rel.se = p.sd;
+                    rel.ci_low = finite(p.ci_low);
+                    rel.ci_high = finite(p.ci_high);
+                    rel.chance_to_win = finite(p.chance_to_win);
+                    rel.risk_control = finite(p.risk_control);
+                    rel.risk_treatment = finite(p.risk_treatment);
+                }
+                None => {
+                    rel.ci_low = None;
+                    rel.ci_high = None;
+                }
+            }
+            rel.p_value = None;
+        }
+        chance_to_win = relative.and_then(|r| r.chance_to_win);
+    }
     Comparison {
+        engine: analysis.engine,
         method,
         confidence_level,
+        sequential_tuning: analysis.sequential,
+        prior: (analysis.engine == Engine::Bayesian).then_some(analysis.prior),
+        cuped,
         control: control_estimate,
         treatment: treatment_estimate,
         absolute,
@@ -342,7 +588,9 @@ pub fn holm(p_values: &[Option<f64>]) -> Vec<Option<f64>> {
 /// Largest arm accepted by the calculator (users).
 pub const MAX_N: u64 = 1_000_000_000_000;
 
-/// One arm as a client sends it: `{n, conversions}` or `{n, mean, variance}`.
+/// One arm as a client sends it: `{n, conversions}`, `{n, mean, variance}`,
+/// `{n, sum, sum_squares}`, `{n, ratio: {numerator, denominator,
+/// sum_of_products}}` or `{n, cuped: {post, pre, sum_of_products}}`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArmInput {
@@ -350,58 +598,262 @@ pub struct ArmInput {
     pub conversions: Option<u64>,
     pub mean: Option<f64>,
     pub variance: Option<f64>,
+    pub sum: Option<f64>,
+    pub sum_squares: Option<f64>,
+    pub ratio: Option<RatioInput>,
+    pub cuped: Option<CupedInput>,
+}
+
+/// A part of a ratio or CUPED arm: `{sum, sum_squares}` or `{conversions}`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartInput {
+    pub sum: Option<f64>,
+    pub sum_squares: Option<f64>,
+    pub conversions: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatioInput {
+    pub numerator: PartInput,
+    pub denominator: PartInput,
+    pub sum_of_products: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CupedInput {
+    pub post: PartInput,
+    pub pre: PartInput,
+    pub sum_of_products: f64,
+}
+
+fn invalid_arm(at: String, message: &str) -> crate::ValidationError {
+    crate::ValidationError::new(ErrorCode::InvalidArm, message).at(at)
+}
+
+impl PartInput {
+    fn to_part(self, n: u64, at: &str) -> Result<Part, crate::ValidationError> {
+        match (self.sum, self.sum_squares, self.conversions) {
+            (Some(sum), Some(sum_squares), None) => {
+                check_sums(n, sum, sum_squares, at)?;
+                Ok(Part::SampleMean { sum, sum_squares })
+            }
+            (None, None, Some(c)) if c <= n => Ok(Part::Proportion { sum: c as f64 }),
+            (None, None, Some(_)) => Err(invalid_arm(
+                format!("{at}/conversions"),
+                "conversions cannot exceed n",
+            )),
+            _ => Err(invalid_arm(
+                at.to_owned(),
+                "a part is {sum, sum_squares} or {conversions}",
+            )),
+        }
+    }
+}
+
+/// Sums that some real values could have: finite, and Q ≥ S²/n (give or
+/// take rounding).
+fn check_sums(n: u64, sum: f64, sum_squares: f64, at: &str) -> Result<(), crate::ValidationError> {
+    if !sum.is_finite() || !sum_squares.is_finite() || sum_squares < 0.0 {
+        return Err(invalid_arm(
+            format!("{at}/sum_squares"),
+            "sum and sum_squares must be finite, sum_squares ≥ 0",
+        ));
+    }
+    let floor = sum * sum / n as f64;
+    if sum_squares < floor - 1e-9 * floor.abs().max(1.0) {
+        return Err(invalid_arm(
+            format!("{at}/sum_squares"),
+            "sum_squares cannot be below sum²/n (no values have these sums)",
+        ));
+    }
+    Ok(())
 }
 
 impl ArmInput {
     /// Checks the arm; errors point below `at` (e.g. `/control`).
     pub fn to_arm(&self, at: &str) -> Result<Arm, crate::ValidationError> {
-        use crate::ValidationError;
-        let err = |field: &str, message: &str| {
-            ValidationError::new(ErrorCode::InvalidArm, message).at(format!("{at}/{field}"))
-        };
+        let err = |field: &str, message: &str| invalid_arm(format!("{at}/{field}"), message);
         if self.n == 0 || self.n > MAX_N {
             return Err(err("n", "n must be between 1 and 10^12"));
         }
-        match (self.conversions, self.mean, self.variance) {
-            (Some(c), None, None) => {
-                if c > self.n {
+        let n = self.n;
+        match (self, self.conversions, self.mean, self.variance) {
+            (
+                ArmInput {
+                    sum: None,
+                    sum_squares: None,
+                    ratio: None,
+                    cuped: None,
+                    ..
+                },
+                Some(c),
+                None,
+                None,
+            ) => {
+                if c > n {
                     return Err(err("conversions", "conversions cannot exceed n"));
                 }
-                Ok(Arm::Rate {
-                    n: self.n,
-                    conversions: c,
-                })
+                Ok(Arm::Rate { n, conversions: c })
             }
-            (None, Some(mean), Some(variance)) => {
+            (
+                ArmInput {
+                    sum: None,
+                    sum_squares: None,
+                    ratio: None,
+                    cuped: None,
+                    ..
+                },
+                None,
+                Some(mean),
+                Some(variance),
+            ) => {
                 if !mean.is_finite() {
                     return Err(err("mean", "mean must be a finite number"));
                 }
                 if !variance.is_finite() || variance < 0.0 {
                     return Err(err("variance", "variance must be a finite number ≥ 0"));
                 }
-                Ok(Arm::Mean {
-                    n: self.n,
-                    mean,
-                    variance,
-                })
+                Ok(Arm::Mean { n, mean, variance })
             }
-            _ => Err(ValidationError::new(
-                ErrorCode::InvalidArm,
-                "an arm is {n, conversions} or {n, mean, variance}",
-            )
-            .at(at.to_owned())),
+            (
+                ArmInput {
+                    sum: Some(sum),
+                    sum_squares: Some(sum_squares),
+                    ratio: None,
+                    cuped: None,
+                    ..
+                },
+                None,
+                None,
+                None,
+            ) => {
+                check_sums(n, *sum, *sum_squares, at)?;
+                Ok(Arm::from_sums(n, *sum, *sum_squares))
+            }
+            (
+                ArmInput {
+                    sum: None,
+                    sum_squares: None,
+                    ratio: Some(r),
+                    cuped: None,
+                    ..
+                },
+                None,
+                None,
+                None,
+            ) => {
+                let numerator = r.numerator.to_part(n, &format!("{at}/ratio/numerator"))?;
+                let denominator = r.denominator.to_part(n, &format!("{at}/ratio/denominator"))?;
+                if !r.sum_of_products.is_finite() {
+                    return Err(err("ratio/sum_of_products", "sum_of_products must be finite"));
+                }
+                Ok(Arm::Ratio(RatioArm {
+                    n,
+                    numerator,
+                    denominator,
+                    sum_of_products: r.sum_of_products,
+                }))
+            }
+            (
+                ArmInput {
+                    sum: None,
+                    sum_squares: None,
+                    ratio: None,
+                    cuped: Some(c),
+                    ..
+                },
+                None,
+                None,
+                None,
+            ) => {
+                let post = c.post.to_part(n, &format!("{at}/cuped/post"))?;
+                let pre = c.pre.to_part(n, &format!("{at}/cuped/pre"))?;
+                if !c.sum_of_products.is_finite() {
+                    return Err(err("cuped/sum_of_products", "sum_of_products must be finite"));
+                }
+                Ok(Arm::Cuped(CupedArm {
+                    n,
+                    post,
+                    pre,
+                    sum_of_products: c.sum_of_products,
+                }))
+            }
+            _ => Err(invalid_arm(
+                at.to_owned(),
+                "an arm is {n, conversions}, {n, mean, variance}, {n, sum, sum_squares}, {n, ratio} or {n, cuped}",
+            )),
         }
     }
 }
 
-/// A calculator request: two arms of the same kind.
+/// `"sequential": {"tuning": τ}`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialInput {
+    #[serde(default = "default_tuning")]
+    pub tuning: f64,
+}
+
+/// GrowthBook's default tuning (the sample size the interval is tightest at).
+pub fn default_tuning() -> f64 {
+    5000.0
+}
+
+/// Checks an analysis's options together (the calculator's and the
+/// results'); errors name the offending field.
+pub fn check_analysis(analysis: &Analysis) -> Result<(), crate::ValidationError> {
+    use crate::ValidationError;
+    if let Some(tuning) = analysis.sequential {
+        if !(1.0..=1e12).contains(&tuning) {
+            return Err(ValidationError::new(
+                ErrorCode::OutOfRange,
+                "the sequential tuning is a number of users from 1 to 10^12",
+            )
+            .at("/sequential/tuning"));
+        }
+        if analysis.engine == Engine::Bayesian {
+            return Err(ValidationError::new(
+                ErrorCode::InvalidRequest,
+                "the sequential test is frequentist; the Bayesian engine needs none",
+            )
+            .at("/sequential"));
+        }
+    }
+    if (analysis.sequential.is_some() || analysis.engine == Engine::Bayesian)
+        && analysis.method != Method::Welch
+    {
+        return Err(ValidationError::new(
+            ErrorCode::InvalidRequest,
+            "the sequential test and the Bayesian engine use their own statistics: leave method at welch",
+        )
+        .at("/method"));
+    }
+    let p = &analysis.prior;
+    if !(p.mean.is_finite() && p.variance.is_finite() && p.variance > 0.0) {
+        return Err(ValidationError::new(
+            ErrorCode::OutOfRange,
+            "a prior has a finite mean and a variance > 0",
+        )
+        .at("/prior"));
+    }
+    Ok(())
+}
+
+/// A calculator request: two arms of the same kind, and how to analyse them.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompareInput {
     #[serde(default)]
+    pub engine: Engine,
+    #[serde(default)]
     pub method: Method,
     #[serde(default = "default_confidence")]
     pub confidence_level: f64,
+    pub sequential: Option<SequentialInput>,
+    pub prior: Option<Prior>,
     pub control: ArmInput,
     pub treatment: ArmInput,
 }
@@ -429,13 +881,47 @@ impl CompareInput {
         let level = check_confidence(self.confidence_level, "/confidence_level")?;
         let control = self.control.to_arm("/control")?;
         let treatment = self.treatment.to_arm("/treatment")?;
-        if std::mem::discriminant(&control) != std::mem::discriminant(&treatment) {
+        let same_parts =
+            |a: &Part, b: &Part| std::mem::discriminant(a) == std::mem::discriminant(b);
+        let same_kind = match (&control, &treatment) {
+            (Arm::Ratio(a), Arm::Ratio(b)) => {
+                same_parts(&a.numerator, &b.numerator) && same_parts(&a.denominator, &b.denominator)
+            }
+            (Arm::Cuped(a), Arm::Cuped(b)) => {
+                same_parts(&a.post, &b.post) && same_parts(&a.pre, &b.pre)
+            }
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        };
+        if !same_kind {
             return Err(crate::ValidationError::new(
                 ErrorCode::InvalidArm,
-                "both arms must be rates ({n, conversions}) or both means ({n, mean, variance})",
+                "both arms must be of the same form (rates, means or sums, ratios, CUPED), with parts of the same kinds",
             )
             .at("/treatment"));
         }
-        Ok(compare(self.method, level, &control, &treatment))
+        if self.prior.is_some() && self.engine != Engine::Bayesian {
+            return Err(crate::ValidationError::new(
+                ErrorCode::InvalidRequest,
+                "a prior is for the Bayesian engine (\"engine\": \"bayesian\")",
+            )
+            .at("/prior"));
+        }
+        if self.method == Method::ZPooled && matches!(control, Arm::Ratio(_) | Arm::Cuped(_)) {
+            return Err(crate::ValidationError::new(
+                ErrorCode::InvalidRequest,
+                "z_pooled pools rates or means; ratio and CUPED arms take welch or z",
+            )
+            .at("/method"));
+        }
+        let analysis = Analysis {
+            engine: self.engine,
+            method: self.method,
+            confidence_level: level,
+            sequential: self.sequential.map(|s| s.tuning),
+            prior: self.prior.unwrap_or_default(),
+            cuped: true,
+        };
+        check_analysis(&analysis)?;
+        Ok(analyze(&analysis, &control, &treatment))
     }
 }

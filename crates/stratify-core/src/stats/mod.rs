@@ -4,6 +4,8 @@
 //! - [`compare`](mod@compare): per-arm intervals (Wilson for rates), absolute and relative
 //!   lift with intervals and p-values by `welch`, `z` or `z_pooled`, the
 //!   chance to beat control, Holm's correction.
+//! - [`engines`]: GrowthBook's statistics (gbstats 0.8.0): arms from sums,
+//!   ratio metrics, CUPED, the sequential test and the Bayesian engine.
 //! - [`srm`](mod@srm): the sample-ratio-mismatch check.
 //! - [`power`]: sample size for two proportions.
 //!
@@ -13,15 +15,17 @@
 
 pub mod compare;
 pub mod dist;
+pub mod engines;
 pub mod power;
 pub mod srm;
 
 use serde::{Deserialize, Serialize};
 
 pub use compare::{
-    check_confidence, compare, holm, Absolute, Arm, ArmEstimate, ArmInput, CompareInput,
-    Comparison, Relative,
+    analyze, check_confidence, compare, holm, Absolute, Analysis, Arm, ArmEstimate, ArmInput,
+    CompareInput, Comparison, CupedReport, Relative,
 };
+pub use engines::{Engine, Prior, PriorType};
 pub use power::{sample_size, SampleSize, SampleSizeInput};
 pub use srm::{srm, Srm, SRM_THRESHOLD};
 

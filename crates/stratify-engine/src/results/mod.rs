@@ -465,7 +465,7 @@ fn metric_result(
             n: a.n(),
             conversions: match a {
                 Arm::Rate { conversions, .. } => Some(*conversions),
-                Arm::Mean { .. } => None,
+                Arm::Mean { .. } | Arm::Ratio(_) | Arm::Cuped(_) => None,
             },
             total: folded.total_s[v],
             mean: stats::finite(a.mean()),
