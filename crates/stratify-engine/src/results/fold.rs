@@ -53,11 +53,20 @@ struct Gathered {
     first: Vec<u32>,
 }
 
+/// Which of a user's events count, relative to their first exposure x.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Span {
+    /// From x on (before x + w with a window).
+    After(Option<Millis>),
+    /// The CUPED covariate: in [x − lookback, x).
+    Before(Millis),
+}
+
 /// Collects the events of one metric while the store scans them.
 pub(crate) struct Collector {
     exposed: Arc<Exposed>,
     kind: MetricKind,
-    window: Option<Millis>,
+    span: Span,
     /// Events after this instant do not count.
     until: Millis,
     gathered: Mutex<Gathered>,
@@ -71,15 +80,12 @@ pub(crate) struct Folded {
     pub total_n: Vec<u64>,
     pub total_s: Vec<f64>,
     pub total_q: Vec<f64>,
+    /// Each exposed user's final value (NaN: none, for `mean`).
+    pub per_user: Vec<f64>,
 }
 
 impl Collector {
-    pub fn new(
-        exposed: Arc<Exposed>,
-        kind: MetricKind,
-        window: Option<Millis>,
-        until: Millis,
-    ) -> Arc<Self> {
+    pub fn new(exposed: Arc<Exposed>, kind: MetricKind, span: Span, until: Millis) -> Arc<Self> {
         let first = if kind == MetricKind::Conversion {
             vec![u32::MAX; exposed.len()]
         } else {
@@ -88,7 +94,7 @@ impl Collector {
         Arc::new(Collector {
             exposed,
             kind,
-            window,
+            span,
             until,
             gathered: Mutex::new(Gathered {
                 first,
@@ -113,10 +119,15 @@ impl Collector {
             }
             let i = (slot - 1) as usize;
             let start = x.assigned_at[i];
-            if e.ts < start
-                || e.ts > self.until
-                || self.window.is_some_and(|w| e.ts >= start.saturating_add(w))
-            {
+            let counts = match self.span {
+                Span::After(window) => {
+                    e.ts >= start
+                        && e.ts <= self.until
+                        && window.is_none_or(|w| e.ts < start.saturating_add(w))
+                }
+                Span::Before(lookback) => e.ts < start && e.ts >= start.saturating_sub(lookback),
+            };
+            if !counts {
                 continue;
             }
             if needs_value {
@@ -152,6 +163,14 @@ impl Collector {
         let mut total_n = vec![0_u64; v];
         let mut total_s = vec![0.0_f64; v];
         let mut total_q = vec![0.0_f64; v];
+        let mut per_user = vec![
+            if self.kind == MetricKind::Mean {
+                f64::NAN
+            } else {
+                0.0
+            };
+            x.len()
+        ];
 
         // N: every exposed user from their exposure bucket, except for
         // `mean`, where a user has a value only from their first event.
@@ -166,6 +185,7 @@ impl Collector {
         if self.kind == MetricKind::Conversion {
             for (i, &first) in g.first.iter().enumerate() {
                 if first != u32::MAX {
+                    per_user[i] = 1.0;
                     let var = x.variant[i] as usize;
                     ds[var][first as usize] += 1.0;
                     dq[var][first as usize] += 1.0;
@@ -230,6 +250,7 @@ impl Collector {
                 }
                 total_s[var] += f_old;
                 total_q[var] += f_old * f_old;
+                per_user[u] = f_old;
             }
         }
 
@@ -265,6 +286,7 @@ impl Collector {
             total_n,
             total_s,
             total_q,
+            per_user,
         }
     }
 }

@@ -47,6 +47,18 @@ pub struct MetricInput {
     pub window: Option<String>,
     #[serde(default)]
     pub higher_is_better: Option<bool>,
+    /// `{"lookback": "14d"}`: adjust by CUPED, each user's covariate being
+    /// this metric's value over the lookback before their first exposure.
+    #[serde(default)]
+    pub cuped: Option<CupedSpec>,
+}
+
+/// CUPED settings of a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CupedSpec {
+    /// How far before a user's first exposure the covariate looks (`Nd`…).
+    pub lookback: String,
 }
 
 /// A validated metric, as stored and shown.
@@ -62,6 +74,10 @@ pub struct Metric {
     #[serde(skip)]
     pub window_ms: Option<Millis>,
     pub higher_is_better: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<CupedSpec>,
+    #[serde(skip)]
+    pub lookback_ms: Option<Millis>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,7 +160,26 @@ impl Metric {
                 "/description",
             ));
         }
+        let lookback_ms = match &input.cuped {
+            None => None,
+            Some(_) if input.kind == MetricKind::Mean => {
+                return Err(invalid(
+                    ErrorCode::UnexpectedField,
+                    "CUPED needs a value for every exposed user: conversion, count and sum metrics take it, mean metrics do not",
+                    "/cuped",
+                ))
+            }
+            Some(spec) => Some(parse_within(&spec.lookback).ok_or_else(|| {
+                invalid(
+                    ErrorCode::InvalidWindow,
+                    "lookback is Ns, Nm, Nh or Nd (N >= 1, at most 10 years)",
+                    "/cuped/lookback",
+                )
+            })?),
+        };
         Ok(Metric {
+            cuped: input.cuped,
+            lookback_ms,
             name: input.name.unwrap_or_else(|| input.key.clone()),
             key: input.key,
             description: input.description,
@@ -170,6 +205,7 @@ impl Metric {
             property: None,
             window: None,
             higher_is_better: None,
+            cuped: None,
         })
         .map_err(|e| match e {
             EngineError::Invalid(v) if v.field.as_deref() == Some("/event") => {
@@ -183,6 +219,10 @@ impl Metric {
         let mut metric: Metric = serde_json::from_value(record.definition)
             .map_err(|e| EngineError::Store(stratify_store::StoreError::from(e)))?;
         metric.window_ms = metric.window.as_deref().and_then(parse_within);
+        metric.lookback_ms = metric
+            .cuped
+            .as_ref()
+            .and_then(|c| parse_within(&c.lookback));
         metric.created_at = Some(stratify_core::time::format_rfc3339(record.created_at));
         metric.updated_at = Some(stratify_core::time::format_rfc3339(record.updated_at));
         Ok(metric)

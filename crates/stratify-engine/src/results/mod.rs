@@ -20,11 +20,15 @@ pub use columns::Columns;
 
 use crate::experiments::Experiment;
 use crate::EngineError;
-use fold::{Collector, Exposed, Folded};
+use fold::{Collector, Exposed, Folded, Span};
 use metrics::{Metric, MetricKind};
 use serde::Serialize;
 use std::sync::Arc;
-use stratify_core::stats::{self, Absolute, Arm, ArmEstimate, Method, Relative};
+use stratify_core::stats::engines::{CupedArm, Part};
+use stratify_core::stats::{
+    self, Absolute, Analysis, Arm, ArmEstimate, Comparison, CupedReport, Engine, Method, Prior,
+    Relative,
+};
 use stratify_core::time::{format_rfc3339, Millis};
 use stratify_core::ErrorCode;
 use stratify_core::ValidationError;
@@ -40,6 +44,11 @@ pub const MAX_POINTS: i64 = 400;
 pub struct ResultsQuery {
     pub metrics: Vec<Metric>,
     pub method: Method,
+    pub engine: Engine,
+    /// `Some(τ)`: the sequential test with tuning τ.
+    pub sequential: Option<f64>,
+    /// `false`: metrics with a CUPED lookback are analysed unadjusted.
+    pub cuped: bool,
     pub confidence_level: f64,
     /// α for `significant` and the winner; default 1 − confidence level.
     pub significance_threshold: Option<f64>,
@@ -92,7 +101,13 @@ pub struct VariantResult {
     pub chance_to_win: Option<f64>,
     /// Holm-adjusted when there are more than two variants, else the raw p-value.
     pub p_value_adjusted: Option<f64>,
+    /// The interval shown (absolute lift) excludes zero and, for the
+    /// frequentist engine, the adjusted p-value is below α.
     pub significant: bool,
+    /// CUPED's θ, variance reduction and pre-exposure balance check
+    /// (treatments of a metric with a lookback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<CupedReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,7 +165,12 @@ pub struct ExperimentResults {
     pub name: String,
     pub status: String,
     pub bucket_version: u32,
+    pub engine: Engine,
     pub method: Method,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequential_tuning: Option<f64>,
+    /// Whether metrics with a CUPED lookback were adjusted.
+    pub cuped: bool,
     pub confidence_level: f64,
     pub significance_threshold: f64,
     pub from: Option<String>,
@@ -218,6 +238,15 @@ impl ResultService {
                 "/significance_threshold",
             ));
         }
+        let analysis = Analysis {
+            engine: query.engine,
+            method: query.method,
+            confidence_level: confidence,
+            sequential: query.sequential,
+            prior: Prior::default(),
+            cuped: query.cuped,
+        };
+        stats::compare::check_analysis(&analysis)?;
         let now = self.clock.now();
         let to = query.to.unwrap_or(now);
         let from = query.from.unwrap_or(Millis::MIN);
@@ -306,29 +335,25 @@ impl ResultService {
 
         let mut metric_results = Vec::with_capacity(query.metrics.len());
         for metric in &query.metrics {
-            let collector = Collector::new(exposed.clone(), metric.kind, metric.window_ms, to);
-            if !exposed.variant.is_empty() {
-                let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
-                self.views
-                    .results_columns
-                    .visit(
-                        self.store.as_ref(),
-                        &metric.event,
-                        metric.property.as_deref(),
-                        &feed,
-                    )
-                    .await?;
-            }
-            tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: events gathered");
-            let folded = collector.fold();
+            let folded = self
+                .fold_metric(&exposed, metric, Span::After(metric.window_ms), to)
+                .await?;
             tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: folded");
+            // CUPED's covariate: the same metric over the lookback before
+            // each user's first exposure (one more pass over its events).
+            let pre = match metric.lookback_ms {
+                Some(lookback) if query.cuped => Some(
+                    self.fold_metric(&exposed, metric, Span::Before(lookback), to)
+                        .await?,
+                ),
+                _ => None,
+            };
             metric_results.push(metric_result(
                 &experiment,
                 metric,
-                &folded,
+                (&folded, pre.as_ref()),
                 &users,
-                &query,
-                confidence,
+                &analysis,
                 alpha,
                 &srm,
                 &exposed,
@@ -344,7 +369,10 @@ impl ResultService {
             name: experiment.record.name.clone(),
             status: experiment.record.status.clone(),
             bucket_version,
+            engine: query.engine,
             method: query.method,
+            sequential_tuning: query.sequential,
+            cuped: query.cuped,
             confidence_level: confidence,
             significance_threshold: alpha,
             from: query.from.map(format_rfc3339),
@@ -372,6 +400,69 @@ impl ResultService {
     }
 }
 
+impl ResultService {
+    /// One metric's events, per exposed user, folded per variant and bucket.
+    async fn fold_metric(
+        &self,
+        exposed: &Arc<Exposed>,
+        metric: &Metric,
+        span: Span,
+        to: Millis,
+    ) -> Result<Folded, EngineError> {
+        let collector = Collector::new(exposed.clone(), metric.kind, span, to);
+        if !exposed.variant.is_empty() {
+            let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
+            self.views
+                .results_columns
+                .visit(
+                    self.store.as_ref(),
+                    &metric.event,
+                    metric.property.as_deref(),
+                    &feed,
+                )
+                .await?;
+        }
+        Ok(collector.fold())
+    }
+}
+
+/// A CUPED arm per variant: the metric after exposure and its covariate
+/// before, as sums (proportions for conversion metrics), with Σ post·pre.
+fn cuped_arms(kind: MetricKind, post: &Folded, pre: &Folded, exposed: &Exposed) -> Vec<Arm> {
+    let mut products = vec![0.0_f64; exposed.variants];
+    for u in 0..exposed.len() {
+        products[exposed.variant[u] as usize] += post.per_user[u] * pre.per_user[u];
+    }
+    let part = |f: &Folded, v: usize| {
+        if kind == MetricKind::Conversion {
+            Part::Proportion { sum: f.total_s[v] }
+        } else {
+            Part::SampleMean {
+                sum: f.total_s[v],
+                sum_squares: f.total_q[v],
+            }
+        }
+    };
+    (0..exposed.variants)
+        .map(|v| {
+            Arm::Cuped(CupedArm {
+                n: post.total_n[v],
+                post: part(post, v),
+                pre: part(pre, v),
+                sum_of_products: products[v],
+            })
+        })
+        .collect()
+}
+
+/// Whether the interval shown for the lift (absolute) excludes zero.
+fn excludes_zero(c: &Comparison) -> bool {
+    c.absolute
+        .ci_low
+        .zip(c.absolute.ci_high)
+        .is_some_and(|(low, high)| low > 0.0 || high < 0.0)
+}
+
 /// One arm from the sums of its users' values.
 ///
 /// Rates: conversions = Σf. Other metrics: mean = S/n and the sample
@@ -397,31 +488,30 @@ fn arm(kind: MetricKind, n: u64, s: f64, q: f64) -> Arm {
 fn metric_result(
     experiment: &Experiment,
     metric: &Metric,
-    folded: &Folded,
+    (folded, pre): (&Folded, Option<&Folded>),
     users: &[u64],
-    query: &ResultsQuery,
-    confidence: f64,
+    analysis: &Analysis,
     alpha: f64,
     srm: &SrmReport,
     exposed: &Exposed,
 ) -> MetricResult {
     let variants = &experiment.definition.variants;
     let control = control_index(experiment);
-    let arms: Vec<Arm> = (0..variants.len())
-        .map(|v| {
-            arm(
-                metric.kind,
-                folded.total_n[v],
-                folded.total_s[v],
-                folded.total_q[v],
-            )
-        })
-        .collect();
+    let arms: Vec<Arm> = match pre {
+        Some(pre) => cuped_arms(metric.kind, folded, pre, exposed),
+        None => (0..variants.len())
+            .map(|v| {
+                arm(
+                    metric.kind,
+                    folded.total_n[v],
+                    folded.total_s[v],
+                    folded.total_q[v],
+                )
+            })
+            .collect(),
+    };
     let comparisons: Vec<Option<stats::Comparison>> = (0..variants.len())
-        .map(|v| {
-            (v != control)
-                .then(|| stats::compare(query.method, confidence, &arms[control], &arms[v]))
-        })
+        .map(|v| (v != control).then(|| stats::analyze(analysis, &arms[control], &arms[v])))
         .collect();
     // Holm over the treatments when there is more than one.
     let raw_p: Vec<Option<f64>> = comparisons
@@ -454,19 +544,20 @@ fn metric_result(
         let a = &arms[v];
         let comparison = comparisons[v].as_ref();
         // A comparison has already estimated its treatment arm.
-        let estimate: ArmEstimate = comparison
-            .map(|c| c.treatment)
-            .unwrap_or_else(|| stats::compare::arm_estimate(a, query.method, 1.0 - confidence));
-        let significant = adjusted[v].is_some_and(|p| p < alpha);
+        let estimate: ArmEstimate = comparison.map(|c| c.treatment).unwrap_or_else(|| {
+            stats::compare::arm_estimate(a, analysis.method, 1.0 - analysis.confidence_level)
+        });
+        let significant = comparison.is_some_and(|c| {
+            excludes_zero(c)
+                && (analysis.engine == Engine::Bayesian || adjusted[v].is_some_and(|p| p < alpha))
+        });
         results.push(VariantResult {
             key: variant.key.clone(),
             is_control: v == control,
             users: users[v],
             n: a.n(),
-            conversions: match a {
-                Arm::Rate { conversions, .. } => Some(*conversions),
-                Arm::Mean { .. } | Arm::Ratio(_) | Arm::Cuped(_) => None,
-            },
+            conversions: (metric.kind == MetricKind::Conversion)
+                .then(|| folded.total_s[v].round().max(0.0) as u64),
             total: folded.total_s[v],
             mean: stats::finite(a.mean()),
             variance: stats::finite(a.variance()),
@@ -479,14 +570,21 @@ fn metric_result(
             chance_to_win: comparison.and_then(|c| c.chance_to_win),
             p_value_adjusted: adjusted[v],
             significant,
+            cuped: comparison.and_then(|c| c.cuped),
         });
     }
-    let (winner, winner_reason) = pick_winner(experiment, metric, &results, control, alpha, srm);
+    let (winner, winner_reason) = pick_winner(
+        experiment,
+        metric,
+        &results,
+        control,
+        alpha,
+        srm,
+        analysis.engine,
+    );
     MetricResult {
         metric: metric.clone(),
-        timeseries: timeseries(
-            metric, folded, query, confidence, control, experiment, exposed,
-        ),
+        timeseries: timeseries(metric, folded, analysis, control, experiment, exposed),
         variants: results,
         winner,
         winner_reason,
@@ -505,6 +603,7 @@ fn pick_winner(
     control: usize,
     alpha: f64,
     srm: &SrmReport,
+    engine: Engine,
 ) -> (Option<Winner>, Option<String>) {
     if srm.test.srm_detected {
         return (
@@ -548,25 +647,27 @@ fn pick_winner(
     if !treatments.is_empty() && treatments.iter().all(|r| r.significant && lift(r) < 0.0) {
         return (Some(winner_of(control)), None);
     }
-    (
-        None,
-        Some(format!(
-            "no variant differs significantly from control at α = {alpha}"
-        )),
-    )
+    let reason = match engine {
+        Engine::Frequentist => {
+            format!("no variant differs significantly from control at α = {alpha}")
+        }
+        Engine::Bayesian => "no variant's credible interval for the lift excludes zero".into(),
+    };
+    (None, Some(reason))
 }
 
+/// The cumulative estimates per bucket (of the unadjusted metric: CUPED's
+/// covariate is not kept per bucket).
 fn timeseries(
     metric: &Metric,
     folded: &Folded,
-    query: &ResultsQuery,
-    confidence: f64,
+    analysis: &Analysis,
     control: usize,
     experiment: &Experiment,
     exposed: &Exposed,
 ) -> Vec<Point> {
     let variants = &experiment.definition.variants;
-    let alpha = 1.0 - confidence;
+    let alpha = 1.0 - analysis.confidence_level;
     (0..exposed.buckets)
         .map(|b| {
             let arms: Vec<Arm> = (0..variants.len())
@@ -581,11 +682,10 @@ fn timeseries(
                     .iter()
                     .enumerate()
                     .map(|(v, variant)| {
-                        let c = (v != control).then(|| {
-                            stats::compare(query.method, confidence, &arms[control], &arms[v])
-                        });
+                        let c = (v != control)
+                            .then(|| stats::analyze(analysis, &arms[control], &arms[v]));
                         let e = c.as_ref().map(|c| c.treatment).unwrap_or_else(|| {
-                            stats::compare::arm_estimate(&arms[v], query.method, alpha)
+                            stats::compare::arm_estimate(&arms[v], analysis.method, alpha)
                         });
                         PointVariant {
                             key: variant.key.clone(),

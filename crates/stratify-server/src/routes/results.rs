@@ -9,7 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use stratify_core::stats::{
-    self, CompareInput, Comparison, Method, SampleSize, SampleSizeInput, Srm,
+    self, CompareInput, Comparison, Engine as StatsEngine, Method, SampleSize, SampleSizeInput, Srm,
 };
 use stratify_core::time::parse_rfc3339;
 use stratify_core::ErrorCode;
@@ -98,6 +98,14 @@ pub struct ResultsParams {
     from: Option<String>,
     /// Only exposures and events up to this instant (RFC 3339); default now.
     to: Option<String>,
+    /// `frequentist` (default) or `bayesian` (GrowthBook's effect model, flat prior).
+    engine: Option<String>,
+    /// `true`: the always-valid sequential test (safe to look every day).
+    sequential: Option<bool>,
+    /// The sequential test's tuning (default 5000).
+    sequential_tuning: Option<f64>,
+    /// `false`: analyse metrics that have a CUPED lookback unadjusted, for this call.
+    cuped: Option<bool>,
 }
 
 fn query_error(field: &str, message: impl Into<String>) -> ApiError {
@@ -174,9 +182,29 @@ pub async fn results(
     }
     state.engine.experiments.experiment(&id)?;
     let metrics = resolve_metrics(&state.engine, &keys, p.event.as_deref(), "metric").await?;
+    let engine = match p.engine.as_deref() {
+        None => StatsEngine::Frequentist,
+        Some(e) => StatsEngine::parse(e)
+            .ok_or_else(|| query_error("engine", "engine is frequentist or bayesian"))?,
+    };
+    let sequential = match (p.sequential, p.sequential_tuning) {
+        (Some(true), tuning) => {
+            Some(tuning.unwrap_or_else(stratify_core::stats::compare::default_tuning))
+        }
+        (_, Some(_)) => {
+            return Err(query_error(
+                "sequential_tuning",
+                "sequential_tuning goes with sequential=true",
+            ))
+        }
+        _ => None,
+    };
     let query = ResultsQuery {
         metrics,
         method: method(p.method.as_deref(), "method")?,
+        engine,
+        sequential,
+        cuped: p.cuped.unwrap_or(true),
         confidence_level: p.confidence_level.unwrap_or(0.95),
         significance_threshold: p.significance_threshold,
         from: instant("from", p.from.as_deref())?,
@@ -255,6 +283,9 @@ pub async fn results_seed(
     let query = ResultsQuery {
         metrics,
         method: method(input.method.as_deref(), "method")?,
+        engine: StatsEngine::Frequentist,
+        sequential: None,
+        cuped: true,
         confidence_level: input.confidence_level,
         significance_threshold: Some(input.significance_threshold),
         from: instant("from", input.from.as_deref())?,
@@ -270,8 +301,8 @@ pub async fn results_seed(
 
 /// Compares two arms (rates or means).
 #[utoipa::path(post, path = "/v1/stats/compare", tag = "statistics", security(("api_key" = [])),
-    request_body(content = Object, description = "{method?: welch|z|z_pooled, confidence_level?: 0.95, control: {n, conversions} | {n, mean, variance}, treatment: same}"),
-    responses((status = 200, description = "{method, confidence_level, control: {n, estimate, ci_low, ci_high}, treatment, absolute: {estimate, se, statistic, df, p_value, ci_low, ci_high}, relative: {estimate, se, p_value, ci_low, ci_high} | null, chance_to_win}"), (status = 422)))]
+    request_body(content = Object, description = "{engine?: frequentist|bayesian, method?: welch|z|z_pooled, confidence_level?: 0.95, sequential?: {tuning: 5000}, prior?: {mean, variance, proper, type: relative|absolute} (bayesian), control: {n, conversions} | {n, mean, variance} | {n, sum, sum_squares} | {n, ratio: {numerator: {sum, sum_squares}, denominator: {sum, sum_squares}, sum_of_products}} | {n, cuped: {post: PART, pre: PART, sum_of_products}} (PART: {sum, sum_squares} or {conversions}), treatment: same form}"),
+    responses((status = 200, description = "{engine, method, confidence_level, sequential_tuning?, prior?, cuped?: {theta, variance_reduction, balance_p_value}, control: {n, estimate, ci_low, ci_high}, treatment, absolute: {estimate, se, statistic, df, p_value, ci_low, ci_high} (bayesian: estimate, se, ci_low, ci_high, chance_to_win, risk_control, risk_treatment), relative: same | null, chance_to_win}"), (status = 422)))]
 pub async fn compare(Body(input): Body<CompareInput>) -> Result<Json<Comparison>, ApiError> {
     Ok(Json(input.run()?))
 }

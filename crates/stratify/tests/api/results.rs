@@ -549,3 +549,179 @@ async fn the_calculator_answers_the_contract_shapes() {
         error_code(&e);
     }
 }
+
+/// Issue 20: a simulated experiment whose per-user pre- and post-exposure
+/// values are known. The server's results with CUPED (t-test, sequential,
+/// Bayesian) equal GrowthBook's gbstats 0.8.0 (pinned in scripts/test.sh)
+/// run on the sums of those known values; `cuped=false` equals gbstats
+/// without adjustment; the pre-period is exactly the lookback.
+#[tokio::test]
+async fn cuped_results_equal_gbstats_on_the_known_per_user_values() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "pricing", "name": "Pricing", "variants": [
+            {"key": "control", "weight": 50, "is_control": true},
+            {"key": "treatment", "weight": 50}]}),
+    )
+    .await;
+    let (s, m) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "spend", "kind": "sum", "event": "purchase", "property": "amount",
+                   "cuped": {"lookback": "14d"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    let (s, e) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "avg", "kind": "mean", "event": "purchase", "property": "amount", "cuped": {"lookback": "14d"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&e)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unexpected_field")
+    );
+
+    let users: Vec<String> = (0..600).map(|i| format!("cu-{i:03}")).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(20);
+    let mut events = Vec::new();
+    let mut pre: HashMap<&str, f64> = HashMap::new();
+    for u in &users {
+        // Two purchases inside the lookback, one before it (never counts).
+        let (a, b) = (
+            rng.random_range(0..4000) as f64 / 100.0,
+            rng.random_range(0..4000) as f64 / 100.0,
+        );
+        events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 - 3 * DAY, "properties": {"amount": a}}));
+        events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 - 13 * DAY, "properties": {"amount": b}}));
+        events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 - 15 * DAY, "properties": {"amount": 500}}));
+        pre.insert(u, a + b);
+    }
+    post_events(&app, events).await;
+    let assigned = expose(&app, "pricing", &users).await;
+    // After exposure: spend correlates with the pre-period, plus a lift.
+    let mut post: HashMap<&str, f64> = HashMap::new();
+    let mut events = Vec::new();
+    for u in &users {
+        let lift = if assigned[u] == "treatment" { 4.0 } else { 0.0 };
+        let noise = rng.random_range(0..1000) as f64 / 100.0;
+        let amount = ((0.8 * pre[u.as_str()] + lift + noise) * 100.0).round() / 100.0;
+        events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 + HOUR, "properties": {"amount": amount}}));
+        post.insert(u, amount);
+    }
+    post_events(&app, events).await;
+    app.clock.advance(2 * DAY);
+
+    // The sums gbstats gets, from the known values (not from the server).
+    let mut sums: HashMap<&str, [f64; 6]> = HashMap::new(); // n, Σpost, Σpost², Σpre, Σpre², Σpost·pre
+    for u in &users {
+        let s = sums.entry(assigned[u].as_str()).or_default();
+        let (x, y) = (post[u.as_str()], pre[u.as_str()]);
+        for (k, v) in [1.0, x, x * x, y, y * y, x * y].into_iter().enumerate() {
+            s[k] += v;
+        }
+    }
+    let script = r#"
+import json, sys
+from gbstats.models.statistics import RegressionAdjustedStatistic, SampleMeanStatistic, compute_theta
+from gbstats.frequentist.tests import TwoSidedTTest, SequentialTwoSidedTTest, FrequentistConfig, SequentialConfig
+from gbstats.bayesian.tests import EffectBayesianABTest, EffectBayesianConfig
+data = json.load(sys.stdin)
+def stat(s, adjusted):
+    n = int(s[0])
+    post = SampleMeanStatistic(n=n, sum=s[1], sum_squares=s[2])
+    if not adjusted:
+        return post
+    return RegressionAdjustedStatistic(n=n, post_statistic=post, pre_statistic=SampleMeanStatistic(n=n, sum=s[3], sum_squares=s[4]), post_pre_sum_of_products=s[5], theta=0)
+out = {}
+for adjusted in [True, False]:
+    for test in ["ttest", "sequential", "bayesian"]:
+        blocks = {}
+        for scale in ["relative", "absolute"]:
+            a, b = stat(data["control"], adjusted), stat(data["treatment"], adjusted)
+            if test == "ttest":
+                r = TwoSidedTTest(a, b, FrequentistConfig(difference_type=scale)).compute_result()
+            elif test == "sequential":
+                r = SequentialTwoSidedTTest(a, b, SequentialConfig(difference_type=scale, sequential_tuning_parameter=5000)).compute_result()
+            else:
+                r = EffectBayesianABTest(a, b, EffectBayesianConfig(difference_type=scale)).compute_result()
+            blk = {"estimate": r.expected, "se": r.uplift.stddev, "ci_low": r.ci[0], "ci_high": r.ci[1]}
+            if test == "bayesian":
+                blk.update(chance_to_win=r.chance_to_win, risk_control=r.risk[0], risk_treatment=r.risk[1])
+            else:
+                blk["p_value"] = r.p_value
+            blocks[scale] = {k: float(v) for k, v in blk.items()}
+        out[f"{test} {'cuped' if adjusted else 'plain'}"] = blocks
+a, b = stat(data["control"], True), stat(data["treatment"], True)
+out["theta"] = float(compute_theta(a, b))
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(pyenv_python("the gbstats reference"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let input = json!({"control": sums["control"], "treatment": sums["treatment"]});
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.to_string().as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("python output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Value = serde_json::from_slice(&out.stdout).expect("gbstats JSON");
+
+    for (name, query) in [
+        ("ttest cuped", ""),
+        ("sequential cuped", "&sequential=true"),
+        ("bayesian cuped", "&engine=bayesian"),
+        ("ttest plain", "&cuped=false"),
+        (
+            "sequential plain",
+            "&cuped=false&sequential=true&sequential_tuning=5000",
+        ),
+        ("bayesian plain", "&cuped=false&engine=bayesian"),
+    ] {
+        let (s, r) = app
+            .get(&format!("/v1/experiments/{id}/results?metric=spend{query}"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        let t = variant(&r, 0, "treatment");
+        assert_eq!(t["n"], sums["treatment"][0], "{name}");
+        for scale in ["relative", "absolute"] {
+            let want = expected[name][scale].as_object().expect("block");
+            for (field, w) in want {
+                let got = t[scale][field].as_f64().unwrap_or(f64::NAN);
+                let w = w.as_f64().expect("number");
+                let ok = close(got, w) || (field == "p_value" && (got - w).abs() < 1e-14);
+                assert!(ok, "{name} {scale}.{field}: gbstats {w:e}, server {got:e}");
+            }
+        }
+        if name.ends_with("cuped") {
+            let theta = t["cuped"]["theta"].as_f64().expect("theta");
+            assert!(
+                close(theta, expected["theta"].as_f64().expect("theta")),
+                "θ {theta}"
+            );
+            let reduction = t["cuped"]["variance_reduction"]
+                .as_f64()
+                .expect("reduction");
+            assert!(reduction > 0.3, "variance reduction {reduction}");
+            assert!(t["cuped"]["balance_p_value"].as_f64().is_some());
+        } else {
+            assert!(t.get("cuped").is_none(), "{t}");
+        }
+    }
+}
