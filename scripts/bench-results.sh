@@ -65,5 +65,22 @@ for m in r["metrics"]:
 PY
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median of %d runs: %.0f ms\n", NR, a[int((NR+1)/2)]*1000}'
 echo "conversion alone: $(time_get "/v1/experiments/$ID/results?metric=purchased")s; revenue alone: $(time_get "/v1/experiments/$ID/results?metric=revenue")s"
+# CUPED (issue 20): the revenue metric adjusted by each user's revenue over
+# the 14 days before their first exposure: one more pass over its events.
+curl -sf -o /dev/null -H "Authorization: Bearer bench-key" -H 'Content-Type: application/json' "$URL/v1/metrics" \
+    -d '{"key": "revenue_cuped", "kind": "sum", "event": "purchase", "property": "amount", "cuped": {"lookback": "14d"}}' || true
+for metric in revenue revenue_cuped; do
+    times=()
+    for i in $(seq "$RUNS"); do times+=("$(time_get "/v1/experiments/$ID/results?metric=purchased,$metric")"); done
+    printf '%s\n' "${times[@]}" | sort -n | awk -v m="$metric" '{a[NR]=$1} END {printf "purchased,%s: median of %d runs %.0f ms\n", m, NR, a[int((NR+1)/2)]*1000}'
+done
+python3 - "$WORK/out.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for v in r["metrics"][1]["variants"]:
+    if v.get("cuped"):
+        c = v["cuped"]
+        print(f"  revenue_cuped {v['key']}: theta {c['theta']:.4g}, variance reduction {c['variance_reduction']:.3%}, balance p {c['balance_p_value']:.3g}")
+PY
 echo "RSS after: $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
 grep "results:" "$WORK/server.log" | tail -8 || true

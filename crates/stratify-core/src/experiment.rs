@@ -58,6 +58,27 @@ pub struct ExperimentInput {
     pub keep_on_exit: Option<bool>,
     pub start_at: Option<String>,
     pub end_at: Option<String>,
+    /// How results are analysed unless a request says otherwise.
+    pub analysis: Option<AnalysisDefaults>,
+}
+
+/// An experiment's default analysis: `{"engine": "frequentist" |
+/// "bayesian", "sequential": {"tuning": 5000}}`. With the sequential test
+/// as the default, looking at the results every day is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisDefaults {
+    #[serde(default)]
+    pub engine: crate::stats::Engine,
+    #[serde(default)]
+    pub sequential: Option<SequentialDefault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialDefault {
+    #[serde(default = "crate::stats::compare::default_tuning")]
+    pub tuning: f64,
 }
 
 /// The validated definition, stored as JSON.
@@ -83,6 +104,8 @@ pub struct Definition {
     pub bucket_version: u32,
     pub start_at: Option<Millis>,
     pub end_at: Option<Millis>,
+    #[serde(default)]
+    pub analysis: AnalysisDefaults,
 }
 
 fn first_bucket_version() -> u32 {
@@ -343,6 +366,17 @@ pub fn definition<R>(
             ));
         }
     }
+    let analysis = input
+        .analysis
+        .or(base.map(|b| b.analysis))
+        .unwrap_or_default();
+    let mut check = crate::stats::Analysis::fixed(crate::stats::Method::Welch, 0.95);
+    check.engine = analysis.engine;
+    check.sequential = analysis.sequential.map(|s| s.tuning);
+    crate::stats::compare::check_analysis(&check).map_err(|e| {
+        let field = e.field.clone().unwrap_or_default();
+        e.at(format!("/analysis{field}"))
+    })?;
     Ok((
         Definition {
             description,
@@ -359,6 +393,7 @@ pub fn definition<R>(
             bucket_version,
             start_at,
             end_at,
+            analysis,
         },
         rule,
     ))

@@ -48,6 +48,9 @@ pub struct ExperimentOut {
     sticky: bool,
     /// Whether a stuck user who leaves the targeting keeps the assignment.
     keep_on_exit: bool,
+    /// The default analysis of its results: `{engine, sequential: {tuning} | null}`.
+    #[schema(value_type = Object)]
+    analysis: stratify_core::experiment::AnalysisDefaults,
     /// Bumped by each re-randomisation.
     bucket_version: u32,
     start_at: Option<String>,
@@ -90,6 +93,7 @@ fn out(e: &Experiment) -> ExperimentOut {
             .and_then(|n| serde_json::to_value(n).ok()),
         sticky: d.sticky,
         keep_on_exit: d.keep_on_exit,
+        analysis: d.analysis,
         bucket_version: d.bucket_version,
         start_at: d.start_at.map(instant),
         end_at: d.end_at.map(instant),

@@ -180,25 +180,37 @@ pub async fn results(
             "name metric keys (metric=a,b) or an event (event=NAME)",
         ));
     }
-    state.engine.experiments.experiment(&id)?;
+    let experiment = state.engine.experiments.experiment(&id)?;
     let metrics = resolve_metrics(&state.engine, &keys, p.event.as_deref(), "metric").await?;
+    // What the request leaves out, the experiment's default analysis decides.
+    let defaults = experiment.definition.analysis;
     let engine = match p.engine.as_deref() {
-        None => StatsEngine::Frequentist,
+        None => defaults.engine,
         Some(e) => StatsEngine::parse(e)
             .ok_or_else(|| query_error("engine", "engine is frequentist or bayesian"))?,
     };
+    let default_tuning = defaults
+        .sequential
+        .map_or_else(stratify_core::stats::compare::default_tuning, |s| s.tuning);
     let sequential = match (p.sequential, p.sequential_tuning) {
-        (Some(true), tuning) => {
-            Some(tuning.unwrap_or_else(stratify_core::stats::compare::default_tuning))
-        }
+        (Some(true), tuning) => Some(tuning.unwrap_or(default_tuning)),
+        (Some(false), None) => None,
+        // A default sequential test goes with the frequentist engine only.
+        (None, None) if engine == StatsEngine::Frequentist => defaults.sequential.map(|s| s.tuning),
+        (None, None) => None,
         (_, Some(_)) => {
             return Err(query_error(
                 "sequential_tuning",
                 "sequential_tuning goes with sequential=true",
             ))
         }
-        _ => None,
     };
+    if engine == StatsEngine::Bayesian && sequential.is_some() {
+        return Err(query_error(
+            "sequential",
+            "the sequential test is frequentist: ask for engine=bayesian or sequential=true, not both",
+        ));
+    }
     let query = ResultsQuery {
         metrics,
         method: method(p.method.as_deref(), "method")?,

@@ -724,4 +724,63 @@ print(json.dumps(out))
             assert!(t.get("cuped").is_none(), "{t}");
         }
     }
+    // The experiment's default analysis: sequential, so that looking every
+    // day is safe; a request can still ask for the fixed-horizon test.
+    let (s, e) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/experiments/{id}"),
+            Some(json!({"analysis": {"engine": "bayesian", "sequential": {"tuning": 5000}}})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/analysis/sequential")
+        ),
+        "{e}"
+    );
+    let (s, e) = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/experiments/{id}"),
+            Some(json!({"analysis": {"sequential": {"tuning": 5000}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(
+        e["analysis"],
+        json!({"engine": "frequentist", "sequential": {"tuning": 5000.0}})
+    );
+    for (query, name) in [
+        ("", "sequential cuped"),
+        ("&sequential=false", "ttest cuped"),
+        ("&engine=bayesian", "bayesian cuped"),
+    ] {
+        let (_, r) = app
+            .get(&format!("/v1/experiments/{id}/results?metric=spend{query}"))
+            .await;
+        let got = variant(&r, 0, "treatment")["absolute"]["ci_low"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let want = expected[name]["absolute"]["ci_low"]
+            .as_f64()
+            .expect("number");
+        assert!(close(got, want), "{name}: {got} vs {want}");
+    }
+    let (s, e) = app
+        .get(&format!(
+            "/v1/experiments/{id}/results?metric=spend&engine=bayesian&sequential=true"
+        ))
+        .await;
+    assert_eq!(
+        (s, error_code(&e), e["error"]["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            Some("/sequential")
+        ),
+        "{e}"
+    );
 }
