@@ -1160,7 +1160,7 @@
     const params = new URLSearchParams(location.search);
     const eventNames = [...new Set(recent.events.map((x) => x.name))].sort();
     const metricSel = h('select', { id: 'metric', 'aria-label': 'Metric' },
-      metrics.map((m) => h('option', { value: 'm:' + m.key }, `${m.name || m.key} (${m.kind}${m.property ? ' of ' + m.property : ''} · ${m.event})`)),
+      metrics.map((m) => h('option', { value: 'm:' + m.key }, `${m.name || m.key} (${m.kind}${m.property ? ' of ' + m.property : ''} · ${m.kind === 'ratio' ? `${m.numerator} / ${m.denominator}` : m.event}${m.cuped ? ', CUPED ' + m.cuped.lookback : ''})`)),
       h('option', { value: 'event' }, 'Conversion on an event…'));
     metricSel.value = params.get('event') ? 'event' : params.get('metric') ? 'm:' + params.get('metric') : metrics.length ? 'm:' + metrics[0].key : 'event';
     const eventInput = h('input', { id: 'event', list: 'dl-result-events', value: params.get('event') || (eventNames.includes('order_placed') ? 'order_placed' : eventNames[0] || ''), placeholder: 'event name', 'aria-label': 'Conversion event' });
@@ -1168,12 +1168,30 @@
     conf.value = params.get('confidence_level') || '0.95';
     const method = h('select', { id: 'method', 'aria-label': 'Method' }, [['welch', 'Welch t-test'], ['z', 'z-test'], ['z_pooled', 'z-test, pooled']].map(([v, l]) => h('option', { value: v }, l)));
     method.value = params.get('method') || 'welch';
+    const defaults = e.analysis || {};
+    const engine = h('select', { id: 'engine', 'aria-label': 'Engine' }, [['frequentist', 'Frequentist'], ['bayesian', 'Bayesian']].map(([v, l]) => h('option', { value: v }, l)));
+    engine.value = params.get('engine') || defaults.engine || 'frequentist';
+    const sequential = h('input', { type: 'checkbox', id: 'sequential' });
+    sequential.checked = params.has('sequential') ? params.get('sequential') === 'true' : !!defaults.sequential;
+    const cuped = h('input', { type: 'checkbox', id: 'cuped' });
+    cuped.checked = params.get('cuped') !== 'false';
+    const guardrail = h('select', { id: 'guardrail', 'aria-label': 'Guardrail' }, h('option', { value: '' }, 'No guardrail'),
+      metrics.filter((m) => m.kind !== 'ratio').map((m) => h('option', { value: m.key }, `Guardrail: ${m.name || m.key}`)));
+    guardrail.value = params.get('guardrail') || '';
+    const toggles = h('span', { class: 'row small' }, h('label', null, sequential, ' sequential'), h('label', null, cuped, ' CUPED'));
     const out = h('div', { id: 'results' }, h('p', { class: 'muted' }, 'Computing…'));
     const syncEvent = () => eventInput.classList.toggle('hidden', metricSel.value !== 'event');
     syncEvent();
     const load = async () => {
       syncEvent();
-      const q = new URLSearchParams({ confidence_level: conf.value, method: method.value });
+      const bayesian = engine.value === 'bayesian';
+      method.disabled = bayesian || sequential.checked;
+      sequential.disabled = bayesian;
+      const q = new URLSearchParams({ confidence_level: conf.value, engine: engine.value });
+      if (!bayesian && !sequential.checked) q.set('method', method.value);
+      if (!bayesian) q.set('sequential', String(sequential.checked));
+      if (!cuped.checked) q.set('cuped', 'false');
+      if (guardrail.value) q.set('guardrail', guardrail.value);
       if (metricSel.value === 'event') {
         if (!eventInput.value.trim()) { out.replaceChildren(alertBox('Name the event that counts as a conversion.', 'info')); return; }
         q.set('event', eventInput.value.trim());
@@ -1187,14 +1205,14 @@
         out.replaceChildren(alertBox(err));
       }
     };
-    for (const c of [metricSel, conf, method]) c.addEventListener('change', load);
+    for (const c of [metricSel, conf, method, engine, sequential, cuped, guardrail]) c.addEventListener('change', load);
     eventInput.addEventListener('change', load);
     const newMetric = can('edit') ? metricForm(eventNames, (m) => { location.search = `?metric=${enc(m.key)}`; }) : null;
     render(
       head(`Results: ${e.name}`, {
         crumbs: [h('a', { href: '/experiments' }, 'Experiments'), ' / ', h('a', { href: `/experiments/${enc(id)}` }, e.name), ' / Results'],
         sub: [badge(e.status), ' ', h('code', null, e.key)],
-        actions: [metricSel, eventInput, conf, method],
+        actions: [metricSel, eventInput, conf, engine, method, toggles, guardrail],
       }),
       out,
       h('datalist', { id: 'dl-result-events' }, eventNames.map((n) => h('option', { value: n }))),
@@ -1222,6 +1240,10 @@
       stat('Days of data', fmtInt(days), r.from ? `from ${fmtDate(r.from)}` : `up to ${fmtDate(r.to)}`),
       stat('Winner', w ? w.key : 'none yet', w ? `${fmtSigned(w.relative_lift, (x) => fmtPct(x, 1))} relative, ${pIs(w.p_value_adjusted)}` : (r.winner_reason || '')),
       stat('Sample ratio', r.srm.srm_detected ? 'MISMATCH' : 'OK', `χ² test ${pIs(r.srm.p_value)} (alarm below ${r.srm.threshold})`)));
+    const bayes = r.engine === 'bayesian';
+    const risk = (v) => v.relative && v.relative.risk_control != null
+      ? h('span', null, `${fmtPct(v.relative.risk_control, 2)} / ${fmtPct(v.relative.risk_treatment, 2)}`, h('div', { class: 'desc' }, 'keep control / ship'))
+      : '–';
     const rows = m.variants.map((v) => [
       h('span', null, swatch(color(v.key)), h('strong', null, v.key), v.is_control ? [' ', badge('control', 'draft')] : null),
       fmtInt(v.users),
@@ -1229,13 +1251,31 @@
       h('span', null, h('strong', null, fmt(v.estimate)), h('div', { class: 'desc' }, `[${fmt(v.ci_low)}, ${fmt(v.ci_high)}]`)),
       v.absolute ? h('span', null, fmtSigned(v.absolute.estimate, fmt), h('div', { class: 'desc' }, `[${fmt(v.absolute.ci_low)}, ${fmt(v.absolute.ci_high)}]`)) : '–',
       v.relative ? h('span', null, fmtSigned(v.relative.estimate, (x) => fmtPct(x, 1)), h('div', { class: 'desc' }, `[${fmtPct(v.relative.ci_low, 1)}, ${fmtPct(v.relative.ci_high, 1)}]`)) : (v.is_control ? '–' : h('span', { class: 'muted small' }, v.relative_reason || '–')),
-      fmtP(v.p_value_adjusted),
+      bayes ? (v.is_control ? '–' : risk(v)) : fmtP(v.p_value_adjusted),
       v.chance_to_win == null ? '–' : fmtPct(v.chance_to_win, 1),
       v.is_control ? '' : v.significant ? badge('significant', 'good') : badge('not significant', 'draft'),
     ]);
     const cl = Math.round(r.confidence_level * 100);
-    parts.push(card(`${m.metric.name || m.metric.key}: per variant`, table(['Variant', { label: 'Users', num: true }, { label: isRate ? 'Conversions' : 'Total', num: true }, { label: `${isRate ? 'Rate' : 'Mean'} [${cl}% CI]`, num: true }, { label: 'Abs. lift', num: true }, { label: 'Rel. lift', num: true }, { label: r.metrics[0].variants.length > 2 ? 'p (Holm)' : 'p-value', num: true }, { label: 'Chance to win', num: true }, '']
+    parts.push(card(`${m.metric.name || m.metric.key}: per variant`, table(['Variant', { label: 'Users', num: true }, { label: isRate ? 'Conversions' : 'Total', num: true }, { label: `${isRate ? 'Rate' : 'Mean'} [${cl}% CI]`, num: true }, { label: 'Abs. lift', num: true }, { label: 'Rel. lift', num: true }, { label: bayes ? 'Risk' : r.sequential_tuning ? 'p (always valid)' : r.metrics[0].variants.length > 2 ? 'p (Holm)' : 'p-value', num: true }, { label: 'Chance to win', num: true }, '']
       , rows), { cls: 'flush', id: 'variant-table' }));
+    const adjusted = m.variants.filter((v) => v.cuped);
+    if (adjusted.length) {
+      parts.push(h('div', { class: 'alert good', id: 'cuped-report', style: 'margin-top:12px' },
+        h('strong', null, `CUPED on ${m.metric.cuped ? m.metric.cuped.lookback : 'the pre-period'} before exposure: `),
+        adjusted.map((v) => `${v.key}: θ = ${fmtNum(v.cuped.theta, 4)}, variance reduced by ${fmtPct(v.cuped.variance_reduction, 1)}, pre-exposure balance ${pIs(v.cuped.balance_p_value)}`).join('; ')));
+    }
+    if ((r.guardrails || []).length) {
+      const grows = [];
+      for (const g of r.guardrails) {
+        for (const v of g.variants.filter((x) => !x.is_control)) {
+          const lift = v.absolute ? v.absolute.estimate : null;
+          const harm = v.significant && lift != null && (g.metric.higher_is_better ? lift < 0 : lift > 0);
+          grows.push([g.metric.name || g.metric.key, v.key, v.absolute ? h('span', null, fmtSigned(lift, (x) => fmtNum(x, 3)), h('div', { class: 'desc' }, `[${fmtNum(v.absolute.ci_low, 3)}, ${fmtNum(v.absolute.ci_high, 3)}]`)) : '–',
+            harm ? badge('harmed: blocks the winner', 'archived') : badge('ok', 'good')]);
+        }
+      }
+      parts.push(h('div', { style: 'margin-top:12px' }, card('Guardrails', table(['Guardrail', 'Variant', { label: 'Abs. change', num: true }, ''], grows), { cls: 'flush', id: 'guardrails' })));
+    }
     const series = m.variants.map((v) => ({
       label: v.key,
       color: color(v.key),

@@ -26,6 +26,10 @@ pub enum MetricKind {
     /// The mean of a numeric property over the user's events; users with no
     /// such event have no value and are left out of this metric's arms.
     Mean,
+    /// Σ numerator / Σ denominator over the exposed users, two other
+    /// metrics (count, sum or conversion): revenue per order, items per
+    /// session. Analysed by the delta method.
+    Ratio,
 }
 
 /// What a client sends to define a metric.
@@ -38,9 +42,16 @@ pub struct MetricInput {
     #[serde(default)]
     pub description: Option<String>,
     pub kind: MetricKind,
-    pub event: String,
+    /// The event (every kind but `ratio`).
+    #[serde(default)]
+    pub event: Option<String>,
     #[serde(default)]
     pub property: Option<String>,
+    /// `ratio`: the keys of the numerator and denominator metrics.
+    #[serde(default)]
+    pub numerator: Option<String>,
+    #[serde(default)]
+    pub denominator: Option<String>,
     /// How long after a user's first exposure their events count
     /// (`Ns|Nm|Nh|Nd`); omitted = until the end of the analysis.
     #[serde(default)]
@@ -68,8 +79,14 @@ pub struct Metric {
     pub name: String,
     pub description: Option<String>,
     pub kind: MetricKind,
+    /// Empty for ratio metrics.
+    #[serde(default)]
     pub event: String,
     pub property: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<String>,
     pub window: Option<String>,
     #[serde(skip)]
     pub window_ms: Option<Millis>,
@@ -104,8 +121,18 @@ impl Metric {
                 "/key",
             ));
         }
-        let event =
-            EventName::parse(input.event).map_err(|e| EngineError::Invalid(e.at("/event")))?;
+        if input.kind == MetricKind::Ratio {
+            return Metric::ratio(input);
+        }
+        if input.numerator.is_some() || input.denominator.is_some() {
+            return Err(invalid(
+                ErrorCode::UnexpectedField,
+                "only ratio metrics have a numerator and a denominator",
+                "/numerator",
+            ));
+        }
+        let event = EventName::parse(input.event.unwrap_or_default())
+            .map_err(|e| EngineError::Invalid(e.at("/event")))?;
         let needs_property = matches!(input.kind, MetricKind::Sum | MetricKind::Mean);
         match (&input.property, needs_property) {
             (None, true) => {
@@ -178,6 +205,8 @@ impl Metric {
             })?),
         };
         Ok(Metric {
+            numerator: None,
+            denominator: None,
             cuped: input.cuped,
             lookback_ms,
             name: input.name.unwrap_or_else(|| input.key.clone()),
@@ -194,6 +223,60 @@ impl Metric {
         })
     }
 
+    /// A ratio of two other metrics (checked against them when results are
+    /// computed: they must exist and be count, sum or conversion metrics).
+    fn ratio(input: MetricInput) -> Result<Metric, EngineError> {
+        let part = |key: &Option<String>, field: &str| match key {
+            Some(k)
+                if !k.is_empty()
+                    && k.len() <= MAX_KEY
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+            {
+                Ok(k.clone())
+            }
+            Some(_) => Err(invalid(ErrorCode::InvalidKey, "a metric key", field)),
+            None => Err(invalid(
+                ErrorCode::MissingField,
+                "a ratio metric names its numerator and denominator metrics",
+                field,
+            )),
+        };
+        let numerator = part(&input.numerator, "/numerator")?;
+        let denominator = part(&input.denominator, "/denominator")?;
+        for (present, field) in [
+            (input.event.is_some(), "/event"),
+            (input.property.is_some(), "/property"),
+            (input.window.is_some(), "/window"),
+            (input.cuped.is_some(), "/cuped"),
+        ] {
+            if present {
+                return Err(invalid(
+                    ErrorCode::UnexpectedField,
+                    "a ratio metric takes its events, windows and properties from its two metrics",
+                    field,
+                ));
+            }
+        }
+        Ok(Metric {
+            name: input.name.unwrap_or_else(|| input.key.clone()),
+            key: input.key,
+            description: input.description,
+            kind: MetricKind::Ratio,
+            event: String::new(),
+            property: None,
+            numerator: Some(numerator),
+            denominator: Some(denominator),
+            window: None,
+            window_ms: None,
+            higher_is_better: input.higher_is_better.unwrap_or(true),
+            cuped: None,
+            lookback_ms: None,
+            created_at: None,
+            updated_at: None,
+        })
+    }
+
     /// The seed's ad hoc form: "did the user send `event`" with no window.
     pub fn conversion_on(event: &str) -> Result<Metric, EngineError> {
         Metric::from_input(MetricInput {
@@ -201,8 +284,10 @@ impl Metric {
             name: Some(format!("converted ({event})")),
             description: None,
             kind: MetricKind::Conversion,
-            event: event.to_owned(),
+            event: Some(event.to_owned()),
             property: None,
+            numerator: None,
+            denominator: None,
             window: None,
             higher_is_better: None,
             cuped: None,

@@ -24,7 +24,7 @@ use fold::{Collector, Exposed, Folded, Span};
 use metrics::{Metric, MetricKind};
 use serde::Serialize;
 use std::sync::Arc;
-use stratify_core::stats::engines::{CupedArm, Part};
+use stratify_core::stats::engines::{CupedArm, Part, RatioArm};
 use stratify_core::stats::{
     self, Absolute, Analysis, Arm, ArmEstimate, Comparison, CupedReport, Engine, Method, Prior,
     Relative,
@@ -43,6 +43,9 @@ pub const MAX_POINTS: i64 = 400;
 #[derive(Debug, Clone)]
 pub struct ResultsQuery {
     pub metrics: Vec<Metric>,
+    /// Metrics a treatment must not significantly harm: reported apart,
+    /// outside any winner's family; significant harm blocks the winner.
+    pub guardrails: Vec<Metric>,
     pub method: Method,
     pub engine: Engine,
     /// `Some(τ)`: the sequential test with tuning τ.
@@ -182,7 +185,9 @@ pub struct ExperimentResults {
     pub variants: Vec<VariantInfo>,
     pub srm: SrmReport,
     pub metrics: Vec<MetricResult>,
-    /// The first metric's winner.
+    /// The guardrail metrics, each analysed alone (never a winner).
+    pub guardrails: Vec<MetricResult>,
+    /// The first metric's winner, unless a guardrail blocks it.
     pub winner: Option<Winner>,
     pub winner_reason: Option<String>,
 }
@@ -218,7 +223,9 @@ impl ResultService {
         query: ResultsQuery,
     ) -> Result<ExperimentResults, EngineError> {
         let experiment = self.experiments.get(experiment_id)?;
-        if query.metrics.is_empty() || query.metrics.len() > MAX_METRICS_PER_QUERY {
+        if query.metrics.is_empty()
+            || query.metrics.len() + query.guardrails.len() > MAX_METRICS_PER_QUERY
+        {
             return Err(invalid(
                 ErrorCode::InvalidMetrics,
                 format!("name 1 to {MAX_METRICS_PER_QUERY} metrics"),
@@ -334,31 +341,71 @@ impl ResultService {
         };
 
         let mut metric_results = Vec::with_capacity(query.metrics.len());
-        for metric in &query.metrics {
-            let folded = self
-                .fold_metric(&exposed, metric, Span::After(metric.window_ms), to)
-                .await?;
-            tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: folded");
-            // CUPED's covariate: the same metric over the lookback before
-            // each user's first exposure (one more pass over its events).
-            let pre = match metric.lookback_ms {
-                Some(lookback) if query.cuped => Some(
-                    self.fold_metric(&exposed, metric, Span::Before(lookback), to)
-                        .await?,
-                ),
-                _ => None,
+        let mut guardrail_results = Vec::with_capacity(query.guardrails.len());
+        let all = query.metrics.iter().map(|m| (m, false));
+        for (metric, guardrail) in all.chain(query.guardrails.iter().map(|m| (m, true))) {
+            let (arms, folded, series) = if metric.kind == MetricKind::Ratio {
+                let (numerator, denominator) = self.ratio_parts(metric).await?;
+                let num = self
+                    .fold_metric(&exposed, &numerator, Span::After(numerator.window_ms), to)
+                    .await?;
+                let den = self
+                    .fold_metric(
+                        &exposed,
+                        &denominator,
+                        Span::After(denominator.window_ms),
+                        to,
+                    )
+                    .await?;
+                (ratio_arms(&num, &den, &exposed), num, false)
+            } else {
+                let folded = self
+                    .fold_metric(&exposed, metric, Span::After(metric.window_ms), to)
+                    .await?;
+                // CUPED's covariate: the same metric over the lookback before
+                // each user's first exposure (one more pass over its events).
+                let arms = match metric.lookback_ms {
+                    Some(lookback) if query.cuped => {
+                        let pre = self
+                            .fold_metric(&exposed, metric, Span::Before(lookback), to)
+                            .await?;
+                        cuped_arms(metric.kind, &folded, &pre, &exposed)
+                    }
+                    _ => (0..definition.variants.len())
+                        .map(|v| {
+                            arm(
+                                metric.kind,
+                                folded.total_n[v],
+                                folded.total_s[v],
+                                folded.total_q[v],
+                            )
+                        })
+                        .collect(),
+                };
+                (arms, folded, true)
             };
-            metric_results.push(metric_result(
+            tracing::debug!(metric = %metric.key, elapsed = ?started.elapsed(), "results: folded");
+            let result = metric_result(
                 &experiment,
                 metric,
-                (&folded, pre.as_ref()),
+                (arms, &folded, series),
                 &users,
                 &analysis,
                 alpha,
                 &srm,
                 &exposed,
-            ));
+            );
+            if guardrail {
+                guardrail_results.push(MetricResult {
+                    winner: None,
+                    winner_reason: Some("a guardrail only blocks winners".into()),
+                    ..result
+                });
+            } else {
+                metric_results.push(result);
+            }
         }
+        block_harmful_winners(&mut metric_results, &guardrail_results);
         let (winner, winner_reason) = metric_results
             .first()
             .map(|m| (m.winner.clone(), m.winner_reason.clone()))
@@ -394,6 +441,7 @@ impl ResultService {
                 .collect(),
             srm,
             metrics: metric_results,
+            guardrails: guardrail_results,
             winner,
             winner_reason,
         })
@@ -401,6 +449,42 @@ impl ResultService {
 }
 
 impl ResultService {
+    /// A ratio metric's numerator and denominator definitions.
+    async fn ratio_parts(&self, metric: &Metric) -> Result<(Metric, Metric), EngineError> {
+        let mut parts = Vec::with_capacity(2);
+        for key in [&metric.numerator, &metric.denominator]
+            .into_iter()
+            .flatten()
+        {
+            let part = self.metric(key).await.map_err(|_| {
+                invalid(
+                    ErrorCode::MetricNotFound,
+                    format!("the ratio metric '{}' names no metric '{key}'", metric.key),
+                    "/metric",
+                )
+            })?;
+            if matches!(part.kind, MetricKind::Mean | MetricKind::Ratio) {
+                return Err(invalid(
+                    ErrorCode::InvalidMetrics,
+                    format!(
+                        "the ratio metric '{}' divides count, sum or conversion metrics; '{key}' is not one",
+                        metric.key
+                    ),
+                    "/metric",
+                ));
+            }
+            parts.push(part);
+        }
+        match (parts.pop(), parts.pop()) {
+            (Some(denominator), Some(numerator)) => Ok((numerator, denominator)),
+            _ => Err(invalid(
+                ErrorCode::InvalidMetrics,
+                format!("the ratio metric '{}' lacks a part", metric.key),
+                "/metric",
+            )),
+        }
+    }
+
     /// One metric's events, per exposed user, folded per variant and bucket.
     async fn fold_metric(
         &self,
@@ -455,6 +539,59 @@ fn cuped_arms(kind: MetricKind, post: &Folded, pre: &Folded, exposed: &Exposed) 
         .collect()
 }
 
+/// A treatment that significantly harms a guardrail (its lift is
+/// significant and in the metric's bad direction) cannot win any metric.
+fn block_harmful_winners(metrics: &mut [MetricResult], guardrails: &[MetricResult]) {
+    for m in metrics.iter_mut() {
+        let Some(winner) = &m.winner else { continue };
+        let harmed = guardrails.iter().find_map(|g| {
+            let v = g
+                .variants
+                .iter()
+                .find(|v| v.key == winner.key && !v.is_control)?;
+            let lift = v.absolute.and_then(|a| a.estimate)?;
+            let bad = if g.metric.higher_is_better {
+                lift < 0.0
+            } else {
+                lift > 0.0
+            };
+            (v.significant && bad).then(|| g.metric.key.clone())
+        });
+        if let Some(guardrail) = harmed {
+            m.winner_reason = Some(format!(
+                "'{}' would win on '{}' but significantly harms the guardrail '{guardrail}'",
+                winner.key, m.metric.key
+            ));
+            m.winner = None;
+        }
+    }
+}
+
+/// A ratio arm per variant: per-user numerator and denominator values
+/// summed, with Σ m·d (gbstats `RatioStatistic`).
+fn ratio_arms(num: &Folded, den: &Folded, exposed: &Exposed) -> Vec<Arm> {
+    let mut products = vec![0.0_f64; exposed.variants];
+    for u in 0..exposed.len() {
+        products[exposed.variant[u] as usize] += num.per_user[u] * den.per_user[u];
+    }
+    (0..exposed.variants)
+        .map(|v| {
+            Arm::Ratio(RatioArm {
+                n: num.total_n[v],
+                numerator: Part::SampleMean {
+                    sum: num.total_s[v],
+                    sum_squares: num.total_q[v],
+                },
+                denominator: Part::SampleMean {
+                    sum: den.total_s[v],
+                    sum_squares: den.total_q[v],
+                },
+                sum_of_products: products[v],
+            })
+        })
+        .collect()
+}
+
 /// Whether the interval shown for the lift (absolute) excludes zero.
 fn excludes_zero(c: &Comparison) -> bool {
     c.absolute
@@ -488,7 +625,7 @@ fn arm(kind: MetricKind, n: u64, s: f64, q: f64) -> Arm {
 fn metric_result(
     experiment: &Experiment,
     metric: &Metric,
-    (folded, pre): (&Folded, Option<&Folded>),
+    (arms, folded, series): (Vec<Arm>, &Folded, bool),
     users: &[u64],
     analysis: &Analysis,
     alpha: f64,
@@ -497,19 +634,6 @@ fn metric_result(
 ) -> MetricResult {
     let variants = &experiment.definition.variants;
     let control = control_index(experiment);
-    let arms: Vec<Arm> = match pre {
-        Some(pre) => cuped_arms(metric.kind, folded, pre, exposed),
-        None => (0..variants.len())
-            .map(|v| {
-                arm(
-                    metric.kind,
-                    folded.total_n[v],
-                    folded.total_s[v],
-                    folded.total_q[v],
-                )
-            })
-            .collect(),
-    };
     let comparisons: Vec<Option<stats::Comparison>> = (0..variants.len())
         .map(|v| (v != control).then(|| stats::analyze(analysis, &arms[control], &arms[v])))
         .collect();
@@ -584,7 +708,12 @@ fn metric_result(
     );
     MetricResult {
         metric: metric.clone(),
-        timeseries: timeseries(metric, folded, analysis, control, experiment, exposed),
+        // A ratio's series would need Σ m·d per bucket; not kept.
+        timeseries: if series {
+            timeseries(metric, folded, analysis, control, experiment, exposed)
+        } else {
+            Vec::new()
+        },
         variants: results,
         winner,
         winner_reason,

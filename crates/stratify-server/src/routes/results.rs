@@ -86,6 +86,9 @@ pub async fn delete_metric(
 pub struct ResultsParams {
     /// Metric keys, comma-separated (e.g. `converted,revenue`).
     metric: Option<String>,
+    /// Guardrail metric keys, comma-separated: reported apart; a treatment
+    /// that significantly harms one cannot win.
+    guardrail: Option<String>,
     /// An ad hoc conversion metric on this event name (no window).
     event: Option<String>,
     /// Default 0.95.
@@ -211,8 +214,20 @@ pub async fn results(
             "the sequential test is frequentist: ask for engine=bayesian or sequential=true, not both",
         ));
     }
+    let guardrail_keys: Vec<&str> = p
+        .guardrail
+        .as_deref()
+        .map(|g| {
+            g.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let guardrails = resolve_metrics(&state.engine, &guardrail_keys, None, "guardrail").await?;
     let query = ResultsQuery {
         metrics,
+        guardrails,
         method: method(p.method.as_deref(), "method")?,
         engine,
         sequential,
@@ -294,6 +309,7 @@ pub async fn results_seed(
     metrics.rotate_right(1); // the conversion first: it decides the winner
     let query = ResultsQuery {
         metrics,
+        guardrails: Vec::new(),
         method: method(input.method.as_deref(), "method")?,
         engine: StatsEngine::Frequentist,
         sequential: None,

@@ -658,30 +658,11 @@ a, b = stat(data["control"], True), stat(data["treatment"], True)
 out["theta"] = float(compute_theta(a, b))
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(pyenv_python("the gbstats reference"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    {
-        use std::io::Write;
-        let input = json!({"control": sums["control"], "treatment": sums["treatment"]});
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.to_string().as_bytes())
-            .expect("write");
-    }
-    let out = child.wait_with_output().expect("python output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let expected = python_json(
+        "the gbstats reference",
+        script,
+        &json!({"control": sums["control"], "treatment": sums["treatment"]}),
     );
-    let expected: Value = serde_json::from_slice(&out.stdout).expect("gbstats JSON");
 
     for (name, query) in [
         ("ttest cuped", ""),
@@ -783,4 +764,212 @@ print(json.dumps(out))
         ),
         "{e}"
     );
+}
+
+/// Issue 20: a guardrail is reported in its own section and a treatment
+/// that significantly harms it cannot win, however well it does elsewhere.
+#[tokio::test]
+async fn a_treatment_that_harms_a_guardrail_does_not_win() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "fast-checkout", "name": "Fast checkout", "variants": [
+            {"key": "control", "weight": 50, "is_control": true},
+            {"key": "treatment", "weight": 50}]}),
+    )
+    .await;
+    for metric in [
+        json!({"key": "bought", "kind": "conversion", "event": "purchase"}),
+        json!({"key": "errors", "kind": "count", "event": "error", "higher_is_better": false}),
+        json!({"key": "logins", "kind": "count", "event": "login"}),
+    ] {
+        let (s, b) = app.post("/v1/metrics", metric).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let users: Vec<String> = (0..2000).map(|i| format!("g-{i:04}")).collect();
+    let assigned = expose(&app, "fast-checkout", &users).await;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut events = Vec::new();
+    for u in &users {
+        let treated = assigned[u] == "treatment";
+        if rng.random_bool(if treated { 0.30 } else { 0.10 }) {
+            events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 + HOUR}));
+        }
+        for _ in 0..rng.random_range(0..if treated { 6 } else { 2 }) {
+            events.push(json!({"user_id": u, "name": "error", "timestamp": T0 + HOUR}));
+        }
+        if rng.random_bool(0.5) {
+            events.push(json!({"user_id": u, "name": "login", "timestamp": T0 + HOUR}));
+        }
+    }
+    post_events(&app, events).await;
+    app.clock.advance(DAY);
+
+    let (_, plain) = app
+        .get(&format!("/v1/experiments/{id}/results?metric=bought"))
+        .await;
+    assert_eq!(
+        plain["winner"]["key"], "treatment",
+        "{}",
+        plain["winner_reason"]
+    );
+    // A harmless guardrail changes nothing.
+    let (_, harmless) = app
+        .get(&format!(
+            "/v1/experiments/{id}/results?metric=bought&guardrail=logins"
+        ))
+        .await;
+    assert_eq!(harmless["winner"]["key"], "treatment");
+    let (s, guarded) = app
+        .get(&format!(
+            "/v1/experiments/{id}/results?metric=bought&guardrail=errors,logins"
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{guarded}");
+    assert!(guarded["winner"].is_null(), "{}", guarded["winner"]);
+    let reason = guarded["winner_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("guardrail 'errors'"), "{reason}");
+    // The guardrails are their own section, never among the metrics.
+    assert_eq!(guarded["metrics"].as_array().map(Vec::len), Some(1));
+    let g = &guarded["guardrails"][0];
+    assert_eq!(g["metric"]["key"], "errors");
+    assert!(g["winner"].is_null());
+    let t = g["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "treatment")
+        .unwrap();
+    assert_eq!(t["significant"], true);
+    assert!(t["absolute"]["estimate"].as_f64().unwrap() > 0.0);
+    // The primary metric's own numbers do not change.
+    assert_eq!(
+        variant(&guarded, 0, "treatment")["absolute"],
+        variant(&plain, 0, "treatment")["absolute"]
+    );
+}
+
+/// Runs `script` with the pinned Python, JSON in and out.
+fn python_json(purpose: &str, script: &str, input: &Value) -> Value {
+    let mut child = std::process::Command::new(pyenv_python(purpose))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.to_string().as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("python output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// Issue 20: a ratio metric (revenue per order) in results equals gbstats'
+/// `RatioStatistic` under the t-test on the known per-user sums.
+#[tokio::test]
+async fn a_ratio_metric_equals_gbstats_on_the_known_per_user_values() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "aov", "name": "AOV", "variants": [
+            {"key": "control", "weight": 50, "is_control": true},
+            {"key": "treatment", "weight": 50}]}),
+    )
+    .await;
+    for metric in [
+        json!({"key": "revenue", "kind": "sum", "event": "purchase", "property": "amount"}),
+        json!({"key": "orders", "kind": "count", "event": "purchase"}),
+        json!({"key": "per_order", "kind": "ratio", "numerator": "revenue", "denominator": "orders"}),
+    ] {
+        let (s, b) = app.post("/v1/metrics", metric).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let (s, e) = app
+        .post(
+            "/v1/metrics",
+            json!({"key": "bad", "kind": "ratio", "numerator": "revenue"}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/denominator"))
+    );
+    let users: Vec<String> = (0..800).map(|i| format!("r-{i:03}")).collect();
+    let assigned = expose(&app, "aov", &users).await;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut events = Vec::new();
+    let mut sums: HashMap<&str, [f64; 6]> = HashMap::new(); // n, Σm, Σm², Σd, Σd², Σmd
+    for u in &users {
+        let treated = assigned[u] == "treatment";
+        let orders = rng.random_range(0..4);
+        let mut revenue = 0.0;
+        for _ in 0..orders {
+            let amount =
+                (rng.random_range(1000..6000) + if treated { 700 } else { 0 }) as f64 / 100.0;
+            revenue += amount;
+            events.push(json!({"user_id": u, "name": "purchase", "timestamp": T0 + HOUR, "properties": {"amount": amount}}));
+        }
+        let d = f64::from(orders);
+        let s = sums.entry(assigned[u].as_str()).or_default();
+        for (k, v) in [1.0, revenue, revenue * revenue, d, d * d, revenue * d]
+            .into_iter()
+            .enumerate()
+        {
+            s[k] += v;
+        }
+    }
+    post_events(&app, events).await;
+    app.clock.advance(DAY);
+    let expected = python_json(
+        "the gbstats reference",
+        r#"
+import json, sys
+from gbstats.models.statistics import RatioStatistic, SampleMeanStatistic
+from gbstats.frequentist.tests import TwoSidedTTest, FrequentistConfig
+data = json.load(sys.stdin)
+def stat(s):
+    n = int(s[0])
+    return RatioStatistic(n=n, m_statistic=SampleMeanStatistic(n=n, sum=s[1], sum_squares=s[2]),
+        d_statistic=SampleMeanStatistic(n=n, sum=s[3], sum_squares=s[4]), m_d_sum_of_products=s[5])
+out = {}
+for scale in ["relative", "absolute"]:
+    r = TwoSidedTTest(stat(data["control"]), stat(data["treatment"]), FrequentistConfig(difference_type=scale)).compute_result()
+    out[scale] = {"estimate": r.expected, "se": r.uplift.stddev, "ci_low": r.ci[0], "ci_high": r.ci[1], "p_value": r.p_value}
+print(json.dumps(out))
+"#,
+        &json!({"control": sums["control"], "treatment": sums["treatment"]}),
+    );
+    let (s, r) = app
+        .get(&format!("/v1/experiments/{id}/results?metric=per_order"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let t = variant(&r, 0, "treatment");
+    assert!(close(
+        t["mean"].as_f64().unwrap(),
+        sums["treatment"][1] / sums["treatment"][3]
+    ));
+    for scale in ["relative", "absolute"] {
+        for (field, w) in expected[scale].as_object().expect("block") {
+            let (got, w) = (
+                t[scale][field].as_f64().unwrap_or(f64::NAN),
+                w.as_f64().unwrap(),
+            );
+            assert!(
+                close(got, w) || (field == "p_value" && (got - w).abs() < 1e-14),
+                "{scale}.{field}: gbstats {w:e}, server {got:e}"
+            );
+        }
+    }
 }

@@ -261,6 +261,16 @@ def run(p, errors):
         expect(page.locator("#plan-result")).to_contain_text("14,751 users per variant")
         shot(page, "results")
 
+        step("results under the Bayesian engine: chance to win and risk")
+        page.select_option("#engine", "bayesian")
+        expect(page.locator("#variant-table thead")).to_contain_text("Risk")
+        expect(page.locator("#variant-table tbody")).to_contain_text("keep control / ship")
+        expect(page).to_have_url(re.compile(r"engine=bayesian"))
+        page.select_option("#engine", "frequentist")
+        page.check("#sequential")
+        expect(page.locator("#variant-table thead")).to_contain_text("p (always valid)")
+        shot(page, "results-sequential")
+
         step("sample-ratio mismatch is flagged")
         page.goto(f"{BASE}/experiments/{ARGS['srm_experiment']}/results?event=purchase")
         expect(page.locator("#srm-warning")).to_be_visible()
