@@ -160,7 +160,7 @@ async fn resolve_metrics(
 /// Per-variant results of an experiment for one or more metrics.
 #[utoipa::path(get, path = "/v1/experiments/{id}/results", tag = "results", security(("api_key" = [])),
     params(("id" = String, Path), ResultsParams),
-    responses((status = 200, description = "{experiment_id, key, method, confidence_level, significance_threshold, exposed_users, variants, srm, metrics: [{metric, variants: [{key, users, n, conversions, total, mean, variance, estimate, ci_low, ci_high, absolute, relative, chance_to_win, p_value_adjusted, significant}], winner, winner_reason, timeseries}], winner, winner_reason}"),
+    responses((status = 200, description = "{experiment_id, key, engine, method, sequential_tuning?, cuped, confidence_level, significance_threshold, exposed_users, variants, srm, metrics: [{metric, variants: [{key, users, n, conversions, total, mean, variance, estimate, ci_low, ci_high, absolute, relative, chance_to_win, p_value_adjusted, significant, cuped?: {theta, variance_reduction, balance_p_value}}], winner, winner_reason, timeseries}], guardrails: [same as metrics], winner, winner_reason}"),
         (status = 404), (status = 422)))]
 pub async fn results(
     State(state): State<AppState>,
