@@ -271,7 +271,7 @@ pub struct Posterior {
 }
 
 /// gbstats `EffectBayesianABTest`: with data mean d and variance v,
-/// precision 1/v + [proper]/σ₀²; mean (d/v + μ₀/σ₀²)/precision when the
+/// precision 1/v + 𝟙(proper)/σ₀²; mean (d/v + μ₀/σ₀²)/precision when the
 /// prior is proper, else d; sd 1/√precision. Credible interval
 /// mean + sd·Φ⁻¹(α/2 … 1 − α/2); chance to win Φ(mean/sd); risk of choosing
 /// control E[max(Δ, 0)] = μΦ(μ/σ) + σφ(μ/σ), of choosing treatment
