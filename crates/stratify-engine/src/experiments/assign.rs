@@ -139,10 +139,10 @@ pub struct UserExperiments {
 }
 
 /// Segment references in inline rules read the live memberships.
-struct ViewLookup<'a> {
-    views: &'a crate::derived::Views,
-    catalog: &'a Catalog,
-    user: &'a str,
+pub(crate) struct ViewLookup<'a> {
+    pub(crate) views: &'a crate::derived::Views,
+    pub(crate) catalog: &'a Catalog,
+    pub(crate) user: &'a str,
 }
 
 impl SegmentLookup for ViewLookup<'_> {

@@ -10,6 +10,7 @@
 pub mod assign;
 mod banners;
 mod cache;
+pub mod sdk;
 mod sticky;
 
 pub use banners::{Mixture, Source as BannerSource};

@@ -3,6 +3,7 @@
 pub(crate) mod audit;
 pub(crate) mod events;
 pub(crate) mod experiments;
+pub(crate) mod growthbook;
 pub(crate) mod keys;
 pub(crate) mod live;
 pub(crate) mod ofrep;
@@ -73,6 +74,28 @@ pub fn table() -> Vec<Route> {
             ingest: false,
             handler: get(metrics::render),
         },
+        // GrowthBook SDKs: the client key in the path is an sdk key, checked
+        // by the handler.
+        Route {
+            method: Method::GET,
+            path: "/api/features/{client_key}",
+            capability: None,
+            ingest: false,
+            handler: get(growthbook::features),
+        },
+        Route {
+            method: Method::GET,
+            path: "/sub/{client_key}",
+            capability: None,
+            ingest: false,
+            handler: get(growthbook::stream),
+        },
+        r(
+            Method::GET,
+            "/v1/users/{id}/sdk-attributes",
+            Evaluate,
+            get(growthbook::sdk_attributes),
+        ),
         r(Method::POST, "/v1/api-keys", ManageKeys, post(keys::create)),
         r(Method::GET, "/v1/api-keys", ManageKeys, get(keys::list)),
         r(Method::GET, "/v1/audit", ReadAudit, get(audit::list)),

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use stratify_core::access::Role;
+use stratify_core::access::{Capability, Role};
 use stratify_server::routes::table;
 
 fn concrete(path: &str) -> String {
@@ -48,6 +48,31 @@ async fn every_route_enforces_its_role() {
     for route in &routes {
         let path = concrete(route.path);
         let body = || sample_body(&route.method, route.path);
+        // GrowthBook's SDK routes carry their key in the path (a client
+        // key): a key that may evaluate is served, another is 403, none 401.
+        if route.path.contains("{client_key}") {
+            let with = |key: &str| route.path.replace("{client_key}", key);
+            let resp = app
+                .call(route.method.clone(), &with("sfy_0000_nope"), None, None)
+                .await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{}", route.path);
+            for (role, key) in &keys {
+                let resp = app
+                    .client
+                    .request(route.method.clone(), app.url(&with(key)))
+                    .timeout(std::time::Duration::from_secs(2))
+                    .send()
+                    .await
+                    .expect("answer");
+                let expected = if role.can(Capability::Evaluate) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                assert_eq!(resp.status(), expected, "{} as {role}", route.path);
+            }
+            continue;
+        }
         let Some(capability) = route.capability else {
             let status = app
                 .call(route.method.clone(), &path, None, body())

@@ -9,6 +9,7 @@ mod duckmart;
 mod errors;
 mod events;
 mod experiments;
+mod growthbook_sdk;
 mod keys;
 mod limits;
 mod live;
