@@ -39,7 +39,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
         routes::results::delete_metric, routes::results::results, routes::results::results_seed,
         routes::results::compare, routes::results::srm, routes::results::sample_size,
     ),
-    modifiers(&Security, &Errors)
+    modifiers(&Security)
 )]
 pub struct ApiDoc;
 
@@ -59,22 +59,16 @@ impl Modify for Security {
     }
 }
 
-/// Every error answer's body and the table of its codes: the components
-/// `Error` and `ErrorCode` (one row per code of [`ErrorCode::ALL`], with its
-/// status and meaning), and every 4xx/5xx response of every operation
-/// points at `Error`, so generated clients get a typed error.
-struct Errors;
-
-impl Modify for Errors {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Ok(mut doc) = serde_json::to_value(&*openapi) else {
-            return;
-        };
-        add_errors(&mut doc);
-        if let Ok(done) = serde_json::from_value(doc) {
-            *openapi = done;
-        }
-    }
+/// The document served at `/openapi.json`: the annotations, then every
+/// error answer's body and the table of its codes (the components `Error`
+/// and `ErrorCode`, one row per code of [`ErrorCode::ALL`] with its status
+/// and meaning), the security each operation takes and the error statuses
+/// it may answer, so generated clients get a typed error. Edited as JSON
+/// (utoipa's own types do not read every document back).
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    add_errors(&mut doc);
+    doc
 }
 
 fn add_errors(doc: &mut Value) {
@@ -111,24 +105,60 @@ fn add_errors(doc: &mut Value) {
             }
         }}
     });
+    schemas["OfrepError"] = json!({
+        "type": "object",
+        "required": ["errorCode"],
+        "description": "OFREP's error body (openfeature.dev/specification/appendix-c).",
+        "properties": {
+            "key": {"type": "string"},
+            "errorCode": {"type": "string"},
+            "errorDetails": {"type": "string"}
+        }
+    });
     let error_body =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    let ofrep_body =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/OfrepError"}}});
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
+        // OFREP answers its own errors in its own shape (authorisation
+        // failures and server errors keep ours).
+        let ofrep = path.starts_with("/ofrep/");
         let Some(item) = item.as_object_mut() else {
             continue;
         };
         for operation in item.values_mut() {
+            // An operation with a key takes it either way (bearer or
+            // X-API-Key) and may be refused (401, 403) or limited (429).
+            let secured = operation
+                .get("security")
+                .and_then(Value::as_array)
+                .is_some_and(|s| !s.is_empty());
+            if secured {
+                operation["security"] = json!([{"api_key": []}, {"x_api_key": []}]);
+            }
             let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
             else {
                 continue;
             };
+            if secured {
+                for status in ["401", "403", "429"] {
+                    responses.entry(status).or_insert_with(|| json!({}));
+                }
+            }
+            // Any route may refuse its input (400, 413, 415, 422), time out
+            // (408) or fail (500, 503): every such answer is an `Error`.
+            responses.entry("4XX").or_insert_with(|| json!({}));
+            responses.entry("5XX").or_insert_with(|| json!({}));
             for (status, response) in responses.iter_mut() {
                 let failure = status.starts_with('4') || status.starts_with('5');
+                if !failure {
+                    continue;
+                }
                 let Some(response) = response.as_object_mut() else {
                     continue;
                 };
@@ -139,7 +169,15 @@ fn add_errors(doc: &mut Value) {
                             json!("See the `Error` schema's code table."),
                         );
                     }
-                    response.insert("content".into(), error_body.clone());
+                    let own = ofrep && !matches!(status.as_str(), "401" | "403" | "429" | "5XX");
+                    response.insert(
+                        "content".into(),
+                        if own {
+                            ofrep_body.clone()
+                        } else {
+                            error_body.clone()
+                        },
+                    );
                 }
             }
         }
@@ -153,7 +191,7 @@ pub fn docs() -> axum::Router<crate::AppState> {
         .try_it_out_enabled(true)
         .persist_authorization(true);
     SwaggerUi::new("/docs")
-        .url("/openapi.json", ApiDoc::openapi())
+        .external_url_unchecked("/openapi.json", document())
         .config(config)
         .into()
 }

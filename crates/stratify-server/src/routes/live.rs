@@ -47,7 +47,7 @@ pub struct ChangeOut {
     /// RFC 3339, milliseconds.
     at: String,
     /// `{"event_id": .., "event_seq": ..}`, `"time"`, `"rule_change"`, `"attribute_change"` or `"refresh"`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     cause: serde_json::Value,
 }
 

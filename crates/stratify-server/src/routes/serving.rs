@@ -35,7 +35,8 @@ pub struct ServedOut<'a> {
 
 #[derive(Serialize, ToSchema)]
 pub struct MixtureOut<'a> {
-    #[schema(value_type = Vec<Object>)]
+    /// The banners, as the experiments' payloads list them (any JSON).
+    #[schema(value_type = Vec<Value>)]
     banners: &'a [Value],
     assigned_at: String,
     expires_at: String,

@@ -631,3 +631,72 @@ async fn serve_with_a_certificate_answers_https() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 21: schemathesis (PyPI 4.32.5, pinned in scripts/test.sh) against
+/// `/openapi.json` on the real binary with the demo data: every operation's
+/// generated cases, with the checks not_a_server_error,
+/// status_code_conformance, response_schema_conformance and
+/// content_type_conformance, find nothing.
+#[tokio::test]
+async fn schemathesis_finds_nothing_against_the_openapi_document() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start_with(dir.path(), Some(KEY), &["--demo"]);
+    // The demo scenario loads over the API after start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !server
+        .output
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|l| l.starts_with("Demo: scenario loaded"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not load"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let python = crate::helpers::pyenv_python("schemathesis");
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args([
+                "-c",
+                "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
+                "run",
+                &format!("{base}/openapi.json"),
+                "-H",
+                &format!("Authorization: Bearer {KEY}"),
+                "--checks",
+                "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance",
+                "--max-examples",
+                "5",
+                "--workers",
+                "2",
+                "--seed",
+                "20261204",
+                "--no-color",
+            ])
+            .output()
+            .expect("schemathesis runs")
+    })
+    .await
+    .expect("join");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{}\n{}",
+        report
+            .lines()
+            .rev()
+            .take(120)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+    drop(server);
+}
