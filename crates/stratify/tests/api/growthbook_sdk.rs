@@ -125,35 +125,8 @@ async fn the_growthbook_sdk_gives_every_user_the_variant_the_server_serves() {
     assert_eq!(attributes[0]["id"], "gb-000");
     assert_eq!(attributes[0]["segments"], json!([pro]), "{}", attributes[0]);
     let keys = ["colour", "pro-upsell", "half", "older"];
-    let sdk_says = {
-        let input = json!({"host": format!("http://{}", app.addr), "client_key": sdk, "users": attributes, "keys": keys});
-        let mut child = std::process::Command::new(pyenv_python("the GrowthBook SDK"))
-            .args(["-c", SCRIPT])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python");
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.to_string().as_bytes())
-                .expect("write");
-        }
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .expect("join")
-            .expect("python output");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).expect("JSON")
-    };
+    let input = json!({"host": format!("http://{}", app.addr), "client_key": sdk, "users": attributes, "keys": keys});
+    let sdk_says = python_json("the GrowthBook SDK", SCRIPT, &input).await;
     let mut in_experiments = [0; 4];
     for u in &users {
         let r = app

@@ -202,3 +202,39 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Runs a Python `script` (the pinned target/pyenv) with `input` as JSON on
+/// stdin and reads its stdout as JSON; fails the test on a non-zero exit.
+/// Waits off the runtime, so the script may call back into a test server.
+pub async fn python_json(
+    purpose: &str,
+    script: &str,
+    input: &serde_json::Value,
+) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(pyenv_python(purpose))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("python output");
+    assert!(
+        out.status.success(),
+        "{purpose}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}

@@ -709,36 +709,15 @@ for headers, body in data["deliveries"]:
         except WebhookVerificationError:
             continue
         sys.exit("a tampered delivery verified")
-print("verified", len(data["deliveries"]))
+print(json.dumps({"verified": len(data["deliveries"])}))
 "#;
-    let mut child = std::process::Command::new(pyenv_python("the standardwebhooks check"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    {
-        use std::io::Write;
-        let input = json!({"secret": secret, "deliveries": raw});
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.to_string().as_bytes())
-            .expect("write");
-    }
-    let out = child.wait_with_output().expect("python output");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("verified {}", raw.len())
-    );
+    let verified = python_json(
+        "the standardwebhooks check",
+        script,
+        &json!({"secret": secret, "deliveries": raw}),
+    )
+    .await;
+    assert_eq!(verified["verified"], raw.len());
     let _ = a;
 }
 

@@ -662,7 +662,8 @@ print(json.dumps(out))
         "the gbstats reference",
         script,
         &json!({"control": sums["control"], "treatment": sums["treatment"]}),
-    );
+    )
+    .await;
 
     for (name, query) in [
         ("ttest cuped", ""),
@@ -849,33 +850,6 @@ async fn a_treatment_that_harms_a_guardrail_does_not_win() {
     );
 }
 
-/// Runs `script` with the pinned Python, JSON in and out.
-fn python_json(purpose: &str, script: &str, input: &Value) -> Value {
-    let mut child = std::process::Command::new(pyenv_python(purpose))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.to_string().as_bytes())
-            .expect("write");
-    }
-    let out = child.wait_with_output().expect("python output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from python")
-}
-
 /// Issue 20: a ratio metric (revenue per order) in results equals gbstats'
 /// `RatioStatistic` under the t-test on the known per-user sums.
 #[tokio::test]
@@ -950,7 +924,8 @@ for scale in ["relative", "absolute"]:
 print(json.dumps(out))
 "#,
         &json!({"control": sums["control"], "treatment": sums["treatment"]}),
-    );
+    )
+    .await;
     let (s, r) = app
         .get(&format!("/v1/experiments/{id}/results?metric=per_order"))
         .await;
