@@ -680,36 +680,23 @@ impl ArmInput {
             return Err(err("n", "n must be between 1 and 10^12"));
         }
         let n = self.n;
-        match (self, self.conversions, self.mean, self.variance) {
-            (
-                ArmInput {
-                    sum: None,
-                    sum_squares: None,
-                    ratio: None,
-                    cuped: None,
-                    ..
-                },
-                Some(c),
-                None,
-                None,
-            ) => {
+        // Exactly one form's fields, and nothing else.
+        match (
+            self.conversions,
+            self.mean,
+            self.variance,
+            self.sum,
+            self.sum_squares,
+            self.ratio,
+            self.cuped,
+        ) {
+            (Some(c), None, None, None, None, None, None) => {
                 if c > n {
                     return Err(err("conversions", "conversions cannot exceed n"));
                 }
                 Ok(Arm::Rate { n, conversions: c })
             }
-            (
-                ArmInput {
-                    sum: None,
-                    sum_squares: None,
-                    ratio: None,
-                    cuped: None,
-                    ..
-                },
-                None,
-                Some(mean),
-                Some(variance),
-            ) => {
+            (None, Some(mean), Some(variance), None, None, None, None) => {
                 if !mean.is_finite() {
                     return Err(err("mean", "mean must be a finite number"));
                 }
@@ -718,33 +705,11 @@ impl ArmInput {
                 }
                 Ok(Arm::Mean { n, mean, variance })
             }
-            (
-                ArmInput {
-                    sum: Some(sum),
-                    sum_squares: Some(sum_squares),
-                    ratio: None,
-                    cuped: None,
-                    ..
-                },
-                None,
-                None,
-                None,
-            ) => {
-                check_sums(n, *sum, *sum_squares, at)?;
-                Ok(Arm::from_sums(n, *sum, *sum_squares))
+            (None, None, None, Some(sum), Some(sum_squares), None, None) => {
+                check_sums(n, sum, sum_squares, at)?;
+                Ok(Arm::from_sums(n, sum, sum_squares))
             }
-            (
-                ArmInput {
-                    sum: None,
-                    sum_squares: None,
-                    ratio: Some(r),
-                    cuped: None,
-                    ..
-                },
-                None,
-                None,
-                None,
-            ) => {
+            (None, None, None, None, None, Some(r), None) => {
                 let numerator = r.numerator.to_part(n, &format!("{at}/ratio/numerator"))?;
                 let denominator = r.denominator.to_part(n, &format!("{at}/ratio/denominator"))?;
                 if !r.sum_of_products.is_finite() {
@@ -757,18 +722,7 @@ impl ArmInput {
                     sum_of_products: r.sum_of_products,
                 }))
             }
-            (
-                ArmInput {
-                    sum: None,
-                    sum_squares: None,
-                    ratio: None,
-                    cuped: Some(c),
-                    ..
-                },
-                None,
-                None,
-                None,
-            ) => {
+            (None, None, None, None, None, None, Some(c)) => {
                 let post = c.post.to_part(n, &format!("{at}/cuped/post"))?;
                 let pre = c.pre.to_part(n, &format!("{at}/cuped/pre"))?;
                 if !c.sum_of_products.is_finite() {
