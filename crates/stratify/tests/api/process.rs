@@ -658,8 +658,11 @@ async fn schemathesis_finds_nothing_against_the_openapi_document() {
     }
     let python = crate::helpers::pyenv_python("schemathesis");
     let base = server.base.clone();
+    // schemathesis keeps a cache where it runs: in the test's directory.
+    let work = dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
+            .current_dir(work)
             .args([
                 "-c",
                 "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
