@@ -136,6 +136,51 @@ pub struct Relative {
     pub risk_treatment: Option<f64>,
 }
 
+impl Absolute {
+    /// The sequential test's (interval, p-value); `None`: undefined.
+    fn set_sequential(&mut self, test: Option<(f64, f64, f64)>) {
+        let (lo, hi, p) = test.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        (self.ci_low, self.ci_high, self.p_value) = (finite(lo), finite(hi), finite(p));
+        (self.statistic, self.df) = (None, None);
+    }
+
+    /// The Bayesian posterior replaces the frequentist numbers.
+    fn set_posterior(&mut self, posterior: Option<engines::Posterior>) {
+        match posterior {
+            Some(p) => {
+                (self.estimate, self.se) = (finite(p.mean), finite(p.sd));
+                (self.ci_low, self.ci_high) = (finite(p.ci_low), finite(p.ci_high));
+                self.chance_to_win = finite(p.chance_to_win);
+                self.risk_control = finite(p.risk_control);
+                self.risk_treatment = finite(p.risk_treatment);
+            }
+            None => (self.ci_low, self.ci_high) = (None, None),
+        }
+        (self.statistic, self.df, self.p_value) = (None, None, None);
+    }
+}
+
+impl Relative {
+    fn set_sequential(&mut self, test: Option<(f64, f64, f64)>) {
+        let (lo, hi, p) = test.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        (self.ci_low, self.ci_high, self.p_value) = (finite(lo), finite(hi), finite(p));
+    }
+
+    fn set_posterior(&mut self, posterior: Option<engines::Posterior>) {
+        match posterior {
+            Some(p) => {
+                (self.estimate, self.se) = (p.mean, p.sd);
+                (self.ci_low, self.ci_high) = (finite(p.ci_low), finite(p.ci_high));
+                self.chance_to_win = finite(p.chance_to_win);
+                self.risk_control = finite(p.risk_control);
+                self.risk_treatment = finite(p.risk_treatment);
+            }
+            None => (self.ci_low, self.ci_high) = (None, None),
+        }
+        self.p_value = None;
+    }
+}
+
 /// How a comparison is analysed: the engine, the frequentist method, the
 /// confidence level, the sequential test's tuning, the Bayesian prior and
 /// whether CUPED arms are adjusted.
@@ -480,28 +525,14 @@ pub fn analyze(analysis: &Analysis, control: &Arm, treatment: &Arm) -> Compariso
         vc > 0.0 && vt > 0.0 && s.variance > 0.0 && s.variance.is_finite() && s.estimate.is_finite()
     };
     if let (Engine::Frequentist, Some(tuning)) = (analysis.engine, analysis.sequential) {
-        let n_total = nc + nt;
-        let (lo, hi, p) = if usable(&absolute_scale) {
-            engines::sequential(
-                absolute_scale.estimate,
-                absolute_scale.variance,
-                n_total,
-                alpha,
-                tuning,
-            )
-        } else {
-            (f64::NAN, f64::NAN, f64::NAN)
+        let sequential = |scale: &Scale| {
+            usable(scale).then(|| {
+                engines::sequential(scale.estimate, scale.variance, nc + nt, alpha, tuning)
+            })
         };
-        (absolute.ci_low, absolute.ci_high, absolute.p_value) = (finite(lo), finite(hi), finite(p));
-        absolute.statistic = None;
-        absolute.df = None;
+        absolute.set_sequential(sequential(&absolute_scale));
         if let (Some(rel), Ok(scale)) = (relative.as_mut(), &relative_scale) {
-            let (lo, hi, p) = if usable(scale) {
-                engines::sequential(scale.estimate, scale.variance, n_total, alpha, tuning)
-            } else {
-                (f64::NAN, f64::NAN, f64::NAN)
-            };
-            (rel.ci_low, rel.ci_high, rel.p_value) = (finite(lo), finite(hi), finite(p));
+            rel.set_sequential(sequential(scale));
         }
     }
     if analysis.engine == Engine::Bayesian {
@@ -511,41 +542,9 @@ pub fn analyze(analysis: &Analysis, control: &Arm, treatment: &Arm) -> Compariso
                 engines::posterior(scale.estimate, scale.variance, &prior, alpha)
             })
         };
-        match bayes(&absolute_scale, false) {
-            Some(p) => {
-                absolute.estimate = finite(p.mean);
-                absolute.se = finite(p.sd);
-                absolute.ci_low = finite(p.ci_low);
-                absolute.ci_high = finite(p.ci_high);
-                absolute.chance_to_win = finite(p.chance_to_win);
-                absolute.risk_control = finite(p.risk_control);
-                absolute.risk_treatment = finite(p.risk_treatment);
-            }
-            None => {
-                absolute.ci_low = None;
-                absolute.ci_high = None;
-            }
-        }
-        absolute.statistic = None;
-        absolute.df = None;
-        absolute.p_value = None;
+        absolute.set_posterior(bayes(&absolute_scale, false));
         if let (Some(rel), Ok(scale)) = (relative.as_mut(), &relative_scale) {
-            match bayes(scale, true) {
-                Some(p) => {
-                    rel.estimate = p.mean;
-                    rel.se = p.sd;
-                    rel.ci_low = finite(p.ci_low);
-                    rel.ci_high = finite(p.ci_high);
-                    rel.chance_to_win = finite(p.chance_to_win);
-                    rel.risk_control = finite(p.risk_control);
-                    rel.risk_treatment = finite(p.risk_treatment);
-                }
-                None => {
-                    rel.ci_low = None;
-                    rel.ci_high = None;
-                }
-            }
-            rel.p_value = None;
+            rel.set_posterior(bayes(scale, true));
         }
         chance_to_win = relative.and_then(|r| r.chance_to_win);
     }
