@@ -227,6 +227,7 @@ impl Engine {
                 experiments: experiments.clone(),
                 segments: segments.clone(),
                 views: views.clone(),
+                sdk_payload: Default::default(),
             }),
             results: Arc::new(results::ResultService {
                 store: store.clone(),

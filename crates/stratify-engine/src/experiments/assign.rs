@@ -175,6 +175,8 @@ pub struct ServingService {
     pub(crate) experiments: Arc<super::Experiments>,
     pub(crate) segments: Arc<crate::segments::Segments>,
     pub(crate) views: Arc<crate::derived::Views>,
+    /// The GrowthBook payload of the current registry (see `sdk`).
+    pub(crate) sdk_payload: super::sdk::PayloadCache,
 }
 
 impl ServingService {

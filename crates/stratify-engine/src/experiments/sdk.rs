@@ -26,6 +26,7 @@ use stratify_core::rules::{self, Facts};
 use stratify_core::time::format_rfc3339;
 
 /// A features payload and its entity tag.
+#[derive(Clone)]
 pub struct FeaturesPayload {
     pub body: bytes::Bytes,
     pub etag: String,
@@ -36,11 +37,50 @@ pub fn rule_segment(experiment_key: &str) -> String {
     format!("rule:{experiment_key}")
 }
 
+/// The payload made for one registry, until the next schedule boundary
+/// (an experiment starting or ending): every fetch and every stream's
+/// check reads it instead of rendering it again.
+#[derive(Default)]
+pub(crate) struct PayloadCache(parking_lot::Mutex<Option<Cached>>);
+
+struct Cached {
+    registry: std::sync::Arc<super::Registry>,
+    valid_until: stratify_core::time::Millis,
+    payload: FeaturesPayload,
+}
+
 impl ServingService {
     /// The GrowthBook features payload of every running experiment.
     pub fn growthbook_features(&self) -> FeaturesPayload {
         let registry = self.experiments.registry();
         let now = self.clock.now();
+        if let Some(c) = &*self.sdk_payload.0.lock() {
+            if std::sync::Arc::ptr_eq(&c.registry, &registry) && now < c.valid_until {
+                return c.payload.clone();
+            }
+        }
+        let valid_until = registry
+            .running
+            .iter()
+            .flat_map(|e| [e.definition.start_at, e.definition.end_at])
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+            .unwrap_or(stratify_core::time::MAX_MILLIS);
+        let payload = self.render_features(&registry, now);
+        *self.sdk_payload.0.lock() = Some(Cached {
+            registry,
+            valid_until,
+            payload: payload.clone(),
+        });
+        payload
+    }
+
+    fn render_features(
+        &self,
+        registry: &super::Registry,
+        now: stratify_core::time::Millis,
+    ) -> FeaturesPayload {
         let mut features = Map::new();
         let mut updated = 0;
         let mut running: Vec<_> = registry
