@@ -210,6 +210,55 @@ fn calculator_inputs_are_validated() {
             r#"{"confidence_level":1.0,"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":1}}"#,
             "/confidence_level",
         ),
+        // Issue 20's forms and options.
+        (
+            r#"{"control":{"n":4,"sum":10,"sum_squares":1},"treatment":{"n":5,"sum":5,"sum_squares":9}}"#,
+            "/control/sum_squares",
+        ),
+        (
+            r#"{"control":{"n":4,"sum":10,"sum_squares":30,"conversions":1},"treatment":{"n":5,"sum":5,"sum_squares":9}}"#,
+            "/control",
+        ),
+        (
+            r#"{"control":{"n":4,"sum":10,"sum_squares":30},"treatment":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"conversions":2},"sum_of_products":7}}}"#,
+            "/treatment",
+        ),
+        (
+            r#"{"control":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"conversions":6},"sum_of_products":7}},"treatment":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"conversions":2},"sum_of_products":7}}}"#,
+            "/control/cuped/pre/conversions",
+        ),
+        (
+            r#"{"control":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"sum":1},"sum_of_products":7}},"treatment":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"sum":1,"sum_squares":1},"sum_of_products":7}}}"#,
+            "/control/cuped/pre",
+        ),
+        (
+            r#"{"control":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"conversions":2},"sum_of_products":7}},"treatment":{"n":5,"cuped":{"post":{"sum":5,"sum_squares":9},"pre":{"sum":1,"sum_squares":1},"sum_of_products":7}}}"#,
+            "/treatment",
+        ),
+        (
+            r#"{"prior":{"mean":0,"variance":1,"proper":true},"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":2}}"#,
+            "/prior",
+        ),
+        (
+            r#"{"engine":"bayesian","prior":{"variance":0},"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":2}}"#,
+            "/prior",
+        ),
+        (
+            r#"{"engine":"bayesian","sequential":{"tuning":5000},"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":2}}"#,
+            "/sequential",
+        ),
+        (
+            r#"{"sequential":{"tuning":0},"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":2}}"#,
+            "/sequential/tuning",
+        ),
+        (
+            r#"{"method":"z","sequential":{"tuning":100},"control":{"n":5,"conversions":1},"treatment":{"n":5,"conversions":2}}"#,
+            "/method",
+        ),
+        (
+            r#"{"method":"z_pooled","control":{"n":5,"ratio":{"numerator":{"sum":5,"sum_squares":9},"denominator":{"sum":3,"sum_squares":3},"sum_of_products":5}},"treatment":{"n":5,"ratio":{"numerator":{"sum":5,"sum_squares":9},"denominator":{"sum":3,"sum_squares":3},"sum_of_products":5}}}"#,
+            "/method",
+        ),
     ];
     for (body, field) in bad {
         let input: CompareInput = serde_json::from_str(body).unwrap();

@@ -208,6 +208,12 @@ pub async fn results(
             ))
         }
     };
+    if sequential.is_some_and(|t| !(1.0..=1e12).contains(&t)) {
+        return Err(query_error(
+            "sequential_tuning",
+            "sequential_tuning is a number of users from 1 to 10^12",
+        ));
+    }
     if engine == StatsEngine::Bayesian && sequential.is_some() {
         return Err(query_error(
             "sequential",

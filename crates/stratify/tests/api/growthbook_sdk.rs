@@ -123,6 +123,15 @@ async fn the_growthbook_sdk_gives_every_user_the_variant_the_server_serves() {
         attributes.push(r.json::<Value>().await.expect("attributes"));
     }
     assert_eq!(attributes[0]["id"], "gb-000");
+    let unknown = app
+        .call(
+            Method::GET,
+            "/v1/users/nobody/sdk-attributes",
+            Some(&sdk),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert_eq!(attributes[0]["segments"], json!([pro]), "{}", attributes[0]);
     let keys = ["colour", "pro-upsell", "half", "older"];
     let input = json!({"host": format!("http://{}", app.addr), "client_key": sdk, "users": attributes, "keys": keys});
