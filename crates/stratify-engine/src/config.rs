@@ -7,6 +7,10 @@
 pub struct EngineConfig {
     pub limits: Limits,
     pub webhooks: WebhookPolicy,
+    /// This node's name when it is one of several on a shared store (a
+    /// Kafka consumer group): its live engine owns nobody until the group
+    /// assigns it partitions, and keeps its own watermark.
+    pub cluster_node: Option<String>,
 }
 
 /// Caps on configuration objects: creating one more past a cap is refused

@@ -165,6 +165,7 @@ impl Engine {
                 rebuild,
                 freshness.clone(),
                 view,
+                config.cluster_node.clone(),
             )
             .await?,
         );

@@ -260,14 +260,21 @@ pub trait ChangeLog: Send + Sync {
     /// new watermark, in one transaction. Returns the changes as stored: a
     /// backend several nodes write to numbers them itself (sequence order
     /// is commit order), so callers publish what this returns.
+    ///
+    /// `node` names the committing node when several share the store: its
+    /// watermark is kept under its own key ([`Watermark::key`]), and the
+    /// single-node key is removed, so a node later started alone on the
+    /// store rebuilds from the log instead of resuming from a point the
+    /// cluster has moved past.
     async fn apply_changes(
         &self,
         changes: std::sync::Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
+        node: Option<&str>,
     ) -> Result<std::sync::Arc<Vec<ChangeRecord>>>;
 
-    /// The live engine's last committed watermark.
-    async fn watermark(&self) -> Result<Option<Watermark>>;
+    /// The last watermark committed by `node` (`None`: a node alone).
+    async fn watermark(&self, node: Option<&str>) -> Result<Option<Watermark>>;
 
     /// Every current membership: `(segment_id, user_id)`.
     async fn open_memberships(&self) -> Result<Vec<(String, String)>>;

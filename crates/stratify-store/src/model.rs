@@ -352,6 +352,18 @@ pub struct Watermark {
     pub at: Millis,
 }
 
+impl Watermark {
+    /// The `live_state` key a live engine keeps its watermark under:
+    /// `live_watermark` alone, `live_watermark:<node>` for a node of a
+    /// cluster, so no node's progress overwrites another's.
+    pub fn key(node: Option<&str>) -> String {
+        match node {
+            None => "live_watermark".to_owned(),
+            Some(n) => format!("live_watermark:{n}"),
+        }
+    }
+}
+
 /// One stay of a user in a segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MembershipRecord {

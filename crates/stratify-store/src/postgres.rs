@@ -43,7 +43,6 @@ use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use tokio_postgres::{GenericClient, NoTls, Row, Transaction};
 
 const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
-const WATERMARK_KEY: &str = "live_watermark";
 /// Advisory lock serialising change-log commits across nodes.
 const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
 /// Advisory lock serialising event appends across nodes from the first
@@ -1159,6 +1158,7 @@ impl ChangeLog for PgStore {
         &self,
         changes: Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
+        node: Option<&str>,
     ) -> Result<Arc<Vec<ChangeRecord>>> {
         let mark = serde_json::to_string(&watermark)?;
         let mut client = self.client().await?;
@@ -1184,15 +1184,22 @@ impl ChangeLog for PgStore {
             &[&cols.seq, &cols.segment_id, &cols.user_id, &cols.entered, &cols.at, &cols.cause, &cols.event_seq, &cols.event_id],
         )
         .await?;
-        tx.execute(sql::UPSERT_LIVE_STATE.postgres(), &[&WATERMARK_KEY, &mark])
-            .await?;
+        tx.execute(
+            sql::UPSERT_LIVE_STATE.postgres(),
+            &[&Watermark::key(node), &mark],
+        )
+        .await?;
+        if node.is_some() {
+            tx.execute(sql::DELETE_LIVE_STATE.postgres(), &[&Watermark::key(None)])
+                .await?;
+        }
         tx.commit().await?;
         Ok(Arc::new(numbered))
     }
 
-    async fn watermark(&self) -> Result<Option<Watermark>> {
+    async fn watermark(&self, node: Option<&str>) -> Result<Option<Watermark>> {
         let rows = self
-            .rows(sql::READ_LIVE_STATE.postgres(), &[&WATERMARK_KEY])
+            .rows(sql::READ_LIVE_STATE.postgres(), &[&Watermark::key(node)])
             .await?;
         Ok(rows
             .first()

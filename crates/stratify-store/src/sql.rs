@@ -208,6 +208,8 @@ statements! {
     /// Sets a live-engine state value (key, value).
     UPSERT_LIVE_STATE: Statement = "INSERT INTO live_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET \
          value = excluded.value";
+    /// Removes a live-engine state value (key).
+    DELETE_LIVE_STATE: Statement = "DELETE FROM live_state WHERE key = ?1";
     /// The highest change sequence number.
     LAST_CHANGE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM changes";
     /// A user's membership changes, oldest first.

@@ -26,7 +26,6 @@ use stratify_core::time::Millis;
 const DB_FILE: &str = "stratify.db";
 const LIVE_DB_FILE: &str = "live.db";
 const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
-const WATERMARK_KEY: &str = "live_watermark";
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -1229,8 +1228,11 @@ impl ChangeLog for SqliteStore {
         &self,
         changes: std::sync::Arc<Vec<ChangeRecord>>,
         watermark: Watermark,
+        node: Option<&str>,
     ) -> Result<Arc<Vec<ChangeRecord>>> {
         let mark = serde_json::to_string(&watermark)?;
+        let key = Watermark::key(node);
+        let single = node.is_some().then(|| Watermark::key(None));
         let stored = changes.clone();
         self.live_writer
             .write(move |w| {
@@ -1258,7 +1260,12 @@ impl ChangeLog for SqliteStore {
                     .prepare_cached(
                         sql::UPSERT_LIVE_STATE.sqlite(),
                     )?
-                    .execute(params![WATERMARK_KEY, mark])?;
+                    .execute(params![key, mark])?;
+                if let Some(single) = &single {
+                    w.conn
+                        .prepare_cached(sql::DELETE_LIVE_STATE.sqlite())?
+                        .execute([single])?;
+                }
                 Ok(())
             })
             .await?;
@@ -1266,11 +1273,12 @@ impl ChangeLog for SqliteStore {
         Ok(stored)
     }
 
-    async fn watermark(&self) -> Result<Option<Watermark>> {
-        self.read_live(|c| {
+    async fn watermark(&self, node: Option<&str>) -> Result<Option<Watermark>> {
+        let key = Watermark::key(node);
+        self.read_live(move |c| {
             let text: Option<String> = c
                 .prepare_cached(sql::READ_LIVE_STATE.sqlite())?
-                .query_row([WATERMARK_KEY], |r| r.get(0))
+                .query_row([key], |r| r.get(0))
                 .optional()?;
             Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
         })

@@ -513,10 +513,53 @@ fn change(seq: i64, segment: &str, user: &str, entered: bool, at: i64) -> Change
     }
 }
 
+/// Issue 19: nodes sharing a store each keep their own watermark; once a
+/// node of a cluster commits, the single-node watermark is gone (a node
+/// started alone later rebuilds from the log instead of resuming from a
+/// point the cluster moved past).
+#[tokio::test]
+async fn each_node_keeps_its_own_watermark() {
+    with_backends(|s| async move {
+        let mark = |event_seq, at| Watermark { event_seq, at };
+        s.apply_changes(vec![].into(), mark(5, NOW), None)
+            .await
+            .expect("alone");
+        assert_eq!(s.watermark(None).await.expect("w"), Some(mark(5, NOW)));
+        s.apply_changes(
+            vec![change(1, "s", "a", true, NOW)].into(),
+            mark(9, NOW + 1),
+            Some("a"),
+        )
+        .await
+        .expect("node a");
+        s.apply_changes(vec![].into(), mark(7, NOW + 2), Some("b"))
+            .await
+            .expect("node b");
+        s.apply_changes(vec![].into(), mark(8, NOW + 3), Some("b"))
+            .await
+            .expect("node b again");
+        assert_eq!(
+            s.watermark(Some("a")).await.expect("w"),
+            Some(mark(9, NOW + 1))
+        );
+        assert_eq!(
+            s.watermark(Some("b")).await.expect("w"),
+            Some(mark(8, NOW + 3))
+        );
+        assert_eq!(s.watermark(Some("c")).await.expect("w"), None);
+        assert_eq!(
+            s.watermark(None).await.expect("w"),
+            None,
+            "the single-node mark is gone"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn changes_open_and_close_memberships_with_the_watermark() {
     with_backends(|s| async move {
-        assert_eq!(s.watermark().await.expect("mark"), None);
+        assert_eq!(s.watermark(None).await.expect("mark"), None);
         assert_eq!(s.last_change_seq().await.expect("seq"), 0);
         let hour = 3_600_000;
         let mark = Watermark {
@@ -531,16 +574,18 @@ async fn changes_open_and_close_memberships_with_the_watermark() {
             ]
             .into(),
             mark,
+            None,
         )
         .await
         .expect("apply");
         s.apply_changes(
             vec![change(4, "s1", "u1", false, NOW + 2 * hour)].into(),
             mark,
+            None,
         )
         .await
         .expect("apply");
-        assert_eq!(s.watermark().await.expect("mark"), Some(mark));
+        assert_eq!(s.watermark(None).await.expect("mark"), Some(mark));
         assert_eq!(s.last_change_seq().await.expect("seq"), 4);
         let mut open = s.open_memberships().await.expect("open");
         open.sort();

@@ -95,7 +95,18 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         ),
         None => None,
     };
+    let listener = tokio::net::TcpListener::bind(&settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let local = listener.local_addr()?;
+    // One of several nodes when it joins a Kafka group: named by
+    // `--node-id`, else by the address it listens on.
+    let node = args
+        .kafka_brokers
+        .as_ref()
+        .map(|_| args.node_id.clone().unwrap_or_else(|| local.to_string()));
     let engine_config = stratify_engine::EngineConfig {
+        cluster_node: node.clone(),
         limits: settings.limits.clone(),
         webhooks: stratify_engine::WebhookPolicy {
             allow_private: settings.webhook_allow_private,
@@ -117,10 +128,6 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
     if args.demo {
         crate::demo::load_if_empty(&engine).await?;
     }
-    let listener = tokio::net::TcpListener::bind(&settings.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.addr))?;
-    let local = listener.local_addr()?;
     if args.postgres_url.is_some() && args.kafka_brokers.is_none() {
         // Alone on PostgreSQL: this node delivers every webhook (with Kafka,
         // the cluster member starts deliverers under per-webhook leases).
@@ -132,7 +139,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
             group: args.kafka_group.clone(),
             events_topic: args.kafka_events_topic.clone(),
             changes_topic: args.kafka_changes_topic.clone(),
-            node: args.node_id.clone().unwrap_or_else(|| local.to_string()),
+            node: node.clone().unwrap_or_default(),
         };
         let engine = engine.clone();
         tokio::spawn(async move {

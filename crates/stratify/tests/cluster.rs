@@ -1228,3 +1228,99 @@ async fn a_user_erased_on_one_node_is_forgotten_on_the_other() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Issue 19, "one `live_watermark` for the cluster": a node that joins a
+/// running cluster records nothing for users another node owns. It used to
+/// start as if alone: it loaded every user, resumed from the watermark the
+/// other node last wrote (one key for every node) and fired the deadlines
+/// that node was firing, so exits and "repairs" were recorded twice.
+/// Here node a alone applies a LOGIN every 40 ms (each user in a "LOGIN
+/// within 2 s" segment, out 2 s later) while node b starts and joins:
+/// afterwards each user entered once and exited once, and each node keeps
+/// its own watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_the_cluster_records_nothing_for_users_it_does_not_own() {
+    let cluster = Cluster::new("join").await;
+    let a = cluster.node("a").await;
+    cluster.warm_up(&a, &["a"]).await;
+    let segment = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "recent", "rules": {"event": "LOGIN", "within": "2s", "op": "gte", "value": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    const LOGINS: usize = 150;
+    let url = a.url.clone();
+    let sender = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for i in 0..LOGINS {
+            let r = client
+                .post(format!("{url}/v1/events"))
+                .header("X-API-Key", KEY)
+                .json(&json!({"user_id": format!("join-{i}"), "name": "LOGIN", "timestamp": now_ms()}))
+                .send()
+                .await
+                .expect("send");
+            assert!(r.status().is_success(), "{}", r.status());
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    // Node a has been firing exits for a second when node b starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = cluster.node("b").await;
+    sender.await.expect("sender");
+    wait_owners(&a, &["a", "b"]).await;
+    // Every user is out 2 s after their LOGIN: wait for the last exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = cluster
+            .pg
+            .query(
+                "SELECT user_id, entered FROM changes WHERE segment_id = $1 ORDER BY seq",
+                &[&segment],
+            )
+            .await
+            .expect("changes");
+        if rows.len() >= 2 * LOGINS || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut per_user: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for r in &rows {
+        per_user.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    // A LOGIN that reaches its owner more than 2 s late (held up by the
+    // rebalance) enters nobody: such a user has no change at all.
+    let wrong: Vec<_> = per_user
+        .iter()
+        .filter(|(_, changes)| changes.as_slice() != [true, false])
+        .collect();
+    assert!(
+        wrong.is_empty() && per_user.len() >= LOGINS * 3 / 4,
+        "{} users with changes, want each entered once then exited once; wrong: {wrong:?}",
+        per_user.len()
+    );
+    // Each node committed under its own key; none under the single-node one.
+    let keys: BTreeSet<String> = cluster
+        .pg
+        .query(
+            "SELECT key FROM live_state WHERE key LIKE 'live_watermark%'",
+            &[],
+        )
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        ["live_watermark:a", "live_watermark:b"]
+            .map(String::from)
+            .into(),
+    );
+    drop(b);
+}

@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     pub queued: std::sync::atomic::AtomicUsize,
     /// Committed events handed to the worker, not yet applied.
     pub lag: std::sync::atomic::AtomicUsize,
+    /// This node's name when several share the store (the key of its
+    /// watermark; see [`stratify_store::Watermark::key`]).
+    pub node: Option<String>,
 }
 
 /// Every current membership and pending deadline, by ids (for comparing a
@@ -155,7 +158,10 @@ pub struct Live {
 
 impl Live {
     /// Loads the live state (resuming from the watermark, or from the whole
-    /// log with `rebuild`) and starts the worker thread.
+    /// log with `rebuild`) and starts the worker thread. A node of a
+    /// cluster (`node`) starts owning nobody: it loads its users when the
+    /// group assigns them ([`Live::reown`]), and never evaluates or
+    /// commits changes for users another node owns.
     pub(crate) async fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -163,15 +169,18 @@ impl Live {
         rebuild: bool,
         freshness: Arc<Freshness>,
         view: Arc<MemberView>,
+        node: Option<String>,
     ) -> Result<Self, EngineError> {
+        let owns: Option<Owns> = node.is_some().then(|| Arc::new(|_: &str| false) as Owns);
         let shared = Arc::new(Shared {
             freshness,
             view,
+            node,
             ..Shared::default()
         });
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (tx, thread, committer) =
-            Self::spawn(&store, &clock, catalog, &shared, &feed, rebuild, None).await?;
+            Self::spawn(&store, &clock, catalog, &shared, &feed, rebuild, owns).await?;
         let tick_tx = Arc::new(Mutex::new(tx.clone()));
         let tick = tick_tx.clone();
         clock.on_jump(Box::new(move || {

@@ -67,7 +67,10 @@ pub async fn committer(
         // What the store returns is what was stored (a shared store numbers
         // the changes itself): that is what is published.
         let changes = loop {
-            match store.apply_changes(changes.clone(), mark).await {
+            match store
+                .apply_changes(changes.clone(), mark, shared.node.as_deref())
+                .await
+            {
                 Ok(stored) => break stored,
                 Err(e) => {
                     // Derived state: a restart replays from the last committed
@@ -166,7 +169,7 @@ impl Worker {
         let mark = if rebuild {
             None
         } else {
-            store.watermark().await?
+            store.watermark(shared.node.as_deref()).await?
         };
         let mut state = State::default();
         let by_uid = scan::users(store.as_ref(), |user| {
