@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Kafka ingest throughput (issue 8): events/s through the consumer group with
-# one node and with two, on a release build, a throwaway PostgreSQL and the
-# tansu broker (scripts/services.sh), all on this machine.
+# Kafka ingest throughput (issues 8, 19): events/s through the consumer group
+# with one node and with two, on a release build, a throwaway PostgreSQL and
+# the tansu broker (scripts/services.sh), all on this machine; and, in the
+# same run, the two raw limits: the broker's own rate (a plain consumer
+# reading the topic, `stratify-bench kafka-read`) and PostgreSQL's binary
+# COPY rate for the same rows into a copy of the events table.
 #
 #   scripts/bench-kafka.sh [EVENTS] [USERS]   (default 200000 20000)
 #
@@ -17,7 +20,7 @@ EVENTS=${1:-200000}
 USERS=${2:-20000}
 PY=${STRATIFY_PYTHON:-target/pyenv/bin/python}
 PRODUCE=crates/stratify/tests/cluster/produce.py
-cargo build --release -q -p stratify
+cargo build --release -q -p stratify -p stratify-bench
 BIN=target/release/stratify
 WORK=$(mktemp -d)
 source scripts/services.sh
@@ -94,5 +97,14 @@ run() { # NODES
     kill "${PIDS[@]}" 2>/dev/null || true
     wait "${PIDS[@]}" 2>/dev/null || true
 }
+echo "broker: $(target/release/stratify-bench kafka-read --brokers "$BROKERS" --topic bench-events --records "$EVENTS")"
 run 1
+# PostgreSQL's own rate for the rows node 1 stored: a binary COPY into a
+# table like `events` (same columns, indexes and unique keys).
+chmod 777 "$WORK"
+"${PSQL[@]}" -d bench_1 -c "COPY events TO '$WORK/events.bin' (FORMAT binary)"
+"${PSQL[@]}" -d bench_1 -c "CREATE TABLE events_copy (LIKE events INCLUDING ALL)"
+start=$(date +%s.%N)
+"${PSQL[@]}" -d bench_1 -c "COPY events_copy FROM '$WORK/events.bin' (FORMAT binary)"
+echo "postgres: $EVENTS rows by binary COPY in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f s = %.0f rows/s", e - s, '"$EVENTS"' / (e - s)}')"
 run 2

@@ -24,6 +24,51 @@ pub enum BenchCommand {
     /// server's data directory: one running experiment, its exposures and
     /// purchase events (see scripts/bench-results.sh).
     ResultsSetup(ResultsArgs),
+    /// Reads a topic from its start with a plain consumer (no processing)
+    /// and reports records/s: the broker's own rate (see
+    /// scripts/bench-kafka.sh).
+    KafkaRead(KafkaReadArgs),
+}
+
+#[derive(Args)]
+pub struct KafkaReadArgs {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    records: u64,
+}
+
+/// Consumes `records` records of `topic` with a fresh group from the
+/// earliest offset; prints the rate from the first record to the last.
+async fn kafka_read(args: KafkaReadArgs) -> anyhow::Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", format!("bench-read-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&args.topic])?;
+    let (mut n, mut bytes, mut first) = (0u64, 0usize, None);
+    while n < args.records {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no record for 30 s after {n}"))??;
+        first.get_or_insert_with(std::time::Instant::now);
+        bytes += m.payload().map_or(0, <[u8]>::len);
+        n += 1;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!(
+        "{n} records ({:.1} MB) in {secs:.2} s = {:.0} records/s",
+        bytes as f64 / 1e6,
+        n as f64 / secs
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -250,6 +295,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Live(args) => live(args).await,
         BenchCommand::ExperimentsSetup(args) => experiments_setup(args).await,
         BenchCommand::ResultsSetup(args) => results_setup(args).await,
+        BenchCommand::KafkaRead(args) => kafka_read(args).await,
     }
 }
 

@@ -193,6 +193,7 @@ fn producer(opts: &KafkaOptions, role: &str) -> Result<FutureProducer, KafkaErro
         .set("partitioner", "murmur2_random")
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        .set("linger.ms", "25")
         .create()?)
 }
 

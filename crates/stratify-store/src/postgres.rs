@@ -38,6 +38,7 @@ use stratify_core::ids::UserId;
 use stratify_core::rules::sql::{Compiled, Param};
 use stratify_core::schema::{AttributeSchema, EventTypeSchema};
 use stratify_core::time::Millis;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use tokio_postgres::{GenericClient, NoTls, Row, Transaction};
@@ -58,6 +59,25 @@ const POOL_SIZE: usize = 16;
 const EVENT_SELECT: &str =
     "SELECT e.seq, e.event_id, u.user_id, n.name, e.ts, e.properties, e.received_at, e.source \
      FROM events e JOIN users u ON u.uid = e.uid JOIN event_names n ON n.id = e.name_id";
+/// Each connection's staging table for event appends: a batch is COPied
+/// into it (binary), then inserted with its duplicates skipped; emptied at
+/// every commit.
+const CREATE_EVENTS_IN: &str = "DO $$ BEGIN IF to_regclass('pg_temp.events_in') IS NULL THEN \
+     CREATE TEMP TABLE events_in (seq BIGINT, uid BIGINT, name_id BIGINT, ts BIGINT, event_id TEXT, \
+     dedupe BIGINT, properties JSONB, source BIGINT, received_at BIGINT) ON COMMIT DELETE ROWS; \
+     END IF; END $$";
+const COPY_EVENTS_IN: &str = "COPY events_in FROM STDIN (FORMAT binary)";
+const EVENTS_IN_TYPES: [Type; 9] = [
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::JSONB,
+    Type::INT8,
+    Type::INT8,
+];
 const CHANGE_COLUMNS: &str = "seq, segment_id, user_id, entered, at, cause, event_seq, event_id";
 
 pub struct PgStore {
@@ -423,33 +443,48 @@ impl EventLog for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let now = batch.report.now;
-        let users: Vec<&str> = batch.events.iter().map(|e| e.user_id.as_str()).collect();
-        let names: Vec<&str> = batch.events.iter().map(|e| e.name.as_str()).collect();
+        let events = &batch.events;
+        let users: Vec<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let uids = uids(&*tx, &users, now).await?;
         let name_ids = name_ids(&*tx, &names).await?;
-        let mut order: Vec<usize> = (0..batch.events.len()).collect();
-        order.sort_unstable_by_key(|&i| (uids[i], batch.events[i].timestamp, i));
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_unstable_by_key(|&i| (uids[i], events[i].timestamp, i));
+        tx.batch_execute(CREATE_EVENTS_IN).await?;
         // Numbers are taken from here to the commit under the lock (see
         // EVENTS_LOCK); interning users and names above stays concurrent.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
             .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING seq",
+        // Every row is numbered before it is sent, in (user, time) order:
+        // what the insert skips as a duplicate leaves a gap, as a sequence
+        // may anyway.
+        let mut numbers: Vec<i64> = tx
+            .query(
+                "SELECT nextval('events_seq_seq') FROM generate_series(1, $1::bigint)",
+                &[&(events.len() as i64)],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        numbers.sort_unstable();
+        let mut seqs = vec![0i64; events.len()];
+        for (&i, &n) in order.iter().zip(&numbers) {
+            seqs[i] = n;
+        }
         let source = batch.report.source.code();
-        let mut out = vec![Appended::Duplicate; batch.events.len()];
-        let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
-        for i in order {
-            let e = &batch.events[i];
-            let event_id = e.event_id.as_ref().map(|id| id.as_str());
-            let props = e.properties.as_ref().map(Json);
-            let row = tx
-                .query_opt(
-                    &insert,
-                    &[
+        {
+            let sink = tx.copy_in(COPY_EVENTS_IN).await?;
+            let writer = BinaryCopyInWriter::new(sink, &EVENTS_IN_TYPES);
+            pin_mut!(writer);
+            for &i in &order {
+                let e = &events[i];
+                let event_id = e.event_id.as_ref().map(|id| id.as_str());
+                let props = e.properties.as_ref().map(Json);
+                writer
+                    .as_mut()
+                    .write(&[
+                        &seqs[i],
                         &uids[i],
                         &name_ids[i],
                         &e.timestamp,
@@ -458,46 +493,86 @@ impl EventLog for PgStore {
                         &props,
                         &source,
                         &now,
+                    ])
+                    .await?;
+            }
+            writer.finish().await?;
+        }
+        let inserted: std::collections::HashSet<i64> = tx
+            .query(
+                "INSERT INTO events (seq, uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
+                 SELECT * FROM events_in ORDER BY seq ON CONFLICT DO NOTHING RETURNING seq",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out: Vec<Appended> = seqs
+            .iter()
+            .map(|s| {
+                if inserted.contains(s) {
+                    Appended::New(*s)
+                } else {
+                    Appended::Duplicate
+                }
+            })
+            .collect();
+        // A skipped row with an id is only a duplicate if the stored event
+        // under its (user, key) has the same id text: a 64-bit hash
+        // collision must not lose it (stored again, without the key).
+        let skipped: Vec<usize> = (0..events.len())
+            .filter(|&i| out[i] == Appended::Duplicate && events[i].event_id.is_some())
+            .collect();
+        if !skipped.is_empty() {
+            let rows = tx
+                .query(
+                    "SELECT e.uid, e.dedupe, e.event_id FROM events e \
+                     JOIN unnest($1::bigint[], $2::bigint[]) AS k(uid, dedupe) \
+                     ON e.uid = k.uid AND e.dedupe = k.dedupe",
+                    &[
+                        &skipped.iter().map(|&i| uids[i]).collect::<Vec<_>>(),
+                        &skipped
+                            .iter()
+                            .map(|&i| events[i].dedupe_key)
+                            .collect::<Vec<_>>(),
                     ],
                 )
                 .await?;
-            let mut appended = row.map_or(Appended::Duplicate, |r| Appended::New(r.get(0)));
-            if let (Appended::Duplicate, Some(id), Some(key)) = (&appended, event_id, e.dedupe_key)
-            {
-                // Same key for this user: only a duplicate if the stored id
-                // is the same text (a 64-bit hash collision must not lose it).
-                let stored: Option<String> = tx
-                    .query_opt(sql::EVENT_BY_DEDUPE.postgres(), &[&uids[i], &key])
-                    .await?
-                    .and_then(|r| r.get(0));
-                if stored.as_deref() != Some(id) {
-                    let none: Option<i64> = None;
-                    let r = tx
-                        .query_one(
-                            &insert,
-                            &[
-                                &uids[i],
-                                &name_ids[i],
-                                &e.timestamp,
-                                &event_id,
-                                &none,
-                                &props,
-                                &source,
-                                &now,
-                            ],
-                        )
-                        .await?;
-                    appended = Appended::New(r.get(0));
+            let stored: std::collections::HashMap<(i64, i64), Option<String>> = rows
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            for i in skipped {
+                let e = &events[i];
+                let id = e.event_id.as_ref().map(|id| id.as_str());
+                let held = e
+                    .dedupe_key
+                    .and_then(|k| stored.get(&(uids[i], k)))
+                    .and_then(|s| s.as_deref());
+                if held == id {
+                    continue;
                 }
+                let props = e.properties.as_ref().map(Json);
+                let r = tx
+                    .query_one(
+                        "INSERT INTO events (uid, name_id, ts, event_id, dedupe, properties, source, received_at) \
+                         VALUES ($1, $2, $3, $4, NULL, $5, $6, $7) RETURNING seq",
+                        &[&uids[i], &name_ids[i], &e.timestamp, &id, &props, &source, &now],
+                    )
+                    .await?;
+                out[i] = Appended::New(r.get(0));
             }
-            match appended {
+        }
+        let (mut accepted, mut duplicates, mut last) = (0u64, 0u64, None::<Millis>);
+        for (e, a) in events.iter().zip(&out) {
+            match a {
                 Appended::New(_) => {
                     accepted += 1;
                     last = Some(last.map_or(e.timestamp, |l| l.max(e.timestamp)));
                 }
                 Appended::Duplicate => duplicates += 1,
             }
-            out[i] = appended;
         }
         record_ingest(&*tx, &batch.report, accepted, duplicates, last).await?;
         tx.commit().await?;
