@@ -39,6 +39,9 @@ pub struct KafkaReadArgs {
     /// Stop after this many records.
     #[arg(long)]
     records: u64,
+    /// Extra consumer settings, `name=value` (repeatable).
+    #[arg(long = "set")]
+    settings: Vec<String>,
 }
 
 /// Consumes `records` records of `topic` with a fresh group from the

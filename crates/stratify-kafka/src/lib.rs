@@ -49,7 +49,7 @@ use stratify_engine::{Engine, EngineError};
 use stratify_store::{PartitionProgress, Source};
 
 /// Most records appended in one transaction.
-const MAX_BATCH: usize = 2_000;
+const MAX_BATCH: usize = 5_000;
 /// How long a batch waits for more records once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -80,6 +80,8 @@ pub enum KafkaError {
     NoTopic(String),
     #[error(transparent)]
     Engine(#[from] stratify_engine::EngineError),
+    #[error("storing a batch failed: {0}")]
+    Abandoned(String),
 }
 
 /// Kafka's default partitioner for a keyed record (Java's
@@ -339,10 +341,25 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         committed.clone(),
         opts.clone(),
     ));
+    // One batch is stored while the next is read (pipelined); offsets are
+    // committed in batch order, each once its batch is durable.
+    let mut inflight: Option<tokio::task::JoinHandle<Stored>> = None;
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut retry = RETRY_FIRST;
     loop {
         if assignment.reassigned.swap(false, Ordering::AcqRel) {
+            // What is in flight is stored (and applied) by the old live
+            // state before the new one is built from the log.
+            if let Some(previous) = inflight.take() {
+                let _ = settle(
+                    previous,
+                    &consumer,
+                    &opts.events_topic,
+                    &committed,
+                    &mut retry,
+                )
+                .await?;
+            }
             // Offsets of partitions owned before are another node's now.
             let owned = assignment.owned.read().clone();
             committed.lock().retain(|p, _| owned.contains(p));
@@ -350,7 +367,19 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         }
         batch.clear();
         match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            Err(_) => continue,
+            Err(_) => {
+                if let Some(previous) = inflight.take() {
+                    let _ = settle(
+                        previous,
+                        &consumer,
+                        &opts.events_topic,
+                        &committed,
+                        &mut retry,
+                    )
+                    .await?;
+                }
+                continue;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "kafka receive failed");
                 continue;
@@ -358,7 +387,14 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
             Ok(Ok(m)) => batch.push(record(&opts.events_topic, &m)),
         }
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
+            // What the client has already fetched is taken without a timer;
+            // only an empty queue waits (up to BATCH_WAIT).
+            use futures_util::FutureExt;
+            let ready = match consumer.recv().now_or_never() {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(BATCH_WAIT, consumer.recv()).await,
+            };
+            match ready {
                 Ok(Ok(m)) => batch.push(record(&opts.events_topic, &m)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka receive failed");
@@ -396,41 +432,91 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
                 }
             })
             .collect::<Vec<_>>();
-        let handed_over = forwarder.records(&misrouted).await;
-        let stored = match handed_over {
-            Err(e) => Err(e),
-            Ok(()) => {
+        // The batch before this one must be durable first: a failed one
+        // rewinds its partitions, and this batch (read past it) is dropped
+        // to be read again.
+        if let Some(previous) = inflight.take() {
+            if let Err(rewound) = settle(
+                previous,
+                &consumer,
+                &opts.events_topic,
+                &committed,
+                &mut retry,
+            )
+            .await?
+            {
+                first.retain(|p, _| !rewound.contains_key(p));
+                rewind(&consumer, &opts.events_topic, &first);
+                continue;
+            }
+        }
+        let engine = engine.clone();
+        let forwarder = forwarder.clone();
+        inflight = Some(tokio::spawn(async move {
+            let result = async {
+                forwarder.records(&misrouted).await?;
                 engine
                     .ingest
                     .ingest_records(items, Source::Kafka, misrouted.len() as u64)
-                    .await
+                    .await?;
+                // The store is current for these users now: re-read them.
+                refresh_all(&engine, &refresh).await
             }
-        };
-        let stored = match stored {
-            // The store is current for these users now: re-read them.
-            Ok(_) => refresh_all(&engine, &refresh).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = stored {
-            // Not durable, so not committed: rewind and read the batch again.
-            tracing::error!(error = %e, "cannot append kafka records; reading them again");
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(Duration::from_secs(5));
-            rewind(&consumer, &opts.events_topic, &first);
-            continue;
-        }
-        retry = RETRY_FIRST;
-        // Durable: now the offsets may move.
-        let mut tpl = TopicPartitionList::new();
-        for (&p, &o) in &next {
-            tpl.add_partition_offset(&opts.events_topic, p, Offset::Offset(o))?;
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            // Redelivered later and de-duplicated: nothing is lost.
+            .await;
+            Stored {
+                result,
+                first,
+                next,
+            }
+        }));
+    }
+}
+
+/// A batch's outcome, with the offsets it read from and up to.
+struct Stored {
+    result: Result<(), EngineError>,
+    first: BTreeMap<i32, i64>,
+    next: BTreeMap<i32, i64>,
+}
+
+/// Waits for a batch being stored; commits its offsets when it is durable,
+/// else rewinds its partitions (after a growing pause) so it is read again
+/// and returns where they were rewound to (a batch read after it must not
+/// rewind those partitions past it).
+async fn settle(
+    batch: tokio::task::JoinHandle<Stored>,
+    consumer: &StreamConsumer<Context>,
+    topic: &str,
+    committed: &parking_lot::Mutex<BTreeMap<i32, i64>>,
+    retry: &mut Duration,
+) -> Result<Result<(), BTreeMap<i32, i64>>, KafkaError> {
+    // A panic in the store path: stop the member, so its uncommitted
+    // offsets are read again (by the next owner, or after a restart).
+    let stored = batch
+        .await
+        .map_err(|e| KafkaError::Abandoned(e.to_string()))?;
+    if let Err(e) = stored.result {
+        // Not durable, so not committed: rewind and read the batch again.
+        tracing::error!(error = %e, "cannot append kafka records; reading them again");
+        tokio::time::sleep(*retry).await;
+        *retry = (*retry * 2).min(Duration::from_secs(5));
+        rewind(consumer, topic, &stored.first);
+        return Ok(Err(stored.first));
+    }
+    *retry = RETRY_FIRST;
+    // Durable: now the offsets may move.
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &stored.next {
+        if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(o)) {
             tracing::warn!(error = %e, "cannot commit kafka offsets");
         }
-        committed.lock().extend(next);
     }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        // Redelivered later and de-duplicated: nothing is lost.
+        tracing::warn!(error = %e, "cannot commit kafka offsets");
+    }
+    committed.lock().extend(stored.next);
+    Ok(Ok(()))
 }
 
 /// Re-reads users another node changed (refresh records).

@@ -313,20 +313,36 @@ async fn uids<C: GenericClient>(c: &C, users: &[&str], now: Millis) -> Result<Ve
     let mut sorted: Vec<&str> = users.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    c.execute(
-        "INSERT INTO users (user_id, created_at, updated_at) \
-         SELECT u, $2, $2 FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING",
-        &[&sorted, &now],
-    )
-    .await?;
-    let rows = c
-        .query(
-            "SELECT user_id, uid FROM users WHERE user_id = ANY($1)",
-            &[&sorted],
+    // Most users of a batch exist: read them first, and insert only the
+    // others (an upsert of every user would try an insert, and burn a
+    // sequence number, per known user).
+    let lookup = "SELECT user_id, uid FROM users WHERE user_id = ANY($1)";
+    let mut map: std::collections::HashMap<String, i64> = c
+        .query(lookup, &[&sorted])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let missing: Vec<&str> = sorted
+        .iter()
+        .copied()
+        .filter(|u| !map.contains_key(*u))
+        .collect();
+    if !missing.is_empty() {
+        c.execute(
+            "INSERT INTO users (user_id, created_at, updated_at) \
+             SELECT u, $2, $2 FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING",
+            &[&missing, &now],
         )
         .await?;
-    let map: std::collections::HashMap<String, i64> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // Inserted here, or meanwhile by another node: read them all.
+        map.extend(
+            c.query(lookup, &[&missing])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1))),
+        );
+    }
     users
         .iter()
         .map(|u| {
