@@ -168,14 +168,78 @@ async fn configure(node: &Node) -> BTreeMap<String, String> {
     .await;
     let id = e["id"].as_str().expect("id");
     post(node, &format!("/v1/experiments/{id}/start"), json!(null)).await;
+    for metric in [
+        json!({"key": "spend", "kind": "sum", "event": "purchase", "property": "amount"}),
+        json!({"key": "bought", "kind": "conversion", "event": "purchase", "window": "7d"}),
+    ] {
+        post(node, "/v1/metrics", metric).await;
+    }
+    let everyone = post(
+        node,
+        "/v1/experiments",
+        json!({"key": "everyone", "name": "Everyone", "seed": "cluster",
+               "variants": [{"key": "a", "weight": 50, "is_control": true}, {"key": "b", "weight": 50}]}),
+    )
+    .await;
+    let everyone = everyone["id"].as_str().expect("id").to_owned();
+    post(
+        node,
+        &format!("/v1/experiments/{everyone}/start"),
+        json!(null),
+    )
+    .await;
+    ids.insert("everyone".to_owned(), everyone);
     ids
 }
 
-fn events() -> Vec<Value> {
+/// Serves every user the experiments (their exposures), on `nodes` in turn.
+async fn expose(nodes: &[&Node]) {
+    for u in 0..USERS {
+        let node = nodes[u % nodes.len()];
+        let v = get(node, &format!("/v1/users/user-{u:03}/experiments")).await;
+        assert!(
+            v["experiments"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["key"] == "everyone")),
+            "{v}"
+        );
+    }
+}
+
+/// The `everyone` experiment's per-variant figures for both metrics.
+async fn results(node: &Node, experiment: &str) -> Vec<(String, String, Value, Value, Value, f64)> {
+    let r = get(
+        node,
+        &format!("/v1/experiments/{experiment}/results?metric=spend,bought"),
+    )
+    .await;
+    let mut out = Vec::new();
+    for m in r["metrics"].as_array().expect("metrics") {
+        for v in m["variants"].as_array().expect("variants") {
+            out.push((
+                m["metric"]["key"].as_str().unwrap_or_default().to_owned(),
+                v["key"].as_str().unwrap_or_default().to_owned(),
+                v["users"].clone(),
+                v["n"].clone(),
+                v["total"].clone(),
+                v["mean"].as_f64().unwrap_or(-1.0),
+            ));
+        }
+    }
+    out
+}
+
+/// The stream. A tenth are purchases at `purchases_from` (after every
+/// user's exposure to the `everyone` experiment) and later: what its
+/// results count.
+fn events(purchases_from: i64) -> Vec<Value> {
     (0..EVENTS)
         .map(|i| {
             let user = format!("user-{:03}", (i * 7 + i / 13) % USERS);
-            let mut e = if i % 3 == 0 {
+            let mut e = if i % 10 == 5 {
+                json!({"user_id": user, "name": "purchase", "timestamp": purchases_from + i as i64,
+                       "properties": {"amount": (i % 37) as f64 + 0.5}})
+            } else if i % 3 == 0 {
                 json!({"user_id": user, "name": "LOGIN", "timestamp": 1_700_000_000_000i64 + i as i64})
             } else {
                 json!({"user_id": user, "name": "order_placed", "timestamp": 1_700_000_000_000i64 + i as i64,
@@ -216,7 +280,9 @@ async fn variants(node: &Node) -> BTreeMap<String, String> {
         let user = format!("user-{u:03}");
         let v = get(node, &format!("/v1/users/{user}/experiments")).await;
         for e in v["experiments"].as_array().expect("experiments") {
-            out.insert(user.clone(), e["variant"].as_str().unwrap_or("").to_owned());
+            if e["key"] == "checkout" {
+                out.insert(user.clone(), e["variant"].as_str().unwrap_or("").to_owned());
+            }
         }
     }
     out
@@ -325,27 +391,71 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         a.extend(["--node-id".to_owned(), id.to_owned()]);
         a
     };
-    // Node b starts first, so it takes the changes relay's lease: the node
-    // killed below is the one relaying.
+    // A webhook receiver: every change seq it was sent, once per delivery.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<i64>>> = Default::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let seqs = body["changes"].as_array().map(|c| {
+                    c.iter()
+                        .filter_map(|c| c["seq"].as_i64())
+                        .collect::<Vec<_>>()
+                });
+                sink.lock().expect("lock").extend(seqs.unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Node b starts first, alone: it takes the changes relay's lease and the
+    // webhook's, so the node killed below is the one relaying and the one
+    // delivering.
     let mut b = start("node-b", &with_id("b"), logs.path()).await;
     let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
         .await
         .expect("pg");
     tokio::spawn(conn);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg
-        .query("SELECT 1 FROM leases", &[])
-        .await
-        .expect("leases")
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "node b took no relay lease");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let holder = |name: String| {
+        let pg = &pg;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let rows = pg
+                    .query("SELECT holder FROM leases WHERE name = $1", &[&name])
+                    .await
+                    .expect("leases");
+                if let Some(r) = rows.first() {
+                    return r.get::<_, String>(0);
+                }
+                assert!(Instant::now() < deadline, "nobody holds the lease {name}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(holder(format!("changes-relay:{changes_topic}")).await, "b");
+    let mut ids = configure(&b).await;
+    let everyone = ids.remove("everyone").expect("everyone");
+    let hook = post(
+        &b,
+        "/v1/webhooks",
+        json!({"url": hook_url, "segment_ids": ids.values().collect::<Vec<_>>()}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(holder(format!("webhook:{hook}")).await, "b");
     let a = start("node-a", &with_id("a"), logs.path()).await;
 
     // Configuration made on one node is served by the other within a second.
-    let ids = configure(&a).await;
     let made = Instant::now();
     let (s, late) = call(
         reqwest::Method::POST,
@@ -384,7 +494,26 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     // The stream, in three parts: both nodes consume the first; node b is
     // SIGKILLed while the second is being produced and consumed; a new node b
     // joins while the third is.
-    let all = events();
+    // The single-node run (SQLite, the same configuration, the same events
+    // over HTTP at the end) starts now: every user is exposed to the
+    // `everyone` experiment on both before any purchase.
+    let dir = tempfile::tempdir().expect("dir");
+    let one = start(
+        "single",
+        &["--data-dir".to_owned(), dir.path().display().to_string()],
+        logs.path(),
+    )
+    .await;
+    let mut one_ids = configure(&one).await;
+    let one_everyone = one_ids.remove("everyone").expect("everyone");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&b, &format!("/v1/experiments/{everyone}")).await["status"] != "running" {
+        assert!(Instant::now() < deadline, "node b never saw the experiment");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    expose(&[&a, &b]).await;
+    expose(&[&one]).await;
+    let all = events(now_ms() + 1_000);
     let third = EVENTS / 3;
     let part = |name: &str, from: usize, to: usize, bad: &[&str]| {
         let mut text: String = all[from..to].iter().map(|e| format!("{e}\n")).collect();
@@ -407,6 +536,34 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     // Both nodes own partitions before one is killed.
     wait_owners(&a, &["a", "b"]).await;
 
+    // Results are read on both nodes all through part 2 (node b dies on
+    // the way): node a answers every time.
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = reading.clone();
+        let urls = [a.url.clone(), b.url.clone()];
+        let path = format!("/v1/experiments/{everyone}/results?metric=spend,bought");
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut on_a = Vec::new();
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, url) in urls.iter().enumerate() {
+                    // Node b's reads fail once it is killed; node a's never.
+                    let status = client
+                        .get(format!("{url}{path}"))
+                        .header("X-API-Key", KEY)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if i == 0 {
+                        on_a.push(status.map_err(|e| e.to_string()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            on_a
+        })
+    };
     let half = third + third / 2;
     let producer = part("part2a.jsonl", third, half, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -414,12 +571,12 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         assert!(Instant::now() < deadline, "part 2 not consumed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let relay: String = pg
-        .query_one("SELECT holder FROM leases", &[])
-        .await
-        .expect("the changes relay's lease")
-        .get(0);
-    assert_eq!(relay, "b", "node b relays the changes");
+    assert_eq!(holder(format!("changes-relay:{changes_topic}")).await, "b");
+    assert_eq!(holder(format!("webhook:{hook}")).await, "b");
+    assert!(
+        !seen.lock().expect("lock").is_empty(),
+        "node b is delivering when it is killed"
+    );
     b.child.kill().expect("SIGKILL node b");
     b.child.wait().expect("reap node b");
     let killed = Instant::now();
@@ -432,6 +589,12 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         .expect("producer");
     wait_count(&pg, 2 * third, "part 2, after node b was killed").await;
     wait_owners(&a, &["a"]).await;
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let on_a = reader.await.expect("reader");
+    assert!(
+        on_a.len() > 5 && on_a.iter().all(|s| s == &Ok(200)),
+        "results on node a while node b died: {on_a:?}"
+    );
     eprintln!(
         "node b killed with {killed_at} of {} events stored; node a had them all {:?} later",
         2 * third,
@@ -502,15 +665,7 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         .get::<_, i64>(0);
     assert_eq!(twice, 0, "a membership change was recorded twice");
 
-    // The single-node run: SQLite, the same configuration and events over HTTP.
-    let dir = tempfile::tempdir().expect("dir");
-    let one = start(
-        "single",
-        &["--data-dir".to_owned(), dir.path().display().to_string()],
-        logs.path(),
-    )
-    .await;
-    let one_ids = configure(&one).await;
+    // The single-node run gets the same events.
     for chunk in all.chunks(500) {
         post(&one, "/v1/events", json!({"events": chunk})).await;
     }
@@ -545,6 +700,64 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
     assert!(single.len() > 10, "too few users in the experiment");
     assert_eq!(variants(&b).await, single, "node b");
     assert_eq!(variants(&a).await, single, "node a");
+    // Results: the same on every node as on the single node.
+    let expected = results(&one, &one_everyone).await;
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    assert!(
+        expected
+            .iter()
+            .all(|r| r.4.as_f64().is_some_and(|t| t > 0.0)),
+        "{expected:?}"
+    );
+    assert_eq!(results(&a, &everyone).await, expected, "node a");
+    assert_eq!(results(&b, &everyone).await, expected, "node b (new)");
+
+    // The webhook: every change of its segments arrived, at least once and
+    // at most twice (one crash: the batch node b was sending may be sent
+    // again by node a, which took the webhook over).
+    let segments: Vec<String> = ids.values().cloned().collect();
+    let logged: BTreeSet<i64> = pg
+        .query(
+            "SELECT seq FROM changes WHERE segment_id = ANY($1)",
+            &[&segments],
+        )
+        .await
+        .expect("changes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: BTreeSet<i64> = seen.lock().expect("lock").iter().copied().collect();
+        if delivered.is_superset(&logged) {
+            assert!(
+                delivered.is_subset(&logged),
+                "delivered changes nobody logged"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} changes delivered",
+            delivered.intersection(&logged).count(),
+            logged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut times: BTreeMap<i64, usize> = BTreeMap::new();
+    for s in seen.lock().expect("lock").iter() {
+        *times.entry(*s).or_default() += 1;
+    }
+    let thrice: Vec<_> = times.iter().filter(|(_, &n)| n > 2).collect();
+    assert!(
+        thrice.is_empty(),
+        "changes delivered more than twice: {thrice:?}"
+    );
+    eprintln!(
+        "webhook: {} changes, {} delivered twice",
+        logged.len(),
+        times.values().filter(|&&n| n == 2).count()
+    );
 
     // Writes over HTTP to the node that does not own the user reach the
     // owner's live state: events through the topic, attributes by a refresh.
