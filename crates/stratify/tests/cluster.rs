@@ -1537,3 +1537,80 @@ async fn a_node_joining_the_cluster_records_nothing_for_users_it_does_not_own() 
     );
     drop(b);
 }
+
+/// Issue 19, batches stored while the next is read: a batch the store
+/// refuses is read again, with every batch read past it, until the store
+/// takes it; nothing is lost or stored twice. A trigger refuses one event
+/// (so its batch, and the pipelined one after it, fail) until it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_store_refuses_is_read_again_with_the_batches_after_it() {
+    let cluster = Cluster::new("refused").await;
+    cluster
+        .pg
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.event_id = 'poison' THEN RAISE EXCEPTION 'refused for the test'; END IF; \
+             RETURN NEW; END $$",
+        )
+        .await
+        .expect("function");
+    let a = cluster.node("a").await;
+    cluster.warm_up(&a, &["a"]).await;
+    cluster
+        .pg
+        .batch_execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        )
+        .await
+        .expect("trigger");
+    const N: usize = 3_000;
+    let events: Vec<Value> = (0..N)
+        .map(|i| {
+            let id = if i == N / 3 {
+                "poison".to_owned()
+            } else {
+                format!("r-{i}")
+            };
+            json!({"event_id": id, "user_id": format!("r-user-{}", i % 97), "name": "LOGIN",
+                   "timestamp": 1_700_000_000_000i64 + i as i64})
+        })
+        .collect();
+    assert_eq!(
+        cluster.produce("refused.jsonl", &events, None),
+        N.to_string()
+    );
+    // Refused: the log stops short of the poison's batch, and stays there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = count(&cluster.pg).await;
+    assert!(
+        stuck < (40 + N) as i64,
+        "{stuck} events stored although one batch is refused"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count(&cluster.pg).await,
+        stuck,
+        "nothing passes the refused batch"
+    );
+    cluster
+        .pg
+        .batch_execute("DROP TRIGGER refuse_poison ON events")
+        .await
+        .expect("drop");
+    wait_count(&cluster.pg, 40 + N, "after the store takes the batch").await;
+    let row = cluster
+        .pg
+        .query_one(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE event_id NOT LIKE 'kafka-%'",
+            &[],
+        )
+        .await
+        .expect("count");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (N as i64, N as i64),
+        "every event stored once"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&cluster.pg).await, (40 + N) as i64, "nothing more");
+}
