@@ -344,21 +344,19 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     // One batch is stored while the next is read (pipelined); offsets are
     // committed in batch order, each once its batch is durable.
     let mut inflight: Option<tokio::task::JoinHandle<Stored>> = None;
+    let mut batches = Settle {
+        consumer: &consumer,
+        topic: &opts.events_topic,
+        committed: &committed,
+        retry: RETRY_FIRST,
+    };
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
-    let mut retry = RETRY_FIRST;
     loop {
         if assignment.reassigned.swap(false, Ordering::AcqRel) {
             // What is in flight is stored (and applied) by the old live
             // state before the new one is built from the log.
             if let Some(previous) = inflight.take() {
-                let _ = settle(
-                    previous,
-                    &consumer,
-                    &opts.events_topic,
-                    &committed,
-                    &mut retry,
-                )
-                .await?;
+                let _ = batches.settle(previous).await?;
             }
             // Offsets of partitions owned before are another node's now.
             let owned = assignment.owned.read().clone();
@@ -369,14 +367,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
             Err(_) => {
                 if let Some(previous) = inflight.take() {
-                    let _ = settle(
-                        previous,
-                        &consumer,
-                        &opts.events_topic,
-                        &committed,
-                        &mut retry,
-                    )
-                    .await?;
+                    let _ = batches.settle(previous).await?;
                 }
                 continue;
             }
@@ -436,17 +427,9 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
         // rewinds its partitions, and this batch (read past it) is dropped
         // to be read again.
         if let Some(previous) = inflight.take() {
-            if let Err(rewound) = settle(
-                previous,
-                &consumer,
-                &opts.events_topic,
-                &committed,
-                &mut retry,
-            )
-            .await?
-            {
+            if let Err(rewound) = batches.settle(previous).await? {
                 first.retain(|p, _| !rewound.contains_key(p));
-                rewind(&consumer, &opts.events_topic, &first);
+                rewind(batches.consumer, batches.topic, &first);
                 continue;
             }
         }
@@ -479,44 +462,52 @@ struct Stored {
     next: BTreeMap<i32, i64>,
 }
 
-/// Waits for a batch being stored; commits its offsets when it is durable,
-/// else rewinds its partitions (after a growing pause) so it is read again
-/// and returns where they were rewound to (a batch read after it must not
-/// rewind those partitions past it).
-async fn settle(
-    batch: tokio::task::JoinHandle<Stored>,
-    consumer: &StreamConsumer<Context>,
-    topic: &str,
-    committed: &parking_lot::Mutex<BTreeMap<i32, i64>>,
-    retry: &mut Duration,
-) -> Result<Result<(), BTreeMap<i32, i64>>, KafkaError> {
-    // A panic in the store path: stop the member, so its uncommitted
-    // offsets are read again (by the next owner, or after a restart).
-    let stored = batch
-        .await
-        .map_err(|e| KafkaError::Abandoned(e.to_string()))?;
-    if let Err(e) = stored.result {
-        // Not durable, so not committed: rewind and read the batch again.
-        tracing::error!(error = %e, "cannot append kafka records; reading them again");
-        tokio::time::sleep(*retry).await;
-        *retry = (*retry * 2).min(Duration::from_secs(5));
-        rewind(consumer, topic, &stored.first);
-        return Ok(Err(stored.first));
-    }
-    *retry = RETRY_FIRST;
-    // Durable: now the offsets may move.
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in &stored.next {
-        if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(o)) {
+/// Where stored batches' offsets go, and the pause before a refused batch
+/// is read again (doubling to 5 s, reset by a stored one).
+struct Settle<'a> {
+    consumer: &'a StreamConsumer<Context>,
+    topic: &'a str,
+    committed: &'a parking_lot::Mutex<BTreeMap<i32, i64>>,
+    retry: Duration,
+}
+
+impl Settle<'_> {
+    /// Waits for a batch being stored; commits its offsets when it is
+    /// durable, else rewinds its partitions (after a growing pause) so it is
+    /// read again and returns where they were rewound to (a batch read after
+    /// it must not rewind those partitions past it).
+    async fn settle(
+        &mut self,
+        batch: tokio::task::JoinHandle<Stored>,
+    ) -> Result<Result<(), BTreeMap<i32, i64>>, KafkaError> {
+        // A panic in the store path: stop the member, so its uncommitted
+        // offsets are read again (by the next owner, or after a restart).
+        let stored = batch
+            .await
+            .map_err(|e| KafkaError::Abandoned(e.to_string()))?;
+        if let Err(e) = stored.result {
+            // Not durable, so not committed: rewind and read the batch again.
+            tracing::error!(error = %e, "cannot append kafka records; reading them again");
+            tokio::time::sleep(self.retry).await;
+            self.retry = (self.retry * 2).min(Duration::from_secs(5));
+            rewind(self.consumer, self.topic, &stored.first);
+            return Ok(Err(stored.first));
+        }
+        self.retry = RETRY_FIRST;
+        // Durable: now the offsets may move.
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &stored.next {
+            if let Err(e) = tpl.add_partition_offset(self.topic, p, Offset::Offset(o)) {
+                tracing::warn!(error = %e, "cannot commit kafka offsets");
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            // Redelivered later and de-duplicated: nothing is lost.
             tracing::warn!(error = %e, "cannot commit kafka offsets");
         }
+        self.committed.lock().extend(stored.next);
+        Ok(Ok(()))
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        // Redelivered later and de-duplicated: nothing is lost.
-        tracing::warn!(error = %e, "cannot commit kafka offsets");
-    }
-    committed.lock().extend(stored.next);
-    Ok(Ok(()))
 }
 
 /// Re-reads users another node changed (refresh records).

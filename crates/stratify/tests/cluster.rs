@@ -391,29 +391,7 @@ async fn two_nodes_consume_kafka_lose_nothing_count_nothing_twice_and_match_one_
         a.extend(["--node-id".to_owned(), id.to_owned()]);
         a
     };
-    // A webhook receiver: every change seq it was sent, once per delivery.
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<i64>>> = Default::default();
-    let sink = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                let seqs = body["changes"].as_array().map(|c| {
-                    c.iter()
-                        .filter_map(|c| c["seq"].as_i64())
-                        .collect::<Vec<_>>()
-                });
-                sink.lock().expect("lock").extend(seqs.unwrap_or_default());
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (hook_url, seen) = webhook_receiver().await;
 
     // Node b starts first, alone: it takes the changes relay's lease and the
     // webhook's, so the node killed below is the one relaying and the one
@@ -923,6 +901,34 @@ impl Cluster {
     }
 }
 
+/// A webhook receiver on loopback: its URL, and every change seq it was
+/// sent, once per delivery.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<i64>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<i64>>> = Default::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let seqs = body["changes"].as_array().map(|c| {
+                    c.iter()
+                        .filter_map(|c| c["seq"].as_i64())
+                        .collect::<Vec<_>>()
+                });
+                sink.lock().expect("lock").extend(seqs.unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
 /// Creates the segment of users with at least one LOGIN; returns its id.
 async fn login_segment(node: &Node, name: &str) -> String {
     post(
@@ -1064,34 +1070,8 @@ async fn a_non_owner_node_drops_an_answer_the_owner_made_stale() {
 /// node stops on every node within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_webhook_batch_once_and_stop_together() {
-    use std::sync::{Arc, Mutex};
     let cluster = Cluster::new("hook").await;
-    // The receiver: every change seq it was sent, once per delivery.
-    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let sink = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                let seqs = body["changes"]
-                    .as_array()
-                    .map(|c| {
-                        c.iter()
-                            .filter_map(|c| c["seq"].as_i64())
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                sink.lock().expect("lock").extend(seqs);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (hook_url, seen) = webhook_receiver().await;
 
     let a = cluster.node("a").await;
     let segment = login_segment(&a, "hooked").await;
