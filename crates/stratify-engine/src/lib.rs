@@ -145,10 +145,15 @@ impl Engine {
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
         // A shared store answers population queries itself (see
-        // `SegmentService::population`): no node keeps an index of it.
+        // `SegmentService::population`): no node keeps an index of it. The
+        // index loads on another task while the live state loads here: each
+        // reads the whole log, so on a multi-core machine the two overlap.
         let population = match store.dialect() {
             stratify_core::rules::sql::Dialect::Sqlite => {
-                Some(population::load(store.as_ref()).await?)
+                let store = store.clone();
+                Some(tokio::spawn(async move {
+                    population::load(store.as_ref()).await
+                }))
             }
             stratify_core::rules::sql::Dialect::Postgres => None,
         };
@@ -169,6 +174,13 @@ impl Engine {
             )
             .await?,
         );
+        let population = match population {
+            Some(task) => Some(
+                task.await
+                    .map_err(|e| EngineError::Store(stratify_store::StoreError::Task(e)))??,
+            ),
+            None => None,
+        };
         let views = Arc::new(derived::Views {
             population,
             live,
