@@ -293,7 +293,15 @@ impl Forward for Forwarder {
 }
 
 /// Runs this node as a member of the consumer group until the process ends.
-pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaError> {
+/// `ready` is told once the node knows which users it owns (none, until
+/// the group assigns it partitions) and where writes for the others go:
+/// before that, an HTTP write would be taken as this node's own and applied
+/// by no live state, so the server answers nothing until then.
+pub async fn run_member(
+    engine: Engine,
+    opts: KafkaOptions,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), KafkaError> {
     let assignment = Arc::new(Assignment::default());
     let consumer: Arc<StreamConsumer<Context>> = Arc::new(
         ClientConfig::new()
@@ -327,6 +335,7 @@ pub async fn run_member(engine: Engine, opts: KafkaOptions) -> Result<(), KafkaE
     let forwarder = Arc::new(Forwarder::new(&opts)?);
     engine.cluster.forward_to(forwarder.clone());
     engine.cluster.follow_cluster().await?;
+    let _ = ready.send(());
     // One of several nodes: each webhook is delivered by its lease's holder.
     engine
         .webhooks

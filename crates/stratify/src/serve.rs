@@ -142,13 +142,18 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
             node: node.clone().unwrap_or_default(),
         };
         let engine = engine.clone();
+        let (ready, joined) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            if let Err(e) = stratify_kafka::run_member(engine, opts).await {
+            if let Err(e) = stratify_kafka::run_member(engine, opts, ready).await {
                 // Without its consumer a node would silently stop ingesting.
                 tracing::error!(error = %e, "the Kafka consumer stopped; exiting");
                 std::process::exit(1);
             }
         });
+        // Serve once the node knows what it owns and where the rest goes.
+        if joined.await.is_err() {
+            anyhow::bail!("the Kafka consumer stopped before joining");
+        }
     }
     if args.demo {
         // The scenario goes through the public API, with a key that lives
