@@ -26,6 +26,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A write named users that are gone: erased, or merged into another
+    /// user meanwhile (`(id, merged into)`). The caller resolves the ids
+    /// again and retries.
+    #[error("users were merged or erased during the write")]
+    UsersMoved(Vec<(String, Option<String>)>),
     #[error("the store is shut down")]
     Closed,
     #[error("a blocking store task failed")]

@@ -143,13 +143,38 @@ pub trait Users: Send + Sync {
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
 
-    /// Erases a user and all their events, and records the erasure for the
-    /// other nodes (kept [`ERASURE_MEMORY_MS`]). Returns whether the user
-    /// existed.
+    /// Erases a user, all their events and their aliases, and records the
+    /// erasure of each for the other nodes (kept [`ERASURE_MEMORY_MS`]).
+    /// Returns whether the user existed.
     async fn delete_user(&self, user_id: &UserId, now: Millis) -> Result<bool>;
-    /// Erasures after `after` (a sequence number), oldest first: `(seq,
-    /// user_id)`. Nodes sharing a store follow them.
-    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
+    /// Users gone after `after` (a sequence number), oldest first: erased,
+    /// or merged into another user. Nodes sharing a store follow them.
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<UserGone>>;
+
+    /// Identity stitching: merges the visitor `anonymous` into `known`, in
+    /// one transaction. The visitor's events move to the known user (an
+    /// event whose `event_id` the known user already has is kept once);
+    /// attributes merge (the known user's win); sticky assignments move
+    /// where the known user has none for that experiment, and where both
+    /// were exposed under one bucket version the known user keeps their
+    /// variant from the earlier exposure; the banner mixture moves if the
+    /// known user has none; static memberships move. The visitor's row goes
+    /// and its id becomes an alias of the known user, as do its own
+    /// aliases; the merge is logged for other nodes ([`UserGone`]). An
+    /// unknown known user is created (the visitor's row renamed).
+    ///
+    /// A `known` id that is itself an alias merges into that alias's user.
+    /// Writes that interned the visitor before the merge fail with
+    /// [`StoreError::UsersMoved`] instead of recreating it.
+    async fn identify(&self, anonymous: &UserId, known: &UserId, now: Millis)
+        -> Result<Identified>;
+
+    /// Every alias: `(alias, user_id)`.
+    async fn aliases(&self) -> Result<Vec<(String, String)>>;
+
+    /// The users these ids are aliases of: `(alias, user_id)` for those
+    /// that are.
+    async fn resolve_aliases(&self, ids: Vec<String>) -> Result<Vec<(String, String)>>;
     /// The newest erasure's sequence number (0 when none).
     async fn last_erasure_seq(&self) -> Result<i64>;
 

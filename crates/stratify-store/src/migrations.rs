@@ -230,6 +230,18 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_target ON audit_log(target_id, seq);
 CREATE INDEX audit_kind ON audit_log(target_kind, seq);
 "#,
+    r#"
+-- Identity stitching: an anonymous id merged into a known user stays an
+-- alias of that user; reads and writes on it resolve to the user.
+CREATE TABLE aliases (
+    alias       TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX aliases_user ON aliases(user_id);
+-- A merge is followed by the other nodes as the visitor's departure.
+ALTER TABLE erasures ADD COLUMN merged_into TEXT;
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

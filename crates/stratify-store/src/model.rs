@@ -101,7 +101,7 @@ pub enum WriteMode {
     Merge,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UserRecord {
     pub user_id: String,
     pub attributes: Attributes,
@@ -303,6 +303,10 @@ pub enum Cause {
     AttributeChange,
     /// A refresh or rebuild from the event log corrected it.
     Refresh,
+    /// An anonymous visitor was identified as a known user (`POST
+    /// /v1/identify`): the visitor's memberships end and the merged user's
+    /// are evaluated anew.
+    Identify,
 }
 
 impl Cause {
@@ -316,6 +320,7 @@ impl Cause {
             Cause::RuleChange => "rule_change".into(),
             Cause::AttributeChange => "attribute_change".into(),
             Cause::Refresh => "refresh".into(),
+            Cause::Identify => "identify".into(),
         }
     }
 
@@ -326,6 +331,7 @@ impl Cause {
             Cause::RuleChange => 2,
             Cause::AttributeChange => 3,
             Cause::Refresh => 4,
+            Cause::Identify => 5,
         }
     }
 
@@ -338,6 +344,7 @@ impl Cause {
             1 => Cause::Time,
             2 => Cause::RuleChange,
             3 => Cause::AttributeChange,
+            5 => Cause::Identify,
             _ => Cause::Refresh,
         }
     }
@@ -477,4 +484,48 @@ pub struct SessionRecord {
     pub key_id: String,
     pub csrf: String,
     pub expires_at: Millis,
+}
+
+/// What `Users::identify` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identified {
+    /// The anonymous id was merged into the known user now.
+    Merged(Merge),
+    /// The anonymous id was already an alias of the known user (a retry).
+    Already,
+    /// The anonymous id is already an alias of another user (named).
+    AliasOfOther(String),
+    /// The known id is an alias of the anonymous user: merging would make
+    /// the person an alias of themselves.
+    KnownIsAlias,
+}
+
+/// One merge of an anonymous visitor into a known user, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merge {
+    /// The visitor's interned id before the merge (`None`: the id had
+    /// never been seen, only the alias was recorded).
+    pub anonymous_uid: Option<i64>,
+    /// The known user's interned id after the merge (the visitor's own
+    /// when the known user did not exist: the row was renamed).
+    pub known_uid: i64,
+    /// The known user as merged (attributes: the visitor's, overlaid by
+    /// the known user's).
+    pub user: UserRecord,
+    pub events_moved: u64,
+    /// Visitor events whose `event_id` the known user already had: the
+    /// same event sent under both ids, kept once.
+    pub duplicates_dropped: u64,
+    pub assignments_moved: u64,
+    /// Aliases of the visitor that now point at the known user.
+    pub aliases_moved: Vec<String>,
+}
+
+/// A user gone from the store, as other nodes follow it: erased, or merged
+/// into another user (`merged_into`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGone {
+    pub seq: i64,
+    pub user_id: String,
+    pub merged_into: Option<String>,
 }

@@ -320,6 +320,23 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_target ON audit_log(target_id, seq);
 CREATE INDEX audit_kind ON audit_log(target_kind, seq);
 "#,
+    r#"
+-- Identity stitching (see the SQLite schema).
+CREATE TABLE aliases (
+    alias       TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX aliases_user ON aliases(user_id);
+ALTER TABLE erasures ADD COLUMN merged_into TEXT;
+-- Moved by every merge and erasure: an append that interned its users
+-- before one committed checks them again (see PgStore::append_events).
+CREATE TABLE user_epoch (
+    one    BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    epoch  BIGINT NOT NULL
+);
+INSERT INTO user_epoch (one, epoch) VALUES (true, 0);
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

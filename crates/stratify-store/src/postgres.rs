@@ -21,8 +21,8 @@ use crate::model::*;
 use crate::pg_migrations::migrate;
 use crate::rows;
 use crate::shared::{
-    merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
-    HOLD_LEASE,
+    merge_into, merge_target, merged_attributes, properties_object, stays, variant_index,
+    without_nulls, Chunks, ADVANCE_LEASE, HOLD_LEASE,
 };
 use crate::sql::{self, ConfigWrite};
 use crate::{
@@ -329,6 +329,20 @@ async fn uids<C: GenericClient>(c: &C, users: &[&str], now: Millis) -> Result<Ve
         .filter(|u| !map.contains_key(*u))
         .collect();
     if !missing.is_empty() {
+        // A new id may be one merged into another user: the caller
+        // resolves it and writes again.
+        let merged: Vec<(String, Option<String>)> = c
+            .query(
+                "SELECT alias, user_id FROM aliases WHERE alias = ANY($1)",
+                &[&missing],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), Some(r.get(1))))
+            .collect();
+        if !merged.is_empty() {
+            return Err(StoreError::UsersMoved(merged));
+        }
         c.execute(
             "INSERT INTO users (user_id, created_at, updated_at) \
              SELECT u, $2, $2 FROM unnest($1::text[]) AS u ORDER BY u ON CONFLICT (user_id) DO NOTHING",
@@ -351,6 +365,52 @@ async fn uids<C: GenericClient>(c: &C, users: &[&str], now: Millis) -> Result<Ve
                 .ok_or_else(|| StoreError::Corrupt(format!("user '{u}' vanished while interning")))
         })
         .collect()
+}
+
+/// The number every merge and erasure moves (see `user_epoch`'s table).
+async fn user_epoch<C: GenericClient>(c: &C) -> Result<i64> {
+    Ok(c.query_one("SELECT epoch FROM user_epoch", &[])
+        .await?
+        .get(0))
+}
+
+/// Fails with [`StoreError::UsersMoved`] when any of `uids` no longer
+/// exists (its user merged or erased after it was interned).
+async fn check_users<C: GenericClient>(c: &C, users: &[&str], uids: &[i64]) -> Result<()> {
+    let live: std::collections::HashSet<i64> = c
+        .query("SELECT uid FROM users WHERE uid = ANY($1)", &[&uids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut gone: Vec<String> = users
+        .iter()
+        .zip(uids)
+        .filter(|(_, uid)| !live.contains(uid))
+        .map(|(u, _)| (*u).to_owned())
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    gone.sort_unstable();
+    gone.dedup();
+    let targets: std::collections::HashMap<String, String> = c
+        .query(
+            "SELECT alias, user_id FROM aliases WHERE alias = ANY($1)",
+            &[&gone],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Err(StoreError::UsersMoved(
+        gone.into_iter()
+            .map(|u| {
+                let target = targets.get(&u).cloned();
+                (u, target)
+            })
+            .collect(),
+    ))
 }
 
 /// Interns event names and returns their ids in input order.
@@ -462,6 +522,7 @@ impl EventLog for PgStore {
         let events = &batch.events;
         let users: Vec<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        let epoch = user_epoch(&*tx).await?;
         let uids = uids(&*tx, &users, now).await?;
         let name_ids = name_ids(&*tx, &names).await?;
         let mut order: Vec<usize> = (0..events.len()).collect();
@@ -471,6 +532,11 @@ impl EventLog for PgStore {
         // EVENTS_LOCK); interning users and names above stays concurrent.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
             .await?;
+        // A merge or erasure (both under the lock) committed since the users
+        // were interned: those still there are safe to write to.
+        if user_epoch(&*tx).await? != epoch {
+            check_users(&*tx, &users, &uids).await?;
+        }
         // Every row is numbered before it is sent, in (user, time) order:
         // what the insert skips as a duplicate leaves a gap, as a sequence
         // may anyway.
@@ -805,6 +871,10 @@ impl Users for PgStore {
     async fn delete_user(&self, user_id: &UserId, now: Millis) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Serialised with appends: one that interned this user before the
+        // erasure sees the epoch move and checks its users again.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+            .await?;
         let id = user_id.as_str();
         let Some(uid) = tx
             .query_opt("DELETE FROM users WHERE user_id = $1 RETURNING uid", &[&id])
@@ -831,17 +901,191 @@ impl Users for PgStore {
             &[&(now - crate::ERASURE_MEMORY_MS)],
         )
         .await?;
-        tx.execute(sql::INSERT_ERASURE.postgres(), &[&id, &now])
+        let aliases: Vec<String> = tx
+            .query(sql::USER_ALIASES.postgres(), &[&id])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute(sql::DELETE_USER_ALIASES.postgres(), &[&id])
+            .await?;
+        for gone in std::iter::once(id).chain(aliases.iter().map(String::as_str)) {
+            tx.execute(sql::INSERT_ERASURE.postgres(), &[&gone, &now])
+                .await?;
+        }
+        tx.execute("UPDATE user_epoch SET epoch = epoch + 1", &[])
             .await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<UserGone>> {
         self.all(&sql::ERASURES_AFTER, &[&after, &i64::from(limit)], |r| {
-            Ok((r.try_get(0)?, r.try_get(1)?))
+            Ok(UserGone {
+                seq: r.try_get(0)?,
+                user_id: r.try_get(1)?,
+                merged_into: r.try_get(2)?,
+            })
         })
         .await
+    }
+
+    async fn identify(
+        &self,
+        anonymous: &UserId,
+        known: &UserId,
+        now: Millis,
+    ) -> Result<Identified> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Serialised with appends (see `user_epoch`) and numbered in the
+        // log of departed users in commit order.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ERASURES_LOCK])
+            .await?;
+        let anonymous = anonymous.as_str();
+        let alias_target = |id: &str| {
+            let tx = &tx;
+            let id = id.to_owned();
+            async move {
+                Ok::<Option<String>, StoreError>(
+                    tx.query_opt(sql::ALIAS_TARGET.postgres(), &[&id])
+                        .await?
+                        .map(|r| r.get(0)),
+                )
+            }
+        };
+        let into = match merge_target(
+            anonymous,
+            known.as_str(),
+            alias_target(anonymous).await?,
+            alias_target(known.as_str()).await?,
+        ) {
+            Ok(into) => into,
+            Err(answer) => return Ok(answer),
+        };
+        let known = into.as_str();
+        let uid_of = |id: &str| {
+            let tx = &tx;
+            let id = id.to_owned();
+            async move {
+                Ok::<Option<i64>, StoreError>(
+                    tx.query_opt(
+                        "SELECT uid FROM users WHERE user_id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await?
+                    .map(|r| r.get(0)),
+                )
+            }
+        };
+        let visitor_uid = uid_of(anonymous).await?;
+        let known_uid = uid_of(known).await?;
+        let mut merge = Merge {
+            anonymous_uid: visitor_uid,
+            known_uid: 0,
+            user: UserRecord::default(),
+            events_moved: 0,
+            duplicates_dropped: 0,
+            assignments_moved: 0,
+            aliases_moved: tx
+                .query(sql::USER_ALIASES.postgres(), &[&anonymous])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        };
+        match (visitor_uid, known_uid) {
+            (Some(v), None) => {
+                tx.execute(sql::RENAME_USER.postgres(), &[&v, &known, &now])
+                    .await?;
+                merge.known_uid = v;
+                merge.events_moved = tx
+                    .query_one(sql::USER_EVENT_COUNT.postgres(), &[&v])
+                    .await?
+                    .get::<_, i64>(0) as u64;
+                merge.assignments_moved = tx
+                    .execute(
+                        "UPDATE assignments SET user_id = $2 WHERE user_id = $1",
+                        &[&anonymous, &known],
+                    )
+                    .await?;
+                tx.execute(sql::MOVE_BANNERS.postgres(), &[&anonymous, &known])
+                    .await?;
+                tx.execute(sql::DELETE_USER_BANNERS.postgres(), &[&anonymous])
+                    .await?;
+            }
+            (Some(v), Some(k)) => {
+                merge.known_uid = k;
+                merge.duplicates_dropped = tx
+                    .execute(sql::DROP_DUPLICATE_EVENTS.postgres(), &[&v, &k])
+                    .await?;
+                merge.events_moved = tx.execute(sql::MOVE_EVENTS.postgres(), &[&v, &k]).await?;
+                tx.execute(sql::EARLIER_EXPOSURE.postgres(), &[&anonymous, &known])
+                    .await?;
+                merge.assignments_moved = tx
+                    .execute(sql::MOVE_ASSIGNMENTS.postgres(), &[&anonymous, &known])
+                    .await?;
+                tx.execute(sql::DELETE_USER_ASSIGNMENTS.postgres(), &[&anonymous])
+                    .await?;
+                tx.execute(sql::MOVE_BANNERS.postgres(), &[&anonymous, &known])
+                    .await?;
+                tx.execute(sql::DELETE_USER_BANNERS.postgres(), &[&anonymous])
+                    .await?;
+                tx.execute(sql::MOVE_MEMBERS.postgres(), &[&v, &k]).await?;
+                tx.execute(sql::DELETE_USER_MEMBERSHIPS.postgres(), &[&v])
+                    .await?;
+                let visitor = user_row(&*tx, anonymous).await?.unwrap_or_default();
+                let person = user_row(&*tx, known).await?.unwrap_or_default();
+                let attributes = merged_attributes(visitor.attributes, person.attributes);
+                save_attributes(&*tx, known, &attributes, now).await?;
+                tx.execute(sql::EARLIER_CREATED.postgres(), &[&k, &visitor.created_at])
+                    .await?;
+                tx.execute(sql::DELETE_USER_ROW.postgres(), &[&v]).await?;
+            }
+            (None, known_uid) => {
+                merge.known_uid = match known_uid {
+                    Some(k) => k,
+                    None => uids(&*tx, &[known], now).await?[0],
+                };
+            }
+        }
+        tx.execute(sql::REPOINT_ALIASES.postgres(), &[&anonymous, &known])
+            .await?;
+        tx.execute(sql::INSERT_ALIAS.postgres(), &[&anonymous, &known, &now])
+            .await?;
+        tx.execute(
+            sql::PRUNE_ERASURES.postgres(),
+            &[&(now - crate::ERASURE_MEMORY_MS)],
+        )
+        .await?;
+        tx.execute(sql::INSERT_MERGE.postgres(), &[&anonymous, &now, &known])
+            .await?;
+        tx.execute("UPDATE user_epoch SET epoch = epoch + 1", &[])
+            .await?;
+        merge.user = user_row(&*tx, known)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("user vanished during a merge".into()))?;
+        tx.commit().await?;
+        Ok(Identified::Merged(merge))
+    }
+
+    async fn aliases(&self) -> Result<Vec<(String, String)>> {
+        self.all(&sql::ALIASES, &[], |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .await
+    }
+
+    async fn resolve_aliases(&self, ids: Vec<String>) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .rows(
+                "SELECT alias, user_id FROM aliases WHERE alias = ANY($1)",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     async fn last_erasure_seq(&self) -> Result<i64> {

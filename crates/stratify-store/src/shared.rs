@@ -15,6 +15,39 @@ pub(crate) fn merge_into(target: &mut Attributes, patch: &Attributes) {
     }
 }
 
+/// A merged person's attributes: the visitor's, overlaid by the known
+/// user's (the known user wins where both have one).
+pub(crate) fn merged_attributes(visitor: Attributes, known: Attributes) -> Attributes {
+    let mut merged = visitor;
+    merged.extend(known);
+    merged
+}
+
+/// Which way a merge goes once both ids' alias entries are read: `Err` is
+/// the answer when no merge happens, `Ok` the user to merge into (the known
+/// id, or the user it is itself an alias of).
+pub(crate) fn merge_target(
+    anonymous: &str,
+    known: &str,
+    anonymous_is_alias_of: Option<String>,
+    known_is_alias_of: Option<String>,
+) -> std::result::Result<String, crate::model::Identified> {
+    use crate::model::Identified;
+    if let Some(target) = anonymous_is_alias_of {
+        let into = known_is_alias_of.as_deref().unwrap_or(known);
+        return Err(if target == into {
+            Identified::Already
+        } else {
+            Identified::AliasOfOther(target)
+        });
+    }
+    match known_is_alias_of {
+        Some(target) if target == anonymous => Err(Identified::KnownIsAlias),
+        Some(target) => Ok(target),
+        None => Ok(known.to_owned()),
+    }
+}
+
 /// The attributes a create or replace stores: nulls dropped.
 pub(crate) fn without_nulls(attributes: Attributes) -> Attributes {
     attributes

@@ -142,6 +142,52 @@ statements! {
     DELETE_USER_BANNERS: Statement = "DELETE FROM banner_mixtures WHERE user_id = ?1";
     /// Erasure: a user's membership changes (user_id).
     DELETE_USER_CHANGES: Statement = "DELETE FROM changes WHERE user_id = ?1";
+    /// The user an alias resolves to (alias).
+    ALIAS_TARGET: Statement = "SELECT user_id FROM aliases WHERE alias = ?1";
+    /// Every alias: (alias, user_id).
+    ALIASES: Statement = "SELECT alias, user_id FROM aliases ORDER BY alias";
+    /// A user's aliases (user_id).
+    USER_ALIASES: Statement = "SELECT alias FROM aliases WHERE user_id = ?1 ORDER BY alias";
+    /// Erasure: a user's aliases (user_id).
+    DELETE_USER_ALIASES: Statement = "DELETE FROM aliases WHERE user_id = ?1";
+    /// Merge: the visitor's aliases become the known user's (visitor, known).
+    REPOINT_ALIASES: Statement = "UPDATE aliases SET user_id = ?2 WHERE user_id = ?1";
+    /// Merge: the visitor's id becomes an alias (alias, user_id, now).
+    INSERT_ALIAS: Statement = "INSERT INTO aliases (alias, user_id, created_at) VALUES (?1, ?2, ?3)";
+    /// Merge into a user not seen before: the visitor's row is renamed (uid, new id, now).
+    RENAME_USER: Statement = "UPDATE users SET user_id = ?2, updated_at = ?3 WHERE uid = ?1";
+    /// Merge: the person was first seen when the earlier of the two was (uid, created_at).
+    EARLIER_CREATED: Statement = "UPDATE users SET created_at = ?2 WHERE uid = ?1 AND created_at > ?2";
+    /// Merge: a user's row goes once its facts moved (uid).
+    DELETE_USER_ROW: Statement = "DELETE FROM users WHERE uid = ?1";
+    /// A user's event count (uid).
+    USER_EVENT_COUNT: Statement = "SELECT COUNT(*) FROM events WHERE uid = ?1";
+    /// Merge: visitor events whose idempotency key the known user already
+    /// has are the same event sent twice (visitor uid, known uid).
+    DROP_DUPLICATE_EVENTS: Statement = "DELETE FROM events WHERE uid = ?1 AND dedupe IS NOT NULL AND dedupe IN \
+         (SELECT k.dedupe FROM events k WHERE k.uid = ?2 AND k.dedupe IS NOT NULL)";
+    /// Merge: the visitor's events become the known user's (visitor uid, known uid).
+    MOVE_EVENTS: Statement = "UPDATE events SET uid = ?2 WHERE uid = ?1";
+    /// Merge: where both were exposed under one bucket version the known
+    /// user keeps their variant from the earlier exposure (visitor, known).
+    EARLIER_EXPOSURE: Statement = "UPDATE assignments SET assigned_at = (SELECT a.assigned_at FROM assignments a \
+         WHERE a.user_id = ?1 AND a.experiment_id = assignments.experiment_id \
+         AND a.bucket_version = assignments.bucket_version) WHERE user_id = ?2 AND EXISTS (SELECT 1 FROM assignments a \
+         WHERE a.user_id = ?1 AND a.experiment_id = assignments.experiment_id \
+         AND a.bucket_version = assignments.bucket_version AND a.assigned_at < assignments.assigned_at)";
+    /// Merge: the visitor's variants of experiments the known user was not
+    /// in become theirs (visitor, known).
+    MOVE_ASSIGNMENTS: Statement = "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at) \
+         SELECT ?2, experiment_id, variant, bucket_version, assigned_at FROM assignments WHERE user_id = ?1 \
+         ON CONFLICT (user_id, experiment_id) DO NOTHING";
+    /// Merge: the visitor's banner mixture, if the known user has none (visitor, known).
+    MOVE_BANNERS: Statement = "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) \
+         SELECT ?2, mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1 \
+         ON CONFLICT (user_id) DO NOTHING";
+    /// Merge: the visitor's static memberships (visitor uid, known uid).
+    MOVE_MEMBERS: Statement = "INSERT INTO segment_members (segment_id, uid, added_at) \
+         SELECT segment_id, ?2, added_at FROM segment_members WHERE uid = ?1 \
+         ON CONFLICT (segment_id, uid) DO NOTHING";
     /// Users in creation order (after_uid, limit).
     USERS_PAGE: Statement = "SELECT uid, user_id, attributes, created_at, updated_at FROM users WHERE uid > ?1 \
          ORDER BY uid LIMIT ?2";
@@ -282,10 +328,12 @@ statements! {
          ORDER BY seq DESC LIMIT ?3";
     /// Records an erasure for the other nodes (user_id, now).
     INSERT_ERASURE: Statement = "INSERT INTO erasures (user_id, at) VALUES (?1, ?2)";
+    /// A merge, followed by other nodes like an erasure (user_id, at, merged_into).
+    INSERT_MERGE: Statement = "INSERT INTO erasures (user_id, at, merged_into) VALUES (?1, ?2, ?3)";
     /// Forgets erasures older than the other nodes need (before).
     PRUNE_ERASURES: Statement = "DELETE FROM erasures WHERE at < ?1";
     /// Erasures after a sequence number, oldest first (after, limit).
-    ERASURES_AFTER: Statement = "SELECT seq, user_id FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    ERASURES_AFTER: Statement = "SELECT seq, user_id, merged_into FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2";
     /// The newest erasure's sequence number (0 when none).
     LAST_ERASURE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM erasures";
 }
@@ -319,6 +367,10 @@ mod tests {
         (
             "DELETE_USER_MEMBERSHIPS",
             "erasure; other nodes learn of it as a user refresh",
+        ),
+        (
+            "MOVE_MEMBERS",
+            "a merge; other nodes learn of it from the log of departed users",
         ),
     ];
 

@@ -3,8 +3,8 @@
 use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
 use crate::shared::{
-    merge_into, properties_object, stays, variant_index, without_nulls, Chunks, ADVANCE_LEASE,
-    HOLD_LEASE,
+    merge_into, merge_target, merged_attributes, properties_object, stays, variant_index,
+    without_nulls, Chunks, ADVANCE_LEASE, HOLD_LEASE,
 };
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{rows, sql};
@@ -265,22 +265,138 @@ impl WriterState {
         if let Some(&uid) = self.uids.get(user_id) {
             return Ok(uid);
         }
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO users (user_id, created_at, updated_at) VALUES (?1, ?2, ?2) \
-             ON CONFLICT(user_id) DO NOTHING",
-        )?;
-        let uid = if insert.execute(params![user_id, now])? == 1 {
-            self.conn.last_insert_rowid()
-        } else {
-            self.conn
-                .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
-                .query_row([user_id], |r| r.get(0))?
+        let existing: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |r| r.get(0))
+            .optional()?;
+        let uid = match existing {
+            Some(uid) => uid,
+            None => {
+                // A new id may be one merged into another user: the
+                // caller resolves it and writes again.
+                if let Some(target) = self.alias_target(user_id)? {
+                    return Err(StoreError::UsersMoved(vec![(
+                        user_id.to_owned(),
+                        Some(target),
+                    )]));
+                }
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO users (user_id, created_at, updated_at) VALUES (?1, ?2, ?2)",
+                    )?
+                    .execute(params![user_id, now])?;
+                self.conn.last_insert_rowid()
+            }
         };
         if self.uids.len() >= MAX_CACHED_IDS {
             self.uids.clear();
         }
         self.uids.insert(user_id.to_owned(), uid);
         Ok(uid)
+    }
+
+    fn alias_target(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(sql::ALIAS_TARGET.sqlite())?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn uid_of(&self, user_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Merges a visitor into a known user (see [`Users::identify`]).
+    fn identify(&mut self, anonymous: &str, known: &str, now: Millis) -> Result<Identified> {
+        let into = match merge_target(
+            anonymous,
+            known,
+            self.alias_target(anonymous)?,
+            self.alias_target(known)?,
+        ) {
+            Ok(into) => into,
+            Err(answer) => return Ok(answer),
+        };
+        let known = into.as_str();
+        let visitor_uid = self.uid_of(anonymous)?;
+        let known_uid = self.uid_of(known)?;
+        let exec =
+            |w: &Self, statement: &sql::Statement, args: &[&dyn rusqlite::ToSql]| -> Result<u64> {
+                Ok(w.conn.prepare_cached(statement.sqlite())?.execute(args)? as u64)
+            };
+        let mut merge = Merge {
+            anonymous_uid: visitor_uid,
+            known_uid: 0,
+            user: UserRecord::default(),
+            events_moved: 0,
+            duplicates_dropped: 0,
+            assignments_moved: 0,
+            aliases_moved: all(&self.conn, sql::USER_ALIASES.sqlite(), [anonymous], |r| {
+                Ok(r.get(0)?)
+            })?,
+        };
+        match (visitor_uid, known_uid) {
+            (Some(v), None) => {
+                // The known id is new: the visitor's row is renamed.
+                exec(self, &sql::RENAME_USER, &[&v, &known, &now])?;
+                merge.known_uid = v;
+                merge.events_moved =
+                    self.conn
+                        .prepare_cached(sql::USER_EVENT_COUNT.sqlite())?
+                        .query_row([v], |r| r.get::<_, i64>(0))? as u64;
+                merge.assignments_moved = self
+                    .conn
+                    .prepare_cached("UPDATE assignments SET user_id = ?2 WHERE user_id = ?1")?
+                    .execute([anonymous, known])? as u64;
+                exec(self, &sql::MOVE_BANNERS, &[&anonymous, &known])?;
+                exec(self, &sql::DELETE_USER_BANNERS, &[&anonymous])?;
+            }
+            (Some(v), Some(k)) => {
+                merge.known_uid = k;
+                merge.duplicates_dropped = exec(self, &sql::DROP_DUPLICATE_EVENTS, &[&v, &k])?;
+                merge.events_moved = exec(self, &sql::MOVE_EVENTS, &[&v, &k])?;
+                exec(self, &sql::EARLIER_EXPOSURE, &[&anonymous, &known])?;
+                merge.assignments_moved =
+                    exec(self, &sql::MOVE_ASSIGNMENTS, &[&anonymous, &known])?;
+                exec(self, &sql::DELETE_USER_ASSIGNMENTS, &[&anonymous])?;
+                exec(self, &sql::MOVE_BANNERS, &[&anonymous, &known])?;
+                exec(self, &sql::DELETE_USER_BANNERS, &[&anonymous])?;
+                exec(self, &sql::MOVE_MEMBERS, &[&v, &k])?;
+                exec(self, &sql::DELETE_USER_MEMBERSHIPS, &[&v])?;
+                let visitor = self.user_row(anonymous)?.unwrap_or_default();
+                let person = self.user_row(known)?.unwrap_or_default();
+                let attributes = merged_attributes(visitor.attributes, person.attributes);
+                self.save_attributes(known, &attributes, now)?;
+                exec(self, &sql::EARLIER_CREATED, &[&k, &visitor.created_at])?;
+                exec(self, &sql::DELETE_USER_ROW, &[&v])?;
+            }
+            (None, known_uid) => {
+                merge.known_uid = match known_uid {
+                    Some(k) => k,
+                    None => self.uid(known, now)?,
+                };
+            }
+        }
+        exec(self, &sql::REPOINT_ALIASES, &[&anonymous, &known])?;
+        exec(self, &sql::INSERT_ALIAS, &[&anonymous, &known, &now])?;
+        exec(
+            self,
+            &sql::PRUNE_ERASURES,
+            &[&(now - crate::ERASURE_MEMORY_MS)],
+        )?;
+        exec(self, &sql::INSERT_MERGE, &[&anonymous, &now, &known])?;
+        self.uids.remove(anonymous);
+        self.uids.remove(known);
+        merge.user = self
+            .user_row(known)?
+            .ok_or_else(|| StoreError::Corrupt("user vanished during a merge".into()))?;
+        Ok(Identified::Merged(merge))
     }
 
     fn name_id(&mut self, name: &str) -> Result<i64> {
@@ -757,12 +873,21 @@ impl Users for SqliteStore {
                 w.conn
                     .prepare_cached(sql::DELETE_USER_BANNERS.sqlite())?
                     .execute([&user_id])?;
+                let aliases: Vec<String> =
+                    all(&w.conn, sql::USER_ALIASES.sqlite(), [&user_id], |r| {
+                        Ok(r.get(0)?)
+                    })?;
+                w.conn
+                    .prepare_cached(sql::DELETE_USER_ALIASES.sqlite())?
+                    .execute([&user_id])?;
                 w.conn
                     .prepare_cached(sql::PRUNE_ERASURES.sqlite())?
                     .execute([now - crate::ERASURE_MEMORY_MS])?;
-                w.conn
-                    .prepare_cached(sql::INSERT_ERASURE.sqlite())?
-                    .execute(params![user_id, now])?;
+                for gone in std::iter::once(&user_id).chain(&aliases) {
+                    w.conn
+                        .prepare_cached(sql::INSERT_ERASURE.sqlite())?
+                        .execute(params![gone, now])?;
+                }
                 w.uids.remove(&user_id);
                 Ok(true)
             })
@@ -817,14 +942,51 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+    async fn erasures_after(&self, after: i64, limit: u32) -> Result<Vec<UserGone>> {
         self.read(move |c| {
             all(
                 c,
                 sql::ERASURES_AFTER.sqlite(),
                 params![after, limit],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    Ok(UserGone {
+                        seq: r.get(0)?,
+                        user_id: r.get(1)?,
+                        merged_into: r.get(2)?,
+                    })
+                },
             )
+        })
+        .await
+    }
+
+    async fn identify(
+        &self,
+        anonymous: &UserId,
+        known: &UserId,
+        now: Millis,
+    ) -> Result<Identified> {
+        let (anonymous, known) = (anonymous.to_string(), known.to_string());
+        self.writer
+            .write(move |w| w.identify(&anonymous, &known, now))
+            .await
+    }
+
+    async fn aliases(&self) -> Result<Vec<(String, String)>> {
+        self.read(|c| all(c, sql::ALIASES.sqlite(), [], |r| Ok((r.get(0)?, r.get(1)?))))
+            .await
+    }
+
+    async fn resolve_aliases(&self, ids: Vec<String>) -> Result<Vec<(String, String)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(sql::ALIAS_TARGET.sqlite())?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(target) = stmt.query_row([&id], |r| r.get(0)).optional()? {
+                    out.push((id, target));
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -1053,19 +1053,20 @@ async fn erasures_are_logged_in_order_for_other_nodes_and_kept_an_hour() {
         assert!(!s.delete_user(&uid("e1"), NOW).await.expect("erase again"));
         let first = s.erasures_after(0, 10).await.expect("erasures");
         assert_eq!(
-            first.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(),
+            first.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(),
             vec!["e1"]
         );
-        assert_eq!(s.last_erasure_seq().await.expect("last"), first[0].0);
+        assert_eq!(first[0].merged_into, None);
+        assert_eq!(s.last_erasure_seq().await.expect("last"), first[0].seq);
         // An hour later the first is forgotten; the new one follows it.
         let later = NOW + ERASURE_MEMORY_MS + 1;
         assert!(s.delete_user(&uid("e2"), later).await.expect("erase"));
         let all = s.erasures_after(0, 10).await.expect("erasures");
         assert_eq!(all.len(), 1, "{all:?}");
-        assert_eq!(all[0].1, "e2");
-        assert!(all[0].0 > first[0].0);
+        assert_eq!(all[0].user_id, "e2");
+        assert!(all[0].seq > first[0].seq);
         assert!(s
-            .erasures_after(all[0].0, 10)
+            .erasures_after(all[0].seq, 10)
             .await
             .expect("none")
             .is_empty());
@@ -1118,6 +1119,140 @@ async fn the_audit_log_pages_newest_first_and_filters_by_target() {
             by_kind.iter().map(|e| e.at - NOW).collect::<Vec<_>>(),
             [3, 1]
         );
+    })
+    .await;
+}
+
+fn exposure(user: &str, experiment: &str, variant: &str, at: i64) -> AssignmentRecord {
+    AssignmentRecord {
+        user_id: user.into(),
+        experiment_id: experiment.into(),
+        variant: variant.into(),
+        bucket_version: 1,
+        assigned_at: at,
+    }
+}
+
+fn merged(answer: Identified) -> Merge {
+    match answer {
+        Identified::Merged(m) => m,
+        other => panic!("not merged: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn identify_moves_a_visitor_into_the_known_user_once() {
+    with_backends(|s| async move {
+        s.write_user(uid("anon"), json!({"city": "Oslo", "plan": "free"}).as_object().cloned().unwrap_or_default(), WriteMode::Create, NOW - 5)
+            .await
+            .expect("anon attributes");
+        s.append_events(batch(vec![
+            event(json!({"user_id": "anon", "name": "VIEW", "event_id": "v1", "timestamp": "2026-05-01T00:00:00Z"})),
+            event(json!({"user_id": "anon", "name": "VIEW", "event_id": "same", "timestamp": "2026-05-01T00:00:01Z"})),
+            event(json!({"user_id": "anon", "name": "VIEW", "timestamp": "2026-05-01T00:00:02Z"})),
+            event(json!({"user_id": "known", "name": "VIEW", "event_id": "same", "timestamp": "2026-05-01T00:00:03Z"})),
+        ]))
+        .await
+        .expect("append");
+        s.write_user(uid("known"), json!({"plan": "pro"}).as_object().cloned().unwrap_or_default(), WriteMode::Replace, NOW)
+            .await
+            .expect("known attributes");
+        s.save_assignments(std::sync::Arc::new(vec![
+            exposure("anon", "x1", "b", NOW - 100),
+            exposure("anon", "x2", "a", NOW - 100),
+            exposure("known", "x2", "b", NOW - 50),
+        ]))
+        .await
+        .expect("assign");
+        let m = merged(s.identify(&uid("anon"), &uid("known"), NOW).await.expect("identify"));
+        assert_eq!(m.events_moved, 2);
+        assert_eq!(m.duplicates_dropped, 1, "the event sent under both ids is kept once");
+        assert_eq!(m.assignments_moved, 1);
+        assert!(m.anonymous_uid.is_some() && m.anonymous_uid != Some(m.known_uid));
+        assert_eq!(m.user.user_id, "known");
+        assert_eq!(m.user.attributes.get("plan"), Some(&json!("pro")), "the known user wins");
+        assert_eq!(m.user.attributes.get("city"), Some(&json!("Oslo")));
+        assert_eq!(m.user.created_at, NOW - 5, "first seen as the visitor");
+        assert!(s.get_user(&uid("anon")).await.expect("read").is_none());
+        let events = s.user_events(&uid("known"), i64::MAX, 100).await.expect("events");
+        assert_eq!(events.len(), 3, "{events:?}");
+        let (mine, banners) = s.serving_state("known").await.expect("state");
+        assert!(banners.is_none());
+        let mut mine: Vec<_> = mine
+            .into_iter()
+            .map(|a| (a.experiment_id, a.variant, a.assigned_at))
+            .collect();
+        mine.sort();
+        assert_eq!(
+            mine,
+            vec![
+                ("x1".to_owned(), "b".to_owned(), NOW - 100),
+                ("x2".to_owned(), "b".to_owned(), NOW - 100),
+            ],
+            "the visitor's variant moves; the known user's wins, from the earlier exposure"
+        );
+        assert!(s.serving_state("anon").await.expect("state").0.is_empty());
+        assert_eq!(
+            s.resolve_aliases(vec!["anon".into(), "known".into()]).await.expect("resolve"),
+            vec![("anon".to_owned(), "known".to_owned())]
+        );
+        // A retry is answered, not repeated; another user cannot take the alias.
+        assert_eq!(s.identify(&uid("anon"), &uid("known"), NOW).await.expect("again"), Identified::Already);
+        assert_eq!(
+            s.identify(&uid("anon"), &uid("other"), NOW).await.expect("other"),
+            Identified::AliasOfOther("known".into())
+        );
+        assert_eq!(s.identify(&uid("known"), &uid("anon"), NOW).await.expect("back"), Identified::KnownIsAlias);
+        // Writes on the alias are refused at the store: the caller resolves.
+        let refused = s
+            .append_events(batch(vec![event(json!({"user_id": "anon", "name": "VIEW"}))]))
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::UsersMoved(m)) if m == &vec![("anon".to_owned(), Some("known".to_owned()))]),
+            "{refused:?}"
+        );
+        // The merge is logged for the other nodes.
+        let gone = s.erasures_after(0, 10).await.expect("log");
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].user_id.as_str(), gone[0].merged_into.as_deref()), ("anon", Some("known")));
+        // A second device merges into the same person; the person merges
+        // into an account they signed up with later: the aliases follow.
+        s.append_events(batch(vec![event(json!({"user_id": "phone", "name": "VIEW"}))]))
+            .await
+            .expect("append");
+        merged(s.identify(&uid("phone"), &uid("known"), NOW).await.expect("phone"));
+        let m = merged(s.identify(&uid("known"), &uid("account"), NOW).await.expect("account"));
+        assert_eq!(m.known_uid, m.anonymous_uid.expect("uid"), "a new known id renames the row");
+        assert_eq!(m.aliases_moved, vec!["anon".to_owned(), "phone".to_owned()]);
+        assert_eq!(m.events_moved, 4);
+        let mut aliases = s.aliases().await.expect("aliases");
+        aliases.sort();
+        assert_eq!(
+            aliases,
+            vec![
+                ("anon".to_owned(), "account".to_owned()),
+                ("known".to_owned(), "account".to_owned()),
+                ("phone".to_owned(), "account".to_owned()),
+            ]
+        );
+        // Identifying with an alias merges into its user.
+        merged(s.identify(&uid("tablet"), &uid("phone"), NOW).await.expect("tablet"));
+        assert_eq!(
+            s.resolve_aliases(vec!["tablet".into()]).await.expect("resolve"),
+            vec![("tablet".to_owned(), "account".to_owned())]
+        );
+        // Erasing the person erases every alias, each logged.
+        assert!(s.delete_user(&uid("account"), NOW).await.expect("erase"));
+        assert!(s.aliases().await.expect("aliases").is_empty());
+        let erased: Vec<String> = s
+            .erasures_after(0, 100)
+            .await
+            .expect("log")
+            .into_iter()
+            .filter(|g| g.merged_into.is_none())
+            .map(|g| g.user_id)
+            .collect();
+        assert_eq!(erased, vec!["account", "anon", "known", "phone", "tablet"]);
     })
     .await;
 }
