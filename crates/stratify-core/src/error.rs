@@ -61,6 +61,7 @@ error_codes! {
     ExperimentNotFound "experiment_not_found" 404 "No experiment with that id or key (422 when an experiment named inside a request body is unknown).";
     ExtraColumn "extra_column" 422 "A CSV row has more columns than the header row.";
     Forbidden "forbidden" 403 "The API key's role does not allow this route.";
+    IdentityConflict "identity_conflict" 409 "The anonymous id is already merged into another user, or the known id is an alias of the anonymous one.";
     ImmutableKey "immutable_key" 422 "An experiment's key cannot change once it is created.";
     InternalError "internal_error" 500 "The server failed; the cause is in its log, not in the answer.";
     InvalidAfter "invalid_after" 422 "`after` is not a change-log sequence number (0 or more).";
@@ -85,6 +86,7 @@ error_codes! {
     InvalidFilters "invalid_filters" 422 "DuckMart filters have the wrong shape.";
     InvalidHashAttribute "invalid_hash_attribute" 422 "An experiment's hash attribute is not an attribute name.";
     InvalidHashVersion "invalid_hash_version" 422 "An experiment's hash version is not 1 or 2.";
+    InvalidIdentity "invalid_identity" 422 "An identify call names one id as both the anonymous and the known user.";
     InvalidKey "invalid_key" 422 "A key is not 1–64 letters, digits, `_`, `-` or `.`.";
     InvalidLimit "invalid_limit" 422 "A page `limit` is outside the route's range.";
     InvalidMetrics "invalid_metrics" 422 "A results query names no metric or more than allowed.";

@@ -642,6 +642,45 @@ impl PopulationIndex {
         }
     }
 
+    /// Identity stitching: `anonymous`'s events and static memberships
+    /// become `known`'s, and `anonymous` is forgotten. Attributes are the
+    /// caller's to set (the store merged them). Each event log the visitor
+    /// appears in is relabelled in place (the rows keep their (time,
+    /// arrival) order) and the person's profile in it recomputed.
+    pub fn merge_user(&mut self, anonymous: &str, known: &str) {
+        let Some(a) = self.index_of(anonymous) else {
+            return;
+        };
+        let k = self.user(known);
+        let size = a.max(k) as usize + 1;
+        for log in self.events.values_mut() {
+            log.settle();
+            if !log.all_time.has_any.contains(a) {
+                continue;
+            }
+            for u in log.user.iter_mut() {
+                if *u == a {
+                    *u = k;
+                }
+            }
+            let mut changed = Bitset::with_len(size);
+            changed.set(a);
+            changed.set(k);
+            log.all_time.forget(&changed);
+            for row in 0..log.ts.len() {
+                if log.user[row] == k {
+                    log.all_time.add(row, log.ts[row], k, &log.props);
+                }
+            }
+        }
+        for members in self.statics.values_mut() {
+            if members.contains(a) {
+                members.set(k);
+            }
+        }
+        self.remove_user(anonymous);
+    }
+
     pub fn set_static_members(&mut self, segment_id: &str, user_ids: &[String]) {
         let mut set = Bitset::with_len(self.ids.len());
         for u in user_ids {

@@ -7,9 +7,13 @@
 //!   log (one indexed range read every [`FOLLOW_EVERY`]) and applies the
 //!   changes of users it does not own to its readers' view, so experiment
 //!   targeting sees every user's segments on every node.
-//! - **Erasures.** Every node follows the store's short log of erasures
-//!   and forgets each erased user (metric columns, sticky state, cached
-//!   answers, memberships), whichever node erased them.
+//! - **Erasures and merges.** Every node follows the store's short log of
+//!   departed users and forgets each erased user (metric columns, sticky
+//!   state, cached answers, memberships, aliases), whichever node erased
+//!   them; a merge (identity stitching) is followed the same way, and the
+//!   known user's owner re-reads the person from the store, so the merge
+//!   lands there wherever it was made, even if that node died after its
+//!   commit.
 //! - **Configuration.** Every configuration write bumps the store's
 //!   `config_version` in the same transaction; every node polls it every
 //!   [`CONFIG_POLL_EVERY`] and reloads schemas, keys, segments and
@@ -81,6 +85,8 @@ pub struct ClusterService {
     pub(crate) routing: Arc<Routing>,
     /// Deliverers follow webhooks created or deleted on other nodes.
     pub(crate) webhooks: Arc<crate::webhooks::WebhookService>,
+    /// Merges made on other nodes are followed like erasures.
+    pub(crate) identity: Arc<crate::identity::IdentityService>,
 }
 
 impl ClusterService {
@@ -163,11 +169,29 @@ impl ClusterService {
             loop {
                 match engine.store.erasures_after(erased_after, FOLLOW_PAGE).await {
                     Ok(page) => {
-                        for (seq, user) in &page {
-                            engine.derive.user_erased(user);
-                            erased_after = *seq;
+                        let mut stopped = false;
+                        for gone in &page {
+                            match &gone.merged_into {
+                                None => engine.derive.user_erased(&gone.user_id),
+                                Some(known) => {
+                                    let fact = engine
+                                        .identity
+                                        .fact(&gone.user_id, known, None, engine.clock.now())
+                                        .await;
+                                    match fact {
+                                        Ok(fact) => engine.derive.user_merged(&fact),
+                                        Err(e) => {
+                                            // Read again on the next turn.
+                                            tracing::warn!(error = %e, "cannot read a merged user");
+                                            stopped = true;
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            erased_after = gone.seq;
                         }
-                        if page.len() == FOLLOW_PAGE as usize {
+                        if !stopped && page.len() == FOLLOW_PAGE as usize {
                             continue;
                         }
                     }

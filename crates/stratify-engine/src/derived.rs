@@ -21,6 +21,7 @@
 
 use crate::experiments::assign::Serving;
 use crate::freshness::Freshness;
+use crate::identity::{Aliases, UserMerged};
 use crate::live::{Live, Msg, Owns};
 use crate::population::SharedIndex;
 use crate::results::Columns;
@@ -50,6 +51,9 @@ pub trait Derive: Send + Sync {
     fn user_written(&self, user: &str, attributes: &Attributes, merge: bool, at: Millis);
     /// A user and everything about them was erased.
     fn user_erased(&self, user: &str);
+    /// An anonymous visitor was merged into a known user (identity
+    /// stitching); the visitor's id is an alias from now on.
+    fn user_merged(&self, merged: &UserMerged);
     /// The hook the store calls on its writer, in commit order, once an
     /// event batch is durable (see the module docs).
     fn commit_hook(&self, events: Arc<Vec<NewEvent>>) -> CommitHook;
@@ -101,6 +105,8 @@ pub struct Views {
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) serving: Arc<Serving>,
     pub(crate) results_columns: Columns,
+    /// Ids merged into other users, and whom they resolve to.
+    pub(crate) aliases: Arc<Aliases>,
 }
 
 #[async_trait::async_trait]
@@ -124,6 +130,7 @@ impl Derive for Views {
     }
 
     fn user_erased(&self, user: &str) {
+        self.aliases.erased(user);
         // Cached metric events must not outlive an erased user (a copy
         // being refreshed across the erasure is not kept either).
         self.results_columns.clear();
@@ -134,6 +141,40 @@ impl Derive for Views {
         self.live.view().remove_user(user);
         self.freshness.touch(user);
         self.live.send(Msg::UserDeleted(user.to_owned()));
+    }
+
+    fn user_merged(&self, m: &UserMerged) {
+        self.aliases.merged(&m.anonymous, &m.known);
+        if let Some(index) = &self.population {
+            let mut index = index.write();
+            index.merge_user(&m.anonymous, &m.known);
+            if let Some(p) = &m.profile {
+                index.set_attributes(&m.known, &p.attributes);
+            }
+        }
+        match &m.merge {
+            // The visitor's events, copied into metric columns under the
+            // visitor's uid, are the person's now.
+            Some(merge) if merge.duplicates_dropped == 0 => {
+                if let Some(from) = merge.anonymous_uid.filter(|&u| u != merge.known_uid) {
+                    self.results_columns.remap(from, merge.known_uid);
+                }
+            }
+            // Events left the log (duplicates), or another node merged
+            // (the uids are not known here): the copies are read again.
+            _ => self.results_columns.clear(),
+        }
+        self.serving.forget(&m.anonymous);
+        self.serving.forget(&m.known);
+        self.live.view().remove_user(&m.anonymous);
+        self.live.send(Msg::Identify {
+            anonymous: m.anonymous.clone(),
+            known: m.known.clone(),
+            profile: m.profile.clone(),
+            at: m.at,
+        });
+        self.freshness.touch(&m.anonymous);
+        self.freshness.touch(&m.known);
     }
 
     fn commit_hook(&self, events: Arc<Vec<NewEvent>>) -> CommitHook {
@@ -243,6 +284,10 @@ mod tests {
         fn user_erased(&self, user: &str) {
             self.note("user_erased", user);
             self.inner.user_erased(user);
+        }
+        fn user_merged(&self, merged: &UserMerged) {
+            self.note("user_merged", &merged.anonymous);
+            self.inner.user_merged(merged);
         }
         fn commit_hook(&self, events: Arc<Vec<NewEvent>>) -> CommitHook {
             self.note("commit_hook", &events.len().to_string());

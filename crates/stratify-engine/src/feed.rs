@@ -208,6 +208,7 @@ impl FeedService {
         &self,
         user_id: &UserId,
     ) -> Result<Vec<MembershipView>, EngineError> {
+        let user_id = &*self.views.aliases.resolve(user_id);
         if self.store.get_user(user_id).await?.is_none() {
             return Err(EngineError::NotFound {
                 code: ErrorCode::UserNotFound,

@@ -105,7 +105,12 @@ impl crate::ingest::IngestService {
             let room = MAX_REPORTED_BAD_ROWS.saturating_sub(report.errors.len());
             report.errors.extend(parsed.bad.iter().take(room).cloned());
             match parsed.batch {
-                Batch::Users(users) => {
+                Batch::Users(mut users) => {
+                    if !self.views.aliases.is_empty() {
+                        for (id, _) in users.iter_mut() {
+                            *id = self.views.aliases.resolve(id).into_owned();
+                        }
+                    }
                     let n = users.len() as u64;
                     let users = std::sync::Arc::new(users);
                     let changed = self

@@ -128,11 +128,14 @@ impl IngestService {
                 Err(e) => outcome.rejected.push(Rejection::new(index, e)),
             }
         }
+        // An id merged into a known user (identity stitching) is that user.
+        let resolved = self.resolve_aliases(&mut events);
         // Events of users another node owns go to that node. Kafka records
         // arrive on their user's partition (the consumer hands the others
-        // over itself, counted in `handed_over`): no check per record here.
+        // over itself, counted in `handed_over`): no check per record here,
+        // unless an alias moved a record to another user.
         let forwarded = handed_over
-            + if source == Source::Kafka {
+            + if source == Source::Kafka && resolved == 0 {
                 0
             } else {
                 self.forward_others(&mut events, &mut positions, &mut outcome)
@@ -156,13 +159,43 @@ impl IngestService {
             return Ok(outcome);
         }
         self.views.live.admit().await;
-        let events = std::sync::Arc::new(events);
-        let batch = EventBatch {
-            events: events.clone(),
-            report,
-            on_commit: Some(self.derive.commit_hook(events.clone())),
+        let mut events = std::sync::Arc::new(events);
+        let mut report = report;
+        let mut attempts = 0;
+        let appended = loop {
+            let batch = EventBatch {
+                events: events.clone(),
+                report: report.clone(),
+                on_commit: Some(self.derive.commit_hook(events.clone())),
+            };
+            match self.store.append_events(batch).await {
+                Ok(appended) => break appended,
+                // Users merged (or erased) since they were resolved: the
+                // store refused the whole batch; resolve again and retry.
+                Err(stratify_store::StoreError::UsersMoved(moved)) if attempts < 3 => {
+                    attempts += 1;
+                    let known: Vec<(String, String)> = moved
+                        .into_iter()
+                        .filter_map(|(alias, user)| user.map(|u| (alias, u)))
+                        .collect();
+                    self.views.aliases.learn(&known);
+                    let mut list = std::sync::Arc::try_unwrap(events)
+                        .unwrap_or_else(|shared| (*shared).clone());
+                    if self.resolve_aliases(&mut list) > 0 {
+                        let moved_away = self
+                            .forward_others(&mut list, &mut positions, &mut outcome)
+                            .await?;
+                        report.forwarded += moved_away;
+                    }
+                    if list.is_empty() {
+                        self.store.record_ingest(report).await?;
+                        return Ok(outcome);
+                    }
+                    events = std::sync::Arc::new(list);
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let appended = self.store.append_events(batch).await?;
         self.derive.events_appended(&events, &appended);
         for (index, a) in positions.into_iter().zip(appended) {
             match a {
@@ -177,6 +210,25 @@ impl IngestService {
             }
         }
         Ok(outcome)
+    }
+
+    /// Rewrites the user of every event sent under an alias to the user it
+    /// resolves to; returns how many were rewritten.
+    fn resolve_aliases(&self, events: &mut [NewEvent]) -> usize {
+        let aliases = &self.views.aliases;
+        if aliases.is_empty() {
+            return 0;
+        }
+        let mut rewritten = 0;
+        for e in events.iter_mut() {
+            if let Some(user) = aliases.target(e.user_id.as_str()) {
+                if let Ok(user) = stratify_core::ids::UserId::parse(&user) {
+                    e.user_id = user;
+                    rewritten += 1;
+                }
+            }
+        }
+        rewritten
     }
 
     /// On a cluster node: hands the events of users another node owns to

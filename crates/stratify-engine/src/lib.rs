@@ -7,7 +7,8 @@
 //! columns), which every write path changes only by telling a fact to the one
 //! fan-out ([`derived::Derive`]). By concern:
 //! - writes: [`ingest`] (HTTP and Kafka events), [`import`] (bulk files),
-//!   [`users`] (attributes, erasure), [`schemas`], [`keys`];
+//!   [`users`] (attributes, erasure), [`identity`] (merging an anonymous
+//!   visitor into a known user; aliases), [`schemas`], [`keys`];
 //! - segments and their live memberships: [`segments`], [`live`], [`feed`]
 //!   (the change log read back), [`webhooks`];
 //! - experiments and results: [`experiments`] (serving, sticky assignments,
@@ -28,6 +29,7 @@ mod error;
 pub mod experiments;
 pub mod feed;
 pub mod freshness;
+pub mod identity;
 pub mod import;
 pub mod ingest;
 pub mod keys;
@@ -65,6 +67,7 @@ pub struct Engine(Arc<Services>);
 /// Every service, each holding only what it uses.
 pub struct Services {
     pub users: Arc<users::UserService>,
+    pub identity: Arc<identity::IdentityService>,
     pub ingest: Arc<ingest::IngestService>,
     pub segments: Arc<segments::SegmentService>,
     pub experiments: Arc<experiments::ExperimentService>,
@@ -161,6 +164,7 @@ impl Engine {
         let experiments =
             Arc::new(experiments::Experiments::load(store.as_ref(), view.clone()).await?);
         let freshness = Arc::new(freshness::Freshness::default());
+        let aliases = Arc::new(identity::Aliases::load(store.as_ref()).await?);
         let store_for_serving = store.clone();
         let live = Arc::new(
             live::Live::start(
@@ -187,6 +191,7 @@ impl Engine {
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
             results_columns: results::Columns::default(),
+            aliases,
         });
         let derive = fan_out(views.clone());
         let deliverers: Arc<webhooks::Deliverers> = Arc::default();
@@ -209,6 +214,13 @@ impl Engine {
             policy: Arc::new(config.webhooks),
             limits: limits.clone(),
         });
+        let identity = Arc::new(identity::IdentityService {
+            store: store.clone(),
+            clock: clock.clone(),
+            derive: derive.clone(),
+            views: views.clone(),
+            routing: routing.clone(),
+        });
         let services = Services {
             users: Arc::new(users::UserService {
                 store: store.clone(),
@@ -217,7 +229,9 @@ impl Engine {
                 derive: derive.clone(),
                 routing: routing.clone(),
                 segments: segment_service.clone(),
+                aliases: views.aliases.clone(),
             }),
+            identity: identity.clone(),
             ingest: Arc::new(ingest::IngestService {
                 store: store.clone(),
                 clock: clock.clone(),
@@ -278,6 +292,7 @@ impl Engine {
                 views: views.clone(),
                 routing,
                 webhooks: webhook_service,
+                identity,
             }),
             audit: Arc::new(audit::AuditService {
                 store: store.clone(),

@@ -398,7 +398,7 @@ impl SegmentService {
                 ))
             }
             (Some(json), None) => (Some((parse_rule(&json, &id, &catalog)?, json)), Vec::new()),
-            (None, Some(ids)) => (None, parse_user_ids(ids, "/user_ids")?),
+            (None, Some(ids)) => (None, self.resolve_all(parse_user_ids(ids, "/user_ids")?)),
         };
         let now = self.clock.now();
         let record = SegmentRecord {
@@ -571,7 +571,8 @@ impl SegmentService {
         ids: Vec<String>,
     ) -> Result<u64, EngineError> {
         self.static_segment(id)?;
-        let users = parse_user_ids(ids.clone(), "/user_ids")?;
+        let users = self.resolve_all(parse_user_ids(ids, "/user_ids")?);
+        let ids: Vec<String> = users.iter().map(|u| u.to_string()).collect();
         let now = self.clock.now();
         let changed = match change {
             MemberChange::Add => self.store.add_members(id, users, now).await?,
@@ -580,6 +581,17 @@ impl SegmentService {
         };
         self.derive.static_members_changed(id, change, &ids);
         Ok(changed)
+    }
+
+    /// Ids merged into other users (aliases) replaced by those users.
+    fn resolve_all(&self, users: Vec<UserId>) -> Vec<UserId> {
+        if self.views.aliases.is_empty() {
+            return users;
+        }
+        users
+            .iter()
+            .map(|u| self.views.aliases.resolve(u).into_owned())
+            .collect()
     }
 
     /// The SQL a segment (or an ad-hoc rule) runs as.

@@ -40,6 +40,7 @@ pub struct UserService {
     pub(crate) derive: std::sync::Arc<dyn crate::derived::Derive>,
     pub(crate) routing: std::sync::Arc<crate::cluster::Routing>,
     pub(crate) segments: std::sync::Arc<crate::segments::SegmentService>,
+    pub(crate) aliases: std::sync::Arc<crate::identity::Aliases>,
 }
 
 impl UserService {
@@ -49,6 +50,7 @@ impl UserService {
         attrs: Attributes,
         mode: WriteMode,
     ) -> Result<UserRecord, EngineError> {
+        let user_id = self.aliases.resolve(&user_id).into_owned();
         attributes::check(&attrs, "/attributes")?;
         self.schemas.attributes().check(&attrs, "/attributes")?;
         let record = self
@@ -75,6 +77,7 @@ impl UserService {
     }
 
     pub async fn user(&self, user_id: &UserId) -> Result<UserView, EngineError> {
+        let user_id = &self.aliases.resolve(user_id);
         let record = self
             .store
             .get_user(user_id)
@@ -97,7 +100,10 @@ impl UserService {
         })
     }
 
+    /// Erases a user (an alias names its user: the person is erased, with
+    /// every alias).
     pub async fn delete_user(&self, user_id: &UserId) -> Result<(), EngineError> {
+        let user_id = &self.aliases.resolve(user_id);
         if self.store.delete_user(user_id, self.clock.now()).await? {
             self.derive.user_erased(user_id.as_str());
             if let Some(forward) = self.routing.forward_for(user_id.as_str()) {

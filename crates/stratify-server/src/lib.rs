@@ -119,6 +119,7 @@ macro_rules! sub_states {
 
 sub_states! {
     users: stratify_engine::users::UserService,
+    identity: stratify_engine::identity::IdentityService,
     ingest: stratify_engine::ingest::IngestService,
     segments: stratify_engine::segments::SegmentService,
     experiments: stratify_engine::experiments::ExperimentService,

@@ -15,7 +15,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
     paths(
         routes::ops::health, routes::ops::ingest_status,
         routes::keys::create, routes::keys::list, routes::keys::revoke, routes::audit::list, routes::growthbook::features, routes::growthbook::stream, routes::growthbook::sdk_attributes,
-        routes::users::create, routes::users::get_one, routes::users::replace, routes::users::merge, routes::users::erase, routes::users::assignments,
+        routes::users::create, routes::users::get_one, routes::users::replace, routes::users::merge, routes::users::erase, routes::users::assignments, routes::users::identify,
         routes::events::ingest, routes::events::order, routes::events::list,
         routes::schemas::create_event_type, routes::schemas::list_event_types, routes::schemas::get_event_type,
         routes::schemas::replace_event_type, routes::schemas::delete_event_type,

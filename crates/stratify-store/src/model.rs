@@ -490,7 +490,7 @@ pub struct SessionRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Identified {
     /// The anonymous id was merged into the known user now.
-    Merged(Merge),
+    Merged(Box<Merge>),
     /// The anonymous id was already an alias of the known user (a retry).
     Already,
     /// The anonymous id is already an alias of another user (named).

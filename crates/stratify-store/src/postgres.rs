@@ -1068,7 +1068,7 @@ impl Users for PgStore {
             .await?
             .ok_or_else(|| StoreError::Corrupt("user vanished during a merge".into()))?;
         tx.commit().await?;
-        Ok(Identified::Merged(merge))
+        Ok(Identified::Merged(Box::new(merge)))
     }
 
     async fn aliases(&self) -> Result<Vec<(String, String)>> {

@@ -396,7 +396,7 @@ impl WriterState {
         merge.user = self
             .user_row(known)?
             .ok_or_else(|| StoreError::Corrupt("user vanished during a merge".into()))?;
-        Ok(Identified::Merged(merge))
+        Ok(Identified::Merged(Box::new(merge)))
     }
 
     fn name_id(&mut self, name: &str) -> Result<i64> {

@@ -1135,7 +1135,7 @@ fn exposure(user: &str, experiment: &str, variant: &str, at: i64) -> AssignmentR
 
 fn merged(answer: Identified) -> Merge {
     match answer {
-        Identified::Merged(m) => m,
+        Identified::Merged(m) => *m,
         other => panic!("not merged: {other:?}"),
     }
 }

@@ -188,7 +188,8 @@ impl ServingService {
         user: &UserId,
         context: Option<&Map<String, Value>>,
     ) -> Result<(Arc<UserExperiments>, Source), EngineError> {
-        let id = user;
+        // An id merged into a known user is served as that user.
+        let id = &*self.views.aliases.resolve(user);
         let user = id.as_str();
         let generation = self.experiments.registry().generation;
         if context.is_none() {
@@ -257,6 +258,7 @@ impl ServingService {
     /// Drops a user's cached answer and banner mixture: the next call
     /// computes afresh and draws new banners.
     pub async fn clear_user_cache(&self, user: &UserId) -> Result<(), EngineError> {
+        let user = &*self.views.aliases.resolve(user);
         let user = user.as_str();
         let state = self.user_state(user).await?;
         if let Some(m) = state.mixture {
@@ -281,6 +283,7 @@ impl ServingService {
         user: &UserId,
     ) -> Result<Vec<stratify_store::AssignmentRecord>, EngineError> {
         self.flush_assignments().await;
+        let user = self.views.aliases.resolve(user);
         let (mut rows, _) = self.store.serving_state(user.as_str()).await?;
         rows.sort_by(|a, b| {
             b.assigned_at

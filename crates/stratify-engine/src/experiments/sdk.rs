@@ -158,6 +158,7 @@ impl ServingService {
     /// attributes, and `segments`: the live segments the user is in, plus
     /// `rule:<key>` for each running experiment whose inline rule holds.
     pub async fn sdk_attributes(&self, id: &UserId) -> Result<Map<String, Value>, EngineError> {
+        let id = &*self.views.aliases.resolve(id);
         let user = id.as_str();
         let record = self
             .store

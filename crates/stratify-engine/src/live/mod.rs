@@ -62,6 +62,16 @@ pub(crate) enum Msg {
         at: Millis,
     },
     UserDeleted(String),
+    /// Identity stitching: the visitor's memberships end, and the person's
+    /// profile (attributes, events, static segments as the store has them
+    /// after the merge; `None` where this node does not own the person) is
+    /// evaluated anew. Both with cause `identify`.
+    Identify {
+        anonymous: String,
+        known: String,
+        profile: Option<crate::identity::MergedProfile>,
+        at: Millis,
+    },
     SegmentPut {
         id: String,
         rule: Option<Arc<Rule>>,

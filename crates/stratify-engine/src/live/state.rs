@@ -163,12 +163,18 @@ impl State {
         (i, new)
     }
 
-    /// Adds an event to a user's profile, keeping (timestamp, seq) order.
+    /// Adds an event to a user's profile, keeping (timestamp, seq) order;
+    /// an event the profile holds already (same sequence number) is not
+    /// added twice.
     pub fn add_event(&mut self, user: u32, e: LiveEvent) {
         let p = &mut self.profiles[user as usize];
         let at = match p.events.last() {
-            Some(last) if (last.ts, last.seq) > (e.ts, e.seq) => {
-                p.events.partition_point(|x| (x.ts, x.seq) < (e.ts, e.seq))
+            Some(last) if (last.ts, last.seq) >= (e.ts, e.seq) => {
+                let at = p.events.partition_point(|x| (x.ts, x.seq) < (e.ts, e.seq));
+                if p.events.get(at).is_some_and(|x| x.seq == e.seq) {
+                    return;
+                }
+                at
             }
             _ => p.events.len(),
         };

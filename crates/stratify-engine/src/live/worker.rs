@@ -223,11 +223,17 @@ impl Worker {
         .await?;
         // Current memberships as materialised; statics are compared below.
         let mut stored_static: HashSet<(u32, u32)> = HashSet::new();
+        // Open memberships of users the store no longer has (merged into
+        // another user by a node that stopped before recording the exits).
+        let mut orphans: Vec<(String, String)> = Vec::new();
         for (segment, user) in store.open_memberships().await? {
             let (Some(&s), Some(&u)) = (
                 state.segment_index.get(&segment),
                 state.users.get(user.as_str()),
             ) else {
+                if state.segment_index.contains_key(&segment) && owned(&user) {
+                    orphans.push((segment, user));
+                }
                 continue;
             };
             if statics.contains(&s) {
@@ -258,8 +264,19 @@ impl Worker {
             scratch: Vec::new(),
             by_uid,
         };
-        // Static memberships the table does not show yet (or no longer).
         let refresh = Cause::Refresh;
+        for (segment_id, user_id) in orphans {
+            worker.pending.push(ChangeRecord {
+                seq: worker.next_seq,
+                segment_id,
+                user_id,
+                entered: false,
+                at: start,
+                cause: refresh.clone(),
+            });
+            worker.next_seq += 1;
+        }
+        // Static memberships the table does not show yet (or no longer).
         for &s in &statics {
             let mut changed = Vec::new();
             let users = worker.state.user_ids.len() as u32;
@@ -552,6 +569,12 @@ impl Worker {
                 };
                 self.evaluate_user(u, &segments, now, &Cause::AttributeChange);
             }
+            Msg::Identify {
+                anonymous,
+                known,
+                profile,
+                at,
+            } => self.identify(&anonymous, &known, profile, at),
             Msg::UserDeleted(user) => {
                 if let Some(&u) = self.state.users.get(user.as_str()) {
                     self.state.forget(u);
@@ -607,6 +630,81 @@ impl Worker {
 
     fn now(&self) -> Millis {
         self.clock.now().max(self.mark.at)
+    }
+
+    /// Identity stitching (see [`Msg::Identify`]).
+    fn identify(
+        &mut self,
+        anonymous: &str,
+        known: &str,
+        profile: Option<crate::identity::MergedProfile>,
+        at: Millis,
+    ) {
+        let now = at.max(self.mark.at);
+        self.fire_due(now);
+        let cause = Cause::Identify;
+        if let Some(&a) = self.state.users.get(anonymous) {
+            if self.owns(anonymous) {
+                let exits: Vec<Outcome> = self
+                    .state
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.as_ref().is_some_and(|s| s.contains(a)))
+                    .map(|(s, _)| Outcome {
+                        user: a,
+                        segment: s as u32,
+                        inside: false,
+                        next: None,
+                    })
+                    .collect();
+                let changed = self.state.apply(&exits);
+                self.record(&changed, now, &cause);
+            }
+            self.state.forget(a);
+        }
+        let Some(crate::identity::MergedProfile {
+            attributes,
+            events,
+            statics,
+        }) = profile
+        else {
+            return;
+        };
+        if !self.owns(known) {
+            return;
+        }
+        let (u, _) = self.state.user(known);
+        self.state.profiles[u as usize].attributes = attributes;
+        // The store's events are the person's whole history; any the worker
+        // holds that the read missed (committed after it) are kept.
+        for e in events {
+            let name = self.state.name_id(&e.name);
+            self.state.add_event(
+                u,
+                LiveEvent {
+                    seq: e.seq,
+                    ts: e.timestamp,
+                    name,
+                    properties: e.properties.map(Box::new),
+                },
+            );
+        }
+        let entered: Vec<Outcome> = statics
+            .iter()
+            .filter_map(|id| self.state.segment_index.get(id.as_str()).copied())
+            .filter(|&s| !self.state.dynamic.contains(&s))
+            .map(|segment| Outcome {
+                user: u,
+                segment,
+                inside: true,
+                next: None,
+            })
+            .collect();
+        let changed = self.state.apply(&entered);
+        self.record(&changed, now, &cause);
+        let dynamic = self.state.dynamic.clone();
+        self.evaluate_user(u, &dynamic, now, &cause);
     }
 
     fn change_static(&mut self, id: &str, change: MemberChange, users: &[String], now: Millis) {

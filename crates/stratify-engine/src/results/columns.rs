@@ -22,11 +22,17 @@ pub const MAX_CACHED_EVENTS: usize = 60_000_000;
 
 type Key = (String, Option<String>);
 
+/// Remaps kept before every copy is dropped instead (a burst of merges
+/// costs one re-read, not an ever longer list).
+const MAX_REMAPS: usize = 1_000_000;
+
 #[derive(Default)]
 struct Copy {
     events: Vec<MetricEvent>,
     through_seq: i64,
     last_used: u64,
+    /// How many of [`Columns::remaps`] this copy has applied.
+    remapped: usize,
 }
 
 #[derive(Default)]
@@ -35,14 +41,56 @@ pub struct Columns {
     clock: std::sync::atomic::AtomicU64,
     /// Bumped by `clear`: a refresh that started before it must not store.
     generation: std::sync::atomic::AtomicU64,
+    /// Merges since the last `clear`, oldest first: `(visitor uid, person
+    /// uid)`. Each copy applies the ones it has not yet, when next read.
+    remaps: Mutex<Vec<(i64, i64)>>,
 }
 
 impl Columns {
     /// Forgets every copy (a user was erased).
     pub fn clear(&self) {
+        let mut copies = self.copies.lock();
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.copies.lock().clear();
+        copies.clear();
+        self.remaps.lock().clear();
+    }
+
+    /// The events of uid `from` are uid `to`'s from now on (a merge).
+    pub fn remap(&self, from: i64, to: i64) {
+        let mut remaps = self.remaps.lock();
+        if remaps.len() >= MAX_REMAPS {
+            drop(remaps);
+            self.clear();
+            return;
+        }
+        remaps.push((from, to));
+    }
+
+    /// Applies the merges `copy` has not seen (chains followed: a visitor
+    /// merged into a person later merged again ends at the last).
+    fn apply_remaps(&self, copy: &mut Copy) {
+        let remaps = self.remaps.lock();
+        if copy.remapped >= remaps.len() {
+            copy.remapped = remaps.len();
+            return;
+        }
+        let mut map: HashMap<i64, i64> = HashMap::new();
+        for &(from, to) in &remaps[copy.remapped..] {
+            for target in map.values_mut() {
+                if *target == from {
+                    *target = to;
+                }
+            }
+            map.insert(from, to);
+        }
+        copy.remapped = remaps.len();
+        drop(remaps);
+        for e in &mut copy.events {
+            if let Some(&to) = map.get(&e.uid) {
+                e.uid = to;
+            }
+        }
     }
 
     /// Feeds every event of `event` (with `property`) to `feed`, from the
@@ -60,6 +108,10 @@ impl Columns {
         let generation = self.generation.load(Ordering::SeqCst);
         let slot = self.copies.lock().entry(key.clone()).or_default().clone();
         let mut copy = slot.lock().await;
+        if copy.through_seq == 0 && copy.events.is_empty() {
+            // A new copy reads the log as it is now: no earlier merge applies.
+            copy.remapped = self.remaps.lock().len();
+        }
         copy.last_used = self.clock.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Mutex::new(Vec::new()));
         let sink_fresh = fresh.clone();
@@ -81,6 +133,7 @@ impl Columns {
         let fresh = std::mem::take(&mut *fresh.lock());
         copy.events.extend_from_slice(&fresh);
         copy.through_seq = outcome.through_seq;
+        self.apply_remaps(&mut copy);
         feed_parallel(&copy.events, feed);
         // Keep it only within the budget and if nobody cleared meanwhile.
         let size = copy.events.len();

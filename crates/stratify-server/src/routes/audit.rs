@@ -96,7 +96,7 @@ fn redact(mut v: Value) -> Value {
 
 /// (kind, id, action) of a request on `template`: the kind is the path's
 /// collection, the id its first parameter or else the answer's `id`,
-/// `key` or `name`; a `{action}` parameter is spelled out in the action.
+/// `key`, `name` or `user_id` (a merge: the person); a `{action}` parameter is spelled out in the action.
 fn target(
     template: &str,
     path: &str,
@@ -120,7 +120,7 @@ fn target(
         action.push((*part).to_owned());
     }
     let from_answer = || {
-        ["id", "key", "name"]
+        ["id", "key", "name", "user_id"]
             .iter()
             .find_map(|f| answer.get(f).and_then(Value::as_str))
             .filter(|s| !s.starts_with("sfy_"))

@@ -106,6 +106,12 @@ pub fn table() -> Vec<Route> {
             delete(keys::revoke),
         ),
         r(Method::POST, "/v1/users", WriteUsers, post(users::create)),
+        r(
+            Method::POST,
+            "/v1/identify",
+            WriteUsers,
+            post(users::identify),
+        ),
         r(Method::GET, "/v1/users/{id}", Read, get(users::get_one)),
         r(
             Method::PUT,
@@ -456,10 +462,12 @@ pub fn router(state: AppState) -> Router {
             state.config.max_body_bytes
         };
         let mut handler = route.handler.layer(DefaultBodyLimit::max(limit));
+        // Merges are audited too: one cannot be undone.
         if matches!(
             route.capability,
             Some(EditConfig | ManageKeys | ManageSchemas)
-        ) {
+        ) || route.path == "/v1/identify"
+        {
             // Inside authorization: the key is known when the change is recorded.
             let (st, template) = (state.clone(), route.path);
             handler = handler.route_layer(axum::middleware::from_fn(move |req, next| {

@@ -202,3 +202,60 @@ pub async fn assignments(
         next_cursor,
     }))
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyIn {
+    /// The id the visitor was known by before signing in (a device or
+    /// cookie id). From now on it resolves to `user_id`.
+    anonymous_id: String,
+    /// The known user's id (created if unknown).
+    user_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IdentifyOut {
+    /// The person the visitor is now (the user `user_id` resolved to).
+    user_id: String,
+    anonymous_id: String,
+    /// False when the visitor was merged into this user before (a retry).
+    merged: bool,
+    /// The visitor's events that moved to the user.
+    events_moved: u64,
+    /// Visitor events whose `event_id` the user already had (one event sent
+    /// under both ids): kept once.
+    duplicates_dropped: u64,
+    /// The visitor's sticky assignments that became the user's (for
+    /// experiments the user had no assignment in).
+    assignments_moved: u64,
+    /// Every id that resolves to the user now, sorted.
+    aliases: Vec<String>,
+}
+
+/// Identity stitching: merges an anonymous visitor into a known user. The
+/// visitor's events, attributes (the user's win on conflict), sticky
+/// assignments (the user's own win, from the earlier exposure) and static
+/// memberships become the user's, segments are re-evaluated at once (change
+/// cause `identify`), and `anonymous_id` becomes an alias: every later read
+/// and write on it is the user's. Idempotent; 409 `identity_conflict` when
+/// `anonymous_id` is already merged into another user; 422 when both ids
+/// are the same.
+#[utoipa::path(post, path = "/v1/identify", tag = "users", security(("api_key" = [])), request_body = IdentifyIn,
+    responses((status = 200, body = IdentifyOut), (status = 409, description = "identity_conflict"), (status = 422)))]
+pub async fn identify(
+    State(identity): State<Arc<stratify_engine::identity::IdentityService>>,
+    Body(req): Body<IdentifyIn>,
+) -> Result<Json<IdentifyOut>, ApiError> {
+    let anonymous = user_id(req.anonymous_id, "/anonymous_id")?;
+    let known = user_id(req.user_id, "/user_id")?;
+    let out = identity.identify(anonymous, known).await?;
+    Ok(Json(IdentifyOut {
+        user_id: out.user_id,
+        anonymous_id: out.anonymous_id,
+        merged: out.merged,
+        events_moved: out.events_moved,
+        duplicates_dropped: out.duplicates_dropped,
+        assignments_moved: out.assignments_moved,
+        aliases: out.aliases,
+    }))
+}

@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod experiments;
 mod growthbook_sdk;
+mod identify;
 mod keys;
 mod limits;
 mod live;
