@@ -1594,3 +1594,137 @@ async fn a_batch_the_store_refuses_is_read_again_with_the_batches_after_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count(&cluster.pg).await, (40 + N) as i64, "nothing more");
 }
+
+/// Issue 21, identity stitching on a cluster: a visitor owned by node a is
+/// merged into a member owned by node b by a call to node a, which is then
+/// killed. Node b, the member's owner, applies the merge from the store's
+/// log (the member enters "twice" with cause `identify`; the visitor's
+/// membership ends), and later events sent under the visitor's id, over
+/// HTTP to another node or as Kafka records on the visitor's partition,
+/// are the member's, each stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_made_on_one_node_lands_on_the_known_users_owner() {
+    let cluster = Cluster::new("identify").await;
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let loggers = login_segment(&a, "loggers").await;
+    let twice = post(
+        &a,
+        "/v1/segments",
+        json!({"name": "twice", "rules": {"event": "LOGIN", "op": "gte", "value": 2}}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    cluster.warm_up(&a, &["a", "b"]).await;
+    let pg = &cluster.pg;
+    let owners = owners(&a).await;
+    let visitor = users_of(&owners, "a", "visitor").next().expect("a's user");
+    let member = users_of(&owners, "b", "member").next().expect("b's user");
+    let login = |user: &str, at: i64| json!({"user_id": user, "name": "LOGIN", "timestamp": at});
+    post(&a, "/v1/events", login(&visitor, 1_700_000_000_000)).await;
+    post(&b, "/v1/events", login(&member, 1_700_000_000_001)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster_members(pg, &loggers).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the two never entered");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let out = post(
+        &a,
+        "/v1/identify",
+        json!({"anonymous_id": visitor, "user_id": member}),
+    )
+    .await;
+    assert_eq!(
+        (&out["merged"], &out["events_moved"]),
+        (&json!(true), &json!(1)),
+        "{out}"
+    );
+    drop(a);
+    // The member's owner applies the merge at once; the visitor's exit is
+    // recorded by whoever owns the visitor's partition next (node a's may
+    // have died with it): within the group's session timeout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_twice = cluster_members(pg, &twice).await;
+        let in_loggers = cluster_members(pg, &loggers).await;
+        if in_twice == BTreeSet::from([member.clone()])
+            && in_loggers == BTreeSet::from([member.clone()])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never applied the merge: twice {in_twice:?}, loggers {in_loggers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let causes: Vec<(String, String, bool, i32)> = pg
+        .query(
+            "SELECT segment_id, user_id, entered, cause FROM changes \
+             WHERE user_id = ANY($1) ORDER BY seq",
+            &[&vec![visitor.clone(), member.clone()]],
+        )
+        .await
+        .expect("changes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, i64>(3) as i32))
+        .collect();
+    // cause 5: identify (0 event, 4 refresh). The visitor's exit is the
+    // merge's (5) when node a recorded it before it died, else the repair
+    // of the next owner of the visitor's partition (4).
+    assert_eq!(causes.len(), 4, "{causes:?}");
+    assert!(
+        causes.contains(&(twice.clone(), member.clone(), true, 5)),
+        "{causes:?}"
+    );
+    assert!(
+        causes.contains(&(loggers.clone(), visitor.clone(), false, 5))
+            || causes.contains(&(loggers.clone(), visitor.clone(), false, 4)),
+        "{causes:?}"
+    );
+    // Node b answers for the visitor's id as the member.
+    assert_eq!(
+        get(&b, &format!("/v1/users/{visitor}")).await["user_id"],
+        json!(member)
+    );
+    // A node that joins later, and Kafka records under the visitor's id on
+    // the visitor's partition: the member's events.
+    let c = cluster.node("c").await;
+    wait_owners(&c, &["b", "c"]).await;
+    post(&c, "/v1/events", login(&visitor, 1_700_000_000_002)).await;
+    let acked = cluster.produce("visitor.jsonl", &[login(&visitor, 1_700_000_000_003)], None);
+    assert_eq!(acked, "1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let per_user: Vec<(String, i64)> = pg
+            .query(
+                "SELECT u.user_id, count(*) FROM events e JOIN users u ON u.uid = e.uid \
+                 WHERE u.user_id = ANY($1) GROUP BY u.user_id",
+                &[&vec![visitor.clone(), member.clone()]],
+            )
+            .await
+            .expect("counts")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if per_user == vec![(member.clone(), 4)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events under the visitor's id: {per_user:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let orphans: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.uid = e.uid)",
+            &[],
+        )
+        .await
+        .expect("orphans")
+        .get(0);
+    assert_eq!(orphans, 0, "every event belongs to a user");
+}
