@@ -31,7 +31,7 @@ pub struct ChangeView {
     pub change: &'static str,
     pub at: String,
     /// `{"event_id": .., "event_seq": ..}`, `"time"`, `"rule_change"`,
-    /// `"attribute_change"` or `"refresh"`.
+    /// `"attribute_change"`, `"refresh"` or `"identify"`.
     pub cause: Value,
 }
 

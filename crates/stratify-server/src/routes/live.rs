@@ -46,7 +46,7 @@ pub struct ChangeOut {
     change: &'static str,
     /// RFC 3339, milliseconds.
     at: String,
-    /// `{"event_id": .., "event_seq": ..}`, `"time"`, `"rule_change"`, `"attribute_change"` or `"refresh"`.
+    /// `{"event_id": .., "event_seq": ..}`, `"time"`, `"rule_change"`, `"attribute_change"`, `"refresh"` or `"identify"`.
     #[schema(value_type = Value)]
     cause: serde_json::Value,
 }
