@@ -39,9 +39,8 @@ async fn changes(app: &TestApp, segment: &str) -> Vec<Value> {
     b["changes"].as_array().expect("changes").clone()
 }
 
-#[tokio::test]
-async fn a_visitor_who_signs_up_keeps_their_variant_behaviour_and_counts_once() {
-    let app = spawn_app().await;
+/// The segment of users with at least two page views; returns its id.
+async fn browsers(app: &TestApp) -> String {
     let (s, seg) = app
         .post(
             "/v1/segments",
@@ -49,7 +48,13 @@ async fn a_visitor_who_signs_up_keeps_their_variant_behaviour_and_counts_once() 
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{seg}");
-    let browsers = seg["id"].as_str().expect("id").to_owned();
+    seg["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn a_visitor_who_signs_up_keeps_their_variant_behaviour_and_counts_once() {
+    let app = spawn_app().await;
+    let browsers = browsers(&app).await;
     let (s, vip) = app
         .post(
             "/v1/segments",
@@ -275,13 +280,7 @@ async fn a_visitor_who_signs_up_keeps_their_variant_behaviour_and_counts_once() 
 #[tokio::test]
 async fn aliases_survive_a_restart_and_a_rebuild_agrees_with_the_live_state() {
     let app = spawn_app().await;
-    let (s, seg) = app
-        .post(
-            "/v1/segments",
-            json!({"name": "browsers", "rules": {"event": "page_view", "op": "gte", "value": 2}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{seg}");
+    let browsers = browsers(&app).await;
     for (user, id) in [("dev-1", "a"), ("dev-1", "b"), ("carol", "c")] {
         view(&app, user, id).await;
     }
@@ -306,7 +305,7 @@ async fn aliases_survive_a_restart_and_a_rebuild_agrees_with_the_live_state() {
         "{out}"
     );
     app.engine.live().sync().await;
-    let c = changes(&app, seg["id"].as_str().expect("id")).await;
+    let c = changes(&app, &browsers).await;
     let summary: Vec<(String, String, Value)> = c
         .iter()
         .map(|x| {
