@@ -1165,6 +1165,67 @@ mod tests {
         );
     }
 
+    /// A merged index answers every rule as an index built from the start
+    /// with the visitor's events under the person's id.
+    #[test]
+    fn a_merged_user_is_answered_as_if_they_had_always_been_one() {
+        let mut rng: u64 = 7;
+        let mut next = |n: u64| {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (rng >> 33) % n
+        };
+        let users = ["u0", "u1", "u2", "u3", "visitor"];
+        let stream: Vec<(&str, &str, Millis, Map<String, Value>)> = (0..400)
+            .map(|_| {
+                let user = users[next(5) as usize];
+                let name = ["E", "F"][next(2) as usize];
+                let props = serde_json::json!({"amount": next(100) as f64 / 4.0});
+                let props = props.as_object().cloned().unwrap_or_default();
+                (user, name, 1_000 + next(5_000) as Millis, props)
+            })
+            .collect();
+        let build = |relabel: bool| {
+            let mut index = PopulationIndex::new();
+            // In several batches, so later ones merge older events in.
+            for chunk in stream.chunks(37) {
+                index.add_events(chunk.iter().map(|(u, n, ts, p)| {
+                    let u = if relabel && *u == "visitor" { "u3" } else { *u };
+                    (u, *n, *ts, Some(p))
+                }));
+            }
+            let statics = if relabel { ["u3"] } else { ["visitor"] };
+            index.set_static_members("s", &statics.map(str::to_owned));
+            index
+        };
+        let mut merged = build(false);
+        merged.merge_user("visitor", "u3");
+        let fresh = build(true);
+        for rule in [
+            serde_json::json!({"event": "E", "op": "gte", "value": 40}),
+            serde_json::json!({"event": "F", "agg": "sum", "property": "amount", "op": "gt", "value": 1000}),
+            serde_json::json!({"event": "E", "agg": "avg", "property": "amount", "op": "gt", "value": 12.4}),
+            serde_json::json!({"event": "F", "agg": "max", "property": "amount", "op": "gte", "value": 24.75}),
+            serde_json::json!({"event": "E", "agg": "seconds_since_last", "op": "lt", "value": 4}),
+            serde_json::json!({"event": "F", "agg": "seconds_since_first", "op": "gt", "value": 5.99}),
+            serde_json::json!({"event": "E", "within": "3s", "op": "gte", "value": 20}),
+            serde_json::json!({"segment": "s"}),
+        ] {
+            let parsed = rules::parse(&rule).unwrap_or_else(|e| unreachable!("{e}"));
+            let ids = |index: &PopulationIndex| {
+                let mut ids: Vec<String> = index
+                    .select(&parsed, 6_000, &rules::NoSegments)
+                    .iter_from(None)
+                    .map(|i| index.user_id(i).to_owned())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            assert_eq!(ids(&merged), ids(&fresh), "{rule}");
+        }
+        assert_eq!(merged.user_count(), 4);
+        assert_eq!(merged.index_of("visitor"), None);
+    }
+
     #[test]
     fn settling_keeps_time_order_with_ties_in_arrival_order() {
         let mut log = EventLog::default();
