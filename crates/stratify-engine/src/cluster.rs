@@ -173,6 +173,8 @@ impl ClusterService {
                         for gone in &page {
                             match &gone.merged_into {
                                 None => engine.derive.user_erased(&gone.user_id),
+                                // Applied when it was made here.
+                                Some(_) if engine.identity.applied_here(&gone.user_id) => {}
                                 Some(known) => {
                                     let fact = engine
                                         .identity

@@ -62,19 +62,11 @@ impl Aliases {
         Ok(aliases)
     }
 
-    /// The user `id` resolves to, when it is an alias.
-    pub fn target(&self, id: &str) -> Option<String> {
-        let t = self.inner.read();
-        if t.to_user.is_empty() {
-            return None;
-        }
-        t.to_user.get(id).map(|u| u.to_string())
-    }
-
     /// `id`, or the user it is an alias of.
     pub fn resolve<'a>(&self, id: &'a UserId) -> Cow<'a, UserId> {
-        match self.target(id.as_str()).map(UserId::parse) {
-            // A stored alias target is a user id that was valid when stored.
+        let t = self.inner.read();
+        // A stored alias target is a user id that was valid when stored.
+        match t.to_user.get(id.as_str()).map(|u| UserId::parse(&**u)) {
             Some(Ok(user)) => Cow::Owned(user),
             _ => Cow::Borrowed(id),
         }
@@ -93,12 +85,22 @@ impl Aliases {
         all
     }
 
-    pub fn len(&self) -> usize {
-        self.inner.read().to_user.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Replaces every alias among `ids` with the user it resolves to, under
+    /// one read of the table; returns how many were replaced.
+    pub(crate) fn rewrite<'a>(&self, ids: impl IntoIterator<Item = &'a mut UserId>) -> usize {
+        let t = self.inner.read();
+        if t.to_user.is_empty() {
+            return 0;
+        }
+        let mut rewritten = 0;
+        for id in ids {
+            // A stored alias target is a user id that was valid when stored.
+            if let Some(Ok(user)) = t.to_user.get(id.as_str()).map(|u| UserId::parse(&**u)) {
+                *id = user;
+                rewritten += 1;
+            }
+        }
+        rewritten
     }
 
     /// Learns aliases found in the store (a write refused for naming them).
@@ -175,6 +177,9 @@ pub struct IdentityService {
     pub(crate) derive: Arc<dyn crate::derived::Derive>,
     pub(crate) views: Arc<crate::derived::Views>,
     pub(crate) routing: Arc<crate::cluster::Routing>,
+    /// On a cluster node: visitors this node merged and already applied,
+    /// until its follower of the store's log passes them (not twice).
+    pub(crate) merged_here: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl IdentityService {
@@ -199,10 +204,20 @@ impl IdentityService {
         // store before the merge moves them.
         self.views.serving.flush().await;
         let now = self.clock.now();
-        let answer = self.store.identify(&anonymous, &known, now).await?;
-        let merge = match answer {
-            Identified::Merged(m) => *m,
-            Identified::Already => {
+        // On a cluster the merge is applied here, and the follower of the
+        // store's log skips it. Marked before the commit (the follower may
+        // read the log before this call returns), unmarked unless applied.
+        let clustered = self.routing.owns.read().is_some();
+        if clustered {
+            self.merged_here.lock().insert(anonymous.to_string());
+        }
+        let applied = self.merge_and_apply(&anonymous, &known, now).await;
+        if clustered && !matches!(applied, Ok(Some(_))) {
+            self.merged_here.lock().remove(anonymous.as_str());
+        }
+        let merge = match applied? {
+            Some(merge) => merge,
+            None => {
                 let user = self.views.aliases.resolve(&anonymous).into_owned();
                 return Ok(IdentifyOutcome {
                     aliases: self.views.aliases.of(user.as_str()),
@@ -214,6 +229,29 @@ impl IdentityService {
                     assignments_moved: 0,
                 });
             }
+        };
+        Ok(IdentifyOutcome {
+            aliases: self.views.aliases.of(&merge.user_id),
+            user_id: merge.user_id,
+            anonymous_id: anonymous.to_string(),
+            merged: true,
+            events_moved: merge.events_moved,
+            duplicates_dropped: merge.duplicates_dropped,
+            assignments_moved: merge.assignments_moved,
+        })
+    }
+
+    /// The store's merge, then derived state told of it; `None` when the
+    /// visitor was merged into this user before.
+    async fn merge_and_apply(
+        &self,
+        anonymous: &UserId,
+        known: &UserId,
+        now: stratify_core::time::Millis,
+    ) -> Result<Option<MergeCounts>, EngineError> {
+        let merge = match self.store.identify(anonymous, known, now).await? {
+            Identified::Merged(m) => *m,
+            Identified::Already => return Ok(None),
             Identified::AliasOfOther(other) => {
                 return Err(conflict(format!(
                     "'{anonymous}' is already identified as another user ('{other}'); an anonymous id merges into one user"
@@ -225,26 +263,28 @@ impl IdentityService {
                 )))
             }
         };
-        let into = merge.user.user_id.clone();
-        let mut outcome = IdentifyOutcome {
-            user_id: into.clone(),
-            anonymous_id: anonymous.to_string(),
-            merged: true,
+        let counts = MergeCounts {
+            user_id: merge.user.user_id.clone(),
             events_moved: merge.events_moved,
             duplicates_dropped: merge.duplicates_dropped,
             assignments_moved: merge.assignments_moved,
-            aliases: Vec::new(),
         };
         let fact = self
-            .fact(anonymous.as_str(), &into, Some(merge), now)
+            .fact(anonymous.as_str(), &counts.user_id, Some(merge), now)
             .await?;
         self.derive.user_merged(&fact);
-        outcome.aliases = self.views.aliases.of(&into);
-        Ok(outcome)
+        Ok(Some(counts))
+    }
+
+    /// Whether this node merged `anonymous` itself (and so applied it): the
+    /// follower of the store's log then skips the entry, once.
+    pub(crate) fn applied_here(&self, anonymous: &str) -> bool {
+        self.merged_here.lock().remove(anonymous)
     }
 
     /// A merge as derived state follows it, with the person's profile read
-    /// when this node owns them.
+    /// when this node owns them (their attributes as merged, when the merge
+    /// was made here).
     pub(crate) async fn fact(
         &self,
         anonymous: &str,
@@ -254,9 +294,13 @@ impl IdentityService {
     ) -> Result<UserMerged, EngineError> {
         let profile = if self.routing.owned(known) {
             let id = UserId::parse(known)?;
-            match self.store.get_user(&id).await? {
-                Some(record) => Some(MergedProfile {
-                    attributes: record.attributes,
+            let attributes = match &merge {
+                Some(m) => Some(m.user.attributes.clone()),
+                None => self.store.get_user(&id).await?.map(|r| r.attributes),
+            };
+            match attributes {
+                Some(attributes) => Some(MergedProfile {
+                    attributes,
                     events: self
                         .store
                         .user_events(&id, i64::MAX, crate::live::MAX_USER_EVENTS as u32)
@@ -277,6 +321,14 @@ impl IdentityService {
             at,
         })
     }
+}
+
+/// What a merge did, as the answer reports it.
+struct MergeCounts {
+    user_id: String,
+    events_moved: u64,
+    duplicates_dropped: u64,
+    assignments_moved: u64,
 }
 
 fn conflict(message: String) -> EngineError {

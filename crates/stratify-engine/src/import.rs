@@ -106,11 +106,9 @@ impl crate::ingest::IngestService {
             report.errors.extend(parsed.bad.iter().take(room).cloned());
             match parsed.batch {
                 Batch::Users(mut users) => {
-                    if !self.views.aliases.is_empty() {
-                        for (id, _) in users.iter_mut() {
-                            *id = self.views.aliases.resolve(id).into_owned();
-                        }
-                    }
+                    self.views
+                        .aliases
+                        .rewrite(users.iter_mut().map(|(id, _)| id));
                     let n = users.len() as u64;
                     let users = std::sync::Arc::new(users);
                     let changed = self

@@ -215,20 +215,9 @@ impl IngestService {
     /// Rewrites the user of every event sent under an alias to the user it
     /// resolves to; returns how many were rewritten.
     fn resolve_aliases(&self, events: &mut [NewEvent]) -> usize {
-        let aliases = &self.views.aliases;
-        if aliases.is_empty() {
-            return 0;
-        }
-        let mut rewritten = 0;
-        for e in events.iter_mut() {
-            if let Some(user) = aliases.target(e.user_id.as_str()) {
-                if let Ok(user) = stratify_core::ids::UserId::parse(&user) {
-                    e.user_id = user;
-                    rewritten += 1;
-                }
-            }
-        }
-        rewritten
+        self.views
+            .aliases
+            .rewrite(events.iter_mut().map(|e| &mut e.user_id))
     }
 
     /// On a cluster node: hands the events of users another node owns to

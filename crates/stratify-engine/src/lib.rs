@@ -220,6 +220,7 @@ impl Engine {
             derive: derive.clone(),
             views: views.clone(),
             routing: routing.clone(),
+            merged_here: Default::default(),
         });
         let services = Services {
             users: Arc::new(users::UserService {

@@ -584,14 +584,9 @@ impl SegmentService {
     }
 
     /// Ids merged into other users (aliases) replaced by those users.
-    fn resolve_all(&self, users: Vec<UserId>) -> Vec<UserId> {
-        if self.views.aliases.is_empty() {
-            return users;
-        }
+    fn resolve_all(&self, mut users: Vec<UserId>) -> Vec<UserId> {
+        self.views.aliases.rewrite(users.iter_mut());
         users
-            .iter()
-            .map(|u| self.views.aliases.resolve(u).into_owned())
-            .collect()
     }
 
     /// The SQL a segment (or an ad-hoc rule) runs as.

@@ -265,29 +265,25 @@ impl WriterState {
         if let Some(&uid) = self.uids.get(user_id) {
             return Ok(uid);
         }
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
-            .query_row([user_id], |r| r.get(0))
-            .optional()?;
-        let uid = match existing {
-            Some(uid) => uid,
-            None => {
-                // A new id may be one merged into another user: the
-                // caller resolves it and writes again.
-                if let Some(target) = self.alias_target(user_id)? {
-                    return Err(StoreError::UsersMoved(vec![(
-                        user_id.to_owned(),
-                        Some(target),
-                    )]));
-                }
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO users (user_id, created_at, updated_at) VALUES (?1, ?2, ?2)",
-                    )?
-                    .execute(params![user_id, now])?;
-                self.conn.last_insert_rowid()
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO users (user_id, created_at, updated_at) VALUES (?1, ?2, ?2) \
+             ON CONFLICT(user_id) DO NOTHING",
+        )?;
+        let uid = if insert.execute(params![user_id, now])? == 1 {
+            // A new id may be one merged into another user: the job fails
+            // (its savepoint undoes the insert) and the caller resolves it
+            // and writes again.
+            if let Some(target) = self.alias_target(user_id)? {
+                return Err(StoreError::UsersMoved(vec![(
+                    user_id.to_owned(),
+                    Some(target),
+                )]));
             }
+            self.conn.last_insert_rowid()
+        } else {
+            self.conn
+                .prepare_cached("SELECT uid FROM users WHERE user_id = ?1")?
+                .query_row([user_id], |r| r.get(0))?
         };
         if self.uids.len() >= MAX_CACHED_IDS {
             self.uids.clear();
