@@ -238,50 +238,36 @@ async fn a_visitor_who_signs_up_keeps_their_variant_behaviour_and_counts_once() 
         (StatusCode::OK, &json!(false)),
         "{again}"
     );
-    let (s, b) = app
-        .post(
-            "/v1/identify",
+    for (body, status, code) in [
+        (
             json!({"anonymous_id": anon, "user_id": "bob"}),
-        )
-        .await;
-    assert_eq!(
-        (s, error_code(&b)),
-        (StatusCode::CONFLICT, "identity_conflict")
-    );
-    let (s, b) = app
-        .post(
-            "/v1/identify",
+            StatusCode::CONFLICT,
+            "identity_conflict",
+        ),
+        (
             json!({"anonymous_id": "alice", "user_id": anon}),
-        )
-        .await;
-    assert_eq!(
-        (s, error_code(&b)),
-        (StatusCode::CONFLICT, "identity_conflict")
-    );
-    let (s, b) = app
-        .post(
-            "/v1/identify",
+            StatusCode::CONFLICT,
+            "identity_conflict",
+        ),
+        (
             json!({"anonymous_id": "same", "user_id": "same"}),
-        )
-        .await;
-    assert_eq!(
-        (s, error_code(&b)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_identity")
-    );
-    let (s, b) = app
-        .post(
-            "/v1/identify",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_identity",
+        ),
+        (
             json!({"anonymous_id": "x", "user_id": "y", "extra": 1}),
-        )
-        .await;
-    assert_eq!(
-        (s, error_code(&b)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
-    );
-    let (s, b) = app
-        .post("/v1/identify", json!({"anonymous_id": "", "user_id": "y"}))
-        .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"anonymous_id": "", "user_id": "y"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_user_id",
+        ),
+    ] {
+        let (s, b) = app.post("/v1/identify", body.clone()).await;
+        assert_eq!((s, error_code(&b)), (status, code), "{body}");
+    }
 
     // The merge is in the audit log.
     let (s, audit) = app.get("/v1/audit?target=alice").await;
