@@ -24,7 +24,7 @@ use crate::freshness::Freshness;
 use crate::identity::{Aliases, UserMerged};
 use crate::live::{Live, Msg, Owns};
 use crate::population::SharedIndex;
-use crate::results::Columns;
+use crate::results::{Columns, Tallies};
 use crate::segments::{Catalog, MemberChange};
 use crate::EngineError;
 use std::collections::HashMap;
@@ -105,6 +105,8 @@ pub struct Views {
     pub(crate) freshness: Arc<Freshness>,
     pub(crate) serving: Arc<Serving>,
     pub(crate) results_columns: Columns,
+    /// Results kept per experiment as exposures and events arrive.
+    pub(crate) results_tallies: Tallies,
     /// Ids merged into other users, and whom they resolve to.
     pub(crate) aliases: Arc<Aliases>,
 }
@@ -134,6 +136,7 @@ impl Derive for Views {
         // Cached metric events must not outlive an erased user (a copy
         // being refreshed across the erasure is not kept either).
         self.results_columns.clear();
+        self.results_tallies.clear();
         if let Some(index) = &self.population {
             index.write().remove_user(user);
         }
@@ -164,6 +167,8 @@ impl Derive for Views {
             // (the uids are not known here): the copies are read again.
             _ => self.results_columns.clear(),
         }
+        // Exposures and events moved to the person: tallies start again.
+        self.results_tallies.clear();
         self.serving.forget(&m.anonymous);
         self.serving.forget(&m.known);
         self.live.view().remove_user(&m.anonymous);

@@ -191,6 +191,7 @@ impl Engine {
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
             results_columns: results::Columns::default(),
+            results_tallies: results::Tallies::default(),
             aliases,
         });
         let derive = fan_out(views.clone());

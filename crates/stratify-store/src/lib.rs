@@ -181,6 +181,9 @@ pub trait Users: Send + Sync {
     /// Users in creation order after `after_uid` (paging through everyone).
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;
 
+    /// Users numbered after `after_uid`: (uid, user id), in number order.
+    async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>>;
+
     /// Runs a compiled rule (a predicate over `users u`): one page of user
     /// ids in id order after `after`, and the total count.
     async fn select_users(
@@ -352,6 +355,17 @@ pub trait Assignments: Send + Sync {
         bucket_version: u32,
         from: Millis,
         to: Millis,
+    ) -> Result<Exposures>;
+
+    /// Everyone exposed under one bucket version whose assignment was
+    /// written after assignment number `after_seq` (−1: everyone), whatever
+    /// their exposure time. Numbers become visible in order: a reader that
+    /// has seen `through_seq` never later finds a smaller one.
+    async fn exposures_since(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        after_seq: i64,
     ) -> Result<Exposures>;
 }
 

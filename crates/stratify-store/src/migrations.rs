@@ -242,6 +242,19 @@ CREATE INDEX aliases_user ON aliases(user_id);
 -- A merge is followed by the other nodes as the visitor's departure.
 ALTER TABLE erasures ADD COLUMN merged_into TEXT;
 "#,
+    r#"
+-- Incremental results: each assignment written (or re-randomised) takes the
+-- next number of one counter, so a reader that has seen every exposure up to
+-- n reads only the ones after it. Rows written before this carry 0 and are
+-- read by every full read.
+ALTER TABLE assignments ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq);
+CREATE TABLE assignment_seq (
+    one  INTEGER PRIMARY KEY CHECK (one = 1),
+    seq  INTEGER NOT NULL
+);
+INSERT INTO assignment_seq (one, seq) VALUES (1, 0);
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

@@ -156,6 +156,14 @@ pub struct Exposures {
     pub uid: Vec<Option<i64>>,
     pub variant: Vec<u16>,
     pub assigned_at: Vec<Millis>,
+    /// For [`crate::Assignments::exposures_since`]: the largest assignment
+    /// number read (the one passed in when nothing was new).
+    pub through_seq: i64,
+    /// For `exposures_since`: (row, user id) of each user without a profile.
+    pub no_profile: Vec<(u32, String)>,
+    /// For `exposures_since`: the largest user number when the read began
+    /// (a user without a profile then who gets one later is numbered above).
+    pub max_uid: i64,
 }
 
 /// Events of one name in `[since, until]`, with one numeric property.

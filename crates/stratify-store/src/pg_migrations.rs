@@ -337,6 +337,13 @@ CREATE TABLE user_epoch (
 );
 INSERT INTO user_epoch (one, epoch) VALUES (true, 0);
 "#,
+    r#"
+-- Incremental results (see the SQLite schema): numbers are taken under
+-- ASSIGNMENTS_LOCK, so they become visible in order.
+ALTER TABLE assignments ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq);
+CREATE SEQUENCE assignment_seq;
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -51,6 +51,8 @@ const CHANGES_LOCK: i64 = 0x7374_7261_6368_6e67;
 /// a reader by sequence (metric scans, followers) never moves past a lower
 /// number that commits later.
 const EVENTS_LOCK: i64 = 0x7374_7261_6576_6e74;
+/// Held by an assignment write from taking its numbers to its commit.
+const ASSIGNMENTS_LOCK: i64 = 0x7374_7261_6173_676e;
 /// Advisory lock numbering erasures in commit order.
 const ERASURES_LOCK: i64 = 0x7374_7261_6572_6173;
 /// Connections per node.
@@ -1096,6 +1098,15 @@ impl Users for PgStore {
             .map_or(0, |r| r.get(0)))
     }
 
+    async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows(sql::USER_IDS_AFTER.postgres(), &[&after_uid, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
         self.rows(sql::USERS_PAGE.postgres(), &[&after_uid, &i64::from(limit)])
             .await?
@@ -1640,15 +1651,26 @@ impl Assignments for PgStore {
         let variants: Vec<&str> = rows.iter().map(|a| a.variant.as_str()).collect();
         let versions: Vec<i64> = rows.iter().map(|a| i64::from(a.bucket_version)).collect();
         let at: Vec<i64> = rows.iter().map(|a| a.assigned_at).collect();
-        self.execute(
-            "INSERT INTO assignments AS a (user_id, experiment_id, variant, bucket_version, assigned_at) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
-             ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
-               variant = excluded.variant, bucket_version = excluded.bucket_version, assigned_at = excluded.assigned_at \
-             WHERE excluded.bucket_version > a.bucket_version",
-            &[&users, &experiments, &variants, &versions, &at],
-        )
-        .await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Numbers are taken from here to the commit under the lock, so they
+        // become visible in order (see Assignments::exposures_since).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
+            .await?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO assignments AS a (user_id, experiment_id, variant, bucket_version, assigned_at, seq) \
+                 SELECT u, e, v, b, t, nextval('assignment_seq') \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS r(u, e, v, b, t) \
+                 ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
+                   variant = excluded.variant, bucket_version = excluded.bucket_version, \
+                   assigned_at = excluded.assigned_at, seq = excluded.seq \
+                 WHERE excluded.bucket_version > a.bucket_version",
+            )
+            .await?;
+        tx.execute(&stmt, &[&users, &experiments, &variants, &versions, &at])
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1713,6 +1735,37 @@ impl Assignments for PgStore {
             out.uid.push(r.get(0));
             out.variant.push(index);
             out.assigned_at.push(r.get(2));
+        }
+        Ok(out)
+    }
+
+    async fn exposures_since(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        after_seq: i64,
+    ) -> Result<Exposures> {
+        let max_uid: i64 = self.rows(sql::MAX_UID.postgres(), &[]).await?[0].get(0);
+        let rows = self
+            .rows(
+                sql::EXPOSURES_SINCE.postgres(),
+                &[&experiment_id, &i64::from(bucket_version), &after_seq],
+            )
+            .await?;
+        let mut out = Exposures {
+            through_seq: after_seq,
+            max_uid,
+            ..Exposures::default()
+        };
+        for r in &rows {
+            let index = variant_index(&mut out.variants, r.get(1));
+            if let Some(user) = r.get::<_, Option<String>>(4) {
+                out.no_profile.push((out.uid.len() as u32, user));
+            }
+            out.uid.push(r.get(0));
+            out.variant.push(index);
+            out.assigned_at.push(r.get(2));
+            out.through_seq = out.through_seq.max(r.get(3));
         }
         Ok(out)
     }

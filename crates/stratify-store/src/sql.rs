@@ -273,6 +273,16 @@ statements! {
     EXPOSURES: Statement = "SELECT u.uid, a.variant, a.assigned_at FROM assignments a LEFT JOIN users u ON \
          u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND \
          a.assigned_at >= ?3 AND a.assigned_at <= ?4";
+    /// Everyone exposed under one bucket version whose assignment was
+    /// written after a number (experiment, bucket version, after seq).
+    /// The user id comes back only for a user without a profile.
+    EXPOSURES_SINCE: Statement = "SELECT u.uid, a.variant, a.assigned_at, a.seq, \
+         CASE WHEN u.uid IS NULL THEN a.user_id END FROM assignments a LEFT JOIN users u \
+         ON u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND a.seq > ?3";
+    /// The largest user number.
+    MAX_UID: Statement = "SELECT COALESCE(MAX(uid), 0) FROM users";
+    /// Users numbered after one, in number order (after_uid, limit).
+    USER_IDS_AFTER: Statement = "SELECT uid, user_id FROM users WHERE uid > ?1 ORDER BY uid LIMIT ?2";
     /// Saves a user's banner mixture.
     UPSERT_BANNERS: Statement = "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) VALUES (?1, \
          ?2, ?3, ?4) ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \

@@ -995,6 +995,15 @@ impl Users for SqliteStore {
         .await
     }
 
+    async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>> {
+        self.read(move |c| {
+            all(c, sql::USER_IDS_AFTER.sqlite(), params![after_uid, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })
+        .await
+    }
+
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(sql::USERS_PAGE.sqlite())?;
@@ -1535,22 +1544,33 @@ impl Assignments for SqliteStore {
         }
         self.writer
             .write(move |w| {
+                // One writer: numbers taken here are committed in order.
+                let mut seq: i64 = w
+                    .conn
+                    .prepare_cached("SELECT seq FROM assignment_seq WHERE one = 1")?
+                    .query_row([], |r| r.get(0))?;
                 let mut stmt = w.conn.prepare_cached(
-                    "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                    "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at, seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                      ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
-                       variant = excluded.variant, bucket_version = excluded.bucket_version, assigned_at = excluded.assigned_at \
+                       variant = excluded.variant, bucket_version = excluded.bucket_version, \
+                       assigned_at = excluded.assigned_at, seq = excluded.seq \
                      WHERE excluded.bucket_version > assignments.bucket_version",
                 )?;
                 for a in assignments.iter() {
+                    seq += 1;
                     stmt.execute(params![
                         a.user_id,
                         a.experiment_id,
                         a.variant,
                         a.bucket_version,
-                        a.assigned_at
+                        a.assigned_at,
+                        seq
                     ])?;
                 }
+                w.conn
+                    .prepare_cached("UPDATE assignment_seq SET seq = ?1 WHERE one = 1")?
+                    .execute([seq])?;
                 Ok(())
             })
             .await
@@ -1608,6 +1628,42 @@ impl Assignments for SqliteStore {
                 out.uid.push(row.get(0)?);
                 out.variant.push(index);
                 out.assigned_at.push(row.get(2)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn exposures_since(
+        &self,
+        experiment_id: &str,
+        bucket_version: u32,
+        after_seq: i64,
+    ) -> Result<Exposures> {
+        let experiment_id = experiment_id.to_owned();
+        self.read(move |c| {
+            // Before the exposures: a user numbered above it did not exist
+            // when they were read (one writer numbers users in order).
+            let max_uid: i64 = c
+                .prepare_cached(sql::MAX_UID.sqlite())?
+                .query_row([], |r| r.get(0))?;
+            let mut stmt = c.prepare_cached(sql::EXPOSURES_SINCE.sqlite())?;
+            let mut rows = stmt.query(params![experiment_id, bucket_version, after_seq])?;
+            let mut out = Exposures {
+                through_seq: after_seq,
+                max_uid,
+                ..Exposures::default()
+            };
+            while let Some(row) = rows.next()? {
+                let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let index = variant_index(&mut out.variants, name);
+                if let Some(user) = row.get::<_, Option<String>>(4)? {
+                    out.no_profile.push((out.uid.len() as u32, user));
+                }
+                out.uid.push(row.get(0)?);
+                out.variant.push(index);
+                out.assigned_at.push(row.get(2)?);
+                out.through_seq = out.through_seq.max(row.get(3)?);
             }
             Ok(out)
         })

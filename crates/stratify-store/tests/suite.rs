@@ -827,6 +827,34 @@ async fn exposures_and_metric_scans_read_what_results_need() {
         sorted.sort();
         assert_eq!(sorted, vec!["a", "a", "b"]);
 
+        // Read by assignment number: everyone, then only what was written
+        // (or re-randomised) since, whatever its exposure time.
+        let first = s.exposures_since("exp_1", 1, -1).await.expect("since");
+        assert_eq!(first.uid.len(), 3, "only bucket version 1");
+        assert!(first.through_seq > 0);
+        let orphan = first.uid.iter().position(Option::is_none).expect("u3") as u32;
+        assert_eq!(first.no_profile, vec![(orphan, "u3".to_string())], "the id of the user without a profile");
+        assert_eq!(first.max_uid, first.uid.iter().flatten().copied().max().unwrap());
+        let after: Vec<String> = s.user_ids_after(0, 10).await.expect("ids").into_iter().map(|(_, id)| id).collect();
+        assert_eq!(after, vec!["u1".to_string(), "u2".into()]);
+        assert!(s.user_ids_after(first.max_uid, 10).await.expect("ids").is_empty());
+        let none = s.exposures_since("exp_1", 1, first.through_seq).await.expect("since");
+        assert_eq!((none.uid.len(), none.through_seq), (0, first.through_seq), "nothing new");
+        s.save_assignments(std::sync::Arc::new(vec![
+            assignment("u5", "b", 1, NOW - 50),
+            assignment("u1", "b", 1, NOW + 9), // already assigned: no change
+            assignment("u4", "a", 3, NOW + 9), // another version
+        ]))
+        .await
+        .expect("assign");
+        let next = s.exposures_since("exp_1", 1, first.through_seq).await.expect("since");
+        assert_eq!(next.assigned_at, vec![NOW - 50], "only the new exposure, though earlier");
+        assert_eq!(next.variants, vec!["b".to_string()]);
+        assert!(next.through_seq > first.through_seq);
+        let v3 = s.exposures_since("exp_1", 3, next.through_seq - 3).await.expect("since");
+        assert_eq!(v3.assigned_at, vec![NOW + 9], "a re-randomised row is numbered anew");
+        assert_eq!(s.exposures_since("exp_1", 1, -1).await.expect("since").uid.len(), 4);
+
         let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
         let sink: MetricSink = std::sync::Arc::new(move |events: &[MetricEvent]| {

@@ -30,6 +30,8 @@ const MAX_REMAPS: usize = 1_000_000;
 struct Copy {
     events: Vec<MetricEvent>,
     through_seq: i64,
+    /// Names this copy's contents: events only ever added at the end.
+    id: u64,
     last_used: u64,
     /// How many of [`Columns::remaps`] this copy has applied.
     remapped: usize,
@@ -44,6 +46,8 @@ pub struct Columns {
     /// Merges since the last `clear`, oldest first: `(visitor uid, person
     /// uid)`. Each copy applies the ones it has not yet, when next read.
     remaps: Mutex<Vec<(i64, i64)>>,
+    /// Copies numbered so far.
+    copies_made: std::sync::atomic::AtomicU64,
 }
 
 impl Columns {
@@ -69,11 +73,12 @@ impl Columns {
 
     /// Applies the merges `copy` has not seen (chains followed: a visitor
     /// merged into a person later merged again ends at the last).
-    fn apply_remaps(&self, copy: &mut Copy) {
+    /// Whether any applied.
+    fn apply_remaps(&self, copy: &mut Copy) -> bool {
         let remaps = self.remaps.lock();
         if copy.remapped >= remaps.len() {
             copy.remapped = remaps.len();
-            return;
+            return false;
         }
         let mut map: HashMap<i64, i64> = HashMap::new();
         for &(from, to) in &remaps[copy.remapped..] {
@@ -91,6 +96,7 @@ impl Columns {
                 e.uid = to;
             }
         }
+        true
     }
 
     /// Feeds every event of `event` (with `property`) to `feed`, from the
@@ -103,6 +109,22 @@ impl Columns {
         property: Option<&str>,
         feed: &(dyn Fn(&[MetricEvent]) + Sync),
     ) -> Result<(), StoreError> {
+        self.with_events(store, event, property, |_, events| {
+            feed_parallel(events, feed)
+        })
+        .await
+    }
+
+    /// Calls `f` with every event of `event` (with `property`), from the copy
+    /// brought up to date, and the copy's number: while a copy lives its
+    /// events only grow at the end (a new number means read them again).
+    pub async fn with_events<R>(
+        &self,
+        store: &dyn Metrics,
+        event: &str,
+        property: Option<&str>,
+        f: impl FnOnce(u64, &[MetricEvent]) -> R,
+    ) -> Result<R, StoreError> {
         use std::sync::atomic::Ordering;
         let key = (event.to_owned(), property.map(str::to_owned));
         let generation = self.generation.load(Ordering::SeqCst);
@@ -111,6 +133,7 @@ impl Columns {
         if copy.through_seq == 0 && copy.events.is_empty() {
             // A new copy reads the log as it is now: no earlier merge applies.
             copy.remapped = self.remaps.lock().len();
+            copy.id = self.copies_made.fetch_add(1, Ordering::Relaxed) + 1;
         }
         copy.last_used = self.clock.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Mutex::new(Vec::new()));
@@ -133,18 +156,21 @@ impl Columns {
         let fresh = std::mem::take(&mut *fresh.lock());
         copy.events.extend_from_slice(&fresh);
         copy.through_seq = outcome.through_seq;
-        self.apply_remaps(&mut copy);
-        feed_parallel(&copy.events, feed);
+        if self.apply_remaps(&mut copy) {
+            // Users changed in place: whoever read this copy reads it again.
+            copy.id = self.copies_made.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        let result = f(copy.id, &copy.events);
         // Keep it only within the budget and if nobody cleared meanwhile.
         let size = copy.events.len();
         drop(copy);
         let mut copies = self.copies.lock();
         if self.generation.load(Ordering::SeqCst) != generation || size > MAX_CACHED_EVENTS {
             copies.remove(&key);
-            return Ok(());
+            return Ok(result);
         }
         self.evict(&mut copies, &key);
-        Ok(())
+        Ok(result)
     }
 
     /// Drops the least recently used copies (not `keep`) while over budget.

@@ -13,6 +13,7 @@
 //! exactly from each user's final value.
 
 use super::metrics::MetricKind;
+use super::{DAY_MS, MAX_POINTS};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use stratify_core::time::Millis;
@@ -34,8 +35,52 @@ pub(crate) struct Exposed {
 }
 
 impl Exposed {
+    /// Nobody yet, for `variants` variants.
+    pub fn empty(variants: usize) -> Self {
+        Exposed {
+            variant: Vec::new(),
+            assigned_at: Vec::new(),
+            bucket: Vec::new(),
+            by_uid: Vec::new(),
+            variants,
+            origin: 0,
+            bucket_ms: DAY_MS,
+            buckets: 1,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.variant.len()
+    }
+
+    /// Store user number `uid` is exposure `i`.
+    pub fn set_uid(&mut self, uid: i64, i: u32) {
+        let Ok(uid) = usize::try_from(uid) else { return };
+        if self.by_uid.len() <= uid {
+            self.by_uid.resize(uid + 1, 0);
+        }
+        self.by_uid[uid] = i + 1;
+    }
+
+    /// Lays the time series out for `to`: from the day of the first
+    /// exposure (or of `to`, with nobody exposed), at most [`MAX_POINTS`]
+    /// buckets of whole days; every exposure's bucket.
+    pub fn lay_out(&mut self, first_exposure: Option<Millis>, to: Millis) {
+        let origin = first_exposure
+            .map(|t| t.div_euclid(DAY_MS) * DAY_MS)
+            .unwrap_or(to.div_euclid(DAY_MS) * DAY_MS);
+        let days = (to - origin) / DAY_MS + 1;
+        let bucket_days = ((days + MAX_POINTS - 1) / MAX_POINTS).max(1);
+        self.origin = origin;
+        self.bucket_ms = bucket_days * DAY_MS;
+        self.buckets = ((to - origin) / self.bucket_ms + 1) as usize;
+        let (origin, bucket_ms) = (self.origin, self.bucket_ms);
+        self.bucket.clear();
+        self.bucket.extend(
+            self.assigned_at
+                .iter()
+                .map(|&at| ((at - origin) / bucket_ms) as u32),
+        );
     }
 
     fn bucket_of(&self, ts: Millis) -> u32 {
@@ -156,104 +201,155 @@ impl Collector {
     pub fn fold(&self) -> Folded {
         let x = &self.exposed;
         let g = std::mem::take(&mut *self.gathered.lock());
-        let (v, b) = (x.variants, x.buckets);
-        let mut dn = vec![vec![0_i64; b]; v];
-        let mut ds = vec![vec![0.0_f64; b]; v];
-        let mut dq = vec![vec![0.0_f64; b]; v];
-        let mut total_n = vec![0_u64; v];
-        let mut total_s = vec![0.0_f64; v];
-        let mut total_q = vec![0.0_f64; v];
-        let mut per_user = vec![
-            if self.kind == MetricKind::Mean {
-                f64::NAN
-            } else {
-                0.0
-            };
-            x.len()
-        ];
-
-        // N: every exposed user from their exposure bucket, except for
-        // `mean`, where a user has a value only from their first event.
-        if self.kind != MetricKind::Mean {
-            for i in 0..x.len() {
-                let var = x.variant[i] as usize;
-                dn[var][x.bucket[i] as usize] += 1;
-                total_n[var] += 1;
-            }
-        }
-
+        let mut acc = Accumulator::new(x, self.kind);
         if self.kind == MetricKind::Conversion {
             for (i, &first) in g.first.iter().enumerate() {
                 if first != u32::MAX {
-                    per_user[i] = 1.0;
-                    let var = x.variant[i] as usize;
-                    ds[var][first as usize] += 1.0;
-                    dq[var][first as usize] += 1.0;
-                    total_s[var] += 1.0;
-                    total_q[var] += 1.0;
+                    acc.converted(i, first);
                 }
             }
-        } else {
-            // Group events by user (a counting sort), then walk each user's
-            // buckets in order.
-            let users = x.len();
-            let mut start = vec![0_u32; users + 1];
-            for &u in &g.user {
-                start[u as usize + 1] += 1;
+            return acc.finish();
+        }
+        // Group events by user (a counting sort), then give each user's
+        // (bucket, count, sum) runs in bucket order.
+        let users = x.len();
+        let mut start = vec![0_u32; users + 1];
+        for &u in &g.user {
+            start[u as usize + 1] += 1;
+        }
+        for i in 0..users {
+            start[i + 1] += start[i];
+        }
+        let mut cursor = start.clone();
+        let m = g.user.len();
+        let mut by_user: Vec<(u32, f64)> = vec![(0, 0.0); m];
+        for k in 0..m {
+            let u = g.user[k] as usize;
+            let value = g.value.get(k).copied().unwrap_or(1.0);
+            by_user[cursor[u] as usize] = (g.bucket[k], value);
+            cursor[u] += 1;
+        }
+        drop(g);
+        let mut runs = Vec::new();
+        for u in 0..users {
+            let events = &mut by_user[start[u] as usize..start[u + 1] as usize];
+            if events.is_empty() {
+                continue;
             }
-            for i in 0..users {
-                start[i + 1] += start[i];
-            }
-            let mut cursor = start.clone();
-            let m = g.user.len();
-            let mut by_user: Vec<(u32, f64)> = vec![(0, 0.0); m];
-            for k in 0..m {
-                let u = g.user[k] as usize;
-                let value = g.value.get(k).copied().unwrap_or(1.0);
-                by_user[cursor[u] as usize] = (g.bucket[k], value);
-                cursor[u] += 1;
-            }
-            drop(g);
-            for u in 0..users {
-                let events = &mut by_user[start[u] as usize..start[u + 1] as usize];
-                if events.is_empty() {
-                    continue;
-                }
-                events.sort_unstable_by_key(|e| e.0);
-                let var = x.variant[u] as usize;
-                let (mut count, mut sum, mut f_old) = (0.0_f64, 0.0_f64, 0.0_f64);
-                let mut count_before = 0.0_f64;
-                let mut k = 0;
-                while k < events.len() {
-                    let bucket = events[k].0;
-                    while k < events.len() && events[k].0 == bucket {
-                        count += 1.0;
-                        sum += events[k].1;
-                        k += 1;
+            events.sort_unstable_by_key(|e| e.0);
+            runs.clear();
+            for &(bucket, value) in events.iter() {
+                match runs.last_mut() {
+                    Some(Run { bucket: b, count, sum }) if *b == bucket => {
+                        *count += 1.0;
+                        *sum += value;
                     }
-                    let f = match self.kind {
-                        MetricKind::Mean => sum / count,
-                        MetricKind::Count => count,
-                        _ => sum,
-                    };
-                    if self.kind == MetricKind::Mean && count_before == 0.0 {
-                        // A mean has a value from the user's first event on.
-                        dn[var][bucket as usize] += 1;
-                    }
-                    count_before = count;
-                    ds[var][bucket as usize] += f - f_old;
-                    dq[var][bucket as usize] += f * f - f_old * f_old;
-                    f_old = f;
+                    _ => runs.push(Run {
+                        bucket,
+                        count: 1.0,
+                        sum: value,
+                    }),
                 }
-                if self.kind == MetricKind::Mean {
-                    total_n[var] += 1;
-                }
-                total_s[var] += f_old;
-                total_q[var] += f_old * f_old;
-                per_user[u] = f_old;
+            }
+            acc.user(u, &runs);
+        }
+        acc.finish()
+    }
+}
+
+/// A user's events in one bucket: how many, and the sum of their values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Run {
+    pub bucket: u32,
+    pub count: f64,
+    pub sum: f64,
+}
+
+/// Per-variant, per-bucket deltas of N, S and Q, and the exact totals,
+/// from each user's value changes: the one fold of both the full
+/// computation ([`Collector`]) and the incremental one (`tally`).
+pub(crate) struct Accumulator<'a> {
+    x: &'a Exposed,
+    kind: MetricKind,
+    dn: Vec<Vec<i64>>,
+    ds: Vec<Vec<f64>>,
+    dq: Vec<Vec<f64>>,
+    total_n: Vec<u64>,
+    total_s: Vec<f64>,
+    total_q: Vec<f64>,
+    per_user: Vec<f64>,
+}
+
+impl<'a> Accumulator<'a> {
+    pub fn new(x: &'a Exposed, kind: MetricKind) -> Self {
+        let (v, b) = (x.variants, x.buckets);
+        let mut acc = Accumulator {
+            x,
+            kind,
+            dn: vec![vec![0_i64; b]; v],
+            ds: vec![vec![0.0_f64; b]; v],
+            dq: vec![vec![0.0_f64; b]; v],
+            total_n: vec![0_u64; v],
+            total_s: vec![0.0_f64; v],
+            total_q: vec![0.0_f64; v],
+            per_user: vec![if kind == MetricKind::Mean { f64::NAN } else { 0.0 }; x.len()],
+        };
+        // N: every exposed user from their exposure bucket, except for
+        // `mean`, where a user has a value only from their first event.
+        if kind != MetricKind::Mean {
+            for i in 0..x.len() {
+                let var = x.variant[i] as usize;
+                acc.dn[var][x.bucket[i] as usize] += 1;
+                acc.total_n[var] += 1;
             }
         }
+        acc
+    }
 
+    /// Conversion: user `u` converted in bucket `first` (their earliest).
+    pub fn converted(&mut self, u: usize, first: u32) {
+        self.per_user[u] = 1.0;
+        let var = self.x.variant[u] as usize;
+        self.ds[var][first as usize] += 1.0;
+        self.dq[var][first as usize] += 1.0;
+        self.total_s[var] += 1.0;
+        self.total_q[var] += 1.0;
+    }
+
+    /// Count, sum or mean: user `u`'s events, one run per bucket, in bucket order.
+    pub fn user(&mut self, u: usize, runs: &[Run]) {
+        if runs.is_empty() {
+            return;
+        }
+        let var = self.x.variant[u] as usize;
+        let (mut count, mut sum, mut f_old) = (0.0_f64, 0.0_f64, 0.0_f64);
+        for run in runs {
+            let bucket = run.bucket as usize;
+            if self.kind == MetricKind::Mean && count == 0.0 {
+                // A mean has a value from the user's first event on.
+                self.dn[var][bucket] += 1;
+            }
+            count += run.count;
+            sum += run.sum;
+            let f = match self.kind {
+                MetricKind::Mean => sum / count,
+                MetricKind::Count => count,
+                _ => sum,
+            };
+            self.ds[var][bucket] += f - f_old;
+            self.dq[var][bucket] += f * f - f_old * f_old;
+            f_old = f;
+        }
+        if self.kind == MetricKind::Mean {
+            self.total_n[var] += 1;
+        }
+        self.total_s[var] += f_old;
+        self.total_q[var] += f_old * f_old;
+        self.per_user[u] = f_old;
+    }
+
+    /// Cumulates the deltas over the buckets.
+    pub fn finish(self) -> Folded {
         let cumulate = |d: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
             d.into_iter()
                 .map(|row| {
@@ -267,7 +363,8 @@ impl Collector {
                 })
                 .collect()
         };
-        let n = dn
+        let n = self
+            .dn
             .into_iter()
             .map(|row| {
                 let mut acc = 0_i64;
@@ -281,12 +378,12 @@ impl Collector {
             .collect();
         Folded {
             n,
-            s: cumulate(ds),
-            q: cumulate(dq),
-            total_n,
-            total_s,
-            total_q,
-            per_user,
+            s: cumulate(self.ds),
+            q: cumulate(self.dq),
+            total_n: self.total_n,
+            total_s: self.total_s,
+            total_q: self.total_q,
+            per_user: self.per_user,
         }
     }
 }

@@ -15,8 +15,11 @@
 mod columns;
 mod fold;
 pub mod metrics;
+mod tally;
 
 pub use columns::Columns;
+pub use tally::Tallies;
+use tally::Tally;
 
 use crate::experiments::Experiment;
 use crate::EngineError;
@@ -270,66 +273,16 @@ impl ResultService {
         // in the write-behind buffer.
         self.views.serving.flush().await;
         let started = std::time::Instant::now();
-        let raw = self
-            .store
-            .experiment_exposures(&experiment.record.id, bucket_version, from, to)
-            .await?;
-
-        // Exposures as columns, with variants as definition indices.
-        let index_of: Vec<Option<u16>> = raw
-            .variants
-            .iter()
-            .map(|name| {
-                definition
-                    .variants
-                    .iter()
-                    .position(|v| &v.key == name)
-                    .map(|i| i as u16)
-            })
-            .collect();
-        let origin = raw
-            .assigned_at
-            .iter()
-            .min()
-            .map(|t| t.div_euclid(DAY_MS) * DAY_MS)
-            .unwrap_or(to.div_euclid(DAY_MS) * DAY_MS);
-        let days = (to - origin) / DAY_MS + 1;
-        let bucket_days = ((days + MAX_POINTS - 1) / MAX_POINTS).max(1);
-        let bucket_ms = bucket_days * DAY_MS;
-        let buckets = ((to - origin) / bucket_ms + 1) as usize;
-        let max_uid = raw.uid.iter().flatten().copied().max().unwrap_or(0).max(0) as usize;
-        let mut exposed = Exposed {
-            variant: Vec::with_capacity(raw.uid.len()),
-            assigned_at: Vec::with_capacity(raw.uid.len()),
-            bucket: Vec::with_capacity(raw.uid.len()),
-            by_uid: vec![0; max_uid + 1],
-            variants: definition.variants.len(),
-            origin,
-            bucket_ms,
-            buckets,
+        let mut folding = if query.to.is_none() {
+            self.kept(&experiment, from, to).await?
+        } else {
+            self.full(&experiment, from, to).await?
         };
-        let mut excluded = 0_u64;
-        for k in 0..raw.uid.len() {
-            let Some(variant) = index_of[raw.variant[k] as usize] else {
-                excluded += 1;
-                continue;
-            };
-            let i = exposed.variant.len() as u32;
-            exposed.variant.push(variant);
-            exposed.assigned_at.push(raw.assigned_at[k]);
-            exposed
-                .bucket
-                .push(((raw.assigned_at[k] - origin) / bucket_ms) as u32);
-            if let Some(uid) = raw.uid[k] {
-                exposed.by_uid[uid as usize] = i + 1;
-            }
-        }
-        drop(raw);
-        let exposed = Arc::new(exposed);
-        tracing::debug!(users = exposed.len(), elapsed = ?started.elapsed(), "results: exposures read");
+        let excluded = folding.excluded();
+        tracing::debug!(users = folding.exposed().len(), elapsed = ?started.elapsed(), "results: exposures read");
 
         let mut users = vec![0_u64; definition.variants.len()];
-        for &v in &exposed.variant {
+        for &v in &folding.exposed().variant {
             users[v as usize] += 1;
         }
         let weights: Vec<f64> = definition.variants.iter().map(|v| v.weight).collect();
@@ -346,30 +299,23 @@ impl ResultService {
         for (metric, guardrail) in all.chain(query.guardrails.iter().map(|m| (m, true))) {
             let (arms, folded, series) = if metric.kind == MetricKind::Ratio {
                 let (numerator, denominator) = self.ratio_parts(metric).await?;
-                let num = self
-                    .fold_metric(&exposed, &numerator, Span::After(numerator.window_ms), to)
+                let num = folding
+                    .fold(self, &numerator, Span::After(numerator.window_ms), to)
                     .await?;
-                let den = self
-                    .fold_metric(
-                        &exposed,
-                        &denominator,
-                        Span::After(denominator.window_ms),
-                        to,
-                    )
+                let den = folding
+                    .fold(self, &denominator, Span::After(denominator.window_ms), to)
                     .await?;
-                (ratio_arms(&num, &den, &exposed), num, false)
+                (ratio_arms(&num, &den, folding.exposed()), num, false)
             } else {
-                let folded = self
-                    .fold_metric(&exposed, metric, Span::After(metric.window_ms), to)
+                let folded = folding
+                    .fold(self, metric, Span::After(metric.window_ms), to)
                     .await?;
                 // CUPED's covariate: the same metric over the lookback before
                 // each user's first exposure (one more pass over its events).
                 let arms = match metric.lookback_ms {
                     Some(lookback) if query.cuped => {
-                        let pre = self
-                            .fold_metric(&exposed, metric, Span::Before(lookback), to)
-                            .await?;
-                        cuped_arms(metric.kind, &folded, &pre, &exposed)
+                        let pre = folding.fold(self, metric, Span::Before(lookback), to).await?;
+                        cuped_arms(metric.kind, &folded, &pre, folding.exposed())
                     }
                     _ => (0..definition.variants.len())
                         .map(|v| {
@@ -393,7 +339,7 @@ impl ResultService {
                 &analysis,
                 alpha,
                 &srm,
-                &exposed,
+                folding.exposed(),
             );
             if guardrail {
                 guardrail_results.push(MetricResult {
@@ -425,7 +371,7 @@ impl ResultService {
             from: query.from.map(format_rfc3339),
             to: format_rfc3339(to),
             computed_at: format_rfc3339(now),
-            exposed_users: exposed.len() as u64,
+            exposed_users: folding.exposed().len() as u64,
             excluded_users: excluded,
             variants: definition
                 .variants
@@ -485,28 +431,159 @@ impl ResultService {
         }
     }
 
-    /// One metric's events, per exposed user, folded per variant and bucket.
-    async fn fold_metric(
+    /// Every exposure in `[from, to]`, read now (a call for a past `to`).
+    async fn full(
         &self,
-        exposed: &Arc<Exposed>,
+        experiment: &Experiment,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Folding, EngineError> {
+        let definition = &experiment.definition;
+        let raw = self
+            .store
+            .experiment_exposures(&experiment.record.id, definition.bucket_version, from, to)
+            .await?;
+        // Exposures as columns, with variants as definition indices.
+        let index_of: Vec<Option<u16>> = raw
+            .variants
+            .iter()
+            .map(|name| {
+                definition
+                    .variants
+                    .iter()
+                    .position(|v| &v.key == name)
+                    .map(|i| i as u16)
+            })
+            .collect();
+        let mut exposed = Exposed::empty(definition.variants.len());
+        exposed.variant.reserve(raw.uid.len());
+        exposed.assigned_at.reserve(raw.uid.len());
+        let mut excluded = 0_u64;
+        for k in 0..raw.uid.len() {
+            let Some(variant) = index_of[raw.variant[k] as usize] else {
+                excluded += 1;
+                continue;
+            };
+            let i = exposed.variant.len() as u32;
+            exposed.variant.push(variant);
+            exposed.assigned_at.push(raw.assigned_at[k]);
+            if let Some(uid) = raw.uid[k] {
+                exposed.set_uid(uid, i);
+            }
+        }
+        let first = exposed.assigned_at.iter().min().copied();
+        exposed.lay_out(first, to);
+        Ok(Folding::Full {
+            exposed: Arc::new(exposed),
+            excluded,
+        })
+    }
+
+    /// The experiment's tally brought up to `to` (now): only what was
+    /// written since the last call is read.
+    async fn kept(
+        &self,
+        experiment: &Experiment,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Folding, EngineError> {
+        let definition = &experiment.definition;
+        let tallies = &self.views.results_tallies;
+        let generation = tallies.generation();
+        let mut tally = tallies
+            .slot(&experiment.record.id, definition.bucket_version, from)
+            .lock_owned()
+            .await;
+        let variants: Vec<String> = definition.variants.iter().map(|v| v.key.clone()).collect();
+        tally.reset_unless_current(generation, &variants, to);
+        let source = StoreSource {
+            store: self.store.as_ref(),
+            experiment: &experiment.record.id,
+            bucket_version: definition.bucket_version,
+        };
+        tally.refresh(&source, from, to).await?;
+        Ok(Folding::Kept(tally))
+    }
+}
+
+/// Where one call's exposures and metric folds come from.
+enum Folding {
+    /// Read for this call, every metric's events folded afresh.
+    Full { exposed: Arc<Exposed>, excluded: u64 },
+    /// The experiment's tally, kept between calls.
+    Kept(tokio::sync::OwnedMutexGuard<Tally>),
+}
+
+impl Folding {
+    fn exposed(&self) -> &Exposed {
+        match self {
+            Folding::Full { exposed, .. } => exposed,
+            Folding::Kept(tally) => &tally.exposed,
+        }
+    }
+
+    fn excluded(&self) -> u64 {
+        match self {
+            Folding::Full { excluded, .. } => *excluded,
+            Folding::Kept(tally) => tally.excluded,
+        }
+    }
+
+    /// One metric's events, per exposed user, folded per variant and bucket.
+    async fn fold(
+        &mut self,
+        service: &ResultService,
         metric: &Metric,
         span: Span,
         to: Millis,
     ) -> Result<Folded, EngineError> {
-        let collector = Collector::new(exposed.clone(), metric.kind, span, to);
-        if !exposed.variant.is_empty() {
-            let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
-            self.views
-                .results_columns
-                .visit(
-                    self.store.as_ref(),
-                    &metric.event,
-                    metric.property.as_deref(),
-                    &feed,
-                )
-                .await?;
+        let columns = &service.views.results_columns;
+        let store = service.store.as_ref();
+        match self {
+            Folding::Full { exposed, .. } => {
+                let collector = Collector::new(exposed.clone(), metric.kind, span, to);
+                if !exposed.variant.is_empty() {
+                    let feed = |events: &[stratify_store::MetricEvent]| collector.take(events);
+                    columns
+                        .visit(store, &metric.event, metric.property.as_deref(), &feed)
+                        .await?;
+                }
+                Ok(collector.fold())
+            }
+            Folding::Kept(tally) => Ok(columns
+                .with_events(store, &metric.event, metric.property.as_deref(), |copy, events| {
+                    tally.fold(metric, span, copy, events)
+                })
+                .await?),
         }
-        Ok(collector.fold())
+    }
+}
+
+/// A tally's reads, from the store.
+struct StoreSource<'a> {
+    store: &'a dyn stratify_store::Store,
+    experiment: &'a str,
+    bucket_version: u32,
+}
+
+#[async_trait::async_trait]
+impl tally::Source for StoreSource<'_> {
+    async fn exposures_since(
+        &self,
+        after_seq: i64,
+    ) -> Result<stratify_store::Exposures, EngineError> {
+        Ok(self
+            .store
+            .exposures_since(self.experiment, self.bucket_version, after_seq)
+            .await?)
+    }
+
+    async fn user_ids_after(
+        &self,
+        after_uid: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, EngineError> {
+        Ok(self.store.user_ids_after(after_uid, limit).await?)
     }
 }
 
