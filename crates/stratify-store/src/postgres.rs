@@ -1100,7 +1100,10 @@ impl Users for PgStore {
 
     async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>> {
         Ok(self
-            .rows(sql::USER_IDS_AFTER.postgres(), &[&after_uid, &i64::from(limit)])
+            .rows(
+                sql::USER_IDS_AFTER.postgres(),
+                &[&after_uid, &i64::from(limit)],
+            )
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))

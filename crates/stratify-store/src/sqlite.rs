@@ -997,9 +997,12 @@ impl Users for SqliteStore {
 
     async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>> {
         self.read(move |c| {
-            all(c, sql::USER_IDS_AFTER.sqlite(), params![after_uid, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            all(
+                c,
+                sql::USER_IDS_AFTER.sqlite(),
+                params![after_uid, limit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
         .await
     }

@@ -55,7 +55,9 @@ impl Exposed {
 
     /// Store user number `uid` is exposure `i`.
     pub fn set_uid(&mut self, uid: i64, i: u32) {
-        let Ok(uid) = usize::try_from(uid) else { return };
+        let Ok(uid) = usize::try_from(uid) else {
+            return;
+        };
         if self.by_uid.len() <= uid {
             self.by_uid.resize(uid + 1, 0);
         }
@@ -240,7 +242,11 @@ impl Collector {
             runs.clear();
             for &(bucket, value) in events.iter() {
                 match runs.last_mut() {
-                    Some(Run { bucket: b, count, sum }) if *b == bucket => {
+                    Some(Run {
+                        bucket: b,
+                        count,
+                        sum,
+                    }) if *b == bucket => {
                         *count += 1.0;
                         *sum += value;
                     }
@@ -292,7 +298,14 @@ impl<'a> Accumulator<'a> {
             total_n: vec![0_u64; v],
             total_s: vec![0.0_f64; v],
             total_q: vec![0.0_f64; v],
-            per_user: vec![if kind == MetricKind::Mean { f64::NAN } else { 0.0 }; x.len()],
+            per_user: vec![
+                if kind == MetricKind::Mean {
+                    f64::NAN
+                } else {
+                    0.0
+                };
+                x.len()
+            ],
         };
         // N: every exposed user from their exposure bucket, except for
         // `mean`, where a user has a value only from their first event.

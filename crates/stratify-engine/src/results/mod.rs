@@ -314,7 +314,9 @@ impl ResultService {
                 // each user's first exposure (one more pass over its events).
                 let arms = match metric.lookback_ms {
                     Some(lookback) if query.cuped => {
-                        let pre = folding.fold(self, metric, Span::Before(lookback), to).await?;
+                        let pre = folding
+                            .fold(self, metric, Span::Before(lookback), to)
+                            .await?;
                         cuped_arms(metric.kind, &folded, &pre, folding.exposed())
                     }
                     _ => (0..definition.variants.len())
@@ -509,7 +511,10 @@ impl ResultService {
 /// Where one call's exposures and metric folds come from.
 enum Folding {
     /// Read for this call, every metric's events folded afresh.
-    Full { exposed: Arc<Exposed>, excluded: u64 },
+    Full {
+        exposed: Arc<Exposed>,
+        excluded: u64,
+    },
     /// The experiment's tally, kept between calls.
     Kept(tokio::sync::OwnedMutexGuard<Tally>),
 }
@@ -551,9 +556,12 @@ impl Folding {
                 Ok(collector.fold())
             }
             Folding::Kept(tally) => Ok(columns
-                .with_events(store, &metric.event, metric.property.as_deref(), |copy, events| {
-                    tally.fold(metric, span, copy, events)
-                })
+                .with_events(
+                    store,
+                    &metric.event,
+                    metric.property.as_deref(),
+                    |copy, events| tally.fold(metric, span, copy, events),
+                )
                 .await?),
         }
     }

@@ -161,7 +161,11 @@ impl Default for Tally {
 pub(crate) trait Source: Send + Sync {
     async fn exposures_since(&self, after_seq: i64) -> Result<Exposures, crate::EngineError>;
     /// (uid, user id) of up to `limit` users numbered after `after_uid`, in order.
-    async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>, crate::EngineError>;
+    async fn user_ids_after(
+        &self,
+        after_uid: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, crate::EngineError>;
 }
 
 impl Tally {
@@ -186,13 +190,23 @@ impl Tally {
 
     /// Reads the exposures written since the last call and applies those at
     /// or before `to`; lays the buckets out for `to`.
-    pub async fn refresh(&mut self, source: &dyn Source, from: Millis, to: Millis) -> Result<(), crate::EngineError> {
+    pub async fn refresh(
+        &mut self,
+        source: &dyn Source,
+        from: Millis,
+        to: Millis,
+    ) -> Result<(), crate::EngineError> {
         let fresh = source.exposures_since(self.cursor).await?;
         self.cursor = fresh.through_seq;
         let index_of: Vec<Option<u16>> = fresh
             .variants
             .iter()
-            .map(|name| self.variants.iter().position(|v| v == name).map(|i| i as u16))
+            .map(|name| {
+                self.variants
+                    .iter()
+                    .position(|v| v == name)
+                    .map(|i| i as u16)
+            })
             .collect();
         let without_profile = |w: &Waiting| w.uid.is_none() && w.user.is_some();
         if self.unresolved.is_empty() && !self.waiting.iter().any(without_profile) {
@@ -254,7 +268,10 @@ impl Tally {
         self.exposed.assigned_at.push(w.assigned_at);
         self.exposed.bucket.push(0);
         self.arrival.push(u32::MAX);
-        self.min_assigned = Some(self.min_assigned.map_or(w.assigned_at, |m| m.min(w.assigned_at)));
+        self.min_assigned = Some(
+            self.min_assigned
+                .map_or(w.assigned_at, |m| m.min(w.assigned_at)),
+        );
         match (w.uid, w.user) {
             (Some(uid), _) => {
                 self.exposed.set_uid(uid, i);
@@ -274,7 +291,13 @@ impl Tally {
 
     /// One metric's fold for the current exposures and `to`, given its
     /// column copy (`copy` names it: another copy starts the tally again).
-    pub fn fold(&mut self, metric: &Metric, span: Span, copy: u64, events: &[MetricEvent]) -> Folded {
+    pub fn fold(
+        &mut self,
+        metric: &Metric,
+        span: Span,
+        copy: u64,
+        events: &[MetricEvent],
+    ) -> Folded {
         let key = format!(
             "{}\u{0}{:?}\u{0}{:?}",
             metric.event, metric.property, metric.window_ms
@@ -361,7 +384,9 @@ impl MetricTally {
         let i = slot - 1;
         let start = x.assigned_at[i as usize];
         let counts = match self.span {
-            Span::After(window) => e.ts >= start && window.is_none_or(|w| e.ts < start.saturating_add(w)),
+            Span::After(window) => {
+                e.ts >= start && window.is_none_or(|w| e.ts < start.saturating_add(w))
+            }
             Span::Before(lookback) => e.ts < start && e.ts >= start.saturating_sub(lookback),
         };
         if !counts {
@@ -385,7 +410,11 @@ impl MetricTally {
             match days.first_mut() {
                 Some(d) if d.day <= day => {}
                 Some(d) => d.day = day,
-                None => days.push(Day { day, count: 1, sum: 1.0 }),
+                None => days.push(Day {
+                    day,
+                    count: 1,
+                    sum: 1.0,
+                }),
             }
             return;
         }
@@ -394,7 +423,14 @@ impl MetricTally {
                 days[k].count += 1;
                 days[k].sum += value;
             }
-            Err(k) => days.insert(k, Day { day, count: 1, sum: value }),
+            Err(k) => days.insert(
+                k,
+                Day {
+                    day,
+                    count: 1,
+                    sum: value,
+                },
+            ),
         }
     }
 
@@ -510,7 +546,10 @@ mod tests {
     }
 
     fn uid_of(fake: &Fake, user: &str) -> Option<i64> {
-        fake.profiles.iter().find(|(_, u)| u == user).map(|(uid, _)| *uid)
+        fake.profiles
+            .iter()
+            .find(|(_, u)| u == user)
+            .map(|(uid, _)| *uid)
     }
 
     #[async_trait::async_trait]
@@ -547,8 +586,13 @@ mod tests {
             after: i64,
             limit: u32,
         ) -> Result<Vec<(i64, String)>, crate::EngineError> {
-            let mut users: Vec<(i64, String)> =
-                self.lock().profiles.iter().filter(|p| p.0 > after).cloned().collect();
+            let mut users: Vec<(i64, String)> = self
+                .lock()
+                .profiles
+                .iter()
+                .filter(|p| p.0 > after)
+                .cloned()
+                .collect();
             users.sort();
             users.truncate(limit as usize);
             Ok(users)
@@ -558,12 +602,23 @@ mod tests {
     /// The full computation's answer over what the fake holds now, with
     /// the exposures in `order`'s order (sums of non-dyadic means depend on
     /// it; which users and events count does not).
-    fn full(fake: &Fake, order: &Exposed, variants: &[String], events: &[MetricEvent], kind: MetricKind, span: Span, from: Millis, to: Millis) -> (Arc<Exposed>, Folded) {
+    fn full(
+        fake: &Fake,
+        order: &Exposed,
+        variants: &[String],
+        events: &[MetricEvent],
+        kind: MetricKind,
+        span: Span,
+        from: Millis,
+        to: Millis,
+    ) -> (Arc<Exposed>, Folded) {
         let mut x = Exposed::empty(variants.len());
         let mut rows = fake.rows.clone();
         rows.sort_by_key(|r| order.assigned_at.iter().position(|&at| at == r.3));
         for (_, user, variant, at) in &rows {
-            let Some(v) = variants.iter().position(|k| k == variant) else { continue };
+            let Some(v) = variants.iter().position(|k| k == variant) else {
+                continue;
+            };
             if *at < from || *at > to {
                 continue;
             }
@@ -592,7 +647,14 @@ mod tests {
             }
         }
         let mut out: Vec<_> = (0..x.len())
-            .map(|i| (x.variant[i], x.assigned_at[i], uid_of_slot[i], f.per_user[i].to_bits()))
+            .map(|i| {
+                (
+                    x.variant[i],
+                    x.assigned_at[i],
+                    uid_of_slot[i],
+                    f.per_user[i].to_bits(),
+                )
+            })
             .collect();
         out.sort();
         out
@@ -600,13 +662,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_tally_fed_in_batches_folds_exactly_as_a_full_recomputation() {
-        let kinds = [MetricKind::Conversion, MetricKind::Count, MetricKind::Sum, MetricKind::Mean];
-        let spans = [Span::After(None), Span::After(Some(2 * DAY + 5)), Span::Before(3 * DAY)];
+        let kinds = [
+            MetricKind::Conversion,
+            MetricKind::Count,
+            MetricKind::Sum,
+            MetricKind::Mean,
+        ];
+        let spans = [
+            Span::After(None),
+            Span::After(Some(2 * DAY + 5)),
+            Span::Before(3 * DAY),
+        ];
         for seed in 0..12_u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let variants: Vec<String> = vec!["control".into(), "a".into(), "b".into()];
             let users = rng.random_range(20..200_i64);
-            let from = if seed % 3 == 0 { T0 + 2 * DAY } else { Millis::MIN };
+            let from = if seed % 3 == 0 {
+                T0 + 2 * DAY
+            } else {
+                Millis::MIN
+            };
             let fake = parking_lot::Mutex::new(Fake::default());
             let mut next_uid = 0_i64;
             let mut events: Vec<MetricEvent> = Vec::new();
@@ -670,20 +745,46 @@ mod tests {
                 for kind in kinds {
                     for span in spans {
                         let got = tally.fold_kind(format!("{span:?}"), kind, span, copy, &events);
-                        let (x, want) = full(&fake.lock(), &tally.exposed, &variants, &events, kind, span, from, to);
+                        let (x, want) = full(
+                            &fake.lock(),
+                            &tally.exposed,
+                            &variants,
+                            &events,
+                            kind,
+                            span,
+                            from,
+                            to,
+                        );
                         let at = format!("seed {seed}, {kind:?}, {span:?}, to {to}");
                         assert_eq!(tally.exposed.len(), x.len(), "{at}: exposed");
-                        assert_eq!((tally.exposed.origin, tally.exposed.bucket_ms, tally.exposed.buckets), (x.origin, x.bucket_ms, x.buckets), "{at}: layout");
+                        assert_eq!(
+                            (
+                                tally.exposed.origin,
+                                tally.exposed.bucket_ms,
+                                tally.exposed.buckets
+                            ),
+                            (x.origin, x.bucket_ms, x.buckets),
+                            "{at}: layout"
+                        );
                         assert_eq!(got.n, want.n, "{at}: N per bucket");
                         assert_eq!(got.s, want.s, "{at}: S per bucket");
                         assert_eq!(got.q, want.q, "{at}: Q per bucket");
                         assert_eq!(got.total_n, want.total_n, "{at}: N");
                         assert_eq!(got.total_s, want.total_s, "{at}: S");
                         assert_eq!(got.total_q, want.total_q, "{at}: Q");
-                        assert_eq!(by_user(&tally.exposed, &got), by_user(&x, &want), "{at}: per user");
+                        assert_eq!(
+                            by_user(&tally.exposed, &got),
+                            by_user(&x, &want),
+                            "{at}: per user"
+                        );
                     }
                 }
-                let excluded = fake.lock().rows.iter().filter(|r| r.2 == "retired" && r.3 >= from).count() as u64;
+                let excluded = fake
+                    .lock()
+                    .rows
+                    .iter()
+                    .filter(|r| r.2 == "retired" && r.3 >= from)
+                    .count() as u64;
                 assert_eq!(tally.excluded, excluded, "seed {seed}: excluded");
             }
         }

@@ -948,3 +948,113 @@ print(json.dumps(out))
         }
     }
 }
+
+/// Results without `to` are kept between calls (only what arrived since is
+/// read); results with `to` are computed afresh. After every round of new
+/// exposures and events, including exposures of users who had no profile
+/// yet, events after `now`, a ratio and a CUPED metric, both answers are
+/// identical. Amounts are quarters and each user's events number 1, 2 or 4,
+/// so every sum is exact in any order.
+#[tokio::test]
+async fn results_kept_between_calls_equal_a_fresh_computation() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "kept", "name": "Kept", "variants": [
+            {"key": "control", "weight": 40, "is_control": true},
+            {"key": "a", "weight": 30}, {"key": "b", "weight": 30}]}),
+    )
+    .await;
+    for metric in [
+        json!({"key": "bought", "kind": "conversion", "event": "buy", "window": "3d"}),
+        json!({"key": "spend", "kind": "sum", "event": "buy", "property": "amount", "cuped": {"lookback": "7d"}}),
+        json!({"key": "basket", "kind": "mean", "event": "buy", "property": "amount"}),
+        json!({"key": "visits", "kind": "count", "event": "visit"}),
+        json!({"key": "per_visit", "kind": "ratio", "numerator": "spend", "denominator": "visits"}),
+    ] {
+        let (s, body) = app.post("/v1/metrics", metric).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    let mut events_for = |u: &str, at: i64, rng: &mut ChaCha8Rng| -> Vec<Value> {
+        let n = [1, 2, 4][rng.random_range(0..3)];
+        (0..n)
+            .map(|_| {
+                let name = if rng.random_bool(0.5) { "buy" } else { "visit" };
+                let amount = rng.random_range(-8..400) as f64 / 4.0;
+                json!({"user_id": u, "name": name, "timestamp": at + rng.random_range(-5 * DAY..5 * DAY),
+                       "properties": {"amount": amount}})
+            })
+            .collect()
+    };
+    let compare = |round: u32| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let q = "metric=bought,spend,basket,visits,per_visit";
+            let (s, kept) = app.get(&format!("/v1/experiments/{id}/results?{q}")).await;
+            assert_eq!(s, StatusCode::OK, "{kept}");
+            let to = kept["to"].as_str().unwrap().to_owned();
+            let (s, fresh) = app
+                .get(&format!(
+                    "/v1/experiments/{id}/results?{q}&to={}",
+                    to.replace('+', "%2B")
+                ))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{fresh}");
+            for field in [
+                "exposed_users",
+                "excluded_users",
+                "variants",
+                "srm",
+                "metrics",
+                "winner",
+            ] {
+                assert!(
+                    kept[field] == fresh[field],
+                    "round {round}: {field} differs\nkept: {}\nfresh: {}",
+                    kept[field],
+                    fresh[field]
+                );
+            }
+            kept["exposed_users"].as_u64().unwrap()
+        }
+    };
+
+    // Round 1: users with events before and after their exposure.
+    let first: Vec<String> = (0..150).map(|i| format!("k1-{i:03}")).collect();
+    let mut events = Vec::new();
+    for u in &first {
+        events.extend(events_for(u, T0, &mut rng));
+    }
+    post_events(&app, events).await;
+    app.clock.advance(HOUR);
+    expose(&app, "kept", &first).await;
+    app.clock.advance(DAY);
+    assert_eq!(compare(1).await, 150);
+
+    // Round 2: visitors served before any event (no profile yet), then
+    // some of them and some earlier users act, one of them after `now`.
+    let second: Vec<String> = (0..150).map(|i| format!("k2-{i:03}")).collect();
+    expose(&app, "kept", &second).await;
+    assert_eq!(compare(2).await, 300);
+    let mut events = Vec::new();
+    for u in second.iter().step_by(2).chain(first.iter().step_by(3)) {
+        events.extend(events_for(u, T0 + 2 * DAY, &mut rng));
+    }
+    let now = T0 + DAY + HOUR;
+    events.push(json!({"user_id": "k2-000", "name": "visit", "timestamp": now + 2 * DAY}));
+    post_events(&app, events).await;
+    assert_eq!(compare(3).await, 300);
+
+    // Round 3: time passes the late visit; more users and events.
+    app.clock.advance(3 * DAY);
+    let third: Vec<String> = (0..100).map(|i| format!("k3-{i:03}")).collect();
+    let mut events = Vec::new();
+    for u in &third {
+        events.extend(events_for(u, T0 + 4 * DAY, &mut rng));
+    }
+    post_events(&app, events).await;
+    expose(&app, "kept", &third).await;
+    assert_eq!(compare(4).await, 400);
+}
