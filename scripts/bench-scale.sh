@@ -100,13 +100,27 @@ for m in '{"key": "purchased", "kind": "conversion", "event": "PURCHASE_MADE", "
          '{"key": "revenue", "kind": "sum", "event": "order_placed", "property": "amount"}'; do
     curl -sf "${H[@]}" -H 'Content-Type: application/json' -d "$m" "$URL/v1/metrics" >/dev/null
 done
-EXP=$(curl -sf "${H[@]}" "$URL/v1/experiments" | python3 -c 'import json,sys; print(next(e["id"] for e in json.load(sys.stdin)["experiments"] if e["key"] == "bench-exp-0"))')
+# bench-exp-10 targets everyone at full coverage outside any namespace:
+# every user served is exposed to it.
+EXP=$(curl -sf "${H[@]}" "$URL/v1/experiments" | python3 -c 'import json,sys; print(next(e["id"] for e in json.load(sys.stdin)["experiments"] if e["key"] == "bench-exp-10"))')
 Q="$URL/v1/experiments/$EXP/results?metric=purchased,revenue"
 time_get() { curl -sf -o "$WORK/results.json" -w '%{time_total}' "${H[@]}" "$1"; }
 echo "cold (first call): $(time_get "$Q")s"
 WARM=$(for _ in 1 2 3; do time_get "$Q"; echo; done | sort -n | sed -n 2p)
 echo "warm (median of 3): ${WARM}s"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("exposed users:", r["exposed_users"])' "$WORK/results.json"
+# Live traffic between two calls: 10 000 more orders of exposed users.
+python3 - "$USERS" > "$WORK/orders.json" <<'PY'
+import json, random, sys
+random.seed(18)
+users = int(sys.argv[1])
+print(json.dumps({"events": [{"user_id": str(random.randrange(1, users + 1)), "name": "order_placed",
+    "properties": {"amount": random.randrange(100, 20000) / 100}} for _ in range(10000)]}))
+PY
+for part in 1 2; do
+    curl -sf "${H[@]}" -H 'Content-Type: application/json' --data-binary @"$WORK/orders.json" "$URL/v1/events" >/dev/null
+done
+echo "warm after 20 000 new events: $(time_get "$Q")s"
 rss "after results"
 
 echo "== restart"
