@@ -11,6 +11,9 @@ pub struct EngineConfig {
     /// Kafka consumer group): its live engine owns nobody until the group
     /// assigns it partitions, and keeps its own watermark.
     pub cluster_node: Option<String>,
+    /// Where derived state is saved between runs (metric event copies), so
+    /// that a restart reads the log only after it. `None`: nowhere.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// Caps on configuration objects: creating one more past a cap is refused

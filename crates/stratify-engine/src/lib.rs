@@ -99,6 +99,9 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, EngineError> {
     Ok(Arc::new(SqliteStore::open(data_dir)?))
 }
 
+/// How often derived state is saved while it changes (see `EngineConfig::checkpoint_dir`).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Engine {
     /// Loads schemas and keys from the store. `admin_secret` (from
     /// `STRATIFY_ADMIN_KEY`) is accepted as an admin key without being stored.
@@ -190,11 +193,36 @@ impl Engine {
             live,
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
-            results_columns: results::Columns::default(),
+            results_columns: match &config.checkpoint_dir {
+                Some(dir) => results::Columns::with_checkpoints(dir.join("metric-columns")),
+                None => results::Columns::default(),
+            },
             results_tallies: results::Tallies::default(),
             aliases,
         });
         let derive = fan_out(views.clone());
+        if config.checkpoint_dir.is_some() {
+            // Saved metric copies load beside serving; then they are saved
+            // every few minutes (and at shutdown) while they change.
+            let (views, store, clock) = (views.clone(), store.clone(), clock.clone());
+            tokio::spawn(async move {
+                let columns = &views.results_columns;
+                match columns.restore(store.as_ref(), clock.now()).await {
+                    Ok((copies, events)) => {
+                        tracing::info!(copies, events, "metric copies restored from checkpoints")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "metric copy checkpoints not read"),
+                }
+                let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) = columns.save(store.as_ref(), clock.now()).await {
+                        tracing::warn!(error = %e, "metric copies not saved");
+                    }
+                }
+            });
+        }
         let deliverers: Arc<webhooks::Deliverers> = Arc::default();
         let routing: Arc<cluster::Routing> = Arc::default();
         let segment_service = Arc::new(segments::SegmentService {
@@ -320,11 +348,20 @@ impl Engine {
         &self.views.live
     }
 
-    /// Commits pending live work and stops the worker (on shutdown).
+    /// Commits pending live work and stops the worker (on shutdown), and
+    /// saves what a restart would otherwise read from the whole log.
     pub async fn shutdown(&self) {
         self.deliverers.stop_all();
         self.views.serving.stop().await;
         self.views.live.stop().await;
+        if let Err(e) = self
+            .views
+            .results_columns
+            .save(self.store.as_ref(), self.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "metric copies not saved at shutdown");
+        }
     }
 
     pub fn now(&self) -> stratify_core::time::Millis {

@@ -108,6 +108,9 @@ pub trait EventLog: Send + Sync {
     /// Every interned event name: `(name_id, name)`.
     async fn event_names(&self) -> Result<Vec<(i64, String)>>;
 
+    /// The largest sequence number in the log (0 when it is empty).
+    async fn last_event_seq(&self) -> Result<i64>;
+
     /// A user's events up to `until` (inclusive), oldest first, at most `limit`.
     async fn user_events(
         &self,

@@ -747,6 +747,10 @@ impl EventLog for PgStore {
         })
     }
 
+    async fn last_event_seq(&self) -> Result<i64> {
+        Ok(self.rows(sql::LAST_EVENT_SEQ.postgres(), &[]).await?[0].get(0))
+    }
+
     async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
         self.rows(
             sql::SCAN_EVENTS.postgres(),

@@ -344,6 +344,8 @@ statements! {
     PRUNE_ERASURES: Statement = "DELETE FROM erasures WHERE at < ?1";
     /// Erasures after a sequence number, oldest first (after, limit).
     ERASURES_AFTER: Statement = "SELECT seq, user_id, merged_into FROM erasures WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    /// The log's largest sequence number (0 when empty).
+    LAST_EVENT_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM events";
     /// The newest erasure's sequence number (0 when none).
     LAST_ERASURE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM erasures";
 }

@@ -733,6 +733,14 @@ impl EventLog for SqliteStore {
         .await
     }
 
+    async fn last_event_seq(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.prepare_cached(sql::LAST_EVENT_SEQ.sqlite())?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
     async fn scan_events(&self, after_seq: i64, limit: u32) -> Result<Vec<RawEvent>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(sql::SCAN_EVENTS.sqlite())?;

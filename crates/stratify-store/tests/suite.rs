@@ -870,6 +870,7 @@ async fn exposures_and_metric_scans_read_what_results_need() {
         let n = s.scan_metric_events(scan.clone(), sink.clone()).await.expect("scan");
         assert_eq!(n.events, 3, "the buy at NOW+100 is after until; view is another name");
         assert_eq!(n.through_seq, 5);
+        assert_eq!(s.last_event_seq().await.expect("last"), 5);
         let again = MetricScan { after_seq: 3, ..scan.clone() };
         assert_eq!(s.scan_metric_events(again, sink.clone()).await.expect("scan").events, 0, "seq 4, 5 are not buys in range");
         let mut got: Vec<(i64, Option<f64>)> = seen.lock().iter().map(|e| (e.ts, e.value)).collect();

@@ -107,6 +107,7 @@ pub async fn run(mut settings: Settings, args: ServeArgs) -> anyhow::Result<()> 
         .map(|_| args.node_id.clone().unwrap_or_else(|| local.to_string()));
     let engine_config = stratify_engine::EngineConfig {
         cluster_node: node.clone(),
+        checkpoint_dir: Some(settings.data_dir.join("checkpoints")),
         limits: settings.limits.clone(),
         webhooks: stratify_engine::WebhookPolicy {
             allow_private: settings.webhook_allow_private,

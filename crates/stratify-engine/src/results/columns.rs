@@ -11,11 +11,13 @@
 //! least recently used copies go, and a metric whose events alone exceed
 //! the bound is streamed from the log on every request instead.
 
+use super::checkpoint;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use stratify_core::time::Millis;
-use stratify_store::{MetricEvent, MetricScan, MetricSink, Metrics, StoreError};
+use stratify_store::{MetricEvent, MetricScan, MetricSink, Metrics, Store, StoreError};
 
 /// Events kept in memory over all copies (24 bytes each: 60 M ≈ 1.4 GB).
 pub const MAX_CACHED_EVENTS: usize = 60_000_000;
@@ -32,6 +34,8 @@ struct Copy {
     through_seq: i64,
     /// Names this copy's contents: events only ever added at the end.
     id: u64,
+    /// The log position of the last checkpoint written of it.
+    saved: i64,
     last_used: u64,
     /// How many of [`Columns::remaps`] this copy has applied.
     remapped: usize,
@@ -48,16 +52,146 @@ pub struct Columns {
     remaps: Mutex<Vec<(i64, i64)>>,
     /// Copies numbered so far.
     copies_made: std::sync::atomic::AtomicU64,
+    /// Where copies are saved between runs (see `checkpoint`), if anywhere.
+    checkpoints: Option<PathBuf>,
 }
 
 impl Columns {
-    /// Forgets every copy (a user was erased).
+    /// Copies saved in `dir` between runs.
+    pub fn with_checkpoints(dir: PathBuf) -> Self {
+        Columns {
+            checkpoints: Some(dir),
+            ..Columns::default()
+        }
+    }
+
+    /// Forgets every copy, in memory and on disk (a user was erased).
     pub fn clear(&self) {
         let mut copies = self.copies.lock();
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         copies.clear();
         self.remaps.lock().clear();
+        if let Some(dir) = &self.checkpoints {
+            checkpoint::remove_all(dir);
+        }
+    }
+
+    /// Loads the saved copies that still hold for the store (see
+    /// `checkpoint` for what is checked); deletes the others. Returns how
+    /// many copies and events were loaded.
+    pub async fn restore(
+        &self,
+        store: &dyn Store,
+        now: Millis,
+    ) -> Result<(usize, usize), StoreError> {
+        let Some(dir) = self.checkpoints.clone() else {
+            return Ok((0, 0));
+        };
+        let last_event = store.last_event_seq().await?;
+        let last_erasure = store.last_erasure_seq().await?;
+        let files = tokio::task::spawn_blocking(move || {
+            let mut loaded = Vec::new();
+            let mut total = 0;
+            for file in checkpoint::files(&dir) {
+                let outcome = checkpoint::read(&file).and_then(|(header, events)| {
+                    checkpoint::check(&header, last_event, last_erasure, now)?;
+                    Ok((header, events))
+                });
+                match outcome {
+                    Ok((header, events)) if total + events.len() <= MAX_CACHED_EVENTS => {
+                        total += events.len();
+                        loaded.push((header, events));
+                    }
+                    Ok(_) => {}
+                    Err(why) => {
+                        tracing::warn!(file = %file.display(), ?why, "metric copy checkpoint not used; the copy is read from the log");
+                        let _ = std::fs::remove_file(&file);
+                    }
+                }
+            }
+            loaded
+        })
+        .await
+        .map_err(StoreError::Task)?;
+        let mut copies = self.copies.lock();
+        let events_loaded = files.iter().map(|(_, events)| events.len()).sum();
+        let count = files.len();
+        for (header, events) in files {
+            let id = self
+                .copies_made
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            let copy = Copy {
+                events,
+                through_seq: header.through_seq,
+                id,
+                saved: header.through_seq,
+                ..Copy::default()
+            };
+            // A copy read from the log meanwhile stays.
+            copies
+                .entry((header.event, header.property))
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(copy)));
+        }
+        Ok((count, events_loaded))
+    }
+
+    /// Saves every copy that changed since it was last saved. An erasure
+    /// or merge during the save makes the files it wrote stale (they record
+    /// the erasure log's number from before), or removes them (`clear`).
+    pub async fn save(&self, store: &dyn Store, now: Millis) -> Result<usize, StoreError> {
+        use std::sync::atomic::Ordering;
+        let Some(dir) = self.checkpoints.clone() else {
+            return Ok(0);
+        };
+        let generation = self.generation.load(Ordering::SeqCst);
+        let erasure_seq = store.last_erasure_seq().await?;
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Copy>>)> = self
+            .copies
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut saved = 0;
+        for ((event, property), slot) in slots {
+            let mut copy = slot.lock_owned().await;
+            if copy.through_seq == 0 || copy.saved == copy.through_seq {
+                continue;
+            }
+            if self.apply_remaps(&mut copy) {
+                copy.id = self.copies_made.fetch_add(1, Ordering::Relaxed) + 1;
+            }
+            let header = checkpoint::Header {
+                event,
+                property,
+                through_seq: copy.through_seq,
+                erasure_seq,
+                written_at: now,
+                events: copy.events.len() as u64,
+            };
+            let into = dir.clone();
+            let copy = tokio::task::spawn_blocking(move || {
+                let written = checkpoint::write(&into, &header, &copy.events);
+                (copy, header, written)
+            })
+            .await
+            .map_err(StoreError::Task)?;
+            let (mut copy, header, written) = copy;
+            match written {
+                Ok(()) => {
+                    copy.saved = header.through_seq;
+                    saved += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot save a metric copy checkpoint"),
+            }
+            if self.generation.load(Ordering::SeqCst) != generation {
+                // Cleared meanwhile: nothing written from before may stay.
+                checkpoint::remove_all(&dir);
+                return Ok(0);
+            }
+        }
+        Ok(saved)
     }
 
     /// The events of uid `from` are uid `to`'s from now on (a merge).
@@ -205,4 +339,171 @@ fn feed_parallel(events: &[MetricEvent], feed: &(dyn Fn(&[MetricEvent]) + Sync))
         s.spawn(|| first.chunks(CHUNK).for_each(feed));
         second.chunks(CHUNK).for_each(feed);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! Saved copies: one that holds is loaded and read on from where it
+    //! stopped; a truncated, flipped, too old, post-erasure or
+    //! past-the-log one is refused and deleted, and the copy then read from
+    //! the log gives the same events.
+    use super::*;
+    use crate::{Engine, ManualClock};
+    use serde_json::json;
+    use stratify_core::ids::UserId;
+    use stratify_store::sqlite::SqliteStore;
+    use stratify_store::Source;
+
+    const T0: Millis = 1_767_225_600_000;
+
+    async fn events(columns: &Columns, store: &dyn Store) -> Vec<(i64, i64, Option<u64>)> {
+        let mut out = columns
+            .with_events(store, "buy", Some("amount"), |_, events| {
+                events
+                    .iter()
+                    .map(|e| (e.uid, e.ts, e.value.map(f64::to_bits)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("events");
+        out.sort_unstable();
+        out
+    }
+
+    async fn buy(engine: &Engine, users: std::ops::Range<u32>, at: Millis) {
+        let events = users
+            .map(|i| {
+                let amount = if i % 7 == 0 { json!("n/a") } else { json!(f64::from(i) / 8.0) };
+                Ok(json!({"user_id": format!("u{}", i % 40), "name": "buy", "timestamp": at + i64::from(i),
+                          "properties": {"amount": amount}}))
+            })
+            .collect();
+        engine
+            .ingest
+            .ingest_values(events, Source::Http)
+            .await
+            .expect("ingest");
+    }
+
+    fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let files = checkpoint::files(dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_saved_copy_is_used_only_while_it_holds_for_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("data")).expect("open"));
+        let engine = Engine::start(store.clone(), Arc::new(ManualClock::new(T0)), None)
+            .await
+            .expect("engine");
+        let ck = dir.path().join("checkpoints");
+        let s: &dyn Store = store.as_ref();
+        buy(&engine, 0..300, T0).await;
+
+        let first = Columns::with_checkpoints(ck.clone());
+        let want = events(&first, s).await;
+        assert_eq!(want.len(), 300);
+        assert_eq!(first.save(s, T0).await.expect("save"), 1);
+        assert_eq!(
+            first.save(s, T0).await.expect("save"),
+            0,
+            "unchanged: not written again"
+        );
+        let file = only_file(&ck);
+
+        // Whole, current: loaded as it was.
+        let again = Columns::with_checkpoints(ck.clone());
+        assert_eq!(again.restore(s, T0 + 1).await.expect("restore"), (1, 300));
+        assert_eq!(events(&again, s).await, want);
+
+        // Behind the log: loaded, then read on from its position.
+        buy(&engine, 300..350, T0 + 10_000).await;
+        let behind = Columns::with_checkpoints(ck.clone());
+        assert_eq!(behind.restore(s, T0 + 2).await.expect("restore"), (1, 300));
+        let fresh = events(&Columns::default(), s).await;
+        assert_eq!(fresh.len(), 350);
+        assert_eq!(events(&behind, s).await, fresh);
+
+        // Damaged, too old, or past the log: refused, deleted, read afresh.
+        let bytes = std::fs::read(&file).expect("read");
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x10;
+        let cases: Vec<(&str, Box<dyn Fn()>, Millis)> = vec![
+            (
+                "truncated",
+                Box::new(|| std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap()),
+                T0 + 1,
+            ),
+            (
+                "a flipped byte",
+                Box::new(|| std::fs::write(&file, &flipped).unwrap()),
+                T0 + 1,
+            ),
+            (
+                "empty",
+                Box::new(|| std::fs::write(&file, b"").unwrap()),
+                T0 + 1,
+            ),
+            (
+                "older than the erasure memory",
+                Box::new(|| std::fs::write(&file, &bytes).unwrap()),
+                T0 + stratify_store::ERASURE_MEMORY_MS,
+            ),
+            (
+                "written in the future",
+                Box::new(|| std::fs::write(&file, &bytes).unwrap()),
+                T0 - 1,
+            ),
+            (
+                "past the store's log",
+                Box::new(|| {
+                    let header = checkpoint::Header {
+                        event: "buy".into(),
+                        property: Some("amount".into()),
+                        through_seq: 1_000_000,
+                        erasure_seq: 0,
+                        written_at: T0,
+                        events: 0,
+                    };
+                    checkpoint::write(file.parent().unwrap(), &header, &[]).unwrap();
+                }),
+                T0 + 1,
+            ),
+        ];
+        for (case, damage, now) in cases {
+            damage();
+            let c = Columns::with_checkpoints(ck.clone());
+            assert_eq!(c.restore(s, now).await.expect("restore"), (0, 0), "{case}");
+            assert!(checkpoint::files(&ck).is_empty(), "{case}: deleted");
+            assert_eq!(events(&c, s).await, fresh, "{case}: read from the log");
+        }
+
+        // A stray temporary file (a crash while writing) is removed; the
+        // last whole file is still used.
+        std::fs::write(&file, &bytes).unwrap();
+        std::fs::write(file.with_extension("tmp"), &bytes[..100]).unwrap();
+        let c = Columns::with_checkpoints(ck.clone());
+        assert_eq!(c.restore(s, T0 + 1).await.expect("restore"), (1, 300));
+        assert!(!file.with_extension("tmp").exists());
+
+        // An erasure after it was written: refused.
+        engine
+            .users
+            .delete_user(&UserId::parse("u3").expect("id"))
+            .await
+            .expect("erase");
+        let c = Columns::with_checkpoints(ck.clone());
+        assert_eq!(c.restore(s, T0 + 1).await.expect("restore"), (0, 0));
+        let erased = events(&Columns::default(), s).await;
+        assert!(erased.len() < fresh.len());
+        assert_eq!(events(&c, s).await, erased);
+
+        // An erasure here removes every file.
+        assert_eq!(c.save(s, T0 + 2).await.expect("save"), 1);
+        assert_eq!(checkpoint::files(&ck).len(), 1);
+        c.clear();
+        assert!(checkpoint::files(&ck).is_empty());
+    }
 }

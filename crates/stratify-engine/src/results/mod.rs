@@ -12,6 +12,7 @@
 //! the log for the metric's event name (see [`stratify_store::Metrics::scan_metric_events`]),
 //! folded per user and per day by `fold`.
 
+mod checkpoint;
 mod columns;
 mod fold;
 pub mod metrics;
