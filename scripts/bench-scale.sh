@@ -6,7 +6,8 @@
 # server is restarted. Prints, in order:
 #   import rows/s; segment builds (50 created and built); serving vs /health
 #   (first servings and repeats, p99); results of two metrics (cold, warm);
-#   restart to the first experiments answer; RSS after each stage, with bytes
+#   restart to the first experiments answer, and to the first results;
+#   RSS after each stage, with bytes
 #   per user and per event.
 # Live ingest at 20 000 events/s is scripts/bench-live.sh (its own set-up).
 #
@@ -132,5 +133,6 @@ for _ in $(seq 6000); do
     sleep 0.1
 done
 echo "restart to the first experiments answer: $(since "$T")s"
+echo "results after restart (first call): $(time_get "$Q")s"
 wait_caught_up
 rss "after restart"
