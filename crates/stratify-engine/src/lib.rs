@@ -163,6 +163,20 @@ impl Engine {
             }
             stratify_core::rules::sql::Dialect::Postgres => None,
         };
+        // Saved metric copies are read beside the live state's load too.
+        let columns = match &config.checkpoint_dir {
+            Some(dir) => results::Columns::with_checkpoints(dir.join("metric-columns")),
+            None => results::Columns::default(),
+        };
+        let saved_columns = columns.checkpoint_dir().map(|dir| {
+            let (dir, store, now) = (dir.to_path_buf(), store.clone(), clock.now());
+            let erasures = store.clone();
+            tokio::spawn(async move {
+                let before = erasures.last_erasure_seq().await?;
+                let loaded = results::columns::load(dir, store.as_ref(), now).await?;
+                Ok::<_, stratify_store::StoreError>((before, loaded))
+            })
+        });
         let view = Arc::new(live::MemberView::default());
         let experiments =
             Arc::new(experiments::Experiments::load(store.as_ref(), view.clone()).await?);
@@ -193,26 +207,30 @@ impl Engine {
             live,
             freshness,
             serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
-            results_columns: match &config.checkpoint_dir {
-                Some(dir) => results::Columns::with_checkpoints(dir.join("metric-columns")),
-                None => results::Columns::default(),
-            },
+            results_columns: columns,
             results_tallies: results::Tallies::default(),
             aliases,
         });
         let derive = fan_out(views.clone());
-        if config.checkpoint_dir.is_some() {
-            // Saved metric copies load beside serving; then they are saved
-            // every few minutes (and at shutdown) while they change.
+        if let Some(task) = saved_columns {
+            let columns = &views.results_columns;
+            match task.await {
+                Ok(Ok((before, loaded))) => {
+                    let (copies, events) = columns.adopt(loaded);
+                    tracing::info!(copies, events, "metric copies restored from checkpoints");
+                    // An erasure another node logged while they loaded
+                    // (nothing here has followed it yet).
+                    if store.last_erasure_seq().await? != before {
+                        columns.clear();
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "metric copy checkpoints not read"),
+                Err(e) => tracing::warn!(error = %e, "metric copy checkpoints not read"),
+            }
+            // Saved every few minutes (and at shutdown) while they change.
             let (views, store, clock) = (views.clone(), store.clone(), clock.clone());
             tokio::spawn(async move {
                 let columns = &views.results_columns;
-                match columns.restore(store.as_ref(), clock.now()).await {
-                    Ok((copies, events)) => {
-                        tracing::info!(copies, events, "metric copies restored from checkpoints")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "metric copy checkpoints not read"),
-                }
                 let mut every = tokio::time::interval(CHECKPOINT_EVERY);
                 every.tick().await;
                 loop {

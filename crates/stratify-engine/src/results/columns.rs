@@ -57,6 +57,11 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// Where copies are saved, if anywhere.
+    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
+        self.checkpoints.as_deref()
+    }
+
     /// Copies saved in `dir` between runs.
     pub fn with_checkpoints(dir: PathBuf) -> Self {
         Columns {
@@ -88,36 +93,16 @@ impl Columns {
         let Some(dir) = self.checkpoints.clone() else {
             return Ok((0, 0));
         };
-        let last_event = store.last_event_seq().await?;
-        let last_erasure = store.last_erasure_seq().await?;
-        let files = tokio::task::spawn_blocking(move || {
-            let mut loaded = Vec::new();
-            let mut total = 0;
-            for file in checkpoint::files(&dir) {
-                let outcome = checkpoint::read(&file).and_then(|(header, events)| {
-                    checkpoint::check(&header, last_event, last_erasure, now)?;
-                    Ok((header, events))
-                });
-                match outcome {
-                    Ok((header, events)) if total + events.len() <= MAX_CACHED_EVENTS => {
-                        total += events.len();
-                        loaded.push((header, events));
-                    }
-                    Ok(_) => {}
-                    Err(why) => {
-                        tracing::warn!(file = %file.display(), ?why, "metric copy checkpoint not used; the copy is read from the log");
-                        let _ = std::fs::remove_file(&file);
-                    }
-                }
-            }
-            loaded
-        })
-        .await
-        .map_err(StoreError::Task)?;
+        let loaded = load(dir, store, now).await?;
+        Ok(self.adopt(loaded))
+    }
+
+    /// Takes copies read by [`load`]; a copy read from the log meanwhile stays.
+    pub fn adopt(&self, loaded: Loaded) -> (usize, usize) {
         let mut copies = self.copies.lock();
-        let events_loaded = files.iter().map(|(_, events)| events.len()).sum();
-        let count = files.len();
-        for (header, events) in files {
+        let events = loaded.iter().map(|(_, events)| events.len()).sum();
+        let count = loaded.len();
+        for (header, events) in loaded {
             let id = self
                 .copies_made
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -129,12 +114,11 @@ impl Columns {
                 saved: header.through_seq,
                 ..Copy::default()
             };
-            // A copy read from the log meanwhile stays.
             copies
                 .entry((header.event, header.property))
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(copy)));
         }
-        Ok((count, events_loaded))
+        (count, events)
     }
 
     /// Saves every copy that changed since it was last saved. An erasure
@@ -328,6 +312,40 @@ impl Columns {
             }
         }
     }
+}
+
+/// Saved copies read and checked, not yet taken by a [`Columns`].
+pub type Loaded = Vec<(checkpoint::Header, Vec<MetricEvent>)>;
+
+/// Reads the saved copies in `dir` that still hold for the store as it is
+/// now, deleting the others (see `checkpoint`), within [`MAX_CACHED_EVENTS`].
+pub async fn load(dir: PathBuf, store: &dyn Store, now: Millis) -> Result<Loaded, StoreError> {
+    let last_event = store.last_event_seq().await?;
+    let last_erasure = store.last_erasure_seq().await?;
+    tokio::task::spawn_blocking(move || {
+        let mut loaded = Vec::new();
+        let mut total = 0;
+        for file in checkpoint::files(&dir) {
+            let outcome = checkpoint::read(&file).and_then(|(header, events)| {
+                checkpoint::check(&header, last_event, last_erasure, now)?;
+                Ok((header, events))
+            });
+            match outcome {
+                Ok((header, events)) if total + events.len() <= MAX_CACHED_EVENTS => {
+                    total += events.len();
+                    loaded.push((header, events));
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    tracing::warn!(file = %file.display(), ?why, "metric copy checkpoint not used; the copy is read from the log");
+                    let _ = std::fs::remove_file(&file);
+                }
+            }
+        }
+        loaded
+    })
+    .await
+    .map_err(StoreError::Task)
 }
 
 /// Feeds `events` in chunks from two threads (the fold is CPU-bound).

@@ -13,7 +13,7 @@
 //! folded per user and per day by `fold`.
 
 mod checkpoint;
-mod columns;
+pub(crate) mod columns;
 mod fold;
 pub mod metrics;
 mod tally;
