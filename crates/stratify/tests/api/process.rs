@@ -208,6 +208,124 @@ async fn every_acknowledged_event_survives_a_sigkill() {
     let _ = restarted.child.wait();
 }
 
+/// The crash test's other half: a SIGKILL at any moment of a graceful
+/// shutdown, including while the metric copies are being saved, leaves a
+/// data directory whose restart answers the same results (a half-written
+/// checkpoint is never trusted, a whole one is), and no temporary file.
+#[tokio::test]
+async fn results_survive_a_kill_while_their_copies_are_saved() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = start(dir.path(), Some(KEY));
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, url: String, body: Option<Value>| {
+        let client = client.clone();
+        async move {
+            let mut req = client.request(method, url).bearer_auth(KEY);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.expect("send");
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "{status}: {body}");
+            body
+        }
+    };
+    let base = server.base.clone();
+    let created = send(reqwest::Method::POST, format!("{base}/v1/experiments"), Some(json!({
+        "key": "saved", "name": "Saved", "variants": [
+            {"key": "control", "weight": 50, "is_control": true}, {"key": "treatment", "weight": 50}]}))).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    send(
+        reqwest::Method::POST,
+        format!("{base}/v1/experiments/{id}/start"),
+        None,
+    )
+    .await;
+    send(
+        reqwest::Method::POST,
+        format!("{base}/v1/metrics"),
+        Some(json!({
+        "key": "spend", "kind": "sum", "event": "buy", "property": "amount"})),
+    )
+    .await;
+    for u in 0..200 {
+        send(
+            reqwest::Method::GET,
+            format!("{base}/v1/users/p{u}/experiments"),
+            None,
+        )
+        .await;
+    }
+    // 200 000 purchases: a copy big enough that saving it takes a while.
+    for batch in 0..20 {
+        let events: Vec<Value> = (0..10_000)
+            .map(|i| {
+                json!({"user_id": format!("p{}", (batch * 10_000 + i) % 200), "name": "buy",
+                            "properties": {"amount": (i % 97) as f64 / 4.0}})
+            })
+            .collect();
+        send(
+            reqwest::Method::POST,
+            format!("{base}/v1/events"),
+            Some(json!({"events": events})),
+        )
+        .await;
+    }
+    let results = |base: String| {
+        let url = format!("{base}/v1/experiments/{id}/results?metric=spend");
+        let send = send.clone();
+        async move {
+            let r = send(reqwest::Method::GET, url, None).await;
+            (
+                r["exposed_users"].clone(),
+                r["metrics"][0]["variants"].clone(),
+            )
+        }
+    };
+    let want = results(server.base.clone()).await;
+    assert_eq!(want.0, 200);
+    let columns = dir.path().join("checkpoints").join("metric-columns");
+    for delay in [0_u64, 20, 60, 120, 250, 500] {
+        signal(&server.child, "TERM");
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        server = start(dir.path(), Some(KEY));
+        assert_eq!(
+            results(server.base.clone()).await,
+            want,
+            "killed {delay} ms into the shutdown"
+        );
+        let stray: Vec<_> = std::fs::read_dir(&columns)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            stray.is_empty(),
+            "a temporary file outlived the restart: {stray:?}"
+        );
+    }
+    // A clean stop saves the copy; the restart uses it and agrees.
+    signal(&server.child, "TERM");
+    assert!(server.child.wait().expect("wait").success());
+    let saved: Vec<_> = std::fs::read_dir(&columns)
+        .expect("saved")
+        .flatten()
+        .collect();
+    assert_eq!(saved.len(), 1, "one copy saved: {saved:?}");
+    let server = start(dir.path(), Some(KEY));
+    assert_eq!(
+        results(server.base.clone()).await,
+        want,
+        "from the saved copy"
+    );
+}
+
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)

@@ -976,7 +976,7 @@ async fn results_kept_between_calls_equal_a_fresh_computation() {
         assert_eq!(s, StatusCode::CREATED, "{body}");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(18);
-    let mut events_for = |u: &str, at: i64, rng: &mut ChaCha8Rng| -> Vec<Value> {
+    let events_for = |u: &str, at: i64, rng: &mut ChaCha8Rng| -> Vec<Value> {
         let n = [1, 2, 4][rng.random_range(0..3)];
         (0..n)
             .map(|_| {
