@@ -448,7 +448,8 @@ mod tests {
         let bytes = std::fs::read(&file).expect("read");
         let mut flipped = bytes.clone();
         flipped[bytes.len() / 2] ^= 0x10;
-        let cases: Vec<(&str, Box<dyn Fn()>, Millis)> = vec![
+        type Damage<'a> = Box<dyn Fn() + 'a>;
+        let cases: Vec<(&str, Damage, Millis)> = vec![
             (
                 "truncated",
                 Box::new(|| std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap()),

@@ -607,10 +607,8 @@ mod tests {
         order: &Exposed,
         variants: &[String],
         events: &[MetricEvent],
-        kind: MetricKind,
-        span: Span,
-        from: Millis,
-        to: Millis,
+        (kind, span): (MetricKind, Span),
+        (from, to): (Millis, Millis),
     ) -> (Arc<Exposed>, Folded) {
         let mut x = Exposed::empty(variants.len());
         let mut rows = fake.rows.clone();
@@ -750,10 +748,8 @@ mod tests {
                             &tally.exposed,
                             &variants,
                             &events,
-                            kind,
-                            span,
-                            from,
-                            to,
+                            (kind, span),
+                            (from, to),
                         );
                         let at = format!("seed {seed}, {kind:?}, {span:?}, to {to}");
                         assert_eq!(tally.exposed.len(), x.len(), "{at}: exposed");

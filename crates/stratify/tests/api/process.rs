@@ -274,7 +274,7 @@ async fn results_survive_a_kill_while_their_copies_are_saved() {
     }
     let results = |base: String| {
         let url = format!("{base}/v1/experiments/{id}/results?metric=spend");
-        let send = send.clone();
+        let send = &send;
         async move {
             let r = send(reqwest::Method::GET, url, None).await;
             (
