@@ -40,6 +40,9 @@ pub const MAX_TALLIED_EXPOSURES: usize = 20_000_000;
 
 type Key = (String, u32, Millis);
 
+/// The variant of an exposure to a variant the definition no longer has.
+const RETIRED: u16 = u16::MAX;
+
 /// Every experiment's tally.
 #[derive(Default)]
 pub struct Tallies {
@@ -222,13 +225,12 @@ impl Tally {
             if fresh.assigned_at[k] < from {
                 continue;
             }
-            let Some(variant) = index_of[fresh.variant[k] as usize] else {
-                self.excluded += 1;
-                continue;
-            };
+            // A variant the definition lacks is counted as excluded once
+            // its exposure is due, like the others.
+            let variant = index_of[fresh.variant[k] as usize].unwrap_or(RETIRED);
             waiting.push(Waiting {
                 uid: fresh.uid[k],
-                user,
+                user: user.filter(|_| variant != RETIRED),
                 variant,
                 assigned_at: fresh.assigned_at[k],
             });
@@ -263,6 +265,10 @@ impl Tally {
     }
 
     fn admit(&mut self, w: Waiting) {
+        if w.variant == RETIRED {
+            self.excluded += 1;
+            return;
+        }
         let i = self.exposed.len() as u32;
         self.exposed.variant.push(w.variant);
         self.exposed.assigned_at.push(w.assigned_at);
@@ -779,7 +785,7 @@ mod tests {
                     .lock()
                     .rows
                     .iter()
-                    .filter(|r| r.2 == "retired" && r.3 >= from)
+                    .filter(|r| r.2 == "retired" && r.3 >= from && r.3 <= to)
                     .count() as u64;
                 assert_eq!(tally.excluded, excluded, "seed {seed}: excluded");
             }
