@@ -84,3 +84,26 @@ for v in r["metrics"][1]["variants"]:
 PY
 echo "RSS after: $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
 grep "results:" "$WORK/server.log" | tail -8 || true
+
+# Live traffic between two calls (issue 18): 20 000 more purchases by
+# exposed users, then the same two metrics.
+python3 - "$USERS" > "$WORK/more.json" <<'PY'
+import json, random, sys
+random.seed(18)
+users = int(sys.argv[1])
+print(json.dumps({"events": [{"user_id": f"u{random.randrange(users)}", "name": "purchase",
+    "properties": {"amount": random.randrange(100, 20000) / 100}} for _ in range(10000)]}))
+PY
+for _ in 1 2; do
+    curl -sf -o /dev/null -H "Authorization: Bearer bench-key" -H 'Content-Type: application/json' \
+        --data-binary @"$WORK/more.json" "$URL/v1/events"
+done
+echo "after 20 000 new events: $(time_get "$Q")s; again: $(time_get "$Q")s"
+# A restart (a clean stop saves the metric copies), then the first call.
+kill "$PID"; wait "$PID" 2>/dev/null || true
+T=$(date +%s.%N)
+STRATIFY_ADMIN_KEY=bench-key RUST_LOG=${RUST_LOG:-warn} $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$DATA" >>"$WORK/server.log" 2>&1 &
+PID=$!
+for _ in $(seq 3000); do curl -sf "$URL/health" >/dev/null && break; sleep 0.1; done
+UP=$(awk -v a="$T" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+echo "after a restart (up in ${UP}s): first call $(time_get "$Q")s; then $(time_get "$Q")s"
