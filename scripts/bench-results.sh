@@ -46,7 +46,7 @@ done
 echo "== server up, live engine caught up; RSS $(ps -o rss= -p "$PID" | awk '{printf "%.0f MB", $1/1024}')"
 
 time_get() {
-    curl -sf -o "$WORK/out.json" -w '%{time_total}' -H "Authorization: Bearer bench-key" "$URL$1"
+    curl -sSf -o "$WORK/out.json" -w '%{time_total}' -H "Authorization: Bearer bench-key" "$URL$1" || echo " (failed)"
 }
 Q="/v1/experiments/$ID/results?metric=purchased,revenue"
 times=()

@@ -105,7 +105,7 @@ done
 # every user served is exposed to it.
 EXP=$(curl -sf "${H[@]}" "$URL/v1/experiments" | python3 -c 'import json,sys; print(next(e["id"] for e in json.load(sys.stdin)["experiments"] if e["key"] == "bench-exp-10"))')
 Q="$URL/v1/experiments/$EXP/results?metric=purchased,revenue"
-time_get() { curl -sf -o "$WORK/results.json" -w '%{time_total}' "${H[@]}" "$1"; }
+time_get() { curl -sSf -o "$WORK/results.json" -w '%{time_total}' "${H[@]}" "$1" || echo " (failed)"; }
 echo "cold (first call): $(time_get "$Q")s"
 WARM=$(for _ in 1 2 3; do time_get "$Q"; echo; done | sort -n | sed -n 2p)
 echo "warm (median of 3): ${WARM}s"
@@ -133,6 +133,7 @@ for _ in $(seq 6000); do
     sleep 0.1
 done
 echo "restart to the first experiments answer: $(since "$T")s"
+Q="$URL/v1/experiments/$EXP/results?metric=purchased,revenue"
 echo "results after restart (first call): $(time_get "$Q")s"
 wait_caught_up
 rss "after restart"
