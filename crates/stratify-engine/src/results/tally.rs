@@ -237,18 +237,21 @@ impl Tally {
         }
         // Users who had no profile: those numbered since may be them (a
         // user is numbered once, when their profile is first written).
-        while !self.unresolved.is_empty() || waiting.iter().any(without_profile) {
+        let mut pending: HashMap<String, usize> = waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| without_profile(w))
+            .filter_map(|(k, w)| Some((w.user.clone()?, k)))
+            .collect();
+        while !self.unresolved.is_empty() || !pending.is_empty() {
             let page = source.user_ids_after(self.resolved_through, 10_000).await?;
             let Some(&(last, _)) = page.last() else { break };
             for (uid, user) in page {
                 if let Some(i) = self.unresolved.remove(&user) {
                     self.exposed.set_uid(uid, i);
                     self.arrive(i);
-                } else if let Some(w) = waiting
-                    .iter_mut()
-                    .find(|w| w.uid.is_none() && w.user.as_ref() == Some(&user))
-                {
-                    w.uid = Some(uid);
+                } else if let Some(k) = pending.remove(&user) {
+                    waiting[k].uid = Some(uid);
                 }
             }
             self.resolved_through = last;
