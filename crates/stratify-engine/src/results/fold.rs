@@ -207,7 +207,7 @@ impl Collector {
         if self.kind == MetricKind::Conversion {
             for (i, &first) in g.first.iter().enumerate() {
                 if first != u32::MAX {
-                    acc.converted(i, first);
+                    acc.converted(i, first, 1.0);
                 }
             }
             return acc.finish();
@@ -257,7 +257,7 @@ impl Collector {
                     }),
                 }
             }
-            acc.user(u, &runs);
+            acc.user(u, &runs, 1.0);
         }
         acc.finish()
     }
@@ -271,12 +271,11 @@ pub(crate) struct Run {
     pub sum: f64,
 }
 
-/// Per-variant, per-bucket deltas of N, S and Q, and the exact totals,
-/// from each user's value changes: the one fold of both the full
-/// computation ([`Collector`]) and the incremental one (`tally`).
-pub(crate) struct Accumulator<'a> {
-    x: &'a Exposed,
-    kind: MetricKind,
+/// Per-variant, per-bucket deltas of N, S and Q, the totals and each user's
+/// final value: what an [`Accumulator`] folds into, kept between calls by
+/// `tally` for the kinds whose updates are exact sums.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sums {
     dn: Vec<Vec<i64>>,
     ds: Vec<Vec<f64>>,
     dq: Vec<Vec<f64>>,
@@ -284,63 +283,86 @@ pub(crate) struct Accumulator<'a> {
     total_s: Vec<f64>,
     total_q: Vec<f64>,
     per_user: Vec<f64>,
+    /// Exposures whose N is in.
+    exposed: usize,
+}
+
+/// Per-variant, per-bucket deltas of N, S and Q, and the exact totals,
+/// from each user's value changes: the one fold of both the full
+/// computation ([`Collector`]) and the incremental one (`tally`).
+pub(crate) struct Accumulator<'a> {
+    x: &'a Exposed,
+    kind: MetricKind,
+    sums: Sums,
 }
 
 impl<'a> Accumulator<'a> {
     pub fn new(x: &'a Exposed, kind: MetricKind) -> Self {
+        Self::resume(x, kind, Sums::default())
+    }
+
+    /// Goes on from `sums` (folded for `x` as it was, with the same origin
+    /// and bucket width): the buckets `x` has since are added, and the N of
+    /// the users exposed since.
+    pub fn resume(x: &'a Exposed, kind: MetricKind, mut sums: Sums) -> Self {
         let (v, b) = (x.variants, x.buckets);
-        let mut acc = Accumulator {
-            x,
-            kind,
-            dn: vec![vec![0_i64; b]; v],
-            ds: vec![vec![0.0_f64; b]; v],
-            dq: vec![vec![0.0_f64; b]; v],
-            total_n: vec![0_u64; v],
-            total_s: vec![0.0_f64; v],
-            total_q: vec![0.0_f64; v],
-            per_user: vec![
-                if kind == MetricKind::Mean {
-                    f64::NAN
-                } else {
-                    0.0
-                };
-                x.len()
-            ],
+        sums.dn.resize_with(v, Vec::new);
+        sums.ds.resize_with(v, Vec::new);
+        sums.dq.resize_with(v, Vec::new);
+        for k in 0..v {
+            sums.dn[k].resize(b, 0);
+            sums.ds[k].resize(b, 0.0);
+            sums.dq[k].resize(b, 0.0);
+        }
+        sums.total_n.resize(v, 0);
+        sums.total_s.resize(v, 0.0);
+        sums.total_q.resize(v, 0.0);
+        let none = if kind == MetricKind::Mean {
+            f64::NAN
+        } else {
+            0.0
         };
+        sums.per_user.resize(x.len(), none);
         // N: every exposed user from their exposure bucket, except for
         // `mean`, where a user has a value only from their first event.
         if kind != MetricKind::Mean {
-            for i in 0..x.len() {
+            for i in sums.exposed..x.len() {
                 let var = x.variant[i] as usize;
-                acc.dn[var][x.bucket[i] as usize] += 1;
-                acc.total_n[var] += 1;
+                sums.dn[var][x.bucket[i] as usize] += 1;
+                sums.total_n[var] += 1;
             }
         }
-        acc
+        sums.exposed = x.len();
+        Accumulator { x, kind, sums }
     }
 
-    /// Conversion: user `u` converted in bucket `first` (their earliest).
-    pub fn converted(&mut self, u: usize, first: u32) {
-        self.per_user[u] = 1.0;
+    /// Conversion: user `u` converted in bucket `first` (their earliest);
+    /// `sign` −1 takes a conversion back out.
+    pub fn converted(&mut self, u: usize, first: u32, sign: f64) {
+        let s = &mut self.sums;
+        s.per_user[u] = if sign > 0.0 { 1.0 } else { 0.0 };
         let var = self.x.variant[u] as usize;
-        self.ds[var][first as usize] += 1.0;
-        self.dq[var][first as usize] += 1.0;
-        self.total_s[var] += 1.0;
-        self.total_q[var] += 1.0;
+        s.ds[var][first as usize] += sign;
+        s.dq[var][first as usize] += sign;
+        s.total_s[var] += sign;
+        s.total_q[var] += sign;
     }
 
-    /// Count, sum or mean: user `u`'s events, one run per bucket, in bucket order.
-    pub fn user(&mut self, u: usize, runs: &[Run]) {
+    /// Count, sum or mean: user `u`'s events, one run per bucket, in bucket
+    /// order; `sign` −1 takes those events back out (before the user's new
+    /// runs go in).
+    pub fn user(&mut self, u: usize, runs: &[Run], sign: f64) {
         if runs.is_empty() {
             return;
         }
+        let s = &mut self.sums;
         let var = self.x.variant[u] as usize;
         let (mut count, mut sum, mut f_old) = (0.0_f64, 0.0_f64, 0.0_f64);
         for run in runs {
             let bucket = run.bucket as usize;
             if self.kind == MetricKind::Mean && count == 0.0 {
                 // A mean has a value from the user's first event on.
-                self.dn[var][bucket] += 1;
+                s.dn[var][bucket] += sign as i64;
             }
             count += run.count;
             sum += run.sum;
@@ -349,25 +371,45 @@ impl<'a> Accumulator<'a> {
                 MetricKind::Count => count,
                 _ => sum,
             };
-            self.ds[var][bucket] += f - f_old;
-            self.dq[var][bucket] += f * f - f_old * f_old;
+            s.ds[var][bucket] += sign * (f - f_old);
+            s.dq[var][bucket] += sign * (f * f - f_old * f_old);
             f_old = f;
         }
         if self.kind == MetricKind::Mean {
-            self.total_n[var] += 1;
+            s.total_n[var] = s.total_n[var].saturating_add_signed(sign as i64);
         }
-        self.total_s[var] += f_old;
-        self.total_q[var] += f_old * f_old;
-        self.per_user[u] = f_old;
+        s.total_s[var] += sign * f_old;
+        s.total_q[var] += sign * (f_old * f_old);
+        s.per_user[u] = if sign > 0.0 {
+            f_old
+        } else if self.kind == MetricKind::Mean {
+            f64::NAN
+        } else {
+            0.0
+        };
+    }
+
+    pub fn sums(&self) -> &Sums {
+        &self.sums
+    }
+
+    /// The sums, to go on from later ([`Accumulator::resume`]).
+    pub fn into_sums(self) -> Sums {
+        self.sums
     }
 
     /// Cumulates the deltas over the buckets.
     pub fn finish(self) -> Folded {
-        let cumulate = |d: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
-            d.into_iter()
+        Self::folded(&self.sums)
+    }
+
+    /// [`Accumulator::finish`] of `sums`, leaving them as they are.
+    pub fn folded(sums: &Sums) -> Folded {
+        let cumulate = |d: &[Vec<f64>]| -> Vec<Vec<f64>> {
+            d.iter()
                 .map(|row| {
                     let mut acc = 0.0;
-                    row.into_iter()
+                    row.iter()
                         .map(|x| {
                             acc += x;
                             acc
@@ -376,12 +418,12 @@ impl<'a> Accumulator<'a> {
                 })
                 .collect()
         };
-        let n = self
+        let n = sums
             .dn
-            .into_iter()
+            .iter()
             .map(|row| {
                 let mut acc = 0_i64;
-                row.into_iter()
+                row.iter()
                     .map(|x| {
                         acc += x;
                         acc.max(0) as u64
@@ -391,12 +433,12 @@ impl<'a> Accumulator<'a> {
             .collect();
         Folded {
             n,
-            s: cumulate(self.ds),
-            q: cumulate(self.dq),
-            total_n: self.total_n,
-            total_s: self.total_s,
-            total_q: self.total_q,
-            per_user: self.per_user,
+            s: cumulate(&sums.ds),
+            q: cumulate(&sums.dq),
+            total_n: sums.total_n.clone(),
+            total_s: sums.total_s.clone(),
+            total_q: sums.total_q.clone(),
+            per_user: sums.per_user.clone(),
         }
     }
 }

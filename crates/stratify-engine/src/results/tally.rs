@@ -10,11 +10,17 @@
 //!   (`Columns`) it has read.
 //!
 //! A call then reads only the assignments written since and the events
-//! appended since, applies them, and folds the per-user day sums into
-//! per-variant buckets with the full computation's own fold
-//! ([`Accumulator`]): no scan of the log and no read of every exposure, and
-//! the same numbers (a property test checks them against a full
-//! recomputation on random data).
+//! appended since, and applies them. For conversion, count and sum metrics
+//! the per-variant, per-bucket sums of the last call are kept too: each user
+//! whose events changed has their old days taken out and their new ones put
+//! in ([`Accumulator`], the full computation's own fold, run with a sign),
+//! so a call costs what changed, not the number of users. A mean's
+//! per-user values are quotients, whose removal is not exact in floating
+//! point: its per-user day sums are folded afresh each call. Sums are the
+//! same as a full recomputation's whenever they are exact in floating
+//! point (a property test checks this on random data with values in
+//! quarters); otherwise they can differ in the last bits, as two full
+//! computations adding in different orders can.
 //!
 //! Three things make a user's past events count again, and are handled as
 //! arrivals: a new exposure; an exposure whose user had no profile when it
@@ -23,7 +29,7 @@
 //! A merge or an erasure changes exposures and events in place: every
 //! tally is dropped ([`Tallies::clear`]).
 
-use super::fold::{Accumulator, Exposed, Folded, Run, Span};
+use super::fold::{Accumulator, Exposed, Folded, Run, Span, Sums};
 use super::metrics::{Metric, MetricKind};
 use super::DAY_MS;
 use parking_lot::Mutex;
@@ -367,6 +373,12 @@ pub(crate) struct MetricTally {
     days: Vec<Vec<Day>>,
     /// Events of applied users after `to`.
     waiting: Vec<(u32, Millis, f64)>,
+    /// The last fold's sums and the layout they are for (not for `mean`,
+    /// whose per-user values are quotients: a fresh fold each call keeps
+    /// them exact).
+    kept: Option<(Millis, Millis, Sums)>,
+    /// Users whose days changed since the last fold, with their days then.
+    changed: HashMap<u32, Vec<Day>>,
 }
 
 impl MetricTally {
@@ -380,6 +392,8 @@ impl MetricTally {
             to: Millis::MIN,
             days: Vec::new(),
             waiting: Vec::new(),
+            kept: None,
+            changed: HashMap::new(),
         }
     }
 
@@ -414,6 +428,9 @@ impl MetricTally {
             return;
         }
         let day = ts.div_euclid(DAY_MS);
+        if self.kept.is_some() && !self.changed.contains_key(&i) {
+            self.changed.insert(i, self.days[i as usize].clone());
+        }
         let days = &mut self.days[i as usize];
         if self.kind == MetricKind::Conversion {
             match days.first_mut() {
@@ -497,19 +514,15 @@ impl MetricTally {
         self.seen = events.len();
     }
 
-    fn fold(&self, x: &Exposed) -> Folded {
-        let mut acc = Accumulator::new(x, self.kind);
+    /// The fold for `x`: from the last one, with each changed user's old
+    /// days taken out and new ones put in, while the layout holds (same
+    /// origin and bucket width; more buckets are fine); else afresh.
+    fn fold(&mut self, x: &Exposed) -> Folded {
         let origin_day = x.origin.div_euclid(DAY_MS);
         let bucket_days = x.bucket_ms / DAY_MS;
         let last = x.buckets.saturating_sub(1) as i64;
         let bucket = |day: i64| ((day - origin_day).max(0) / bucket_days).min(last) as u32;
-        let mut runs: Vec<Run> = Vec::new();
-        for (u, days) in self.days.iter().enumerate() {
-            let Some(first) = days.first() else { continue };
-            if self.kind == MetricKind::Conversion {
-                acc.converted(u, bucket(first.day));
-                continue;
-            }
+        let runs_of = |days: &[Day], runs: &mut Vec<Run>| {
             runs.clear();
             for d in days {
                 let b = bucket(d.day);
@@ -525,9 +538,54 @@ impl MetricTally {
                     }),
                 }
             }
-            acc.user(u, &runs);
+        };
+        let mut runs: Vec<Run> = Vec::new();
+        let conversion = self.kind == MetricKind::Conversion;
+        let resumable = match &self.kept {
+            Some((origin, bucket_ms, _)) => *origin == x.origin && *bucket_ms == x.bucket_ms,
+            None => false,
+        };
+        let acc = if resumable {
+            let (_, _, sums) = self.kept.take().expect("kept");
+            let mut acc = Accumulator::resume(x, self.kind, sums);
+            let mut old_runs: Vec<Run> = Vec::new();
+            for (u, old) in self.changed.drain() {
+                let (u, new) = (u as usize, &self.days[u as usize]);
+                if conversion {
+                    if let Some(first) = old.first() {
+                        acc.converted(u, bucket(first.day), -1.0);
+                    }
+                    if let Some(first) = new.first() {
+                        acc.converted(u, bucket(first.day), 1.0);
+                    }
+                    continue;
+                }
+                runs_of(&old, &mut old_runs);
+                acc.user(u, &old_runs, -1.0);
+                runs_of(new, &mut runs);
+                acc.user(u, &runs, 1.0);
+            }
+            acc
+        } else {
+            self.changed.clear();
+            let mut acc = Accumulator::new(x, self.kind);
+            for (u, days) in self.days.iter().enumerate() {
+                let Some(first) = days.first() else { continue };
+                if conversion {
+                    acc.converted(u, bucket(first.day), 1.0);
+                    continue;
+                }
+                runs_of(days, &mut runs);
+                acc.user(u, &runs, 1.0);
+            }
+            acc
+        };
+        if self.kind == MetricKind::Mean {
+            return acc.finish();
         }
-        acc.finish()
+        let folded = Accumulator::folded(acc.sums());
+        self.kept = Some((x.origin, x.bucket_ms, acc.into_sums()));
+        folded
     }
 }
 
