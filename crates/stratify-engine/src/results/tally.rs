@@ -506,12 +506,77 @@ impl MetricTally {
                 s.spawn(|| first.chunks(65_536).for_each(filter));
                 second.chunks(65_536).for_each(filter);
             });
-            for (i, ts, value) in matched.into_inner() {
-                self.add(i, ts, value);
-            }
+            self.arrive_all(matched.into_inner());
             self.arrived = view.arrivals.len();
         }
         self.seen = events.len();
+    }
+
+    /// Every event of users who just arrived (whose days are empty):
+    /// grouped by user (a counting sort), then each user's days built at
+    /// once; events after `to` wait.
+    fn arrive_all(&mut self, mut matched: Vec<(u32, Millis, f64)>) {
+        let to = self.to;
+        self.waiting
+            .extend(matched.iter().filter(|m| m.1 > to).copied());
+        matched.retain(|m| m.1 <= to);
+        let users = self.days.len();
+        let mut start = vec![0_u32; users + 1];
+        for m in &matched {
+            start[m.0 as usize + 1] += 1;
+        }
+        for u in 0..users {
+            start[u + 1] += start[u];
+        }
+        let mut cursor = start.clone();
+        let mut grouped: Vec<(i64, f64)> = vec![(0, 0.0); matched.len()];
+        for &(i, ts, value) in &matched {
+            let slot = &mut cursor[i as usize];
+            grouped[*slot as usize] = (ts.div_euclid(DAY_MS), value);
+            *slot += 1;
+        }
+        drop(matched);
+        for u in 0..users {
+            let mine = &mut grouped[start[u] as usize..start[u + 1] as usize];
+            if mine.is_empty() {
+                continue;
+            }
+            if self.kept.is_some() {
+                self.changed
+                    .entry(u as u32)
+                    .or_insert_with(|| self.days[u].clone());
+            }
+            let days = &mut self.days[u];
+            if self.kind == MetricKind::Conversion {
+                let day = mine.iter().map(|m| m.0).min().expect("one");
+                match days.first_mut() {
+                    Some(d) => d.day = d.day.min(day),
+                    None => days.push(Day {
+                        day,
+                        count: 1,
+                        sum: 1.0,
+                    }),
+                }
+                continue;
+            }
+            mine.sort_unstable_by_key(|m| m.0);
+            for &(day, value) in mine.iter() {
+                match days.binary_search_by_key(&day, |d| d.day) {
+                    Ok(k) => {
+                        days[k].count += 1;
+                        days[k].sum += value;
+                    }
+                    Err(k) => days.insert(
+                        k,
+                        Day {
+                            day,
+                            count: 1,
+                            sum: value,
+                        },
+                    ),
+                }
+            }
+        }
     }
 
     /// The fold for `x`: from the last one, with each changed user's old
