@@ -248,7 +248,8 @@ ALTER TABLE erasures ADD COLUMN merged_into TEXT;
 -- n reads only the ones after it. Rows written before this carry 0 and are
 -- read by every full read.
 ALTER TABLE assignments ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq);
+-- Covering the read by number (the primary key's user_id rides along).
+CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq, variant, assigned_at);
 CREATE TABLE assignment_seq (
     one  INTEGER PRIMARY KEY CHECK (one = 1),
     seq  INTEGER NOT NULL

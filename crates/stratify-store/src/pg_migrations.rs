@@ -341,7 +341,8 @@ INSERT INTO user_epoch (one, epoch) VALUES (true, 0);
 -- Incremental results (see the SQLite schema): numbers are taken under
 -- ASSIGNMENTS_LOCK, so they become visible in order.
 ALTER TABLE assignments ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq);
+CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq)
+    INCLUDE (variant, assigned_at, user_id);
 CREATE SEQUENCE assignment_seq;
 "#,
 ];
