@@ -97,7 +97,7 @@ impl Columns {
         Ok(self.adopt(loaded))
     }
 
-    /// Takes copies read by [`load`]; a copy read from the log meanwhile stays.
+    /// Takes copies read by `load`; a copy read from the log meanwhile stays.
     pub fn adopt(&self, loaded: Loaded) -> (usize, usize) {
         let mut copies = self.copies.lock();
         let events = loaded.iter().map(|(_, events)| events.len()).sum();

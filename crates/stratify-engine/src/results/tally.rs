@@ -359,6 +359,24 @@ struct Day {
     sum: f64,
 }
 
+/// One more event of `value` on `day` in a user's days (kept in day order).
+fn add_to_day(days: &mut Vec<Day>, day: i64, value: f64) {
+    match days.binary_search_by_key(&day, |d| d.day) {
+        Ok(k) => {
+            days[k].count += 1;
+            days[k].sum += value;
+        }
+        Err(k) => days.insert(
+            k,
+            Day {
+                day,
+                count: 1,
+                sum: value,
+            },
+        ),
+    }
+}
+
 /// One metric's events per exposed user, per day.
 pub(crate) struct MetricTally {
     kind: MetricKind,
@@ -444,20 +462,7 @@ impl MetricTally {
             }
             return;
         }
-        match days.binary_search_by_key(&day, |d| d.day) {
-            Ok(k) => {
-                days[k].count += 1;
-                days[k].sum += value;
-            }
-            Err(k) => days.insert(
-                k,
-                Day {
-                    day,
-                    count: 1,
-                    sum: value,
-                },
-            ),
-        }
+        add_to_day(days, day, value);
     }
 
     fn advance(&mut self, view: &Arrived<'_>, copy: u64, events: &[MetricEvent], to: Millis) {
@@ -561,20 +566,7 @@ impl MetricTally {
             }
             mine.sort_unstable_by_key(|m| m.0);
             for &(day, value) in mine.iter() {
-                match days.binary_search_by_key(&day, |d| d.day) {
-                    Ok(k) => {
-                        days[k].count += 1;
-                        days[k].sum += value;
-                    }
-                    Err(k) => days.insert(
-                        k,
-                        Day {
-                            day,
-                            count: 1,
-                            sum: value,
-                        },
-                    ),
-                }
+                add_to_day(days, day, value);
             }
         }
     }
