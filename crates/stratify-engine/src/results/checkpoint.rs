@@ -194,3 +194,69 @@ pub fn remove_all(dir: &Path) {
         let _ = std::fs::remove_file(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader takes any bytes without panicking, reads back what was
+    //! written, and refuses any file with one byte changed or cut short.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn written(events: &[MetricEvent]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let header = Header {
+            event: "buy".into(),
+            property: Some("amount".into()),
+            through_seq: 9,
+            erasure_seq: 0,
+            written_at: 5,
+            events: events.len() as u64,
+        };
+        write(dir.path(), &header, events).expect("write");
+        let file = path(dir.path(), "buy", Some("amount"));
+        (dir, file)
+    }
+
+    fn events(raw: Vec<(i64, i64, Option<f64>)>) -> Vec<MetricEvent> {
+        raw.into_iter()
+            .map(|(uid, ts, value)| MetricEvent {
+                uid,
+                ts,
+                value: value.filter(|v| v.is_finite()),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_bytes_are_read_or_refused_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let dir = tempfile::tempdir().expect("dir");
+            let file = dir.path().join("x.col");
+            std::fs::write(&file, &bytes).expect("write");
+            let _ = read(&file);
+        }
+
+        #[test]
+        fn a_file_reads_back_and_any_change_is_refused(
+            raw in proptest::collection::vec((any::<i64>(), any::<i64>(), any::<Option<f64>>()), 0..40),
+            at in any::<prop::sample::Index>(),
+            flip in 1_u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let events = events(raw);
+            let (_dir, file) = written(&events);
+            let (header, back) = read(&file).expect("whole");
+            prop_assert_eq!(header.events, events.len() as u64);
+            prop_assert_eq!(back, events);
+            let bytes = std::fs::read(&file).expect("read");
+            let mut changed = bytes.clone();
+            changed[at.index(bytes.len())] ^= flip;
+            std::fs::write(&file, &changed).expect("write");
+            prop_assert!(read(&file).is_err());
+            std::fs::write(&file, &bytes[..cut.index(bytes.len())]).expect("write");
+            prop_assert!(read(&file).is_err());
+        }
+    }
+}
