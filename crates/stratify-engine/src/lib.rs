@@ -170,12 +170,7 @@ impl Engine {
         };
         let saved_columns = columns.checkpoint_dir().map(|dir| {
             let (dir, store, now) = (dir.to_path_buf(), store.clone(), clock.now());
-            let erasures = store.clone();
-            tokio::spawn(async move {
-                let before = erasures.last_erasure_seq().await?;
-                let loaded = results::columns::load(dir, store.as_ref(), now).await?;
-                Ok::<_, stratify_store::StoreError>((before, loaded))
-            })
+            tokio::spawn(async move { results::columns::load(dir, store.as_ref(), now).await })
         });
         let view = Arc::new(live::MemberView::default());
         let experiments =

@@ -82,21 +82,6 @@ impl Columns {
         }
     }
 
-    /// Loads the saved copies that still hold for the store (see
-    /// `checkpoint` for what is checked); deletes the others. Returns how
-    /// many copies and events were loaded.
-    pub async fn restore(
-        &self,
-        store: &dyn Store,
-        now: Millis,
-    ) -> Result<(usize, usize), StoreError> {
-        let Some(dir) = self.checkpoints.clone() else {
-            return Ok((0, 0));
-        };
-        let loaded = load(dir, store, now).await?;
-        Ok(self.adopt(loaded))
-    }
-
     /// Takes copies read by `load`; a copy read from the log meanwhile stays.
     pub fn adopt(&self, loaded: Loaded) -> (usize, usize) {
         let mut copies = self.copies.lock();
@@ -318,8 +303,13 @@ impl Columns {
 pub type Loaded = Vec<(checkpoint::Header, Vec<MetricEvent>)>;
 
 /// Reads the saved copies in `dir` that still hold for the store as it is
-/// now, deleting the others (see `checkpoint`), within [`MAX_CACHED_EVENTS`].
-pub async fn load(dir: PathBuf, store: &dyn Store, now: Millis) -> Result<Loaded, StoreError> {
+/// now, deleting the others (see `checkpoint`), within [`MAX_CACHED_EVENTS`];
+/// with the erasure log's number they were checked against.
+pub async fn load(
+    dir: PathBuf,
+    store: &dyn Store,
+    now: Millis,
+) -> Result<(i64, Loaded), StoreError> {
     let last_event = store.last_event_seq().await?;
     let last_erasure = store.last_erasure_seq().await?;
     tokio::task::spawn_blocking(move || {
@@ -345,6 +335,7 @@ pub async fn load(dir: PathBuf, store: &dyn Store, now: Millis) -> Result<Loaded
         loaded
     })
     .await
+    .map(|loaded| (last_erasure, loaded))
     .map_err(StoreError::Task)
 }
 
@@ -403,6 +394,19 @@ mod tests {
             .expect("ingest");
     }
 
+    /// What a start does: the saved copies that hold, read and taken.
+    async fn restore(
+        columns: &Columns,
+        store: &dyn Store,
+        now: Millis,
+    ) -> Result<(usize, usize), StoreError> {
+        let dir = columns
+            .checkpoint_dir()
+            .expect("saved copies")
+            .to_path_buf();
+        Ok(columns.adopt(load(dir, store, now).await?.1))
+    }
+
     fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
         let files = checkpoint::files(dir);
         assert_eq!(files.len(), 1, "{files:?}");
@@ -433,13 +437,16 @@ mod tests {
 
         // Whole, current: loaded as it was.
         let again = Columns::with_checkpoints(ck.clone());
-        assert_eq!(again.restore(s, T0 + 1).await.expect("restore"), (1, 300));
+        assert_eq!(restore(&again, s, T0 + 1).await.expect("restore"), (1, 300));
         assert_eq!(events(&again, s).await, want);
 
         // Behind the log: loaded, then read on from its position.
         buy(&engine, 300..350, T0 + 10_000).await;
         let behind = Columns::with_checkpoints(ck.clone());
-        assert_eq!(behind.restore(s, T0 + 2).await.expect("restore"), (1, 300));
+        assert_eq!(
+            restore(&behind, s, T0 + 2).await.expect("restore"),
+            (1, 300)
+        );
         let fresh = events(&Columns::default(), s).await;
         assert_eq!(fresh.len(), 350);
         assert_eq!(events(&behind, s).await, fresh);
@@ -494,7 +501,11 @@ mod tests {
         for (case, damage, now) in cases {
             damage();
             let c = Columns::with_checkpoints(ck.clone());
-            assert_eq!(c.restore(s, now).await.expect("restore"), (0, 0), "{case}");
+            assert_eq!(
+                restore(&c, s, now).await.expect("restore"),
+                (0, 0),
+                "{case}"
+            );
             assert!(checkpoint::files(&ck).is_empty(), "{case}: deleted");
             assert_eq!(events(&c, s).await, fresh, "{case}: read from the log");
         }
@@ -504,7 +515,7 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         std::fs::write(file.with_extension("tmp"), &bytes[..100]).unwrap();
         let c = Columns::with_checkpoints(ck.clone());
-        assert_eq!(c.restore(s, T0 + 1).await.expect("restore"), (1, 300));
+        assert_eq!(restore(&c, s, T0 + 1).await.expect("restore"), (1, 300));
         assert!(!file.with_extension("tmp").exists());
 
         // An erasure after it was written: refused.
@@ -514,7 +525,7 @@ mod tests {
             .await
             .expect("erase");
         let c = Columns::with_checkpoints(ck.clone());
-        assert_eq!(c.restore(s, T0 + 1).await.expect("restore"), (0, 0));
+        assert_eq!(restore(&c, s, T0 + 1).await.expect("restore"), (0, 0));
         let erased = events(&Columns::default(), s).await;
         assert!(erased.len() < fresh.len());
         assert_eq!(events(&c, s).await, erased);

@@ -90,6 +90,15 @@ impl Exposed {
     }
 }
 
+/// For each variant name an exposure read names, its index among the
+/// definition's variant `keys` (`None`: a variant the definition no longer has).
+pub(crate) fn variant_indices(names: &[String], keys: &[&str]) -> Vec<Option<u16>> {
+    names
+        .iter()
+        .map(|name| keys.iter().position(|k| k == name).map(|i| i as u16))
+        .collect()
+}
+
 /// Events that count, gathered from the scan's threads.
 #[derive(Default)]
 struct Gathered {
@@ -400,11 +409,20 @@ impl<'a> Accumulator<'a> {
 
     /// Cumulates the deltas over the buckets.
     pub fn finish(self) -> Folded {
-        Self::folded(&self.sums)
+        let mut folded = Self::folded_sums(&self.sums);
+        folded.per_user = self.sums.per_user;
+        folded
     }
 
     /// [`Accumulator::finish`] of `sums`, leaving them as they are.
     pub fn folded(sums: &Sums) -> Folded {
+        let mut folded = Self::folded_sums(sums);
+        folded.per_user = sums.per_user.clone();
+        folded
+    }
+
+    /// Everything but the per-user values (left empty).
+    fn folded_sums(sums: &Sums) -> Folded {
         let cumulate = |d: &[Vec<f64>]| -> Vec<Vec<f64>> {
             d.iter()
                 .map(|row| {
@@ -438,7 +456,7 @@ impl<'a> Accumulator<'a> {
             total_n: sums.total_n.clone(),
             total_s: sums.total_s.clone(),
             total_q: sums.total_q.clone(),
-            per_user: sums.per_user.clone(),
+            per_user: Vec::new(),
         }
     }
 }

@@ -8,9 +8,12 @@
 //! exposure, before the end of the window when the metric has one, and not
 //! after `to`.
 //!
-//! The exposures come from one indexed read; the events from one scan of
-//! the log for the metric's event name (see [`stratify_store::Metrics::scan_metric_events`]),
-//! folded per user and per day by `fold`.
+//! The events come from a copy per (event, property) kept current by
+//! scanning the log after its last sequence number (`columns`, saved between
+//! runs by `checkpoint`). Results up to now are kept per experiment between
+//! calls (`tally`: only the assignments and events since the last call are
+//! read); results up to a given `to` read every exposure and fold afresh.
+//! Both fold per user and per day with `fold`.
 
 mod checkpoint;
 pub(crate) mod columns;
@@ -447,17 +450,8 @@ impl ResultService {
             .experiment_exposures(&experiment.record.id, definition.bucket_version, from, to)
             .await?;
         // Exposures as columns, with variants as definition indices.
-        let index_of: Vec<Option<u16>> = raw
-            .variants
-            .iter()
-            .map(|name| {
-                definition
-                    .variants
-                    .iter()
-                    .position(|v| &v.key == name)
-                    .map(|i| i as u16)
-            })
-            .collect();
+        let keys: Vec<&str> = definition.variants.iter().map(|v| v.key.as_str()).collect();
+        let index_of = fold::variant_indices(&raw.variants, &keys);
         let mut exposed = Exposed::empty(definition.variants.len());
         exposed.variant.reserve(raw.uid.len());
         exposed.assigned_at.reserve(raw.uid.len());

@@ -207,16 +207,8 @@ impl Tally {
     ) -> Result<(), crate::EngineError> {
         let fresh = source.exposures_since(self.cursor).await?;
         self.cursor = fresh.through_seq;
-        let index_of: Vec<Option<u16>> = fresh
-            .variants
-            .iter()
-            .map(|name| {
-                self.variants
-                    .iter()
-                    .position(|v| v == name)
-                    .map(|i| i as u16)
-            })
-            .collect();
+        let keys: Vec<&str> = self.variants.iter().map(String::as_str).collect();
+        let index_of = super::fold::variant_indices(&fresh.variants, &keys);
         let without_profile = |w: &Waiting| w.uid.is_none() && w.user.is_some();
         if self.unresolved.is_empty() && !self.waiting.iter().any(without_profile) {
             // Nobody to look for among users numbered up to the read.
