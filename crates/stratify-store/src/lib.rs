@@ -22,6 +22,7 @@
 mod error;
 mod migrations;
 pub mod model;
+mod packed;
 mod pg_migrations;
 pub mod postgres;
 mod rows;

@@ -6,7 +6,7 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE users (
     uid         INTEGER PRIMARY KEY,
@@ -256,6 +256,27 @@ CREATE TABLE assignment_seq (
 );
 INSERT INTO assignment_seq (one, seq) VALUES (1, 0);
 "#,
+    r#"
+-- Packed sticky assignments: one record per (user, exposure instant) in an
+-- append-only log, not one row per (user, experiment) (see `packed.rs` for
+-- the entries' bytes). `seq` comes from `assignment_seq`, in commit order;
+-- `uid` is the user's number when written (NULL: no profile then).
+CREATE TABLE assignment_log (
+    seq      INTEGER PRIMARY KEY,
+    user_id  TEXT NOT NULL,
+    uid      INTEGER,
+    at       INTEGER NOT NULL,
+    entries  BLOB NOT NULL
+);
+CREATE INDEX assignment_log_user ON assignment_log(user_id);
+INSERT INTO assignment_log (seq, user_id, uid, at, entries)
+    SELECT (SELECT seq FROM assignment_seq) + ROW_NUMBER() OVER (ORDER BY MIN(a.seq), a.user_id, a.assigned_at),
+           a.user_id, MIN(u.uid), a.assigned_at, stratify_pack(a.experiment_id, a.variant, a.bucket_version)
+    FROM assignments a LEFT JOIN users u ON u.user_id = a.user_id
+    GROUP BY a.user_id, a.assigned_at;
+UPDATE assignment_seq SET seq = max(seq, (SELECT COALESCE(MAX(l.seq), 0) FROM assignment_log l));
+DROP TABLE assignments;
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own
@@ -293,7 +314,7 @@ pub fn migrate_live(conn: &mut Connection) -> rusqlite::Result<()> {
     apply(conn, LIVE_MIGRATIONS)
 }
 
-fn apply(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
+pub(crate) fn apply(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in migrations.iter().enumerate().skip(version) {

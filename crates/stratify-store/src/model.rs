@@ -166,6 +166,25 @@ pub struct Exposures {
     pub max_uid: i64,
 }
 
+impl Exposures {
+    /// Only the exposures with `from ≤ assigned_at ≤ to` (their variants'
+    /// names kept), without the read-by-number fields.
+    pub fn within(self, from: Millis, to: Millis) -> Self {
+        let mut out = Exposures {
+            variants: self.variants,
+            ..Exposures::default()
+        };
+        for ((uid, variant), at) in self.uid.into_iter().zip(self.variant).zip(self.assigned_at) {
+            if (from..=to).contains(&at) {
+                out.uid.push(uid);
+                out.variant.push(variant);
+                out.assigned_at.push(at);
+            }
+        }
+        out
+    }
+}
+
 /// Events of one name in `[since, until]`, with one numeric property.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricScan {

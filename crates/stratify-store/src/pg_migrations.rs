@@ -345,6 +345,64 @@ CREATE INDEX assignments_seq ON assignments(experiment_id, bucket_version, seq)
     INCLUDE (variant, assigned_at, user_id);
 CREATE SEQUENCE assignment_seq;
 "#,
+    r#"
+-- Packed sticky assignments: one record per (user, exposure instant) in an
+-- append-only log, not one row per (user, experiment) (see `packed.rs` for
+-- the entries' bytes). `seq` comes from `assignment_seq` under the
+-- assignments lock, so numbers become visible in order; `uid` is the user's
+-- number when written (NULL: no profile then).
+CREATE TABLE assignment_log (
+    seq      BIGINT PRIMARY KEY,
+    user_id  TEXT NOT NULL,
+    uid      BIGINT,
+    at       BIGINT NOT NULL,
+    entries  BYTEA NOT NULL
+);
+CREATE INDEX assignment_log_user ON assignment_log(user_id);
+INSERT INTO assignment_log (seq, user_id, uid, at, entries)
+    SELECT nextval('assignment_seq'), g.user_id, g.uid, g.at, g.entries FROM (
+        SELECT a.user_id, MIN(u.uid) AS uid, a.assigned_at AS at, MIN(a.seq) AS first,
+               string_agg(set_byte('\x00'::bytea, 0, octet_length(a.experiment_id))
+                   || convert_to(a.experiment_id, 'UTF8')
+                   || set_byte('\x00'::bytea, 0, octet_length(a.variant))
+                   || convert_to(a.variant, 'UTF8')
+                   || substring(int8send(a.bucket_version) FROM 5 FOR 4), ''::bytea) AS entries
+        FROM assignments a LEFT JOIN users u ON u.user_id = a.user_id
+        GROUP BY a.user_id, a.assigned_at
+        ORDER BY first, a.user_id, a.assigned_at) g;
+DROP TABLE assignments;
+
+-- Whether packed entries hold an experiment under a bucket version (and a
+-- variant, unless NULL): 1 or 0. The same as `packed::exposed` in Rust.
+CREATE FUNCTION stratify_exposed(entries BYTEA, experiment TEXT, version BIGINT, want TEXT)
+RETURNS INTEGER LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    i INTEGER := 0;
+    n INTEGER := octet_length(entries);
+    el INTEGER;
+    vl INTEGER;
+    e BYTEA;
+    v BYTEA;
+    b BIGINT;
+    x BYTEA := convert_to(experiment, 'UTF8');
+    w BYTEA := convert_to(want, 'UTF8');
+BEGIN
+    WHILE i + 6 <= n LOOP
+        el := get_byte(entries, i);
+        e := substring(entries FROM i + 2 FOR el);
+        i := i + 1 + el;
+        vl := get_byte(entries, i);
+        v := substring(entries FROM i + 2 FOR vl);
+        i := i + 1 + vl;
+        IF i + 4 > n THEN RETURN 0; END IF;
+        b := (get_byte(entries, i)::BIGINT << 24) | (get_byte(entries, i + 1) << 16)
+             | (get_byte(entries, i + 2) << 8) | get_byte(entries, i + 3);
+        i := i + 4;
+        IF e = x AND b = version AND (w IS NULL OR v = w) THEN RETURN 1; END IF;
+    END LOOP;
+    RETURN 0;
+END $$;
+"#,
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {

@@ -18,11 +18,12 @@
 //! sequence order, as the live engine needs.
 
 use crate::model::*;
+use crate::packed;
 use crate::pg_migrations::migrate;
 use crate::rows;
 use crate::shared::{
-    merge_into, merge_target, merged_attributes, properties_object, stays, variant_index,
-    without_nulls, Chunks, ADVANCE_LEASE, HOLD_LEASE,
+    merge_into, merge_target, merged_attributes, properties_object, stays, without_nulls, Chunks,
+    ADVANCE_LEASE, HOLD_LEASE,
 };
 use crate::sql::{self, ConfigWrite};
 use crate::{
@@ -696,18 +697,16 @@ impl EventLog for PgStore {
         if let Some(x) = q.experiment {
             bind(
                 &mut sql,
-                " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                " AND EXISTS (SELECT 1 FROM assignment_log a WHERE a.user_id = u.user_id \
+                 AND a.at <= e.ts AND stratify_exposed(a.entries, ?::text",
                 Box::new(x.experiment_id),
             );
             bind(
                 &mut sql,
-                " AND a.bucket_version = ? AND a.assigned_at <= e.ts",
+                ", ?::bigint",
                 Box::new(i64::from(x.bucket_version)),
             );
-            if let Some(v) = x.variant {
-                bind(&mut sql, " AND a.variant = ?", Box::new(v));
-            }
-            sql.push(')');
+            bind(&mut sql, ", ?::text) = 1)", Box::new(x.variant));
         }
         let order = if q.newest_first {
             " ORDER BY e.seq DESC LIMIT ?"
@@ -1011,11 +1010,8 @@ impl Users for PgStore {
                     .query_one(sql::USER_EVENT_COUNT.postgres(), &[&v])
                     .await?
                     .get::<_, i64>(0) as u64;
-                merge.assignments_moved = tx
-                    .execute(
-                        "UPDATE assignments SET user_id = $2 WHERE user_id = $1",
-                        &[&anonymous, &known],
-                    )
+                merge.assignments_moved = held_assignments(&*tx, anonymous).await?.len() as u64;
+                tx.execute(sql::RENAME_ASSIGNMENTS.postgres(), &[&anonymous, &known])
                     .await?;
                 tx.execute(sql::MOVE_BANNERS.postgres(), &[&anonymous, &known])
                     .await?;
@@ -1028,13 +1024,22 @@ impl Users for PgStore {
                     .execute(sql::DROP_DUPLICATE_EVENTS.postgres(), &[&v, &k])
                     .await?;
                 merge.events_moved = tx.execute(sql::MOVE_EVENTS.postgres(), &[&v, &k]).await?;
-                tx.execute(sql::EARLIER_EXPOSURE.postgres(), &[&anonymous, &known])
-                    .await?;
-                merge.assignments_moved = tx
-                    .execute(sql::MOVE_ASSIGNMENTS.postgres(), &[&anonymous, &known])
-                    .await?;
-                tx.execute(sql::DELETE_USER_ASSIGNMENTS.postgres(), &[&anonymous])
-                    .await?;
+                let visitor = held_assignments(&*tx, anonymous).await?;
+                if !visitor.is_empty() {
+                    let (person, moved) =
+                        packed::merged(visitor, held_assignments(&*tx, known).await?, known);
+                    merge.assignments_moved = moved;
+                    for user in [anonymous, known] {
+                        tx.execute(sql::DELETE_USER_ASSIGNMENTS.postgres(), &[&user])
+                            .await?;
+                    }
+                    let refs: Vec<&AssignmentRecord> = person.iter().collect();
+                    let records = packed::pack(&refs)?
+                        .into_iter()
+                        .map(|(at, entries)| (known, at, entries))
+                        .collect();
+                    append_assignments(&*tx, records).await?;
+                }
                 tx.execute(sql::MOVE_BANNERS.postgres(), &[&anonymous, &known])
                     .await?;
                 tx.execute(sql::DELETE_USER_BANNERS.postgres(), &[&anonymous])
@@ -1639,44 +1644,35 @@ impl Assignments for PgStore {
         if assignments.is_empty() {
             return Ok(());
         }
-        // One row per (user, experiment) per statement: ON CONFLICT cannot
-        // touch a row twice in one command.
-        let mut latest: std::collections::HashMap<(&str, &str), &AssignmentRecord> =
-            Default::default();
-        for a in assignments.iter() {
-            let slot = latest.entry((&a.user_id, &a.experiment_id)).or_insert(a);
-            if a.bucket_version > slot.bucket_version {
-                *slot = a;
-            }
-        }
-        let mut rows: Vec<&AssignmentRecord> = latest.into_values().collect();
-        rows.sort_unstable_by(|a, b| {
-            (&a.user_id, &a.experiment_id).cmp(&(&b.user_id, &b.experiment_id))
-        });
-        let users: Vec<&str> = rows.iter().map(|a| a.user_id.as_str()).collect();
-        let experiments: Vec<&str> = rows.iter().map(|a| a.experiment_id.as_str()).collect();
-        let variants: Vec<&str> = rows.iter().map(|a| a.variant.as_str()).collect();
-        let versions: Vec<i64> = rows.iter().map(|a| i64::from(a.bucket_version)).collect();
-        let at: Vec<i64> = rows.iter().map(|a| a.assigned_at).collect();
+        let groups = packed::by_user(&assignments);
+        let users: Vec<&str> = groups.iter().map(|(u, _)| *u).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Numbers are taken from here to the commit under the lock, so they
-        // become visible in order (see Assignments::exposures_since).
+        // Held from what the users hold to the commit: another node's write
+        // of the same users waits, and numbers become visible in order.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
             .await?;
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO assignments AS a (user_id, experiment_id, variant, bucket_version, assigned_at, seq) \
-                 SELECT u, e, v, b, t, nextval('assignment_seq') \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS r(u, e, v, b, t) \
-                 ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
-                   variant = excluded.variant, bucket_version = excluded.bucket_version, \
-                   assigned_at = excluded.assigned_at, seq = excluded.seq \
-                 WHERE excluded.bucket_version > a.bucket_version",
+        let mut held: std::collections::HashMap<String, Vec<packed::UserRecord>> =
+            std::collections::HashMap::new();
+        for r in tx
+            .query(
+                "SELECT user_id, seq, at, entries FROM assignment_log WHERE user_id = ANY($1) ORDER BY seq",
+                &[&users],
             )
-            .await?;
-        tx.execute(&stmt, &[&users, &experiments, &variants, &versions, &at])
-            .await?;
+            .await?
+        {
+            held.entry(r.get(0))
+                .or_default()
+                .push((r.get(1), r.get(2), r.get(3)));
+        }
+        let mut records = Vec::new();
+        for (user, new) in groups {
+            let hold = packed::fold(user, held.get(user).map_or(&[], Vec::as_slice))?;
+            for (at, entries) in packed::pack(&packed::fresh(&hold, new))? {
+                records.push((user, at, entries));
+            }
+        }
+        append_assignments(&*tx, records).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1704,13 +1700,11 @@ impl Assignments for PgStore {
                 })
             })
             .transpose()?;
-        Ok((
-            assignments
-                .iter()
-                .map(rows::assignment)
-                .collect::<Result<_>>()?,
-            mixture,
-        ))
+        let records: Vec<packed::UserRecord> = assignments
+            .iter()
+            .map(rows::assignment_record)
+            .collect::<Result<_>>()?;
+        Ok((packed::fold(user_id, &records)?, mixture))
     }
 
     async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
@@ -1730,20 +1724,10 @@ impl Assignments for PgStore {
         from: Millis,
         to: Millis,
     ) -> Result<Exposures> {
-        let rows = self
-            .rows(
-                sql::EXPOSURES.postgres(),
-                &[&experiment_id, &i64::from(bucket_version), &from, &to],
-            )
+        let x = self
+            .exposures_since(experiment_id, bucket_version, -1)
             .await?;
-        let mut out = Exposures::default();
-        for r in &rows {
-            let index = variant_index(&mut out.variants, r.get(1));
-            out.uid.push(r.get(0));
-            out.variant.push(index);
-            out.assigned_at.push(r.get(2));
-        }
-        Ok(out)
+        Ok(x.within(from, to))
     }
 
     async fn exposures_since(
@@ -1752,30 +1736,58 @@ impl Assignments for PgStore {
         bucket_version: u32,
         after_seq: i64,
     ) -> Result<Exposures> {
-        let max_uid: i64 = self.rows(sql::MAX_UID.postgres(), &[]).await?[0].get(0);
-        let rows = self
-            .rows(
-                sql::EXPOSURES_SINCE.postgres(),
-                &[&experiment_id, &i64::from(bucket_version), &after_seq],
-            )
+        let client = self.client().await?;
+        let max_uid: i64 = client.query_one(sql::MAX_UID.postgres(), &[]).await?.get(0);
+        let stmt = client
+            .prepare_cached(sql::ASSIGNMENT_LOG.postgres())
             .await?;
-        let mut out = Exposures {
-            through_seq: after_seq,
-            max_uid,
-            ..Exposures::default()
-        };
-        for r in &rows {
-            let index = variant_index(&mut out.variants, r.get(1));
-            if let Some(user) = r.get::<_, Option<String>>(4) {
-                out.no_profile.push((out.uid.len() as u32, user));
-            }
-            out.uid.push(r.get(0));
-            out.variant.push(index);
-            out.assigned_at.push(r.get(2));
-            out.through_seq = out.through_seq.max(r.get(3));
+        let params: [&(dyn ToSql + Sync); 1] = [&after_seq];
+        let stream = client.query_raw(&stmt, params).await?;
+        pin_mut!(stream);
+        let mut read = packed::ExposureReader::new(experiment_id, bucket_version, after_seq);
+        while let Some(r) = stream.try_next().await? {
+            read.record(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))?;
         }
+        let mut out = read.finish();
+        out.max_uid = max_uid;
         Ok(out)
     }
+}
+
+/// A user's assignments, folded from their records (see `packed`).
+async fn held_assignments<C: GenericClient>(c: &C, user_id: &str) -> Result<Vec<AssignmentRecord>> {
+    let records: Vec<packed::UserRecord> = c
+        .query(sql::USER_ASSIGNMENTS.postgres(), &[&user_id])
+        .await?
+        .iter()
+        .map(rows::assignment_record)
+        .collect::<Result<_>>()?;
+    packed::fold(user_id, &records)
+}
+
+/// Appends assignment records (user, at, entries) with the user's number,
+/// under numbers taken with the assignments lock held to the commit (taken
+/// here if the transaction does not hold it yet).
+async fn append_assignments<C: GenericClient>(
+    c: &C,
+    records: Vec<(&str, Millis, Vec<u8>)>,
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
+        .await?;
+    let users: Vec<&str> = records.iter().map(|r| r.0).collect();
+    let at: Vec<i64> = records.iter().map(|r| r.1).collect();
+    let entries: Vec<&[u8]> = records.iter().map(|r| r.2.as_slice()).collect();
+    c.execute(
+        "INSERT INTO assignment_log (seq, user_id, uid, at, entries) \
+         SELECT nextval('assignment_seq'), r.u, (SELECT uid FROM users WHERE user_id = r.u), r.t, r.e \
+         FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS r(u, t, e)",
+        &[&users, &at, &entries],
+    )
+    .await?;
+    Ok(())
 }
 
 #[async_trait]

@@ -189,17 +189,9 @@ pub(crate) fn change(r: &impl Columns) -> Result<ChangeRecord> {
     })
 }
 
-/// `sql::USER_ASSIGNMENTS`
-pub(crate) fn assignment(r: &impl Columns) -> Result<AssignmentRecord> {
-    let version: i64 = r.col(3)?;
-    Ok(AssignmentRecord {
-        user_id: r.col(0)?,
-        experiment_id: r.col(1)?,
-        variant: r.col(2)?,
-        bucket_version: u32::try_from(version)
-            .map_err(|_| StoreError::Corrupt(format!("bucket version {version}")))?,
-        assigned_at: r.col(4)?,
-    })
+/// `sql::USER_ASSIGNMENTS`: one packed record (seq, at, entries).
+pub(crate) fn assignment_record(r: &impl Columns) -> Result<crate::packed::UserRecord> {
+    Ok((r.col(0)?, r.col(1)?, r.col(2)?))
 }
 
 /// `sql::AUDIT_ENTRIES`

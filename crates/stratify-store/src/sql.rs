@@ -137,7 +137,7 @@ statements! {
     /// Erasure: a user's static memberships (uid).
     DELETE_USER_MEMBERSHIPS: Statement = "DELETE FROM segment_members WHERE uid = ?1";
     /// Erasure: a user's sticky assignments (user_id).
-    DELETE_USER_ASSIGNMENTS: Statement = "DELETE FROM assignments WHERE user_id = ?1";
+    DELETE_USER_ASSIGNMENTS: Statement = "DELETE FROM assignment_log WHERE user_id = ?1";
     /// Erasure: a user's banner mixture (user_id).
     DELETE_USER_BANNERS: Statement = "DELETE FROM banner_mixtures WHERE user_id = ?1";
     /// Erasure: a user's membership changes (user_id).
@@ -168,18 +168,9 @@ statements! {
          (SELECT k.dedupe FROM events k WHERE k.uid = ?2 AND k.dedupe IS NOT NULL)";
     /// Merge: the visitor's events become the known user's (visitor uid, known uid).
     MOVE_EVENTS: Statement = "UPDATE events SET uid = ?2 WHERE uid = ?1";
-    /// Merge: where both were exposed under one bucket version the known
-    /// user keeps their variant from the earlier exposure (visitor, known).
-    EARLIER_EXPOSURE: Statement = "UPDATE assignments SET assigned_at = (SELECT a.assigned_at FROM assignments a \
-         WHERE a.user_id = ?1 AND a.experiment_id = assignments.experiment_id \
-         AND a.bucket_version = assignments.bucket_version) WHERE user_id = ?2 AND EXISTS (SELECT 1 FROM assignments a \
-         WHERE a.user_id = ?1 AND a.experiment_id = assignments.experiment_id \
-         AND a.bucket_version = assignments.bucket_version AND a.assigned_at < assignments.assigned_at)";
-    /// Merge: the visitor's variants of experiments the known user was not
-    /// in become theirs (visitor, known).
-    MOVE_ASSIGNMENTS: Statement = "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at) \
-         SELECT ?2, experiment_id, variant, bucket_version, assigned_at FROM assignments WHERE user_id = ?1 \
-         ON CONFLICT (user_id, experiment_id) DO NOTHING";
+    /// Merge into a user not seen before: the visitor's assignment records
+    /// become theirs (visitor, known).
+    RENAME_ASSIGNMENTS: Statement = "UPDATE assignment_log SET user_id = ?2 WHERE user_id = ?1";
     /// Merge: the visitor's banner mixture, if the known user has none (visitor, known).
     MOVE_BANNERS: Statement = "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) \
          SELECT ?2, mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1 \
@@ -264,21 +255,16 @@ statements! {
     CHANGE_BUCKETS: Statement = "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(CASE WHEN entered THEN 1 ELSE 0 \
          END), SUM(CASE WHEN entered THEN 0 ELSE 1 END) FROM changes WHERE segment_id = ?1 \
          GROUP BY b ORDER BY b";
-    /// A user's sticky assignments.
-    USER_ASSIGNMENTS: Statement = "SELECT user_id, experiment_id, variant, bucket_version, assigned_at FROM assignments \
-         WHERE user_id = ?1";
+    /// A user's assignment records in order (see `packed`): (seq, at, entries).
+    USER_ASSIGNMENTS: Statement = "SELECT seq, at, entries FROM assignment_log WHERE user_id = ?1 ORDER BY seq";
     /// A user's banner mixture.
     USER_BANNERS: Statement = "SELECT mixture, assigned_at, expires_at FROM banner_mixtures WHERE user_id = ?1";
-    /// Everyone exposed to an experiment under one bucket version in [from, to].
-    EXPOSURES: Statement = "SELECT u.uid, a.variant, a.assigned_at FROM assignments a LEFT JOIN users u ON \
-         u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND \
-         a.assigned_at >= ?3 AND a.assigned_at <= ?4";
-    /// Everyone exposed under one bucket version whose assignment was
-    /// written after a number (experiment, bucket version, after seq).
-    /// The user id comes back only for a user without a profile.
-    EXPOSURES_SINCE: Statement = "SELECT u.uid, a.variant, a.assigned_at, a.seq, \
-         CASE WHEN u.uid IS NULL THEN a.user_id END FROM assignments a LEFT JOIN users u \
-         ON u.user_id = a.user_id WHERE a.experiment_id = ?1 AND a.bucket_version = ?2 AND a.seq > ?3";
+    /// Assignment records after a number, in no order (after seq): the
+    /// user's number now (written with the record, else looked up), their id
+    /// only when it was not known at writing, the instant and the entries.
+    ASSIGNMENT_LOG: Statement = "SELECT l.seq, COALESCE(l.uid, (SELECT u.uid FROM users u WHERE \
+         u.user_id = l.user_id)), CASE WHEN l.uid IS NULL THEN l.user_id END, l.at, l.entries \
+         FROM assignment_log l WHERE l.seq > ?1";
     /// The largest user number.
     MAX_UID: Statement = "SELECT COALESCE(MAX(uid), 0) FROM users";
     /// Users numbered after one, in number order (after_uid, limit).

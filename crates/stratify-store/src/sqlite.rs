@@ -2,9 +2,10 @@
 
 use crate::migrations::{migrate, migrate_live};
 use crate::model::*;
+use crate::packed;
 use crate::shared::{
-    merge_into, merge_target, merged_attributes, properties_object, stays, variant_index,
-    without_nulls, Chunks, ADVANCE_LEASE, HOLD_LEASE,
+    merge_into, merge_target, merged_attributes, properties_object, stays, without_nulls, Chunks,
+    ADVANCE_LEASE, HOLD_LEASE,
 };
 use crate::writer::{Writer, WriterState, MAX_CACHED_IDS};
 use crate::{rows, sql};
@@ -169,7 +170,69 @@ fn register_functions(conn: &Connection) -> Result<()> {
             })
         },
     )?;
+    // An experiment's event listing: whether packed entries hold (experiment,
+    // bucket version, variant or NULL for any): 1 or 0.
+    conn.create_scalar_function(
+        "stratify_exposed",
+        4,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let blob = ctx.get_raw(0).as_blob_or_null()?.unwrap_or_default();
+            let experiment = ctx.get_raw(1).as_str_or_null()?.unwrap_or_default();
+            let version = ctx.get::<i64>(2)?;
+            let variant = ctx.get_raw(3).as_str_or_null()?;
+            let Ok(version) = u32::try_from(version) else {
+                return Ok(0);
+            };
+            Ok(i64::from(crate::packed::exposed(
+                blob, experiment, version, variant,
+            )))
+        },
+    )?;
+    // The migration to packed assignments: (experiment, variant, bucket
+    // version) rows packed into one blob.
+    conn.create_aggregate_function(
+        "stratify_pack",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        Pack,
+    )?;
     Ok(())
+}
+
+struct Pack;
+
+impl rusqlite::functions::Aggregate<Vec<u8>, Vec<u8>> for Pack {
+    fn init(&self, _: &mut rusqlite::functions::Context<'_>) -> rusqlite::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut Vec<u8>,
+    ) -> rusqlite::Result<()> {
+        let experiment = ctx.get::<String>(0)?;
+        let variant = ctx.get::<String>(1)?;
+        let bucket_version = u32::try_from(ctx.get::<i64>(2)?).unwrap_or(u32::MAX);
+        crate::packed::push(
+            acc,
+            crate::packed::Entry {
+                experiment: &experiment,
+                variant: &variant,
+                bucket_version,
+            },
+        )
+        .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    }
+
+    fn finalize(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+        acc: Option<Vec<u8>>,
+    ) -> rusqlite::Result<Vec<u8>> {
+        Ok(acc.unwrap_or_default())
+    }
 }
 
 fn to_sql(p: &Param) -> rusqlite::types::Value {
@@ -300,6 +363,52 @@ impl WriterState {
             .optional()?)
     }
 
+    /// A user's assignments, folded from their records (see `packed`).
+    fn held_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>> {
+        let records = all(&self.conn, sql::USER_ASSIGNMENTS.sqlite(), [user_id], |r| {
+            rows::assignment_record(r)
+        })?;
+        packed::fold(user_id, &records)
+    }
+
+    /// Appends one user's assignment records (one per instant), numbered
+    /// from `seq` on (the caller stores the last number taken).
+    fn append_assignments(
+        &self,
+        user_id: &str,
+        assignments: &[&AssignmentRecord],
+        seq: &mut i64,
+    ) -> Result<()> {
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        let uid = self.uid_of(user_id)?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO assignment_log (seq, user_id, uid, at, entries) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (at, entries) in packed::pack(assignments)? {
+            *seq += 1;
+            insert.execute(params![*seq, user_id, uid, at, entries])?;
+        }
+        Ok(())
+    }
+
+    /// The last assignment number taken. One writer: numbers taken in its
+    /// transaction are committed in order.
+    fn assignment_seq(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq FROM assignment_seq WHERE one = 1")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    fn set_assignment_seq(&self, seq: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE assignment_seq SET seq = ?1 WHERE one = 1")?
+            .execute([seq])?;
+        Ok(())
+    }
+
     fn uid_of(&self, user_id: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
@@ -346,10 +455,8 @@ impl WriterState {
                     self.conn
                         .prepare_cached(sql::USER_EVENT_COUNT.sqlite())?
                         .query_row([v], |r| r.get::<_, i64>(0))? as u64;
-                merge.assignments_moved = self
-                    .conn
-                    .prepare_cached("UPDATE assignments SET user_id = ?2 WHERE user_id = ?1")?
-                    .execute([anonymous, known])? as u64;
+                merge.assignments_moved = self.held_assignments(anonymous)?.len() as u64;
+                exec(self, &sql::RENAME_ASSIGNMENTS, &[&anonymous, &known])?;
                 exec(self, &sql::MOVE_BANNERS, &[&anonymous, &known])?;
                 exec(self, &sql::DELETE_USER_BANNERS, &[&anonymous])?;
             }
@@ -357,10 +464,18 @@ impl WriterState {
                 merge.known_uid = k;
                 merge.duplicates_dropped = exec(self, &sql::DROP_DUPLICATE_EVENTS, &[&v, &k])?;
                 merge.events_moved = exec(self, &sql::MOVE_EVENTS, &[&v, &k])?;
-                exec(self, &sql::EARLIER_EXPOSURE, &[&anonymous, &known])?;
-                merge.assignments_moved =
-                    exec(self, &sql::MOVE_ASSIGNMENTS, &[&anonymous, &known])?;
-                exec(self, &sql::DELETE_USER_ASSIGNMENTS, &[&anonymous])?;
+                let visitor = self.held_assignments(anonymous)?;
+                if !visitor.is_empty() {
+                    let (person, moved) =
+                        packed::merged(visitor, self.held_assignments(known)?, known);
+                    merge.assignments_moved = moved;
+                    exec(self, &sql::DELETE_USER_ASSIGNMENTS, &[&anonymous])?;
+                    exec(self, &sql::DELETE_USER_ASSIGNMENTS, &[&known])?;
+                    let mut seq = self.assignment_seq()?;
+                    let refs: Vec<&AssignmentRecord> = person.iter().collect();
+                    self.append_assignments(known, &refs, &mut seq)?;
+                    self.set_assignment_seq(seq)?;
+                }
                 exec(self, &sql::MOVE_BANNERS, &[&anonymous, &known])?;
                 exec(self, &sql::DELETE_USER_BANNERS, &[&anonymous])?;
                 exec(self, &sql::MOVE_MEMBERS, &[&v, &k])?;
@@ -665,22 +780,29 @@ impl EventLog for SqliteStore {
                 bind(&mut sql, " AND e.ts < ?", t.into());
             }
             if let Some(a) = q.after_seq {
-                let clause = if q.newest_first { " AND e.seq < ?" } else { " AND e.seq > ?" };
+                let clause = if q.newest_first {
+                    " AND e.seq < ?"
+                } else {
+                    " AND e.seq > ?"
+                };
                 bind(&mut sql, clause, a.into());
             }
             if let Some(x) = q.experiment {
                 bind(
                     &mut sql,
-                    " AND EXISTS (SELECT 1 FROM assignments a WHERE a.user_id = u.user_id AND a.experiment_id = ?",
+                    " AND EXISTS (SELECT 1 FROM assignment_log a WHERE a.user_id = u.user_id \
+                     AND a.at <= e.ts AND stratify_exposed(a.entries, ?",
                     x.experiment_id.into(),
                 );
-                bind(&mut sql, " AND a.bucket_version = ? AND a.assigned_at <= e.ts", i64::from(x.bucket_version).into());
-                if let Some(v) = x.variant {
-                    bind(&mut sql, " AND a.variant = ?", v.into());
-                }
-                sql.push(')');
+                bind(&mut sql, ", ?", i64::from(x.bucket_version).into());
+                let variant = x.variant.map_or(rusqlite::types::Value::Null, Into::into);
+                bind(&mut sql, ", ?) = 1)", variant);
             }
-            let order = if q.newest_first { " ORDER BY e.seq DESC LIMIT ?" } else { " ORDER BY e.seq LIMIT ?" };
+            let order = if q.newest_first {
+                " ORDER BY e.seq DESC LIMIT ?"
+            } else {
+                " ORDER BY e.seq LIMIT ?"
+            };
             bind(&mut sql, order, i64::from(q.limit).into());
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), event_row)?;
@@ -1555,34 +1677,12 @@ impl Assignments for SqliteStore {
         }
         self.writer
             .write(move |w| {
-                // One writer: numbers taken here are committed in order.
-                let mut seq: i64 = w
-                    .conn
-                    .prepare_cached("SELECT seq FROM assignment_seq WHERE one = 1")?
-                    .query_row([], |r| r.get(0))?;
-                let mut stmt = w.conn.prepare_cached(
-                    "INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at, seq) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (user_id, experiment_id) DO UPDATE SET \
-                       variant = excluded.variant, bucket_version = excluded.bucket_version, \
-                       assigned_at = excluded.assigned_at, seq = excluded.seq \
-                     WHERE excluded.bucket_version > assignments.bucket_version",
-                )?;
-                for a in assignments.iter() {
-                    seq += 1;
-                    stmt.execute(params![
-                        a.user_id,
-                        a.experiment_id,
-                        a.variant,
-                        a.bucket_version,
-                        a.assigned_at,
-                        seq
-                    ])?;
+                let mut seq = w.assignment_seq()?;
+                for (user, new) in packed::by_user(&assignments) {
+                    let held = w.held_assignments(user)?;
+                    w.append_assignments(user, &packed::fresh(&held, new), &mut seq)?;
                 }
-                w.conn
-                    .prepare_cached("UPDATE assignment_seq SET seq = ?1 WHERE one = 1")?
-                    .execute([seq])?;
-                Ok(())
+                w.set_assignment_seq(seq)
             })
             .await
     }
@@ -1593,9 +1693,10 @@ impl Assignments for SqliteStore {
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
-            let assignments = all(c, sql::USER_ASSIGNMENTS.sqlite(), [&user_id], |r| {
-                rows::assignment(r)
+            let records = all(c, sql::USER_ASSIGNMENTS.sqlite(), [&user_id], |r| {
+                rows::assignment_record(r)
             })?;
+            let assignments = packed::fold(&user_id, &records)?;
             let row = c
                 .prepare_cached(sql::USER_BANNERS.sqlite())?
                 .query_row([&user_id], |r| {
@@ -1628,21 +1729,10 @@ impl Assignments for SqliteStore {
         from: Millis,
         to: Millis,
     ) -> Result<Exposures> {
-        let experiment_id = experiment_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(sql::EXPOSURES.sqlite())?;
-            let mut rows = stmt.query(params![experiment_id, bucket_version, from, to])?;
-            let mut out = Exposures::default();
-            while let Some(row) = rows.next()? {
-                let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                let index = variant_index(&mut out.variants, name);
-                out.uid.push(row.get(0)?);
-                out.variant.push(index);
-                out.assigned_at.push(row.get(2)?);
-            }
-            Ok(out)
-        })
-        .await
+        let x = self
+            .exposures_since(experiment_id, bucket_version, -1)
+            .await?;
+        Ok(x.within(from, to))
     }
 
     async fn exposures_since(
@@ -1658,24 +1748,19 @@ impl Assignments for SqliteStore {
             let max_uid: i64 = c
                 .prepare_cached(sql::MAX_UID.sqlite())?
                 .query_row([], |r| r.get(0))?;
-            let mut stmt = c.prepare_cached(sql::EXPOSURES_SINCE.sqlite())?;
-            let mut rows = stmt.query(params![experiment_id, bucket_version, after_seq])?;
-            let mut out = Exposures {
-                through_seq: after_seq,
-                max_uid,
-                ..Exposures::default()
-            };
+            let mut stmt = c.prepare_cached(sql::ASSIGNMENT_LOG.sqlite())?;
+            let mut rows = stmt.query([after_seq])?;
+            let mut read = packed::ExposureReader::new(&experiment_id, bucket_version, after_seq);
             while let Some(row) = rows.next()? {
-                let name = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                let index = variant_index(&mut out.variants, name);
-                if let Some(user) = row.get::<_, Option<String>>(4)? {
-                    out.no_profile.push((out.uid.len() as u32, user));
-                }
-                out.uid.push(row.get(0)?);
-                out.variant.push(index);
-                out.assigned_at.push(row.get(2)?);
-                out.through_seq = out.through_seq.max(row.get(3)?);
+                let user = row
+                    .get_ref(2)?
+                    .as_str_or_null()
+                    .map_err(rusqlite::Error::from)?;
+                let blob = row.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?;
+                read.record(row.get(0)?, row.get(1)?, user, row.get(3)?, blob)?;
             }
+            let mut out = read.finish();
+            out.max_uid = max_uid;
             Ok(out)
         })
         .await
@@ -2010,5 +2095,68 @@ impl DashboardSessions for SqliteStore {
                 Ok(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::{apply, MIGRATIONS};
+
+    /// A store written before assignments were packed opens with every
+    /// assignment in the log, readable as before, and numbers go on after.
+    #[tokio::test]
+    async fn assignments_stored_a_row_each_are_packed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+            configure(&conn).expect("configure");
+            apply(&mut conn, &MIGRATIONS[..MIGRATIONS.len() - 1]).expect("old schema");
+            conn.execute_batch(
+                "INSERT INTO users (uid, user_id, created_at, updated_at) VALUES (7, 'u1', 0, 0);
+                 INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at, seq) VALUES
+                   ('u1', 'x', 'a', 1, 100, 5), ('u1', 'y', 'b', 2, 100, 6), ('u1', 'z', 'c', 1, 150, 8),
+                   ('anon', 'x', 'b', 1, 200, 7);
+                 UPDATE assignment_seq SET seq = 8;",
+            )
+            .expect("old rows");
+        }
+        let store = SqliteStore::open(dir.path()).expect("migrate");
+        let a = |user: &str, exp: &str, variant: &str, version: u32, at: Millis| AssignmentRecord {
+            user_id: user.into(),
+            experiment_id: exp.into(),
+            variant: variant.into(),
+            bucket_version: version,
+            assigned_at: at,
+        };
+        let (u1, _) = store.serving_state("u1").await.expect("u1");
+        assert_eq!(
+            u1,
+            vec![
+                a("u1", "x", "a", 1, 100),
+                a("u1", "y", "b", 2, 100),
+                a("u1", "z", "c", 1, 150)
+            ]
+        );
+        let x = store.exposures_since("x", 1, -1).await.expect("x");
+        assert_eq!(x.uid.len(), 2);
+        assert!(x.uid.contains(&Some(7)));
+        assert_eq!(x.no_profile.len(), 1);
+        assert_eq!(x.no_profile[0].1, "anon");
+        assert!(
+            x.through_seq > 8,
+            "numbers follow the old ones: {}",
+            x.through_seq
+        );
+        store
+            .save_assignments(Arc::new(vec![a("u2", "x", "b", 1, 300)]))
+            .await
+            .expect("save");
+        let next = store
+            .exposures_since("x", 1, x.through_seq)
+            .await
+            .expect("next");
+        assert_eq!(next.assigned_at, vec![300]);
+        store.close();
     }
 }

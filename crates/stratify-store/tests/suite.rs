@@ -268,6 +268,59 @@ async fn event_queries_filter_and_page_by_sequence() {
 }
 
 #[tokio::test]
+async fn an_experiment_s_events_are_its_users_from_their_exposure_on() {
+    with_backends(|s| async move {
+        s.append_events(batch(vec![
+            event(json!({"user_id": "u1", "name": "A", "timestamp": 1000})),
+            event(json!({"user_id": "u1", "name": "A", "timestamp": 3000})),
+            event(json!({"user_id": "u2", "name": "A", "timestamp": 4000})),
+            event(json!({"user_id": "u3", "name": "A", "timestamp": 5000})),
+        ]))
+        .await
+        .expect("append");
+        let exposed = |user: &str, exp: &str, variant: &str, version: u32, at: i64| AssignmentRecord {
+            user_id: user.into(),
+            experiment_id: exp.into(),
+            variant: variant.into(),
+            bucket_version: version,
+            assigned_at: at,
+        };
+        s.save_assignments(std::sync::Arc::new(vec![
+            exposed("u1", "other", "a", 1, 0),
+            exposed("u1", "x", "a", 1, 2000),
+            exposed("u2", "x", "b", 1, 2000),
+            exposed("u3", "x", "b", 2, 2000),
+        ]))
+        .await
+        .expect("assign");
+        let s = &*s;
+        let times = |experiment: &'static str, version: u32, variant: Option<&'static str>| async move {
+            let filter = ExperimentFilter {
+                experiment_id: experiment.into(),
+                bucket_version: version,
+                variant: variant.map(Into::into),
+            };
+            let mut ts: Vec<i64> = s
+                .query_events(EventQuery { experiment: Some(filter), limit: 100, ..Default::default() })
+                .await
+                .expect("query")
+                .iter()
+                .map(|e| e.timestamp)
+                .collect();
+            ts.sort_unstable();
+            ts
+        };
+        assert_eq!(times("x", 1, None).await, [3000, 4000], "from the exposure on, one bucket version");
+        assert_eq!(times("x", 1, Some("b")).await, [4000]);
+        assert_eq!(times("x", 2, Some("b")).await, [5000]);
+        assert_eq!(times("x", 3, None).await, Vec::<i64>::new());
+        assert_eq!(times("other", 1, Some("a")).await, [1000, 3000]);
+        assert_eq!(times("nope", 1, None).await, Vec::<i64>::new());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn user_events_come_oldest_first_up_to_an_instant() {
     with_backends(|s| async move {
         s.append_events(batch(vec![
