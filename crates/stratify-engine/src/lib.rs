@@ -201,7 +201,10 @@ impl Engine {
             population,
             live,
             freshness,
-            serving: Arc::new(experiments::assign::Serving::start(store_for_serving)),
+            serving: Arc::new(experiments::assign::Serving::start(
+                store_for_serving,
+                config.cluster_node.is_none(),
+            )),
             results_columns: columns,
             results_tallies: results::Tallies::default(),
             aliases,

@@ -337,20 +337,36 @@ pub trait ChangeLog: Send + Sync {
 /// Sticky experiment assignments, banner mixtures and exposures.
 #[async_trait]
 pub trait Assignments: Send + Sync {
-    /// Saves sticky assignments: a row is inserted, or replaced only by one
-    /// with a higher bucket version (re-randomisation); never moved back.
+    /// What serving writes behind, in one commit: sticky assignments (one
+    /// is added, or replaces one only with a higher bucket version; never
+    /// moved back) and banner mixtures (the last of a user's wins).
+    async fn save_serving(
+        &self,
+        assignments: std::sync::Arc<Vec<AssignmentRecord>>,
+        mixtures: std::sync::Arc<Vec<BannerMixtureRecord>>,
+    ) -> Result<()>;
+
+    /// Sends `sink` the id of every user with stored serving state (an
+    /// assignment record or a banner mixture); an id may come more than once.
+    async fn served_user_ids(&self, sink: IdSink) -> Result<()>;
+
     async fn save_assignments(
         &self,
         assignments: std::sync::Arc<Vec<AssignmentRecord>>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.save_serving(assignments, Default::default()).await
+    }
+
+    async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()> {
+        self.save_serving(Default::default(), std::sync::Arc::new(vec![mixture]))
+            .await
+    }
 
     /// A user's stored assignments and banner mixture, in one read.
     async fn serving_state(
         &self,
         user_id: &str,
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)>;
-
-    async fn save_banner_mixture(&self, mixture: BannerMixtureRecord) -> Result<()>;
 
     /// Everyone exposed under one bucket version with `from ≤ assigned_at ≤ to`.
     async fn experiment_exposures(

@@ -217,6 +217,9 @@ pub struct MetricEvent {
 /// Receives a metric scan in chunks, possibly from several threads at once.
 pub type MetricSink = std::sync::Arc<dyn Fn(&[MetricEvent]) + Send + Sync>;
 
+/// Receives user ids one at a time (a scan that would not fit a `Vec`).
+pub type IdSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredEvent {
     pub seq: i64,

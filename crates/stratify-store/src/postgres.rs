@@ -1640,8 +1640,12 @@ impl ChangeLog for PgStore {
 
 #[async_trait]
 impl Assignments for PgStore {
-    async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
-        if assignments.is_empty() {
+    async fn save_serving(
+        &self,
+        assignments: Arc<Vec<AssignmentRecord>>,
+        mixtures: Arc<Vec<BannerMixtureRecord>>,
+    ) -> Result<()> {
+        if assignments.is_empty() && mixtures.is_empty() {
             return Ok(());
         }
         let groups = packed::by_user(&assignments);
@@ -1650,8 +1654,10 @@ impl Assignments for PgStore {
         let tx = client.transaction().await?;
         // Held from what the users hold to the commit: another node's write
         // of the same users waits, and numbers become visible in order.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
-            .await?;
+        if !assignments.is_empty() {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
+                .await?;
+        }
         let mut held: std::collections::HashMap<String, Vec<packed::UserRecord>> =
             std::collections::HashMap::new();
         for r in tx
@@ -1673,7 +1679,45 @@ impl Assignments for PgStore {
             }
         }
         append_assignments(&*tx, records).await?;
+        // One row per user per statement (ON CONFLICT touches a row once):
+        // the last mixture of a user wins.
+        let mut last: std::collections::HashMap<&str, &BannerMixtureRecord> = Default::default();
+        for m in mixtures.iter() {
+            last.insert(&m.user_id, m);
+        }
+        if !last.is_empty() {
+            let users: Vec<&str> = last.keys().copied().collect();
+            let json = last
+                .values()
+                .map(|m| serde_json::to_string(&m.mixture))
+                .collect::<std::result::Result<Vec<String>, _>>()?;
+            let at: Vec<i64> = last.values().map(|m| m.assigned_at).collect();
+            let expires: Vec<i64> = last.values().map(|m| m.expires_at).collect();
+            tx.execute(
+                "INSERT INTO banner_mixtures (user_id, mixture, assigned_at, expires_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT (user_id) DO UPDATE SET mixture = excluded.mixture, \
+                   assigned_at = excluded.assigned_at, expires_at = excluded.expires_at",
+                &[&users, &json, &at, &expires],
+            )
+            .await?;
+        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn served_user_ids(&self, sink: IdSink) -> Result<()> {
+        let client = self.client().await?;
+        for statement in [&sql::ASSIGNED_USERS, &sql::MIXTURE_USERS] {
+            let stmt = client.prepare_cached(statement.postgres()).await?;
+            let stream = client
+                .query_raw(&stmt, std::iter::empty::<&(dyn ToSql + Sync)>())
+                .await?;
+            pin_mut!(stream);
+            while let Some(r) = stream.try_next().await? {
+                sink(r.get(0));
+            }
+        }
         Ok(())
     }
 
@@ -1705,16 +1749,6 @@ impl Assignments for PgStore {
             .map(rows::assignment_record)
             .collect::<Result<_>>()?;
         Ok((packed::fold(user_id, &records)?, mixture))
-    }
-
-    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
-        let mixture = serde_json::to_string(&m.mixture)?;
-        self.execute(
-            sql::UPSERT_BANNERS.postgres(),
-            &[&m.user_id, &mixture, &m.assigned_at, &m.expires_at],
-        )
-        .await?;
-        Ok(())
     }
 
     async fn experiment_exposures(

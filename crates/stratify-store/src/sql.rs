@@ -265,6 +265,10 @@ statements! {
     ASSIGNMENT_LOG: Statement = "SELECT l.seq, COALESCE(l.uid, (SELECT u.uid FROM users u WHERE \
          u.user_id = l.user_id)), CASE WHEN l.uid IS NULL THEN l.user_id END, l.at, l.entries \
          FROM assignment_log l WHERE l.seq > ?1";
+    /// Every user with an assignment record (once per record).
+    ASSIGNED_USERS: Statement = "SELECT user_id FROM assignment_log";
+    /// Every user with a banner mixture.
+    MIXTURE_USERS: Statement = "SELECT user_id FROM banner_mixtures";
     /// The largest user number.
     MAX_UID: Statement = "SELECT COALESCE(MAX(uid), 0) FROM users";
     /// Users numbered after one, in number order (after_uid, limit).

@@ -1671,20 +1671,49 @@ impl ChangeLog for SqliteStore {
 
 #[async_trait]
 impl Assignments for SqliteStore {
-    async fn save_assignments(&self, assignments: Arc<Vec<AssignmentRecord>>) -> Result<()> {
-        if assignments.is_empty() {
+    async fn save_serving(
+        &self,
+        assignments: Arc<Vec<AssignmentRecord>>,
+        mixtures: Arc<Vec<BannerMixtureRecord>>,
+    ) -> Result<()> {
+        if assignments.is_empty() && mixtures.is_empty() {
             return Ok(());
         }
+        let mixture_json = mixtures
+            .iter()
+            .map(|m| serde_json::to_string(&m.mixture))
+            .collect::<std::result::Result<Vec<String>, _>>()?;
         self.writer
             .write(move |w| {
-                let mut seq = w.assignment_seq()?;
-                for (user, new) in packed::by_user(&assignments) {
-                    let held = w.held_assignments(user)?;
-                    w.append_assignments(user, &packed::fresh(&held, new), &mut seq)?;
+                if !assignments.is_empty() {
+                    let mut seq = w.assignment_seq()?;
+                    for (user, new) in packed::by_user(&assignments) {
+                        let held = w.held_assignments(user)?;
+                        w.append_assignments(user, &packed::fresh(&held, new), &mut seq)?;
+                    }
+                    w.set_assignment_seq(seq)?;
                 }
-                w.set_assignment_seq(seq)
+                let mut upsert = w.conn.prepare_cached(sql::UPSERT_BANNERS.sqlite())?;
+                for (m, json) in mixtures.iter().zip(&mixture_json) {
+                    upsert.execute(params![m.user_id, json, m.assigned_at, m.expires_at])?;
+                }
+                Ok(())
             })
             .await
+    }
+
+    async fn served_user_ids(&self, sink: IdSink) -> Result<()> {
+        self.read(move |c| {
+            for statement in [&sql::ASSIGNED_USERS, &sql::MIXTURE_USERS] {
+                let mut stmt = c.prepare_cached(statement.sqlite())?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    sink(row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?);
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn serving_state(
@@ -1764,18 +1793,6 @@ impl Assignments for SqliteStore {
             Ok(out)
         })
         .await
-    }
-
-    async fn save_banner_mixture(&self, m: BannerMixtureRecord) -> Result<()> {
-        let mixture = serde_json::to_string(&m.mixture)?;
-        self.writer
-            .write(move |w| {
-                w.conn
-                    .prepare_cached(sql::UPSERT_BANNERS.sqlite())?
-                    .execute(params![m.user_id, mixture, m.assigned_at, m.expires_at])?;
-                Ok(())
-            })
-            .await
     }
 }
 

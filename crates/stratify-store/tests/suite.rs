@@ -843,8 +843,35 @@ async fn assignments_stick_until_a_higher_bucket_version_replaces_them() {
                 .map(|m| m.mixture),
             Some(json!({"banners": [1, 2, 3]}))
         );
+        s.save_banner_mixture(BannerMixtureRecord {
+            user_id: "u9".into(),
+            mixture: json!({"banners": [4]}),
+            assigned_at: NOW,
+            expires_at: NOW + 1,
+        })
+        .await
+        .expect("mixture only");
+        let served = || async {
+            let ids = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let sink = ids.clone();
+            s.served_user_ids(std::sync::Arc::new(move |id: &str| {
+                sink.lock().push(id.to_owned())
+            }))
+            .await
+            .expect("served");
+            let mut ids = ids.lock().clone();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        assert_eq!(
+            served().await,
+            ["u1", "u2", "u9"],
+            "users with assignments or a mixture"
+        );
         assert!(s.delete_user(&uid("u2"), NOW).await.expect("delete"));
         assert_eq!(s.serving_state("u2").await.expect("read"), (vec![], None));
+        assert_eq!(served().await, ["u1", "u9"]);
     })
     .await;
 }

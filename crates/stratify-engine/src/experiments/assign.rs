@@ -71,9 +71,9 @@ pub struct Serving {
 }
 
 impl Serving {
-    pub(crate) fn start(store: Arc<dyn stratify_store::Store>) -> Self {
+    pub(crate) fn start(store: Arc<dyn stratify_store::Store>, sole_writer: bool) -> Self {
         Self {
-            sticky: Sticky::start(store),
+            sticky: Sticky::start(store, sole_writer),
             cache: Cache::default(),
             options: Options::default(),
         }
@@ -299,8 +299,12 @@ impl ServingService {
     }
 
     async fn user_state(&self, user: &str) -> Result<UserState, EngineError> {
-        if let Some(s) = self.views.serving.sticky.get(user) {
+        let sticky = &self.views.serving.sticky;
+        if let Some(s) = sticky.get(user) {
             return Ok(s);
+        }
+        if !sticky.may_be_stored(user) {
+            return Ok(sticky.insert_loaded(user, UserState::default()));
         }
         let (rows, mixture) = self.store.serving_state(user).await?;
         let stuck = rows

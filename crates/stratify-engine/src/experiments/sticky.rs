@@ -6,20 +6,24 @@
 //! later request) at once, and reaches the store within one group commit. A
 //! crash in between loses only assignments that the same hash gives again,
 //! unless the experiment's allocation changed in those milliseconds.
+//! Assignments and mixtures are saved together, one store commit per batch.
+//!
+//! On a single node, a filter of the users with stored state ([`Stored`])
+//! spares a never-served user's first serving its store read.
 
 use super::banners::Mixture;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_store::{AssignmentRecord, Assignments, BannerMixtureRecord};
 use tokio::sync::{mpsc, oneshot};
 
 const SHARDS: usize = 64;
-/// Most rows per store commit.
+/// Most assignments and mixtures per store commit.
 const MAX_BATCH: usize = 8192;
-/// Rows waiting for the store before new servings wait (back-pressure: a
+/// Writes waiting for the store before new servings wait (back-pressure: a
 /// burst of first servings slows down instead of growing the queue).
 const MAX_QUEUED: usize = 200_000;
 
@@ -51,18 +55,42 @@ pub struct Sticky {
     tx: mpsc::UnboundedSender<Write>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     queued: Arc<AtomicUsize>,
+    /// Who may have serving state in the store; `None` when other nodes
+    /// write it too (then every first serving reads the store).
+    stored: Option<Arc<Stored>>,
 }
 
 impl Sticky {
-    pub fn start(store: Arc<dyn Assignments>) -> Self {
+    /// `sole_writer`: no other process writes assignments to this store, so
+    /// a user this process never wrote for and the store did not hold at
+    /// start has nothing stored.
+    pub fn start(store: Arc<dyn Assignments>, sole_writer: bool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let stored = sole_writer.then(|| {
+            let stored = Arc::new(Stored::new());
+            tokio::spawn(Stored::load(stored.clone(), store.clone()));
+            stored
+        });
         let flusher = tokio::spawn(flush(store, rx, queued.clone()));
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             tx,
             flusher: Mutex::new(Some(flusher)),
             queued,
+            stored,
+        }
+    }
+
+    /// Whether the store may hold state for `user` (false: it holds none,
+    /// and a first serving need not read it).
+    pub fn may_be_stored(&self, user: &str) -> bool {
+        self.stored.as_ref().is_none_or(|s| s.may_hold(user))
+    }
+
+    fn stored_now(&self, user: &str) {
+        if let Some(s) = &self.stored {
+            s.add(user);
         }
     }
 
@@ -109,6 +137,7 @@ impl Sticky {
             state.stuck.push(stuck);
         }
         drop(shard);
+        self.stored_now(user);
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(Write::Assignment(record));
         stuck
@@ -120,10 +149,15 @@ impl Sticky {
             .entry(Box::from(user))
             .or_default()
             .mixture = Some(mixture);
+        self.stored_now(user);
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(Write::Mixture(record));
     }
 
+    /// Drops what is held for `user` (merged or erased): the next serving
+    /// reads the store, which a merge may have given them state in.
     pub fn forget(&self, user: &str) {
+        self.stored_now(user);
         self.shard(user).write().remove(user);
     }
 
@@ -161,29 +195,105 @@ async fn flush(
                 Write::Mixture(m) => mixtures.push(m),
                 Write::Flush(done) => flushed.push(done),
             }
-            next = if assignments.len() < MAX_BATCH {
+            next = if assignments.len() + mixtures.len() < MAX_BATCH {
                 rx.try_recv().ok()
             } else {
                 None
             };
         }
-        let saved = assignments.len();
+        let saved = assignments.len() + mixtures.len();
         let assignments = Arc::new(assignments);
+        let mixtures = Arc::new(mixtures);
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = store.save_assignments(assignments.clone()).await {
+        while let Err(e) = store
+            .save_serving(assignments.clone(), mixtures.clone())
+            .await
+        {
             tracing::error!(error = %e, "cannot save assignments; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         queued.fetch_sub(saved, Ordering::AcqRel);
-        for m in mixtures {
-            if let Err(e) = store.save_banner_mixture(m).await {
-                // A lost mixture is drawn again: logged, not retried.
-                tracing::error!(error = %e, "cannot save a banner mixture");
-            }
-        }
         for done in flushed {
             let _ = done.send(());
         }
+    }
+}
+
+/// A Bloom filter of the users with serving state in the store: filled from
+/// the store at start, then by every write. Until the fill ends, anyone may
+/// have state. A false "maybe" only costs a store read.
+pub struct Stored {
+    bits: Box<[AtomicU64]>,
+    ready: AtomicBool,
+}
+
+/// 2^25 bits (4 MiB): under 0.1% false "maybe" at a million users, about
+/// 1% at three million.
+const STORED_BITS: u32 = 25;
+const STORED_HASHES: u64 = 3;
+
+impl Stored {
+    fn new() -> Self {
+        Self {
+            bits: (0..1usize << (STORED_BITS - 6))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    async fn load(this: Arc<Self>, store: Arc<dyn Assignments>) {
+        let sink = this.clone();
+        match store
+            .served_user_ids(Arc::new(move |user: &str| sink.add(user)))
+            .await
+        {
+            Ok(()) => this.ready.store(true, Ordering::Release),
+            // Not ready: every first serving keeps reading the store.
+            Err(e) => tracing::warn!(error = %e, "users with serving state not read"),
+        }
+    }
+
+    fn positions(user: &str) -> impl Iterator<Item = usize> {
+        let h = crate::shard::user_hash(user);
+        let (a, b) = (h, (h >> 32 | h << 32) | 1);
+        (0..STORED_HASHES)
+            .map(move |i| (a.wrapping_add(i.wrapping_mul(b)) >> (64 - STORED_BITS)) as usize)
+    }
+
+    fn add(&self, user: &str) {
+        for p in Self::positions(user) {
+            self.bits[p / 64].fetch_or(1 << (p % 64), Ordering::AcqRel);
+        }
+    }
+
+    fn may_hold(&self, user: &str) -> bool {
+        !self.ready.load(Ordering::Acquire)
+            || Self::positions(user)
+                .all(|p| self.bits[p / 64].load(Ordering::Acquire) & (1 << (p % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_never_misses_a_user_added_and_rarely_says_maybe_otherwise() {
+        let s = Stored::new();
+        for i in 0..100_000 {
+            s.add(&format!("user-{i}"));
+        }
+        assert!(
+            s.may_hold("stranger"),
+            "anyone may hold state until the fill ends"
+        );
+        s.ready.store(true, Ordering::Release);
+        assert!((0..100_000).all(|i| s.may_hold(&format!("user-{i}"))));
+        let maybes = (0..100_000)
+            .filter(|i| s.may_hold(&format!("other-{i}")))
+            .count();
+        assert!(maybes < 100, "{maybes} false maybes in 100 000");
     }
 }
