@@ -257,7 +257,7 @@ impl Stored {
 
     fn positions(user: &str) -> impl Iterator<Item = usize> {
         let h = crate::shard::user_hash(user);
-        let (a, b) = (h, (h >> 32 | h << 32) | 1);
+        let (a, b) = (h, h.rotate_left(32) | 1);
         (0..STORED_HASHES)
             .map(move |i| (a.wrapping_add(i.wrapping_mul(b)) >> (64 - STORED_BITS)) as usize)
     }
