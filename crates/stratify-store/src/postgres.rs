@@ -1024,6 +1024,7 @@ impl Users for PgStore {
                     .execute(sql::DROP_DUPLICATE_EVENTS.postgres(), &[&v, &k])
                     .await?;
                 merge.events_moved = tx.execute(sql::MOVE_EVENTS.postgres(), &[&v, &k]).await?;
+                lock_assignments(&*tx).await?;
                 let visitor = held_assignments(&*tx, anonymous).await?;
                 if !visitor.is_empty() {
                     let (person, moved) =
@@ -1648,37 +1649,34 @@ impl Assignments for PgStore {
         if assignments.is_empty() && mixtures.is_empty() {
             return Ok(());
         }
-        let groups = packed::by_user(&assignments);
-        let users: Vec<&str> = groups.iter().map(|(u, _)| *u).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Held from what the users hold to the commit: another node's write
-        // of the same users waits, and numbers become visible in order.
         if !assignments.is_empty() {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
-                .await?;
-        }
-        let mut held: std::collections::HashMap<String, Vec<packed::UserRecord>> =
-            std::collections::HashMap::new();
-        for r in tx
-            .query(
-                "SELECT user_id, seq, at, entries FROM assignment_log WHERE user_id = ANY($1) ORDER BY seq",
-                &[&users],
-            )
-            .await?
-        {
-            held.entry(r.get(0))
-                .or_default()
-                .push((r.get(1), r.get(2), r.get(3)));
-        }
-        let mut records = Vec::new();
-        for (user, new) in groups {
-            let hold = packed::fold(user, held.get(user).map_or(&[], Vec::as_slice))?;
-            for (at, entries) in packed::pack(&packed::fresh(&hold, new))? {
-                records.push((user, at, entries));
+            let groups = packed::by_user(&assignments);
+            let users: Vec<&str> = groups.iter().map(|(u, _)| *u).collect();
+            lock_assignments(&*tx).await?;
+            let mut held: std::collections::HashMap<String, Vec<packed::UserRecord>> =
+                std::collections::HashMap::new();
+            for r in tx
+                .query(
+                    "SELECT user_id, seq, at, entries FROM assignment_log WHERE user_id = ANY($1) ORDER BY seq",
+                    &[&users],
+                )
+                .await?
+            {
+                held.entry(r.get(0))
+                    .or_default()
+                    .push((r.get(1), r.get(2), r.get(3)));
             }
+            let mut records = Vec::new();
+            for (user, new) in groups {
+                let hold = packed::fold(user, held.get(user).map_or(&[], Vec::as_slice))?;
+                for (at, entries) in packed::pack(&packed::fresh(&hold, new))? {
+                    records.push((user, at, entries));
+                }
+            }
+            append_assignments(&*tx, records).await?;
         }
-        append_assignments(&*tx, records).await?;
         // One row per user per statement (ON CONFLICT touches a row once):
         // the last mixture of a user wins.
         let mut last: std::collections::HashMap<&str, &BannerMixtureRecord> = Default::default();
@@ -1799,9 +1797,17 @@ async fn held_assignments<C: GenericClient>(c: &C, user_id: &str) -> Result<Vec<
     packed::fold(user_id, &records)
 }
 
-/// Appends assignment records (user, at, entries) with the user's number,
-/// under numbers taken with the assignments lock held to the commit (taken
-/// here if the transaction does not hold it yet).
+/// Takes the assignments lock until the commit: from reading what users
+/// hold to appending, another node's write of the same users waits, and
+/// numbers become visible in order (see `Assignments::exposures_since`).
+async fn lock_assignments<C: GenericClient>(c: &C) -> Result<()> {
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// Appends assignment records (user, at, entries) with the user's number;
+/// the transaction holds the assignments lock ([`lock_assignments`]).
 async fn append_assignments<C: GenericClient>(
     c: &C,
     records: Vec<(&str, Millis, Vec<u8>)>,
@@ -1809,8 +1815,6 @@ async fn append_assignments<C: GenericClient>(
     if records.is_empty() {
         return Ok(());
     }
-    c.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSIGNMENTS_LOCK])
-        .await?;
     let users: Vec<&str> = records.iter().map(|r| r.0).collect();
     let at: Vec<i64> = records.iter().map(|r| r.1).collect();
     let entries: Vec<&[u8]> = records.iter().map(|r| r.2.as_slice()).collect();

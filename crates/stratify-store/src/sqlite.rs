@@ -129,6 +129,14 @@ impl SqliteStore {
     }
 }
 
+/// A user's assignments, folded from their records (see `packed`).
+fn held_assignments(c: &Connection, user_id: &str) -> Result<Vec<AssignmentRecord>> {
+    let records = all(c, sql::USER_ASSIGNMENTS.sqlite(), [user_id], |r| {
+        rows::assignment_record(r)
+    })?;
+    packed::fold(user_id, &records)
+}
+
 /// Every row of a query, each read by a shared mapper (`crate::rows`).
 fn all<T>(
     c: &Connection,
@@ -365,10 +373,7 @@ impl WriterState {
 
     /// A user's assignments, folded from their records (see `packed`).
     fn held_assignments(&self, user_id: &str) -> Result<Vec<AssignmentRecord>> {
-        let records = all(&self.conn, sql::USER_ASSIGNMENTS.sqlite(), [user_id], |r| {
-            rows::assignment_record(r)
-        })?;
-        packed::fold(user_id, &records)
+        held_assignments(&self.conn, user_id)
     }
 
     /// Appends one user's assignment records (one per instant), numbered
@@ -1722,10 +1727,7 @@ impl Assignments for SqliteStore {
     ) -> Result<(Vec<AssignmentRecord>, Option<BannerMixtureRecord>)> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
-            let records = all(c, sql::USER_ASSIGNMENTS.sqlite(), [&user_id], |r| {
-                rows::assignment_record(r)
-            })?;
-            let assignments = packed::fold(&user_id, &records)?;
+            let assignments = held_assignments(c, &user_id)?;
             let row = c
                 .prepare_cached(sql::USER_BANNERS.sqlite())?
                 .query_row([&user_id], |r| {
