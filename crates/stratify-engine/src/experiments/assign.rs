@@ -33,7 +33,7 @@ use stratify_core::ids::UserId;
 use stratify_core::rules::{self, Facts, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
 use stratify_core::ErrorCode;
-use stratify_store::{AssignmentRecord, BannerMixtureRecord};
+use stratify_store::AssignmentRecord;
 
 /// How long a computation waits for the live engine to apply the user's
 /// committed events before answering with the memberships it has.
@@ -64,6 +64,8 @@ impl Default for Options {
 
 pub struct Serving {
     sticky: Sticky,
+    /// Banner pools shared by the users served the same variants.
+    pools: banners::Pools,
     cache: Cache,
     /// The documented defaults (README: answers cached 5 minutes); not
     /// configurable.
@@ -74,6 +76,7 @@ impl Serving {
     pub(crate) fn start(store: Arc<dyn stratify_store::Store>, sole_writer: bool) -> Self {
         Self {
             sticky: Sticky::start(store, sole_writer),
+            pools: banners::Pools::default(),
             cache: Cache::default(),
             options: Options::default(),
         }
@@ -115,22 +118,23 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct Served {
     pub experiment: Arc<Experiment>,
-    /// Index into the experiment's variants.
-    pub variant: usize,
+    /// Index into the experiment's variants (u32: a cached answer holds
+    /// one of these per experiment it serves).
+    pub variant: u32,
     /// Whether a stored assignment decided it (rather than the hash now).
     pub sticky: bool,
 }
 
 impl Served {
     pub fn variant(&self) -> &super::Variant {
-        &self.experiment.definition.variants[self.variant]
+        &self.experiment.definition.variants[self.variant as usize]
     }
 }
 
 #[derive(Debug)]
 pub struct UserExperiments {
     pub user_id: String,
-    pub served: Vec<Served>,
+    pub served: Box<[Served]>,
     pub banner_mixture: Option<Arc<Mixture>>,
     pub computed_at: Millis,
     pub(crate) valid_until: Millis,
@@ -262,14 +266,12 @@ impl ServingService {
         let user = user.as_str();
         let state = self.user_state(user).await?;
         if let Some(m) = state.mixture {
-            let now = self.clock.now();
             let mut expired = (*m).clone();
-            expired.expires_at = now;
-            self.views.serving.sticky.set_mixture(
-                user,
-                Arc::new(expired.clone()),
-                mixture_record(user, &expired),
-            );
+            expired.expires_at = self.clock.now();
+            self.views
+                .serving
+                .sticky
+                .set_mixture(user, Arc::new(expired));
         }
         self.views.serving.cache.remove(user);
         self.views.freshness.touch(user);
@@ -318,8 +320,14 @@ impl ServingService {
                 }
             })
             .collect();
+        let registry = self.experiments.registry();
+        let known = |s: &banners::Source| {
+            let e = registry.by_id.get(&s.experiment_id)?;
+            let v = e.definition.variants.iter().position(|v| v.key == s.variant)?;
+            e.banner_sources[v].clone().filter(|k| **k == *s)
+        };
         let mixture = mixture
-            .and_then(|m| serde_json::from_value::<Mixture>(m.mixture).ok())
+            .and_then(|m| Mixture::from_json(m.mixture, known, &self.views.serving.pools))
             .map(Arc::new);
         Ok(self
             .views
@@ -435,7 +443,7 @@ impl ServingService {
                     if targeted || d.keep_on_exit {
                         served.push(Served {
                             experiment: e.clone(),
-                            variant: v,
+                            variant: v as u32,
                             sticky: true,
                         });
                     }
@@ -485,7 +493,7 @@ impl ServingService {
             }
             served.push(Served {
                 experiment: e.clone(),
-                variant,
+                variant: variant as u32,
                 sticky: false,
             });
         }
@@ -496,7 +504,7 @@ impl ServingService {
         }
         Ok(UserExperiments {
             user_id: user.to_owned(),
-            served,
+            served: served.into(),
             banner_mixture,
             computed_at: now,
             valid_until,
@@ -515,54 +523,28 @@ impl ServingService {
         now: Millis,
         options: &Options,
     ) -> Option<Arc<Mixture>> {
-        let sources: Vec<banners::Source> = served
+        let sources: Vec<_> = served
             .iter()
-            .filter_map(|s| {
-                let v = s.variant();
-                let list = v.payload.as_ref()?.get("banners")?.as_array()?;
-                Some(banners::Source {
-                    experiment_id: s.experiment.record.id.clone(),
-                    key: s.experiment.record.key.clone(),
-                    variant: v.key.clone(),
-                    banners: list.clone(),
-                })
-            })
+            .filter_map(|s| s.experiment.banner_sources.get(s.variant as usize)?.clone())
             .collect();
         if sources.is_empty() {
             return None;
         }
-        let pool = banners::pool(&sources);
-        if pool.is_empty() {
-            return None;
-        }
-        if let Some(m) = &state.mixture {
-            if now < m.expires_at && banners::same_pool(&m.pool, &pool) {
-                return Some(m.clone());
+        let serving = &self.views.serving;
+        match banners::pick(state.mixture.as_ref(), sources, &serving.pools, now) {
+            banners::Pick::Nothing => None,
+            banners::Pick::Kept(m) => Some(m),
+            banners::Pick::Draw(pool) => {
+                let m = Arc::new(banners::draw(
+                    user,
+                    pool,
+                    options.banner_count,
+                    now,
+                    options.banner_ttl_ms,
+                ));
+                serving.sticky.set_mixture(user, m.clone());
+                Some(m)
             }
         }
-        let m = banners::draw(
-            user,
-            sources,
-            pool,
-            options.banner_count,
-            now,
-            options.banner_ttl_ms,
-        );
-        let record = mixture_record(user, &m);
-        let m = Arc::new(m);
-        self.views
-            .serving
-            .sticky
-            .set_mixture(user, m.clone(), record);
-        Some(m)
-    }
-}
-
-fn mixture_record(user: &str, m: &Mixture) -> BannerMixtureRecord {
-    BannerMixtureRecord {
-        user_id: user.to_owned(),
-        mixture: serde_json::to_value(m).unwrap_or(Value::Null),
-        assigned_at: m.assigned_at,
-        expires_at: m.expires_at,
     }
 }

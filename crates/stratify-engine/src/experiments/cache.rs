@@ -7,7 +7,9 @@
 
 use super::assign::UserExperiments;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use stratify_core::time::Millis;
 
@@ -15,8 +17,30 @@ const SHARDS: usize = 64;
 /// Most cached users per shard (about a million in all).
 const SHARD_CAPACITY: usize = 16_384;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type Shard = Mutex<FastMap<Box<str>, Arc<UserExperiments>>>;
+/// An answer, found by its user id (held once, in the answer).
+struct Entry(Arc<UserExperiments>);
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        &self.0.user_id
+    }
+}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.user_id.as_str().hash(h);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.user_id == other.0.user_id
+    }
+}
+
+impl Eq for Entry {}
+
+type Shard = Mutex<HashSet<Entry, foldhash::fast::RandomState>>;
 
 pub struct Cache {
     shards: Box<[Shard]>,
@@ -44,27 +68,72 @@ impl Cache {
         now: Millis,
     ) -> Option<Arc<UserExperiments>> {
         let shard = self.shard(user).lock();
-        let hit = shard.get(user)?;
+        let hit = &shard.get(user)?.0;
         (hit.stamp == stamp && hit.generation == generation && now < hit.valid_until)
             .then(|| hit.clone())
     }
 
     pub fn put(&self, answer: Arc<UserExperiments>, now: Millis) {
         let mut shard = self.shard(&answer.user_id).lock();
-        if shard.len() >= SHARD_CAPACITY && !shard.contains_key(answer.user_id.as_str()) {
-            shard.retain(|_, e| now < e.valid_until);
+        if shard.len() >= SHARD_CAPACITY && !shard.contains(answer.user_id.as_str()) {
+            shard.retain(|e| now < e.0.valid_until);
             if shard.len() >= SHARD_CAPACITY {
                 // Still full of live entries: drop an arbitrary eighth.
-                let drop: Vec<Box<str>> = shard.keys().take(SHARD_CAPACITY / 8).cloned().collect();
-                for k in drop {
-                    shard.remove(&k);
-                }
+                let mut left = SHARD_CAPACITY / 8;
+                shard.retain(|_| {
+                    let keep = left == 0;
+                    left = left.saturating_sub(1);
+                    keep
+                });
             }
         }
-        shard.insert(Box::from(answer.user_id.as_str()), answer);
+        shard.replace(Entry(answer));
     }
 
     pub fn remove(&self, user: &str) {
         self.shard(user).lock().remove(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(user: &str, stamp: u64, valid_until: Millis) -> Arc<UserExperiments> {
+        Arc::new(UserExperiments {
+            user_id: user.into(),
+            served: Box::new([]),
+            banner_mixture: None,
+            computed_at: 0,
+            valid_until,
+            stamp,
+            generation: 1,
+        })
+    }
+
+    #[test]
+    fn an_answer_is_found_by_user_while_valid_and_the_cache_stays_bounded() {
+        let cache = Cache::default();
+        cache.put(answer("u1", 7, 100), 0);
+        assert!(cache.get("u1", 7, 1, 99).is_some());
+        assert!(cache.get("u1", 8, 1, 99).is_none(), "another stamp");
+        assert!(cache.get("u1", 7, 2, 99).is_none(), "another generation");
+        assert!(cache.get("u1", 7, 1, 100).is_none(), "expired");
+        assert!(cache.get("u2", 7, 1, 0).is_none());
+        // A newer answer replaces the old one.
+        cache.put(answer("u1", 8, 100), 0);
+        assert!(cache.get("u1", 8, 1, 0).is_some());
+        cache.remove("u1");
+        assert!(cache.get("u1", 8, 1, 0).is_none());
+        // Past capacity, live entries are dropped: never more than a shard's
+        // capacity each.
+        for i in 0..(SHARDS * SHARD_CAPACITY + 50_000) {
+            cache.put(answer(&i.to_string(), 1, 1_000), 0);
+        }
+        for shard in cache.shards.iter() {
+            assert!(shard.lock().len() <= SHARD_CAPACITY);
+        }
+        let last = (SHARDS * SHARD_CAPACITY + 49_999).to_string();
+        assert!(cache.get(&last, 1, 1, 0).is_some(), "the newest is kept");
     }
 }

@@ -13,7 +13,7 @@ mod cache;
 pub mod sdk;
 mod sticky;
 
-pub use banners::{Mixture, Source as BannerSource};
+pub use banners::{Banners as BannersJson, Mixture, Sources as BannerSourcesJson};
 
 use crate::live::MemberView;
 use crate::segments::{invalid, new_id, parse_rule};
@@ -43,6 +43,9 @@ pub struct Experiment {
     pub(crate) variant_slots: Vec<u16>,
     pub(crate) ranges: Vec<(f64, f64)>,
     pub(crate) segment_slots: Vec<u32>,
+    /// Each variant's banners (when its payload lists any), shared by the
+    /// mixtures drawn from them.
+    pub(crate) banner_sources: Vec<Option<Arc<banners::Source>>>,
     /// A rendering of each variant as served, made once by the caller (the
     /// HTTP layer) and kept with this version of the experiment: an answer
     /// is assembled from these instead of each user keeping a rendering.
@@ -162,6 +165,19 @@ impl Experiments {
             .map(|s| self.view.slot(s))
             .collect();
         segment_slots.sort_unstable();
+        let banner_sources = definition
+            .variants
+            .iter()
+            .map(|v| {
+                let list = v.payload.as_ref()?.get("banners")?.as_array()?;
+                Some(Arc::new(banners::Source {
+                    experiment_id: record.id.clone(),
+                    key: record.key.clone(),
+                    variant: v.key.clone(),
+                    banners: list.clone(),
+                }))
+            })
+            .collect();
         let e = Arc::new(Experiment {
             record,
             definition,
@@ -170,6 +186,7 @@ impl Experiments {
             variant_slots,
             ranges,
             segment_slots,
+            banner_sources,
             rendered_variants: std::sync::OnceLock::new(),
         });
         let mut guard = self.registry.write();

@@ -44,7 +44,8 @@ pub struct UserState {
 
 pub enum Write {
     Assignment(AssignmentRecord),
-    Mixture(BannerMixtureRecord),
+    /// Written as JSON by the flusher, off the serving path.
+    Mixture(Box<str>, Arc<Mixture>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -143,15 +144,15 @@ impl Sticky {
         stuck
     }
 
-    pub fn set_mixture(&self, user: &str, mixture: Arc<Mixture>, record: BannerMixtureRecord) {
+    pub fn set_mixture(&self, user: &str, mixture: Arc<Mixture>) {
         self.shard(user)
             .write()
             .entry(Box::from(user))
             .or_default()
-            .mixture = Some(mixture);
+            .mixture = Some(mixture.clone());
         self.stored_now(user);
         self.queued.fetch_add(1, Ordering::AcqRel);
-        let _ = self.tx.send(Write::Mixture(record));
+        let _ = self.tx.send(Write::Mixture(Box::from(user), mixture));
     }
 
     /// Drops what is held for `user` (merged or erased): the next serving
@@ -192,7 +193,12 @@ async fn flush(
         while let Some(w) = next {
             match w {
                 Write::Assignment(a) => assignments.push(a),
-                Write::Mixture(m) => mixtures.push(m),
+                Write::Mixture(user, m) => mixtures.push(BannerMixtureRecord {
+                    user_id: user.into(),
+                    mixture: m.to_json(),
+                    assigned_at: m.assigned_at,
+                    expires_at: m.expires_at,
+                }),
                 Write::Flush(done) => flushed.push(done),
             }
             next = if assignments.len() + mixtures.len() < MAX_BATCH {

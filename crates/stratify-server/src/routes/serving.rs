@@ -37,14 +37,14 @@ pub struct ServedOut<'a> {
 pub struct MixtureOut<'a> {
     /// The banners, as the experiments' payloads list them (any JSON).
     #[schema(value_type = Vec<Value>)]
-    banners: &'a [Value],
+    banners: stratify_engine::experiments::BannersJson<'a>,
     assigned_at: String,
     expires_at: String,
     /// How long a mixture is kept.
     ttl_seconds: i64,
     /// `[{experiment_id, key, variant, banners}]`: the pool it was drawn from.
     #[schema(value_type = Vec<Object>)]
-    source_experiments: &'a [stratify_engine::experiments::BannerSource],
+    source_experiments: stratify_engine::experiments::BannerSourcesJson<'a>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -58,11 +58,11 @@ pub struct UserExperimentsOut<'a> {
 
 fn mixture_out(m: &Mixture) -> MixtureOut<'_> {
     MixtureOut {
-        banners: &m.banners,
+        banners: m.banners_json(),
         assigned_at: instant(m.assigned_at),
         expires_at: instant(m.expires_at),
         ttl_seconds: (m.expires_at - m.assigned_at) / 1000,
-        source_experiments: &m.source_experiments,
+        source_experiments: m.sources_json(),
     }
 }
 
@@ -84,7 +84,7 @@ fn render(answer: &UserExperiments, source: Source) -> bytes::Bytes {
             .experiment
             .rendered_variants
             .get_or_init(|| render_variants(&s.experiment));
-        if let Some(v) = variants.get(s.variant) {
+        if let Some(v) = variants.get(s.variant as usize) {
             out.extend_from_slice(v);
         }
     }
@@ -184,7 +184,7 @@ pub async fn check_eligibility(
                 (
                     s.experiment.record.id.clone(),
                     EligibleOut {
-                        variant_id: s.variant,
+                        variant_id: s.variant as usize,
                         variant: s.variant().key.clone(),
                     },
                 )

@@ -598,3 +598,50 @@ async fn the_served_answer_has_the_documented_shape_cached_or_not() {
         expected("Renamed", "db")
     );
 }
+
+#[tokio::test]
+async fn a_banner_mixture_is_kept_across_a_restart_and_drawn_again_when_its_banners_change() {
+    let app = spawn_app().await;
+    let a = running_experiment(
+        &app,
+        json!({"key": "a", "name": "A",
+               "variants": [{"key": "on", "weight": 100, "payload": {"banners": [1, 2, 3]}}]}),
+    )
+    .await;
+    running_experiment(
+        &app,
+        json!({"key": "b", "name": "B",
+               "variants": [{"key": "on", "weight": 100, "payload": {"banners": [{"id": 4}, 5]}}]}),
+    )
+    .await;
+    let mut before = Vec::new();
+    for user in ["ann", "ben", "cy"] {
+        let answer = experiments_of(&app, user).await;
+        assert_eq!(answer["banner_mixture"]["banners"].as_array().map(Vec::len), Some(3));
+        before.push(answer["banner_mixture"].clone());
+    }
+    app.engine.shutdown().await;
+    let again = spawn_app_in(app.dir, Default::default(), Default::default()).await;
+    again.clock.set(T0 + 60_000);
+    for (user, mixture) in ["ann", "ben", "cy"].into_iter().zip(&before) {
+        let answer = experiments_of(&again, user).await;
+        assert_eq!(answer["source"], "db");
+        assert_eq!(&answer["banner_mixture"], mixture, "{user} keeps their draw");
+    }
+    // Other banners in A: a new draw, from the new pool.
+    let (s, out) = again
+        .json(
+            Method::PATCH,
+            &format!("/v1/experiments/{a}"),
+            Some(json!({"variants": [{"key": "on", "weight": 100, "payload": {"banners": [1, 2, 9]}}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    let answer = experiments_of(&again, "ann").await;
+    let mixture = &answer["banner_mixture"];
+    assert_ne!(mixture["assigned_at"], before[0]["assigned_at"], "{mixture}");
+    let pool = [json!(1), json!(2), json!(9), json!({"id": 4}), json!(5)];
+    let drawn = mixture["banners"].as_array().cloned().unwrap_or_default();
+    assert!(drawn.len() == 3 && drawn.iter().all(|b| pool.contains(b)), "{mixture}");
+    assert_eq!(mixture["source_experiments"][0]["banners"], json!([1, 2, 9]));
+}
