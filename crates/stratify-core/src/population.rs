@@ -130,14 +130,44 @@ struct Column {
     dict: Vec<Value>,
     /// The number each dictionary code holds, NaN when it is not a number.
     dict_num: Vec<f64>,
-    lookup: HashMap<String, u32>,
+    /// Code by a hash of the value's JSON text; a collision probes the next
+    /// hash (the dictionary decides equality), so no text is kept.
+    lookup: HashMap<u64, u32>,
+}
+
+/// Feeds JSON text to a hasher without building it.
+struct HashWriter<'a>(&'a mut std::hash::DefaultHasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::hash::Hasher::write(self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Column {
+    fn shrink_to_fit(&mut self) {
+        self.codes.shrink_to_fit();
+        self.dict.shrink_to_fit();
+        self.dict_num.shrink_to_fit();
+        self.lookup.shrink_to_fit();
+    }
+
     fn code_of(&mut self, v: &Value) -> u32 {
-        let key = v.to_string();
-        if let Some(&c) = self.lookup.get(&key) {
-            return c;
+        let mut h = std::hash::DefaultHasher::new();
+        // Writing JSON into memory cannot fail.
+        let _ = serde_json::to_writer(HashWriter(&mut h), v);
+        let mut key = std::hash::Hasher::finish(&h);
+        loop {
+            match self.lookup.get(&key) {
+                Some(&c) if self.dict[c as usize - 1] == *v => return c,
+                Some(_) => key = key.wrapping_add(1),
+                None => break,
+            }
         }
         self.dict.push(v.clone());
         self.dict_num.push(v.as_f64().unwrap_or(f64::NAN));
@@ -632,6 +662,48 @@ impl PopulationIndex {
         self.events.values_mut().for_each(EventLog::settle);
     }
 
+    /// Gives back the spare capacity the columns grew by (after a load).
+    pub fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        self.live.words.shrink_to_fit();
+        for col in self.attrs.values_mut() {
+            col.shrink_to_fit();
+        }
+        for log in self.events.values_mut() {
+            log.ts.shrink_to_fit();
+            log.user.shrink_to_fit();
+            log.tail.shrink_to_fit();
+            for col in log.props.values_mut() {
+                col.shrink_to_fit();
+            }
+            let p = &mut log.all_time;
+            p.has_any.words.shrink_to_fit();
+            // Indexed by user: trimmed to the last user with an event.
+            let users = p
+                .has_any
+                .iter_from(None)
+                .last()
+                .map_or(0, |u| u as usize + 1);
+            for v in [&mut p.first, &mut p.last] {
+                v.truncate(users);
+                v.shrink_to_fit();
+            }
+            for v in [&mut p.count, &mut p.last_row] {
+                v.truncate(users);
+                v.shrink_to_fit();
+            }
+            for np in p.numeric.values_mut() {
+                let users = np.n.iter().rposition(|&n| n > 0).map_or(0, |u| u + 1);
+                np.n.truncate(users);
+                np.n.shrink_to_fit();
+                for v in [&mut np.sum, &mut np.carry, &mut np.min, &mut np.max] {
+                    v.truncate(users);
+                    v.shrink_to_fit();
+                }
+            }
+        }
+    }
+
     /// Forgets a user (erasure): their index stays allocated but is never live again.
     pub fn remove_user(&mut self, user_id: &str) {
         if let Some(i) = self.by_id.remove(user_id) {
@@ -1112,6 +1184,47 @@ fn value_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_codes_equal_values_alike_and_others_apart_even_when_hashes_collide() {
+        use serde_json::json;
+        let mut c = Column::default();
+        let values = [
+            json!(1),
+            json!(1.0),
+            json!("1"),
+            json!([1]),
+            json!({"a": 1}),
+            json!(null),
+            json!(true),
+        ];
+        let codes: Vec<u32> = values.iter().map(|v| c.code_of(v)).collect();
+        let mut distinct = codes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), values.len(), "{codes:?}");
+        for (v, code) in values.iter().zip(&codes) {
+            assert_eq!(c.code_of(v), *code);
+            assert_eq!(&c.dict[*code as usize - 1], v);
+        }
+        // A value whose hash slot is taken by another: moved to the next
+        // free slot, found there again.
+        let mut h = std::hash::DefaultHasher::new();
+        let _ = serde_json::to_writer(HashWriter(&mut h), &json!("x"));
+        let taken = std::hash::Hasher::finish(&h);
+        let mut c = Column::default();
+        c.dict.push(json!("other"));
+        c.dict_num.push(f64::NAN);
+        c.lookup.insert(taken, 1);
+        let x = c.code_of(&json!("x"));
+        assert_eq!(x, 2);
+        assert_eq!(c.code_of(&json!("x")), 2);
+        assert_eq!(c.lookup.get(&taken.wrapping_add(1)), Some(&2));
+        for i in 0..10_000 {
+            c.set(i, Some(&json!(i)));
+        }
+        assert!((0..10_000).all(|i| c.get(i) == Some(&json!(i))));
+    }
 
     #[test]
     fn bitset_iterates_from_a_cursor_and_complements_within_a_mask() {

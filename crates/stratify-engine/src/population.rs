@@ -28,6 +28,7 @@ pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> 
     })
     .await?;
     index.settle_all();
+    index.shrink_to_fit();
     for segment in store.segments().await? {
         if segment.rules.is_none() {
             let members = store.static_members(&segment.id).await?;

@@ -333,7 +333,7 @@ pub(crate) fn facts_events(events: &[StoredEvent]) -> Vec<EventFact<'_>> {
         .map(|e| EventFact {
             name: &e.name,
             timestamp: e.timestamp,
-            properties: e.properties.as_ref(),
+            properties: e.properties.as_ref().map(|m| m as &dyn rules::Fields),
         })
         .collect()
 }

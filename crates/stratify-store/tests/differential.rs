@@ -263,7 +263,7 @@ fn in_memory(rule: &rules::Rule, users: &[UserData], now: i64) -> Vec<String> {
             .map(|(n, t, p)| EventFact {
                 name: n,
                 timestamp: *t,
-                properties: p.as_ref(),
+                properties: p.as_ref().map(|m| m as &dyn stratify_core::rules::Fields),
             })
             .collect();
         events.sort_by_key(|e| e.timestamp); // stable: ties keep input order, as the log does

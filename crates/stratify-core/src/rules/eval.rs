@@ -20,12 +20,33 @@ pub(crate) const MAX_REF_DEPTH: usize = 16;
 /// its expansion (a chain of `OR`s of references is not exponential).
 type Memo = std::collections::HashMap<String, bool>;
 
+/// Named values a rule reads: a user's attributes, an event's properties.
+/// A JSON object is one; the live engine keeps a more compact one.
+pub trait Fields {
+    fn field(&self, name: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
 /// One event as the evaluator sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct EventFact<'a> {
     pub name: &'a str,
     pub timestamp: Millis,
-    pub properties: Option<&'a Map<String, Value>>,
+    pub properties: Option<&'a dyn Fields>,
+}
+
+impl std::fmt::Debug for EventFact<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventFact")
+            .field("name", &self.name)
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Segments a rule may refer to.
@@ -51,7 +72,7 @@ impl SegmentLookup for NoSegments {
 
 /// What is known about one user at an instant.
 pub struct Facts<'a> {
-    pub attributes: &'a Map<String, Value>,
+    pub attributes: &'a dyn Fields,
     /// The user's events in log order of time: sorted by (timestamp, seq).
     /// Events after `now` are ignored.
     pub events: &'a [EventFact<'a>],
@@ -284,7 +305,7 @@ fn matches_event(a: &Aggregate, e: &EventFact<'_>, now: Millis) -> bool {
         && a.filters.iter().all(|f| {
             let v = e
                 .properties
-                .and_then(|p| p.get(&f.property))
+                .and_then(|p| p.field(&f.property))
                 .filter(|v| !v.is_null());
             test(f.op, &v.map_or(Seen::Missing, Seen::Json), &f.operand)
         })
@@ -294,8 +315,11 @@ fn matches_event(a: &Aggregate, e: &EventFact<'_>, now: Millis) -> bool {
 pub fn aggregate<'a>(a: &Aggregate, facts: &Facts<'a>) -> Seen<'a> {
     let now = facts.now;
     let mut matching = facts.events.iter().filter(|e| matches_event(a, e, now));
-    let numbers =
-        |p: &str, e: &EventFact<'a>| e.properties.and_then(|m| m.get(p)).and_then(Value::as_f64);
+    let numbers = |p: &str, e: &EventFact<'a>| {
+        e.properties
+            .and_then(|m| m.field(p))
+            .and_then(Value::as_f64)
+    };
     match &a.func {
         AggFn::Count => Seen::Num(matching.count() as f64),
         AggFn::NoneYet => Seen::Bool(matching.next().is_none()),
@@ -334,7 +358,7 @@ pub fn aggregate<'a>(a: &Aggregate, facts: &Facts<'a>) -> Seen<'a> {
         }),
         AggFn::LastValue(p) => matching
             .next_back()
-            .and_then(|e| e.properties.and_then(|m| m.get(p)))
+            .and_then(|e| e.properties.and_then(|m| m.field(p)))
             .filter(|v| !v.is_null())
             .map_or(Seen::Missing, Seen::Json),
     }
@@ -345,7 +369,7 @@ pub fn leaf_value<'a>(leaf: &Leaf, facts: &Facts<'a>) -> Seen<'a> {
     match &leaf.source {
         Source::Attribute(name) => facts
             .attributes
-            .get(name)
+            .field(name)
             .filter(|v| !v.is_null())
             .map_or(Seen::Missing, Seen::Json),
         Source::Aggregate(a) => aggregate(a, facts),
@@ -497,7 +521,7 @@ mod tests {
             .map(|(n, t, p)| EventFact {
                 name: n,
                 timestamp: *t,
-                properties: p.as_object(),
+                properties: p.as_object().map(|m| m as &dyn Fields),
             })
             .collect();
         evaluate(

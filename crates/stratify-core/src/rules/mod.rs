@@ -66,8 +66,8 @@ pub mod version;
 
 pub use ast::*;
 pub use eval::{
-    aggregate, evaluate, explain, leaf_value, test, EventFact, Facts, NoSegments, NumTest, Seen,
-    SegmentLookup, SegmentRef,
+    aggregate, evaluate, explain, leaf_value, test, EventFact, Facts, Fields, NoSegments, NumTest,
+    Seen, SegmentLookup, SegmentRef,
 };
 pub use graph::{reference_graph, ReferenceGraph};
 pub use like::{like, to_glob};

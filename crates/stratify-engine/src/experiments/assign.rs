@@ -323,7 +323,11 @@ impl ServingService {
         let registry = self.experiments.registry();
         let known = |s: &banners::Source| {
             let e = registry.by_id.get(&s.experiment_id)?;
-            let v = e.definition.variants.iter().position(|v| v.key == s.variant)?;
+            let v = e
+                .definition
+                .variants
+                .iter()
+                .position(|v| v.key == s.variant)?;
             e.banner_sources[v].clone().filter(|k| **k == *s)
         };
         let mixture = mixture

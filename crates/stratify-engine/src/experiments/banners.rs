@@ -56,7 +56,11 @@ impl Pool {
     /// order): then the pool is the same without comparing banners.
     fn made_of(&self, sources: &[Arc<Source>]) -> bool {
         self.sources.len() == sources.len()
-            && self.sources.iter().zip(sources).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self
+                .sources
+                .iter()
+                .zip(sources)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 
     /// Whether two pools hold the same banners (order does not matter).
@@ -101,7 +105,10 @@ impl Pools {
     /// Pools alive (for tests and metrics).
     pub fn len(&self) -> usize {
         let t = self.table.lock();
-        t.by_sources.values().filter(|p| p.strong_count() > 0).count()
+        t.by_sources
+            .values()
+            .filter(|p| p.strong_count() > 0)
+            .count()
     }
 }
 
@@ -251,7 +258,12 @@ pub enum Pick {
     Draw(Arc<Pool>),
 }
 
-pub fn pick(kept: Option<&Arc<Mixture>>, sources: Vec<Arc<Source>>, pools: &Pools, now: Millis) -> Pick {
+pub fn pick(
+    kept: Option<&Arc<Mixture>>,
+    sources: Vec<Arc<Source>>,
+    pools: &Pools,
+    now: Millis,
+) -> Pick {
     let kept = kept.filter(|m| now < m.expires_at);
     if let Some(m) = kept {
         if m.pool.made_of(&sources) && !m.pool.banners.is_empty() {
@@ -290,7 +302,10 @@ mod tests {
         ];
         let pools = Pools::default();
         let p = pools.get(sources.clone());
-        assert_eq!(p.banners, vec![json!(1), json!(2), json!(3), json!(4), json!(7)]);
+        assert_eq!(
+            p.banners,
+            vec![json!(1), json!(2), json!(3), json!(4), json!(7)]
+        );
         let reordered = Pool {
             sources: vec![],
             banners: vec![json!(7), json!(4), json!(3), json!(2), json!(1)],
@@ -332,7 +347,10 @@ mod tests {
         drop((p1, p2, p3));
         assert_eq!(pools.len(), 0);
         // A fresh pool after the old one was dropped.
-        assert_eq!(pools.get(vec![a, b]).banners, vec![json!(1), json!(2), json!(3)]);
+        assert_eq!(
+            pools.get(vec![a, b]).banners,
+            vec![json!(1), json!(2), json!(3)]
+        );
     }
 
     #[test]
@@ -346,7 +364,11 @@ mod tests {
             Pick::Nothing => None,
         };
         assert_eq!(kept(vec![a.clone(), b.clone()], 149), Some(true));
-        assert_eq!(kept(vec![a.clone(), b.clone()], 150), Some(false), "expired");
+        assert_eq!(
+            kept(vec![a.clone(), b.clone()], 150),
+            Some(false),
+            "expired"
+        );
         // Other sources with the same banners (an experiment edited without
         // touching them): the same pool by value, still kept.
         let a2 = source("a", json!([2, 1]));
@@ -358,7 +380,10 @@ mod tests {
     #[test]
     fn the_stored_json_reads_back_sharing_the_current_sources() {
         let pools = Pools::default();
-        let (a, b) = (source("a", json!([{"id": 1}, 2])), source("b", json!(["x"])));
+        let (a, b) = (
+            source("a", json!([{"id": 1}, 2])),
+            source("b", json!(["x"])),
+        );
         let m = draw("u", pools.get(vec![a.clone(), b.clone()]), 2, 100, 50);
         let stored = m.to_json();
         assert_eq!(stored["pool"], json!([{"id": 1}, 2, "x"]));
@@ -373,7 +398,10 @@ mod tests {
         assert!(!Arc::ptr_eq(&alone.pool, &m.pool));
         assert_eq!(alone.to_json(), stored);
         // Not a mixture, or a banner outside its pool.
-        assert_eq!(Mixture::from_json(json!({"banners": []}), |_| None, &pools), None);
+        assert_eq!(
+            Mixture::from_json(json!({"banners": []}), |_| None, &pools),
+            None
+        );
         let mut bad = stored;
         bad["banners"] = json!([42]);
         assert_eq!(Mixture::from_json(bad, |_| None, &pools), None);

@@ -14,6 +14,7 @@
 //! the log alone.
 
 mod deadlines;
+mod doc;
 mod state;
 mod view;
 mod worker;

@@ -4,6 +4,7 @@
 //! drives it and persists what it produces.
 
 use super::deadlines::Deadlines;
+use super::doc::Doc;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,12 +25,26 @@ pub struct LiveEvent {
     pub seq: i64,
     pub ts: Millis,
     pub name: u32,
-    pub properties: Option<Box<Map<String, Value>>>,
+    pub properties: Option<Box<Doc>>,
+}
+
+impl LiveEvent {
+    pub fn new(seq: i64, ts: Millis, name: u32, properties: Option<Map<String, Value>>) -> Self {
+        Self {
+            seq,
+            ts,
+            name,
+            properties: properties
+                .map(Doc::from_map)
+                .filter(|d| !d.is_empty())
+                .map(Box::new),
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Profile {
-    pub attributes: Map<String, Value>,
+    pub attributes: Doc,
     /// Sorted by (timestamp, seq), as the evaluator expects.
     pub events: Vec<LiveEvent>,
     pub alive: bool,
@@ -332,7 +347,7 @@ impl State {
             .map(|e| EventFact {
                 name: &self.name_list[e.name as usize],
                 timestamp: e.ts,
-                properties: e.properties.as_deref(),
+                properties: e.properties.as_deref().map(|d| d as &dyn rules::Fields),
             })
             .collect();
         let lookup = Lookup { state: self, user };

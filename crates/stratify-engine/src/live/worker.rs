@@ -5,6 +5,7 @@
 //! them. The first thing it does after a restart is resume from the
 //! watermark: profiles up to it, deadlines re-derived, later events replayed.
 
+use super::doc::Doc;
 use super::state::{fan_out, LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Owns, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
@@ -177,7 +178,7 @@ impl Worker {
                 return None;
             }
             let (u, _) = state.user(&user.user_id);
-            state.profiles[u as usize].attributes = user.attributes;
+            state.profiles[u as usize].attributes = Doc::from_map(user.attributes);
             Some(u)
         })
         .await?;
@@ -209,18 +210,14 @@ impl Worker {
             if mark.is_some_and(|m| e.seq > m.event_seq) {
                 replay.push(e);
             } else if let (Some(&name), Some(u)) = (names.get(&e.name_id), by_uid.get(e.uid)) {
-                state.add_event(
-                    u,
-                    LiveEvent {
-                        seq: e.seq,
-                        ts: e.timestamp,
-                        name,
-                        properties: e.properties.map(Box::new),
-                    },
-                );
+                state.add_event(u, LiveEvent::new(e.seq, e.timestamp, name, e.properties));
             }
         })
         .await?;
+        // Events arrive in log order and each profile grew by doubling.
+        for p in &mut state.profiles {
+            p.events.shrink_to_fit();
+        }
         // Current memberships as materialised; statics are compared below.
         let mut stored_static: HashSet<(u32, u32)> = HashSet::new();
         // Open memberships of users the store no longer has (merged into
@@ -422,15 +419,8 @@ impl Worker {
         now: Millis,
     ) {
         self.fire_due(now);
-        self.state.add_event(
-            u,
-            LiveEvent {
-                seq,
-                ts,
-                name,
-                properties: properties.map(Box::new),
-            },
-        );
+        self.state
+            .add_event(u, LiveEvent::new(seq, ts, name, properties));
         let segments = if new {
             self.state.dynamic.clone()
         } else {
@@ -552,15 +542,9 @@ impl Worker {
                 let (u, new) = self.state.user(&user);
                 let p = &mut self.state.profiles[u as usize];
                 if merge {
-                    for (k, v) in attributes {
-                        if v.is_null() {
-                            p.attributes.remove(&k);
-                        } else {
-                            p.attributes.insert(k, v);
-                        }
-                    }
+                    p.attributes.merge(attributes);
                 } else {
-                    p.attributes = attributes;
+                    p.attributes = Doc::from_map(attributes);
                 }
                 let segments = if new {
                     self.state.dynamic.clone()
@@ -675,20 +659,13 @@ impl Worker {
             return;
         }
         let (u, _) = self.state.user(known);
-        self.state.profiles[u as usize].attributes = attributes;
+        self.state.profiles[u as usize].attributes = Doc::from_map(attributes);
         // The store's events are the person's whole history; any the worker
         // holds that the read missed (committed after it) are kept.
         for e in events {
             let name = self.state.name_id(&e.name);
-            self.state.add_event(
-                u,
-                LiveEvent {
-                    seq: e.seq,
-                    ts: e.timestamp,
-                    name,
-                    properties: e.properties.map(Box::new),
-                },
-            );
+            self.state
+                .add_event(u, LiveEvent::new(e.seq, e.timestamp, name, e.properties));
         }
         let entered: Vec<Outcome> = statics
             .iter()
