@@ -341,9 +341,22 @@ impl State {
         let Some(p) = self.profiles.get(user as usize).filter(|p| p.alive) else {
             return;
         };
+        // Only the events these segments read (by name, through references
+        // too): an aggregate matches events by name, so no other event can
+        // change a result or a deadline, and a build of one segment copies a
+        // few events per user instead of all of them.
+        let mut names: Vec<u32> = Vec::new();
+        for &s in segments {
+            if let Some(seg) = self.segments.get(s as usize).and_then(|s| s.as_ref()) {
+                names.extend(&seg.events);
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
         let events: Vec<EventFact<'_>> = p
             .events
             .iter()
+            .filter(|e| names.binary_search(&e.name).is_ok())
             .map(|e| EventFact {
                 name: &self.name_list[e.name as usize],
                 timestamp: e.ts,
