@@ -3,7 +3,8 @@
 //! is served after start, then kept current here and written behind.
 //!
 //! Write-behind: a new assignment is in this table (and so holds for every
-//! later request) at once, and reaches the store within one group commit. A
+//! later request) at once, and reaches the store within one group commit
+//! (writes gather for [`GATHER`] first, so a commit serves thousands). A
 //! crash in between loses only assignments that the same hash gives again,
 //! unless the experiment's allocation changed in those milliseconds.
 //! Assignments and mixtures are saved together, one store commit per batch.
@@ -26,6 +27,8 @@ const MAX_BATCH: usize = 8192;
 /// Writes waiting for the store before new servings wait (back-pressure: a
 /// burst of first servings slows down instead of growing the queue).
 const MAX_QUEUED: usize = 200_000;
+/// How long the writer lets writes gather before a commit.
+const GATHER: Duration = Duration::from_millis(10);
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -186,6 +189,13 @@ async fn flush(
     queued: Arc<AtomicUsize>,
 ) {
     while let Some(first) = rx.recv().await {
+        // Group commit: let a burst of first servings gather for a moment
+        // (a flush asked for waits for nothing). Each commit writes every
+        // index page it dirtied, so a commit of a few rows writes about a
+        // page per row, and one of thousands shares the pages.
+        if !matches!(first, Write::Flush(_)) {
+            tokio::time::sleep(GATHER).await;
+        }
         let mut assignments = Vec::new();
         let mut mixtures = Vec::new();
         let mut flushed = Vec::new();
