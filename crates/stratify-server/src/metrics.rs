@@ -133,6 +133,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.metrics.render(state.started.elapsed().as_secs_f64());
     live_metrics(&mut body, state.engine.live());
+    exposure_metrics(&mut body, &state.engine.serving.exposure_counts());
     (
         [(
             header::CONTENT_TYPE,
@@ -140,6 +141,25 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+/// First exposures by experiment key and variant, as they happen.
+fn exposure_metrics(
+    out: &mut String,
+    counts: &[stratify_engine::experiments::assign::ExposureCount],
+) {
+    use std::fmt::Write;
+    out.push_str("# HELP stratify_exposures_total First exposures (new sticky assignments) made by this process, by experiment and variant.\n");
+    out.push_str("# TYPE stratify_exposures_total counter\n");
+    for c in counts {
+        let _ = writeln!(
+            out,
+            "stratify_exposures_total{{experiment=\"{}\",variant=\"{}\"}} {}",
+            escape(&c.experiment_key),
+            escape(&c.variant),
+            c.count
+        );
+    }
 }
 
 /// The live engine's gauges and counters.

@@ -131,6 +131,14 @@ impl Served {
     }
 }
 
+/// First exposures counted for one (experiment, variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposureCount {
+    pub experiment_key: String,
+    pub variant: String,
+    pub count: u64,
+}
+
 #[derive(Debug)]
 pub struct UserExperiments {
     pub user_id: String,
@@ -293,6 +301,31 @@ impl ServingService {
                 .then_with(|| a.experiment_id.cmp(&b.experiment_id))
         });
         Ok(rows)
+    }
+
+    /// First exposures (new sticky assignments) this process has made since
+    /// it started, per experiment and current variant, for every experiment
+    /// with any: counted as they happen, read without the store.
+    pub fn exposure_counts(&self) -> Vec<ExposureCount> {
+        let registry = self.experiments.registry();
+        let sticky = &self.views.serving.sticky;
+        let mut out: Vec<ExposureCount> = registry
+            .by_id
+            .values()
+            .flat_map(|e| {
+                e.variant_slots
+                    .iter()
+                    .zip(&e.definition.variants)
+                    .map(|(&slot, v)| ExposureCount {
+                        experiment_key: e.record.key.clone(),
+                        variant: v.key.clone(),
+                        count: sticky.exposures(e.slot, slot),
+                    })
+            })
+            .filter(|c| c.count > 0)
+            .collect();
+        out.sort_by(|a, b| (&a.experiment_key, &a.variant).cmp(&(&b.experiment_key, &b.variant)));
+        out
     }
 
     /// Waits until every assignment and mixture served so far is stored.

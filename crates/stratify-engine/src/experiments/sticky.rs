@@ -56,6 +56,8 @@ type Shard = RwLock<FastMap<Box<str>, UserState>>;
 
 pub struct Sticky {
     shards: Box<[Shard]>,
+    /// New assignments made here, per (experiment slot, variant slot).
+    exposures: Exposures,
     tx: mpsc::UnboundedSender<Write>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     queued: Arc<AtomicUsize>,
@@ -79,6 +81,7 @@ impl Sticky {
         let flusher = tokio::spawn(flush(store, rx, queued.clone()));
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            exposures: Exposures::default(),
             tx,
             flusher: Mutex::new(Some(flusher)),
             queued,
@@ -141,10 +144,17 @@ impl Sticky {
             state.stuck.push(stuck);
         }
         drop(shard);
+        self.exposures.add(stuck.experiment, stuck.variant);
         self.stored_now(user);
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(Write::Assignment(record));
         stuck
+    }
+
+    /// New assignments (first exposures) made by this process since it
+    /// started, for an experiment slot and variant slot.
+    pub fn exposures(&self, experiment: u32, variant: u16) -> u64 {
+        self.exposures.get(experiment, variant)
     }
 
     pub fn set_mixture(&self, user: &str, mixture: Arc<Mixture>) {
@@ -233,6 +243,40 @@ async fn flush(
         for done in flushed {
             let _ = done.send(());
         }
+    }
+}
+
+/// Counters per (experiment slot, variant slot), counted as first exposures
+/// happen: an increment is an atomic add under a shared lock; only a slot
+/// never seen before takes the lock exclusively, to grow the table.
+#[derive(Default)]
+struct Exposures {
+    counts: RwLock<Vec<Vec<AtomicU64>>>,
+}
+
+impl Exposures {
+    fn add(&self, experiment: u32, variant: u16) {
+        let (e, v) = (experiment as usize, variant as usize);
+        if let Some(c) = self.counts.read().get(e).and_then(|x| x.get(v)) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut counts = self.counts.write();
+        if counts.len() <= e {
+            counts.resize_with(e + 1, Vec::new);
+        }
+        if counts[e].len() <= v {
+            counts[e].resize_with(v + 1, AtomicU64::default);
+        }
+        counts[e][v].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, experiment: u32, variant: u16) -> u64 {
+        self.counts
+            .read()
+            .get(experiment as usize)
+            .and_then(|x| x.get(variant as usize))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 

@@ -664,3 +664,66 @@ async fn a_banner_mixture_is_kept_across_a_restart_and_drawn_again_when_its_bann
         Some(json!([1, 2, 9]))
     );
 }
+
+/// `stratify_exposures_total` for `experiment`: variant → count.
+async fn exposure_counter(app: &TestApp, experiment: &str) -> HashMap<String, u64> {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("stratify_exposures_total{{experiment=\"{experiment}\",variant=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (variant, count) = rest.split_once("\"} ")?;
+            Some((variant.to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn first_exposures_are_counted_per_variant_as_they_happen() {
+    let app = spawn_app().await;
+    let id = running_experiment(
+        &app,
+        json!({"key": "expo", "name": "Exposures",
+               "variants": [{"key": "a", "weight": 50}, {"key": "b", "weight": 50}]}),
+    )
+    .await;
+    assert!(exposure_counter(&app, "expo").await.is_empty());
+    let mut served: HashMap<String, u64> = HashMap::new();
+    for i in 0..40 {
+        let answer = experiments_of(&app, &format!("user-{i}")).await;
+        for v in variants(&answer).into_values() {
+            *served.entry(v).or_default() += 1;
+        }
+    }
+    assert_eq!(served.values().sum::<u64>(), 40);
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert_eq!(exposure_counter(&app, "expo").await, served);
+    // Repeats (cached or not) expose nobody again.
+    app.clock.advance(10 * 60_000);
+    for i in 0..40 {
+        experiments_of(&app, &format!("user-{i}")).await;
+    }
+    assert_eq!(exposure_counter(&app, "expo").await, served);
+    // Re-randomised: everyone is exposed again under the new version.
+    let (s, out) = app
+        .post(&format!("/v1/experiments/{id}/rerandomize"), json!(null))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    let mut again = served.clone();
+    for i in 0..40 {
+        let answer = experiments_of(&app, &format!("user-{i}")).await;
+        for v in variants(&answer).into_values() {
+            *again.entry(v).or_default() += 1;
+        }
+    }
+    assert_eq!(again.values().sum::<u64>(), 80);
+    assert_eq!(exposure_counter(&app, "expo").await, again);
+}
