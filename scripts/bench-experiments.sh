@@ -54,10 +54,7 @@ read -r C_RPS C_P50 C_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "cold     GET /v1/users/{id}/experiments:  $C_RPS req/s  p50 ${C_P50} ms  p99 ${C_P99} ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 # Prime: serve every user once (in id order), so that the warm pass meets
 # only users whose answer is cached (the cache keeps about a million).
-PRIME_START=$(date +%s)
-PRIME_SECONDS=$(( USERS / 12000 + 10 ))
-wrk -t2 -c"$CONNS" -d"${PRIME_SECONDS}s" -s "$WORK/prime.lua" "$URL/" >/dev/null
-echo "primed:  every user served once in $(( $(date +%s) - PRIME_START ))s"
+echo "primed:  every user served once in $(serve_everyone "$WORK/prime.lua" "$USERS")s"
 read -r W_RPS W_P50 W_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "warm     GET /v1/users/{id}/experiments:  $W_RPS req/s  p50 ${W_P50} ms  p99 ${W_P99} ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 read -r H2_RPS H2_P50 H2_P99 < <(wrk_run /health "$WORK/health.lua")

@@ -89,9 +89,7 @@ read -r H_RPS _ H_P99 < <(wrk_run /health "$WORK/health.lua")
 echo "GET /health:                        $H_RPS req/s  p99 $H_P99 ms"
 read -r C_RPS _ C_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "first servings (random users):      $C_RPS req/s  p99 $C_P99 ms  ratio $(awk -v a="$C_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
-T=$(now)
-wrk -t2 -c"$CONNS" -d"$((USERS / 12000 + 10))s" -s "$WORK/prime.lua" "$URL/" >/dev/null
-echo "every user served once in $(since "$T")s"
+echo "every user served once in $(serve_everyone "$WORK/prime.lua" "$USERS")s"
 read -r W_RPS _ W_P99 < <(wrk_run /v1/users/1/experiments "$WORK/users.lua")
 echo "repeats (random users):             $W_RPS req/s  p99 $W_P99 ms  ratio $(awk -v a="$W_RPS" -v b="$H_RPS" 'BEGIN {printf "%.2f", a / b}')"
 rss "after serving every user"
