@@ -102,8 +102,9 @@ impl Pools {
         pool
     }
 
-    /// Pools alive (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// Pools alive.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let t = self.table.lock();
         t.by_sources
             .values()

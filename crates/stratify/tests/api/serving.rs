@@ -696,21 +696,23 @@ async fn first_exposures_are_counted_per_variant_as_they_happen() {
     )
     .await;
     assert!(exposure_counter(&app, "expo").await.is_empty());
-    let mut served: HashMap<String, u64> = HashMap::new();
-    for i in 0..40 {
-        let answer = experiments_of(&app, &format!("user-{i}")).await;
-        for v in variants(&answer).into_values() {
-            *served.entry(v).or_default() += 1;
+    // Serves user-0..user-39; counts the variants they get into `tally`.
+    async fn serve_all(app: &TestApp, tally: &mut HashMap<String, u64>) {
+        for i in 0..40 {
+            let answer = experiments_of(app, &format!("user-{i}")).await;
+            for v in variants(&answer).into_values() {
+                *tally.entry(v).or_default() += 1;
+            }
         }
     }
+    let mut served: HashMap<String, u64> = HashMap::new();
+    serve_all(&app, &mut served).await;
     assert_eq!(served.values().sum::<u64>(), 40);
     assert_eq!(served.len(), 2, "{served:?}");
     assert_eq!(exposure_counter(&app, "expo").await, served);
     // Repeats (cached or not) expose nobody again.
     app.clock.advance(10 * 60_000);
-    for i in 0..40 {
-        experiments_of(&app, &format!("user-{i}")).await;
-    }
+    serve_all(&app, &mut HashMap::new()).await;
     assert_eq!(exposure_counter(&app, "expo").await, served);
     // Re-randomised: everyone is exposed again under the new version.
     let (s, out) = app
@@ -718,12 +720,7 @@ async fn first_exposures_are_counted_per_variant_as_they_happen() {
         .await;
     assert_eq!(s, StatusCode::OK, "{out}");
     let mut again = served.clone();
-    for i in 0..40 {
-        let answer = experiments_of(&app, &format!("user-{i}")).await;
-        for v in variants(&answer).into_values() {
-            *again.entry(v).or_default() += 1;
-        }
-    }
+    serve_all(&app, &mut again).await;
     assert_eq!(again.values().sum::<u64>(), 80);
     assert_eq!(exposure_counter(&app, "expo").await, again);
 }
