@@ -22,6 +22,7 @@
 pub mod access;
 pub mod attributes;
 pub mod bucketing;
+pub mod codec;
 pub mod datagen;
 pub mod error;
 pub mod event;

@@ -13,12 +13,14 @@ pub type SharedIndex = Arc<RwLock<PopulationIndex>>;
 
 /// Reads every user, event and static membership into a fresh index.
 pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> {
+    let t0 = std::time::Instant::now();
     let mut index = PopulationIndex::new();
     let by_uid = scan::users(store, |user| {
         index.set_attributes(&user.user_id, &user.attributes);
         index.index_of(&user.user_id)
     })
     .await?;
+    eprintln!("TIMING pop users {:?}", t0.elapsed());
     let names: std::collections::HashMap<i64, String> =
         store.event_names().await?.into_iter().collect();
     scan::events(store, |e| {
@@ -27,7 +29,9 @@ pub(crate) async fn load(store: &dyn Store) -> Result<SharedIndex, EngineError> 
         }
     })
     .await?;
+    eprintln!("TIMING pop events {:?}", t0.elapsed());
     index.settle_all();
+    eprintln!("TIMING pop settle {:?}", t0.elapsed());
     index.shrink_to_fit();
     for segment in store.segments().await? {
         if segment.rules.is_none() {

@@ -172,6 +172,7 @@ impl Worker {
         } else {
             store.watermark(shared.node.as_deref()).await?
         };
+        let t0 = std::time::Instant::now();
         let mut state = State::default();
         let by_uid = scan::users(store.as_ref(), |user| {
             if !owned(&user.user_id) {
@@ -182,6 +183,7 @@ impl Worker {
             Some(u)
         })
         .await?;
+        eprintln!("TIMING live users {:?}", t0.elapsed());
         let mut names: HashMap<i64, u32> = HashMap::new();
         for (id, name) in store.event_names().await? {
             names.insert(id, state.name_id(&name));
@@ -214,6 +216,7 @@ impl Worker {
             }
         })
         .await?;
+        eprintln!("TIMING live events {:?}", t0.elapsed());
         // Events arrive in log order and each profile grew by doubling.
         for p in &mut state.profiles {
             p.events.shrink_to_fit();
@@ -294,8 +297,10 @@ impl Worker {
         }
         // Every dynamic (user, segment) at the watermark's instant: derives
         // the deadlines, and repairs any membership the table got wrong.
+        eprintln!("TIMING live memberships {:?}", t0.elapsed());
         let dynamic = worker.state.dynamic.clone();
         worker.evaluate_all(&dynamic, start, &refresh);
+        eprintln!("TIMING live evaluate {:?}", t0.elapsed());
         for id in worker.state.segment_index.keys() {
             let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, start);
             status.size = worker.state.segment(id).map_or(0, |s| s.size);
