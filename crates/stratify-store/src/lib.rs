@@ -182,6 +182,14 @@ pub trait Users: Send + Sync {
     /// The newest erasure's sequence number (0 when none).
     async fn last_erasure_seq(&self) -> Result<i64>;
 
+    /// What a checkpoint of derived state is checked against: this store's
+    /// name and how many writes it has had to what derived state reads
+    /// besides appended events. `None`: the store keeps no such count (a
+    /// shared store), and derived state is always read from it.
+    async fn derived_stamp(&self) -> Result<Option<DerivedStamp>> {
+        Ok(None)
+    }
+
     /// Users in creation order after `after_uid` (paging through everyone).
     async fn users_page(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, UserRecord)>>;
 

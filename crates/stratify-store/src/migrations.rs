@@ -277,6 +277,33 @@ INSERT INTO assignment_log (seq, user_id, uid, at, entries)
 UPDATE assignment_seq SET seq = max(seq, (SELECT COALESCE(MAX(l.seq), 0) FROM assignment_log l));
 DROP TABLE assignments;
 "#,
+    r#"
+-- Derived state saved to disk (checkpoints) is trusted only for the store it
+-- was made from, as it was then: `store_id` names this store, and `n` counts
+-- every write to what derived state reads besides appended events (users,
+-- static members, segments, aliases, events moved or erased). Triggers keep
+-- it, so no write path can forget to.
+CREATE TABLE derived_generation (
+    one       INTEGER PRIMARY KEY CHECK (one = 1),
+    store_id  TEXT NOT NULL,
+    n         INTEGER NOT NULL
+);
+INSERT INTO derived_generation (one, store_id, n) VALUES (1, lower(hex(randomblob(16))), 0);
+CREATE TRIGGER derived_users_insert AFTER INSERT ON users BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_users_update AFTER UPDATE ON users BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_users_delete AFTER DELETE ON users BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_events_update AFTER UPDATE ON events BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_events_delete AFTER DELETE ON events BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segment_members_insert AFTER INSERT ON segment_members BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segment_members_update AFTER UPDATE ON segment_members BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segment_members_delete AFTER DELETE ON segment_members BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segments_insert AFTER INSERT ON segments BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segments_update AFTER UPDATE ON segments BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_segments_delete AFTER DELETE ON segments BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_aliases_insert AFTER INSERT ON aliases BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_aliases_update AFTER UPDATE ON aliases BEGIN UPDATE derived_generation SET n = n + 1; END;
+CREATE TRIGGER derived_aliases_delete AFTER DELETE ON aliases BEGIN UPDATE derived_generation SET n = n + 1; END;
+"#,
 ];
 
 /// The live engine's derived state, in its own file (`live.db`) with its own

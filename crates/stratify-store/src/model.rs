@@ -265,6 +265,13 @@ pub struct IngestStatus {
     pub updated_at: Millis,
 }
 
+/// See [`crate::Store::derived_stamp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DerivedStamp {
+    pub store_id: String,
+    pub generation: i64,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub users: u64,

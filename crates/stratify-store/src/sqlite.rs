@@ -1130,6 +1130,21 @@ impl Users for SqliteStore {
         .await
     }
 
+    async fn derived_stamp(&self) -> Result<Option<DerivedStamp>> {
+        self.read(|c| {
+            Ok(Some(
+                c.prepare_cached("SELECT store_id, n FROM derived_generation")?
+                    .query_row([], |r| {
+                        Ok(DerivedStamp {
+                            store_id: r.get(0)?,
+                            generation: r.get(1)?,
+                        })
+                    })?,
+            ))
+        })
+        .await
+    }
+
     async fn user_ids_after(&self, after_uid: i64, limit: u32) -> Result<Vec<(i64, String)>> {
         self.read(move |c| {
             all(

@@ -1365,3 +1365,62 @@ async fn identify_moves_a_visitor_into_the_known_user_once() {
     })
     .await;
 }
+
+/// Every write to what derived state reads besides appended events moves
+/// the embedded store's derived stamp; appending events of known users does
+/// not. A shared store keeps none.
+#[tokio::test]
+async fn the_derived_stamp_moves_with_every_write_derived_state_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open(dir.path()).expect("open sqlite");
+    let stamp = || async { s.derived_stamp().await.expect("stamp").expect("sqlite keeps one") };
+    let attrs = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    let mut last = stamp().await;
+    assert_eq!(last.store_id.len(), 32);
+    let mut moved = |what: &str, now: DerivedStamp, expected: bool| {
+        assert_eq!(now.store_id, last.store_id, "{what}");
+        assert_eq!(now.generation != last.generation, expected, "{what}: {last:?} → {now:?}");
+        last = now;
+    };
+    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))])).await.expect("append");
+    moved("an event of a new user", stamp().await, true);
+    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))])).await.expect("append");
+    moved("an event of a known user", stamp().await, false);
+    s.write_user(uid("a"), attrs(json!({"plan": "pro"})), WriteMode::Merge, NOW).await.expect("write");
+    moved("attributes", stamp().await, true);
+    let segment = SegmentRecord {
+        id: "s".into(),
+        name: "s".into(),
+        description: None,
+        kind: "static".into(),
+        rules: None,
+        version: 1,
+        created_at: NOW,
+        updated_at: NOW,
+        created_by: None,
+        updated_by: None,
+    };
+    s.create_segment(segment.clone(), vec![]).await.expect("segment");
+    moved("a segment", stamp().await, true);
+    s.add_members("s", vec![uid("a")], NOW).await.expect("members");
+    moved("static members", stamp().await, true);
+    s.update_segment(SegmentRecord { version: 2, ..segment }).await.expect("update");
+    moved("a segment's new version", stamp().await, true);
+    s.write_user(uid("b"), attrs(json!({})), WriteMode::Create, NOW).await.expect("b");
+    moved("a new user", stamp().await, true);
+    s.identify(&uid("b"), &uid("a"), NOW).await.expect("identify");
+    moved("a merge", stamp().await, true);
+    s.delete_user(&uid("a"), NOW).await.expect("delete");
+    moved("an erasure", stamp().await, true);
+    drop(s);
+    let again = SqliteStore::open(dir.path()).expect("reopen");
+    let reopened = again.derived_stamp().await.expect("stamp").expect("kept");
+    assert_eq!(reopened, last, "the stamp is stored, not per process");
+    let other = tempfile::tempdir().expect("temp dir");
+    let other = SqliteStore::open(other.path()).expect("open");
+    let fresh = other.derived_stamp().await.expect("stamp").expect("kept");
+    assert_ne!(fresh.store_id, last.store_id, "each store is named apart");
+    let url = stratify_store::testing::fresh_postgres().await;
+    let pg = PgStore::connect(&url).await.expect("open postgres");
+    assert_eq!(pg.derived_stamp().await.expect("stamp"), None);
+}
