@@ -265,7 +265,15 @@ impl<R: Read> Decoder<R> {
     }
 
     pub fn string(&mut self) -> Decoded<String> {
+        self.string_at_most(usize::MAX)
+    }
+
+    /// A string, refused when longer than `max` bytes (before reading it).
+    pub fn string_at_most(&mut self, max: usize) -> Decoded<String> {
         let n = self.len(1)?;
+        if n > max {
+            return Err(DecodeError::Malformed("string length"));
+        }
         let mut buf = vec![0u8; n];
         self.fill(&mut buf)?;
         String::from_utf8(buf).map_err(|_| DecodeError::Malformed("utf-8"))

@@ -21,6 +21,7 @@
 //! `stratify_core`; SQL belongs in `stratify_store`.
 
 pub mod audit;
+pub(crate) mod checkpoint;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -83,6 +84,8 @@ pub struct Services {
     clock: Arc<dyn Clock>,
     views: Arc<derived::Views>,
     deliverers: Arc<webhooks::Deliverers>,
+    /// Where derived state is saved at shutdown (see [`checkpoint`]).
+    derived_dir: Option<std::path::PathBuf>,
 }
 
 impl std::ops::Deref for Engine {
@@ -147,6 +150,12 @@ impl Engine {
         fan_out: impl FnOnce(Arc<derived::Views>) -> Arc<dyn derived::Derive>,
     ) -> Result<Self, EngineError> {
         let limits = Arc::new(config.limits);
+        // Derived state saved at shutdown (one node alone on its store).
+        let derived_dir = config
+            .checkpoint_dir
+            .as_ref()
+            .filter(|_| config.cluster_node.is_none())
+            .map(|dir| dir.join("derived"));
         let schemas = Arc::new(Schemas::load(store.as_ref()).await?);
         let keys = Arc::new(KeyRing::load(store.as_ref(), admin_secret).await?);
         let segments = Arc::new(segments::Segments::load(store.as_ref()).await?);
@@ -156,9 +165,9 @@ impl Engine {
         // reads the whole log, so on a multi-core machine the two overlap.
         let population = match store.dialect() {
             stratify_core::rules::sql::Dialect::Sqlite => {
-                let store = store.clone();
+                let (store, dir) = (store.clone(), derived_dir.clone());
                 Some(tokio::spawn(async move {
-                    population::load(store.as_ref()).await
+                    population::load(store.as_ref(), dir.as_deref()).await
                 }))
             }
             stratify_core::rules::sql::Dialect::Postgres => None,
@@ -187,6 +196,7 @@ impl Engine {
                 freshness.clone(),
                 view,
                 config.cluster_node.clone(),
+                derived_dir.clone(),
             )
             .await?,
         );
@@ -348,6 +358,7 @@ impl Engine {
             clock,
             views,
             deliverers,
+            derived_dir,
         };
         let engine = Self(Arc::new(services));
         // Alone on its store (SQLite), a node delivers every webhook. On a
@@ -365,11 +376,21 @@ impl Engine {
     }
 
     /// Commits pending live work and stops the worker (on shutdown), and
-    /// saves what a restart would otherwise read from the whole log.
+    /// saves what a restart would otherwise read from the whole log. Call
+    /// it once nothing writes any more (the server has drained): the saved
+    /// state must hold every write the store has.
     pub async fn shutdown(&self) {
         self.deliverers.stop_all();
         self.views.serving.stop().await;
-        self.views.live.stop().await;
+        if let Err(e) = self.views.live.stop_and_save().await {
+            tracing::warn!(error = %e, "live state not saved at shutdown");
+        }
+        if let (Some(dir), Some(index)) = (&self.derived_dir, &self.views.population) {
+            let saved = population::save(index, self.store.as_ref(), dir, self.clock.now());
+            if let Err(e) = saved.await {
+                tracing::warn!(error = %e, "population index not saved at shutdown");
+            }
+        }
         if let Err(e) = self
             .views
             .results_columns

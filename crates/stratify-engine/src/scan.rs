@@ -23,6 +23,19 @@ impl ByUid {
         }
     }
 
+    pub fn encode<W: std::io::Write>(
+        &self,
+        e: &mut stratify_core::codec::Encoder<W>,
+    ) -> std::io::Result<()> {
+        e.u32s(&self.0)
+    }
+
+    pub fn decode<R: std::io::Read>(
+        d: &mut stratify_core::codec::Decoder<R>,
+    ) -> stratify_core::codec::Decoded<Self> {
+        Ok(Self(d.u32s()?))
+    }
+
     pub fn get(&self, uid: i64) -> Option<u32> {
         usize::try_from(uid)
             .ok()
@@ -54,11 +67,17 @@ pub(crate) async fn users(
 }
 
 /// Calls `f` with every event in log order; returns the last sequence number.
-pub(crate) async fn events(
+pub(crate) async fn events(store: &dyn Store, f: impl FnMut(RawEvent)) -> Result<i64, EngineError> {
+    events_after(store, 0, f).await
+}
+
+/// Calls `f` with every event after sequence number `after`, in log order;
+/// returns the last sequence number (`after` when there is none).
+pub(crate) async fn events_after(
     store: &dyn Store,
+    mut after: i64,
     mut f: impl FnMut(RawEvent),
 ) -> Result<i64, EngineError> {
-    let mut after = 0;
     loop {
         let page = store.scan_events(after, PAGE).await?;
         let Some(last) = page.last() else { break };

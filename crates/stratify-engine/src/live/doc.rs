@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
+use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
 use stratify_core::rules::Fields;
 
 /// Most distinct keys shared; past it a new key is held by its documents
@@ -62,6 +63,31 @@ impl Doc {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl Doc {
+    pub fn encode<W: std::io::Write>(&self, e: &mut Encoder<W>) -> std::io::Result<()> {
+        e.len(self.0.len())?;
+        for (k, v) in self.0.iter() {
+            e.str(k)?;
+            e.value(v)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a document written by [`Doc::encode`] (keys shared again).
+    pub fn decode<R: std::io::Read>(d: &mut Decoder<R>) -> Decoded<Self> {
+        let n = d.len(9)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = d.string()?;
+            entries.push((key(&k), d.value()?));
+        }
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            return Err(DecodeError::Malformed("document keys"));
+        }
+        Ok(Self(entries.into_boxed_slice()))
     }
 }
 

@@ -29,6 +29,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -163,8 +164,11 @@ pub struct Live {
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<worker::Stopped>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the state is saved at shutdown and read at start (one node
+    /// alone on its store; see [`crate::checkpoint`]).
+    checkpoint: Option<PathBuf>,
 }
 
 impl Live {
@@ -181,7 +185,9 @@ impl Live {
         freshness: Arc<Freshness>,
         view: Arc<MemberView>,
         node: Option<String>,
+        checkpoint: Option<PathBuf>,
     ) -> Result<Self, EngineError> {
+        let checkpoint = checkpoint.filter(|_| node.is_none());
         let owns: Option<Owns> = node.is_some().then(|| Arc::new(|_: &str| false) as Owns);
         let shared = Arc::new(Shared {
             freshness,
@@ -190,8 +196,17 @@ impl Live {
             ..Shared::default()
         });
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let (tx, thread, committer) =
-            Self::spawn(&store, &clock, catalog, &shared, &feed, rebuild, owns).await?;
+        let (tx, thread, committer) = Self::spawn(
+            &store,
+            &clock,
+            catalog,
+            &shared,
+            &feed,
+            rebuild,
+            owns,
+            checkpoint.as_deref(),
+        )
+        .await?;
         let tick_tx = Arc::new(Mutex::new(tx.clone()));
         let tick = tick_tx.clone();
         clock.on_jump(Box::new(move || {
@@ -206,10 +221,12 @@ impl Live {
             clock,
             thread: Mutex::new(Some(thread)),
             committer: Mutex::new(Some(committer)),
+            checkpoint,
         })
     }
 
     /// Loads a worker and starts it with its committer.
+    #[allow(clippy::too_many_arguments)]
     async fn spawn(
         store: &Arc<dyn Store>,
         clock: &Arc<dyn Clock>,
@@ -218,10 +235,11 @@ impl Live {
         feed: &broadcast::Sender<Arc<Vec<ChangeRecord>>>,
         rebuild: bool,
         owns: Option<Owns>,
+        checkpoint: Option<&Path>,
     ) -> Result<
         (
             Sender<Msg>,
-            std::thread::JoinHandle<()>,
+            std::thread::JoinHandle<worker::Stopped>,
             tokio::task::JoinHandle<()>,
         ),
         EngineError,
@@ -235,6 +253,7 @@ impl Live {
             to_committer,
             rebuild,
             owns,
+            checkpoint,
         )
         .await?;
         let committer = tokio::spawn(worker::committer(
@@ -269,6 +288,7 @@ impl Live {
             &self.feed,
             true,
             Some(owns),
+            None,
         )
         .await?;
         *self.tick.lock() = tx.clone();
@@ -406,14 +426,39 @@ impl Live {
 
     /// Stops the worker and waits until everything it produced is durable.
     pub async fn stop(&self) {
+        self.stop_worker().await;
+    }
+
+    async fn stop_worker(&self) -> Option<worker::Stopped> {
         self.send(Msg::Stop);
         let thread = self.thread.lock().take();
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        let worker = match thread {
+            Some(t) => tokio::task::spawn_blocking(move || t.join().ok())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         let committer = self.committer.lock().take();
         if let Some(c) = committer {
             let _ = c.await;
         }
+        worker
+    }
+
+    /// [`Live::stop`], then saves the state for the next start (at
+    /// shutdown, when nothing writes any more).
+    pub(crate) async fn stop_and_save(&self) -> Result<(), EngineError> {
+        let worker = self.stop_worker().await;
+        let (Some(worker), Some(dir)) = (worker, self.checkpoint.clone()) else {
+            return Ok(());
+        };
+        let Some(stamp) = self.store.derived_stamp().await? else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || worker.save(&dir, &stamp, now))
+            .await
+            .map_err(|e| EngineError::Store(stratify_store::StoreError::Task(e)))
     }
 }

@@ -7,6 +7,8 @@ use super::deadlines::Deadlines;
 use super::doc::Doc;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
 use std::sync::Arc;
 use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
@@ -127,6 +129,152 @@ pub struct State {
     pub dynamic: Arc<[u32]>,
     pub deadlines: Deadlines,
     pub truncated_users: u64,
+}
+
+impl State {
+    /// Writes the whole state (for a checkpoint). Segments are written by
+    /// id, in slot order, without their rules: the catalog gives those back.
+    pub fn encode<W: Write>(&self, e: &mut Encoder<W>) -> io::Result<()> {
+        e.len(self.user_ids.len())?;
+        for (id, p) in self.user_ids.iter().zip(&self.profiles) {
+            e.str(id)?;
+            p.attributes.encode(e)?;
+            e.bool(p.alive)?;
+            e.bool(p.truncated)?;
+            e.len(p.events.len())?;
+            for ev in &p.events {
+                e.i64(ev.seq)?;
+                e.i64(ev.ts)?;
+                e.u32(ev.name)?;
+                match &ev.properties {
+                    Some(doc) => {
+                        e.bool(true)?;
+                        doc.encode(e)?;
+                    }
+                    None => e.bool(false)?,
+                }
+            }
+        }
+        e.len(self.name_list.len())?;
+        self.name_list.iter().try_for_each(|n| e.str(n))?;
+        e.u64(self.truncated_users)?;
+        // Slot → position among the segments written.
+        let mut position = vec![u32::MAX; self.segments.len()];
+        let live: Vec<&Seg> = self.segments.iter().flatten().collect();
+        e.len(live.len())?;
+        for (k, (slot, seg)) in self
+            .segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .enumerate()
+        {
+            position[slot] = k as u32;
+            e.str(&seg.id)?;
+            e.u64s(&seg.members)?;
+            e.u64(seg.size)?;
+        }
+        let (mut users, mut segments, mut at) = (Vec::new(), Vec::new(), Vec::new());
+        for ((u, s), t) in self.deadlines.iter() {
+            if let Some(&k) = position.get(s as usize).filter(|k| **k != u32::MAX) {
+                users.push(u);
+                segments.push(k);
+                at.push(t);
+            }
+        }
+        e.u32s(&users)?;
+        e.u32s(&segments)?;
+        e.i64s(&at)
+    }
+
+    /// Reads a state written by [`State::encode`]; `rules` is every segment
+    /// of the catalog now, which must be exactly the segments written.
+    pub fn decode<R: Read>(
+        d: &mut Decoder<R>,
+        rules: &HashMap<String, Option<Arc<Rule>>>,
+    ) -> Decoded<Self> {
+        let malformed = |what| Err(DecodeError::Malformed(what));
+        let mut state = State::default();
+        let n = d.len(8)?;
+        state.user_ids.reserve_exact(n);
+        state.profiles.reserve_exact(n);
+        let mut names_used = 0u32;
+        for i in 0..n {
+            let id: Box<str> = d.string()?.into();
+            let attributes = Doc::decode(d)?;
+            let (alive, truncated) = (d.bool()?, d.bool()?);
+            let k = d.len(21)?;
+            let mut events = Vec::with_capacity(k);
+            for _ in 0..k {
+                let (seq, ts, name) = (d.i64()?, d.i64()?, d.u32()?);
+                names_used = names_used.max(name + 1);
+                let properties = if d.bool()? {
+                    Some(Box::new(Doc::decode(d)?))
+                } else {
+                    None
+                };
+                events.push(LiveEvent {
+                    seq,
+                    ts,
+                    name,
+                    properties,
+                });
+            }
+            if !events.is_sorted_by_key(|e| (e.ts, e.seq)) {
+                return malformed("event order");
+            }
+            if state.users.insert(id.clone(), i as u32).is_some() {
+                return malformed("user twice");
+            }
+            state.user_ids.push(id);
+            state.profiles.push(Profile {
+                attributes,
+                events,
+                alive,
+                truncated,
+            });
+        }
+        let names = d.len(8)?;
+        for _ in 0..names {
+            let name = d.string()?;
+            state.name_id(&name);
+        }
+        if names_used as usize > state.name_list.len() || state.name_list.len() != names {
+            return malformed("event name");
+        }
+        state.truncated_users = d.u64()?;
+        let k = d.len(24)?;
+        if k != rules.len() {
+            return malformed("segments");
+        }
+        let mut slots = Vec::with_capacity(k);
+        for _ in 0..k {
+            let id = d.string()?;
+            let Some(rule) = rules.get(&id) else {
+                return malformed("segment");
+            };
+            let slot = state.put_segment(&id, rule.clone());
+            let (members, size) = (d.u64s()?, d.u64()?);
+            if members.len() > n.div_ceil(64) {
+                return malformed("members");
+            }
+            if let Some(seg) = state.segments[slot as usize].as_mut() {
+                (seg.members, seg.size) = (members, size);
+            }
+            slots.push(slot);
+        }
+        let (users, segments, at) = (d.u32s()?, d.u32s()?, d.i64s()?);
+        if users.len() != segments.len() || users.len() != at.len() {
+            return malformed("deadlines");
+        }
+        for ((u, s), t) in users.into_iter().zip(segments).zip(at) {
+            match slots.get(s as usize) {
+                Some(&slot) if (u as usize) < n => state.deadlines.set(u, slot, Some(t)),
+                _ => return malformed("deadline"),
+            }
+        }
+        Ok(state)
+    }
 }
 
 struct Lookup<'a> {

@@ -9,15 +9,20 @@ use super::doc::Doc;
 use super::state::{fan_out, LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Owns, Shared, Snapshot};
 use crate::segments::{Catalog, MemberChange};
+use crate::checkpoint::{self, Header, Refused};
 use crate::{scan, Clock, EngineError};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::time::Millis;
-use stratify_store::{Cause, ChangeRecord, RawEvent, Store, Watermark};
+use stratify_store::{Cause, ChangeRecord, DerivedStamp, RawEvent, Store, Watermark};
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// The checkpoint file's kind (see [`crate::checkpoint`]).
+const KIND: &str = "live";
 
 /// Most messages handled before deadlines, builds and a commit get a turn.
 const MAX_MESSAGES_PER_TURN: usize = 4_096;
@@ -165,14 +170,21 @@ impl Worker {
         committer: mpsc::UnboundedSender<CommitBatch>,
         rebuild: bool,
         owns: Option<Owns>,
+        checkpoint: Option<&Path>,
     ) -> Result<Self, EngineError> {
+        if let (Some(dir), false, None) = (checkpoint, rebuild, &owns) {
+            let restored =
+                Self::restore(&store, &clock, catalog, &shared, &committer, dir).await?;
+            if let Some(worker) = restored {
+                return Ok(worker);
+            }
+        }
         let owned = |user: &str| owns.as_ref().is_none_or(|o| o(user));
         let mark = if rebuild {
             None
         } else {
             store.watermark(shared.node.as_deref()).await?
         };
-        let t0 = std::time::Instant::now();
         let mut state = State::default();
         let by_uid = scan::users(store.as_ref(), |user| {
             if !owned(&user.user_id) {
@@ -183,7 +195,6 @@ impl Worker {
             Some(u)
         })
         .await?;
-        eprintln!("TIMING live users {:?}", t0.elapsed());
         let mut names: HashMap<i64, u32> = HashMap::new();
         for (id, name) in store.event_names().await? {
             names.insert(id, state.name_id(&name));
@@ -216,7 +227,6 @@ impl Worker {
             }
         })
         .await?;
-        eprintln!("TIMING live events {:?}", t0.elapsed());
         // Events arrive in log order and each profile grew by doubling.
         for p in &mut state.profiles {
             p.events.shrink_to_fit();
@@ -297,24 +307,29 @@ impl Worker {
         }
         // Every dynamic (user, segment) at the watermark's instant: derives
         // the deadlines, and repairs any membership the table got wrong.
-        eprintln!("TIMING live memberships {:?}", t0.elapsed());
         let dynamic = worker.state.dynamic.clone();
         worker.evaluate_all(&dynamic, start, &refresh);
-        eprintln!("TIMING live evaluate {:?}", t0.elapsed());
         for id in worker.state.segment_index.keys() {
             let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, start);
             status.size = worker.state.segment(id).map_or(0, |s| s.size);
             worker.shared.builds.write().insert(id.clone(), status);
         }
+        worker.resume(replay, &names, "live state loaded");
+        Ok(worker)
+    }
+
+    /// Applies the events appended after the watermark, fires what is due,
+    /// fills the readers' view: the end of every load.
+    fn resume(&mut self, replay: Vec<RawEvent>, names: &HashMap<i64, u32>, loaded: &str) {
         let replayed = replay.len();
         for e in replay {
-            let user = worker.by_uid.get(e.uid);
+            let user = self.by_uid.get(e.uid);
             let name = names.get(&e.name_id).copied();
             if let (Some(u), Some(name)) = (user, name) {
-                let at = e.received_at.max(worker.mark.at);
-                let id = worker.state.user_ids[u as usize].clone();
-                let user = worker.resolve(e.uid, &id);
-                worker.apply_event(
+                let at = e.received_at.max(self.mark.at);
+                let id = self.state.user_ids[u as usize].clone();
+                let user = self.resolve(e.uid, &id);
+                self.apply_event(
                     user,
                     name,
                     e.seq,
@@ -325,19 +340,92 @@ impl Worker {
                 );
             }
         }
-        let now = worker.clock.now().max(worker.mark.at);
-        worker.fire_due(now);
-        worker.fill_view();
+        let now = self.clock.now().max(self.mark.at);
+        self.fire_due(now);
+        self.fill_view();
         // Committed by the worker thread's first turn (it blocks on the store).
         tracing::info!(
-            users = worker.state.user_ids.len(),
-            segments = worker.state.segment_index.len(),
-            deadlines = worker.state.deadlines.len(),
+            users = self.state.user_ids.len(),
+            segments = self.state.segment_index.len(),
+            deadlines = self.state.deadlines.len(),
             replayed,
-            "live state loaded"
+            "{loaded}"
         );
-        worker.publish_stats();
-        Ok(worker)
+        self.publish_stats();
+    }
+
+    /// The state saved at the last shutdown, when it matches the store
+    /// exactly (see [`crate::checkpoint`]), with the events after it applied.
+    async fn restore(
+        store: &Arc<dyn Store>,
+        clock: &Arc<dyn Clock>,
+        catalog: &Catalog,
+        shared: &Arc<Shared>,
+        committer: &mpsc::UnboundedSender<CommitBatch>,
+        dir: &Path,
+    ) -> Result<Option<Self>, EngineError> {
+        let (Some(stamp), Some(mark)) = (store.derived_stamp().await?, store.watermark(None).await?)
+        else {
+            return Ok(None);
+        };
+        let last_event = store.last_event_seq().await?;
+        let change_seq = store.last_change_seq().await?;
+        let rules: HashMap<String, Option<Arc<stratify_core::rules::Rule>>> = catalog
+            .all()
+            .map(|s| (s.record.id.clone(), s.rule.clone().map(Arc::new)))
+            .collect();
+        let path = checkpoint::path(dir, KIND);
+        let read = tokio::task::spawn_blocking(move || {
+            checkpoint::read(
+                &path,
+                |h| {
+                    h.matches(KIND, &stamp, last_event)
+                        && h.event_seq == mark.event_seq
+                        && h.mark_at == Some(mark.at)
+                        && h.change_seq == Some(change_seq)
+                },
+                |_, d| Ok((scan::ByUid::decode(d)?, State::decode(d, &rules)?)),
+            )
+        })
+        .await
+        .map_err(|e| EngineError::Store(stratify_store::StoreError::Task(e)))?;
+        let (by_uid, state) = match read {
+            Ok((_, loaded)) => loaded,
+            Err(Refused::Absent) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(reason = %e, "live state checkpoint not used; rebuilding");
+                return Ok(None);
+            }
+        };
+        let mut worker = Worker {
+            state,
+            owns: None,
+            clock: clock.clone(),
+            shared: shared.clone(),
+            committer: committer.clone(),
+            pending: Vec::new(),
+            next_seq: change_seq + 1,
+            mark,
+            committed: mark,
+            builds: VecDeque::new(),
+            syncs: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scratch: Vec::new(),
+            by_uid,
+        };
+        let mut names: HashMap<i64, u32> = HashMap::new();
+        for (id, name) in store.event_names().await? {
+            names.insert(id, worker.state.name_id(&name));
+        }
+        for id in worker.state.segment_index.keys() {
+            let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, mark.at);
+            status.size = worker.state.segment(id).map_or(0, |s| s.size);
+            worker.shared.builds.write().insert(id.clone(), status);
+        }
+        let mut replay = Vec::new();
+        scan::events_after(store.as_ref(), mark.event_seq, |e| replay.push(e)).await?;
+        worker.resume(replay, &names, "live state restored from its checkpoint");
+        Ok(Some(worker))
     }
 
     /// Evaluates every user for `segments` at `now`, in slices, recording
@@ -882,7 +970,7 @@ impl Worker {
 
     /// The loop: wait for a message or the next deadline, handle what came,
     /// fire what is due, take a slice of a build, commit.
-    pub fn run(mut self, rx: Receiver<Msg>) {
+    pub fn run(mut self, rx: Receiver<Msg>) -> Stopped {
         self.commit();
         let mut stop = false;
         while !stop {
@@ -932,5 +1020,49 @@ impl Worker {
         }
         self.commit();
         tracing::debug!("live worker stopped");
+        // Everything else (the committer's sender first) is dropped here.
+        Stopped {
+            savable: self.builds.is_empty() && self.pending.is_empty() && self.owns.is_none(),
+            state: self.state,
+            by_uid: self.by_uid,
+            mark: self.mark,
+            last_change_seq: self.next_seq - 1,
+        }
+    }
+}
+
+/// What a stopped worker leaves: its state, to save for the next start.
+pub struct Stopped {
+    state: State,
+    by_uid: scan::ByUid,
+    mark: Watermark,
+    last_change_seq: i64,
+    /// No build was under way and every change was handed over.
+    savable: bool,
+}
+
+impl Stopped {
+    /// Saves the state in `dir` for the next start. Not while a build was
+    /// under way: the next start rebuilds then.
+    pub fn save(&self, dir: &Path, stamp: &DerivedStamp, now: Millis) {
+        if !self.savable {
+            tracing::info!("live state not saved: a segment build was under way");
+            return;
+        }
+        let mut header = Header::new(KIND, stamp, self.mark.event_seq, now);
+        header.mark_at = Some(self.mark.at);
+        header.change_seq = Some(self.last_change_seq);
+        let started = std::time::Instant::now();
+        match checkpoint::write(&checkpoint::path(dir, KIND), &header, |e| {
+            self.by_uid.encode(e)?;
+            self.state.encode(e)
+        }) {
+            Ok(bytes) => tracing::info!(
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "live state saved"
+            ),
+            Err(e) => tracing::warn!(error = %e, "live state not saved"),
+        }
     }
 }
