@@ -378,17 +378,20 @@ mod tests {
     }
 
     fn encode(x: &Sample) -> Vec<u8> {
-        let mut e = Encoder::new(Vec::new());
-        e.len(x.values.len()).unwrap();
-        for v in &x.values {
-            e.value(v).unwrap();
-        }
-        e.u32s(&x.u32s).unwrap();
-        e.i64s(&x.i64s).unwrap();
-        e.f64s(&x.f64s).unwrap();
-        e.str(&x.s).unwrap();
-        e.bool(true).unwrap();
-        e.finish().unwrap()
+        let write = || -> io::Result<Vec<u8>> {
+            let mut e = Encoder::new(Vec::new());
+            e.len(x.values.len())?;
+            for v in &x.values {
+                e.value(v)?;
+            }
+            e.u32s(&x.u32s)?;
+            e.i64s(&x.i64s)?;
+            e.f64s(&x.f64s)?;
+            e.str(&x.s)?;
+            e.bool(true)?;
+            e.finish()
+        };
+        write().unwrap_or_else(|e| unreachable!("writing to memory: {e}"))
     }
 
     fn decode(bytes: &[u8]) -> Decoded<Sample> {
@@ -432,7 +435,7 @@ mod tests {
         /// What is encoded decodes to the same values, bit for bit.
         #[test]
         fn round_trips(x in sample()) {
-            let back = decode(&encode(&x)).unwrap();
+            let back = decode(&encode(&x)).unwrap_or_else(|e| unreachable!("decodes: {e}"));
             prop_assert_eq!(&back.values, &x.values);
             prop_assert_eq!(&back.u32s, &x.u32s);
             prop_assert_eq!(&back.i64s, &x.i64s);

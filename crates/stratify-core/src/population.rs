@@ -1587,12 +1587,12 @@ mod tests {
         let mut bytes = Vec::new();
         {
             let mut e = Encoder::new(&mut bytes);
-            index.encode(&mut e).unwrap();
-            e.finish().unwrap();
+            index.encode(&mut e).unwrap_or_else(|e| unreachable!("encode: {e}"));
+            e.finish().unwrap_or_else(|e| unreachable!("finish: {e}"));
         }
-        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).unwrap();
-        let mut back = PopulationIndex::decode(&mut d).unwrap();
-        d.finish().unwrap();
+        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).unwrap_or_else(|e| unreachable!("decoder: {e}"));
+        let mut back = PopulationIndex::decode(&mut d).unwrap_or_else(|e| unreachable!("decode: {e}"));
+        d.finish().unwrap_or_else(|e| unreachable!("checksum: {e}"));
         let rules: Vec<Value> = vec![
             serde_json::json!({"field": "plan", "op": "eq", "value": "pro"}),
             serde_json::json!({"field": "age", "op": "gt", "value": 20}),
@@ -1639,7 +1639,7 @@ mod tests {
         assert_eq!(back.index_of("u4"), None);
         // Damaged bytes are refused.
         let cut = &bytes[..bytes.len() / 2];
-        let mut d = Decoder::new(cut, cut.len() as u64).unwrap();
+        let mut d = Decoder::new(cut, cut.len() as u64).unwrap_or_else(|e| unreachable!("decoder: {e}"));
         assert!(PopulationIndex::decode(&mut d).and_then(|_| d.finish()).is_err());
     }
 }

@@ -177,6 +177,7 @@ impl Live {
     /// cluster (`node`) starts owning nobody: it loads its users when the
     /// group assigns them ([`Live::reown`]), and never evaluates or
     /// commits changes for users another node owns.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,

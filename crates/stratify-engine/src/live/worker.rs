@@ -162,6 +162,7 @@ impl Worker {
     /// Loads the state from the store. With `rebuild`, the watermark and the
     /// replay are ignored: profiles come from the whole log, and every
     /// (user, segment) is evaluated at the clock's now.
+    #[allow(clippy::too_many_arguments)]
     pub async fn load(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
