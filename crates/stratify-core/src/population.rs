@@ -12,11 +12,11 @@
 //!
 //! Pure: no IO, no clock. The engine feeds it from the store and from ingest.
 
+use crate::codec::{DecodeError, Decoded, Decoder, Encoder};
 use crate::rules::{
     self, AggFn, Aggregate, Leaf, NumTest, Op, Operand, Rule, Seen, SegmentLookup, SegmentRef,
     Source,
 };
-use crate::codec::{DecodeError, Decoded, Decoder, Encoder};
 use crate::time::Millis;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -1249,9 +1249,15 @@ impl Column {
         let dict = (0..n).map(|_| d.value()).collect::<Decoded<Vec<_>>>()?;
         let dict_num = d.f64s()?;
         let (keys, lookup_codes) = (d.u64s()?, d.u32s()?);
-        check(dict_num.len() == n && keys.len() == lookup_codes.len(), "column")?;
+        check(
+            dict_num.len() == n && keys.len() == lookup_codes.len(),
+            "column",
+        )?;
         check(codes.iter().all(|&c| c as usize <= n), "column code")?;
-        check(lookup_codes.iter().all(|&c| c >= 1 && c as usize <= n), "column lookup")?;
+        check(
+            lookup_codes.iter().all(|&c| c >= 1 && c as usize <= n),
+            "column lookup",
+        )?;
         Ok(Self {
             codes,
             dict,
@@ -1279,7 +1285,9 @@ impl NumericProfile {
         };
         let n = p.n.len();
         check(
-            [&p.sum, &p.carry, &p.min, &p.max].iter().all(|v| v.len() == n),
+            [&p.sum, &p.carry, &p.min, &p.max]
+                .iter()
+                .all(|v| v.len() == n),
             "numeric profile",
         )?;
         Ok(p)
@@ -1316,14 +1324,20 @@ impl EventLog {
         check(user.len() == rows, "event log")?;
         check(user.iter().all(|&u| (u as usize) < users), "event user")?;
         check(ts.is_sorted(), "event order")?;
-        check(props.values().all(|c| c.codes.len() == rows), "event column")?;
+        check(
+            props.values().all(|c| c.codes.len() == rows),
+            "event column",
+        )?;
         let p = &all_time;
         let n = p.count.len();
         check(
             p.first.len() == n && p.last.len() == n && p.last_row.len() == n,
             "event profile",
         )?;
-        check(p.last_row.iter().all(|&r| r as usize <= rows), "event profile row")?;
+        check(
+            p.last_row.iter().all(|&r| r as usize <= rows),
+            "event profile row",
+        )?;
         Ok(Self {
             ts,
             user,
@@ -1579,7 +1593,12 @@ mod tests {
         let amounts: Vec<(String, Map<String, Value>)> = (0..200)
             .map(|k| (format!("u{}", k % 40), obj(serde_json::json!({"amount": (k % 17) as f64 * 1.5, "sku": format!("s{}", k % 5)}))))
             .collect();
-        index.add_events(amounts.iter().enumerate().map(|(k, (u, p))| (u.as_str(), "F", 2_000 + k as Millis * 13, Some(p))));
+        index.add_events(
+            amounts
+                .iter()
+                .enumerate()
+                .map(|(k, (u, p))| (u.as_str(), "F", 2_000 + k as Millis * 13, Some(p))),
+        );
         index.set_static_members("s", &["u1".to_owned(), "u2".to_owned()]);
         index.remove_user("u3");
         index.merge_user("u4", "u5");
@@ -1587,11 +1606,15 @@ mod tests {
         let mut bytes = Vec::new();
         {
             let mut e = Encoder::new(&mut bytes);
-            index.encode(&mut e).unwrap_or_else(|e| unreachable!("encode: {e}"));
+            index
+                .encode(&mut e)
+                .unwrap_or_else(|e| unreachable!("encode: {e}"));
             e.finish().unwrap_or_else(|e| unreachable!("finish: {e}"));
         }
-        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).unwrap_or_else(|e| unreachable!("decoder: {e}"));
-        let mut back = PopulationIndex::decode(&mut d).unwrap_or_else(|e| unreachable!("decode: {e}"));
+        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64)
+            .unwrap_or_else(|e| unreachable!("decoder: {e}"));
+        let mut back =
+            PopulationIndex::decode(&mut d).unwrap_or_else(|e| unreachable!("decode: {e}"));
         d.finish().unwrap_or_else(|e| unreachable!("checksum: {e}"));
         let rules: Vec<Value> = vec![
             serde_json::json!({"field": "plan", "op": "eq", "value": "pro"}),
@@ -1623,7 +1646,10 @@ mod tests {
                     ids
                 };
                 assert_eq!(ids(a), ids(b), "{rule}");
-                assert!(!ids(a).is_empty() || rule.get("within").is_some(), "{rule} selects someone");
+                assert!(
+                    !ids(a).is_empty() || rule.get("within").is_some(),
+                    "{rule} selects someone"
+                );
             }
         };
         same(&index, &back);
@@ -1639,7 +1665,10 @@ mod tests {
         assert_eq!(back.index_of("u4"), None);
         // Damaged bytes are refused.
         let cut = &bytes[..bytes.len() / 2];
-        let mut d = Decoder::new(cut, cut.len() as u64).unwrap_or_else(|e| unreachable!("decoder: {e}"));
-        assert!(PopulationIndex::decode(&mut d).and_then(|_| d.finish()).is_err());
+        let mut d =
+            Decoder::new(cut, cut.len() as u64).unwrap_or_else(|e| unreachable!("decoder: {e}"));
+        assert!(PopulationIndex::decode(&mut d)
+            .and_then(|_| d.finish())
+            .is_err());
     }
 }

@@ -22,7 +22,10 @@ const KIND: &str = "population";
 /// The index saved in `dir` when it matches the store (with the events
 /// appended after it), else every user, event and static membership read
 /// into a fresh index.
-pub(crate) async fn load(store: &dyn Store, dir: Option<&Path>) -> Result<SharedIndex, EngineError> {
+pub(crate) async fn load(
+    store: &dyn Store,
+    dir: Option<&Path>,
+) -> Result<SharedIndex, EngineError> {
     if let Some(index) = restore(store, dir).await? {
         return Ok(Arc::new(RwLock::new(index)));
     }

@@ -1373,20 +1373,40 @@ async fn identify_moves_a_visitor_into_the_known_user_once() {
 async fn the_derived_stamp_moves_with_every_write_derived_state_reads() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = SqliteStore::open(dir.path()).expect("open sqlite");
-    let stamp = || async { s.derived_stamp().await.expect("stamp").expect("sqlite keeps one") };
+    let stamp = || async {
+        s.derived_stamp()
+            .await
+            .expect("stamp")
+            .expect("sqlite keeps one")
+    };
     let attrs = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
     let mut last = stamp().await;
     assert_eq!(last.store_id.len(), 32);
     let mut moved = |what: &str, now: DerivedStamp, expected: bool| {
         assert_eq!(now.store_id, last.store_id, "{what}");
-        assert_eq!(now.generation != last.generation, expected, "{what}: {last:?} → {now:?}");
+        assert_eq!(
+            now.generation != last.generation,
+            expected,
+            "{what}: {last:?} → {now:?}"
+        );
         last = now;
     };
-    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))])).await.expect("append");
+    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))]))
+        .await
+        .expect("append");
     moved("an event of a new user", stamp().await, true);
-    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))])).await.expect("append");
+    s.append_events(batch(vec![event(json!({"user_id": "a", "name": "LOGIN"}))]))
+        .await
+        .expect("append");
     moved("an event of a known user", stamp().await, false);
-    s.write_user(uid("a"), attrs(json!({"plan": "pro"})), WriteMode::Merge, NOW).await.expect("write");
+    s.write_user(
+        uid("a"),
+        attrs(json!({"plan": "pro"})),
+        WriteMode::Merge,
+        NOW,
+    )
+    .await
+    .expect("write");
     moved("attributes", stamp().await, true);
     let segment = SegmentRecord {
         id: "s".into(),
@@ -1400,15 +1420,28 @@ async fn the_derived_stamp_moves_with_every_write_derived_state_reads() {
         created_by: None,
         updated_by: None,
     };
-    s.create_segment(segment.clone(), vec![]).await.expect("segment");
+    s.create_segment(segment.clone(), vec![])
+        .await
+        .expect("segment");
     moved("a segment", stamp().await, true);
-    s.add_members("s", vec![uid("a")], NOW).await.expect("members");
+    s.add_members("s", vec![uid("a")], NOW)
+        .await
+        .expect("members");
     moved("static members", stamp().await, true);
-    s.update_segment(SegmentRecord { version: 2, ..segment }).await.expect("update");
+    s.update_segment(SegmentRecord {
+        version: 2,
+        ..segment
+    })
+    .await
+    .expect("update");
     moved("a segment's new version", stamp().await, true);
-    s.write_user(uid("b"), attrs(json!({})), WriteMode::Create, NOW).await.expect("b");
+    s.write_user(uid("b"), attrs(json!({})), WriteMode::Create, NOW)
+        .await
+        .expect("b");
     moved("a new user", stamp().await, true);
-    s.identify(&uid("b"), &uid("a"), NOW).await.expect("identify");
+    s.identify(&uid("b"), &uid("a"), NOW)
+        .await
+        .expect("identify");
     moved("a merge", stamp().await, true);
     s.delete_user(&uid("a"), NOW).await.expect("delete");
     moved("an erasure", stamp().await, true);

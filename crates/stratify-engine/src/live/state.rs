@@ -8,8 +8,8 @@ use super::doc::Doc;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
 use std::sync::Arc;
+use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
 use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
 

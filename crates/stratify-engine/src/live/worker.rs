@@ -8,13 +8,13 @@
 use super::doc::Doc;
 use super::state::{fan_out, LiveEvent, Outcome, State, BUILD_SLICE};
 use super::{BuildStatus, Msg, Owns, Shared, Snapshot};
-use crate::segments::{Catalog, MemberChange};
 use crate::checkpoint::{self, Header, Refused};
+use crate::segments::{Catalog, MemberChange};
 use crate::{scan, Clock, EngineError};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 use stratify_core::time::Millis;
@@ -174,8 +174,7 @@ impl Worker {
         checkpoint: Option<&Path>,
     ) -> Result<Self, EngineError> {
         if let (Some(dir), false, None) = (checkpoint, rebuild, &owns) {
-            let restored =
-                Self::restore(&store, &clock, catalog, &shared, &committer, dir).await?;
+            let restored = Self::restore(&store, &clock, catalog, &shared, &committer, dir).await?;
             if let Some(worker) = restored {
                 return Ok(worker);
             }
@@ -365,7 +364,8 @@ impl Worker {
         committer: &mpsc::UnboundedSender<CommitBatch>,
         dir: &Path,
     ) -> Result<Option<Self>, EngineError> {
-        let (Some(stamp), Some(mark)) = (store.derived_stamp().await?, store.watermark(None).await?)
+        let (Some(stamp), Some(mark)) =
+            (store.derived_stamp().await?, store.watermark(None).await?)
         else {
             return Ok(None);
         };

@@ -326,6 +326,300 @@ async fn results_survive_a_kill_while_their_copies_are_saved() {
     );
 }
 
+/// Sends one authenticated request and returns its JSON body (asserting success).
+async fn ok(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Value {
+    let mut req = client.request(method, url).bearer_auth(KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// Derived state saved at shutdown: a restart reads it and answers exactly
+/// as before; a SIGKILL at any moment of the shutdown (while the files are
+/// written too) leaves no half file trusted and no temporary file; and a
+/// truncated, flipped or old file is refused (deleted) and the state rebuilt
+/// from the store, with the same answers.
+#[tokio::test]
+async fn derived_state_is_restored_from_its_checkpoint_only_when_it_matches_the_store() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("dir");
+    let saved = dir.path().join("checkpoints").join("derived");
+    let (live, population) = (saved.join("live.state"), saved.join("population.state"));
+    let client = reqwest::Client::new();
+    let mut server = start(dir.path(), Some(KEY));
+    let base = server.base.clone();
+    let rules = [
+        ("buyers", json!({"event": "buy", "op": "gte", "value": 3})),
+        (
+            "big",
+            json!({"event": "buy", "agg": "sum", "property": "amount", "op": "gt", "value": 2000}),
+        ),
+        (
+            "recent",
+            json!({"event": "buy", "within": "2h", "op": "gte", "value": 1}),
+        ),
+        ("pro", json!({"field": "plan", "op": "eq", "value": "pro"})),
+    ];
+    // (name, id, rule): population queries ask by rule, sizes by id.
+    let mut segments: Vec<(String, String, Value)> = Vec::new();
+    for (name, rule) in &rules {
+        let made = ok(
+            &client,
+            Method::POST,
+            format!("{base}/v1/segments"),
+            Some(json!({"name": name, "rules": rule})),
+        )
+        .await;
+        segments.push((
+            name.to_string(),
+            made["id"].as_str().expect("id").to_owned(),
+            rule.clone(),
+        ));
+    }
+    let made = ok(
+        &client,
+        Method::POST,
+        format!("{base}/v1/segments"),
+        Some(json!({"name": "vip", "user_ids": ["p1", "p2", "p3"]})),
+    )
+    .await;
+    let vip = made["id"].as_str().expect("id").to_owned();
+    segments.push(("vip".into(), vip.clone(), json!({"segment": vip})));
+    let buyers = segments[0].1.clone();
+    for u in 0..60 {
+        let plan = if u % 3 == 0 { "pro" } else { "free" };
+        ok(
+            &client,
+            Method::PUT,
+            format!("{base}/v1/users/p{u}"),
+            Some(json!({"attributes": {"plan": plan}})),
+        )
+        .await;
+    }
+    // 100 000 purchases over 400 users (user p399 gets exactly two).
+    for batch in 0..10 {
+        let events: Vec<Value> = (0..10_000)
+            .map(|i| {
+                let n = batch * 10_000 + i;
+                let user = if n < 99_998 { n % 399 } else { 399 };
+                json!({"user_id": format!("p{user}"), "name": "buy", "properties": {"amount": (n % 97) as f64 / 4.0}})
+            })
+            .collect();
+        ok(
+            &client,
+            Method::POST,
+            format!("{base}/v1/events"),
+            Some(json!({"events": events})),
+        )
+        .await;
+    }
+    let answers = |base: String| {
+        let client = client.clone();
+        let segments = segments.clone();
+        async move {
+            let mut all = serde_json::Map::new();
+            for (name, id, rule) in &segments {
+                // Live (size) and population (query) agree once live has
+                // applied every event.
+                let (size, ids) = crate::helpers::eventually("live caught up", || {
+                    let client = client.clone();
+                    let (url, query) = (
+                        format!("{base}/v1/segments/{id}"),
+                        format!("{base}/v1/segments/query"),
+                    );
+                    let rule = rule.clone();
+                    async move {
+                        let seg = ok(&client, Method::GET, url, None).await;
+                        let found = ok(
+                            &client,
+                            Method::POST,
+                            query,
+                            Some(json!({"rules": rule, "limit": 1000})),
+                        )
+                        .await;
+                        let mut ids: Vec<String> = found["user_ids"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect();
+                        ids.sort();
+                        (seg["build"]["state"] == "ready" && seg["size"] == ids.len())
+                            .then_some((seg["size"].clone(), ids))
+                    }
+                })
+                .await;
+                all.insert(name.clone(), json!({"size": size, "population": ids}));
+            }
+            Value::Object(all)
+        }
+    };
+    let want = answers(base.clone()).await;
+    assert_eq!(want["buyers"]["size"], 399, "{want}");
+    assert_eq!(want["pro"]["size"], 20);
+    assert_eq!(want["vip"]["population"], json!(["p1", "p2", "p3"]));
+    assert!(
+        want["big"]["size"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n < 400),
+        "{want}"
+    );
+    let stray = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&saved)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Killed at moments through the shutdown, the files being written among them.
+    for delay in [0_u64, 5, 10, 20, 40, 80, 160] {
+        signal(&server.child, "TERM");
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        server = start(dir.path(), Some(KEY));
+        assert_eq!(
+            answers(server.base.clone()).await,
+            want,
+            "killed {delay} ms into the shutdown"
+        );
+        assert!(
+            stray().is_empty(),
+            "a temporary file outlived the restart: {:?}",
+            stray()
+        );
+    }
+    let stop = |mut server: Server| {
+        signal(&server.child, "TERM");
+        assert!(server.child.wait().expect("wait").success());
+    };
+    stop(server);
+    assert!(
+        live.exists() && population.exists(),
+        "a clean stop saves both"
+    );
+    let server = start(dir.path(), Some(KEY));
+    assert!(
+        live.exists() && population.exists(),
+        "both matched the store and were used"
+    );
+    assert_eq!(
+        answers(server.base.clone()).await,
+        want,
+        "from the saved state"
+    );
+    stop(server);
+    // Damaged files: refused (deleted at start) and rebuilt.
+    let bytes = std::fs::read(&live).expect("live file");
+    std::fs::write(&live, &bytes[..bytes.len() / 2]).expect("truncate");
+    let mut bytes = std::fs::read(&population).expect("population file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&population, &bytes).expect("flip");
+    let server = start(dir.path(), Some(KEY));
+    assert!(!live.exists(), "the truncated live state was refused");
+    assert!(
+        !population.exists(),
+        "the flipped population index was refused"
+    );
+    assert_eq!(
+        answers(server.base.clone()).await,
+        want,
+        "rebuilt from the store"
+    );
+    stop(server);
+    // Old files: saved before writes they do not hold, put back after them.
+    let old = tempfile::tempdir().expect("dir");
+    for f in [&live, &population] {
+        std::fs::copy(f, old.path().join(f.file_name().expect("name"))).expect("keep the old file");
+    }
+    let server = start(dir.path(), Some(KEY));
+    let base = server.base.clone();
+    ok(
+        &client,
+        Method::PATCH,
+        format!("{base}/v1/users/p1"),
+        Some(json!({"attributes": {"plan": "pro"}})),
+    )
+    .await;
+    ok(
+        &client,
+        Method::POST,
+        format!("{base}/v1/segments/{vip}/members"),
+        Some(json!({"user_ids": ["p4"]})),
+    )
+    .await;
+    let changed = answers(base.clone()).await;
+    assert_eq!(changed["pro"]["size"], 21);
+    assert_eq!(
+        changed["vip"]["population"],
+        json!(["p1", "p2", "p3", "p4"])
+    );
+    stop(server);
+    for f in [&live, &population] {
+        std::fs::copy(old.path().join(f.file_name().expect("name")), f)
+            .expect("put the old file back");
+    }
+    let server = start(dir.path(), Some(KEY));
+    assert!(
+        !live.exists() && !population.exists(),
+        "old files were refused"
+    );
+    assert_eq!(
+        answers(server.base.clone()).await,
+        changed,
+        "the writes after the old files count"
+    );
+    stop(server);
+    // Events appended while the server is down (an import) are read after
+    // the saved state, which stays valid; and the live state goes on from
+    // it: p399's third purchase makes it a buyer.
+    let server = start(dir.path(), Some(KEY));
+    assert!(live.exists() && population.exists());
+    let base = server.base.clone();
+    ok(
+        &client,
+        Method::POST,
+        format!("{base}/v1/events"),
+        Some(
+            json!({"events": [{"user_id": "p399", "name": "buy", "properties": {"amount": 1.0}}]}),
+        ),
+    )
+    .await;
+    crate::helpers::eventually("p399 enters buyers", || {
+        let (client, url) = (client.clone(), format!("{base}/v1/segments/{buyers}"));
+        async move { (ok(&client, Method::GET, url, None).await["size"] == 400).then_some(()) }
+    })
+    .await;
+    let members = ok(
+        &client,
+        Method::POST,
+        format!("{base}/v1/segments/query"),
+        Some(json!({"rules": {"segment": buyers}, "limit": 1000})),
+    )
+    .await;
+    assert!(
+        members["user_ids"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("p399"))),
+        "{members}"
+    );
+    stop(server);
+}
+
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
