@@ -2145,7 +2145,11 @@ mod tests {
         {
             let mut conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
             configure(&conn).expect("configure");
-            apply(&mut conn, &MIGRATIONS[..MIGRATIONS.len() - 1]).expect("old schema");
+            let packing = MIGRATIONS
+                .iter()
+                .position(|m| m.contains("CREATE TABLE assignment_log"))
+                .expect("the packing migration");
+            apply(&mut conn, &MIGRATIONS[..packing]).expect("old schema");
             conn.execute_batch(
                 "INSERT INTO users (uid, user_id, created_at, updated_at) VALUES (7, 'u1', 0, 0);
                  INSERT INTO assignments (user_id, experiment_id, variant, bucket_version, assigned_at, seq) VALUES
