@@ -123,7 +123,10 @@ echo "warm after 20 000 new events: $(time_get "$Q")s"
 rss "after results"
 
 echo "== restart"
+T=$(now)
 kill "$PID"; wait "$PID" 2>/dev/null || true
+echo "shutdown (derived state saved): $(since "$T")s"
+du -sh "$DATA/checkpoints/derived" 2>/dev/null | awk '{print "saved derived state: " $1}'
 T=$(now)
 serve
 for _ in $(seq 6000); do

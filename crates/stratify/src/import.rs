@@ -36,7 +36,14 @@ pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()>
     }
     let backend =
         crate::backend::Backend::open(&settings.data_dir, args.postgres_url.as_deref()).await?;
-    let engine = Engine::start(backend.store.clone(), Arc::new(SystemClock), None).await?;
+    // Derived state is read from, and saved to, the checkpoints `serve`
+    // uses: each import starts from the last one's, and so does the server.
+    let config = stratify_engine::EngineConfig {
+        checkpoint_dir: Some(settings.data_dir.join("checkpoints")),
+        ..Default::default()
+    };
+    let engine =
+        Engine::start_with(backend.store.clone(), Arc::new(SystemClock), None, config).await?;
     let mut bad = 0;
     for (kind, path) in files(&args.users, &args.events, &args.orders) {
         let report = import_file(&engine, kind, path).await?;
