@@ -265,7 +265,7 @@ pub struct IngestStatus {
     pub updated_at: Millis,
 }
 
-/// See [`crate::Store::derived_stamp`].
+/// See [`crate::Users::derived_stamp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DerivedStamp {
     pub store_id: String,
