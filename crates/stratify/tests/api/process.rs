@@ -219,17 +219,7 @@ async fn results_survive_a_kill_while_their_copies_are_saved() {
     let client = reqwest::Client::new();
     let send = |method: reqwest::Method, url: String, body: Option<Value>| {
         let client = client.clone();
-        async move {
-            let mut req = client.request(method, url).bearer_auth(KEY);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.expect("send");
-            let status = resp.status();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            assert!(status.is_success(), "{status}: {body}");
-            body
-        }
+        async move { ok(&client, method, url, body).await }
     };
     let base = server.base.clone();
     let created = send(reqwest::Method::POST, format!("{base}/v1/experiments"), Some(json!({
