@@ -309,18 +309,19 @@ impl Worker {
         // the deadlines, and repairs any membership the table got wrong.
         let dynamic = worker.state.dynamic.clone();
         worker.evaluate_all(&dynamic, start, &refresh);
-        for id in worker.state.segment_index.keys() {
-            let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, start);
-            status.size = worker.state.segment(id).map_or(0, |s| s.size);
-            worker.shared.builds.write().insert(id.clone(), status);
-        }
         worker.resume(replay, &names, "live state loaded");
         Ok(worker)
     }
 
-    /// Applies the events appended after the watermark, fires what is due,
-    /// fills the readers' view: the end of every load.
+    /// Shows every segment built as of the watermark, applies the events
+    /// appended after it, fires what is due, fills the readers' view: the
+    /// end of every load.
     fn resume(&mut self, replay: Vec<RawEvent>, names: &HashMap<i64, u32>, loaded: &str) {
+        for id in self.state.segment_index.keys() {
+            let mut status = BuildStatus::ready(self.state.user_ids.len() as u64, self.mark.at);
+            status.size = self.state.segment(id).map_or(0, |s| s.size);
+            self.shared.builds.write().insert(id.clone(), status);
+        }
         let replayed = replay.len();
         for e in replay {
             let user = self.by_uid.get(e.uid);
@@ -417,11 +418,6 @@ impl Worker {
         let mut names: HashMap<i64, u32> = HashMap::new();
         for (id, name) in store.event_names().await? {
             names.insert(id, worker.state.name_id(&name));
-        }
-        for id in worker.state.segment_index.keys() {
-            let mut status = BuildStatus::ready(worker.state.user_ids.len() as u64, mark.at);
-            status.size = worker.state.segment(id).map_or(0, |s| s.size);
-            worker.shared.builds.write().insert(id.clone(), status);
         }
         let mut replay = Vec::new();
         scan::events_after(store.as_ref(), mark.event_seq, |e| replay.push(e)).await?;

@@ -277,24 +277,13 @@ async fn results_survive_a_kill_while_their_copies_are_saved() {
     assert_eq!(want.0, 200);
     let columns = dir.path().join("checkpoints").join("metric-columns");
     for delay in [0_u64, 20, 60, 120, 250, 500] {
-        signal(&server.child, "TERM");
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        server = start(dir.path(), Some(KEY));
+        server = kill_during_shutdown(server, dir.path(), delay).await;
         assert_eq!(
             results(server.base.clone()).await,
             want,
             "killed {delay} ms into the shutdown"
         );
-        let stray: Vec<_> = std::fs::read_dir(&columns)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let stray = temporary_files(&columns);
         assert!(
             stray.is_empty(),
             "a temporary file outlived the restart: {stray:?}"
@@ -464,32 +453,18 @@ async fn derived_state_is_restored_from_its_checkpoint_only_when_it_matches_the_
             .is_some_and(|n| n > 0 && n < 400),
         "{want}"
     );
-    let stray = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&saved)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // Killed at moments through the shutdown, the files being written among them.
     for delay in [0_u64, 5, 10, 20, 40, 80, 160] {
-        signal(&server.child, "TERM");
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        server = start(dir.path(), Some(KEY));
+        server = kill_during_shutdown(server, dir.path(), delay).await;
         assert_eq!(
             answers(server.base.clone()).await,
             want,
             "killed {delay} ms into the shutdown"
         );
+        let stray = temporary_files(&saved);
         assert!(
-            stray().is_empty(),
-            "a temporary file outlived the restart: {:?}",
-            stray()
+            stray.is_empty(),
+            "a temporary file outlived the restart: {stray:?}"
         );
     }
     let stop = |mut server: Server| {
@@ -608,6 +583,28 @@ async fn derived_state_is_restored_from_its_checkpoint_only_when_it_matches_the_
         "{members}"
     );
     stop(server);
+}
+
+/// SIGTERM, then SIGKILL `delay` into the graceful shutdown; a new server
+/// on the same data directory.
+async fn kill_during_shutdown(mut server: Server, data_dir: &Path, delay: u64) -> Server {
+    signal(&server.child, "TERM");
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    start(data_dir, Some(KEY))
+}
+
+/// Temporary (`.tmp`) files left in `dir`.
+fn temporary_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
