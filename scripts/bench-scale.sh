@@ -5,7 +5,8 @@
 # the API, every user is served, two metrics' results are computed, and the
 # server is restarted. Prints, in order:
 #   import rows/s; segment builds (50 created and built); serving vs /health
-#   (first servings and repeats, p99); results of two metrics (cold, warm);
+#   (first servings and repeats, p99); results of two metrics (cold, warm,
+#   after 20 000 new events at once and once the live engine took them);
 #   restart to the first experiments answer, and to the first results;
 #   RSS after each stage, with bytes
 #   per user and per event.
@@ -13,6 +14,9 @@
 #
 #   scripts/bench-scale.sh [USERS] [EVENTS] [ORDERS] [SECONDS]
 #                          (default 1000000 10000000 1000000 20)
+#
+# BENCH_LOG sets the server's RUST_LOG (default warn); KEEP_LOG=FILE keeps
+# the server's log there once the run ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${1:-1000000}
@@ -26,7 +30,7 @@ BIN=$PWD/target/release/stratify
 BENCH=$PWD/target/release/stratify-bench
 WORK=$(mktemp -d)
 DATA=$WORK/data
-trap 'kill "${PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "${PID:-}" 2>/dev/null || true; [ -n "${KEEP_LOG:-}" ] && cp "$WORK/server.log" "$KEEP_LOG"; rm -rf "$WORK"' EXIT
 KEY=bench-key
 H=(-H "Authorization: Bearer $KEY")
 
@@ -43,7 +47,7 @@ rss() {
 serve() {
     PORT=$((20000 + RANDOM % 20000))
     URL="http://127.0.0.1:$PORT"
-    STRATIFY_ADMIN_KEY=$KEY RUST_LOG=warn $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$DATA" >>"$WORK/server.log" 2>&1 &
+    STRATIFY_ADMIN_KEY=$KEY RUST_LOG=${BENCH_LOG:-warn} $BIN serve --addr "127.0.0.1:$PORT" --data-dir "$DATA" >>"$WORK/server.log" 2>&1 &
     PID=$!
 }
 wait_health() {
@@ -116,10 +120,18 @@ users = int(sys.argv[1])
 print(json.dumps({"events": [{"user_id": str(random.randrange(1, users + 1)), "name": "order_placed",
     "properties": {"amount": random.randrange(100, 20000) / 100}} for _ in range(10000)]}))
 PY
-for part in 1 2; do
-    curl -sf "${H[@]}" -H 'Content-Type: application/json' --data-binary @"$WORK/orders.json" "$URL/v1/events" >/dev/null
-done
+post_orders() {
+    for part in 1 2; do
+        curl -sf "${H[@]}" -H 'Content-Type: application/json' --data-binary @"$WORK/orders.json" "$URL/v1/events" >/dev/null
+    done
+}
+post_orders
 echo "warm after 20 000 new events: $(time_get "$Q")s"
+# The same once the live engine has taken them: what the fold costs alone,
+# without the ingest of those events competing for the two cores.
+post_orders
+wait_caught_up
+echo "warm after 20 000 new events, live engine caught up: $(time_get "$Q")s"
 rss "after results"
 
 echo "== restart"

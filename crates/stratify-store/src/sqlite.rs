@@ -1848,9 +1848,12 @@ impl Metrics for SqliteStore {
             let (scan, sink) = (scan.clone(), sink.clone());
             self.read(move |c| scan_part(c, &scan, name_id, low, high, &sink))
         };
+        let started = std::time::Instant::now();
         let (first, second) = tokio::join!(part(low, half), part(half, max_seq));
+        let events = first? + second?;
+        tracing::debug!(event = %scan.event, after_seq = low, through_seq = max_seq, events, elapsed = ?started.elapsed(), "metric events scanned");
         Ok(ScanOutcome {
-            events: first? + second?,
+            events,
             through_seq: max_seq,
         })
     }

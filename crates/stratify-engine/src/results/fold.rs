@@ -136,8 +136,10 @@ pub(crate) struct Folded {
     pub total_n: Vec<u64>,
     pub total_s: Vec<f64>,
     pub total_q: Vec<f64>,
-    /// Each exposed user's final value (NaN: none, for `mean`).
-    pub per_user: Vec<f64>,
+    /// Each exposed user's final value (NaN: none, for `mean`). Shared with
+    /// the kept sums it was folded from: they copy it only if they change
+    /// while it is still held.
+    pub per_user: Arc<Vec<f64>>,
 }
 
 impl Collector {
@@ -291,7 +293,7 @@ pub(crate) struct Sums {
     total_n: Vec<u64>,
     total_s: Vec<f64>,
     total_q: Vec<f64>,
-    per_user: Vec<f64>,
+    per_user: Arc<Vec<f64>>,
     /// Exposures whose N is in.
     exposed: usize,
 }
@@ -331,7 +333,7 @@ impl<'a> Accumulator<'a> {
         } else {
             0.0
         };
-        sums.per_user.resize(x.len(), none);
+        Arc::make_mut(&mut sums.per_user).resize(x.len(), none);
         // N: every exposed user from their exposure bucket, except for
         // `mean`, where a user has a value only from their first event.
         if kind != MetricKind::Mean {
@@ -349,7 +351,7 @@ impl<'a> Accumulator<'a> {
     /// `sign` −1 takes a conversion back out.
     pub fn converted(&mut self, u: usize, first: u32, sign: f64) {
         let s = &mut self.sums;
-        s.per_user[u] = if sign > 0.0 { 1.0 } else { 0.0 };
+        Arc::make_mut(&mut s.per_user)[u] = if sign > 0.0 { 1.0 } else { 0.0 };
         let var = self.x.variant[u] as usize;
         s.ds[var][first as usize] += sign;
         s.dq[var][first as usize] += sign;
@@ -389,7 +391,7 @@ impl<'a> Accumulator<'a> {
         }
         s.total_s[var] += sign * f_old;
         s.total_q[var] += sign * (f_old * f_old);
-        s.per_user[u] = if sign > 0.0 {
+        Arc::make_mut(&mut s.per_user)[u] = if sign > 0.0 {
             f_old
         } else if self.kind == MetricKind::Mean {
             f64::NAN
@@ -456,7 +458,7 @@ impl<'a> Accumulator<'a> {
             total_n: sums.total_n.clone(),
             total_s: sums.total_s.clone(),
             total_q: sums.total_q.clone(),
-            per_user: Vec::new(),
+            per_user: Arc::default(),
         }
     }
 }
