@@ -31,6 +31,8 @@ pub enum StoreError {
     /// again and retries.
     #[error("users were merged or erased during the write")]
     UsersMoved(Vec<(String, Option<String>)>),
+    #[error("cannot lock the data directory")]
+    Lock(#[source] std::io::Error),
     #[error("the store is shut down")]
     Closed,
     #[error("a blocking store task failed")]

@@ -19,6 +19,7 @@
 //! the clock (callers pass `now`), or make callers pre-check constraints: it
 //! translates violations into [`StoreError`] variants.
 
+mod bulk;
 mod error;
 mod migrations;
 pub mod model;
@@ -119,6 +120,22 @@ pub trait EventLog: Send + Sync {
         until: Millis,
         limit: u32,
     ) -> Result<Vec<StoredEvent>>;
+
+    /// Before appending many events (an import of about as many events as
+    /// the log holds, or more): the store may stop keeping its per-user
+    /// indexes row by row and build them once in [`EventLog::end_bulk_append`].
+    /// Appends stay idempotent and durable meanwhile; reads by user may be
+    /// slow. Returns whether the store did (`false`: it declined, and
+    /// appends go on as usual). The default declines.
+    async fn begin_bulk_append(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Ends a bulk append: the indexes are complete again when this returns.
+    /// Does nothing when none is under way.
+    async fn end_bulk_append(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Users and their attributes, and population queries over them.

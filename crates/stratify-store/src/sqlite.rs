@@ -26,6 +26,7 @@ use stratify_core::time::Millis;
 
 const DB_FILE: &str = "stratify.db";
 const LIVE_DB_FILE: &str = "live.db";
+const LOCK_FILE: &str = "stratify.lock";
 const ATTRIBUTE_SCHEMA_KEY: &str = "attribute_schema";
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
@@ -37,6 +38,9 @@ pub struct SqliteStore {
     live_writer: Writer,
     live_readers: Arc<ReadPool>,
     writer_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// `stratify.lock`, held shared while open and exclusive during a bulk
+    /// append (see `bulk`).
+    lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -46,10 +50,16 @@ impl SqliteStore {
             path: data_dir.display().to_string(),
             source,
         })?;
+        let lock = open_lock(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        if crate::bulk::ensure_event_indexes(&conn)? {
+            tracing::warn!(
+                "the event log's indexes were missing (an import stopped midway): built"
+            );
+        }
         let live_path = data_dir.join(LIVE_DB_FILE);
         let mut live = Connection::open(&live_path)?;
         configure(&live)?;
@@ -73,6 +83,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             writer_threads: Mutex::new(vec![handle, live_handle]),
+            lock,
         })
     }
 
@@ -84,6 +95,15 @@ impl SqliteStore {
         drop(self.live_writer);
         for handle in handles {
             let _ = handle.join();
+        }
+    }
+
+    /// Back from a bulk append's exclusive lock to the shared one.
+    fn release_bulk_lock(&self) -> Result<()> {
+        match self.lock.try_lock_shared() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(()),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Lock(e)),
         }
     }
 
@@ -283,6 +303,29 @@ fn conflict(e: rusqlite::Error, what: String) -> StoreError {
     }
 }
 
+/// Opens `stratify.lock` in the data directory and takes it shared: refused
+/// while another process runs a bulk append there.
+fn open_lock(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let open_error = |source| StoreError::Open {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(open_error)?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(open_error(std::io::Error::other(
+            "another process is importing into it (stratify import); try again when it ends",
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(open_error(e)),
+    }
+}
+
 fn configure(conn: &Connection) -> Result<()> {
     register_functions(conn)?;
     // WAL: readers never block the writer. FULL: the WAL is fsynced at every
@@ -361,6 +404,36 @@ impl WriterState {
         }
         self.uids.insert(user_id.to_owned(), uid);
         Ok(uid)
+    }
+
+    /// Creates a user with these attributes (nulls dropped) unless the id is
+    /// taken; returns whether it was created. Like [`WriterState::uid`], an
+    /// id merged into another user fails the job.
+    fn insert_user(&mut self, user_id: &str, attributes: &Attributes, now: Millis) -> Result<bool> {
+        let mut fresh = Attributes::new();
+        merge_into(&mut fresh, attributes);
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO users (user_id, attributes, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?3) ON CONFLICT(user_id) DO NOTHING",
+            )?
+            .execute(params![user_id, serde_json::to_string(&fresh)?, now])?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        if let Some(target) = self.alias_target(user_id)? {
+            return Err(StoreError::UsersMoved(vec![(
+                user_id.to_owned(),
+                Some(target),
+            )]));
+        }
+        if self.uids.len() >= MAX_CACHED_IDS {
+            self.uids.clear();
+        }
+        self.uids
+            .insert(user_id.to_owned(), self.conn.last_insert_rowid());
+        Ok(true)
     }
 
     fn alias_target(&self, id: &str) -> Result<Option<String>> {
@@ -560,10 +633,44 @@ impl WriterState {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut stored_id = self.conn.prepare_cached(sql::EVENT_BY_DEDUPE.sqlite())?;
+        if self.bulk.as_ref().is_some_and(|b| b.stale) {
+            self.bulk = Some(crate::bulk::BulkKeys::read(&self.conn)?);
+        }
         for (uid, ts, i, name_id) in order {
             let event = &batch.events[i];
             let event_id = event.event_id.as_ref().map(|e| e.as_str());
             let props = properties[i].as_deref();
+            if let Some(bulk) = &mut self.bulk {
+                // The indexes are dropped: the keys in memory decide.
+                let mut key = event.dedupe_key;
+                if let Some(seq) = key.and_then(|k| bulk.get(uid, k)) {
+                    let same = match event_id {
+                        None => true,
+                        Some(id) => {
+                            let stored: Option<String> = self
+                                .conn
+                                .prepare_cached("SELECT event_id FROM events WHERE seq = ?1")?
+                                .query_row([seq], |r| r.get(0))?;
+                            stored.as_deref() == Some(id)
+                        }
+                    };
+                    if same {
+                        duplicates += 1;
+                        continue;
+                    }
+                    // A 64-bit collision of two event ids: kept, unkeyed.
+                    key = None;
+                }
+                insert.execute(params![uid, name_id, ts, event_id, key, props, source, now])?;
+                let seq = self.conn.last_insert_rowid();
+                if let Some(k) = key {
+                    bulk.insert(uid, k, seq);
+                }
+                accepted += 1;
+                last = Some(last.map_or(ts, |l: Millis| l.max(ts)));
+                out[i] = Appended::New(seq);
+                continue;
+            }
             let mut appended = Appended::Duplicate;
             if insert.execute(params![
                 uid,
@@ -742,6 +849,50 @@ fn finish_user((user_id, attributes, created_at, updated_at): RawUser) -> Result
 
 #[async_trait]
 impl EventLog for SqliteStore {
+    async fn begin_bulk_append(&self) -> Result<bool> {
+        match self.lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!("bulk append declined: another process has the store open");
+                return Ok(false);
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Lock(e)),
+        }
+        let began = self
+            .writer
+            .write(|w| {
+                if w.bulk.is_none() {
+                    w.bulk = Some(crate::bulk::begin(&w.conn)?);
+                }
+                Ok(())
+            })
+            .await;
+        if began.is_err() {
+            self.release_bulk_lock()?;
+        }
+        began.map(|()| true)
+    }
+
+    async fn end_bulk_append(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let built = self
+            .writer
+            .write(|w| {
+                if w.bulk.take().is_none() {
+                    return Ok(false);
+                }
+                crate::bulk::ensure_event_indexes(&w.conn)
+            })
+            .await?;
+        if built {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "event log indexes built"
+            );
+        }
+        self.release_bulk_lock()
+    }
+
     async fn append_events(&self, batch: EventBatch) -> Result<Vec<Appended>> {
         // Serialised here, on the caller's thread: the writer is the bottleneck.
         let properties = batch
@@ -952,6 +1103,13 @@ impl Users for SqliteStore {
             .write(move |w| {
                 let mut changed = 0;
                 for (user_id, attributes) in users.iter() {
+                    // A new user is one insert; only a known one is read and merged.
+                    if !w.uids.contains_key(user_id.as_str())
+                        && w.insert_user(user_id.as_str(), attributes, now)?
+                    {
+                        changed += 1;
+                        continue;
+                    }
                     let existing = w.user_row(user_id.as_str())?.map(|u| u.attributes);
                     let mut merged = existing.clone().unwrap_or_default();
                     merge_into(&mut merged, attributes);

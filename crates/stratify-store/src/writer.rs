@@ -28,6 +28,9 @@ pub struct WriterState {
     /// foldhash: fast, and seeded per process so clients cannot aim collisions.
     pub uids: IdCache,
     pub name_ids: IdCache,
+    /// The log's idempotency keys while a bulk append has dropped its
+    /// indexes (see `bulk`).
+    pub(crate) bulk: Option<crate::bulk::BulkKeys>,
 }
 
 pub type IdCache = HashMap<String, i64, foldhash::fast::RandomState>;
@@ -49,6 +52,7 @@ impl Writer {
             conn,
             uids: IdCache::default(),
             name_ids: IdCache::default(),
+            bulk: None,
         };
         let handle = std::thread::Builder::new()
             .name(name.into())
@@ -156,4 +160,7 @@ fn commit_group(
 fn clear_caches(state: &mut WriterState) {
     state.uids.clear();
     state.name_ids.clear();
+    if let Some(bulk) = &mut state.bulk {
+        bulk.stale = true;
+    }
 }
