@@ -123,6 +123,9 @@ impl crate::ingest::IngestService {
         let now = self.clock.now();
         let parser = std::thread::spawn(move || parse(kind, reader, now, &tx));
         let mut report = ImportReport::default();
+        // The derived views of the last durable batch, told on a blocking
+        // thread while the next batch is written; one at a time, in order.
+        let mut deriving: Option<tokio::task::JoinHandle<()>> = None;
         while let Some(parsed) = rx.recv().await {
             let parsed = parsed.map_err(|message| {
                 EngineError::Invalid(ValidationError::new(ErrorCode::UnreadableFile, message))
@@ -142,10 +145,13 @@ impl crate::ingest::IngestService {
                         .store
                         .merge_users(users.clone(), self.clock.now())
                         .await?;
-                    for (id, attributes) in users.iter() {
-                        self.derive
-                            .user_written(id.as_str(), attributes, true, self.clock.now());
-                    }
+                    let (derive, clock) = (self.derive.clone(), self.clock.clone());
+                    let tell = move || {
+                        for (id, attributes) in users.iter() {
+                            derive.user_written(id.as_str(), attributes, true, clock.now());
+                        }
+                    };
+                    derive_after(&mut deriving, tell).await?;
                     report.written += changed;
                     report.unchanged += n - changed;
                 }
@@ -153,8 +159,13 @@ impl crate::ingest::IngestService {
                     if let Some(bad) = parsed.bad.last() {
                         self.record_bad_rows(parsed.bad.len() as u64, bad).await?;
                     }
-                    let outcome: IngestOutcome =
-                        self.ingest_validated(events, Source::Import).await?;
+                    let (outcome, appended): (IngestOutcome, _) =
+                        self.ingest_deferred(events, Source::Import, 0).await?;
+                    if let Some(appended) = appended {
+                        let derive = self.derive.clone();
+                        derive_after(&mut deriving, move || appended.apply(derive.as_ref()))
+                            .await?;
+                    }
                     report.written += outcome.accepted - outcome.duplicates;
                     report.unchanged += outcome.duplicates;
                     report.bad_rows += outcome.rejected.len() as u64;
@@ -170,6 +181,9 @@ impl crate::ingest::IngestService {
                 }
             }
             progress(parsed.bytes);
+        }
+        if let Some(last) = deriving.take() {
+            last.await.map_err(derive_failed)?;
         }
         parser.join().map_err(|_| {
             EngineError::Invalid(ValidationError::new(
@@ -191,6 +205,24 @@ impl crate::ingest::IngestService {
         };
         Ok(self.store.record_ingest(report).await?)
     }
+}
+
+/// Waits for the views to have taken the batch before, then hands them
+/// this one.
+async fn derive_after(
+    deriving: &mut Option<tokio::task::JoinHandle<()>>,
+    tell: impl FnOnce() + Send + 'static,
+) -> Result<(), EngineError> {
+    if let Some(before) = deriving.take() {
+        before.await.map_err(derive_failed)?;
+    }
+    *deriving = Some(tokio::task::spawn_blocking(tell));
+    Ok(())
+}
+
+fn derive_failed(e: tokio::task::JoinError) -> EngineError {
+    // A panic in a derived view: the same as a failed store task.
+    EngineError::Store(stratify_store::StoreError::Task(e))
 }
 
 fn parse<R: Read>(

@@ -44,6 +44,18 @@ impl Rejection {
     }
 }
 
+/// A durable batch whose derived views are still to be told.
+pub(crate) struct AppendedBatch {
+    events: std::sync::Arc<Vec<NewEvent>>,
+    appended: Vec<Appended>,
+}
+
+impl AppendedBatch {
+    pub(crate) fn apply(&self, derive: &dyn crate::derived::Derive) {
+        derive.events_appended(&self.events, &self.appended);
+    }
+}
+
 /// Ingest: events over HTTP and Kafka, orders, and bulk import.
 pub struct IngestService {
     pub(crate) store: std::sync::Arc<dyn stratify_store::Store>,
@@ -89,21 +101,27 @@ impl IngestService {
         self.ingest_counted(vec![event], Source::Http, 0).await
     }
 
-    /// The common path: schema checks, then one durable append.
-    pub async fn ingest_validated(
-        &self,
-        items: Vec<Result<NewEvent, ValidationError>>,
-        source: Source,
-    ) -> Result<IngestOutcome, EngineError> {
-        self.ingest_counted(items, source, 0).await
-    }
-
     async fn ingest_counted(
         &self,
         items: Vec<Result<NewEvent, ValidationError>>,
         source: Source,
         handed_over: u64,
     ) -> Result<IngestOutcome, EngineError> {
+        let (outcome, derived) = self.ingest_deferred(items, source, handed_over).await?;
+        if let Some(derived) = derived {
+            derived.apply(self.derive.as_ref());
+        }
+        Ok(outcome)
+    }
+
+    /// [`Self::ingest_counted`], leaving the durable batch's derived views
+    /// to the caller (an import tells them while the next batch is written).
+    pub(crate) async fn ingest_deferred(
+        &self,
+        items: Vec<Result<NewEvent, ValidationError>>,
+        source: Source,
+        handed_over: u64,
+    ) -> Result<(IngestOutcome, Option<AppendedBatch>), EngineError> {
         let types = self.schemas.event_types();
         let received = items.len() as u64 + handed_over;
         let mut events = Vec::with_capacity(items.len());
@@ -156,7 +174,7 @@ impl IngestService {
             if received > 0 {
                 self.store.record_ingest(report).await?;
             }
-            return Ok(outcome);
+            return Ok((outcome, None));
         }
         self.views.live.admit().await;
         let mut events = std::sync::Arc::new(events);
@@ -189,15 +207,14 @@ impl IngestService {
                     }
                     if list.is_empty() {
                         self.store.record_ingest(report).await?;
-                        return Ok(outcome);
+                        return Ok((outcome, None));
                     }
                     events = std::sync::Arc::new(list);
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        self.derive.events_appended(&events, &appended);
-        for (index, a) in positions.into_iter().zip(appended) {
+        for (index, a) in positions.into_iter().zip(appended.iter().copied()) {
             match a {
                 Appended::New(seq) => {
                     outcome.accepted += 1;
@@ -209,7 +226,7 @@ impl IngestService {
                 }
             }
         }
-        Ok(outcome)
+        Ok((outcome, Some(AppendedBatch { events, appended })))
     }
 
     /// Rewrites the user of every event sent under an alias to the user it

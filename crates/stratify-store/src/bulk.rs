@@ -84,6 +84,10 @@ pub(crate) fn ensure_event_indexes(conn: &Connection) -> Result<bool> {
     if present == 2 {
         return Ok(false);
     }
-    conn.execute_batch(EVENT_INDEXES)?;
+    // The sorter may use a second thread while nothing else writes.
+    conn.pragma_update(None, "threads", 2)?;
+    let built = conn.execute_batch(EVENT_INDEXES);
+    conn.pragma_update(None, "threads", 0)?;
+    built?;
     Ok(true)
 }

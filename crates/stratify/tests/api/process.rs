@@ -715,6 +715,71 @@ fn generate_is_reproducible_and_import_is_idempotent_and_reports_bad_rows() {
     );
 }
 
+/// An import at least as large as the log drops the log's indexes and
+/// builds them once at the end (a bulk append); it stays idempotent, and the
+/// store answers by user afterwards.
+#[test]
+fn a_large_import_builds_the_event_log_indexes_once_and_adds_nothing_twice() {
+    let dir = tempfile::tempdir().expect("dir");
+    let gen = dir.path().join("gen");
+    let (ok, _, stderr) = run(&[
+        "generate",
+        "--users",
+        "200",
+        "--events",
+        "60000",
+        "--orders",
+        "1000",
+        "--seed",
+        "3",
+        "--now",
+        "2026-06-01T00:00:00Z",
+        "--out",
+        gen.to_str().expect("path"),
+    ]);
+    assert!(ok, "{stderr}");
+    let data = dir.path().join("data");
+    let file = |f: &str| gen.join(f).display().to_string();
+    let argv = [
+        "import".to_owned(),
+        "--users".into(),
+        file("user_attributes.csv"),
+        "--events".into(),
+        file("user_events.csv"),
+        "--orders".into(),
+        file("orders.csv"),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = run(&argv);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("event log indexes built"),
+        "a bulk append: {stdout}"
+    );
+    assert!(
+        stdout.contains("60000 written, 0 already present") && stdout.contains("1000 written"),
+        "{stdout}"
+    );
+    // Again, the events alone.
+    let again = [&argv[..1], &argv[3..5], &argv[7..]].concat();
+    let (ok, stdout, stderr) = run(&again[..]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("0 written, 60000 already present"),
+        "{stdout}"
+    );
+    // And all three once more, as a bulk append whose keys are read from the log.
+    let (ok, stdout, _) = run(&argv);
+    assert!(ok);
+    assert!(
+        stdout.contains("0 written, 60000 already present")
+            && stdout.contains("0 written, 1000 already present"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn import_refuses_a_file_without_the_needed_columns() {
     let dir = tempfile::tempdir().expect("dir");
