@@ -640,39 +640,35 @@ impl WriterState {
             let event = &batch.events[i];
             let event_id = event.event_id.as_ref().map(|e| e.as_str());
             let props = properties[i].as_deref();
+            let mut appended = Appended::Duplicate;
             if let Some(bulk) = &mut self.bulk {
                 // The indexes are dropped: the keys in memory decide.
                 let mut key = event.dedupe_key;
-                if let Some(seq) = key.and_then(|k| bulk.get(uid, k)) {
-                    let same = match event_id {
-                        None => true,
-                        Some(id) => {
-                            let stored: Option<String> = self
-                                .conn
-                                .prepare_cached("SELECT event_id FROM events WHERE seq = ?1")?
-                                .query_row([seq], |r| r.get(0))?;
-                            stored.as_deref() == Some(id)
-                        }
-                    };
-                    if same {
-                        duplicates += 1;
-                        continue;
+                let stored = key.and_then(|k| bulk.get(uid, k));
+                let same = match (stored, event_id) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(seq), Some(id)) => {
+                        // A 64-bit collision of two event ids must not lose one.
+                        let stored: Option<String> = self
+                            .conn
+                            .prepare_cached("SELECT event_id FROM events WHERE seq = ?1")?
+                            .query_row([seq], |r| r.get(0))?;
+                        stored.as_deref() == Some(id)
                     }
-                    // A 64-bit collision of two event ids: kept, unkeyed.
-                    key = None;
+                };
+                if !same {
+                    if stored.is_some() {
+                        key = None; // the collided event is kept, unkeyed
+                    }
+                    insert.execute(params![uid, name_id, ts, event_id, key, props, source, now])?;
+                    let seq = self.conn.last_insert_rowid();
+                    if let Some(k) = key {
+                        bulk.insert(uid, k, seq);
+                    }
+                    appended = Appended::New(seq);
                 }
-                insert.execute(params![uid, name_id, ts, event_id, key, props, source, now])?;
-                let seq = self.conn.last_insert_rowid();
-                if let Some(k) = key {
-                    bulk.insert(uid, k, seq);
-                }
-                accepted += 1;
-                last = Some(last.map_or(ts, |l: Millis| l.max(ts)));
-                out[i] = Appended::New(seq);
-                continue;
-            }
-            let mut appended = Appended::Duplicate;
-            if insert.execute(params![
+            } else if insert.execute(params![
                 uid,
                 name_id,
                 ts,
