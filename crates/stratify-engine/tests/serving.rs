@@ -101,8 +101,7 @@ async fn serve(e: &Engine, ids: &[&str]) -> Vec<HashMap<String, Option<String>>>
             .expect("serve");
         for (i, id) in ids.iter().enumerate() {
             let v = answer
-                .served
-                .iter()
+                .served()
                 .find(|s| s.experiment.record.id == *id)
                 .map(|s| s.variant().key.clone());
             out[i].insert(user.clone(), v);

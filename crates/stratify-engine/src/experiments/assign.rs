@@ -131,6 +131,40 @@ impl Served {
     }
 }
 
+/// One experiment of an answer, as [`UserExperiments::served`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedRef<'a> {
+    pub experiment: &'a Arc<Experiment>,
+    pub variant: u32,
+    pub sticky: bool,
+}
+
+impl<'a> ServedRef<'a> {
+    pub fn variant(&self) -> &'a super::Variant {
+        &self.experiment.definition.variants[self.variant as usize]
+    }
+
+    pub fn to_served(self) -> Served {
+        Served {
+            experiment: self.experiment.clone(),
+            variant: self.variant,
+            sticky: self.sticky,
+        }
+    }
+}
+
+/// Bits of a packed served entry below the experiment's position: the
+/// variant (five bits: at most [`stratify_core::experiment::MAX_VARIANTS`])
+/// and whether it was sticky.
+const VARIANT_BITS: u32 = 5;
+const _: () = assert!(stratify_core::experiment::MAX_VARIANTS <= 1 << VARIANT_BITS);
+
+/// A served experiment as a cached answer holds it: its position among the
+/// running experiments it was computed from, its variant, sticky or not.
+fn pack(position: usize, variant: usize, sticky: bool) -> u32 {
+    ((position as u32) << (VARIANT_BITS + 1)) | ((variant as u32) << 1) | u32::from(sticky)
+}
+
 /// First exposures counted for one (experiment, variant).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExposureCount {
@@ -142,12 +176,41 @@ pub struct ExposureCount {
 #[derive(Debug)]
 pub struct UserExperiments {
     pub user_id: String,
-    pub served: Box<[Served]>,
+    /// The running experiments it was computed from (`served` names them).
+    running: Arc<[Arc<Experiment>]>,
+    /// Packed (see [`pack`]): four bytes per experiment served, which a
+    /// million cached answers hold.
+    served: Box<[u32]>,
     pub banner_mixture: Option<Arc<Mixture>>,
     pub computed_at: Millis,
     pub(crate) valid_until: Millis,
     pub(crate) stamp: u64,
     pub(crate) generation: u64,
+}
+
+impl UserExperiments {
+    /// The experiments served, in serving order, with their variants.
+    pub fn served(&self) -> impl ExactSizeIterator<Item = ServedRef<'_>> + '_ {
+        self.served.iter().map(|&p| ServedRef {
+            experiment: &self.running[(p >> (VARIANT_BITS + 1)) as usize],
+            variant: (p >> 1) & ((1 << VARIANT_BITS) - 1),
+            sticky: p & 1 == 1,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn empty(user: &str, stamp: u64, valid_until: Millis) -> Self {
+        UserExperiments {
+            user_id: user.into(),
+            running: Arc::new([]),
+            served: Box::new([]),
+            banner_mixture: None,
+            computed_at: 0,
+            valid_until,
+            stamp,
+            generation: 1,
+        }
+    }
 }
 
 /// Segment references in inline rules read the live memberships.
@@ -260,10 +323,9 @@ impl ServingService {
         }
         let (answer, _) = self.user_experiments(user, None).await?;
         Ok(answer
-            .served
-            .iter()
+            .served()
             .filter(|s| ids.contains(&s.experiment.record.id))
-            .cloned()
+            .map(ServedRef::to_served)
             .collect())
     }
 
@@ -442,7 +504,7 @@ impl ServingService {
 
         let mut valid_until = now.saturating_add(options.cache_ttl_ms);
         let mut served = Vec::new();
-        for e in running.iter() {
+        for (position, e) in running.iter().enumerate() {
             let d = &e.definition;
             if let Some(start) = d.start_at {
                 if now < start {
@@ -478,11 +540,7 @@ impl ServingService {
             if d.sticky {
                 if let Some(v) = stuck_variant {
                     if targeted || d.keep_on_exit {
-                        served.push(Served {
-                            experiment: e.clone(),
-                            variant: v as u32,
-                            sticky: true,
-                        });
+                        served.push(pack(position, v, true));
                     }
                     continue;
                 }
@@ -528,25 +586,26 @@ impl ServingService {
                     }
                 }
             }
-            served.push(Served {
-                experiment: e.clone(),
-                variant: variant as u32,
-                sticky: false,
-            });
+            served.push(pack(position, variant, false));
         }
 
-        let banner_mixture = self.mixture(user, &state, &served, now, &options);
-        if let Some(m) = &banner_mixture {
-            valid_until = valid_until.min(m.expires_at);
-        }
-        Ok(UserExperiments {
+        let answer = UserExperiments {
             user_id: user.to_owned(),
+            running: running.clone(),
             served: served.into(),
-            banner_mixture,
+            banner_mixture: None,
             computed_at: now,
             valid_until,
             stamp,
             generation: registry.generation,
+        };
+        let banner_mixture = self.mixture(user, &state, &answer, now, &options);
+        Ok(UserExperiments {
+            valid_until: banner_mixture
+                .as_ref()
+                .map_or(valid_until, |m| valid_until.min(m.expires_at)),
+            banner_mixture,
+            ..answer
         })
     }
 
@@ -556,12 +615,12 @@ impl ServingService {
         &self,
         user: &str,
         state: &UserState,
-        served: &[Served],
+        answer: &UserExperiments,
         now: Millis,
         options: &Options,
     ) -> Option<Arc<Mixture>> {
-        let sources: Vec<_> = served
-            .iter()
+        let sources: Vec<_> = answer
+            .served()
             .filter_map(|s| s.experiment.banner_sources.get(s.variant as usize)?.clone())
             .collect();
         if sources.is_empty() {

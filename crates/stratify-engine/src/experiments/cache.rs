@@ -100,15 +100,7 @@ mod tests {
     use super::*;
 
     fn answer(user: &str, stamp: u64, valid_until: Millis) -> Arc<UserExperiments> {
-        Arc::new(UserExperiments {
-            user_id: user.into(),
-            served: Box::new([]),
-            banner_mixture: None,
-            computed_at: 0,
-            valid_until,
-            stamp,
-            generation: 1,
-        })
+        Arc::new(UserExperiments::empty(user, stamp, valid_until))
     }
 
     #[test]

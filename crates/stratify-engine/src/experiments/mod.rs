@@ -64,7 +64,8 @@ pub struct Registry {
     pub by_id: HashMap<String, Arc<Experiment>>,
     pub by_key: HashMap<String, Arc<Experiment>>,
     /// Running experiments, oldest first (the serving order).
-    pub running: Vec<Arc<Experiment>>,
+    /// (Shared with the answers computed from it, which name its entries.)
+    pub running: Arc<[Arc<Experiment>]>,
     /// Bumped by every change: per-user answers computed before are stale.
     pub generation: u64,
 }
@@ -203,7 +204,7 @@ impl Experiments {
         *guard = Arc::new(Registry {
             by_id,
             by_key,
-            running,
+            running: running.into(),
             generation: guard.generation + 1,
         });
     }

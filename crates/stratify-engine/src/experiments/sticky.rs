@@ -141,6 +141,9 @@ impl Sticky {
             }
             *s = stuck;
         } else {
+            // Exactly as long as it holds (a user holds tens of these, and a
+            // million users hold them for as long as the process runs).
+            state.stuck.reserve_exact(1);
             state.stuck.push(stuck);
         }
         drop(shard);

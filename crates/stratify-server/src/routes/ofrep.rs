@@ -104,8 +104,7 @@ fn evaluation(e: &Experiment, answer: &UserExperiments) -> Value {
         return json!({"key": key, "reason": "DISABLED", "variant": "", "metadata": metadata});
     }
     match answer
-        .served
-        .iter()
+        .served()
         .find(|s| s.experiment.record.id == e.record.id)
     {
         Some(s) => {

@@ -70,13 +70,13 @@ fn mixture_out(m: &Mixture) -> MixtureOut<'_> {
 /// experiment's pre-rendered variants (made once per experiment version):
 /// a cached answer holds no bytes of its own, and rendering is copying.
 fn render(answer: &UserExperiments, source: Source) -> bytes::Bytes {
-    let mut out = Vec::with_capacity(128 + answer.served.len() * 192);
+    let mut out = Vec::with_capacity(128 + answer.served().len() * 192);
     out.extend_from_slice(b"{\"user_id\":");
     json_into(&mut out, &answer.user_id);
     out.extend_from_slice(b",\"source\":\"");
     out.extend_from_slice(source.as_str().as_bytes());
     out.extend_from_slice(b"\",\"experiments\":[");
-    for (i, s) in answer.served.iter().enumerate() {
+    for (i, s) in answer.served().enumerate() {
         if i > 0 {
             out.push(b',');
         }
