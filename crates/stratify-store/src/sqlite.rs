@@ -334,10 +334,15 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "busy_timeout", 10_000)?;
-    // Random-key index inserts dirty pages all over the indexes; a large cache
-    // keeps them in memory and rare checkpoints keep the writer from copying
-    // the WAL back after every group.
-    conn.pragma_update(None, "cache_size", -262_144)?;
+    // Random-key index inserts dirty pages all over the indexes; the cache
+    // keeps the hot ones (the users' and assignments' indexes, which first
+    // servings touch) and rare checkpoints keep the writer from copying the
+    // WAL back after every group. Pages past it are read again from the
+    // kernel's page cache, which is shared and reclaimable where this is
+    // the process's own memory. 128 MiB: 256 MiB was an eighth of the
+    // resident memory at a million users (scripts/bench-scale.sh), and 64 MiB
+    // slowed the writer enough to show in the serving figures.
+    conn.pragma_update(None, "cache_size", -131_072)?;
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
@@ -360,7 +365,8 @@ impl ReadPool {
                 | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.pragma_update(None, "busy_timeout", 10_000)?;
-        conn.pragma_update(None, "cache_size", -16_384)?;
+        // Readers mostly scan (results, populations): a small cache each.
+        conn.pragma_update(None, "cache_size", -8_192)?;
         register_functions(&conn)?;
         Ok(conn)
     }

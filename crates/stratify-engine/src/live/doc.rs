@@ -49,7 +49,7 @@ fn key(k: &str) -> Arc<str> {
 
 /// The sorted keys of a document.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Shape(Box<[Arc<str>]>);
+pub struct Shape(Box<[Arc<str>]>);
 
 /// A shared shape, found by its keys.
 #[derive(PartialEq, Eq, Hash)]
@@ -144,6 +144,12 @@ fn value(v: Value) -> Arc<Value> {
     VALUES.lock().share(v)
 }
 
+/// Shares a document's values (one lock for all).
+fn values(values: Vec<Value>) -> Box<[Arc<Value>]> {
+    let mut table = VALUES.lock();
+    values.into_iter().map(|v| table.share(v)).collect()
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Doc {
     /// `None` for no keys at all.
@@ -158,11 +164,10 @@ impl Doc {
         if entries.is_empty() {
             return Self::default();
         }
-        let (keys, values): (Vec<Arc<str>>, Vec<Arc<Value>>) =
-            entries.into_iter().map(|(k, v)| (k, value(v))).unzip();
+        let (keys, raw): (Vec<Arc<str>>, Vec<Value>) = entries.into_iter().unzip();
         Self {
             shape: Some(shape(keys)),
-            values: values.into_boxed_slice(),
+            values: values(raw),
         }
     }
 
@@ -224,18 +229,36 @@ impl Doc {
     }
 
     /// Reads a document written by [`Doc::encode`] (keys, shapes and values
-    /// shared again).
-    pub fn decode<R: std::io::Read>(d: &mut Decoder<R>) -> Decoded<Self> {
+    /// shared again). `last` is the shape of the document read before: most
+    /// documents of a checkpoint have the same keys as the one before, which
+    /// then are not looked up at all.
+    pub fn decode<R: std::io::Read>(
+        d: &mut Decoder<R>,
+        last: &mut Option<Arc<Shape>>,
+    ) -> Decoded<Self> {
         let n = d.len(9)?;
-        let mut entries = Vec::with_capacity(n);
-        for _ in 0..n {
-            let k = d.string()?;
-            entries.push((key(&k), d.value()?));
+        if n == 0 {
+            return Ok(Self::default());
         }
-        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+        let mut names = Vec::with_capacity(n);
+        let mut raw = Vec::with_capacity(n);
+        for _ in 0..n {
+            names.push(d.string()?);
+            raw.push(d.value()?);
+        }
+        if !names.is_sorted_by(|a, b| a < b) {
             return Err(DecodeError::Malformed("document keys"));
         }
-        Ok(Self::from_sorted(entries))
+        let same = last
+            .as_ref()
+            .is_some_and(|s| s.0.len() == n && s.0.iter().zip(&names).all(|(k, n)| **k == **n));
+        if !same {
+            *last = Some(shape(names.iter().map(|k| key(k)).collect()));
+        }
+        Ok(Self {
+            shape: last.clone(),
+            values: values(raw),
+        })
     }
 }
 
@@ -288,6 +311,40 @@ mod tests {
         assert_eq!(int.field("n"), Some(&json!(1)));
         assert_eq!(float.field("n"), Some(&json!(1.0)));
         assert_ne!(int, float);
+    }
+
+    #[test]
+    fn documents_read_back_as_written_and_consecutive_ones_share_a_shape() {
+        let docs = [
+            json!({"age": 30, "plan": "pro"}),
+            json!({"age": 31, "plan": "free"}),
+            json!({}),
+            json!({"age": 1.5, "tags": ["a", {"b": null}]}),
+            json!({"age": 32, "plan": "pro"}),
+        ]
+        .map(|v| Doc::from_map(map(v)));
+        let mut e = Encoder::new(Vec::new());
+        for doc in &docs {
+            doc.encode(&mut e).expect("encode");
+        }
+        let bytes = e.finish().expect("finish");
+        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).expect("decoder");
+        let mut last = None;
+        let back: Vec<Doc> = (0..docs.len())
+            .map(|_| Doc::decode(&mut d, &mut last).expect("decode"))
+            .collect();
+        assert_eq!(back, docs);
+        let shape = |d: &Doc| d.shape.clone().expect("shape");
+        assert!(Arc::ptr_eq(&shape(&back[0]), &shape(&back[1])));
+        assert!(Arc::ptr_eq(&shape(&back[0]), &shape(&back[4])), "shared process-wide");
+        assert!(!Arc::ptr_eq(&shape(&back[0]), &shape(&back[3])));
+        // Unsorted keys are refused.
+        let mut e = Encoder::new(Vec::new());
+        e.len(2).and_then(|_| e.str("b")).and_then(|_| e.value(&json!(1))).expect("write");
+        e.str("a").and_then(|_| e.value(&json!(2))).expect("write");
+        let bytes = e.finish().expect("finish");
+        let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).expect("decoder");
+        assert!(Doc::decode(&mut d, &mut None).is_err());
     }
 
     #[test]

@@ -199,9 +199,11 @@ impl State {
         state.user_ids.reserve_exact(n);
         state.profiles.reserve_exact(n);
         let mut names_used = 0u32;
+        // The shapes of the last attributes and properties read.
+        let (mut attribute_shape, mut property_shape) = (None, None);
         for i in 0..n {
             let id: Box<str> = d.string()?.into();
-            let attributes = Doc::decode(d)?;
+            let attributes = Doc::decode(d, &mut attribute_shape)?;
             let (alive, truncated) = (d.bool()?, d.bool()?);
             let k = d.len(21)?;
             let mut events = Vec::with_capacity(k);
@@ -209,7 +211,7 @@ impl State {
                 let (seq, ts, name) = (d.i64()?, d.i64()?, d.u32()?);
                 names_used = names_used.max(name + 1);
                 let properties = if d.bool()? {
-                    Some(Box::new(Doc::decode(d)?))
+                    Some(Box::new(Doc::decode(d, &mut property_shape)?))
                 } else {
                     None
                 };

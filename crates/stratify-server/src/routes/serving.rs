@@ -83,7 +83,7 @@ fn render(answer: &UserExperiments, source: Source) -> bytes::Bytes {
         let variants = s
             .experiment
             .rendered_variants
-            .get_or_init(|| render_variants(&s.experiment));
+            .get_or_init(|| render_variants(s.experiment));
         if let Some(v) = variants.get(s.variant as usize) {
             out.extend_from_slice(v);
         }
