@@ -28,6 +28,7 @@ pub mod error;
 pub mod event;
 pub mod experiment;
 pub mod hash;
+pub mod id_index;
 pub mod ids;
 pub mod names;
 pub mod population;

@@ -12,6 +12,7 @@
 //!
 //! Pure: no IO, no clock. The engine feeds it from the store and from ingest.
 
+use crate::id_index::IdIndex;
 use crate::codec::{DecodeError, Decoded, Decoder, Encoder};
 use crate::rules::{
     self, AggFn, Aggregate, Leaf, NumTest, Op, Operand, Rule, Seen, SegmentLookup, SegmentRef,
@@ -531,7 +532,7 @@ thread_local! {
 #[derive(Debug, Default)]
 pub struct PopulationIndex {
     ids: Vec<String>,
-    by_id: HashMap<String, u32>,
+    by_id: IdIndex,
     live: Bitset,
     attrs: HashMap<String, Column>,
     events: HashMap<String, EventLog>,
@@ -554,18 +555,18 @@ impl PopulationIndex {
 
     /// The dense index of a user, adding the user if unknown.
     pub fn user(&mut self, user_id: &str) -> u32 {
-        if let Some(&i) = self.by_id.get(user_id) {
+        if let Some(i) = self.by_id.get(user_id, &self.ids) {
             return i;
         }
         let i = self.ids.len() as u32;
         self.ids.push(user_id.to_owned());
-        self.by_id.insert(user_id.to_owned(), i);
+        self.by_id.insert(user_id, i, &self.ids);
         self.live.set(i);
         i
     }
 
     pub fn index_of(&self, user_id: &str) -> Option<u32> {
-        self.by_id.get(user_id).copied()
+        self.by_id.get(user_id, &self.ids)
     }
 
     pub fn user_id(&self, index: u32) -> &str {
@@ -708,7 +709,7 @@ impl PopulationIndex {
 
     /// Forgets a user (erasure): their index stays allocated but is never live again.
     pub fn remove_user(&mut self, user_id: &str) {
-        if let Some(i) = self.by_id.remove(user_id) {
+        if let Some(i) = self.by_id.remove(user_id, &self.ids) {
             self.live.clear(i);
             for members in self.statics.values_mut() {
                 members.clear(i);
@@ -1354,7 +1355,7 @@ impl PopulationIndex {
         self.settle_all();
         e.len(self.ids.len())?;
         self.ids.iter().try_for_each(|id| e.str(id))?;
-        let mut by_id: Vec<u32> = self.by_id.values().copied().collect();
+        let mut by_id: Vec<u32> = self.by_id.indexes().collect();
         by_id.sort_unstable();
         e.u32s(&by_id)?;
         put_bitset(e, &self.live)?;
@@ -1370,10 +1371,13 @@ impl PopulationIndex {
         let ids = (0..n).map(|_| d.string()).collect::<Decoded<Vec<_>>>()?;
         let by_id_rows = d.u32s()?;
         check(by_id_rows.iter().all(|&u| (u as usize) < n), "user index")?;
-        let by_id: HashMap<String, u32> = by_id_rows
-            .into_iter()
-            .map(|u| (ids[u as usize].clone(), u))
-            .collect();
+        let mut by_id = IdIndex::with_capacity(by_id_rows.len());
+        for u in by_id_rows {
+            check(
+                by_id.insert(&ids[u as usize], u, &ids).is_none(),
+                "user twice",
+            )?;
+        }
         let live = get_bitset(d)?;
         let attrs = get_map(d, |d| Column::decode(d))?;
         let events = get_map(d, |d| EventLog::decode(d, n))?;

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use stratify_core::id_index::IdIndex;
 use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
 use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
@@ -112,7 +113,8 @@ pub struct Outcome {
 
 #[derive(Default)]
 pub struct State {
-    pub users: FastMap<Box<str>, u32>,
+    /// Finds a user's index by their id (held once, in `user_ids`).
+    users: IdIndex,
     pub user_ids: Vec<Box<str>>,
     pub profiles: Vec<Profile>,
     pub names: FastMap<Box<str>, u32>,
@@ -225,10 +227,11 @@ impl State {
             if !events.is_sorted_by_key(|e| (e.ts, e.seq)) {
                 return malformed("event order");
             }
-            if state.users.insert(id.clone(), i as u32).is_some() {
+            state.user_ids.push(id);
+            let id = &state.user_ids[i];
+            if state.users.insert(id, i as u32, &state.user_ids).is_some() {
                 return malformed("user twice");
             }
-            state.user_ids.push(id);
             state.profiles.push(Profile {
                 attributes,
                 events,
@@ -300,6 +303,11 @@ impl State {
         self.segments.get(i as usize)?.as_ref()
     }
 
+    /// The index of a user the state knows.
+    pub fn index_of(&self, user_id: &str) -> Option<u32> {
+        self.users.get(user_id, &self.user_ids)
+    }
+
     pub fn name_id(&mut self, name: &str) -> u32 {
         if let Some(&i) = self.names.get(name) {
             return i;
@@ -312,12 +320,12 @@ impl State {
 
     /// The user's index and whether it was just created (or re-created).
     pub fn user(&mut self, user_id: &str) -> (u32, bool) {
-        let i = match self.users.get(user_id) {
-            Some(&i) => i,
+        let i = match self.users.get(user_id, &self.user_ids) {
+            Some(i) => i,
             None => {
                 let i = self.user_ids.len() as u32;
                 self.user_ids.push(user_id.into());
-                self.users.insert(user_id.into(), i);
+                self.users.insert(user_id, i, &self.user_ids);
                 self.profiles.push(Profile::default());
                 i
             }

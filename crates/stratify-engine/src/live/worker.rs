@@ -237,9 +237,9 @@ impl Worker {
         // another user by a node that stopped before recording the exits).
         let mut orphans: Vec<(String, String)> = Vec::new();
         for (segment, user) in store.open_memberships().await? {
-            let (Some(&s), Some(&u)) = (
+            let (Some(&s), Some(u)) = (
                 state.segment_index.get(&segment),
-                state.users.get(user.as_str()),
+                state.index_of(&user),
             ) else {
                 if state.segment_index.contains_key(&segment) && owned(&user) {
                     orphans.push((segment, user));
@@ -650,7 +650,7 @@ impl Worker {
                 at,
             } => self.identify(&anonymous, &known, profile, at),
             Msg::UserDeleted(user) => {
-                if let Some(&u) = self.state.users.get(user.as_str()) {
+                if let Some(u) = self.state.index_of(&user) {
                     self.state.forget(u);
                 }
             }
@@ -717,7 +717,7 @@ impl Worker {
         let now = at.max(self.mark.at);
         self.fire_due(now);
         let cause = Cause::Identify;
-        if let Some(&a) = self.state.users.get(anonymous) {
+        if let Some(a) = self.state.index_of(anonymous) {
             if self.owns(anonymous) {
                 let exits: Vec<Outcome> = self
                     .state
