@@ -504,6 +504,8 @@ impl ServingService {
 
         let mut valid_until = now.saturating_add(options.cache_ttl_ms);
         let mut served = Vec::new();
+        // (index in `served`, slot, record) of each first assignment.
+        let mut first = Vec::new();
         for (position, e) in running.iter().enumerate() {
             let d = &e.definition;
             if let Some(start) = d.start_at {
@@ -559,34 +561,44 @@ impl ServingService {
             let Some(n) = bucketing::hash(&d.seed, &value, d.hash_version) else {
                 continue;
             };
-            let Some(mut variant) = bucketing::choose_variation(n, &e.ranges) else {
+            let Some(variant) = bucketing::choose_variation(n, &e.ranges) else {
                 continue;
             };
             if stuck.is_none() {
-                let record = AssignmentRecord {
-                    user_id: user.to_owned(),
-                    experiment_id: e.record.id.clone(),
-                    variant: d.variants[variant].key.clone(),
-                    bucket_version: d.bucket_version,
-                    assigned_at: now,
-                };
-                let held = self.views.serving.sticky.assign(
-                    user,
+                first.push((
+                    served.len(),
                     Stuck {
                         experiment: e.slot,
                         variant: e.variant_slots[variant],
                         bucket_version: version,
                     },
-                    record,
-                );
-                // A concurrent first serving won: it holds (when sticky).
-                if d.sticky {
-                    if let Some(v) = e.variant_slots.iter().position(|&v| v == held.variant) {
-                        variant = v;
-                    }
-                }
+                    AssignmentRecord {
+                        user_id: user.to_owned(),
+                        experiment_id: e.record.id.clone(),
+                        variant: d.variants[variant].key.clone(),
+                        bucket_version: d.bucket_version,
+                        assigned_at: now,
+                    },
+                ));
             }
             served.push(pack(position, variant, false));
+        }
+        // The first assignments, recorded together. A concurrent first
+        // serving that won holds (when sticky).
+        let at: Vec<usize> = first.iter().map(|f| f.0).collect();
+        let held = self
+            .views
+            .serving
+            .sticky
+            .assign(user, first.into_iter().map(|(_, s, r)| (s, r)).collect());
+        for (i, held) in at.into_iter().zip(held) {
+            let position = (served[i] >> (VARIANT_BITS + 1)) as usize;
+            let e = &running[position];
+            if e.definition.sticky {
+                if let Some(v) = e.variant_slots.iter().position(|&v| v == held.variant) {
+                    served[i] = pack(position, v, false);
+                }
+            }
         }
 
         let answer = UserExperiments {

@@ -46,7 +46,8 @@ pub struct UserState {
 }
 
 pub enum Write {
-    Assignment(AssignmentRecord),
+    /// One serving's first assignments.
+    Assignments(Vec<AssignmentRecord>),
     /// Written as JSON by the flusher, off the serving path.
     Mixture(Box<str>, Arc<Mixture>),
     Flush(oneshot::Sender<()>),
@@ -126,32 +127,54 @@ impl Sticky {
             .clone()
     }
 
-    /// Records a first assignment; returns the one that holds (an earlier
-    /// one of the same or a newer bucket version wins a race).
-    pub fn assign(&self, user: &str, stuck: Stuck, record: AssignmentRecord) -> Stuck {
-        let mut shard = self.shard(user).write();
-        let state = shard.entry(Box::from(user)).or_default();
-        if let Some(s) = state
-            .stuck
-            .iter_mut()
-            .find(|s| s.experiment == stuck.experiment)
-        {
-            if s.bucket_version >= stuck.bucket_version {
-                return *s;
-            }
-            *s = stuck;
-        } else {
-            // Exactly as long as it holds (a user holds tens of these, and a
-            // million users hold them for as long as the process runs).
-            state.stuck.reserve_exact(1);
-            state.stuck.push(stuck);
+    /// Records a user's first assignments (one serving's, at most one per
+    /// experiment); returns, for each, the one that holds: an earlier one
+    /// of the same or a newer bucket version wins a race. One lock and one
+    /// message for all of them.
+    pub fn assign(&self, user: &str, new: Vec<(Stuck, AssignmentRecord)>) -> Vec<Stuck> {
+        if new.is_empty() {
+            return Vec::new();
         }
+        let mut shard = self.shard(user).write();
+        let state = match shard.get_mut(user) {
+            Some(state) => state,
+            None => shard.entry(Box::from(user)).or_default(),
+        };
+        // Exactly as long as it holds (a user holds tens of these, and a
+        // million users hold them for as long as the process runs).
+        state.stuck.reserve_exact(new.len());
+        let mut held = Vec::with_capacity(new.len());
+        let mut records = Vec::with_capacity(new.len());
+        for (stuck, record) in new {
+            match state
+                .stuck
+                .iter_mut()
+                .find(|s| s.experiment == stuck.experiment)
+            {
+                Some(s) if s.bucket_version >= stuck.bucket_version => {
+                    held.push(*s);
+                    continue;
+                }
+                Some(s) => *s = stuck,
+                None => state.stuck.push(stuck),
+            }
+            held.push(stuck);
+            records.push((stuck, record));
+        }
+        state.stuck.shrink_to_fit();
         drop(shard);
-        self.exposures.add(stuck.experiment, stuck.variant);
+        if records.is_empty() {
+            return held;
+        }
+        for (stuck, _) in &records {
+            self.exposures.add(stuck.experiment, stuck.variant);
+        }
         self.stored_now(user);
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let _ = self.tx.send(Write::Assignment(record));
-        stuck
+        self.queued.fetch_add(records.len(), Ordering::AcqRel);
+        let _ = self.tx.send(Write::Assignments(
+            records.into_iter().map(|(_, r)| r).collect(),
+        ));
+        held
     }
 
     /// New assignments (first exposures) made by this process since it
@@ -215,7 +238,7 @@ async fn flush(
         let mut next = Some(first);
         while let Some(w) = next {
             match w {
-                Write::Assignment(a) => assignments.push(a),
+                Write::Assignments(a) => assignments.extend(a),
                 Write::Mixture(user, m) => mixtures.push(BannerMixtureRecord {
                     user_id: user.into(),
                     mixture: m.to_json(),
