@@ -15,7 +15,9 @@ pub struct IdIndex {
 
 impl std::fmt::Debug for IdIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdIndex").field("len", &self.table.len()).finish()
+        f.debug_struct("IdIndex")
+            .field("len", &self.table.len())
+            .finish()
     }
 }
 

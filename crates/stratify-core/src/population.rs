@@ -12,8 +12,8 @@
 //!
 //! Pure: no IO, no clock. The engine feeds it from the store and from ingest.
 
-use crate::id_index::IdIndex;
 use crate::codec::{DecodeError, Decoded, Decoder, Encoder};
+use crate::id_index::IdIndex;
 use crate::rules::{
     self, AggFn, Aggregate, Leaf, NumTest, Op, Operand, Rule, Seen, SegmentLookup, SegmentRef,
     Source,

@@ -61,8 +61,7 @@ impl Borrow<[Arc<str>]> for SharedShape {
     }
 }
 
-static SHAPES: LazyLock<Mutex<HashSet<SharedShape, FastState>>> =
-    LazyLock::new(Default::default);
+static SHAPES: LazyLock<Mutex<HashSet<SharedShape, FastState>>> = LazyLock::new(Default::default);
 
 fn shape(keys: Vec<Arc<str>>) -> Arc<Shape> {
     let mut shapes = SHAPES.lock();
@@ -302,8 +301,16 @@ mod tests {
         // one key list, and equal values once.
         let a = Doc::from_map(map(json!({"city": "Pune", "age": 31, "tags": ["a"]})));
         let b = Doc::from_map(map(json!({"age": 31, "city": "Pune", "tags": ["a"]})));
-        assert!(Arc::ptr_eq(a.shape.as_ref().expect("shape"), b.shape.as_ref().expect("shape")));
-        assert!(a.values.iter().zip(b.values.iter()).take(2).all(|(x, y)| Arc::ptr_eq(x, y)));
+        assert!(Arc::ptr_eq(
+            a.shape.as_ref().expect("shape"),
+            b.shape.as_ref().expect("shape")
+        ));
+        assert!(a
+            .values
+            .iter()
+            .zip(b.values.iter())
+            .take(2)
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
         assert_eq!(a, b);
         // 1 and 1.0 are different JSON values, and stay different shared.
         let int = Doc::from_map(map(json!({"n": 1})));
@@ -336,11 +343,17 @@ mod tests {
         assert_eq!(back, docs);
         let shape = |d: &Doc| d.shape.clone().expect("shape");
         assert!(Arc::ptr_eq(&shape(&back[0]), &shape(&back[1])));
-        assert!(Arc::ptr_eq(&shape(&back[0]), &shape(&back[4])), "shared process-wide");
+        assert!(
+            Arc::ptr_eq(&shape(&back[0]), &shape(&back[4])),
+            "shared process-wide"
+        );
         assert!(!Arc::ptr_eq(&shape(&back[0]), &shape(&back[3])));
         // Unsorted keys are refused.
         let mut e = Encoder::new(Vec::new());
-        e.len(2).and_then(|_| e.str("b")).and_then(|_| e.value(&json!(1))).expect("write");
+        e.len(2)
+            .and_then(|_| e.str("b"))
+            .and_then(|_| e.value(&json!(1)))
+            .expect("write");
         e.str("a").and_then(|_| e.value(&json!(2))).expect("write");
         let bytes = e.finish().expect("finish");
         let mut d = Decoder::new(bytes.as_slice(), bytes.len() as u64).expect("decoder");

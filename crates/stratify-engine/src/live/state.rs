@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use stratify_core::id_index::IdIndex;
 use stratify_core::codec::{DecodeError, Decoded, Decoder, Encoder};
+use stratify_core::id_index::IdIndex;
 use stratify_core::rules::{self, EventFact, Facts, Rule, SegmentLookup, SegmentRef};
 use stratify_core::time::Millis;
 

@@ -237,10 +237,8 @@ impl Worker {
         // another user by a node that stopped before recording the exits).
         let mut orphans: Vec<(String, String)> = Vec::new();
         for (segment, user) in store.open_memberships().await? {
-            let (Some(&s), Some(u)) = (
-                state.segment_index.get(&segment),
-                state.index_of(&user),
-            ) else {
+            let (Some(&s), Some(u)) = (state.segment_index.get(&segment), state.index_of(&user))
+            else {
                 if state.segment_index.contains_key(&segment) && owned(&user) {
                     orphans.push((segment, user));
                 }
