@@ -504,8 +504,9 @@ impl ServingService {
 
         let mut valid_until = now.saturating_add(options.cache_ttl_ms);
         let mut served = Vec::new();
-        // (index in `served`, slot, record) of each first assignment.
-        let mut first = Vec::new();
+        // (index in `served`, position) and (slot, record) of each first
+        // assignment.
+        let (mut first_at, mut first) = (Vec::new(), Vec::new());
         for (position, e) in running.iter().enumerate() {
             let d = &e.definition;
             if let Some(start) = d.start_at {
@@ -565,8 +566,8 @@ impl ServingService {
                 continue;
             };
             if stuck.is_none() {
+                first_at.push((served.len(), position));
                 first.push((
-                    served.len(),
                     Stuck {
                         experiment: e.slot,
                         variant: e.variant_slots[variant],
@@ -585,14 +586,8 @@ impl ServingService {
         }
         // The first assignments, recorded together. A concurrent first
         // serving that won holds (when sticky).
-        let at: Vec<usize> = first.iter().map(|f| f.0).collect();
-        let held = self
-            .views
-            .serving
-            .sticky
-            .assign(user, first.into_iter().map(|(_, s, r)| (s, r)).collect());
-        for (i, held) in at.into_iter().zip(held) {
-            let position = (served[i] >> (VARIANT_BITS + 1)) as usize;
+        let held = self.views.serving.sticky.assign(user, first);
+        for ((i, position), held) in first_at.into_iter().zip(held) {
             let e = &running[position];
             if e.definition.sticky {
                 if let Some(v) = e.variant_slots.iter().position(|&v| v == held.variant) {
