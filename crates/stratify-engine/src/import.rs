@@ -26,8 +26,12 @@ use stratify_core::ValidationError;
 use stratify_store::{Attributes, Source};
 use tokio::sync::mpsc;
 
-/// Events per durable write: large, so that one fsync serves many rows.
-const BATCH_ROWS: usize = 1_000_000;
+/// Events per durable write: large, so that one fsync serves many rows,
+/// and small enough that a file of a million rows is several batches, so
+/// that its parsing, writing and deriving overlap (measured: 1 M orders in
+/// one batch took 11.6 s, in four 8.0 s; 10 M events took the same time
+/// with either size).
+const BATCH_ROWS: usize = 250_000;
 /// Users per durable write: smaller, because each row carries an attribute
 /// map; a batch this size is reused by the allocator instead of faulting in
 /// fresh pages (measured: 100 000 users went from 47 000 to over 65 000

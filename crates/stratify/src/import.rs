@@ -67,16 +67,25 @@ pub async fn run(mut settings: Settings, args: ImportArgs) -> anyhow::Result<()>
             }
         }
     }
-    if bulk {
+    let indexes = || async {
+        if !bulk {
+            return Ok(None);
+        }
         let start = Instant::now();
         engine.ingest.end_bulk_import().await?;
-        println!(
-            "event log indexes built in {:.2}s",
-            start.elapsed().as_secs_f64()
-        );
+        Ok::<_, stratify_engine::EngineError>(Some(start.elapsed()))
+    };
+    if imported.is_err() {
+        indexes().await?;
+        imported?;
     }
-    imported?;
-    engine.shutdown().await;
+    // The derived state is saved while the store builds its indexes:
+    // neither reads what the other writes (the checkpoints are stamped with
+    // the log's sequence, which the index build does not move).
+    let (built, ()) = tokio::join!(indexes(), engine.shutdown());
+    if let Some(took) = built? {
+        println!("event log indexes built in {:.2}s", took.as_secs_f64());
+    }
     drop(engine);
     backend.close();
     if bad > 0 {
