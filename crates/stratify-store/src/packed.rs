@@ -30,6 +30,9 @@ use crate::{Result, StoreError};
 use std::collections::HashMap;
 use stratify_core::time::Millis;
 
+/// The writer's per-batch maps (keys are ids the server made or checked).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One packed (experiment, variant, bucket version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry<'a> {
@@ -105,7 +108,7 @@ pub(crate) type UserRecord = (i64, Millis, Vec<u8>);
 /// the entry with the highest bucket version (the earlier among equals).
 /// Sorted by experiment.
 pub(crate) fn fold(user_id: &str, records: &[UserRecord]) -> Result<Vec<AssignmentRecord>> {
-    let mut by_experiment: HashMap<&str, AssignmentRecord> = HashMap::new();
+    let mut by_experiment: FastMap<&str, AssignmentRecord> = FastMap::default();
     for (_, at, blob) in records {
         for e in entries(blob) {
             let e = e?;
@@ -139,7 +142,7 @@ pub(crate) fn fresh<'a>(
     hold: &[AssignmentRecord],
     new: impl IntoIterator<Item = &'a AssignmentRecord>,
 ) -> Vec<&'a AssignmentRecord> {
-    let mut best: HashMap<&str, u32> = hold
+    let mut best: FastMap<&str, u32> = hold
         .iter()
         .map(|a| (a.experiment_id.as_str(), a.bucket_version))
         .collect();
@@ -186,7 +189,7 @@ pub(crate) fn pack(assignments: &[&AssignmentRecord]) -> Result<Vec<(Millis, Vec
 /// Groups a batch by user, keeping each user's arrival order; users in order
 /// of first appearance.
 pub(crate) fn by_user(batch: &[AssignmentRecord]) -> Vec<(&str, Vec<&AssignmentRecord>)> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: FastMap<&str, usize> = FastMap::default();
     let mut out: Vec<(&str, Vec<&AssignmentRecord>)> = Vec::new();
     for a in batch {
         let i = *index.entry(&a.user_id).or_insert_with(|| {

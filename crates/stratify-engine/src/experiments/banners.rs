@@ -33,23 +33,56 @@ pub struct Source {
 }
 
 /// The banners of a list of sources, each once, in first-seen order.
+/// A banner is held by its place in its source (8 bytes), not copied: a
+/// pool per distinct list of sources can be one per user.
 #[derive(Debug, PartialEq)]
 pub struct Pool {
     pub sources: Vec<Arc<Source>>,
-    pub banners: Vec<Value>,
+    /// (source, position in its banners) of each banner.
+    at: Box<[(u32, u32)]>,
 }
 
 impl Pool {
     pub fn new(sources: Vec<Arc<Source>>) -> Self {
-        let mut banners: Vec<Value> = Vec::new();
-        for s in &sources {
-            for b in &s.banners {
-                if !banners.contains(b) {
-                    banners.push(b.clone());
+        let mut at: Vec<(u32, u32)> = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            for (j, b) in s.banners.iter().enumerate() {
+                let seen = at
+                    .iter()
+                    .any(|&(k, l)| sources[k as usize].banners[l as usize] == *b);
+                if !seen {
+                    at.push((i as u32, j as u32));
                 }
             }
         }
-        Self { sources, banners }
+        Self {
+            sources,
+            at: at.into(),
+        }
+    }
+
+    /// Banners in the pool.
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// The `i`th banner (`i < len()`).
+    pub fn banner(&self, i: usize) -> &Value {
+        let (s, b) = self.at[i];
+        &self.sources[s as usize].banners[b as usize]
+    }
+
+    /// The banners, in pool order.
+    pub fn banners(&self) -> impl ExactSizeIterator<Item = &Value> + '_ {
+        (0..self.len()).map(|i| self.banner(i))
+    }
+
+    fn contains(&self, v: &Value) -> bool {
+        self.banners().any(|b| b == v)
     }
 
     /// Whether `sources` are this pool's own (the same shared values, in
@@ -65,8 +98,7 @@ impl Pool {
 
     /// Whether two pools hold the same banners (order does not matter).
     pub fn same_banners(&self, other: &Pool) -> bool {
-        self.banners.len() == other.banners.len()
-            && self.banners.iter().all(|x| other.banners.contains(x))
+        self.len() == other.len() && self.banners().all(|x| other.contains(x))
     }
 }
 
@@ -124,7 +156,7 @@ pub struct Mixture {
 
 impl Mixture {
     pub fn banners(&self) -> impl ExactSizeIterator<Item = &Value> + '_ {
-        self.drawn.iter().map(|&i| &self.pool.banners[i as usize])
+        self.drawn.iter().map(|&i| self.pool.banner(i as usize))
     }
 
     /// The drawn banners as a JSON array.
@@ -141,7 +173,7 @@ impl Mixture {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(Wire {
             banners: self.banners_json(),
-            pool: &self.pool.banners,
+            pool: PoolBanners(&self.pool),
             source_experiments: self.sources_json(),
             assigned_at: self.assigned_at,
             expires_at: self.expires_at,
@@ -172,15 +204,17 @@ impl Mixture {
         let pool = if shared {
             pools.get(sources)
         } else {
-            Arc::new(Pool {
-                sources,
-                banners: w.pool,
-            })
+            Arc::new(Pool::new(sources))
         };
+        // The pool is its sources' banners: a stored pool that is not was
+        // not written by this code, and is drawn again.
+        if !pool.banners().eq(w.pool.iter()) {
+            return None;
+        }
         let drawn = w
             .banners
             .iter()
-            .map(|b| pool.banners.iter().position(|p| p == b).map(|i| i as u32))
+            .map(|b| pool.banners().position(|p| p == b).map(|i| i as u32))
             .collect::<Option<Box<[u32]>>>()?;
         Some(Self {
             drawn,
@@ -205,6 +239,14 @@ impl Serialize for Banners<'_> {
 
 pub struct Sources<'a>(&'a [Arc<Source>]);
 
+struct PoolBanners<'a>(&'a Pool);
+
+impl Serialize for PoolBanners<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.banners())
+    }
+}
+
 impl Serialize for Sources<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter().map(|x| &**x))
@@ -214,7 +256,7 @@ impl Serialize for Sources<'_> {
 #[derive(Serialize)]
 struct Wire<'a> {
     banners: Banners<'a>,
-    pool: &'a [Value],
+    pool: PoolBanners<'a>,
     source_experiments: Sources<'a>,
     assigned_at: Millis,
     expires_at: Millis,
@@ -235,8 +277,8 @@ struct WireOwned {
 pub fn draw(user: &str, pool: Arc<Pool>, count: usize, now: Millis, ttl: Millis) -> Mixture {
     let seed = crate::shard::user_hash(user) ^ (now as u64).rotate_left(17);
     let mut rng = StdRng::seed_from_u64(seed);
-    let n = count.min(pool.banners.len());
-    let drawn = rand::seq::index::sample(&mut rng, pool.banners.len(), n)
+    let n = count.min(pool.len());
+    let drawn = rand::seq::index::sample(&mut rng, pool.len(), n)
         .into_iter()
         .map(|i| i as u32)
         .collect();
@@ -267,12 +309,12 @@ pub fn pick(
 ) -> Pick {
     let kept = kept.filter(|m| now < m.expires_at);
     if let Some(m) = kept {
-        if m.pool.made_of(&sources) && !m.pool.banners.is_empty() {
+        if m.pool.made_of(&sources) && !m.pool.is_empty() {
             return Pick::Kept(m.clone());
         }
     }
     let pool = pools.get(sources);
-    if pool.banners.is_empty() {
+    if pool.is_empty() {
         return Pick::Nothing;
     }
     match kept {
@@ -304,20 +346,17 @@ mod tests {
         let pools = Pools::default();
         let p = pools.get(sources.clone());
         assert_eq!(
-            p.banners,
-            vec![json!(1), json!(2), json!(3), json!(4), json!(7)]
+            p.banners().collect::<Vec<_>>(),
+            [&json!(1), &json!(2), &json!(3), &json!(4), &json!(7)]
         );
-        let reordered = Pool {
-            sources: vec![],
-            banners: vec![json!(7), json!(4), json!(3), json!(2), json!(1)],
-        };
+        let reordered = Pool::new(vec![source("r", json!([7, 4, 3, 2, 1]))]);
         assert!(p.same_banners(&reordered));
         assert!(!p.same_banners(&Pool::new(vec![source("x", json!([1, 2, 3]))])));
         for t in 0..50 {
             let m = draw("u1", p.clone(), 3, 1_000 + t, 10);
             let banners: Vec<&Value> = m.banners().collect();
             assert_eq!(banners.len(), 3);
-            assert!(banners.iter().all(|b| p.banners.contains(b)));
+            assert!(banners.iter().all(|b| p.contains(b)));
             for (i, b) in banners.iter().enumerate() {
                 assert!(!banners[..i].contains(b), "no banner twice: {banners:?}");
             }
@@ -349,8 +388,8 @@ mod tests {
         assert_eq!(pools.len(), 0);
         // A fresh pool after the old one was dropped.
         assert_eq!(
-            pools.get(vec![a, b]).banners,
-            vec![json!(1), json!(2), json!(3)]
+            pools.get(vec![a, b]).banners().collect::<Vec<_>>(),
+            [&json!(1), &json!(2), &json!(3)]
         );
     }
 
@@ -403,8 +442,12 @@ mod tests {
             Mixture::from_json(json!({"banners": []}), |_| None, &pools),
             None
         );
-        let mut bad = stored;
+        let mut bad = stored.clone();
         bad["banners"] = json!([42]);
+        assert_eq!(Mixture::from_json(bad, |_| None, &pools), None);
+        // A pool that is not its sources' banners.
+        let mut bad = stored;
+        bad["pool"] = json!([2, {"id": 1}, "x"]);
         assert_eq!(Mixture::from_json(bad, |_| None, &pools), None);
     }
 }
