@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 /// Events per durable write: large, so that one fsync serves many rows,
 /// and small enough that a file of a million rows is several batches, so
 /// that its parsing, writing and deriving overlap (measured: 1 M orders in
-/// one batch took 11.6 s, in four 8.0 s; 10 M events took the same time
-/// with either size).
+/// one batch took 11.0–11.8 s, in four 7.0–9.3 s; 10 M events took
+/// 27–32 s with either size).
 const BATCH_ROWS: usize = 250_000;
 /// Users per durable write: smaller, because each row carries an attribute
 /// map; a batch this size is reused by the allocator instead of faulting in

@@ -239,17 +239,18 @@ impl Serialize for Banners<'_> {
 
 pub struct Sources<'a>(&'a [Arc<Source>]);
 
+impl Serialize for Sources<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|x| &**x))
+    }
+}
+
+/// A pool's banners as a JSON array.
 struct PoolBanners<'a>(&'a Pool);
 
 impl Serialize for PoolBanners<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.banners())
-    }
-}
-
-impl Serialize for Sources<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|x| &**x))
     }
 }
 
