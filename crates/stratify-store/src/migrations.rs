@@ -309,7 +309,8 @@ CREATE TRIGGER derived_aliases_delete AFTER DELETE ON aliases BEGIN UPDATE deriv
 /// The live engine's derived state, in its own file (`live.db`) with its own
 /// writer, so that committing membership changes never queues behind event
 /// ingest. Everything here can be rebuilt from the event log.
-const LIVE_MIGRATIONS: &[&str] = &[r#"
+const LIVE_MIGRATIONS: &[&str] = &[
+    r#"
 -- The change log: every time a user entered or left a segment, in order.
 -- `seq` is assigned by the engine (one writer) and grows by one per change.
 -- cause: 0 event (event_seq, event_id), 1 time, 2 rule_change,
@@ -331,7 +332,43 @@ CREATE TABLE live_state (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The change log keyed by a segment's number instead of its 36-character
+-- id (half the bytes of a row and its index entries), and indexed by
+-- (segment, user) instead of by user. A build of 50 segments over a
+-- million users writes 4.4 million changes, each build walking its users
+-- in order: under (segment, user) a build's entries land side by side, where
+-- under (user) each commit dirtied a page in a fifth of the index and wrote
+-- it whole to the WAL (scripts/bench-change-log.py: 36 s against 15 s).
+-- A user's changes are one seek per segment. `changes` stays as a view
+-- with the ids, so readers keep the text PostgreSQL shares.
+CREATE TABLE segment_keys (
+    key         INTEGER PRIMARY KEY,
+    segment_id  TEXT NOT NULL UNIQUE
+);
+CREATE TABLE change_log (
+    seq         INTEGER PRIMARY KEY,
+    segment     INTEGER NOT NULL,
+    user_id     TEXT NOT NULL,
+    entered     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    cause       INTEGER NOT NULL,
+    event_seq   INTEGER,
+    event_id    TEXT
+);
+INSERT INTO segment_keys (segment_id) SELECT DISTINCT segment_id FROM changes ORDER BY segment_id;
+INSERT INTO change_log (seq, segment, user_id, entered, at, cause, event_seq, event_id)
+    SELECT c.seq, k.key, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id
+    FROM changes c JOIN segment_keys k ON k.segment_id = c.segment_id ORDER BY c.seq;
+DROP TABLE changes;
+CREATE INDEX change_log_segment ON change_log(segment, seq);
+CREATE INDEX change_log_member ON change_log(segment, user_id, seq);
+CREATE VIEW changes AS
+    SELECT c.seq, k.segment_id, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id
+    FROM change_log c JOIN segment_keys k ON k.key = c.segment;
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     apply(conn, MIGRATIONS)

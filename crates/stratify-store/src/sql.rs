@@ -140,7 +140,8 @@ statements! {
     DELETE_USER_ASSIGNMENTS: Statement = "DELETE FROM assignment_log WHERE user_id = ?1";
     /// Erasure: a user's banner mixture (user_id).
     DELETE_USER_BANNERS: Statement = "DELETE FROM banner_mixtures WHERE user_id = ?1";
-    /// Erasure: a user's membership changes (user_id).
+    /// Erasure: a user's membership changes (user_id). PostgreSQL's: SQLite's
+    /// log is `change_log` behind the `changes` view (see `migrations`).
     DELETE_USER_CHANGES: Statement = "DELETE FROM changes WHERE user_id = ?1";
     /// The user an alias resolves to (alias).
     ALIAS_TARGET: Statement = "SELECT user_id FROM aliases WHERE alias = ?1";
@@ -249,7 +250,8 @@ statements! {
     DELETE_LIVE_STATE: Statement = "DELETE FROM live_state WHERE key = ?1";
     /// The highest change sequence number.
     LAST_CHANGE_SEQ: Statement = "SELECT COALESCE(MAX(seq), 0) FROM changes";
-    /// A user's membership changes, oldest first.
+    /// A user's membership changes, oldest first. PostgreSQL's: SQLite's
+    /// log is indexed by (segment, user) (see `migrations`).
     USER_CHANGES: Statement = "SELECT segment_id, entered, at FROM changes WHERE user_id = ?1 ORDER BY seq";
     /// Entered and exited counts per epoch-aligned bucket (segment_id, bucket ms).
     CHANGE_BUCKETS: Statement = "SELECT (at - (((at % ?2) + ?2) % ?2)) AS b, SUM(CASE WHEN entered THEN 1 ELSE 0 \

@@ -1190,7 +1190,9 @@ impl Users for SqliteStore {
         self.live_writer
             .write(move |w| {
                 w.conn
-                    .prepare_cached(sql::DELETE_USER_CHANGES.sqlite())?
+                    .prepare_cached(
+                        "DELETE FROM change_log WHERE segment IN (SELECT key FROM segment_keys) AND user_id = ?1",
+                    )?
                     .execute([&erased])?;
                 Ok(true)
             })
@@ -1716,8 +1718,23 @@ impl ChangeLog for SqliteStore {
         let stored = changes.clone();
         self.live_writer
             .write(move |w| {
+                // The segments' numbers in the log, found or given once per batch.
+                let mut keys: std::collections::HashMap<&str, i64> = Default::default();
+                let mut add_key = w
+                    .conn
+                    .prepare_cached("INSERT OR IGNORE INTO segment_keys (segment_id) VALUES (?1)")?;
+                let mut find_key = w
+                    .conn
+                    .prepare_cached("SELECT key FROM segment_keys WHERE segment_id = ?1")?;
+                for c in changes.iter() {
+                    if !keys.contains_key(c.segment_id.as_str()) {
+                        add_key.execute([&c.segment_id])?;
+                        let key = find_key.query_row([&c.segment_id], |r| r.get(0))?;
+                        keys.insert(&c.segment_id, key);
+                    }
+                }
                 let mut log = w.conn.prepare_cached(
-                    "INSERT INTO changes (seq, segment_id, user_id, entered, at, cause, event_seq, event_id) \
+                    "INSERT INTO change_log (seq, segment, user_id, entered, at, cause, event_seq, event_id) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?;
                 for c in changes.iter() {
@@ -1727,7 +1744,7 @@ impl ChangeLog for SqliteStore {
                     };
                     log.execute(params![
                         c.seq,
-                        c.segment_id,
+                        keys[c.segment_id.as_str()],
                         c.user_id,
                         c.entered,
                         c.at,
@@ -1769,8 +1786,9 @@ impl ChangeLog for SqliteStore {
         // A membership is open when its latest change is an entry.
         self.read_live(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT c.segment_id, c.user_id FROM changes c WHERE c.entered = 1 AND NOT EXISTS \
-                 (SELECT 1 FROM changes d WHERE d.user_id = c.user_id AND d.seq > c.seq AND d.segment_id = c.segment_id)",
+                "SELECT k.segment_id, c.user_id FROM change_log c JOIN segment_keys k ON k.key = c.segment \
+                 WHERE c.entered = 1 AND NOT EXISTS (SELECT 1 FROM change_log d INDEXED BY change_log_member \
+                 WHERE d.segment = c.segment AND d.user_id = c.user_id AND d.seq > c.seq)",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1792,9 +1810,10 @@ impl ChangeLog for SqliteStore {
         let filter = segments.map(|s| serde_json::to_string(&s)).transpose()?;
         self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
-                 WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
-                 ORDER BY seq LIMIT ?3",
+                "SELECT c.seq, k.segment_id, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id \
+                 FROM change_log c JOIN segment_keys k ON k.key = c.segment \
+                 WHERE c.seq > ?1 AND (?2 IS NULL OR c.segment IN (SELECT key FROM segment_keys \
+                 WHERE segment_id IN (SELECT value FROM json_each(?2)))) ORDER BY c.seq LIMIT ?3",
             )?;
             let out = collect(stmt.query(params![after, filter, limit])?, |r| rows::change(r));
             out
@@ -1806,8 +1825,9 @@ impl ChangeLog for SqliteStore {
         let segment_id = segment_id.to_owned();
         self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
-                 WHERE segment_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                "SELECT c.seq, k.segment_id, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id \
+                 FROM segment_keys k JOIN change_log c ON c.segment = k.key \
+                 WHERE k.segment_id = ?1 ORDER BY c.seq DESC LIMIT ?2",
             )?;
             let out = collect(stmt.query(params![segment_id, limit])?, |r| rows::change(r));
             out
@@ -1818,7 +1838,11 @@ impl ChangeLog for SqliteStore {
     async fn user_memberships(&self, user_id: &str, limit: u32) -> Result<Vec<MembershipRecord>> {
         let user_id = user_id.to_owned();
         self.read_live(move |c| {
-            let mut stmt = c.prepare_cached(sql::USER_CHANGES.sqlite())?;
+            // One seek per segment in (segment, user): see LIVE_MIGRATIONS.
+            let mut stmt = c.prepare_cached(
+                "SELECT k.segment_id, c.entered, c.at FROM change_log c JOIN segment_keys k ON k.key = c.segment \
+                 WHERE c.segment IN (SELECT key FROM segment_keys) AND c.user_id = ?1 ORDER BY c.seq",
+            )?;
             let rows = stmt.query_map([user_id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
