@@ -1810,10 +1810,9 @@ impl ChangeLog for SqliteStore {
         let filter = segments.map(|s| serde_json::to_string(&s)).transpose()?;
         self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT c.seq, k.segment_id, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id \
-                 FROM change_log c JOIN segment_keys k ON k.key = c.segment \
-                 WHERE c.seq > ?1 AND (?2 IS NULL OR c.segment IN (SELECT key FROM segment_keys \
-                 WHERE segment_id IN (SELECT value FROM json_each(?2)))) ORDER BY c.seq LIMIT ?3",
+                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
+                 WHERE seq > ?1 AND (?2 IS NULL OR segment_id IN (SELECT value FROM json_each(?2))) \
+                 ORDER BY seq LIMIT ?3",
             )?;
             let out = collect(stmt.query(params![after, filter, limit])?, |r| rows::change(r));
             out
@@ -1825,9 +1824,8 @@ impl ChangeLog for SqliteStore {
         let segment_id = segment_id.to_owned();
         self.read_live(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT c.seq, k.segment_id, c.user_id, c.entered, c.at, c.cause, c.event_seq, c.event_id \
-                 FROM segment_keys k JOIN change_log c ON c.segment = k.key \
-                 WHERE k.segment_id = ?1 ORDER BY c.seq DESC LIMIT ?2",
+                "SELECT seq, segment_id, user_id, entered, at, cause, event_seq, event_id FROM changes \
+                 WHERE segment_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
             let out = collect(stmt.query(params![segment_id, limit])?, |r| rows::change(r));
             out
